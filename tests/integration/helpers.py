@@ -1,0 +1,46 @@
+"""Running a real pipeline inside a test."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+
+from visionflow.config import AppConfig, parse_config
+from visionflow.schema import Entry, detections_key, parse_entry
+from visionflow.workers.supervisor import Pipeline
+
+
+def config(streams: list[dict[str, Any]], redis_url: str, prefix: str, **extra: Any) -> AppConfig:
+    raw: dict[str, Any] = {
+        "streams": streams,
+        "redis": {"url": redis_url, "key_prefix": prefix},
+        "source": {
+            "open_timeout_s": 4,
+            "read_timeout_s": 2,
+            "stall_timeout_s": 3,
+            "backoff_initial_s": 0.3,
+            "backoff_max_s": 2,
+        },
+    }
+    for key, value in extra.items():
+        raw[key] = value
+    return parse_config(raw, "<test>")
+
+
+@contextlib.contextmanager
+def running(cfg: AppConfig, redis_url: str) -> Iterator[Pipeline]:
+    pipeline = Pipeline(cfg, redis_url, log_level=logging.INFO)
+    pipeline.start()
+    try:
+        pipeline.wait_ready(60)
+        yield pipeline
+    finally:
+        pipeline.stop()
+
+
+def entries(client: redis.Redis, prefix: str, stream_id: str) -> list[Entry]:
+    return [parse_entry(i, f) for i, f in client.xrange(detections_key(prefix, stream_id))]

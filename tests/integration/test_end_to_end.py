@@ -1,0 +1,46 @@
+"""4 real RTSP streams through the whole pipeline into a real Redis."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import wait_until
+from tests.integration.helpers import config, entries, running
+
+pytestmark = pytest.mark.integration
+
+
+def test_four_rtsp_streams_publish_well_formed_entries(rtsp, redis_server, redis_client, key_prefix):
+    server = rtsp({
+        "a": "test:640x360@30",
+        "b": "test:1280x720@25",
+        "c": "test:320x240@15",
+        "d": "test:800x600@30:h265",
+    })
+    sizes = {"a": (640, 360), "b": (1280, 720), "c": (320, 240), "d": (800, 600)}
+    cfg = config([{"id": m, "url": server.url(m)} for m in sizes], redis_server, key_prefix)
+    with running(cfg, redis_server) as pipeline:
+        wait_until(
+            lambda: all(len(entries(redis_client, key_prefix, m)) >= 150 for m in sizes),
+            40,
+            lambda: f"not every stream published 150 entries: {[(s.stream_id, s.state, s.published, s.last_error) for s in pipeline.status().streams]}",
+        )
+        status = pipeline.status()
+    for stream_id, (width, height) in sizes.items():
+        rows = entries(redis_client, key_prefix, stream_id)
+        seqs = [e.seq for e in rows]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), f"{stream_id}: seq not increasing"
+        for entry in rows:
+            assert entry.stream_id == stream_id
+            assert (entry.width, entry.height) == (width, height)
+            assert entry.model_id == status.model_id
+            assert set(entry.latency_ms) == {"decode", "queue", "inference", "publish", "total"}
+            assert entry.latency_ms["total"] >= entry.latency_ms["inference"] >= 0
+            for det in entry.detections:
+                x1, y1, x2, y2 = det["box"]
+                assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height, det
+                assert 0 < det["score"] <= 1 and det["label"]
+        hash_ = redis_client.hgetall(f"{key_prefix}:status:{stream_id}")
+        assert hash_["state"] in ("streaming", "stopped"), hash_
+        assert int(hash_["frames"]) >= 150
+    assert set(redis_client.smembers(f"{key_prefix}:streams")) == set(sizes)

@@ -1,0 +1,286 @@
+"""The ``visionflow`` command: run, validate, demo, snapshot.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import redis
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from visionflow.config import AppConfig, load_config
+from visionflow.errors import ConfigError, VisionflowError
+from visionflow.redis_server import EmbeddedRedis, reachable
+from visionflow.schema import detections_key
+from visionflow.workers.logs import setup_logging
+from visionflow.workers.status import PipelineStatus
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[Path, typer.Option("-c", "--config", help="YAML config file.")]
+DurationOpt = Annotated[
+    float, typer.Option("--duration", help="Stop after this many seconds (0: until Ctrl-C).")
+]
+PlainOpt = Annotated[
+    bool, typer.Option("--plain", help="Print status lines instead of a live table.")
+]
+
+
+def _load(path: Path) -> AppConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err_console.print(f"[bold red]invalid config[/]\n{exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def validate(config: ConfigOpt) -> None:
+    """Check a config file; exit 2 with a precise message when it is wrong."""
+    cfg = _load(config)
+    console.print(
+        f"{config}: OK - {len(cfg.streams)} stream(s), engine {cfg.engine.backend}, "
+        f"batch <= {cfg.batching.max_batch}"
+    )
+
+
+@app.command()
+def run(
+    config: ConfigOpt,
+    duration: DurationOpt = 0.0,
+    plain: PlainOpt = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+) -> None:
+    """Run the pipeline described by a config file, with a live status table."""
+    cfg = _load(config)
+    setup_logging(logging.DEBUG if verbose else logging.INFO)
+    with _redis_for(cfg) as url:
+        _run_pipeline(cfg, url, duration, plain, show_detections=False)
+
+
+@app.command()
+def demo(
+    duration: DurationOpt = 0.0,
+    plain: PlainOpt = False,
+    redis_url: Annotated[
+        str | None, typer.Option("--redis-url", help="Use this Redis instead of a private one.")
+    ] = None,
+    snapshot_dir: Annotated[
+        Path | None,
+        typer.Option("--snapshot-dir", help="At the end, save an annotated PNG of each stream."),
+    ] = None,
+) -> None:
+    """Run the whole pipeline on bundled synthetic scenes and the bundled detector."""
+    from visionflow.demo import demo_clips, demo_config
+
+    setup_logging(logging.WARNING)
+    console.print(
+        "[bold]visionflow demo[/]: preparing synthetic camera scenes (cached after the first run)..."
+    )
+    clips = demo_clips()
+    cfg = demo_config(redis_url, clips)
+    with _redis_for(cfg) as url:
+        _explain_redis(cfg, url)
+        _run_pipeline(cfg, url, duration, plain, show_detections=True)
+    if snapshot_dir is not None:
+        for stream in cfg.streams:
+            _snapshot(cfg, stream.id, snapshot_dir / f"{stream.id}.png", skip=60)
+
+
+@app.command()
+def snapshot(
+    config: ConfigOpt,
+    stream: Annotated[str, typer.Option("--stream", "-s", help="Stream id.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
+    skip: Annotated[int, typer.Option("--skip", help="Frames to skip first.")] = 0,
+) -> None:
+    """Save one frame of a stream with the model's boxes drawn on it (PNG)."""
+    cfg = _load(config)
+    _snapshot(cfg, stream, out, skip)
+
+
+def _snapshot(cfg: AppConfig, stream_id: str, out: Path, skip: int) -> None:
+    from visionflow.snapshot import take_snapshot
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path, detections = take_snapshot(cfg, stream_id, out, skip)
+    except ConfigError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    except VisionflowError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    console.print(f"wrote {path} ({len(detections)} detections)")
+
+
+@contextlib.contextmanager
+def _redis_for(cfg: AppConfig) -> Iterator[str]:
+    """The configured Redis if reachable; otherwise a private server for this run."""
+    if cfg.redis.url and reachable(cfg.redis.url):
+        yield cfg.redis.url
+        return
+    if cfg.redis.url:
+        from visionflow.streams.urls import redact_url
+
+        err_console.print(
+            f"[yellow]Redis at {redact_url(cfg.redis.url)} is not reachable; "
+            "starting a private local server instead[/]"
+        )
+    try:
+        server = EmbeddedRedis().start()
+    except VisionflowError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _explain_redis(cfg: AppConfig, url: str) -> None:
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    first = cfg.streams[0].id
+    key = detections_key(cfg.redis.key_prefix, first)
+    console.print(
+        f"Detections go to Redis at [bold]{url}[/]. Read them from another terminal with:\n"
+        f"  redis-cli -p {port} XREVRANGE {key} + - COUNT 1     (valkey-cli works the same)\n"
+        f"  redis-cli -p {port} HGETALL {cfg.redis.key_prefix}:status:{first}\n"
+        "Press Ctrl-C to stop."
+    )
+
+
+def _run_pipeline(
+    cfg: AppConfig, url: str, duration: float, plain: bool, show_detections: bool
+) -> None:
+    from visionflow.workers.supervisor import Pipeline
+
+    try:
+        pipeline = Pipeline(cfg, url, log_level=logging.getLogger().level)
+    except ConfigError as exc:
+        err_console.print(f"[bold red]invalid config[/]\n{exc}")
+        raise typer.Exit(2) from None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    pipeline.start()
+    try:
+        pipeline.wait_ready()
+        reader = redis.Redis.from_url(url, socket_timeout=1, decode_responses=True)
+        deadline = time.monotonic() + duration if duration > 0 else None
+        if plain or not console.is_terminal:
+            _plain_loop(pipeline, stop, deadline)
+        else:
+            with Live(console=console, refresh_per_second=2) as live:
+                while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                    latest = _latest(reader, cfg) if show_detections else {}
+                    live.update(render_status(pipeline.status(), latest))
+                    stop.wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    except VisionflowError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    finally:
+        console.print("stopping...")
+        pipeline.stop()
+    final = pipeline.status()
+    console.print(render_status(final, {}))
+
+
+def _plain_loop(pipeline: object, stop: threading.Event, deadline: float | None) -> None:
+    from visionflow.workers.supervisor import Pipeline
+
+    assert isinstance(pipeline, Pipeline)
+    while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+        status = pipeline.status()
+        parts = [f"{s.stream_id}:{s.state}:{s.fps:.0f}fps:{s.published}pub" for s in status.streams]
+        workers = [f"w{w.worker_id}:{w.batches}b/{w.mean_batch:.1f}" for w in status.workers]
+        console.print(" ".join(parts + workers), highlight=False)
+        stop.wait(2.0)
+
+
+def _latest(reader: redis.Redis, cfg: AppConfig) -> dict[str, str]:
+    out: dict[str, str] = {}
+    try:
+        for stream in cfg.streams:
+            rows = reader.xrevrange(detections_key(cfg.redis.key_prefix, stream.id), count=1)
+            if rows:
+                fields: dict[str, str] = rows[0][1]  # type: ignore[index,assignment]
+                dets = json.loads(fields["detections"])
+                labels = ", ".join(f"{d['label']} {d['score']:.2f}" for d in dets[:4])
+                out[stream.id] = f"seq {fields['seq']}: {len(dets)} [{labels}]"
+    except redis.RedisError:
+        pass
+    return out
+
+
+def render_status(status: PipelineStatus, latest: dict[str, str]) -> Group:
+    """The status table: one row per stream, one per worker."""
+    streams = Table(title=f"streams - model {status.model_id}", expand=False)
+    for col in ("stream", "state", "fps", "frames", "published", "drops", "last error"):
+        streams.add_column(col)
+    if latest:
+        streams.add_column("latest detections")
+    colours = {"streaming": "green", "backoff": "yellow", "stalled": "magenta", "failed": "red"}
+    for s in status.streams:
+        drops = ", ".join(f"{k} {v}" for k, v in sorted(s.drops.items())) or "0"
+        row = [
+            s.stream_id,
+            f"[{colours.get(str(s.state), 'white')}]{s.state}[/]",
+            f"{s.fps:.1f}",
+            str(s.frames),
+            str(s.published),
+            drops,
+            (s.last_error or "")[:60],
+        ]
+        if latest:
+            row.append(latest.get(s.stream_id, ""))
+        streams.add_row(*row)
+    workers = Table(title="inference workers")
+    for col in ("worker", "state", "backend", "batches", "mean batch", "in flight", "restarts"):
+        workers.add_column(col)
+    for w in status.workers:
+        workers.add_row(
+            str(w.worker_id),
+            w.state,
+            f"{w.backend} {w.device}",
+            str(w.batches),
+            f"{w.mean_batch:.2f}",
+            str(w.inflight),
+            str(w.restarts),
+        )
+    redis_line = (
+        f"redis: {'connected' if status.redis_connected else '[red]unavailable[/]'}"
+        f" - {status.redis_pending} pending"
+        + (f" - {status.redis_error}" if status.redis_error and not status.redis_connected else "")
+    )
+    return Group(streams, workers, redis_line)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except ConfigError as exc:  # pragma: no cover - safety net
+        err_console.print(str(exc))
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""The whole configuration of a visionflow run, and loading it from YAML.
+
+``load_config(path)`` reads YAML, substitutes ``${VAR}`` / ``${VAR:-default}`` from the
+environment in every string value, validates with pydantic (``extra="forbid"`` everywhere)
+and raises :class:`~visionflow.errors.ConfigError` whose message names the file, the stream
+id and the field that is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from visionflow.engines.config import EngineConfig, OnnxRuntimeConfig
+from visionflow.errors import ConfigError
+from visionflow.streams.config import StreamConfig
+from visionflow.streams.urls import redact_text
+
+BUILTIN_DEMO_MODEL = "builtin:demo"
+_ENV_REF = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RedisConfig(_Strict):
+    """Where detections and status go."""
+
+    url: str | None = Field(
+        default=None,
+        description="redis:// or rediss:// URL. Empty: start a private local Redis-compatible "
+        "server (valkey-server or redis-server) on a free port.",
+    )
+    key_prefix: str = Field(
+        default="visionflow",
+        pattern=r"^[A-Za-z0-9_.\-:]{1,64}$",
+        description="Prefix of every key: <prefix>:detections:<stream_id>, <prefix>:status:<id>.",
+    )
+    maxlen: int = Field(
+        default=10_000, ge=1, description="Trim each detections stream to about this many entries."
+    )
+    approximate_trim: bool = Field(
+        default=True, description="Use MAXLEN ~ (cheap, approximate) rather than exact trimming."
+    )
+    buffer_max_entries: int = Field(
+        default=20_000,
+        ge=1,
+        description="Entries kept in memory while Redis is unreachable; the oldest are dropped "
+        "(and counted) beyond this.",
+    )
+    pipeline_max_entries: int = Field(
+        default=256, ge=1, description="Most entries sent to Redis in one pipelined round trip."
+    )
+    status_interval_s: float = Field(
+        default=1.0, gt=0, description="How often per-stream status is written to Redis."
+    )
+    socket_timeout_s: float = Field(
+        default=2.0, gt=0, description="Redis connect/read timeout; a dead server fails this fast."
+    )
+
+
+class ModelConfig(_Strict):
+    """The detector and how its output is read."""
+
+    path: str = Field(
+        default=BUILTIN_DEMO_MODEL,
+        description="ONNX model file (YOLOv8/YOLO11 layout: input NCHW float, output "
+        "[N, 4+C, A]); 'builtin:demo' is the bundled demo detector. Relative paths are "
+        "resolved against the config file's folder.",
+    )
+    input_size: tuple[int, int] | None = Field(
+        default=None,
+        description="Network input [width, height]; empty: read from the model (or 640x640 "
+        "when the model's input is dynamic).",
+    )
+    class_names: list[str] | None = Field(
+        default=None,
+        description="Class names by id; empty: from the model's <name>.json sidecar or 'class_<i>'.",
+    )
+    model_id: str | None = Field(
+        default=None, description="Model id written with each entry; empty: file stem + hash."
+    )
+    conf_threshold: float = Field(default=0.25, gt=0, lt=1, description="Minimum class score.")
+    iou_threshold: float = Field(default=0.45, gt=0, le=1, description="NMS IoU threshold.")
+    max_detections: int = Field(default=300, ge=1, description="Most detections kept per frame.")
+
+    @field_validator("input_size")
+    @classmethod
+    def _multiple_of_32(cls, size: tuple[int, int] | None) -> tuple[int, int] | None:
+        if size is not None and any(s <= 0 or s % 32 for s in size):
+            raise ValueError(f"input_size {list(size)} must be positive multiples of 32")
+        return size
+
+
+class BatchingConfig(_Strict):
+    """How frames of all streams are gathered into batches."""
+
+    max_batch: int = Field(default=8, ge=1, le=256, description="Most frames in one batch.")
+    max_delay_ms: float = Field(
+        default=15.0,
+        ge=0,
+        le=10_000,
+        description="A batch leaves at most this long after its oldest frame arrived.",
+    )
+    buffer_per_stream: int = Field(
+        default=4,
+        ge=1,
+        le=1024,
+        description="Frames waiting per stream; when full the oldest is dropped "
+        "(reason 'inference_behind').",
+    )
+    max_inflight_per_worker: int = Field(
+        default=2, ge=1, le=64, description="Batches queued on one inference worker at once."
+    )
+
+
+class WorkersConfig(_Strict):
+    """How many processes do the work."""
+
+    ingest_processes: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="Decode processes (several streams each); 0: one per 8 streams, at most "
+        "the number of CPU cores.",
+    )
+    inference_workers: int = Field(
+        default=1, ge=1, le=64, description="Inference worker processes."
+    )
+    slots_per_stream: int = Field(
+        default=12,
+        ge=2,
+        le=256,
+        description="Shared-memory frame slots per stream (waiting + in flight); when none is "
+        "free a new frame is dropped (reason 'backpressure').",
+    )
+
+
+class SourceConfig(_Strict):
+    """Timeouts, watchdog and reconnect policy applied to every stream."""
+
+    open_timeout_s: float = Field(default=10.0, gt=0, description="Give up opening after this.")
+    read_timeout_s: float = Field(
+        default=5.0, gt=0, description="A read blocked this long is abandoned (frozen camera)."
+    )
+    stall_timeout_s: float = Field(
+        default=8.0,
+        gt=0,
+        description="Watchdog: no decoded frame for this long marks the stream stalled and "
+        "reopens it.",
+    )
+    backoff_initial_s: float = Field(default=0.5, gt=0, description="First retry delay.")
+    backoff_max_s: float = Field(default=10.0, gt=0, description="Retry delay cap.")
+    backoff_multiplier: float = Field(default=2.0, ge=1, description="Delay growth per failure.")
+    backoff_jitter: float = Field(
+        default=0.5, ge=0, le=1, description="Random fraction taken off each delay (0 = none)."
+    )
+    max_retries: int | None = Field(
+        default=None,
+        ge=0,
+        description="Consecutive failures before the stream is marked failed; empty: forever.",
+    )
+    decode_threads: int = Field(
+        default=0, ge=0, le=64, description="Decoder threads per stream; 0: let FFmpeg choose."
+    )
+
+
+class AppConfig(_Strict):
+    """A whole visionflow deployment: streams plus global settings."""
+
+    streams: list[StreamConfig] = Field(
+        default_factory=list, description="The streams to read (more can be added at run time)."
+    )
+    redis: RedisConfig = Field(default_factory=RedisConfig, description="Redis output.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The detector.")
+    engine: Annotated[EngineConfig, Field(discriminator="backend")] = Field(
+        default_factory=OnnxRuntimeConfig, description="Inference backend and its settings."
+    )
+    batching: BatchingConfig = Field(
+        default_factory=BatchingConfig, description="Dynamic batching."
+    )
+    workers: WorkersConfig = Field(default_factory=WorkersConfig, description="Processes.")
+    source: SourceConfig = Field(default_factory=SourceConfig, description="Source policy.")
+    decode: Literal["auto", "cpu", "dali", "nvdec"] = Field(
+        default="auto",
+        description="Decoder: cpu (PyAV/FFmpeg), dali or nvdec (GPU); auto picks the best "
+        "available on this machine.",
+    )
+    base_dir: Path = Field(
+        default=Path("."),
+        exclude=True,
+        description="Folder relative paths are resolved against (the config file's folder).",
+    )
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> AppConfig:
+        seen: set[str] = set()
+        for index, stream in enumerate(self.streams):
+            if stream.id in seen:
+                raise ValueError(f"streams[{index}]: duplicate stream id {stream.id!r}")
+            seen.add(stream.id)
+        return self
+
+    def resolve(self, path: str) -> Path:
+        """Resolve a path from the config against :attr:`base_dir`."""
+        candidate = Path(os.path.expanduser(path))
+        return candidate if candidate.is_absolute() else self.base_dir / candidate
+
+
+def substitute_env(value: Any, where: str = "") -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string inside ``value``."""
+    if isinstance(value, str):
+
+        def repl(match: re.Match[str]) -> str:
+            name, default = match.group("name"), match.group("default")
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{where or 'config'}: environment variable ${{{name}}} is not set")
+
+        return _ENV_REF.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: substitute_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _describe_location(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
+    """Turn a pydantic error location into 'streams[2] (id 'cam3'), field 'fps_cap''."""
+    parts = [p for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
+    if len(parts) >= 2 and parts[0] == "streams" and isinstance(parts[1], int):
+        streams = raw.get("streams") or []
+        index = parts[1]
+        sid = (
+            streams[index].get("id")
+            if index < len(streams) and isinstance(streams[index], dict)
+            else None
+        )
+        head = f"stream {sid!r} (streams[{index}])" if sid else f"streams[{index}]"
+        field = ".".join(str(p) for p in parts[2:])
+        return f"{head}, field {field!r}" if field else head
+    return f"field {'.'.join(str(p) for p in parts)!r}" if parts else "top level"
+
+
+def parse_config(raw: Any, source: str = "<config>", base_dir: Path | None = None) -> AppConfig:
+    """Validate an already-parsed YAML document; errors name ``source``."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
+    raw = substitute_env(raw, "")
+    try:
+        config = AppConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [
+            f"{source}: {_describe_location(err['loc'], raw)}: {redact_text(err['msg'])}"
+            for err in exc.errors()
+        ]
+        raise ConfigError("\n".join(lines)) from None
+    return config.model_copy(update={"base_dir": base_dir or Path(".")})
+
+
+def load_config(path: str | Path) -> AppConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(raw, str(path), path.resolve().parent)

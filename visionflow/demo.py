@@ -1,0 +1,51 @@
+"""Everything ``visionflow demo`` needs: bundled scenes, their config, a local Redis."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from visionflow.config import AppConfig, parse_config
+from visionflow.scenes.clips import write_clip
+from visionflow.scenes.generator import SceneSpec
+
+#: (stream id, width, height, codec, seed)
+DEMO_SCENES = (
+    ("lobby", 640, 360, "h264", 11),
+    ("parking", 1280, 720, "h264", 12),
+    ("street", 960, 540, "hevc", 13),
+    ("gate", 800, 600, "h264", 14),
+)
+DEMO_SECONDS = 20.0
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("VISIONFLOW_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "visionflow"
+    )
+    return Path(base)
+
+
+def demo_clips(folder: Path | None = None) -> list[tuple[str, Path]]:
+    """Render the demo scenes once (cached) and return ``(stream id, clip path)``."""
+    folder = folder or cache_dir() / "demo"
+    clips = []
+    for stream_id, width, height, codec, seed in DEMO_SCENES:
+        path = folder / f"{stream_id}-{width}x{height}-{codec}-s{seed}.mp4"
+        if not path.is_file():
+            write_clip(SceneSpec(width, height, seed=seed), path, DEMO_SECONDS, codec)  # type: ignore[arg-type]
+        clips.append((stream_id, path))
+    return clips
+
+
+def demo_config(redis_url: str | None, clips: list[tuple[str, Path]]) -> AppConfig:
+    raw = {
+        "streams": [
+            {"id": sid, "url": str(path), "loop": True, "labels": {"site": "demo"}}
+            for sid, path in clips
+        ],
+        "redis": {"url": redis_url, "key_prefix": "visionflow"},
+        "batching": {"max_batch": 8, "max_delay_ms": 20},
+        "workers": {"ingest_processes": 2, "inference_workers": 1},
+    }
+    return parse_config(raw, "<demo>")

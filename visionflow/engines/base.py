@@ -1,0 +1,48 @@
+"""The one interface every inference backend implements.
+
+A backend takes a preprocessed batch (``NCHW``, float in ``[0, 1]``, the network's input
+size) and returns the detector's raw output ``[N, 4 + C, A]`` (YOLOv8/YOLO11 layout:
+``cx, cy, w, h`` in input pixels, then ``C`` class scores, for ``A`` anchors).  Decoding,
+NMS and mapping boxes back to the frame are shared by all backends
+(:mod:`visionflow.pipeline.postprocess`), so one backend cannot drift from another.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What a loaded engine is, for status output and each Redis entry."""
+
+    backend: str
+    device: str
+    input_width: int
+    input_height: int
+    input_dtype: str
+    max_batch: int
+    num_classes: int
+
+
+class Engine(abc.ABC):
+    """An inference backend loaded with one model."""
+
+    info: EngineInfo
+
+    @abc.abstractmethod
+    def infer(self, batch: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+        """Run the model on ``batch`` (``[N, 3, H, W]``) and return ``[N, 4 + C, A]``."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the engine's resources."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,64 @@
+"""ONNX Runtime backend (CPU by default)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from visionflow.engines.base import Engine, EngineInfo
+from visionflow.engines.config import OnnxRuntimeConfig
+from visionflow.errors import EngineUnavailableError, ModelError
+
+_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
+
+
+class OnnxRuntimeEngine(Engine):
+    """Runs a YOLOv8-layout ONNX detector with ONNX Runtime, any batch size."""
+
+    def __init__(self, config: OnnxRuntimeConfig, model_path: Path, max_batch: int) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - a hard dependency
+            raise EngineUnavailableError("onnxruntime is not installed") from exc
+        if not model_path.is_file():
+            raise ModelError(f"model file not found: {model_path}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = config.intra_op_threads
+        options.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(
+                str(model_path), sess_options=options, providers=config.providers
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelError(f"{model_path}: ONNX Runtime cannot load it: {exc}") from exc
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or not outputs:
+            raise ModelError(f"{model_path}: expected one input, got {len(inputs)}")
+        shape = inputs[0].shape
+        if len(shape) != 4 or shape[1] != 3:
+            raise ModelError(f"{model_path}: input must be [N, 3, H, W], got {shape}")
+        self._input_name = inputs[0].name
+        self._dtype = np.dtype(_DTYPES.get(inputs[0].type, "float32"))
+        height = shape[2] if isinstance(shape[2], int) else 640
+        width = shape[3] if isinstance(shape[3], int) else 640
+        out_shape = outputs[0].shape
+        if len(out_shape) == 3 and not isinstance(out_shape[1], int):  # symbolic: run it once
+            out_shape = self.infer(np.zeros((1, 3, height, width), self._dtype)).shape
+        if len(out_shape) != 3 or out_shape[1] <= 4:
+            raise ModelError(f"{model_path}: output must be [N, 4+C, A], got {out_shape}")
+        self.info = EngineInfo(
+            backend="onnxruntime",
+            device=",".join(self._session.get_providers()),
+            input_width=width,
+            input_height=height,
+            input_dtype=str(self._dtype),
+            max_batch=max_batch,
+            num_classes=out_shape[1] - 4,
+        )
+
+    def infer(self, batch: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+        feed = {self._input_name: np.ascontiguousarray(batch, dtype=self._dtype)}
+        (output, *_) = self._session.run(None, feed)
+        return np.asarray(output, dtype=np.float32)

@@ -1,0 +1,84 @@
+"""Frozen records passed between stages (ingest -> scheduler -> inference -> publisher).
+
+They carry metadata only; pixels travel through shared memory
+(:mod:`visionflow.pipeline.framepool`), so a message stays a few hundred bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How a frame of ``src_w`` x ``src_h`` was scaled and padded into the network input."""
+
+    src_w: int
+    src_h: int
+    dst_w: int
+    dst_h: int
+    scale: float
+    pad_x: int
+    pad_y: int
+    scaled_w: int
+    scaled_h: int
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """One decoded frame, waiting in a shared-memory slot."""
+
+    stream_id: str
+    seq: int
+    pts: float | None
+    capture_ts: float
+    decode_ms: float
+    pool: str
+    slot: int
+    letterbox: Letterbox
+    arrived: float = field(default=0.0, compare=False)
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """Frames the scheduler sends to one inference worker."""
+
+    batch_id: int
+    frames: tuple[FrameRef, ...]
+    formed_ts: float
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object, box in the original frame's pixels."""
+
+    class_id: int
+    label: str
+    score: float
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """Detections of one frame plus its latency accounting."""
+
+    frame: FrameRef
+    detections: tuple[Detection, ...]
+    queue_ms: float
+    inference_ms: float
+    batch_size: int
+    worker_id: int
+    done_ts: float
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What an inference worker sends back for one batch."""
+
+    batch_id: int
+    worker_id: int
+    results: tuple[FrameResult, ...]
+    error: str | None = None

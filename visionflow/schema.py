@@ -1,0 +1,129 @@
+"""The Redis schema: what visionflow writes, and helpers to read it back.
+
+Detections: one Redis Stream per camera, ``<prefix>:detections:<stream_id>``, trimmed with
+``MAXLEN ~ <maxlen>``.  Each entry's fields (all strings, as Redis stores them):
+
+=============  =====================================================================
+stream_id      the camera's id
+seq            per-stream frame sequence number (0, 1, 2, ... for every decoded frame;
+               frames skipped by the fps cap or dropped leave gaps, never repeats)
+pts            source presentation time in seconds ('' when the source has none)
+capture_ts     wall-clock time (Unix seconds) the frame's data arrived
+width, height  the original frame size; boxes are in these pixels
+model_id       which model produced the detections
+worker         inference worker id; batch_size: frames in its batch
+detections     JSON list of {"label", "class_id", "score", "box": [x1, y1, x2, y2]}
+latency_ms     JSON {"decode", "queue", "inference", "publish", "total"} in milliseconds:
+               decode+letterbox, waiting to be batched, batch inference incl. pre/post-
+               processing, waiting to be written, and capture -> written
+=============  =====================================================================
+
+Entries of one stream appear in ``seq`` order, even with several inference workers.
+
+Status: hash ``<prefix>:status:<stream_id>`` with ``state``, ``state_since``, ``fps``,
+``frames``, ``published``, ``drops`` (JSON ``{reason: count}``), ``last_error``,
+``last_frame_ts``, ``width``, ``height``, ``url`` (password redacted), ``labels`` (JSON),
+``updated_ts``; set ``<prefix>:streams`` lists the stream ids; hash
+``<prefix>:worker:<id>`` holds each inference worker's ``state``, ``batches``, ``frames``,
+``mean_batch``, ``backend``, ``device``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from visionflow.pipeline.frames import FrameResult
+
+
+def detections_key(prefix: str, stream_id: str) -> str:
+    return f"{prefix}:detections:{stream_id}"
+
+
+def status_key(prefix: str, stream_id: str) -> str:
+    return f"{prefix}:status:{stream_id}"
+
+
+def streams_key(prefix: str) -> str:
+    return f"{prefix}:streams"
+
+
+def worker_key(prefix: str, worker_id: int) -> str:
+    return f"{prefix}:worker:{worker_id}"
+
+
+def encode_entry(result: FrameResult, model_id: str, publish_ts: float) -> dict[str, str]:
+    """The fields of one detections entry."""
+    frame = result.frame
+    publish_ms = max(0.0, (publish_ts - result.done_ts) * 1000)
+    latency = {
+        "decode": round(frame.decode_ms, 2),
+        "queue": round(result.queue_ms, 2),
+        "inference": round(result.inference_ms, 2),
+        "publish": round(publish_ms, 2),
+        "total": round((publish_ts - frame.capture_ts) * 1000, 2),
+    }
+    detections = [
+        {
+            "label": d.label,
+            "class_id": d.class_id,
+            "score": d.score,
+            "box": [d.x1, d.y1, d.x2, d.y2],
+        }
+        for d in result.detections
+    ]
+    return {
+        "stream_id": frame.stream_id,
+        "seq": str(frame.seq),
+        "pts": "" if frame.pts is None else f"{frame.pts:.6f}",
+        "capture_ts": f"{frame.capture_ts:.6f}",
+        "width": str(frame.letterbox.src_w),
+        "height": str(frame.letterbox.src_h),
+        "model_id": model_id,
+        "worker": str(result.worker_id),
+        "batch_size": str(result.batch_size),
+        "detections": json.dumps(detections, separators=(",", ":")),
+        "latency_ms": json.dumps(latency, separators=(",", ":")),
+    }
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A detections entry as a consumer reads it back."""
+
+    entry_id: str
+    stream_id: str
+    seq: int
+    pts: float | None
+    capture_ts: float
+    width: int
+    height: int
+    model_id: str
+    worker: int
+    batch_size: int
+    detections: list[dict[str, Any]]
+    latency_ms: dict[str, float]
+
+
+def parse_entry(entry_id: str | bytes, fields: dict[Any, Any]) -> Entry:
+    """Decode one XRANGE/XREAD entry (bytes or str fields)."""
+
+    def text(value: Any) -> str:
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    f = {text(k): text(v) for k, v in fields.items()}
+    return Entry(
+        entry_id=text(entry_id),
+        stream_id=f["stream_id"],
+        seq=int(f["seq"]),
+        pts=float(f["pts"]) if f["pts"] else None,
+        capture_ts=float(f["capture_ts"]),
+        width=int(f["width"]),
+        height=int(f["height"]),
+        model_id=f["model_id"],
+        worker=int(f["worker"]),
+        batch_size=int(f["batch_size"]),
+        detections=json.loads(f["detections"]),
+        latency_ms=json.loads(f["latency_ms"]),
+    )

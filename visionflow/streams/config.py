@@ -1,0 +1,74 @@
+"""Per-stream configuration: what a camera is and how it is read."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from visionflow.streams.urls import redact_url
+
+StreamId = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
+        description="Stream id: 1-64 letters, digits, '_', '.', '-'; used in Redis keys.",
+    ),
+]
+
+
+class StreamConfig(BaseModel):
+    """One video source (camera, file or http stream)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: StreamId = Field(description="Unique stream id, used in Redis keys and the status table.")
+    url: str = Field(
+        min_length=1,
+        description="rtsp://, rtsps://, http(s):// URL or local file path. "
+        "May contain ${ENV} references (e.g. for the password).",
+    )
+    enabled: bool = Field(default=True, description="Disabled streams are registered but not read.")
+    fps_cap: float | None = Field(
+        default=None,
+        gt=0,
+        le=240,
+        description="Deliver at most this many frames per second; extra frames are skipped.",
+    )
+    loop: bool = Field(
+        default=False, description="Local files only: start again at the end instead of stopping."
+    )
+    realtime: bool = Field(
+        default=True,
+        description="Local files only: pace frames at the file's frame rate like a live camera.",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Free-form labels (site, zone, ...) copied to status."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if "://" in url:
+            scheme = url.split("://", 1)[0].lower()
+            if scheme not in {"rtsp", "rtsps", "http", "https", "file"}:
+                raise ValueError(
+                    f"unsupported URL scheme {scheme!r} in {redact_url(url)!r} "
+                    "(use rtsp, rtsps, http, https, file or a plain path)"
+                )
+        return url
+
+    @property
+    def is_file(self) -> bool:
+        """True for local files (plain path or file:// URL)."""
+        return "://" not in self.url or self.url.lower().startswith("file://")
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password replaced, fit for logs, Redis and the API."""
+        return redact_url(self.url)
+
+    def __repr__(self) -> str:  # never leak the password through repr()
+        return f"StreamConfig(id={self.id!r}, url={self.safe_url!r}, enabled={self.enabled})"
+
+    __str__ = __repr__

@@ -1,0 +1,191 @@
+"""Reading one video source with PyAV: RTSP(S) over TCP, HTTP(S), local files.
+
+Every blocking call is bounded: opening by ``open_timeout_s``, each read by
+``read_timeout_s`` (PyAV's interrupt callback), and the whole "no decoded frame" case by the
+``stall_timeout_s`` watchdog, so a frozen camera raises instead of hanging its thread.
+Errors are classified into the :mod:`visionflow.errors` source tree and never carry the
+URL's password.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import av
+
+from visionflow.config import SourceConfig
+from visionflow.errors import (
+    SourceDecodeError,
+    SourceEndedError,
+    SourceError,
+    SourceOpenError,
+    SourceStalledError,
+)
+from visionflow.streams.config import StreamConfig
+from visionflow.streams.urls import redact_text
+
+MAX_CONSECUTIVE_DECODE_ERRORS = 30
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    """A frame fresh out of the decoder (stays inside the ingest process)."""
+
+    frame: Any  # av.VideoFrame
+    pts: float | None
+    decode_ms: float
+    width: int
+    height: int
+
+
+class VideoSource:
+    """Opens a stream and yields decoded frames until it stops, stalls or fails."""
+
+    def __init__(self, stream: StreamConfig, policy: SourceConfig, stop: threading.Event) -> None:
+        self.stream = stream
+        self.policy = policy
+        self._stop = stop
+        self._container: Any = None
+        self.decode_errors = 0
+
+    # ---- opening ----------------------------------------------------------------
+    def _target(self) -> str:
+        url = self.stream.url
+        return url[len("file://") :] if url.lower().startswith("file://") else url
+
+    def _options(self) -> dict[str, str]:
+        url = self.stream.url.lower()
+        micros = str(int(self.policy.read_timeout_s * 1_000_000))
+        if url.startswith(("rtsp://", "rtsps://")):
+            return {"rtsp_transport": "tcp", "timeout": micros, "fflags": "nobuffer"}
+        if url.startswith(("http://", "https://")):
+            return {"rw_timeout": micros}
+        return {}
+
+    def open(self) -> None:
+        """Open the source; raises :class:`SourceOpenError` / :class:`SourceDecodeError`."""
+        self.close()
+        try:
+            self._container = av.open(
+                self._target(),
+                options=self._options(),
+                timeout=(self.policy.open_timeout_s, self.policy.read_timeout_s),
+            )
+        except FileNotFoundError as exc:
+            raise self._open_error("file not found", exc, permanent=self.stream.is_file) from None
+        except av.InvalidDataError as exc:
+            raise self._decode_error("not a readable video", exc) from None
+        except (av.FFmpegError, OSError) as exc:
+            raise self._open_error("cannot open", exc) from None
+        if not self._container.streams.video:
+            self.close()
+            raise SourceOpenError(f"{self.stream.safe_url}: no video stream", permanent=True)
+        video = self._container.streams.video[0]
+        video.thread_type = "AUTO"
+        if self.policy.decode_threads:
+            video.thread_count = self.policy.decode_threads
+
+    def _open_error(
+        self, what: str, exc: BaseException, permanent: bool = False
+    ) -> SourceOpenError:
+        return SourceOpenError(
+            f"{self.stream.safe_url}: {what}: {redact_text(str(exc))}", permanent=permanent
+        )
+
+    def _decode_error(self, what: str, exc: BaseException) -> SourceDecodeError:
+        return SourceDecodeError(
+            f"{self.stream.safe_url}: {what}: {redact_text(str(exc))}",
+            permanent=self.stream.is_file,
+        )
+
+    def close(self) -> None:
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # closing a broken container must never raise
+                pass
+            self._container = None
+
+    # ---- reading ----------------------------------------------------------------
+    def frames(self) -> Iterator[DecodedFrame]:
+        """Decoded frames, paced in real time for files that ask for it.
+
+        Raises :class:`SourceStalledError` (watchdog or read timeout after frames came),
+        :class:`SourceEndedError` (a finite file ended), :class:`SourceDecodeError`,
+        :class:`SourceOpenError` (a live stream ended or broke).
+        """
+        if self._container is None:
+            raise SourceOpenError(f"{self.stream.safe_url}: not open")
+        video = self._container.streams.video[0]
+        rate = float(video.average_rate or video.guessed_rate or 30)
+        pace = self.stream.is_file and self.stream.realtime
+        start, count = time.monotonic(), 0
+        last_frame = time.monotonic()
+        for packet in self._demux(video, lambda: last_frame):
+            t0 = time.perf_counter()
+            try:
+                decoded = packet.decode()
+            except av.InvalidDataError as exc:
+                self.decode_errors += 1
+                if self.decode_errors >= MAX_CONSECUTIVE_DECODE_ERRORS:
+                    raise self._decode_error("too many undecodable packets", exc) from None
+                continue
+            decode_ms = (time.perf_counter() - t0) * 1000
+            for frame in decoded:
+                self.decode_errors = 0
+                if pace:
+                    count += 1
+                    due = start + count / rate
+                    if (wait := due - time.monotonic()) > 0 and self._stop.wait(wait):
+                        return
+                last_frame = time.monotonic()
+                pts = float(frame.pts * frame.time_base) if frame.pts is not None else None
+                yield DecodedFrame(frame, pts, decode_ms, frame.width, frame.height)
+            if self._stop.is_set():
+                return
+
+    def _demux(self, video: Any, last_frame: Any) -> Iterator[Any]:
+        stall = self.policy.stall_timeout_s
+        packets = self._container.demux(video)
+        while not self._stop.is_set():
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.InvalidDataError as exc:
+                self.decode_errors += 1
+                if self.decode_errors >= MAX_CONSECUTIVE_DECODE_ERRORS:
+                    raise self._decode_error("corrupt stream", exc) from None
+                continue
+            except (av.FFmpegError, OSError) as exc:  # read timeout, connection reset
+                raise SourceStalledError(
+                    f"{self.stream.safe_url}: read failed: {redact_text(str(exc))}"
+                ) from None
+            if time.monotonic() - last_frame() > stall:
+                raise SourceStalledError(
+                    f"{self.stream.safe_url}: no frame for {stall:.0f}s (watchdog)"
+                )
+            if packet.size == 0 and packet.dts is None:  # flush packet at the end
+                yield packet
+                break
+            yield packet
+        if self._stop.is_set():
+            return
+        if self.stream.is_file:
+            raise SourceEndedError(f"{self.stream.safe_url}: end of file")
+        raise SourceOpenError(f"{self.stream.safe_url}: stream ended by the server")
+
+
+def classify(exc: SourceError) -> str:
+    """Short reason key for counters and status ('open', 'stalled', 'decode', 'ended')."""
+    if isinstance(exc, SourceStalledError):
+        return "stalled"
+    if isinstance(exc, SourceDecodeError):
+        return "decode"
+    if isinstance(exc, SourceEndedError):
+        return "ended"
+    return "open"

@@ -1,0 +1,129 @@
+"""Inference worker processes: one engine each, batches in, detections out.
+
+A worker reads the frames of a batch straight from the ingest processes' shared-memory
+pools, runs the engine, decodes and maps boxes back to each frame, and sends one
+:class:`BatchResult`.  It never frees slots itself: the supervisor does when the result
+arrives, so a worker that dies mid-batch leaves its frames intact for another worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from visionflow.engines import EngineConfig, create_engine
+from visionflow.pipeline.framepool import PoolCache
+from visionflow.pipeline.frames import BatchRequest, BatchResult, FrameResult
+from visionflow.pipeline.letterbox import to_network_input
+from visionflow.pipeline.postprocess import detections_for_frame
+from visionflow.workers.logs import setup_child_logging
+from visionflow.workers.messages import PoolClosed, WorkerFailed, WorkerReady
+
+log = logging.getLogger("visionflow.inference")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything an inference worker needs to start (picklable)."""
+
+    worker_id: int
+    engine: EngineConfig
+    model_path: Path
+    class_names: tuple[str, ...]
+    input_size: tuple[int, int]
+    max_batch: int
+    slots: int
+    conf_threshold: float
+    iou_threshold: float
+    max_detections: int
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def run_batch(
+    engine: Any, pools: PoolCache, spec: WorkerSpec, request: BatchRequest
+) -> BatchResult:
+    """Stack a batch's frames from shared memory, infer, post-process."""
+    started = time.time()
+    width, height = spec.input_size
+    images = np.empty((len(request.frames), height, width, 3), np.uint8)
+    frames = []
+    for frame in request.frames:
+        try:
+            images[len(frames)] = pools.get(frame.pool).image(frame.slot)
+        except FileNotFoundError:  # the stream was removed meanwhile: skip its frame
+            continue
+        frames.append(frame)
+    images = images[: len(frames)]
+    t0 = time.perf_counter()
+    output = engine.infer(to_network_input(images, engine.info.input_dtype))
+    results = []
+    for i, frame in enumerate(frames):
+        detections = detections_for_frame(
+            output[i],
+            frame.letterbox,
+            spec.class_names,
+            spec.conf_threshold,
+            spec.iou_threshold,
+            spec.max_detections,
+        )
+        results.append((frame, detections))
+    inference_ms = (time.perf_counter() - t0) * 1000
+    done = time.time()
+    return BatchResult(
+        batch_id=request.batch_id,
+        worker_id=spec.worker_id,
+        results=tuple(
+            FrameResult(
+                frame=frame,
+                detections=detections,
+                queue_ms=round(max(0.0, (started - frame.capture_ts) * 1000 - frame.decode_ms), 3),
+                inference_ms=round(inference_ms, 3),
+                batch_size=len(frames),
+                worker_id=spec.worker_id,
+                done_ts=done,
+            )
+            for frame, detections in results
+        ),
+    )
+
+
+def inference_main(spec: WorkerSpec, tasks: Any, outbox: Any, log_level: int) -> None:
+    """Entry point of an inference worker process."""
+    os.environ.update(dict(spec.env))
+    setup_child_logging(log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        engine = create_engine(spec.engine, spec.model_path, spec.max_batch)
+    except Exception as exc:
+        outbox.put(WorkerFailed(spec.worker_id, f"{type(exc).__name__}: {exc}"))
+        return
+    outbox.put(WorkerReady(spec.worker_id, engine.info, os.getpid()))
+    pools = PoolCache(spec.input_size[1], spec.input_size[0], spec.slots)
+    try:
+        while True:
+            request = tasks.get()
+            if request is None:
+                break
+            if isinstance(request, PoolClosed):
+                pools.forget(request.pool)
+                continue
+            try:
+                result = run_batch(engine, pools, spec, request)
+            except Exception as exc:
+                log.error("worker %d: batch %d failed: %s", spec.worker_id, request.batch_id, exc)
+                result = BatchResult(
+                    request.batch_id, spec.worker_id, (), f"{type(exc).__name__}: {exc}"
+                )
+                log.debug("%s", traceback.format_exc())
+            outbox.put(result)
+    finally:
+        pools.close()
+        engine.close()

@@ -1,0 +1,291 @@
+"""Ingest processes: decode several streams each, letterbox, hand frames over in shared memory.
+
+Each stream has its own reader thread (PyAV releases the GIL while demuxing and decoding), its
+own state machine, backoff and watchdog, and its own frame pool; the process sends
+:class:`FrameRef` and status messages to the supervisor's inbox.  Nothing a camera does can
+block another process; the supervisor restarts an ingest process that stops sending
+heartbeats.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import queue
+import signal
+import threading
+import time
+from typing import Any
+
+from visionflow.config import SourceConfig
+from visionflow.errors import SourceEndedError, SourceError, SourceStalledError
+from visionflow.pipeline.framepool import FramePool
+from visionflow.pipeline.frames import FrameRef, Letterbox
+from visionflow.pipeline.letterbox import letterbox_geometry, scale_frame_into
+from visionflow.streams.backoff import Backoff
+from visionflow.streams.config import StreamConfig
+from visionflow.streams.sources import DecodedFrame, VideoSource
+from visionflow.streams.state import StreamState, StreamStateMachine, Transition
+from visionflow.streams.urls import redact_text
+from visionflow.workers.logs import setup_child_logging
+from visionflow.workers.messages import (
+    AddStream,
+    IngestHeartbeat,
+    PoolClosed,
+    RemoveStream,
+    StateChanged,
+    StreamStats,
+)
+
+log = logging.getLogger("visionflow.ingest")
+HEARTBEAT_S = 0.5
+
+
+class StreamReader:
+    """One stream's thread: connect, decode, letterbox into the pool, reconnect on failure."""
+
+    def __init__(
+        self,
+        stream: StreamConfig,
+        policy: SourceConfig,
+        pool: FramePool,
+        outbox: Any,
+    ) -> None:
+        self.stream, self.policy, self.pool, self.outbox = stream, policy, pool, outbox
+        self.stop_event = threading.Event()
+        self.machine = StreamStateMachine(stream.id, on_change=self._on_change)
+        self.backoff = Backoff(
+            policy.backoff_initial_s,
+            policy.backoff_max_s,
+            policy.backoff_multiplier,
+            policy.backoff_jitter,
+        )
+        self.seq = -1
+        self.frames = self.skipped = self.backpressure = self.reconnects = 0
+        self.decode_errors = 0
+        self.last_error: str | None = None
+        self.last_frame_ts: float | None = None
+        self.size: tuple[int, int] | None = None
+        self._letterbox: Letterbox | None = None
+        self._next_allowed = 0.0
+        self.thread = threading.Thread(target=self.run, name=f"stream-{stream.id}", daemon=True)
+
+    # ---- life cycle ----------------------------------------------------------------
+    def _on_change(self, change: Transition) -> None:
+        log.info(
+            "stream %s: %s -> %s %s", self.stream.id, change.source, change.target, change.reason
+        )
+        self.outbox.put(
+            StateChanged(self.stream.id, change.source, change.target, change.reason, change.at)
+        )
+
+    def run(self) -> None:
+        source = VideoSource(self.stream, self.policy, self.stop_event)
+        reason = "start"
+        try:
+            while not self.stop_event.is_set():
+                self.machine.to(StreamState.CONNECTING, reason)
+                reason = self._session(source)
+                if self.machine.state in (StreamState.FAILED, StreamState.STOPPED):
+                    return
+                self.reconnects += 1
+        finally:
+            source.close()
+            if self.machine.state is not StreamState.STOPPED:
+                self.machine.to(StreamState.STOPPED, "stopped")
+
+    def _session(self, source: VideoSource) -> str:
+        """Open, stream until something breaks; returns why the next connect happens."""
+        try:
+            source.open()
+            for decoded in source.frames():
+                if self.machine.state is StreamState.CONNECTING:
+                    self.machine.to(StreamState.STREAMING, f"{decoded.width}x{decoded.height}")
+                    self.backoff.reset()
+                self._deliver(decoded)
+            return "stopping"
+        except SourceStalledError as exc:
+            self._record(exc)
+            if self.machine.state is StreamState.STREAMING:
+                self.machine.to(StreamState.STALLED, str(exc))
+                return "reopen after stall"
+            return self._back_off(exc)
+        except SourceEndedError as exc:
+            if self.stream.loop and self.machine.state is StreamState.STREAMING:
+                return "loop"
+            self.machine.to(
+                StreamState.STOPPED
+                if self.machine.state is StreamState.STREAMING
+                else StreamState.FAILED,
+                str(exc),
+            )
+            return "ended"
+        except SourceError as exc:
+            self._record(exc)
+            if exc.permanent:
+                self.machine.to(StreamState.FAILED, str(exc))
+                return "failed"
+            return self._back_off(exc)
+        except Exception as exc:  # a bug must not kill the other streams' threads
+            log.exception("stream %s: unexpected error", self.stream.id)
+            self._record(exc)
+            return self._back_off(exc)
+        finally:
+            source.close()
+            self.decode_errors += source.decode_errors
+
+    def _back_off(self, exc: BaseException) -> str:
+        limit = self.policy.max_retries
+        if limit is not None and self.backoff.failures >= limit:
+            self.machine.to(StreamState.FAILED, f"gave up after {limit} retries: {exc}")
+            return "failed"
+        delay = self.backoff.next_delay()
+        self.machine.to(StreamState.BACKOFF, f"retry in {delay:.1f}s: {exc}")
+        self.stop_event.wait(delay)
+        return "retry"
+
+    def _record(self, exc: BaseException) -> None:
+        self.last_error = redact_text(str(exc))[:300]
+        log.warning("stream %s: %s", self.stream.id, self.last_error)
+
+    # ---- frames ----------------------------------------------------------------------
+    def _deliver(self, decoded: DecodedFrame) -> None:
+        self.seq += 1
+        now = time.time()
+        cap = self.stream.fps_cap
+        if cap is not None:
+            if now < self._next_allowed:
+                self.skipped += 1
+                return
+            self._next_allowed = max(self._next_allowed + 1 / cap, now - 0.5 / cap)
+        slot = self.pool.acquire()
+        if slot is None:
+            self.backpressure += 1
+            return
+        t0 = time.perf_counter()
+        letterbox = self._geometry(decoded.width, decoded.height)
+        scale_frame_into(decoded.frame, self.pool.image(slot), letterbox)
+        self.pool.publish(slot)
+        decode_ms = decoded.decode_ms + (time.perf_counter() - t0) * 1000
+        self.frames += 1
+        self.last_frame_ts = now
+        self.outbox.put(
+            FrameRef(
+                stream_id=self.stream.id,
+                seq=self.seq,
+                pts=decoded.pts,
+                capture_ts=now - decode_ms / 1000,
+                decode_ms=round(decode_ms, 3),
+                pool=self.pool.name,
+                slot=slot,
+                letterbox=letterbox,
+            )
+        )
+
+    def _geometry(self, width: int, height: int) -> Letterbox:
+        lb = self._letterbox
+        if lb is None or (lb.src_w, lb.src_h) != (width, height):
+            lb = letterbox_geometry(width, height, self.pool.width, self.pool.height)
+            self._letterbox, self.size = lb, (width, height)
+        return lb
+
+    def stats(self) -> StreamStats:
+        return StreamStats(
+            stream_id=self.stream.id,
+            state=self.machine.state,
+            state_since=self.machine.since,
+            frames=self.frames,
+            skipped_fps_cap=self.skipped,
+            drops_backpressure=self.backpressure,
+            decode_errors=self.decode_errors,
+            reconnects=self.reconnects,
+            last_error=self.last_error,
+            last_frame_ts=self.last_frame_ts,
+            width=self.size[0] if self.size else None,
+            height=self.size[1] if self.size else None,
+        )
+
+
+class IngestProcess:
+    """The body of one ingest process: its readers, commands and heartbeat."""
+
+    def __init__(
+        self,
+        index: int,
+        run_id: str,
+        policy: SourceConfig,
+        input_size: tuple[int, int],
+        slots: int,
+        outbox: Any,
+        commands: Any,
+    ) -> None:
+        self.index, self.run_id, self.policy = index, run_id, policy
+        self.width, self.height = input_size
+        self.slots, self.outbox, self.commands = slots, outbox, commands
+        self.readers: dict[str, StreamReader] = {}
+        self._pools = 0
+        self.stopping = threading.Event()
+
+    def add(self, stream: StreamConfig) -> None:
+        if stream.id in self.readers:
+            self.remove(stream.id)
+        self._pools += 1
+        name = f"vf-{self.run_id}-{self.index}-{self._pools}"
+        pool = FramePool(name, self.slots, self.height, self.width, create=True)
+        reader = StreamReader(stream, self.policy, pool, self.outbox)
+        self.readers[stream.id] = reader
+        reader.thread.start()
+
+    def remove(self, stream_id: str) -> None:
+        reader = self.readers.pop(stream_id, None)
+        if reader is None:
+            return
+        reader.stop_event.set()
+        reader.thread.join(timeout=self.policy.read_timeout_s + 2)
+        self.outbox.put(PoolClosed(reader.pool.name))
+        reader.pool.close()
+
+    def heartbeat(self) -> None:
+        stats = tuple(r.stats() for r in list(self.readers.values()))
+        self.outbox.put(IngestHeartbeat(self.index, time.time(), stats))
+
+    def serve(self) -> None:
+        next_beat = 0.0
+        while not self.stopping.is_set():
+            if time.monotonic() >= next_beat:
+                self.heartbeat()
+                next_beat = time.monotonic() + HEARTBEAT_S
+            try:
+                command = self.commands.get(timeout=HEARTBEAT_S / 2)
+            except queue.Empty:
+                continue
+            if command is None:
+                break
+            if isinstance(command, AddStream):
+                self.add(command.stream)
+            elif isinstance(command, RemoveStream):
+                self.remove(command.stream_id)
+        for stream_id in list(self.readers):
+            self.remove(stream_id)
+        self.heartbeat()
+
+
+def ingest_main(
+    index: int,
+    run_id: str,
+    streams: list[StreamConfig],
+    policy: SourceConfig,
+    input_size: tuple[int, int],
+    slots: int,
+    outbox: mp.Queue[Any],
+    commands: mp.Queue[Any],
+    log_level: int,
+) -> None:
+    """Entry point of an ingest process."""
+    setup_child_logging(log_level)
+    process = IngestProcess(index, run_id, policy, input_size, slots, outbox, commands)
+    signal.signal(signal.SIGTERM, lambda *_: process.stopping.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    for stream in streams:
+        process.add(stream)
+    process.serve()

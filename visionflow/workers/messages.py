@@ -1,0 +1,85 @@
+"""Control and status messages between processes (frozen, small, picklable)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from visionflow.engines.base import EngineInfo
+from visionflow.streams.config import StreamConfig
+from visionflow.streams.state import StreamState
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """Counters of one stream as its ingest process sees them."""
+
+    stream_id: str
+    state: StreamState
+    state_since: float
+    frames: int
+    skipped_fps_cap: int
+    drops_backpressure: int
+    decode_errors: int
+    reconnects: int
+    last_error: str | None
+    last_frame_ts: float | None
+    width: int | None
+    height: int | None
+
+
+@dataclass(frozen=True)
+class IngestHeartbeat:
+    """Sent by every ingest process twice a second; its absence means the process hung."""
+
+    process: int
+    ts: float
+    streams: tuple[StreamStats, ...]
+
+
+@dataclass(frozen=True)
+class StateChanged:
+    """A stream changed state (sent at once, not only with the next heartbeat)."""
+
+    stream_id: str
+    source: StreamState
+    target: StreamState
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class PoolClosed:
+    """An ingest process removed a stream's frame pool (consumers may detach)."""
+
+    pool: str
+
+
+@dataclass(frozen=True)
+class AddStream:
+    """Command: start reading a stream."""
+
+    stream: StreamConfig
+
+
+@dataclass(frozen=True)
+class RemoveStream:
+    """Command: stop reading a stream and free its resources."""
+
+    stream_id: str
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    """An inference worker loaded its engine."""
+
+    worker_id: int
+    info: EngineInfo
+    pid: int
+
+
+@dataclass(frozen=True)
+class WorkerFailed:
+    """An inference worker could not start (bad model, missing library)."""
+
+    worker_id: int
+    error: str

@@ -1,0 +1,105 @@
+"""Snapshots of the pipeline's health, shared by the status table, Redis and the API."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from visionflow.streams.state import StreamState
+
+
+@dataclass(frozen=True)
+class StreamStatus:
+    """How one stream is doing."""
+
+    stream_id: str
+    url: str  # password already redacted
+    labels: dict[str, str]
+    state: StreamState
+    state_since: float
+    fps: float
+    frames: int
+    published: int
+    skipped_fps_cap: int
+    drops: dict[str, int]
+    decode_errors: int
+    reconnects: int
+    last_error: str | None
+    last_frame_ts: float | None
+    width: int | None
+    height: int | None
+
+    @property
+    def total_drops(self) -> int:
+        return sum(self.drops.values())
+
+    def redis_fields(self) -> dict[str, str]:
+        return {
+            "state": str(self.state),
+            "state_since": f"{self.state_since:.3f}",
+            "fps": f"{self.fps:.2f}",
+            "frames": str(self.frames),
+            "published": str(self.published),
+            "skipped_fps_cap": str(self.skipped_fps_cap),
+            "drops": json.dumps(self.drops, sort_keys=True),
+            "decode_errors": str(self.decode_errors),
+            "reconnects": str(self.reconnects),
+            "last_error": self.last_error or "",
+            "last_frame_ts": "" if self.last_frame_ts is None else f"{self.last_frame_ts:.3f}",
+            "width": "" if self.width is None else str(self.width),
+            "height": "" if self.height is None else str(self.height),
+            "url": self.url,
+            "labels": json.dumps(self.labels, sort_keys=True),
+            "updated_ts": f"{time.time():.3f}",
+        }
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """How one inference worker is doing."""
+
+    worker_id: int
+    state: str
+    backend: str
+    device: str
+    batches: int
+    frames: int
+    inflight: int
+    restarts: int
+    error: str | None
+
+    @property
+    def mean_batch(self) -> float:
+        return self.frames / self.batches if self.batches else 0.0
+
+    def redis_fields(self) -> dict[str, str]:
+        return {
+            "state": self.state,
+            "backend": self.backend,
+            "device": self.device,
+            "batches": str(self.batches),
+            "frames": str(self.frames),
+            "mean_batch": f"{self.mean_batch:.2f}",
+            "restarts": str(self.restarts),
+            "error": self.error or "",
+        }
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    """Everything at one instant."""
+
+    streams: tuple[StreamStatus, ...]
+    workers: tuple[WorkerStatus, ...]
+    redis_connected: bool
+    redis_error: str | None
+    redis_pending: int
+    model_id: str
+    uptime_s: float
+
+    def stream(self, stream_id: str) -> StreamStatus:
+        for s in self.streams:
+            if s.stream_id == stream_id:
+                return s
+        raise KeyError(stream_id)
