@@ -24,6 +24,7 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+from onnx_compact import compact  # scripts/ is on sys.path when run as a script
 from torch import nn
 
 from visionflow.pipeline.letterbox import (
@@ -355,7 +356,7 @@ def evaluate(path: Path, n_scenes: int, seed0: int) -> dict[str, object]:
                 lb,
             )
             out = sess.run(None, {"images": to_network_input(canvas[None])})[0][0]
-            b, s, c = decode_output(out, 0.001, 0.6, 300)
+            b, s, c = decode_output(out, 0.001, 0.45, 300)
             b = unletterbox_boxes(b, lb)
             preds = [
                 Scored(int(ci), float(si), tuple(map(float, bi)))
@@ -364,13 +365,21 @@ def evaluate(path: Path, n_scenes: int, seed0: int) -> dict[str, object]:
             truth = [Truth(t.class_id, (t.x1, t.y1, t.x2, t.y2), t.ignorable) for t in boxes]
             frames.append((preds, truth))
     m, per_class = mean_average_precision(frames, NC)
-    at = [([p for p in pr if p.score >= 0.25], tr) for pr, tr in frames]
-    pr = precision_recall(at)
+    sweep = {}
+    for thr in (0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85):
+        pr = precision_recall([([p for p in preds if p.score >= thr], tr) for preds, tr in frames])
+        sweep[thr] = (round(pr.precision, 4), round(pr.recall, 4))
+
+    def f1(t: float) -> float:
+        p, r = sweep[t]
+        return 2 * p * r / max(p + r, 1e-9)
+
+    best = max(sweep, key=f1)
     return {
         "mAP50": round(m, 4),
         "AP50_per_class": dict(zip(CLASSES, [round(a, 4) for a in per_class], strict=True)),
-        "precision@0.25": round(pr.precision, 4),
-        "recall@0.25": round(pr.recall, 4),
+        "precision_recall_by_threshold": {str(k): v for k, v in sweep.items()},
+        "recommended_conf_threshold": best,
         "frames": len(frames),
     }
 
@@ -382,7 +391,16 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=160)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, default=OUT_DIR / "demo-detector.onnx")
+    ap.add_argument("--eval-only", action="store_true", help="evaluate --out, rewrite its sidecar")
     args = ap.parse_args()
+    if args.eval_only:
+        meta = json.loads(args.out.with_suffix(".json").read_text())
+        meta["eval"] = evaluate(args.out, 25, seed0=args.seed + 1000)
+        meta["conf_threshold"] = meta["eval"]["recommended_conf_threshold"]
+        meta["sha256_16"] = hashlib.sha256(args.out.read_bytes()).hexdigest()[:16]
+        args.out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+        print(json.dumps(meta, indent=2))
+        return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
     images, truths = build_dataset(args.scenes, args.seed)
@@ -390,6 +408,7 @@ def main() -> None:
     model = train(images, truths, args.iters, args.batch, args.seed)
     train_s = time.time() - t0
     export(model, args.out)
+    compact(str(args.out), 4 + NC, sum((INPUT // s) ** 2 for s in STRIDES))
     metrics = evaluate(args.out, 25, seed0=args.seed + 1000)
     digest = hashlib.sha256(args.out.read_bytes()).hexdigest()[:16]
     meta = {
@@ -405,6 +424,7 @@ def main() -> None:
             "torch": torch.__version__,
         },
         "eval": metrics,
+        "conf_threshold": metrics["recommended_conf_threshold"],
     }
     args.out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     print(json.dumps(meta, indent=2))

@@ -32,7 +32,10 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 def wait_until(
-    predicate: Callable[[], Any], timeout: float, message: str | Callable[[], str], interval: float = 0.1
+    predicate: Callable[[], Any],
+    timeout: float,
+    message: str | Callable[[], str],
+    interval: float = 0.1,
 ) -> Any:
     """Poll ``predicate`` until truthy; fail with ``message`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -109,8 +112,12 @@ def _rtsp_available() -> str | None:
     if not Path(SYSTEM_PYTHON).exists():
         return f"{SYSTEM_PYTHON} not found"
     probe = subprocess.run(
-        [SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0'); "
-         "from gi.repository import GstRtspServer"],
+        [
+            SYSTEM_PYTHON,
+            "-c",
+            "import gi; gi.require_version('GstRtspServer', '1.0'); "
+            "from gi.repository import GstRtspServer",
+        ],
         capture_output=True,
         text=True,
     )
@@ -202,19 +209,23 @@ def make_clip(clip_dir: Path) -> Callable[..., Path]:
     from visionflow.scenes.clips import write_clip
     from visionflow.scenes.generator import SceneSpec
 
-    def make(width: int, height: int, seconds: float, codec: str = "h264", seed: int = 1) -> Path:
-        path = clip_dir / f"{width}x{height}-{seconds}s-{codec}-s{seed}.mp4"
+    def make(
+        width: int, height: int, seconds: float, codec: str = "h264", seed: int = 1, fps: int = 30
+    ) -> Path:
+        path = clip_dir / f"{width}x{height}-{seconds}s-{fps}fps-{codec}-s{seed}.mp4"
         if not path.is_file():
-            write_clip(SceneSpec(width, height, seed=seed), path, seconds, codec)  # type: ignore[arg-type]
+            spec = SceneSpec(width, height, fps=fps, seed=seed)
+            write_clip(spec, path, seconds, codec)  # type: ignore[arg-type]
         return path
 
     return make
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    has_gpu = shutil.which("nvidia-smi") is not None and subprocess.run(
-        ["nvidia-smi", "-L"], capture_output=True
-    ).returncode == 0
+    has_gpu = (
+        shutil.which("nvidia-smi") is not None
+        and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+    )
     skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU")
     for item in items:
         if "gpu" in item.keywords and not has_gpu:

@@ -75,7 +75,9 @@ def add_auth(server: GstRtspServer.RTSPServer, factories: list, user: str, passw
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--mount", action="append", default=[], help="name=kind:args")
     parser.add_argument("--auth", default=None, help="user:password required for every mount")

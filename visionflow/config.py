@@ -86,7 +86,12 @@ class ModelConfig(_Strict):
     model_id: str | None = Field(
         default=None, description="Model id written with each entry; empty: file stem + hash."
     )
-    conf_threshold: float = Field(default=0.25, gt=0, lt=1, description="Minimum class score.")
+    conf_threshold: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Minimum class score; empty: the model sidecar's 'conf_threshold', else 0.25.",
+    )
     iou_threshold: float = Field(default=0.45, gt=0, le=1, description="NMS IoU threshold.")
     max_detections: int = Field(default=300, ge=1, description="Most detections kept per frame.")
 

@@ -47,7 +47,12 @@ def take_snapshot(
         output = engine.infer(to_network_input(canvas[None], engine.info.input_dtype))
     cfg = config.model
     detections = detections_for_frame(
-        output[0], lb, model.class_names, cfg.conf_threshold, cfg.iou_threshold, cfg.max_detections
+        output[0],
+        lb,
+        model.class_names,
+        model.conf_threshold,
+        cfg.iou_threshold,
+        cfg.max_detections,
     )
     drawn = annotate(image, [(d.class_id, (d.x1, d.y1, d.x2, d.y2)) for d in detections])
     return write_png(out, drawn), detections

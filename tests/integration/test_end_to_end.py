@@ -10,26 +10,34 @@ from tests.integration.helpers import config, entries, running
 pytestmark = pytest.mark.integration
 
 
-def test_four_rtsp_streams_publish_well_formed_entries(rtsp, redis_server, redis_client, key_prefix):
-    server = rtsp({
-        "a": "test:640x360@30",
-        "b": "test:1280x720@25",
-        "c": "test:320x240@15",
-        "d": "test:800x600@30:h265",
-    })
+def test_four_rtsp_streams_publish_well_formed_entries(
+    rtsp, redis_server, redis_client, key_prefix
+):
+    server = rtsp(
+        {
+            "a": "test:640x360@30",
+            "b": "test:1280x720@25",
+            "c": "test:320x240@15",
+            "d": "test:800x600@30:h265",
+        }
+    )
     sizes = {"a": (640, 360), "b": (1280, 720), "c": (320, 240), "d": (800, 600)}
     cfg = config([{"id": m, "url": server.url(m)} for m in sizes], redis_server, key_prefix)
     with running(cfg, redis_server) as pipeline:
         wait_until(
             lambda: all(len(entries(redis_client, key_prefix, m)) >= 150 for m in sizes),
             40,
-            lambda: f"not every stream published 150 entries: {[(s.stream_id, s.state, s.published, s.last_error) for s in pipeline.status().streams]}",
+            lambda: (
+                f"not every stream published 150 entries: {[(s.stream_id, s.state, s.published, s.last_error) for s in pipeline.status().streams]}"
+            ),
         )
         status = pipeline.status()
     for stream_id, (width, height) in sizes.items():
         rows = entries(redis_client, key_prefix, stream_id)
         seqs = [e.seq for e in rows]
-        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), f"{stream_id}: seq not increasing"
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), (
+            f"{stream_id}: seq not increasing"
+        )
         for entry in rows:
             assert entry.stream_id == stream_id
             assert (entry.width, entry.height) == (width, height)

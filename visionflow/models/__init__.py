@@ -24,6 +24,7 @@ class ResolvedModel:
     class_names: tuple[str, ...]
     input_size: tuple[int, int]  # (width, height)
     num_classes: int
+    conf_threshold: float
 
 
 def _sidecar(path: Path) -> dict[str, object]:
@@ -87,6 +88,7 @@ def resolve_model(config: AppConfig) -> ResolvedModel:
         raise ConfigError(
             f"model.class_names has {len(names)} names but the model has {num_classes} classes"
         )
+    threshold = model.conf_threshold or side.get("conf_threshold") or 0.25
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     return ResolvedModel(
         path=path,
@@ -94,4 +96,5 @@ def resolve_model(config: AppConfig) -> ResolvedModel:
         class_names=tuple(names),
         input_size=size,
         num_classes=num_classes,
+        conf_threshold=float(threshold),  # type: ignore[arg-type]
     )

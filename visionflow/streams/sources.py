@@ -61,7 +61,8 @@ class VideoSource:
         url = self.stream.url.lower()
         micros = str(int(self.policy.read_timeout_s * 1_000_000))
         if url.startswith(("rtsp://", "rtsps://")):
-            return {"rtsp_transport": "tcp", "timeout": micros, "fflags": "nobuffer"}
+            # no fflags=nobuffer: it discards the packets read while probing (~1 s of video)
+            return {"rtsp_transport": "tcp", "timeout": micros}
         if url.startswith(("http://", "https://")):
             return {"rw_timeout": micros}
         return {}

@@ -21,7 +21,7 @@ import numpy as np
 
 from visionflow.engines import EngineConfig, create_engine
 from visionflow.pipeline.framepool import PoolCache
-from visionflow.pipeline.frames import BatchRequest, BatchResult, FrameResult
+from visionflow.pipeline.frames import BatchRequest, BatchResult, FrameRef, FrameResult
 from visionflow.pipeline.letterbox import to_network_input
 from visionflow.pipeline.postprocess import detections_for_frame
 from visionflow.workers.logs import setup_child_logging
@@ -54,7 +54,7 @@ def run_batch(
     started = time.time()
     width, height = spec.input_size
     images = np.empty((len(request.frames), height, width, 3), np.uint8)
-    frames = []
+    frames: list[FrameRef] = []
     for frame in request.frames:
         try:
             images[len(frames)] = pools.get(frame.pool).image(frame.slot)

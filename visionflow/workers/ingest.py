@@ -91,7 +91,7 @@ class StreamReader:
                 self.reconnects += 1
         finally:
             source.close()
-            if self.machine.state is not StreamState.STOPPED:
+            if self.machine.state not in (StreamState.STOPPED, StreamState.FAILED):
                 self.machine.to(StreamState.STOPPED, "stopped")
 
     def _session(self, source: VideoSource) -> str:

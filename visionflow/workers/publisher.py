@@ -80,6 +80,11 @@ class RedisPublisher:
         with self._cond:
             self._cond.notify()
         self.thread.join(timeout=flush_timeout + self.config.socket_timeout_s)
+        if self.connected:  # leave the final states (stopped) behind for operators
+            try:
+                self._write_status()
+            except (redis.RedisError, OSError) as exc:
+                log.warning("redis %s: final status not written: %s", self.safe_url, exc)
         self._client.close()
 
     # ---- writer thread -----------------------------------------------------------

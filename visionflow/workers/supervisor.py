@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,7 @@ class _StreamView:
     fps: float = 0.0
     last_frames: tuple[float, int] | None = None
     last_reason: str = ""
+    history: deque[StateChanged] = field(default_factory=lambda: deque(maxlen=64))
 
 
 @dataclass
@@ -127,6 +128,7 @@ class Pipeline:
         self._batch_ids = 0
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
         self.started_at = time.time()
 
@@ -171,6 +173,7 @@ class Pipeline:
 
     def stop(self, flush_timeout: float = 5.0) -> None:
         """Stop reading, let in-flight batches finish, flush Redis, end every process."""
+        self._stopping.set()
         for proc in self._ingest.values():
             proc.commands.put(None)
         deadline = time.monotonic() + self.config.source.read_timeout_s + 3
@@ -208,7 +211,7 @@ class Pipeline:
             input_size=self.model.input_size,
             max_batch=self.config.batching.max_batch,
             slots=self.config.workers.slots_per_stream,
-            conf_threshold=self.config.model.conf_threshold,
+            conf_threshold=self.model.conf_threshold,
             iou_threshold=self.config.model.iou_threshold,
             max_detections=self.config.model.max_detections,
             env=tuple(env.items()),
@@ -314,6 +317,7 @@ class Pipeline:
                 view = self._streams.get(msg.stream_id)
                 if view is not None:
                     view.state, view.state_since, view.last_reason = msg.target, msg.at, msg.reason
+                    view.history.append(msg)
             elif isinstance(msg, PoolClosed):
                 self.pools.forget(msg.pool)
             elif isinstance(msg, WorkerReady):
@@ -397,6 +401,8 @@ class Pipeline:
         )
 
     def _check_processes(self) -> None:
+        if self._stopping.is_set():
+            return
         with self._lock:
             for worker_id, worker in list(self._workers.items()):
                 if worker.state != "failed" and not worker.process.is_alive():
@@ -447,6 +453,12 @@ class Pipeline:
         self._start_ingest(index, streams, proc.restarts + 1)
 
     # ---- status ------------------------------------------------------------------
+    def transitions(self, stream_id: str) -> list[StateChanged]:
+        """The stream's recent state changes, oldest first."""
+        with self._lock:
+            view = self._streams.get(stream_id)
+            return list(view.history) if view else []
+
     def status(self) -> PipelineStatus:
         """A consistent snapshot for the status table, Redis and the API."""
         with self._lock:

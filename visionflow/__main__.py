@@ -1,0 +1,5 @@
+"""``python -m visionflow`` is the ``visionflow`` command."""
+
+from visionflow.cli import main
+
+main()
