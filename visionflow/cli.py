@@ -30,8 +30,8 @@ from visionflow.workers.logs import setup_logging
 from visionflow.workers.status import PipelineStatus
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Path, typer.Option("-c", "--config", help="YAML config file.")]
 DurationOpt = Annotated[
@@ -91,7 +91,7 @@ def demo(
 
     setup_logging(logging.WARNING)
     console.print(
-        "[bold]visionflow demo[/]: preparing synthetic camera scenes (cached after the first run)..."
+        "[bold]visionflow demo[/]: preparing synthetic camera scenes (cached)…"
     )
     clips = demo_clips()
     cfg = demo_config(redis_url, clips)

@@ -81,7 +81,7 @@ class ModelConfig(_Strict):
     )
     class_names: list[str] | None = Field(
         default=None,
-        description="Class names by id; empty: from the model's <name>.json sidecar or 'class_<i>'.",
+        description="Class names by id; empty: the model's <name>.json sidecar, else 'class_<i>'.",
     )
     model_id: str | None = Field(
         default=None, description="Model id written with each entry; empty: file stem + hash."
@@ -261,7 +261,10 @@ def parse_config(raw: Any, source: str = "<config>", base_dir: Path | None = Non
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
-    raw = substitute_env(raw, "")
+    try:
+        raw = substitute_env(raw, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     try:
         config = AppConfig.model_validate(raw)
     except ValidationError as exc:

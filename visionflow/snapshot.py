@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 
@@ -29,10 +30,7 @@ def take_snapshot(
     source = VideoSource(stream, config.source, threading.Event())
     source.open()
     try:
-        decoded = None
-        for index, decoded in enumerate(source.frames()):
-            if index >= skip_frames:
-                break
+        decoded = next(itertools.islice(source.frames(), skip_frames, None), None)
         if decoded is None:
             raise SourceError(f"{stream.safe_url}: no frame to snapshot")
         image = decoded.frame.to_ndarray(format="rgb24")

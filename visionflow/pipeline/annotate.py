@@ -21,7 +21,7 @@ def draw_box(
 ) -> None:
     """Draw a rectangle outline in place (clipped to the image)."""
     H, W = image.shape[:2]
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, y1, x2, y2 = (round(v) for v in box)
     x1, x2 = max(0, min(W - 1, x1)), max(0, min(W - 1, x2))
     y1, y2 = max(0, min(H - 1, y1)), max(0, min(H - 1, y2))
     t = thickness

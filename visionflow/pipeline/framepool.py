@@ -9,6 +9,7 @@ Messages between processes then carry ``(pool name, slot)``, never pixels.
 
 from __future__ import annotations
 
+import contextlib
 from multiprocessing import shared_memory
 
 import numpy as np
@@ -74,10 +75,8 @@ class FramePool:
         del self._state, self._images
         self._shm.close()
         if self._owner:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self._shm.unlink()
-            except FileNotFoundError:
-                pass
 
 
 class PoolCache:
@@ -97,10 +96,8 @@ class PoolCache:
 
     def release(self, name: str, slot: int) -> None:
         """Free a slot, tolerating a pool whose producer is already gone."""
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.get(name).release(slot)
-        except FileNotFoundError:
-            pass
 
     def forget(self, name: str) -> None:
         pool = self._pools.pop(name, None)

@@ -153,7 +153,7 @@ class SceneGenerator:
 
     # ---- rendering ------------------------------------------------------------------
     def frame_count(self, seconds: float) -> int:
-        return int(round(seconds * self.spec.fps))
+        return round(seconds * self.spec.fps)
 
     def render(self, index: int) -> tuple[npt.NDArray[np.uint8], list[TruthBox]]:
         """Frame ``index`` as ``[H, W, 3]`` RGB uint8, and its truth boxes."""
@@ -236,8 +236,8 @@ def _draw(
 ) -> int:
     """Paint one object (painter's order) and return its total mask area in pixels."""
     x, y = _position(track, t)
-    x0, y0 = int(math.floor(x)), int(math.floor(y))
-    w, h = max(2, int(round(track.w))), max(2, int(round(track.h)))
+    x0, y0 = math.floor(x), math.floor(y)
+    w, h = max(2, round(track.w)), max(2, round(track.h))
     mask, paint = _shape(track, w, h)
     H, W = owner.shape
     sx0, sy0 = max(0, x0), max(0, y0)

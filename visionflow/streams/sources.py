@@ -9,6 +9,7 @@ URL's password.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -51,6 +52,7 @@ class VideoSource:
         self._stop = stop
         self._container: Any = None
         self.decode_errors = 0
+        self._last_frame = time.monotonic()
 
     # ---- opening ----------------------------------------------------------------
     def _target(self) -> str:
@@ -105,10 +107,8 @@ class VideoSource:
 
     def close(self) -> None:
         if self._container is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a broken container must never raise
                 self._container.close()
-            except Exception:  # closing a broken container must never raise
-                pass
             self._container = None
 
     # ---- reading ----------------------------------------------------------------
@@ -125,8 +125,8 @@ class VideoSource:
         rate = float(video.average_rate or video.guessed_rate or 30)
         pace = self.stream.is_file and self.stream.realtime
         start, count = time.monotonic(), 0
-        last_frame = time.monotonic()
-        for packet in self._demux(video, lambda: last_frame):
+        self._last_frame = time.monotonic()
+        for packet in self._demux(video):
             t0 = time.perf_counter()
             try:
                 decoded = packet.decode()
@@ -143,13 +143,13 @@ class VideoSource:
                     due = start + count / rate
                     if (wait := due - time.monotonic()) > 0 and self._stop.wait(wait):
                         return
-                last_frame = time.monotonic()
+                self._last_frame = time.monotonic()
                 pts = float(frame.pts * frame.time_base) if frame.pts is not None else None
                 yield DecodedFrame(frame, pts, decode_ms, frame.width, frame.height)
             if self._stop.is_set():
                 return
 
-    def _demux(self, video: Any, last_frame: Any) -> Iterator[Any]:
+    def _demux(self, video: Any) -> Iterator[Any]:
         stall = self.policy.stall_timeout_s
         packets = self._container.demux(video)
         while not self._stop.is_set():
@@ -166,7 +166,7 @@ class VideoSource:
                 raise SourceStalledError(
                     f"{self.stream.safe_url}: read failed: {redact_text(str(exc))}"
                 ) from None
-            if time.monotonic() - last_frame() > stall:
+            if time.monotonic() - self._last_frame > stall:
                 raise SourceStalledError(
                     f"{self.stream.safe_url}: no frame for {stall:.0f}s (watchdog)"
                 )

@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,8 @@ class _IngestProc:
     last_beat: float
     restarts: int = 0
     pools: set[str] = field(default_factory=set)
+    started: float = field(default_factory=time.monotonic)
+    restarting: bool = False
 
 
 @dataclass
@@ -91,6 +94,20 @@ class _Worker:
     device: str = ""
     restarts: int = 0
     ready_at: float | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+def restart_delay(started: float, restarts: int) -> float:
+    """Seconds to wait before restarting a process that died.
+
+    A process that ran a while is restarted at once (after 0.5 s); one that keeps dying
+    soon after starting (a bad model, a broken library) backs off up to 30 s, so a crash loop
+    does not eat the CPU the healthy processes need.
+    """
+    lived = time.monotonic() - started
+    if lived > 30:
+        return 0.5
+    return float(min(30.0, 0.5 * 2 ** min(restarts, 6)))
 
 
 class Pipeline:
@@ -129,6 +146,7 @@ class Pipeline:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._stopping = threading.Event()
+        self._pending: list[tuple[float, Callable[[], None]]] = []
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
         self.started_at = time.time()
 
@@ -404,12 +422,15 @@ class Pipeline:
         if self._stopping.is_set():
             return
         with self._lock:
+            self._run_pending()
             for worker_id, worker in list(self._workers.items()):
-                if worker.state != "failed" and not worker.process.is_alive():
+                if worker.state not in ("failed", "restarting") and not worker.process.is_alive():
                     self._recover_worker(worker_id, worker)
             timeout = max(10.0, self.config.source.read_timeout_s * 2 + 2)
             for index, proc in list(self._ingest.items()):
                 silent = time.monotonic() - proc.last_beat
+                if proc.restarting:
+                    continue
                 if not proc.process.is_alive() or silent > timeout:
                     self._restart_ingest(index, proc, silent)
 
@@ -434,7 +455,11 @@ class Pipeline:
             resent = BatchRequest(self._batch_ids, request.frames, time.time())
             self.dispatcher.sent(target, resent)
             self._workers[target.worker_id].tasks.put(resent)
-        self._start_worker(worker_id, worker.restarts + 1)
+        worker.state = "restarting"
+        self._later(
+            restart_delay(worker.started, worker.restarts),
+            lambda: self._start_worker(worker_id, worker.restarts + 1),
+        )
 
     def _restart_ingest(self, index: int, proc: _IngestProc, silent: float) -> None:
         reason = "exited" if not proc.process.is_alive() else f"silent for {silent:.0f}s"
@@ -450,7 +475,21 @@ class Pipeline:
             self.pools.forget(name)
         self._unlink_pools(sorted(proc.pools))
         streams = [self._streams[s].config for s in proc.streams if s in self._streams]
-        self._start_ingest(index, streams, proc.restarts + 1)
+        proc.restarting = True
+        self._later(
+            restart_delay(proc.started, proc.restarts),
+            lambda: self._start_ingest(index, streams, proc.restarts + 1),
+        )
+
+    def _later(self, delay: float, action: Callable[[], None]) -> None:
+        self._pending.append((time.monotonic() + delay, action))
+
+    def _run_pending(self) -> None:
+        now = time.monotonic()
+        due = [(t, a) for t, a in self._pending if t <= now]
+        self._pending = [(t, a) for t, a in self._pending if t > now]
+        for _, action in due:
+            action()
 
     # ---- status ------------------------------------------------------------------
     def transitions(self, stream_id: str) -> list[StateChanged]:
@@ -466,7 +505,7 @@ class Pipeline:
             workers = [
                 WorkerStatus(
                     worker_id=i,
-                    state=w.state if w.process.is_alive() or w.state == "failed" else "dead",
+                    state=self._worker_state(w),
                     backend=w.backend,
                     device=w.device,
                     batches=self.dispatcher.workers[i].batches,
@@ -486,6 +525,11 @@ class Pipeline:
             model_id=self.model.model_id,
             uptime_s=time.time() - self.started_at,
         )
+
+    def _worker_state(self, worker: _Worker) -> str:
+        if worker.process.is_alive() or worker.state in ("failed", "restarting"):
+            return worker.state
+        return "stopped" if self._stopping.is_set() else "dead"
 
     def _stream_status(self, view: _StreamView) -> StreamStatus:
         stats = view.stats

@@ -1,0 +1,75 @@
+"""The ``visionflow`` command as a user runs it (subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def visionflow(*args: str, env: dict[str, str] | None = None, timeout: float = 120):
+    return subprocess.run(
+        [sys.executable, "-m", "visionflow", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_validate_bad_config_exits_2_naming_file_stream_and_field(tmp_path: Path):
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        "streams:\n  - id: lobby\n    url: rtsp://a:b@h/x\n  - id: dock\n    url: rtsp://h/y\n    fps_cap: 0\n"
+    )
+    result = visionflow("validate", "-c", str(path))
+    assert result.returncode == 2, result
+    assert str(path) in result.stderr and "'dock'" in result.stderr and "fps_cap" in result.stderr
+    assert "a:b@" not in result.stderr + result.stdout
+
+
+def test_validate_good_config(tmp_path: Path):
+    path = tmp_path / "site.yaml"
+    path.write_text("streams:\n  - id: lobby\n    url: rtsp://cam/x\n")
+    result = visionflow("validate", "-c", str(path))
+    assert result.returncode == 0 and "1 stream(s)" in result.stdout, result
+
+
+def test_run_with_a_missing_model_exits_2(tmp_path: Path):
+    path = tmp_path / "site.yaml"
+    path.write_text("model: {path: nowhere.onnx}\nstreams:\n  - id: a\n    url: x.mp4\n")
+    result = visionflow("run", "-c", str(path), "--duration", "1", "--plain")
+    assert result.returncode == 2 and "nowhere.onnx" in result.stderr, result
+
+
+def test_demo_runs_publishes_and_writes_snapshots(tmp_path: Path):
+    snaps = tmp_path / "snaps"
+    result = visionflow(
+        "demo",
+        "--duration",
+        "8",
+        "--plain",
+        "--snapshot-dir",
+        str(snaps),
+        env={"VISIONFLOW_CACHE": str(tmp_path / "cache")},
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "redis-cli -p" in result.stdout and "XREVRANGE visionflow:detections:lobby" in result.stdout
+    )
+    for stream in ("lobby", "parking", "street", "gate"):
+        png = snaps / f"{stream}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"{stream}:streaming" in result.stdout or f"{stream}:stopped" in result.stdout
+    published = [
+        int(tok.split(":")[3].removesuffix("pub"))
+        for tok in result.stdout.split()
+        if tok.count(":") == 3 and tok.endswith("pub")
+    ]
+    assert published and max(published) > 50, result.stdout

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from visionflow.pipeline.batcher import DynamicBatcher
+from visionflow.pipeline.frames import FrameRef
+from visionflow.pipeline.letterbox import letterbox_geometry
+
+LB = letterbox_geometry(64, 64, 32, 32)
+
+
+def frame(stream: str, seq: int) -> FrameRef:
+    return FrameRef(stream, seq, None, 0.0, 1.0, f"pool-{stream}", seq % 4, LB)
+
+
+def test_batch_leaves_when_full():
+    b = DynamicBatcher(max_batch=4, max_delay_s=10, buffer_per_stream=8)
+    for i in range(3):
+        b.add(frame("a", i), now=0.0)
+    assert b.time_until_due(0.0) == 10
+    b.add(frame("b", 0), now=0.0)
+    assert b.time_until_due(0.0) == 0
+    assert len(b.take()) == 4 and b.waiting == 0
+
+
+def test_batch_leaves_after_max_delay_of_oldest_frame():
+    b = DynamicBatcher(max_batch=8, max_delay_s=0.02, buffer_per_stream=8)
+    assert b.time_until_due(0.0) is None
+    b.add(frame("a", 0), now=1.0)
+    b.add(frame("a", 1), now=1.015)
+    assert abs(b.time_until_due(1.01) - 0.01) < 1e-9
+    assert b.time_until_due(1.02) == 0
+
+
+def test_round_robin_gives_the_slow_stream_its_place():
+    b = DynamicBatcher(max_batch=4, max_delay_s=0, buffer_per_stream=100)
+    for i in range(50):
+        b.add(frame("fast", i), now=0.0)
+    b.add(frame("slow", 0), now=0.0)
+    first = b.take()
+    assert [f.stream_id for f in first].count("slow") == 1
+    assert [f.seq for f in first if f.stream_id == "fast"] == [0, 1, 2]
+
+
+def test_rotation_changes_the_first_stream():
+    b = DynamicBatcher(max_batch=1, max_delay_s=0, buffer_per_stream=10)
+    for i in range(3):
+        for s in ("a", "b", "c"):
+            b.add(frame(s, i), now=0.0)
+    assert [b.take()[0].stream_id for _ in range(3)] == ["a", "b", "c"]
+
+
+def test_full_buffer_drops_oldest_and_returns_it():
+    b = DynamicBatcher(max_batch=8, max_delay_s=1, buffer_per_stream=2)
+    assert b.add(frame("a", 0), 0.0) is None
+    assert b.add(frame("a", 1), 0.0) is None
+    dropped = b.add(frame("a", 2), 0.0)
+    assert dropped is not None and dropped.seq == 0
+    assert [f.seq for f in b.take()] == [1, 2]
+
+
+def test_remove_stream_returns_waiting_frames():
+    b = DynamicBatcher(max_batch=8, max_delay_s=1, buffer_per_stream=4)
+    b.add(frame("a", 0), 0.0)
+    b.add(frame("b", 0), 0.0)
+    assert [f.stream_id for f in b.remove_stream("a")] == ["a"]
+    assert b.waiting == 1 and [f.stream_id for f in b.drain()] == ["b"]

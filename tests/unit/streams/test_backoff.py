@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from visionflow.streams.backoff import Backoff
+
+
+def test_grows_exponentially_to_the_cap_without_jitter():
+    b = Backoff(0.5, 4.0, 2.0, jitter=0.0)
+    assert [b.next_delay() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    b.reset()
+    assert b.next_delay() == 0.5 and b.failures == 1
+
+
+def test_jitter_stays_within_bounds_and_spreads():
+    b = Backoff(1.0, 8.0, 2.0, jitter=0.5, rng=random.Random(3))
+    delays = []
+    for _ in range(200):
+        b.reset()
+        delays.append(b.next_delay())
+    assert all(0.5 <= d <= 1.0 for d in delays)
+    assert max(delays) - min(delays) > 0.3
+
+
+def test_rejects_nonsense():
+    with pytest.raises(ValueError):
+        Backoff(0, 1)

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from visionflow.config import load_config, parse_config
+from visionflow.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cams.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_valid_file_with_env_substitution(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAM_PW", "pa:ss@word")
+    cfg = load_config(
+        write(
+            tmp_path,
+            """
+streams:
+  - id: door
+    url: rtsp://admin:${CAM_PW}@10.0.0.5/live
+    fps_cap: 5
+    labels: {site: hq}
+  - id: yard
+    url: ${YARD_URL:-clips/yard.mp4}
+    enabled: false
+batching: {max_batch: 16, max_delay_ms: 25}
+engine: {backend: onnxruntime, intra_op_threads: 2}
+""",
+        )
+    )
+    assert cfg.streams[0].url == "rtsp://admin:pa:ss@word@10.0.0.5/live"
+    assert cfg.streams[1].url == "clips/yard.mp4" and not cfg.streams[1].enabled
+    assert cfg.batching.max_batch == 16 and cfg.engine.backend == "onnxruntime"
+    assert cfg.base_dir == tmp_path
+    assert "pa:ss@word" not in repr(cfg.streams[0])
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            "streams:\n  - id: cam1\n    url: rtsp://x/1\n    fps_cap: -3\n",
+            ["stream 'cam1'", "streams[0]", "fps_cap"],
+        ),
+        (
+            "streams:\n  - id: cam1\n    url: rtsp://x\n    colour: red\n",
+            ["stream 'cam1'", "colour", "xtra"],
+        ),
+        ("streams:\n  - id: a\n    url: x\n  - id: a\n    url: y\n", ["duplicate stream id 'a'"]),
+        ("streams:\n  - id: 'bad id!'\n    url: x\n", ["streams[0]", "'id'"]),
+        (
+            "streams:\n  - id: c\n    url: ftp://u:pw@h/x\n",
+            ["stream 'c'", "unsupported URL scheme", "u:***@"],
+        ),
+        ("batching: {max_batch: 0}\n", ["batching.max_batch"]),
+        ("engine: {backend: magic}\n", ["engine"]),
+        ("model: {input_size: [600, 640]}\n", ["model.input_size", "multiples of 32"]),
+        ("streams: [\n", ["not valid YAML"]),
+        (
+            "streams:\n  - id: c\n    url: rtsp://u:${NOPE_NOT_SET}@h\n",
+            ["${NOPE_NOT_SET}", "streams[0].url"],
+        ),
+    ],
+)
+def test_invalid_files_name_file_stream_and_field(tmp_path, body, expected):
+    path = write(tmp_path, body)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    for fragment in expected:
+        assert fragment in message, message
+    assert "pw@" not in message
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_empty_document_gives_defaults():
+    cfg = parse_config(None)
+    assert cfg.streams == [] and cfg.redis.key_prefix == "visionflow"
+
+
+def test_the_shipped_example_is_valid(monkeypatch):
+    monkeypatch.setenv("CAM_PASSWORD", "x")
+    cfg = load_config(Path(__file__).resolve().parents[2] / "examples" / "cameras.yaml")
+    assert [s.id for s in cfg.streams] == ["entrance", "loading-dock", "recorded"]

@@ -1,0 +1,64 @@
+"""The publisher against a real Redis server, including one that goes away."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from tests.conftest import wait_until
+from visionflow.config import RedisConfig
+from visionflow.pipeline.frames import FrameRef, FrameResult
+from visionflow.pipeline.letterbox import letterbox_geometry
+from visionflow.schema import detections_key, parse_entry
+from visionflow.workers.publisher import RedisPublisher
+
+LB = letterbox_geometry(640, 480, 320, 320)
+
+
+def results(stream: str, seqs: range) -> list[FrameResult]:
+    return [
+        FrameResult(FrameRef(stream, s, None, 1.0, 1.0, "p", 0, LB), (), 1.0, 1.0, 1, 0, 1.0)
+        for s in seqs
+    ]
+
+
+def test_entries_are_written_trimmed_and_in_order(redis_server, redis_client, key_prefix):
+    cfg = RedisConfig(
+        url=redis_server,
+        key_prefix=key_prefix,
+        maxlen=100,
+        approximate_trim=False,
+        pipeline_max_entries=16,
+    )
+    pub = RedisPublisher(cfg, redis_server, "m1")
+    pub.start()
+    try:
+        pub.submit(results("a", range(250)))
+        wait_until(lambda: pub.published["a"] == 250, 10, lambda: f"published {pub.published}")
+    finally:
+        pub.stop()
+    rows = redis_client.xrange(detections_key(key_prefix, "a"))
+    assert len(rows) == 100
+    assert [parse_entry(i, f).seq for i, f in rows] == list(range(150, 250))
+
+
+@pytest.mark.integration
+def test_unreachable_redis_buffers_bounded_and_counts_drops(killable_redis, key_prefix):
+    killable_redis.kill()
+    cfg = RedisConfig(
+        url=killable_redis.url, key_prefix=key_prefix, buffer_max_entries=50, socket_timeout_s=0.3
+    )
+    pub = RedisPublisher(cfg, killable_redis.url, "m1")
+    pub.start()
+    try:
+        pub.submit(results("a", range(80)))
+        wait_until(lambda: pub.last_error is not None, 5, "no error noted")
+        assert not pub.connected and pub.pending == 50 and pub.dropped["a"] == 30
+        killable_redis.start()
+        wait_until(lambda: pub.published["a"] == 50, 15, lambda: f"after restart: {pub.published}")
+    finally:
+        pub.stop()
+    client = redis.Redis.from_url(killable_redis.url)
+    assert [
+        parse_entry(i, f).seq for i, f in client.xrange(detections_key(key_prefix, "a"))
+    ] == list(range(30, 80))
