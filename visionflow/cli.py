@@ -90,9 +90,7 @@ def demo(
     from visionflow.demo import demo_clips, demo_config
 
     setup_logging(logging.WARNING)
-    console.print(
-        "[bold]visionflow demo[/]: preparing synthetic camera scenes (cached)…"
-    )
+    console.print("[bold]visionflow demo[/]: preparing synthetic camera scenes (cached)…")
     clips = demo_clips()
     cfg = demo_config(redis_url, clips)
     with _redis_for(cfg) as url:
