@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+Detections = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.intp]]
+
 
 @dataclass(frozen=True)
 class EngineInfo:
@@ -37,6 +39,23 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def infer(self, batch: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
         """Run the model on ``batch`` (``[N, 3, H, W]``) and return ``[N, 4 + C, A]``."""
+
+    def detect(
+        self,
+        batch: npt.NDArray[np.floating],
+        conf_threshold: float,
+        iou_threshold: float,
+        max_detections: int,
+    ) -> list[Detections]:
+        """Infer and decode: per image ``(xyxy boxes, scores, class ids)`` in input pixels.
+
+        The default decodes on the CPU with :func:`~visionflow.pipeline.postprocess.decode_output`;
+        GPU backends override it to run NMS on the device (same results, tested).
+        """
+        from visionflow.pipeline.postprocess import decode_output
+
+        output = self.infer(batch)
+        return [decode_output(o, conf_threshold, iou_threshold, max_detections) for o in output]
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the engine's resources."""

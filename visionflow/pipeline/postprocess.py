@@ -86,7 +86,17 @@ def detections_for_frame(
     max_detections: int,
 ) -> tuple[Detection, ...]:
     """Decode one image's output and map its boxes back onto the original frame."""
-    boxes, scores, class_ids = decode_output(output, conf_threshold, iou_threshold, max_detections)
+    decoded = decode_output(output, conf_threshold, iou_threshold, max_detections)
+    return to_detections(decoded, letterbox, class_names)
+
+
+def to_detections(
+    decoded: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.intp]],
+    letterbox: Letterbox,
+    class_names: Sequence[str],
+) -> tuple[Detection, ...]:
+    """Decoded boxes in network-input pixels -> :class:`Detection` in frame pixels."""
+    boxes, scores, class_ids = decoded
     boxes = unletterbox_boxes(boxes, letterbox)
     return tuple(
         Detection(

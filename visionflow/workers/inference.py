@@ -23,7 +23,7 @@ from visionflow.engines import EngineConfig, create_engine
 from visionflow.pipeline.framepool import PoolCache
 from visionflow.pipeline.frames import BatchRequest, BatchResult, FrameRef, FrameResult
 from visionflow.pipeline.letterbox import to_network_input
-from visionflow.pipeline.postprocess import detections_for_frame
+from visionflow.pipeline.postprocess import to_detections
 from visionflow.workers.logs import setup_child_logging
 from visionflow.workers.messages import PoolClosed, WorkerFailed, WorkerReady
 
@@ -63,18 +63,16 @@ def run_batch(
         frames.append(frame)
     images = images[: len(frames)]
     t0 = time.perf_counter()
-    output = engine.infer(to_network_input(images, engine.info.input_dtype))
-    results = []
-    for i, frame in enumerate(frames):
-        detections = detections_for_frame(
-            output[i],
-            frame.letterbox,
-            spec.class_names,
-            spec.conf_threshold,
-            spec.iou_threshold,
-            spec.max_detections,
-        )
-        results.append((frame, detections))
+    decoded = engine.detect(
+        to_network_input(images, engine.info.input_dtype),
+        spec.conf_threshold,
+        spec.iou_threshold,
+        spec.max_detections,
+    )
+    results = [
+        (frame, to_detections(decoded[i], frame.letterbox, spec.class_names))
+        for i, frame in enumerate(frames)
+    ]
     inference_ms = (time.perf_counter() - t0) * 1000
     done = time.time()
     return BatchResult(

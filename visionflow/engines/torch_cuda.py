@@ -1,0 +1,210 @@
+"""PyTorch on a CUDA GPU, running the same ONNX model (named ``torch-cuda`` everywhere).
+
+The ONNX graph is converted in memory by ``onnx2torch``; the module runs in fp16 (or fp32),
+channels-last, with one CUDA graph captured per batch-size bucket (powers of two up to
+``max_batch``; a smaller batch is zero-padded to its bucket), and decode + class-aware NMS run
+on the GPU (``torchvision.ops.batched_nms`` when torchvision is there, a vectorised torch
+fallback otherwise).  It is the GPU backend that runs where TensorRT cannot be installed,
+and a real option for GPUs without TensorRT.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from visionflow.engines.base import Detections, Engine, EngineInfo
+from visionflow.engines.config import TorchCudaConfig
+from visionflow.errors import EngineUnavailableError, ModelError
+
+log = logging.getLogger("visionflow.engines.torch_cuda")
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+    """Batch sizes that get a CUDA graph: powers of two below ``max_batch``, and ``max_batch``."""
+    sizes, b = [], 1
+    while b < max_batch:
+        sizes.append(b)
+        b *= 2
+    return [*sizes, max_batch]
+
+
+def bucket_for(n: int, buckets: list[int]) -> int:
+    for size in buckets:
+        if size >= n:
+            return size
+    raise ValueError(f"batch of {n} is larger than max_batch {buckets[-1]}")
+
+
+class TorchCudaEngine(Engine):
+    """ONNX model -> PyTorch module on one CUDA device."""
+
+    def __init__(self, config: TorchCudaConfig, model_path: Path, max_batch: int) -> None:
+        try:
+            import onnx
+            import torch
+            from onnx2torch import convert
+        except ImportError as exc:
+            raise EngineUnavailableError(
+                f"the torch-cuda backend needs torch (with CUDA), onnx and onnx2torch: {exc}"
+            ) from exc
+        if not torch.cuda.is_available():
+            raise EngineUnavailableError("the torch-cuda backend found no CUDA device")
+        if not model_path.is_file():
+            raise ModelError(f"model file not found: {model_path}")
+        self._torch = torch
+        self.device = torch.device(f"cuda:{config.device}")
+        self.dtype = torch.float16 if config.precision == "fp16" else torch.float32
+        proto = onnx.load(str(model_path))
+        dims = proto.graph.input[0].type.tensor_type.shape.dim
+        height = dims[2].dim_value or 640
+        width = dims[3].dim_value or 640
+        try:
+            module = convert(proto)
+        except Exception as exc:
+            raise ModelError(f"{model_path}: onnx2torch cannot convert it: {exc}") from exc
+        self.module = (
+            module.eval().to(self.device, self.dtype).to(memory_format=torch.channels_last)
+        )
+        self.max_batch = max_batch
+        self.buckets = batch_buckets(max_batch)
+        self._graphs: dict[int, tuple[Any, Any, Any]] = {}
+        self._use_graphs = config.cuda_graphs
+        self._stream = torch.cuda.Stream(self.device)
+        with torch.inference_mode():
+            probe = self._run(
+                torch.zeros(1, 3, height, width, device=self.device, dtype=self.dtype)
+            )
+        self.info = EngineInfo(
+            backend="torch-cuda",
+            device=f"{torch.cuda.get_device_name(self.device)} ({config.precision}"
+            f"{', CUDA graphs' if self._use_graphs else ''})",
+            input_width=width,
+            input_height=height,
+            input_dtype="float16" if config.precision == "fp16" else "float32",
+            max_batch=max_batch,
+            num_classes=int(probe.shape[1]) - 4,
+        )
+
+    # ---- running ------------------------------------------------------------------
+    def _run(self, x: Any) -> Any:
+        out = self.module(x.contiguous(memory_format=self._torch.channels_last))
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+    def _graph(self, size: int) -> tuple[Any, Any, Any] | None:
+        """The CUDA graph for one bucket, captured on first use (None if capture fails)."""
+        if not self._use_graphs:
+            return None
+        if size in self._graphs:
+            return self._graphs[size]
+        torch = self._torch
+        width, height = self.info.input_width, self.info.input_height
+        static_in = torch.zeros(size, 3, height, width, device=self.device, dtype=self.dtype)
+        try:
+            with torch.inference_mode(), torch.cuda.stream(self._stream):
+                for _ in range(3):  # warm up kernels and the allocator outside the capture
+                    self._run(static_in)
+                self._stream.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=self._stream):
+                    static_out = self._run(static_in)
+        except Exception as exc:  # some converted graphs sync on the host: run them eagerly
+            log.warning("CUDA graph capture failed (%s); running eagerly", exc)
+            self._use_graphs = False
+            return None
+        self._graphs[size] = (graph, static_in, static_out)
+        return self._graphs[size]
+
+    def forward(self, x: Any) -> Any:
+        """Run a device tensor ``[n, 3, H, W]`` (any float dtype); returns ``[n, 4+C, A]``."""
+        torch = self._torch
+        n = int(x.shape[0])
+        size = bucket_for(n, self.buckets)
+        captured = self._graph(size)
+        with torch.inference_mode():
+            if captured is None:
+                return self._run(x.to(self.dtype))
+            graph, static_in, static_out = captured
+            static_in[:n].copy_(x)
+            if n < size:
+                static_in[n:].zero_()
+            graph.replay()
+            return static_out[:n]
+
+    def _to_device(self, batch: npt.NDArray[np.floating]) -> Any:
+        host = self._torch.from_numpy(np.ascontiguousarray(batch))
+        return host.pin_memory().to(self.device, self.dtype, non_blocking=True)
+
+    def infer(self, batch: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+        out = self.forward(self._to_device(batch))
+        return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
+
+    def detect(
+        self,
+        batch: npt.NDArray[np.floating],
+        conf_threshold: float,
+        iou_threshold: float,
+        max_detections: int,
+    ) -> list[Detections]:
+        out = self.forward(self._to_device(batch))
+        return gpu_decode(out, conf_threshold, iou_threshold, max_detections)
+
+    def close(self) -> None:
+        self._graphs.clear()
+        self._torch.cuda.empty_cache()
+
+
+def gpu_decode(
+    output: Any, conf_threshold: float, iou_threshold: float, max_detections: int
+) -> list[Detections]:
+    """Decode ``[N, 4+C, A]`` on the GPU: best class, threshold, class-aware NMS."""
+    import torch
+
+    try:
+        from torchvision.ops import batched_nms
+    except ImportError:  # pragma: no cover - torchvision is optional
+        batched_nms = _batched_nms
+    results: list[Detections] = []
+    with torch.inference_mode():
+        out = output.float()
+        scores, classes = out[:, 4:].max(1)
+        for i in range(out.shape[0]):
+            keep = scores[i] > conf_threshold
+            box = out[i, :4, keep].T
+            xyxy = torch.cat([box[:, :2] - box[:, 2:] / 2, box[:, :2] + box[:, 2:] / 2], 1)
+            s, c = scores[i, keep], classes[i, keep]
+            idx = batched_nms(xyxy, s, c, iou_threshold)[:max_detections]
+            results.append(
+                (
+                    xyxy[idx].cpu().numpy().astype(np.float32),
+                    s[idx].cpu().numpy().astype(np.float32),
+                    c[idx].cpu().numpy().astype(np.intp),
+                )
+            )
+    return results
+
+
+def _batched_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
+    """Greedy class-aware NMS in torch (fallback when torchvision is missing)."""
+    import torch
+
+    shifted = boxes + classes[:, None].to(boxes.dtype) * 8192.0
+    order = scores.argsort(descending=True)
+    keep = []
+    while order.numel():
+        best = order[0]
+        keep.append(best)
+        if order.numel() == 1:
+            break
+        rest = order[1:]
+        a, b = shifted[best], shifted[rest]
+        lt = torch.maximum(a[:2], b[:, :2])
+        rb = torch.minimum(a[2:], b[:, 2:])
+        inter = (rb - lt).clamp(min=0).prod(1)
+        union = (a[2:] - a[:2]).prod() + (b[:, 2:] - b[:, :2]).prod(1) - inter
+        order = rest[inter / union.clamp(min=1e-9) <= iou_threshold]
+    return torch.stack(keep) if keep else torch.zeros(0, dtype=torch.long, device=boxes.device)
