@@ -151,7 +151,8 @@ def run_visionflow(
         "fps": published / elapsed,
         "cpu_ms_per_frame": 1000 * cpu / max(total_published, 1),
         "decoded": decoded,
-        "dropped": decoded - published,
+        "dropped": sum(sum(s.drops.values()) for s in after.streams)
+        - sum(sum(s.drops.values()) for s in before.streams),
         "mean_batch": sum(w.frames for w in workers) / max(1, sum(w.batches for w in workers)),
     }
 

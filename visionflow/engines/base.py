@@ -57,6 +57,23 @@ class Engine(abc.ABC):
         output = self.infer(batch)
         return [decode_output(o, conf_threshold, iou_threshold, max_detections) for o in output]
 
+    def detect_images(
+        self,
+        images: npt.NDArray[np.uint8],
+        conf_threshold: float,
+        iou_threshold: float,
+        max_detections: int,
+    ) -> list[Detections]:
+        """Like :meth:`detect` from letterboxed ``[N, H, W, 3]`` uint8 RGB images.
+
+        GPU backends override this to upload uint8 (4x less than float32) and normalise on
+        the device.
+        """
+        from visionflow.pipeline.letterbox import to_network_input
+
+        batch = to_network_input(images, self.info.input_dtype)
+        return self.detect(batch, conf_threshold, iou_threshold, max_detections)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the engine's resources."""
 

@@ -58,65 +58,113 @@ class TorchCudaEngine(Engine):
             raise ModelError(f"model file not found: {model_path}")
         self._torch = torch
         self.device = torch.device(f"cuda:{config.device}")
-        self.dtype = torch.float16 if config.precision == "fp16" else torch.float32
-        proto = onnx.load(str(model_path))
-        dims = proto.graph.input[0].type.tensor_type.shape.dim
+        self.fp16 = config.precision == "fp16"
+        self.proto = onnx.load(str(model_path))
+        dims = self.proto.graph.input[0].type.tensor_type.shape.dim
         height = dims[2].dim_value or 640
         width = dims[3].dim_value or 640
-        try:
-            module = convert(proto)
-        except Exception as exc:
-            raise ModelError(f"{model_path}: onnx2torch cannot convert it: {exc}") from exc
-        self.module = (
-            module.eval().to(self.device, self.dtype).to(memory_format=torch.channels_last)
-        )
+        self._convert = convert
+        self.module = self._to_device(self._convert_proto(self.proto, model_path))
         self.max_batch = max_batch
         self.buckets = batch_buckets(max_batch)
         self._graphs: dict[int, tuple[Any, Any, Any]] = {}
         self._use_graphs = config.cuda_graphs
         self._stream = torch.cuda.Stream(self.device)
+        self._shape = (height, width)
         with torch.inference_mode():
-            probe = self._run(
-                torch.zeros(1, 3, height, width, device=self.device, dtype=self.dtype)
-            )
+            probe = self._run(self.module, torch.zeros(1, 3, height, width, device=self.device))
+        if self._use_graphs:  # capture every bucket now: no stall when a new size first comes
+            for size in self.buckets:
+                self._graph(size)
         self.info = EngineInfo(
             backend="torch-cuda",
             device=f"{torch.cuda.get_device_name(self.device)} ({config.precision}"
-            f"{', CUDA graphs' if self._use_graphs else ''})",
+            f"{', CUDA graphs' if self._use_graphs else ', eager'})",
             input_width=width,
             input_height=height,
-            input_dtype="float16" if config.precision == "fp16" else "float32",
+            input_dtype="float16" if self.fp16 else "float32",
             max_batch=max_batch,
             num_classes=int(probe.shape[1]) - 4,
         )
 
+    # ---- building -----------------------------------------------------------------
+    def _convert_proto(self, proto: Any, where: Path | str) -> Any:
+        try:
+            return self._convert(proto)
+        except Exception as exc:
+            raise ModelError(f"{where}: onnx2torch cannot convert it: {exc}") from exc
+
+    def _to_device(self, module: Any) -> Any:
+        torch = self._torch
+        module = module.eval().to(self.device)
+        if self.fp16:
+            module = module.half()
+        return module.to(memory_format=torch.channels_last)
+
+    def _static_module(self, size: int) -> Any:
+        """The model with its batch fixed to ``size`` and shape arithmetic folded away.
+
+        Some exports compute reshape targets from ``Shape`` at run time, which reads tensors on
+        the host and cannot be captured in a CUDA graph; ONNX Runtime's basic optimisations
+        fold those into constants once the batch is fixed.
+        """
+        import tempfile
+
+        import onnx
+        import onnxruntime as ort
+
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.proto)
+        proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = size
+        with tempfile.TemporaryDirectory() as tmp:
+            folded = Path(tmp) / "static.onnx"
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            options.optimized_model_filepath = str(folded)
+            ort.InferenceSession(
+                proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
+            return self._to_device(self._convert_proto(onnx.load(str(folded)), f"static b{size}"))
+
     # ---- running ------------------------------------------------------------------
-    def _run(self, x: Any) -> Any:
-        out = self.module(x.contiguous(memory_format=self._torch.channels_last))
-        return out[0] if isinstance(out, (list, tuple)) else out
+    def _run(self, module: Any, x: Any) -> Any:
+        torch = self._torch
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16, cache_enabled=False):
+            out = module(x.half() if self.fp16 else x.float())
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        return out
+
+    def _capture(self, module: Any, size: int) -> tuple[Any, Any, Any]:
+        torch = self._torch
+        height, width = self._shape
+        dtype = torch.float16 if self.fp16 else torch.float32
+        static_in = torch.zeros(size, 3, height, width, device=self.device, dtype=dtype)
+        with torch.inference_mode(), torch.cuda.stream(self._stream):
+            for _ in range(3):  # warm up kernels and the allocator outside the capture
+                self._run(module, static_in)
+            self._stream.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=self._stream):
+                static_out = self._run(module, static_in)
+        return graph, static_in, static_out
 
     def _graph(self, size: int) -> tuple[Any, Any, Any] | None:
-        """The CUDA graph for one bucket, captured on first use (None if capture fails)."""
+        """The CUDA graph for one bucket (None: run eagerly)."""
         if not self._use_graphs:
             return None
         if size in self._graphs:
             return self._graphs[size]
-        torch = self._torch
-        width, height = self.info.input_width, self.info.input_height
-        static_in = torch.zeros(size, 3, height, width, device=self.device, dtype=self.dtype)
         try:
-            with torch.inference_mode(), torch.cuda.stream(self._stream):
-                for _ in range(3):  # warm up kernels and the allocator outside the capture
-                    self._run(static_in)
-                self._stream.synchronize()
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, stream=self._stream):
-                    static_out = self._run(static_in)
-        except Exception as exc:  # some converted graphs sync on the host: run them eagerly
-            log.warning("CUDA graph capture failed (%s); running eagerly", exc)
-            self._use_graphs = False
-            return None
-        self._graphs[size] = (graph, static_in, static_out)
+            self._graphs[size] = self._capture(self.module, size)
+        except Exception as first:
+            log.info("graph capture of the dynamic model failed (%s); folding shapes", first)
+            try:
+                self._graphs[size] = self._capture(self._static_module(size), size)
+            except Exception as exc:
+                log.warning("CUDA graph capture failed (%s); running eagerly", exc)
+                self._use_graphs = False
+                return None
         return self._graphs[size]
 
     def forward(self, x: Any) -> Any:
@@ -127,7 +175,7 @@ class TorchCudaEngine(Engine):
         captured = self._graph(size)
         with torch.inference_mode():
             if captured is None:
-                return self._run(x.to(self.dtype))
+                return self._run(self.module, x)
             graph, static_in, static_out = captured
             static_in[:n].copy_(x)
             if n < size:
@@ -135,12 +183,12 @@ class TorchCudaEngine(Engine):
             graph.replay()
             return static_out[:n]
 
-    def _to_device(self, batch: npt.NDArray[np.floating]) -> Any:
+    def _upload(self, batch: npt.NDArray[Any]) -> Any:
         host = self._torch.from_numpy(np.ascontiguousarray(batch))
-        return host.pin_memory().to(self.device, self.dtype, non_blocking=True)
+        return host.pin_memory().to(self.device, non_blocking=True)
 
     def infer(self, batch: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
-        out = self.forward(self._to_device(batch))
+        out = self.forward(self._upload(batch))
         return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
 
     def detect(
@@ -150,7 +198,19 @@ class TorchCudaEngine(Engine):
         iou_threshold: float,
         max_detections: int,
     ) -> list[Detections]:
-        out = self.forward(self._to_device(batch))
+        out = self.forward(self._upload(batch))
+        return gpu_decode(out, conf_threshold, iou_threshold, max_detections)
+
+    def detect_images(
+        self,
+        images: npt.NDArray[np.uint8],
+        conf_threshold: float,
+        iou_threshold: float,
+        max_detections: int,
+    ) -> list[Detections]:
+        x = self._upload(images).permute(0, 3, 1, 2)
+        x = x.half() if self.fp16 else x.float()
+        out = self.forward(x.mul_(1.0 / 255.0))
         return gpu_decode(out, conf_threshold, iou_threshold, max_detections)
 
     def close(self) -> None:

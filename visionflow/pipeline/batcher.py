@@ -5,6 +5,8 @@ all, or when the oldest waiting frame has waited ``max_delay``, whichever comes 
 filled round-robin over the streams (one frame from each in turn, the starting stream
 rotating between batches), so a 30 fps camera cannot starve a 2 fps one.  A full buffer drops
 its oldest frame; the caller gets the dropped frame back to free its slot and count it.
+Lossless frames (files read faster than real time) are never dropped: their producer waits
+for a free shared-memory slot instead, which bounds them.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class DynamicBatcher:
             queue = self._queues[frame.stream_id] = deque()
             self._order.append(frame.stream_id)
         dropped = None
-        if len(queue) >= self.buffer_per_stream:
+        if len(queue) >= self.buffer_per_stream and not frame.lossless:
             dropped = queue.popleft()
             self._waiting -= 1
         queue.append(replace(frame, arrived=now))

@@ -36,6 +36,7 @@ class FrameRef:
     pool: str
     slot: int
     letterbox: Letterbox
+    lossless: bool = False  # a file read faster than real time: wait, never drop
     arrived: float = field(default=0.0, compare=False)
 
 

@@ -22,7 +22,6 @@ import numpy as np
 from visionflow.engines import EngineConfig, create_engine
 from visionflow.pipeline.framepool import PoolCache
 from visionflow.pipeline.frames import BatchRequest, BatchResult, FrameRef, FrameResult
-from visionflow.pipeline.letterbox import to_network_input
 from visionflow.pipeline.postprocess import to_detections
 from visionflow.workers.logs import setup_child_logging
 from visionflow.workers.messages import PoolClosed, WorkerFailed, WorkerReady
@@ -63,8 +62,8 @@ def run_batch(
         frames.append(frame)
     images = images[: len(frames)]
     t0 = time.perf_counter()
-    decoded = engine.detect(
-        to_network_input(images, engine.info.input_dtype),
+    decoded = engine.detect_images(
+        images,
         spec.conf_threshold,
         spec.iou_threshold,
         spec.max_detections,

@@ -158,7 +158,7 @@ class StreamReader:
                 self.skipped += 1
                 return
             self._next_allowed = max(self._next_allowed + 1 / cap, now - 0.5 / cap)
-        slot = self.pool.acquire()
+        slot = self._acquire_slot()
         if slot is None:
             self.backpressure += 1
             return
@@ -179,8 +179,20 @@ class StreamReader:
                 pool=self.pool.name,
                 slot=slot,
                 letterbox=letterbox,
+                lossless=self.lossless,
             )
         )
+
+    @property
+    def lossless(self) -> bool:
+        """Files read faster than real time wait for inference instead of dropping frames."""
+        return self.stream.is_file and not self.stream.realtime
+
+    def _acquire_slot(self) -> int | None:
+        slot = self.pool.acquire()
+        while slot is None and self.lossless and not self.stop_event.wait(0.002):
+            slot = self.pool.acquire()
+        return slot
 
     def _geometry(self, width: int, height: int) -> Letterbox:
         lb = self._letterbox

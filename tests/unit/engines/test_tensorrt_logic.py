@@ -23,8 +23,14 @@ from visionflow.models import DEMO_MODEL
 
 
 def key(**changes):
-    base = dict(model_sha256="ab" * 32, gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0",
-                trt_version="10.13.0.35", precision="fp16", profile=profile_for(32, 16, 640, 640))
+    base = dict(
+        model_sha256="ab" * 32,
+        gpu_name="NVIDIA H100 80GB HBM3",
+        compute_capability="9.0",
+        trt_version="10.13.0.35",
+        precision="fp16",
+        profile=profile_for(32, 16, 640, 640),
+    )
     base.update(changes)
     return EngineKey(**base)
 
@@ -41,11 +47,19 @@ def test_profile_from_batching_policy():
 def test_engine_key_changes_with_everything_it_depends_on():
     k = key()
     assert k.digest() == key().digest()
-    for change in (dict(gpu_name="NVIDIA A100-SXM4-40GB"), dict(compute_capability="8.0"),
-                   dict(trt_version="11.4.0"), dict(precision="int8"), dict(model_sha256="cd" * 32),
-                   dict(profile=profile_for(64, None, 640, 640)), dict(nms_in_engine=True)):
+    for change in (
+        dict(gpu_name="NVIDIA A100-SXM4-40GB"),
+        dict(compute_capability="8.0"),
+        dict(trt_version="11.4.0"),
+        dict(precision="int8"),
+        dict(model_sha256="cd" * 32),
+        dict(profile=profile_for(64, None, 640, 640)),
+        dict(nms_in_engine=True),
+    ):
         assert key(**change).digest() != k.digest(), change
-    assert k.filename().startswith("abababababab-nvidia-h100-80gb-hbm3-sm90-trt10.13.0.35-fp16-b32-")
+    assert k.filename().startswith(
+        "abababababab-nvidia-h100-80gb-hbm3-sm90-trt10.13.0.35-fp16-b32-"
+    )
 
 
 def test_repository_builds_once_then_reuses_and_rebuilds_on_mismatch(tmp_path):

@@ -40,15 +40,17 @@ def test_without_cuda_the_backend_says_why():
 def test_gpu_backend_matches_onnxruntime_and_nms_matches_cpu(precision):
     rng = np.random.default_rng(1)
     x = rng.random((5, 3, 320, 320), dtype=np.float32)
-    with create_engine(OnnxRuntimeConfig(), DEMO_MODEL, 8) as ref, \
-            create_engine(TorchCudaConfig(precision=precision), DEMO_MODEL, 8) as gpu:
+    with (
+        create_engine(OnnxRuntimeConfig(), DEMO_MODEL, 8) as ref,
+        create_engine(TorchCudaConfig(precision=precision), DEMO_MODEL, 8) as gpu,
+    ):
         expected, got = ref.infer(x), gpu.infer(x)  # 5 -> bucket 8: padding must not leak
         assert "CUDA graphs" in gpu.info.device
         tol = 2e-2 if precision == "fp16" else 1e-3
         assert np.abs(expected[:, 4:] - got[:, 4:]).max() < tol
         cpu_dets = ref.detect(x, 0.3, 0.45, 100)
         gpu_dets = gpu.detect(x, 0.3, 0.45, 100)
-    for (cb, cs, cc), (gb, gs, gc) in zip(cpu_dets, gpu_dets, strict=True):
+    for (cb, _, cc), (gb, _, gc) in zip(cpu_dets, gpu_dets, strict=True):
         assert abs(len(cb) - len(gb)) <= 1
         if precision == "fp32":
             assert cc.tolist() == gc.tolist() and np.allclose(cb, gb, atol=0.5)

@@ -63,3 +63,12 @@ def test_remove_stream_returns_waiting_frames():
     b.add(frame("b", 0), 0.0)
     assert [f.stream_id for f in b.remove_stream("a")] == ["a"]
     assert b.waiting == 1 and [f.stream_id for f in b.drain()] == ["b"]
+
+
+def test_lossless_frames_are_never_dropped():
+    from dataclasses import replace
+
+    b = DynamicBatcher(max_batch=8, max_delay_s=1, buffer_per_stream=2)
+    for i in range(5):
+        assert b.add(replace(frame("file", i), lossless=True), 0.0) is None
+    assert [f.seq for f in b.take()] == [0, 1, 2, 3, 4]

@@ -1,0 +1,1 @@
+"""GPUs and MIG instances: discovery through NVML and placement of workers on them."""
