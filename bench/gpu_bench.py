@@ -472,15 +472,13 @@ def _baseline_once(work: Path, n: int, seconds: float) -> dict[str, Any]:
 
     import av
     import numpy as np
-    import onnx
     import torch
-    from onnx2torch import convert
 
-    from visionflow.engines.torch_cuda import gpu_decode
+    from visionflow.engines.torch_cuda import gpu_decode, load_torch_module
     from visionflow.pipeline.letterbox import letterbox_geometry, scale_frame_into
 
     mp4, _ = clip_paths(work)
-    module = convert(onnx.load(str(_model(work)))).eval().cuda().half()
+    module = load_torch_module(_model(work)).eval().cuda().half()
     latest: list[Any] = [None] * n
     stop = threading.Event()
 

@@ -24,6 +24,35 @@ from visionflow.errors import EngineUnavailableError, ModelError
 log = logging.getLogger("visionflow.engines.torch_cuda")
 
 
+def fold_constants(proto: Any) -> Any:
+    """The model after ONNX Runtime's basic (standard-ONNX) optimisations.
+
+    Folds ``Constant`` nodes and shape arithmetic into initializers, which ``onnx2torch``
+    needs (its Conv converter reads weights and bias from initializers only); with a fixed
+    batch it also removes the host-side shape reads that CUDA graphs cannot capture.
+    """
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folded = Path(tmp) / "folded.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(folded)
+        ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return onnx.load(str(folded))
+
+
+def load_torch_module(model_path: Path) -> Any:
+    """The ONNX model as a PyTorch module (CPU, fp32), the way this backend loads it."""
+    import onnx
+    from onnx2torch import convert
+
+    return convert(fold_constants(onnx.load(str(model_path))))
+
+
 def batch_buckets(max_batch: int) -> list[int]:
     """Batch sizes that get a CUDA graph: powers of two below ``max_batch``, and ``max_batch``."""
     sizes, b = [], 1
@@ -64,7 +93,7 @@ class TorchCudaEngine(Engine):
         height = dims[2].dim_value or 640
         width = dims[3].dim_value or 640
         self._convert = convert
-        self.module = self._to_device(self._convert_proto(self.proto, model_path))
+        self.module = self._to_device(self._convert_proto(fold_constants(self.proto), model_path))
         self.max_batch = max_batch
         self.buckets = batch_buckets(max_batch)
         self._graphs: dict[int, tuple[Any, Any, Any]] = {}
@@ -108,23 +137,12 @@ class TorchCudaEngine(Engine):
         the host and cannot be captured in a CUDA graph; ONNX Runtime's basic optimisations
         fold those into constants once the batch is fixed.
         """
-        import tempfile
-
         import onnx
-        import onnxruntime as ort
 
         proto = onnx.ModelProto()
         proto.CopyFrom(self.proto)
         proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = size
-        with tempfile.TemporaryDirectory() as tmp:
-            folded = Path(tmp) / "static.onnx"
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-            options.optimized_model_filepath = str(folded)
-            ort.InferenceSession(
-                proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-            )
-            return self._to_device(self._convert_proto(onnx.load(str(folded)), f"static b{size}"))
+        return self._to_device(self._convert_proto(fold_constants(proto), f"static b{size}"))
 
     # ---- running ------------------------------------------------------------------
     def _run(self, module: Any, x: Any) -> Any:
