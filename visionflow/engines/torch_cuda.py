@@ -24,6 +24,23 @@ from visionflow.errors import EngineUnavailableError, ModelError
 log = logging.getLogger("visionflow.engines.torch_cuda")
 
 
+def _wrap(module: Any, fp16: bool) -> Any:
+    """The module with the backend's precision handling, as one traceable ``nn.Module``."""
+    import torch
+
+    class Wrapped(torch.nn.Module):  # type: ignore[misc]  # torch is typed as Any here
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = module
+
+        def forward(self, x: Any) -> Any:
+            with torch.autocast("cuda", dtype=torch.float16, enabled=fp16, cache_enabled=False):
+                out = self.inner(x)
+            return out[0] if isinstance(out, (list, tuple)) else out
+
+    return Wrapped()
+
+
 def fold_constants(proto: Any) -> Any:
     """The model after ONNX Runtime's basic (standard-ONNX) optimisations.
 
@@ -130,20 +147,6 @@ class TorchCudaEngine(Engine):
             module = module.half()
         return module.to(memory_format=torch.channels_last)
 
-    def _static_module(self, size: int) -> Any:
-        """The model with its batch fixed to ``size`` and shape arithmetic folded away.
-
-        Some exports compute reshape targets from ``Shape`` at run time, which reads tensors on
-        the host and cannot be captured in a CUDA graph; ONNX Runtime's basic optimisations
-        fold those into constants once the batch is fixed.
-        """
-        import onnx
-
-        proto = onnx.ModelProto()
-        proto.CopyFrom(self.proto)
-        proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = size
-        return self._to_device(self._convert_proto(fold_constants(proto), f"static b{size}"))
-
     # ---- running ------------------------------------------------------------------
     def _run(self, module: Any, x: Any) -> Any:
         torch = self._torch
@@ -154,34 +157,37 @@ class TorchCudaEngine(Engine):
         return out
 
     def _capture(self, module: Any, size: int) -> tuple[Any, Any, Any]:
+        """Trace the module at batch ``size`` and capture one replay of it.
+
+        Converted graphs read shapes on the host (``Shape``/``Reshape``), which a CUDA graph
+        cannot capture; ``torch.jit.trace`` at a fixed batch turns those reads into constants.
+        """
         torch = self._torch
         height, width = self._shape
         dtype = torch.float16 if self.fp16 else torch.float32
         static_in = torch.zeros(size, 3, height, width, device=self.device, dtype=dtype)
-        with torch.inference_mode(), torch.cuda.stream(self._stream):
+        runner = _wrap(module, self.fp16)
+        with torch.no_grad(), torch.cuda.stream(self._stream):
+            traced = torch.jit.trace(runner, static_in, check_trace=False, strict=False)
             for _ in range(3):  # warm up kernels and the allocator outside the capture
-                self._run(module, static_in)
+                traced(static_in)
             self._stream.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=self._stream):
-                static_out = self._run(module, static_in)
+                static_out = traced(static_in)
         return graph, static_in, static_out
 
     def _graph(self, size: int) -> tuple[Any, Any, Any] | None:
         """The CUDA graph for one bucket (None: run eagerly)."""
         if not self._use_graphs:
             return None
-        if size in self._graphs:
-            return self._graphs[size]
-        try:
-            self._graphs[size] = self._capture(self.module, size)
-        except Exception as first:
-            log.info("graph capture of the dynamic model failed (%s); folding shapes", first)
+        if size not in self._graphs:
             try:
-                self._graphs[size] = self._capture(self._static_module(size), size)
+                self._graphs[size] = self._capture(self.module, size)
             except Exception as exc:
                 log.warning("CUDA graph capture failed (%s); running eagerly", exc)
                 self._use_graphs = False
+                self._torch.cuda.synchronize()
                 return None
         return self._graphs[size]
 
