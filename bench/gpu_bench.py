@@ -414,7 +414,7 @@ def _e2e_once(work: Path, n: int, url: str, seconds: float) -> dict[str, Any]:
             "model": {"path": str(_model(work)), "conf_threshold": 0.5, "max_detections": 50},
             "engine": {"backend": "torch-cuda", "precision": "fp16"},
             "batching": {"max_batch": 64, "max_delay_ms": 10, "buffer_per_stream": 4},
-            "workers": {"ingest_processes": min(14, max(1, n // 4)), "inference_workers": 1},
+            "workers": {"ingest_processes": min(14, n), "inference_workers": 1},
         }
     )
     p = Pipeline(cfg, url, log_level=logging.WARNING)
@@ -435,6 +435,10 @@ def _e2e_once(work: Path, n: int, url: str, seconds: float) -> dict[str, Any]:
     p50, p99, counted = _latency(client, prefix, [s.stream_id for s in after.streams], t0)
     client.flushdb()
     w = after.workers[0]
+    reasons: dict[str, int] = {}
+    for s in after.streams:
+        for k, v in s.drops.items():
+            reasons[k] = reasons.get(k, 0) + v
     return {
         "streams": n,
         "decoded_fps": round(frames / seconds, 1),
