@@ -13,6 +13,7 @@ committed (generated on demand and cached).
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import torch
@@ -83,6 +84,9 @@ class Detect(nn.Module):
         self.cv3 = nn.ModuleList(
             nn.Sequential(Conv(x, c3, 3), Conv(c3, c3, 3), nn.Conv2d(c3, nc, 1)) for x in ch
         )
+        for box, cls, s in zip(self.cv2, self.cv3, strides, strict=True):  # Detect.bias_init
+            box[-1].bias.data[:] = 1.0
+            cls[-1].bias.data[:nc] = math.log(5 / nc / (640 / s) ** 2)
         self.dfl = nn.Conv2d(self.reg_max, 1, 1, bias=False).requires_grad_(False)
         self.dfl.weight.data[:] = torch.arange(self.reg_max, dtype=torch.float).view(1, -1, 1, 1)
 

@@ -245,30 +245,40 @@ class TorchCudaEngine(Engine):
 def gpu_decode(
     output: Any, conf_threshold: float, iou_threshold: float, max_detections: int
 ) -> list[Detections]:
-    """Decode ``[N, 4+C, A]`` on the GPU: best class, threshold, class-aware NMS."""
+    """Decode ``[N, 4+C, A]`` on the GPU: best class, threshold, one class-aware NMS for the
+    whole batch (images kept apart by offsetting their class ids), one copy to the host."""
     import torch
 
     try:
         from torchvision.ops import batched_nms
     except ImportError:  # pragma: no cover - torchvision is optional
         batched_nms = _batched_nms
-    results: list[Detections] = []
+    n, channels = int(output.shape[0]), int(output.shape[1])
     with torch.inference_mode():
         out = output.float()
-        scores, classes = out[:, 4:].max(1)
-        for i in range(out.shape[0]):
-            keep = scores[i] > conf_threshold
-            box = out[i, :4, keep].T
-            xyxy = torch.cat([box[:, :2] - box[:, 2:] / 2, box[:, :2] + box[:, 2:] / 2], 1)
-            s, c = scores[i, keep], classes[i, keep]
-            idx = batched_nms(xyxy, s, c, iou_threshold)[:max_detections]
-            results.append(
-                (
-                    xyxy[idx].cpu().numpy().astype(np.float32),
-                    s[idx].cpu().numpy().astype(np.float32),
-                    c[idx].cpu().numpy().astype(np.intp),
-                )
+        scores, classes = out[:, 4:].max(1)  # [N, A]
+        image, anchor = (scores > conf_threshold).nonzero(as_tuple=True)
+        box = out[image, :4, anchor]  # [K, 4] cx, cy, w, h
+        xyxy = torch.cat([box[:, :2] - box[:, 2:] / 2, box[:, :2] + box[:, 2:] / 2], 1)
+        s, c = scores[image, anchor], classes[image, anchor]
+        keep = batched_nms(xyxy, s, image * (channels - 4) + c, iou_threshold)
+        host = (
+            torch.cat(
+                [xyxy[keep], s[keep, None], c[keep, None].float(), image[keep, None].float()], 1
             )
+            .cpu()
+            .numpy()
+        )
+    results: list[Detections] = []
+    for i in range(n):
+        rows = host[host[:, 6] == i][:max_detections]  # NMS order: best score first
+        results.append(
+            (
+                rows[:, :4].astype(np.float32),
+                rows[:, 4].astype(np.float32),
+                rows[:, 5].astype(np.intp),
+            )
+        )
     return results
 
 
