@@ -68,7 +68,9 @@ class TorchCudaConfig(_EngineBase):
     )
     precision: Literal["fp32", "fp16"] = Field(default="fp16", description="Compute precision.")
     cuda_graphs: bool = Field(
-        default=True, description="Capture one CUDA graph per batch size and replay it."
+        default=False,
+        description="Experimental: trace and capture one CUDA graph per batch bucket. Capture "
+        "fails on many onnx2torch graphs (then the worker runs eagerly), so it is off by default.",
     )
     device: int = Field(default=0, ge=0, description="CUDA device ordinal inside the worker.")
 
