@@ -55,9 +55,11 @@ def test_slow_stream_gets_through_while_fast_streams_overload(
         )
         status = pipeline.status()
     slow = status.stream("slow")
-    fast = status.stream("fast0")
-    assert fast.published > 3 * slow.published, (fast, slow)
-    # round-robin: the slow camera loses nothing to the fast ones
-    assert slow.drops.get("inference_behind", 0) == 0, slow.drops
+    fast = [s for s in status.streams if s.stream_id != "slow"]
+    assert all(f.published > 3 * slow.published for f in fast), (fast, slow)
+    # round-robin: the slow camera gets its fair share even when the fast ones overload
+    slow_share = slow.published / max(slow.frames, 1)
+    fast_share = sum(f.published for f in fast) / max(sum(f.frames for f in fast), 1)
+    assert slow_share >= 0.8 and slow_share >= fast_share - 0.05, (slow_share, fast_share)
     seqs = [e.seq for e in entries(redis_client, key_prefix, "slow")]
     assert seqs == sorted(seqs)
