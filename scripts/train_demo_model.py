@@ -28,8 +28,7 @@ from onnx_compact import compact  # scripts/ is on sys.path when run as a script
 from torch import nn
 
 from visionflow.pipeline.letterbox import (
-    letterbox_geometry,
-    paste_letterboxed,
+    letterbox_image,
     to_network_input,
     unletterbox_boxes,
 )
@@ -141,13 +140,7 @@ def render_sample(
             )
         ]
     for img, boxes in frames:
-        lb = letterbox_geometry(img.shape[1], img.shape[0], INPUT, INPUT)
-        canvas = np.empty((INPUT, INPUT, 3), np.uint8)
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-        scaled = vf.reformat(
-            width=lb.scaled_w, height=lb.scaled_h, format="rgb24", interpolation="BILINEAR"
-        ).to_ndarray()
-        paste_letterboxed(canvas, scaled, lb)
+        canvas, lb = letterbox_image(img, INPUT, INPUT)  # exactly the ingest path
         t = [
             [
                 b.x1 * lb.scale + lb.pad_x,
@@ -345,16 +338,7 @@ def evaluate(path: Path, n_scenes: int, seed0: int) -> dict[str, object]:
         gen = SceneGenerator(SceneSpec(w, h, seed=seed0 * 1000 + k), horizon_s=60)
         for index in rng.choice(np.arange(0, 1500), 12, replace=False):
             img, boxes = gen.render(int(index))
-            lb = letterbox_geometry(w, h, INPUT, INPUT)
-            canvas = np.empty((INPUT, INPUT, 3), np.uint8)
-            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
-            paste_letterboxed(
-                canvas,
-                vf.reformat(
-                    width=lb.scaled_w, height=lb.scaled_h, format="rgb24", interpolation="BILINEAR"
-                ).to_ndarray(),
-                lb,
-            )
+            canvas, lb = letterbox_image(img, INPUT, INPUT)
             out = sess.run(None, {"images": to_network_input(canvas[None])})[0][0]
             b, s, c = decode_output(out, 0.001, 0.45, 300)
             b = unletterbox_boxes(b, lb)

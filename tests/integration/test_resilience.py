@@ -15,6 +15,14 @@ pytestmark = pytest.mark.integration
 BACKOFF_CAP = 2.0  # helpers.config sets backoff_max_s
 
 
+def _camera_and_bystander(rtsp, name, redis_server, key_prefix):
+    """The camera under test on its own RTSP server, and an 'other' stream on another one."""
+    camera = rtsp({"cam": "test:320x240@15"})
+    steady = rtsp({"other": "test:320x240@15"})
+    streams = [{"id": name, "url": camera.url("cam")}, {"id": "other", "url": steady.url("other")}]
+    return camera, config(streams, redis_server, key_prefix)
+
+
 def _published(pipeline, stream_id):
     return pipeline.status().stream(stream_id).published
 
@@ -22,13 +30,7 @@ def _published(pipeline, stream_id):
 def test_server_down_for_10s_then_back_reconnects_and_others_keep_flowing(
     rtsp, redis_server, key_prefix
 ):
-    flaky = rtsp({"cam": "test:320x240@15"})
-    steady = rtsp({"other": "test:320x240@15"})
-    cfg = config(
-        [{"id": "flaky", "url": flaky.url("cam")}, {"id": "other", "url": steady.url("other")}],
-        redis_server,
-        key_prefix,
-    )
+    flaky, cfg = _camera_and_bystander(rtsp, "flaky", redis_server, key_prefix)
     with running(cfg, redis_server) as pipeline:
         wait_until(lambda: _published(pipeline, "flaky") > 10, 20, "flaky never streamed")
         flaky.stop()
@@ -54,13 +56,7 @@ def test_server_down_for_10s_then_back_reconnects_and_others_keep_flowing(
 
 
 def test_frozen_camera_is_marked_stalled_and_reopened(rtsp, redis_server, key_prefix):
-    frozen = rtsp({"cam": "test:320x240@15"})
-    steady = rtsp({"other": "test:320x240@15"})
-    cfg = config(
-        [{"id": "frozen", "url": frozen.url("cam")}, {"id": "other", "url": steady.url("other")}],
-        redis_server,
-        key_prefix,
-    )
+    frozen, cfg = _camera_and_bystander(rtsp, "frozen", redis_server, key_prefix)
     with running(cfg, redis_server) as pipeline:
         wait_until(lambda: _published(pipeline, "frozen") > 10, 20, "never streamed")
         frozen.freeze()
