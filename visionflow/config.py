@@ -194,14 +194,26 @@ class AppConfig(_Strict):
     source: SourceConfig = Field(default_factory=SourceConfig, description="Source policy.")
     decode: Literal["auto", "cpu", "dali", "nvdec"] = Field(
         default="auto",
-        description="Decoder: cpu (PyAV/FFmpeg), dali or nvdec (GPU); auto picks the best "
-        "available on this machine.",
+        description="Decoder: cpu (PyAV/FFmpeg) or nvdec (NVIDIA NVDEC through PyNvVideoCodec, "
+        "fed packet by packet). auto is cpu for now. dali is measured in bench/gpu_bench.py "
+        "but not offered: its decoders take whole keyframe-aligned clips (>= 1 s added latency).",
     )
     base_dir: Path = Field(
         default=Path("."),
         exclude=True,
         description="Folder relative paths are resolved against (the config file's folder).",
     )
+
+    @field_validator("decode")
+    @classmethod
+    def _decoder_available(cls, decode: str) -> str:
+        if decode == "dali":
+            raise ValueError(
+                "decode 'dali' is not available in the pipeline: DALI's video decoders take whole "
+                "keyframe-aligned clips, adding at least one GOP of latency (see bench/README.md); "
+                "use 'nvdec' for GPU decode"
+            )
+        return decode
 
     @model_validator(mode="after")
     def _unique_ids(self) -> AppConfig:

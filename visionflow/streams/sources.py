@@ -129,7 +129,7 @@ class VideoSource:
         for packet in self._demux(video):
             t0 = time.perf_counter()
             try:
-                decoded = packet.decode()
+                decoded = self._decode_packet(packet)
             except av.InvalidDataError as exc:
                 self.decode_errors += 1
                 if self.decode_errors >= MAX_CONSECUTIVE_DECODE_ERRORS:
@@ -144,10 +144,23 @@ class VideoSource:
                     if (wait := due - time.monotonic()) > 0 and self._stop.wait(wait):
                         return
                 self._last_frame = time.monotonic()
-                pts = float(frame.pts * frame.time_base) if frame.pts is not None else None
-                yield DecodedFrame(frame, pts, decode_ms, frame.width, frame.height)
+                yield self._wrap(frame, packet, decode_ms)
             if self._stop.is_set():
                 return
+
+    def _decode_packet(self, packet: Any) -> list[Any]:
+        """Decode one demuxed packet (PyAV, on the CPU)."""
+        return list(packet.decode())
+
+    def _wrap(self, frame: Any, packet: Any, decode_ms: float) -> DecodedFrame:
+        pts = float(frame.pts * frame.time_base) if frame.pts is not None else None
+        return DecodedFrame(frame, pts, decode_ms, frame.width, frame.height)
+
+    def write_letterboxed(self, decoded: DecodedFrame, dst: Any, letterbox: Any) -> None:
+        """Scale and pad ``decoded`` into ``dst`` (``[H, W, 3]`` uint8 network input)."""
+        from visionflow.pipeline.letterbox import scale_frame_into
+
+        scale_frame_into(decoded.frame, dst, letterbox)
 
     def _demux(self, video: Any) -> Iterator[Any]:
         stall = self.policy.stall_timeout_s

@@ -21,9 +21,10 @@ from visionflow.config import SourceConfig
 from visionflow.errors import SourceEndedError, SourceError, SourceStalledError
 from visionflow.pipeline.framepool import FramePool
 from visionflow.pipeline.frames import FrameRef, Letterbox
-from visionflow.pipeline.letterbox import letterbox_geometry, scale_frame_into
+from visionflow.pipeline.letterbox import letterbox_geometry
 from visionflow.streams.backoff import Backoff
 from visionflow.streams.config import StreamConfig
+from visionflow.streams.nvdec import NvdecSource
 from visionflow.streams.sources import DecodedFrame, VideoSource
 from visionflow.streams.state import StreamState, StreamStateMachine, Transition
 from visionflow.streams.urls import redact_text
@@ -41,6 +42,15 @@ log = logging.getLogger("visionflow.ingest")
 HEARTBEAT_S = 0.5
 
 
+def make_source(
+    stream: StreamConfig, policy: SourceConfig, stop: threading.Event, decode: str
+) -> VideoSource:
+    """The decoder the config asks for: PyAV on the CPU, or NVDEC (``decode: nvdec``)."""
+    if decode == "nvdec":
+        return NvdecSource(stream, policy, stop)
+    return VideoSource(stream, policy, stop)
+
+
 class StreamReader:
     """One stream's thread: connect, decode, letterbox into the pool, reconnect on failure."""
 
@@ -50,6 +60,7 @@ class StreamReader:
         policy: SourceConfig,
         pool: FramePool,
         outbox: Any,
+        decode: str = "cpu",
     ) -> None:
         self.stream, self.policy, self.pool, self.outbox = stream, policy, pool, outbox
         self.stop_event = threading.Event()
@@ -68,6 +79,7 @@ class StreamReader:
         self.size: tuple[int, int] | None = None
         self._letterbox: Letterbox | None = None
         self._next_allowed = 0.0
+        self.source = make_source(stream, policy, self.stop_event, decode)
         self.thread = threading.Thread(target=self.run, name=f"stream-{stream.id}", daemon=True)
 
     # ---- life cycle ----------------------------------------------------------------
@@ -80,7 +92,7 @@ class StreamReader:
         )
 
     def run(self) -> None:
-        source = VideoSource(self.stream, self.policy, self.stop_event)
+        source = self.source
         reason = "start"
         try:
             while not self.stop_event.is_set():
@@ -164,7 +176,7 @@ class StreamReader:
             return
         t0 = time.perf_counter()
         letterbox = self._geometry(decoded.width, decoded.height)
-        scale_frame_into(decoded.frame, self.pool.image(slot), letterbox)
+        self.source.write_letterboxed(decoded, self.pool.image(slot), letterbox)
         self.pool.publish(slot)
         decode_ms = decoded.decode_ms + (time.perf_counter() - t0) * 1000
         self.frames += 1
@@ -230,8 +242,10 @@ class IngestProcess:
         slots: int,
         outbox: Any,
         commands: Any,
+        decode: str = "cpu",
     ) -> None:
         self.index, self.run_id, self.policy = index, run_id, policy
+        self.decode = decode
         self.width, self.height = input_size
         self.slots, self.outbox, self.commands = slots, outbox, commands
         self.readers: dict[str, StreamReader] = {}
@@ -244,7 +258,7 @@ class IngestProcess:
         self._pools += 1
         name = f"vf-{self.run_id}-{self.index}-{self._pools}"
         pool = FramePool(name, self.slots, self.height, self.width, create=True)
-        reader = StreamReader(stream, self.policy, pool, self.outbox)
+        reader = StreamReader(stream, self.policy, pool, self.outbox, self.decode)
         self.readers[stream.id] = reader
         reader.thread.start()
 
@@ -292,10 +306,11 @@ def ingest_main(
     outbox: mp.Queue[Any],
     commands: mp.Queue[Any],
     log_level: int,
+    decode: str = "cpu",
 ) -> None:
     """Entry point of an ingest process."""
     setup_child_logging(log_level)
-    process = IngestProcess(index, run_id, policy, input_size, slots, outbox, commands)
+    process = IngestProcess(index, run_id, policy, input_size, slots, outbox, commands, decode)
     signal.signal(signal.SIGTERM, lambda *_: process.stopping.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     for stream in streams:

@@ -261,6 +261,7 @@ class Pipeline:
                 self._inbox,
                 commands,
                 self.log_level,
+                "nvdec" if self.config.decode == "nvdec" else "cpu",
             ),
             name=f"ingest-{index}",
             daemon=True,
