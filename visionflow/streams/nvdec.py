@@ -74,7 +74,12 @@ class NvdecSource(VideoSource):
             pd = nvc.PacketData()
             pd.bsl_data, pd.bsl = data.ctypes.data, data.size
             pd.decode_flag = nvc.VideoPacketFlag.ENDOFPICTURE
-            frames.extend((f, packet.pts) for f in self._decoder.Decode(pd))
+            if packet.pts is not None:
+                pd.pts = int(packet.pts)
+            # a frame may come out one packet later: take its own timestamp, not the packet's
+            frames.extend(
+                (f, getattr(f, "timestamp", packet.pts)) for f in self._decoder.Decode(pd)
+            )
         return frames
 
     def _wrap(self, frame: Any, packet: Any, decode_ms: float) -> DecodedFrame:

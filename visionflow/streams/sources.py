@@ -145,6 +145,9 @@ class VideoSource:
                         return
                 self._last_frame = time.monotonic()
                 yield self._wrap(frame, packet, decode_ms)
+                # time the consumer kept us (a lossless file waiting for a free slot) is not
+                # source silence: the watchdog restarts after it
+                self._last_frame = time.monotonic()
             if self._stop.is_set():
                 return
 
