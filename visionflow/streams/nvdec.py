@@ -12,6 +12,7 @@ is the one host hop left on this path (a network-size image, not the decoded fra
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,7 @@ class NvdecSource(VideoSource):
             latency=nvc.DisplayDecodeLatencyType.LOW,
         )
         self._size = (video.codec_context.width, video.codec_context.height)
+        self._pending: deque[int | None] = deque()
         self._time_base = video.time_base
 
     def _decode_packet(self, packet: Any) -> list[Any]:
@@ -74,12 +76,10 @@ class NvdecSource(VideoSource):
             pd = nvc.PacketData()
             pd.bsl_data, pd.bsl = data.ctypes.data, data.size
             pd.decode_flag = nvc.VideoPacketFlag.ENDOFPICTURE
-            if packet.pts is not None:
-                pd.pts = int(packet.pts)
-            # a frame may come out one packet later: take its own timestamp, not the packet's
-            frames.extend(
-                (f, getattr(f, "timestamp", packet.pts)) for f in self._decoder.Decode(pd)
-            )
+            self._pending.append(packet.pts)
+            # frames leave the decoder in packet order (no B-frames in the low-latency mode),
+            # sometimes one packet later: pair them with the oldest pending packet timestamp
+            frames.extend((f, self._pending.popleft()) for f in self._decoder.Decode(pd))
         return frames
 
     def _wrap(self, frame: Any, packet: Any, decode_ms: float) -> DecodedFrame:
@@ -103,8 +103,10 @@ def gpu_letterbox(surface: Any, lb: Letterbox) -> Any:
     if surface.ndim == 3 and surface.shape[-1] == 3:
         rgb = surface.permute(2, 0, 1).float()
     else:
-        y = surface[:h].float()
-        uv = surface[h : h + h // 2].reshape(h // 2, w // 2, 2).permute(2, 0, 1)[None].float()
+        rows = surface.shape[0] * 2 // 3  # decoder surfaces may pad the height (360 -> 368)
+        y = surface[:h, :w].float()
+        uv = surface[rows : rows + h // 2, :w].reshape(h // 2, w // 2, 2)
+        uv = uv.permute(2, 0, 1)[None].float()
         uv = F.interpolate(uv, size=(h, w), mode="nearest")[0] - 128.0
         luma = (y - 16.0) * 1.164
         u, v = uv[0], uv[1]
