@@ -69,6 +69,7 @@ class NvdecSource(VideoSource):
     def _decode_packet(self, packet: Any) -> list[Any]:
         nvc = self._nvc
         frames: list[Any] = []
+        pts = packet.pts  # read before filtering: the bitstream filter takes the packet over
         for annexb in self._bsf.filter(packet) if self._bsf is not None else [packet]:
             data = np.frombuffer(bytes(annexb), np.uint8)
             if not data.size:
@@ -76,7 +77,7 @@ class NvdecSource(VideoSource):
             pd = nvc.PacketData()
             pd.bsl_data, pd.bsl = data.ctypes.data, data.size
             pd.decode_flag = nvc.VideoPacketFlag.ENDOFPICTURE
-            self._pending.append(packet.pts)
+            self._pending.append(annexb.pts if annexb.pts is not None else pts)
             # frames leave the decoder in packet order (no B-frames in the low-latency mode),
             # sometimes one packet later: pair them with the oldest pending packet timestamp
             frames.extend((f, self._pending.popleft()) for f in self._decoder.Decode(pd))
@@ -112,7 +113,11 @@ def gpu_letterbox(surface: Any, lb: Letterbox) -> Any:
         u, v = uv[0], uv[1]
         rgb = torch.stack([luma + 1.596 * v, luma - 0.392 * u - 0.813 * v, luma + 2.017 * u])
     scaled = F.interpolate(
-        rgb[None], size=(lb.scaled_h, lb.scaled_w), mode="bilinear", align_corners=False
+        rgb[None],
+        size=(lb.scaled_h, lb.scaled_w),
+        mode="bilinear",
+        align_corners=False,
+        antialias=True,
     )[0]
     out = torch.full((lb.dst_h, lb.dst_w, 3), PAD_VALUE, dtype=torch.uint8, device=surface.device)
     out[lb.pad_y : lb.pad_y + lb.scaled_h, lb.pad_x : lb.pad_x + lb.scaled_w] = (
