@@ -16,7 +16,7 @@ def test_nvdec_and_torch_cuda_publish_correct_boxes(
     from visionflow.scenes.clips import load_truth
     from visionflow.scenes.metrics import Scored, Truth, precision_recall
 
-    clip = make_clip(1280, 720, 4.0, "h264", 7, 10)
+    clip = make_clip(1280, 720, 8.0, "h264", 22, 10)  # the truth test's "hd" scene
     cfg = config(
         [{"id": "cam", "url": str(clip), "realtime": False}],
         redis_server,
