@@ -136,7 +136,17 @@ class WorkersConfig(_Strict):
         "the number of CPU cores.",
     )
     inference_workers: int = Field(
-        default=1, ge=1, le=64, description="Inference worker processes."
+        default=1,
+        ge=1,
+        le=64,
+        description="Inference worker processes for CPU backends (GPU: see workers_per_gpu).",
+    )
+    workers_per_gpu: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="GPU backends: inference workers per GPU, or per MIG instance when MIG is on "
+        "(found through NVML); each is pinned with CUDA_VISIBLE_DEVICES=<uuid>.",
     )
     slots_per_stream: int = Field(
         default=12,

@@ -53,3 +53,19 @@ def place_decoders(
         load[best.uuid] += 1
         out[stream_id] = best
     return out
+
+
+def gpu_worker_envs(workers_per_slot: int, nvml: object | None = None) -> list[dict[str, str]]:
+    """One ``CUDA_VISIBLE_DEVICES`` environment per inference worker for a GPU backend."""
+    from visionflow.errors import EngineUnavailableError
+    from visionflow.gpu.discovery import discover
+
+    try:
+        slots = discover(nvml)
+    except ImportError as exc:
+        raise EngineUnavailableError(f"GPU backends need nvidia-ml-py (pynvml): {exc}") from exc
+    except Exception as exc:  # NVML raises its own errors when there is no driver or GPU
+        raise EngineUnavailableError(f"no NVIDIA GPU found through NVML: {exc}") from exc
+    if not slots:
+        raise EngineUnavailableError("NVML found no GPU or MIG instance to run inference on")
+    return [w.env for w in place_workers(slots, workers_per_slot)]

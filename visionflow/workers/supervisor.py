@@ -141,6 +141,10 @@ class Pipeline:
         self._streams: dict[str, _StreamView] = {}
         self._ingest: dict[int, _IngestProc] = {}
         self._workers: dict[int, _Worker] = {}
+        if worker_env is None and config.engine.backend != "onnxruntime":
+            from visionflow.gpu.placement import gpu_worker_envs
+
+            worker_env = gpu_worker_envs(config.workers.workers_per_gpu)
         self._worker_env = worker_env or []
         self._batch_ids = 0
         self._lock = threading.RLock()
@@ -153,7 +157,7 @@ class Pipeline:
     # ---- start / stop ------------------------------------------------------------
     def start(self) -> None:
         """Start workers, ingest processes, the publisher and the scheduler thread."""
-        for worker_id in range(self.config.workers.inference_workers):
+        for worker_id in range(self._worker_count()):
             self._start_worker(worker_id)
         streams = [s for s in self.config.streams if s.enabled]
         for s in self.config.streams:
@@ -168,6 +172,10 @@ class Pipeline:
             self._start_ingest(index, group)
         self.publisher.start()
         self._thread.start()
+
+    def _worker_count(self) -> int:
+        """One per placement for GPU backends, ``inference_workers`` otherwise."""
+        return len(self._worker_env) or self.config.workers.inference_workers
 
     def _ingest_count(self, n_streams: int) -> int:
         configured = self.config.workers.ingest_processes

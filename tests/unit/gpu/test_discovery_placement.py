@@ -59,3 +59,24 @@ def test_discovery_on_the_real_card():
     slots = discover()
     assert slots and all(s.uuid.startswith(("GPU-", "MIG-")) for s in slots)
     assert all(s.memory_mb > 1000 for s in slots)
+
+
+def test_gpu_backends_get_one_pinned_worker_per_slot():
+    from visionflow.gpu.placement import gpu_worker_envs
+
+    assert gpu_worker_envs(1, A100_7x1G) == [
+        {"CUDA_VISIBLE_DEVICES": f"MIG-a100-{i}"} for i in range(7)
+    ]
+    assert gpu_worker_envs(2, TWO_GPUS) == [
+        {"CUDA_VISIBLE_DEVICES": u}
+        for u in ("GPU-0", "GPU-0", "MIG-1-0", "MIG-1-0", "MIG-1-1", "MIG-1-1")
+    ]
+
+
+def test_no_gpu_is_a_clear_engine_error():
+    from tests.unit.gpu.recorded_nvml import RecordedNvml
+    from visionflow.errors import EngineUnavailableError
+    from visionflow.gpu.placement import gpu_worker_envs
+
+    with pytest.raises(EngineUnavailableError, match="no GPU"):
+        gpu_worker_envs(1, RecordedNvml([]))
