@@ -111,7 +111,6 @@ class TorchCudaEngine(Engine):
         width = dims[3].dim_value or 640
         self._convert = convert
         self.module = self._to_device(self._convert_proto(fold_constants(self.proto), model_path))
-        self.max_batch = max_batch
         self.buckets = batch_buckets(max_batch)
         self._graphs: dict[int, tuple[Any, Any, Any]] = {}
         self._use_graphs = config.cuda_graphs

@@ -11,7 +11,6 @@ is the one host hop left on this path (a network-size image, not the decoded fra
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from typing import Any
 
@@ -89,10 +88,8 @@ class NvdecSource(VideoSource):
         return DecodedFrame(surface, seconds, decode_ms, self._size[0], self._size[1])
 
     def write_letterboxed(self, decoded: DecodedFrame, dst: Any, letterbox: Letterbox) -> None:
-        t0 = time.perf_counter()
         image = gpu_letterbox(self._torch.from_dlpack(decoded.frame), letterbox)
         dst[...] = image.cpu().numpy()
-        self.last_letterbox_ms = (time.perf_counter() - t0) * 1000
 
 
 def gpu_letterbox(surface: Any, lb: Letterbox) -> Any:

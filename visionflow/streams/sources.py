@@ -26,6 +26,7 @@ from visionflow.errors import (
     SourceOpenError,
     SourceStalledError,
 )
+from visionflow.pipeline.letterbox import scale_frame_into
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.urls import redact_text
 
@@ -161,8 +162,6 @@ class VideoSource:
 
     def write_letterboxed(self, decoded: DecodedFrame, dst: Any, letterbox: Any) -> None:
         """Scale and pad ``decoded`` into ``dst`` (``[H, W, 3]`` uint8 network input)."""
-        from visionflow.pipeline.letterbox import scale_frame_into
-
         scale_frame_into(decoded.frame, dst, letterbox)
 
     def _demux(self, video: Any) -> Iterator[Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from visionflow.engines import EngineConfig, create_engine
 from visionflow.pipeline.framepool import PoolCache
@@ -46,13 +47,22 @@ class WorkerSpec:
     env: tuple[tuple[str, str], ...] = ()
 
 
-def run_batch(
-    engine: Any, pools: PoolCache, spec: WorkerSpec, request: BatchRequest
-) -> BatchResult:
-    """Stack a batch's frames from shared memory, infer, post-process."""
-    started = time.time()
+def batch_buffer(spec: WorkerSpec) -> npt.NDArray[np.uint8]:
+    """The worker's one staging buffer for a whole batch, allocated once at start."""
     width, height = spec.input_size
-    images = np.empty((len(request.frames), height, width, 3), np.uint8)
+    return np.empty((spec.max_batch, height, width, 3), np.uint8)
+
+
+def run_batch(
+    engine: Any,
+    pools: PoolCache,
+    spec: WorkerSpec,
+    request: BatchRequest,
+    buffer: npt.NDArray[np.uint8],
+) -> BatchResult:
+    """Stack a batch's frames from shared memory into ``buffer``, infer, post-process."""
+    started = time.time()
+    images = buffer
     frames: list[FrameRef] = []
     for frame in request.frames:
         try:
@@ -104,6 +114,7 @@ def inference_main(spec: WorkerSpec, tasks: Any, outbox: Any, log_level: int) ->
         return
     outbox.put(WorkerReady(spec.worker_id, engine.info, os.getpid()))
     pools = PoolCache(spec.input_size[1], spec.input_size[0], spec.slots)
+    buffer = batch_buffer(spec)
     try:
         while True:
             request = tasks.get()
@@ -113,7 +124,7 @@ def inference_main(spec: WorkerSpec, tasks: Any, outbox: Any, log_level: int) ->
                 pools.forget(request.pool)
                 continue
             try:
-                result = run_batch(engine, pools, spec, request)
+                result = run_batch(engine, pools, spec, request, buffer)
             except Exception as exc:
                 log.error("worker %d: batch %d failed: %s", spec.worker_id, request.batch_id, exc)
                 result = BatchResult(
