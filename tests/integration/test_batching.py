@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
 from tests.conftest import wait_until
 from tests.integration.helpers import config, entries, running
+from visionflow.workers.status import StreamStatus
 
 pytestmark = pytest.mark.integration
+
+
+@dataclass(frozen=True)
+class _Counts:
+    frames: int
+    published: int
+    drops: int
+
+
+def _delta(before: StreamStatus, after: StreamStatus) -> _Counts:
+    return _Counts(
+        frames=after.frames - before.frames,
+        published=after.published - before.published,
+        drops=after.total_drops - before.total_drops,
+    )
 
 
 def test_eight_busy_streams_form_batches_larger_than_one(
@@ -48,18 +66,34 @@ def test_slow_stream_gets_through_while_fast_streams_overload(
         batching={"max_batch": 4, "max_delay_ms": 5, "buffer_per_stream": 2},
     )
     with running(cfg, redis_server) as pipeline:
+        # measure in steady state: frames buffered while the worker warmed up are not
+        # what round-robin fairness is about
         wait_until(
-            lambda: pipeline.status().stream("slow").published >= 12,
+            lambda: pipeline.status().stream("slow").published >= 3,
+            40,
+            lambda: f"slow stream never published: {pipeline.status().stream('slow')}",
+        )
+        before = pipeline.status()
+        wait_until(
+            lambda: (
+                pipeline.status().stream("slow").published >= before.stream("slow").published + 12
+            ),
             40,
             lambda: f"slow stream starved: {pipeline.status().stream('slow')}",
         )
-        status = pipeline.status()
-    slow = status.stream("slow")
-    fast = [s for s in status.streams if s.stream_id != "slow"]
+        after = pipeline.status()
+    slow = _delta(before.stream("slow"), after.stream("slow"))
+    fast = [_delta(before.stream(m), after.stream(m)) for m in mounts if m != "slow"]
     assert all(f.published > 3 * slow.published for f in fast), (fast, slow)
-    # round-robin: the slow camera gets its fair share even when the fast ones overload
-    slow_share = slow.published / max(slow.frames, 1)
-    fast_share = sum(f.published for f in fast) / max(sum(f.frames for f in fast), 1)
-    assert slow_share >= 0.8 and slow_share >= fast_share - 0.05, (slow_share, fast_share)
+    # round-robin: the slow camera loses no more than its share even when the fast ones
+    # overload. Drop rates, not published/captured: frames still in flight when the
+    # status is read are a large fraction of the slow camera's dozen frames.
+    slow_drop_rate = slow.drops / max(slow.frames, 1)
+    fast_drop_rate = sum(f.drops for f in fast) / max(sum(f.frames for f in fast), 1)
+    assert fast_drop_rate > 0.05, f"fast cameras did not overload (drop rate {fast_drop_rate})"
+    assert slow_drop_rate <= 0.1, (
+        f"slow camera dropped {slow.drops} of {slow.frames} frames in steady state "
+        f"(rate {slow_drop_rate:.2f}), fast cameras' rate {fast_drop_rate:.2f}"
+    )
     seqs = [e.seq for e in entries(redis_client, key_prefix, "slow")]
     assert seqs == sorted(seqs)
