@@ -10,7 +10,9 @@ NMS and mapping boxes back to the frame are shared by all backends
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +37,8 @@ class Engine(abc.ABC):
     """An inference backend loaded with one model."""
 
     info: EngineInfo
+    #: True when :meth:`detect_frames` takes device arrays (frames that stayed on the GPU).
+    accepts_device_frames: bool = False
 
     @abc.abstractmethod
     def infer(self, batch: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
@@ -73,6 +77,25 @@ class Engine(abc.ABC):
 
         batch = to_network_input(images, self.info.input_dtype)
         return self.detect(batch, conf_threshold, iou_threshold, max_detections)
+
+    def host_buffer(self, max_batch: int) -> npt.NDArray[np.uint8]:
+        """A ``[max_batch, H, W, 3]`` uint8 buffer to stack a batch in (GPU backends give
+        pinned memory, so :meth:`detect_images` on it uploads without another copy)."""
+        return np.empty((max_batch, self.info.input_height, self.info.input_width, 3), np.uint8)
+
+    def detect_frames(
+        self,
+        frames: Sequence[Any],
+        conf_threshold: float,
+        iou_threshold: float,
+        max_detections: int,
+    ) -> list[Detections]:
+        """Like :meth:`detect_images` from a list of ``[H, W, 3]`` frames, each a host array
+        or, where :attr:`accepts_device_frames`, a device array (``__cuda_array_interface__``)."""
+        if any(hasattr(f, "__cuda_array_interface__") for f in frames):
+            raise TypeError(f"{self.info.backend} cannot read frames that are in GPU memory")
+        images = np.stack([np.asarray(f) for f in frames])
+        return self.detect_images(images, conf_threshold, iou_threshold, max_detections)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the engine's resources."""

@@ -68,9 +68,10 @@ class TorchCudaConfig(_EngineBase):
     )
     precision: Literal["fp32", "fp16"] = Field(default="fp16", description="Compute precision.")
     cuda_graphs: bool = Field(
-        default=False,
-        description="Experimental: trace and capture one CUDA graph per batch bucket. Capture "
-        "fails on many onnx2torch graphs (then the worker runs eagerly), so it is off by default.",
+        default=True,
+        description="Capture one CUDA graph per batch bucket (powers of two up to max_batch) "
+        "at start and replay it; if a model cannot be captured the worker logs why and runs "
+        "eagerly.",
     )
     device: int = Field(default=0, ge=0, description="CUDA device ordinal inside the worker.")
 

@@ -60,3 +60,31 @@ def test_gpu_backend_matches_onnxruntime_and_nms_matches_cpu(precision):
         if precision == "fp32" and len(cb) == len(gb):  # equal scores may tie in another order
             assert sorted(cc.tolist()) == sorted(gc.tolist())
             assert np.allclose(np.sort(cb, axis=0), np.sort(gb, axis=0), atol=0.5)
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_replay_what_eager_computes_and_device_frames_match_host():
+    import torch
+
+    from visionflow.pipeline.letterbox import letterbox_image
+    from visionflow.scenes.generator import SceneGenerator, SceneSpec
+
+    scene = SceneGenerator(SceneSpec(640, 360, seed=9), horizon_s=30)
+    images = np.stack([letterbox_image(scene.render(i * 30)[0], 320, 320)[0] for i in range(6)])
+    with (
+        create_engine(TorchCudaConfig(cuda_graphs=False), DEMO_MODEL, 8) as eager,
+        create_engine(TorchCudaConfig(cuda_graphs=True), DEMO_MODEL, 8) as graphs,
+    ):
+        assert graphs.graph_error is None, graphs.graph_error
+        assert "CUDA graphs" in graphs.info.device and "eager" in eager.info.device
+        x = torch.from_numpy(images).cuda().permute(0, 3, 1, 2).half() / 255
+        for n in (1, 3, 6):  # buckets 1, 4, 8: a partial bucket must not leak into results
+            a = eager.forward(x[:n]).float().cpu().numpy()
+            b = graphs.forward(x[:n]).float().cpu().numpy()
+            assert a.shape == b.shape and np.abs(a - b).max() < 1e-2
+        host = graphs.detect_images(images, 0.5, 0.45, 100)
+        device = [torch.from_numpy(im).cuda() for im in images]
+        frames = graphs.detect_frames(device, 0.5, 0.45, 100)
+    assert sum(len(b) for b, _, _ in host) > 6
+    for (hb, hs, hc), (db, ds, dc) in zip(host, frames, strict=True):
+        assert np.array_equal(hc, dc) and np.allclose(hb, db) and np.allclose(hs, ds)
