@@ -1,35 +1,59 @@
-"""Frame slots in shared memory: how pixels cross from ingest to inference processes.
+"""Frame slots: how pixels cross from ingest to inference processes.
 
 One pool per stream: ``slots`` images of the network's input size (``[H, W, 3]`` uint8,
-already letterboxed by the ingest process), preceded by one state byte per slot
-(0 free, 1 holding a frame).  Only the ingest process turns a slot from free to full; only a
-consumer (scheduler dropping a frame, inference worker after copying it) turns it back.
-Messages between processes then carry ``(pool name, slot)``, never pixels.
+already letterboxed by the ingest process).  A small shared-memory header holds one state
+byte per slot (0 free, 1 holding a frame) and says where the pixels are:
+
+- ``host`` pools keep them in the same shared-memory block, after the header;
+- ``device`` pools keep them in GPU memory the ingest process allocated, and the header
+  carries its CUDA IPC handle (:mod:`visionflow.gpu.ipc`): a GPU-decoded frame then reaches
+  the inference worker device-to-device, never through host memory.
+
+Only the ingest process turns a slot from free to full; only a consumer (scheduler dropping a
+frame, inference worker after copying it) turns it back.  Messages between processes carry
+``(pool name, slot)``, never pixels.
 """
 
 from __future__ import annotations
 
 import contextlib
 from multiprocessing import shared_memory
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-_HEADER = 64  # state bytes, padded so images start aligned
+MAX_SLOTS = 64
+_KIND = 64  # header byte: 0 host pixels, 1 device pixels
+_HANDLE = 128  # header bytes 128..191: the CUDA IPC handle of a device pool
+_HEADER = 256  # header size, so host images start aligned
 FREE, FULL = 0, 1
+HOST, DEVICE = 0, 1
 
 
 class FramePool:
-    """A fixed number of equally sized image slots in one shared-memory block."""
+    """A fixed number of equally sized image slots, in shared or in GPU memory.
+
+    ``device`` (creator only): allocate the pixels on that CUDA device (an ordinal of the
+    creating process) and export them by CUDA IPC; None keeps them in shared memory.
+    """
 
     def __init__(
-        self, name: str, slots: int, height: int, width: int, *, create: bool = False
+        self,
+        name: str,
+        slots: int,
+        height: int,
+        width: int,
+        *,
+        create: bool = False,
+        device: int | None = None,
     ) -> None:
-        if slots > _HEADER:
-            raise ValueError(f"at most {_HEADER} slots per pool, asked for {slots}")
+        if slots > MAX_SLOTS:
+            raise ValueError(f"at most {MAX_SLOTS} slots per pool, asked for {slots}")
         self.name, self.slots, self.height, self.width = name, slots, height, width
         self._slot_bytes = height * width * 3
-        size = _HEADER + slots * self._slot_bytes
+        on_device = create and device is not None
+        size = _HEADER + (0 if on_device else slots * self._slot_bytes)
         self._shm = shared_memory.SharedMemory(name=name, create=create, size=size if create else 0)
         # Spawned children share the parent's resource tracker, so a consumer must not
         # unregister: the creator's unlink does, and the tracker cleans up after a crash.
@@ -37,12 +61,32 @@ class FramePool:
         buf = self._shm.buf
         assert buf is not None
         self._state: npt.NDArray[np.uint8] = np.ndarray((slots,), np.uint8, buf, 0)
-        self._images: npt.NDArray[np.uint8] = np.ndarray(
-            (slots, height, width, 3), np.uint8, buf, _HEADER
-        )
+        self._memory: Any = None  # ExportedMemory (creator) / ImportedMemory (consumer)
         if create:
             self._state[:] = FREE
+            buf[_KIND] = DEVICE if on_device else HOST
+            if on_device:
+                self._export(buf, device or 0)
+        self.on_device = buf[_KIND] == DEVICE
+        self._images: npt.NDArray[np.uint8] | None = None
+        if not self.on_device:
+            self._images = np.ndarray((slots, height, width, 3), np.uint8, buf, _HEADER)
         self._next = 0
+
+    def _export(self, buf: memoryview, device: int) -> None:
+        from visionflow.gpu.ipc import HANDLE_BYTES, ExportedMemory
+
+        self._memory = ExportedMemory(self.slots * self._slot_bytes, device)
+        buf[_HANDLE : _HANDLE + HANDLE_BYTES] = self._memory.handle
+
+    def _device_pointer(self) -> int:
+        if self._memory is None:  # consumer: map the creator's memory once
+            from visionflow.gpu.ipc import HANDLE_BYTES, ImportedMemory
+
+            buf = self._shm.buf
+            assert buf is not None
+            self._memory = ImportedMemory(bytes(buf[_HANDLE : _HANDLE + HANDLE_BYTES]))
+        return int(self._memory.pointer)
 
     def acquire(self) -> int | None:
         """Producer: index of a free slot (left free until :meth:`publish`), or None."""
@@ -53,10 +97,15 @@ class FramePool:
                 return slot
         return None
 
-    def image(self, slot: int) -> npt.NDArray[np.uint8]:
-        """The ``[H, W, 3]`` view of one slot."""
-        image: npt.NDArray[np.uint8] = self._images[slot]
-        return image
+    def image(self, slot: int) -> Any:
+        """The ``[H, W, 3]`` view of one slot: a numpy array, or a
+        :class:`~visionflow.gpu.ipc.DeviceArray` for a device pool."""
+        if self._images is not None:
+            return self._images[slot]
+        from visionflow.gpu.ipc import DeviceArray
+
+        pointer = self._device_pointer() + slot * self._slot_bytes
+        return DeviceArray(pointer, (self.height, self.width, 3))
 
     def publish(self, slot: int) -> None:
         """Producer: the slot now holds a frame that consumers own."""
@@ -73,6 +122,9 @@ class FramePool:
     def close(self) -> None:
         """Detach; the creating process also removes the block."""
         del self._state, self._images
+        if self._memory is not None:
+            self._memory.close()
+            self._memory = None
         self._shm.close()
         if self._owner:
             with contextlib.suppress(FileNotFoundError):

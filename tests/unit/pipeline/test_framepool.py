@@ -40,3 +40,48 @@ def test_too_many_slots_rejected():
 def test_release_of_a_vanished_pool_is_harmless():
     PoolCache(2, 2, 2).release("vft-never-existed", 0)
     assert np.zeros(1).size == 1
+
+
+def _device_producer(name: str, ready, done) -> None:  # runs in a spawned process
+    import torch
+
+    pool = FramePool(name, 2, 4, 5, create=True, device=0)
+    slot = pool.acquire()
+    assert slot == 0
+    torch.as_tensor(pool.image(1), device="cuda").fill_(7)
+    torch.as_tensor(pool.image(slot), device="cuda").copy_(
+        torch.arange(60, dtype=torch.uint8, device="cuda").reshape(4, 5, 3)
+    )
+    torch.cuda.synchronize()
+    pool.publish(slot)
+    ready.set()
+    done.wait(60)
+    pool.close()
+
+
+@pytest.mark.gpu
+def test_device_pool_crosses_processes_by_cuda_ipc():
+    import multiprocessing as mp
+
+    import torch
+
+    ctx = mp.get_context("spawn")
+    ready, done = ctx.Event(), ctx.Event()
+    name = f"vft-{uuid.uuid4().hex[:8]}"
+    child = ctx.Process(target=_device_producer, args=(name, ready, done))
+    child.start()
+    consumers = PoolCache(4, 5, 2)
+    try:
+        assert ready.wait(60), "the producer process did not publish a frame"
+        pool = consumers.get(name)
+        assert pool.on_device and pool.free_slots() == 1
+        image = pool.image(0)
+        assert hasattr(image, "__cuda_array_interface__")
+        got = torch.as_tensor(image, device="cuda").cpu().numpy()
+        assert (got.reshape(-1) == np.arange(60)).all()
+        assert int(torch.as_tensor(pool.image(1), device="cuda").sum()) == 7 * 60
+    finally:
+        consumers.close()
+        done.set()
+        child.join(30)
+    assert child.exitcode == 0
