@@ -231,7 +231,7 @@ def _latest(reader: redis.Redis, cfg: AppConfig) -> dict[str, str]:
 def render_status(status: PipelineStatus, latest: dict[str, str]) -> Group:
     """The status table: one row per stream, one per worker."""
     streams = Table(title=f"streams - model {status.model_id}", expand=False)
-    for col in ("stream", "state", "fps", "frames", "published", "drops", "last error"):
+    for col in ("stream", "state", "decode", "fps", "frames", "published", "drops", "last error"):
         streams.add_column(col)
     if latest:
         streams.add_column("latest detections")
@@ -241,6 +241,7 @@ def render_status(status: PipelineStatus, latest: dict[str, str]) -> Group:
         row = [
             s.stream_id,
             f"[{colours.get(str(s.state), 'white')}]{s.state}[/]",
+            s.decode,
             f"{s.fps:.1f}",
             str(s.frames),
             str(s.published),

@@ -148,6 +148,12 @@ class WorkersConfig(_Strict):
         description="GPU backends: inference workers per GPU, or per MIG instance when MIG is on "
         "(found through NVML); each is pinned with CUDA_VISIBLE_DEVICES=<uuid>.",
     )
+    frame_transport: Literal["auto", "host", "device"] = Field(
+        default="auto",
+        description="How decoded frames reach inference workers: host (shared memory), device "
+        "(GPU memory shared by CUDA IPC; needs GPU decode and the torch-cuda backend, not across "
+        "MIG instances), or auto: device where possible, else host.",
+    )
     slots_per_stream: int = Field(
         default=12,
         ge=2,
@@ -204,26 +210,17 @@ class AppConfig(_Strict):
     source: SourceConfig = Field(default_factory=SourceConfig, description="Source policy.")
     decode: Literal["auto", "cpu", "dali", "nvdec"] = Field(
         default="auto",
-        description="Decoder: cpu (PyAV/FFmpeg) or nvdec (NVIDIA NVDEC through PyNvVideoCodec, "
-        "fed packet by packet). auto is cpu for now. dali is measured in bench/gpu_bench.py "
-        "but not offered: its decoders take whole keyframe-aligned clips (>= 1 s added latency).",
+        description="Decoder: cpu (PyAV/FFmpeg), nvdec (NVDEC through PyNvVideoCodec, fed "
+        "packet by packet, ~2 ms per frame), dali (NVDEC through DALI's clip decoder on "
+        "keyframe-aligned segments: adds one GOP of latency), or auto: measured once per "
+        "machine (visionflow.streams.probe) -- the lowest-latency GPU decoder that keeps up "
+        "with real time, else cpu.",
     )
     base_dir: Path = Field(
         default=Path("."),
         exclude=True,
         description="Folder relative paths are resolved against (the config file's folder).",
     )
-
-    @field_validator("decode")
-    @classmethod
-    def _decoder_available(cls, decode: str) -> str:
-        if decode == "dali":
-            raise ValueError(
-                "decode 'dali' is not available in the pipeline: DALI's video decoders take whole "
-                "keyframe-aligned clips, adding at least one GOP of latency (see bench/README.md); "
-                "use 'nvdec' for GPU decode"
-            )
-        return decode
 
     @model_validator(mode="after")
     def _unique_ids(self) -> AppConfig:

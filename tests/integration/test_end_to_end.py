@@ -31,6 +31,15 @@ def test_four_rtsp_streams_publish_well_formed_entries(
                 f"not every stream published 150 entries: {[(s.stream_id, s.state, s.published, s.last_error) for s in pipeline.status().streams]}"
             ),
         )
+        # the status hashes are refreshed on a timer: wait for the refresh, do not race it
+        wait_until(
+            lambda: all(
+                int(redis_client.hget(f"{key_prefix}:status:{m}", "frames") or 0) >= 150
+                for m in sizes
+            ),
+            10,
+            "the Redis status hashes never showed 150 frames per stream",
+        )
         status = pipeline.status()
     for stream_id, (width, height) in sizes.items():
         rows = entries(redis_client, key_prefix, stream_id)

@@ -10,9 +10,11 @@ from tests.integration.helpers import config, entries, running
 pytestmark = [pytest.mark.integration, pytest.mark.gpu]
 
 
-def test_nvdec_and_torch_cuda_publish_correct_boxes(
-    make_clip, redis_server, redis_client, key_prefix
+@pytest.mark.parametrize("decode", ["nvdec", "dali"])
+def test_gpu_decode_and_torch_cuda_publish_correct_boxes(
+    make_clip, redis_server, redis_client, key_prefix, decode
 ):
+    """Frames decoded on the GPU stay there (CUDA IPC slots) into the torch-cuda worker."""
     from visionflow.scenes.clips import load_truth
     from visionflow.scenes.metrics import Scored, Truth, precision_recall
 
@@ -22,7 +24,7 @@ def test_nvdec_and_torch_cuda_publish_correct_boxes(
         redis_server,
         key_prefix,
         engine={"backend": "torch-cuda", "precision": "fp16"},
-        decode="nvdec",
+        decode=decode,
     )
     with running(cfg, redis_server) as pipeline:
         wait_until(
@@ -31,6 +33,7 @@ def test_nvdec_and_torch_cuda_publish_correct_boxes(
             lambda: f"{pipeline.status().stream('cam')}",
         )
         worker = pipeline.status().workers[0]
+        assert pipeline.status().stream("cam").decode == f"{decode}/device"
     assert worker.backend == "torch-cuda"
     truth = load_truth(clip)
     frames = [

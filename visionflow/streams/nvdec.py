@@ -5,8 +5,10 @@ by FFmpeg's ``*_mp4toannexb`` bitstream filter) goes straight to an NVDEC decode
 mode, so a frame is out ~2 ms after its packet (bench/README.md), instead of after a whole GOP
 as with DALI's clip decoders.  Colour conversion (NV12 -> RGB, BT.601 limited range like
 swscale's default, so the model sees what the CPU path gives it), scaling and padding run on the
-GPU; the letterboxed network-size image is then copied into the shared-memory slot.  That copy
-is the one host hop left on this path (a network-size image, not the decoded frame).
+GPU, straight into the stream's frame slot: a device slot (CUDA IPC, the default when the
+inference worker is on the same GPU) keeps the frame on the GPU all the way into the engine;
+a host slot (MIG, or an engine that reads host memory) costs one device-to-host copy of the
+network-size image.
 """
 
 from __future__ import annotations
@@ -31,17 +33,9 @@ class NvdecSource(VideoSource):
 
     def open(self) -> None:
         super().open()
-        try:
-            import av
-            import PyNvVideoCodec as nvc
-            import torch
-        except ImportError as exc:
-            self.close()
-            raise SourceOpenError(
-                f"{self.stream.safe_url}: decode 'nvdec' needs PyNvVideoCodec and torch with "
-                f"CUDA: {exc}",
-                permanent=True,
-            ) from None
+        av, nvc, torch = self._require(
+            "nvdec", "PyNvVideoCodec and torch with CUDA", "av", "PyNvVideoCodec", "torch"
+        )
         video = self._container.streams.video[0]
         name = video.codec_context.name
         codecs = {"h264": nvc.cudaVideoCodec.H264, "hevc": nvc.cudaVideoCodec.HEVC}
@@ -88,12 +82,35 @@ class NvdecSource(VideoSource):
         return DecodedFrame(surface, seconds, decode_ms, self._size[0], self._size[1])
 
     def write_letterboxed(self, decoded: DecodedFrame, dst: Any, letterbox: Letterbox) -> None:
-        image = gpu_letterbox(self._torch.from_dlpack(decoded.frame), letterbox)
+        write_device_image(self._torch.from_dlpack(decoded.frame), dst, letterbox)
+
+
+def write_device_image(surface: Any, dst: Any, letterbox: Letterbox) -> None:
+    """Letterbox a device frame into ``dst``: a device slot (written in place, then the stream
+    synchronised, so the frame is complete before anyone hears of it) or a host array."""
+    import torch
+
+    if hasattr(dst, "__cuda_array_interface__"):
+        gpu_letterbox(surface, letterbox, out=torch.as_tensor(dst, device=surface.device))
+        torch.cuda.current_stream(surface.device).synchronize()
+    else:
+        dst[...] = gpu_letterbox(surface, letterbox).cpu().numpy()
+
+
+def copy_device_image(image: Any, dst: Any) -> None:
+    """Copy a letterboxed ``[H, W, 3]`` uint8 device tensor into a device slot or host array."""
+    import torch
+
+    if hasattr(dst, "__cuda_array_interface__"):
+        torch.as_tensor(dst, device=image.device).copy_(image)
+        torch.cuda.current_stream(image.device).synchronize()
+    else:
         dst[...] = image.cpu().numpy()
 
 
-def gpu_letterbox(surface: Any, lb: Letterbox) -> Any:
-    """NV12 (``[H * 3/2, W]``) or RGB (``[H, W, 3]``) uint8 on the GPU -> letterboxed RGB uint8."""
+def gpu_letterbox(surface: Any, lb: Letterbox, out: Any = None) -> Any:
+    """NV12 (``[H * 3/2, W]``) or RGB (``[H, W, 3]``) uint8 on the GPU -> letterboxed RGB uint8
+    (into ``out`` when given, a ``[dst_h, dst_w, 3]`` uint8 device tensor)."""
     import torch
     import torch.nn.functional as F
 
@@ -116,8 +133,20 @@ def gpu_letterbox(surface: Any, lb: Letterbox) -> Any:
         align_corners=False,
         antialias=True,
     )[0]
-    out = torch.full((lb.dst_h, lb.dst_w, 3), PAD_VALUE, dtype=torch.uint8, device=surface.device)
+    if out is None:
+        out = torch.empty((lb.dst_h, lb.dst_w, 3), dtype=torch.uint8, device=surface.device)
+    _fill_padding(out, lb)
     out[lb.pad_y : lb.pad_y + lb.scaled_h, lb.pad_x : lb.pad_x + lb.scaled_w] = (
         scaled.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0)
     )
     return out
+
+
+def _fill_padding(out: Any, lb: Letterbox) -> None:
+    """Paint only the padding bands (the scaled image overwrites the rest)."""
+    if lb.pad_y:
+        out[: lb.pad_y].fill_(PAD_VALUE)
+        out[lb.pad_y + lb.scaled_h :].fill_(PAD_VALUE)
+    if lb.pad_x:
+        out[:, : lb.pad_x].fill_(PAD_VALUE)
+        out[:, lb.pad_x + lb.scaled_w :].fill_(PAD_VALUE)

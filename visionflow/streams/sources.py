@@ -10,6 +10,7 @@ URL's password.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import threading
 import time
 from collections.abc import Iterator
@@ -46,6 +47,11 @@ class DecodedFrame:
 
 class VideoSource:
     """Opens a stream and yields decoded frames until it stops, stalls or fails."""
+
+    #: pace a real-time file packet by packet (decoders that buffer a GOP), not frame by frame
+    pace_packets = False
+    #: the network input size ``(width, height)``, for sources that letterbox while decoding
+    target_size: tuple[int, int] | None = None
 
     def __init__(self, stream: StreamConfig, policy: SourceConfig, stop: threading.Event) -> None:
         self.stream = stream
@@ -93,6 +99,16 @@ class VideoSource:
         if self.policy.decode_threads:
             video.thread_count = self.policy.decode_threads
 
+    def _require(self, decoder: str, needs: str, *modules: str) -> list[Any]:
+        """Import a GPU decoder's libraries, or fail the stream for good naming the missing one."""
+        try:
+            return [importlib.import_module(name) for name in modules]
+        except ImportError as exc:
+            self.close()
+            raise SourceOpenError(
+                f"{self.stream.safe_url}: decode '{decoder}' needs {needs}: {exc}", permanent=True
+            ) from None
+
     def _open_error(
         self, what: str, exc: BaseException, permanent: bool = False
     ) -> SourceOpenError:
@@ -124,7 +140,7 @@ class VideoSource:
             raise SourceOpenError(f"{self.stream.safe_url}: not open")
         video = self._container.streams.video[0]
         rate = float(video.average_rate or video.guessed_rate or 30)
-        pace = self.stream.is_file and self.stream.realtime
+        pace = self.stream.is_file and self.stream.realtime and not self.pace_packets
         start, count = time.monotonic(), 0
         self._last_frame = time.monotonic()
         for packet in self._demux(video):
@@ -167,7 +183,14 @@ class VideoSource:
     def _demux(self, video: Any) -> Iterator[Any]:
         stall = self.policy.stall_timeout_s
         packets = self._container.demux(video)
+        pace = self.pace_packets and self.stream.is_file and self.stream.realtime
+        rate = float(video.average_rate or video.guessed_rate or 30)
+        start, count = time.monotonic(), 0
         while not self._stop.is_set():
+            if pace:
+                count += 1
+                if (wait := start + count / rate - time.monotonic()) > 0 and self._stop.wait(wait):
+                    return
             try:
                 packet = next(packets)
             except StopIteration:

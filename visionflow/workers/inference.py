@@ -1,9 +1,10 @@
 """Inference worker processes: one engine each, batches in, detections out.
 
-A worker reads the frames of a batch straight from the ingest processes' shared-memory
-pools, runs the engine, decodes and maps boxes back to each frame, and sends one
-:class:`BatchResult`.  It never frees slots itself: the supervisor does when the result
-arrives, so a worker that dies mid-batch leaves its frames intact for another worker.
+A worker reads the frames of a batch straight from the ingest processes' frame pools (host
+shared memory, or GPU memory mapped by CUDA IPC, copied device-to-device), runs the engine,
+decodes and maps boxes back to each frame, and sends one :class:`BatchResult`.  It never
+frees slots itself: the supervisor does when the result arrives, so a worker that dies
+mid-batch leaves its frames intact for another worker.
 """
 
 from __future__ import annotations
@@ -47,10 +48,17 @@ class WorkerSpec:
     env: tuple[tuple[str, str], ...] = ()
 
 
-def batch_buffer(spec: WorkerSpec) -> npt.NDArray[np.uint8]:
-    """The worker's one staging buffer for a whole batch, allocated once at start."""
-    width, height = spec.input_size
-    return np.empty((spec.max_batch, height, width, 3), np.uint8)
+def _detect(
+    engine: Any, spec: WorkerSpec, images: list[Any], buffer: npt.NDArray[np.uint8]
+) -> list[Any]:
+    """Host frames are stacked into ``buffer`` (pinned for GPU engines); any frame in GPU
+    memory sends the batch through ``detect_frames`` (device-to-device)."""
+    thresholds = (spec.conf_threshold, spec.iou_threshold, spec.max_detections)
+    if any(hasattr(image, "__cuda_array_interface__") for image in images):
+        return list(engine.detect_frames(images, *thresholds))
+    for i, image in enumerate(images):
+        buffer[i] = image
+    return list(engine.detect_images(buffer[: len(images)], *thresholds))
 
 
 def run_batch(
@@ -60,24 +68,18 @@ def run_batch(
     request: BatchRequest,
     buffer: npt.NDArray[np.uint8],
 ) -> BatchResult:
-    """Stack a batch's frames from shared memory into ``buffer``, infer, post-process."""
+    """Gather a batch's frames from their pools, infer, post-process."""
     started = time.time()
-    images = buffer
+    images: list[Any] = []
     frames: list[FrameRef] = []
     for frame in request.frames:
         try:
-            images[len(frames)] = pools.get(frame.pool).image(frame.slot)
+            images.append(pools.get(frame.pool).image(frame.slot))
         except FileNotFoundError:  # the stream was removed meanwhile: skip its frame
             continue
         frames.append(frame)
-    images = images[: len(frames)]
     t0 = time.perf_counter()
-    decoded = engine.detect_images(
-        images,
-        spec.conf_threshold,
-        spec.iou_threshold,
-        spec.max_detections,
-    )
+    decoded = _detect(engine, spec, images, buffer)
     results = [
         (frame, to_detections(decoded[i], frame.letterbox, spec.class_names))
         for i, frame in enumerate(frames)
@@ -114,7 +116,7 @@ def inference_main(spec: WorkerSpec, tasks: Any, outbox: Any, log_level: int) ->
         return
     outbox.put(WorkerReady(spec.worker_id, engine.info, os.getpid()))
     pools = PoolCache(spec.input_size[1], spec.input_size[0], spec.slots)
-    buffer = batch_buffer(spec)
+    buffer = engine.host_buffer(spec.max_batch)
     try:
         while True:
             request = tasks.get()

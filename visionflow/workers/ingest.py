@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import queue
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from visionflow.config import SourceConfig
@@ -42,12 +44,26 @@ log = logging.getLogger("visionflow.ingest")
 HEARTBEAT_S = 0.5
 
 
+@dataclass(frozen=True)
+class IngestPlan:
+    """How one ingest process decodes: decoder, its GPU (``CUDA_VISIBLE_DEVICES``) and
+    whether its frame slots live in GPU memory (CUDA IPC) or host shared memory."""
+
+    decode: str = "cpu"
+    env: tuple[tuple[str, str], ...] = ()
+    device_frames: bool = False
+
+
 def make_source(
     stream: StreamConfig, policy: SourceConfig, stop: threading.Event, decode: str
 ) -> VideoSource:
-    """The decoder the config asks for: PyAV on the CPU, or NVDEC (``decode: nvdec``)."""
+    """The decoder asked for: PyAV on the CPU, NVDEC packet by packet, or DALI by GOP."""
     if decode == "nvdec":
         return NvdecSource(stream, policy, stop)
+    if decode == "dali":
+        from visionflow.streams.dali import DaliSource
+
+        return DaliSource(stream, policy, stop)
     return VideoSource(stream, policy, stop)
 
 
@@ -80,6 +96,7 @@ class StreamReader:
         self._letterbox: Letterbox | None = None
         self._next_allowed = 0.0
         self.source = make_source(stream, policy, self.stop_event, decode)
+        self.source.target_size = (pool.width, pool.height)
         self.thread = threading.Thread(target=self.run, name=f"stream-{stream.id}", daemon=True)
 
     # ---- life cycle ----------------------------------------------------------------
@@ -243,9 +260,11 @@ class IngestProcess:
         outbox: Any,
         commands: Any,
         decode: str = "cpu",
+        device_frames: bool = False,
     ) -> None:
         self.index, self.run_id, self.policy = index, run_id, policy
         self.decode = decode
+        self.device_frames = device_frames
         self.width, self.height = input_size
         self.slots, self.outbox, self.commands = slots, outbox, commands
         self.readers: dict[str, StreamReader] = {}
@@ -257,7 +276,8 @@ class IngestProcess:
             self.remove(stream.id)
         self._pools += 1
         name = f"vf-{self.run_id}-{self.index}-{self._pools}"
-        pool = FramePool(name, self.slots, self.height, self.width, create=True)
+        device = 0 if self.device_frames else None  # the process sees only its decode GPU
+        pool = FramePool(name, self.slots, self.height, self.width, create=True, device=device)
         reader = StreamReader(stream, self.policy, pool, self.outbox, self.decode)
         self.readers[stream.id] = reader
         reader.thread.start()
@@ -306,11 +326,15 @@ def ingest_main(
     outbox: mp.Queue[Any],
     commands: mp.Queue[Any],
     log_level: int,
-    decode: str = "cpu",
+    plan: IngestPlan | None = None,
 ) -> None:
     """Entry point of an ingest process."""
+    plan = plan or IngestPlan()
+    os.environ.update(dict(plan.env))  # before anything touches CUDA
     setup_child_logging(log_level)
-    process = IngestProcess(index, run_id, policy, input_size, slots, outbox, commands, decode)
+    process = IngestProcess(
+        index, run_id, policy, input_size, slots, outbox, commands, plan.decode, plan.device_frames
+    )
     signal.signal(signal.SIGTERM, lambda *_: process.stopping.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     for stream in streams:

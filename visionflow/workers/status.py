@@ -29,6 +29,7 @@ class StreamStatus:
     last_frame_ts: float | None
     width: int | None
     height: int | None
+    decode: str = "cpu"  # decoder and where frames go: "cpu", "nvdec/device", "dali/host"...
 
     @property
     def total_drops(self) -> int:
@@ -49,6 +50,7 @@ class StreamStatus:
             "last_frame_ts": "" if self.last_frame_ts is None else f"{self.last_frame_ts:.3f}",
             "width": "" if self.width is None else str(self.width),
             "height": "" if self.height is None else str(self.height),
+            "decode": self.decode,
             "url": self.url,
             "labels": json.dumps(self.labels, sort_keys=True),
             "updated_ts": f"{time.time():.3f}",

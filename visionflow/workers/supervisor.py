@@ -14,9 +14,7 @@ is killed and started again; an inference worker's in-flight batches go to other
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing as mp
-import os
 import queue
 import threading
 import time
@@ -38,7 +36,7 @@ from visionflow.schema import status_key, streams_key, worker_key
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.state import StreamState
 from visionflow.workers.inference import WorkerSpec, inference_main
-from visionflow.workers.ingest import HEARTBEAT_S, ingest_main
+from visionflow.workers.ingest import HEARTBEAT_S, IngestPlan, ingest_main
 from visionflow.workers.messages import (
     AddStream,
     IngestHeartbeat,
@@ -49,6 +47,7 @@ from visionflow.workers.messages import (
     WorkerFailed,
     WorkerReady,
 )
+from visionflow.workers.plan import plan_ingest, resolve_decode
 from visionflow.workers.publisher import RedisPublisher
 from visionflow.workers.status import PipelineStatus, StreamStatus, WorkerStatus
 
@@ -77,6 +76,7 @@ class _IngestProc:
     commands: Any
     streams: list[str]
     last_beat: float
+    plan: IngestPlan
     restarts: int = 0
     pools: set[str] = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
@@ -163,25 +163,17 @@ class Pipeline:
         for s in self.config.streams:
             if not s.enabled:
                 self._streams[s.id] = _StreamView(s, -1)
-        n_ingest = self._ingest_count(len(streams))
-        groups: list[list[StreamConfig]] = [[] for _ in range(n_ingest)]
-        for i, stream in enumerate(streams):
-            groups[i % n_ingest].append(stream)
-            self._streams[stream.id] = _StreamView(stream, i % n_ingest)
-        for index, group in enumerate(groups):
-            self._start_ingest(index, group)
+        self.decode = resolve_decode(self.config)
+        for index, group in enumerate(plan_ingest(self.config, streams, self.decode)):
+            for stream in group.streams:
+                self._streams[stream.id] = _StreamView(stream, index)
+            self._start_ingest(index, list(group.streams), group.plan)
         self.publisher.start()
         self._thread.start()
 
     def _worker_count(self) -> int:
         """One per placement for GPU backends, ``inference_workers`` otherwise."""
         return len(self._worker_env) or self.config.workers.inference_workers
-
-    def _ingest_count(self, n_streams: int) -> int:
-        configured = self.config.workers.ingest_processes
-        if configured:
-            return configured
-        return max(1, min(os.cpu_count() or 1, math.ceil(n_streams / 8)))
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until every inference worker loaded its engine (raises on failure)."""
@@ -255,7 +247,9 @@ class Pipeline:
             self.dispatcher.add_worker(worker_id, self.config.batching.max_inflight_per_worker)
         self.dispatcher.workers[worker_id].alive = False  # until WorkerReady
 
-    def _start_ingest(self, index: int, streams: list[StreamConfig], restarts: int = 0) -> None:
+    def _start_ingest(
+        self, index: int, streams: list[StreamConfig], plan: IngestPlan, restarts: int = 0
+    ) -> None:
         commands = _CTX.Queue()
         process = _CTX.Process(
             target=ingest_main,
@@ -269,14 +263,14 @@ class Pipeline:
                 self._inbox,
                 commands,
                 self.log_level,
-                "nvdec" if self.config.decode == "nvdec" else "cpu",
+                plan,
             ),
             name=f"ingest-{index}",
             daemon=True,
         )
         process.start()
         self._ingest[index] = _IngestProc(
-            index, process, commands, [s.id for s in streams], time.monotonic() + 10, restarts
+            index, process, commands, [s.id for s in streams], time.monotonic() + 10, plan, restarts
         )
 
     def _unlink_pools(self, names: list[str]) -> None:
@@ -487,7 +481,7 @@ class Pipeline:
         proc.restarting = True
         self._later(
             restart_delay(proc.started, proc.restarts),
-            lambda: self._start_ingest(index, streams, proc.restarts + 1),
+            lambda: self._start_ingest(index, streams, proc.plan, proc.restarts + 1),
         )
 
     def _later(self, delay: float, action: Callable[[], None]) -> None:
@@ -565,7 +559,14 @@ class Pipeline:
             last_frame_ts=stats.last_frame_ts if stats else None,
             width=stats.width if stats else None,
             height=stats.height if stats else None,
+            decode=self._decode_label(view),
         )
+
+    def _decode_label(self, view: _StreamView) -> str:
+        proc = self._ingest.get(view.process)
+        if proc is None or proc.plan.decode == "cpu":
+            return "cpu"
+        return f"{proc.plan.decode}/{'device' if proc.plan.device_frames else 'host'}"
 
     def _redis_status(self) -> dict[str, dict[str, str]]:
         status = self.status()

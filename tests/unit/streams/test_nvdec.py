@@ -29,15 +29,16 @@ def test_nv12_letterbox_matches_the_cpu_path():
 
 
 @pytest.mark.gpu
-def test_nvdec_frames_match_pyav_frames(make_clip):
-    from visionflow.streams.nvdec import NvdecSource
-    from visionflow.streams.sources import VideoSource
+@pytest.mark.parametrize("decoder", ["nvdec", "dali"])
+def test_gpu_decoded_frames_match_pyav_frames(make_clip, decoder):
+    from visionflow.workers.ingest import make_source
 
     clip = make_clip(640, 360, 2.0)
     stream = StreamConfig(id="c", url=str(clip), realtime=False)
     outs = []
-    for cls in (VideoSource, NvdecSource):
-        source = cls(stream, SourceConfig(), threading.Event())
+    for name in ("cpu", decoder):
+        source = make_source(stream, SourceConfig(), threading.Event(), name)
+        source.target_size = (320, 320)
         source.open()
         frames = []
         try:
@@ -55,3 +56,24 @@ def test_nvdec_frames_match_pyav_frames(make_clip):
     for (pts_c, a), (pts_g, b) in zip(cpu, gpu, strict=True):
         assert pts_c == pytest.approx(pts_g)
         assert np.abs(a.astype(int) - b.astype(int)).mean() < 4
+
+
+@pytest.mark.parametrize("decoder", ["nvdec", "dali"])
+def test_a_missing_gpu_decoder_library_fails_the_stream_for_good(make_clip, decoder):
+    import importlib.util
+
+    from visionflow.errors import SourceOpenError
+    from visionflow.workers.ingest import make_source
+
+    needed = {"nvdec": "PyNvVideoCodec", "dali": "nvidia.dali"}[decoder]
+    try:
+        present = importlib.util.find_spec(needed) is not None
+    except ModuleNotFoundError:  # the parent package ("nvidia") is missing too
+        present = False
+    if present and importlib.util.find_spec("torch") is not None:
+        pytest.skip(f"{needed} and torch are installed here")
+    stream = StreamConfig(id="c", url=str(make_clip(320, 180, 1.0)), realtime=False)
+    source = make_source(stream, SourceConfig(), threading.Event(), decoder)
+    with pytest.raises(SourceOpenError, match=f"decode '{decoder}' needs") as caught:
+        source.open()
+    assert caught.value.permanent

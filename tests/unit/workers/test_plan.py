@@ -1,0 +1,80 @@
+"""Planning ingest processes: decoder choice, decode placement, frame memory."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.unit.gpu.recorded_nvml import H100_FULL, TWO_GPUS, A100_7x1G, H100_2x3G
+from visionflow.config import parse_config
+from visionflow.errors import ConfigError
+from visionflow.gpu.discovery import discover
+from visionflow.streams.probe import DecoderFigures, choose
+from visionflow.workers.plan import plan_ingest, resolve_decode
+
+
+def _config(n: int, backend: str = "torch-cuda", **workers: object):
+    return parse_config(
+        {
+            "streams": [{"id": f"c{i}", "url": f"rtsp://cam{i}/s"} for i in range(n)],
+            "engine": {"backend": backend},
+            "workers": workers,
+        }
+    )
+
+
+def test_gpu_decode_on_a_whole_gpu_keeps_frames_on_the_device():
+    cfg = _config(20)
+    groups = plan_ingest(cfg, cfg.streams, "nvdec", discover(H100_FULL))
+    assert len(groups) == min(3, os.cpu_count() or 1)  # 8 streams per process, <= cores
+    assert sum(len(g.streams) for g in groups) == 20
+    for g in groups:
+        assert g.plan.decode == "nvdec" and g.plan.device_frames
+        assert dict(g.plan.env) == {"CUDA_VISIBLE_DEVICES": "GPU-5f7c-lent"}
+
+
+def test_mig_instances_decode_locally_but_hand_frames_over_in_host_memory():
+    cfg = _config(6)
+    groups = plan_ingest(cfg, cfg.streams, "nvdec", discover(H100_2x3G))
+    assert {dict(g.plan.env)["CUDA_VISIBLE_DEVICES"] for g in groups} == {
+        "MIG-h100-0",
+        "MIG-h100-1",
+    }
+    assert not any(g.plan.device_frames for g in groups)
+    forced = _config(6, frame_transport="device")
+    with pytest.raises(ConfigError, match="MIG instance"):
+        plan_ingest(forced, forced.streams, "nvdec", discover(H100_2x3G))
+
+
+def test_slices_without_nvdec_fall_back_to_cpu_decode():
+    cfg = _config(3)
+    (group,) = plan_ingest(cfg, cfg.streams, "nvdec", discover(A100_7x1G))
+    assert group.plan.decode == "cpu" and not group.plan.env and len(group.streams) == 3
+
+
+def test_host_only_backends_and_forced_host_transport():
+    for cfg in (_config(2, "tensorrt"), _config(2, frame_transport="host")):
+        groups = plan_ingest(cfg, cfg.streams, "nvdec", discover(TWO_GPUS))
+        assert groups and not any(g.plan.device_frames for g in groups)
+        assert {g.plan.decode for g in groups} == {"nvdec"}
+
+
+def test_cpu_decode_and_decode_auto():
+    cfg = _config(9, "onnxruntime")
+    groups = plan_ingest(cfg, cfg.streams, "cpu")
+    assert [len(g.streams) for g in groups] == [5, 4]
+    assert resolve_decode(cfg, probe=lambda: pytest.fail("no probe for CPU backends")) == "cpu"
+    assert resolve_decode(_config(1), probe=lambda: "nvdec") == "nvdec"
+    empty = _config(0)
+    assert len(plan_ingest(empty, [], "nvdec", discover(H100_FULL))) == 1
+
+
+def test_decoder_choice_rule():
+    cpu = DecoderFigures("cpu", 900.0, 1.2)
+    nvdec = DecoderFigures("nvdec", 550.0, 2.0)
+    dali = DecoderFigures("dali", 250.0, 620.0)
+    assert choose([cpu, nvdec, dali]).decoder == "nvdec"
+    assert choose([cpu, DecoderFigures("nvdec", error="no NVDEC"), dali]).decoder == "dali"
+    slow = choose([cpu, DecoderFigures("nvdec", 60.0, 2.0)])
+    assert slow.decoder == "cpu" and "keeps up" in slow.reason and "60 fps" in slow.reason

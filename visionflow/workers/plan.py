@@ -1,0 +1,119 @@
+"""Planning the ingest processes: which decoder, on which GPU, frames in which memory.
+
+- ``decode: auto`` resolves to ``cpu`` for CPU inference backends (their frames are needed in
+  host memory anyway) and, for GPU backends, to what :mod:`visionflow.streams.probe`
+  measured on this machine.
+- GPU decode goes only where NVDEC engines are (``place_decoders``: streams spread over the
+  GPUs / MIG instances in proportion to their NVDEC count, CPU decode where there is none);
+  each ingest process is pinned to its decode slot with ``CUDA_VISIBLE_DEVICES``.
+- Frames stay in GPU memory (CUDA IPC) when they are decoded on the GPU and the inference
+  backend reads device memory, except on MIG instances, which cannot map each other's memory:
+  there the letterboxed image crosses host shared memory (a 1.2 MB device-to-host and
+  host-to-device copy per 640x640 frame).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from visionflow.config import AppConfig
+from visionflow.errors import ConfigError
+from visionflow.gpu.discovery import InferenceSlot
+from visionflow.gpu.placement import place_decoders
+from visionflow.streams.config import StreamConfig
+from visionflow.workers.ingest import IngestPlan
+
+log = logging.getLogger("visionflow.plan")
+DEVICE_FRAME_BACKENDS = frozenset({"torch-cuda"})
+STREAMS_PER_PROCESS = 8
+
+
+@dataclass(frozen=True)
+class IngestGroup:
+    """One ingest process to start: its plan and its streams."""
+
+    plan: IngestPlan
+    streams: tuple[StreamConfig, ...]
+
+
+def resolve_decode(config: AppConfig, probe: Callable[[], str] | None = None) -> str:
+    """The decoder ``config.decode`` means on this machine."""
+    if config.decode != "auto":
+        return config.decode
+    if config.engine.backend not in DEVICE_FRAME_BACKENDS | {"tensorrt"}:
+        return "cpu"
+    if probe is None:
+        from visionflow.streams.probe import resolve_auto
+
+        return resolve_auto().decoder
+    return probe()
+
+
+def device_frames(config: AppConfig, decode: str, slot: InferenceSlot | None) -> bool:
+    """Whether this slot's frames can stay in GPU memory; raises when forced but impossible."""
+    why_not = None
+    if decode == "cpu" or slot is None:
+        why_not = "frames are decoded on the CPU"
+    elif config.engine.backend not in DEVICE_FRAME_BACKENDS:
+        why_not = f"the {config.engine.backend} backend reads host memory"
+    elif slot.is_mig:
+        why_not = f"{slot.label} is a MIG instance (no CUDA IPC between instances)"
+    mode = config.workers.frame_transport
+    if mode == "device" and why_not:
+        raise ConfigError(f"workers.frame_transport is 'device' but {why_not}")
+    return mode != "host" and why_not is None
+
+
+def _split(streams: list[StreamConfig], processes: int) -> list[list[StreamConfig]]:
+    groups: list[list[StreamConfig]] = [[] for _ in range(max(1, min(processes, len(streams))))]
+    for i, stream in enumerate(streams):
+        groups[i % len(groups)].append(stream)
+    return groups
+
+
+def _process_count(config: AppConfig, share: int, total: int) -> int:
+    configured = config.workers.ingest_processes
+    if configured:
+        return max(1, round(configured * share / max(1, total)))
+    return max(1, min(os.cpu_count() or 1, math.ceil(share / STREAMS_PER_PROCESS)))
+
+
+def plan_ingest(
+    config: AppConfig,
+    streams: Sequence[StreamConfig],
+    decode: str,
+    slots: Sequence[InferenceSlot] | None = None,
+) -> list[IngestGroup]:
+    """Ingest processes for ``streams`` (at least one, so streams can be added later)."""
+    if decode == "cpu":
+        count = _process_count(config, len(streams), len(streams))
+        return [IngestGroup(IngestPlan(), tuple(g)) for g in _split(list(streams), count)]
+    if slots is None:
+        from visionflow.gpu.discovery import discover
+
+        slots = discover()
+    placed = place_decoders([s.id for s in streams], slots)
+    by_slot: dict[str | None, list[StreamConfig]] = {}
+    for stream in streams:
+        slot = placed[stream.id]
+        by_slot.setdefault(slot.uuid if slot else None, []).append(stream)
+    if not by_slot:  # no streams yet: one process on the first decode slot
+        first = next((s for s in slots if s.nvdecs > 0), None)
+        by_slot[first.uuid if first else None] = []
+    lookup = {s.uuid: s for s in slots}
+    groups = []
+    for uuid, members in by_slot.items():
+        slot = lookup.get(uuid) if uuid else None
+        if slot is None:
+            log.warning("no NVDEC found: %d stream(s) decode on the CPU", len(members))
+            plan = IngestPlan()
+        else:
+            env = (("CUDA_VISIBLE_DEVICES", slot.uuid),)
+            plan = IngestPlan(decode, env, device_frames(config, decode, slot))
+        for group in _split(members, _process_count(config, len(members), len(streams))):
+            groups.append(IngestGroup(plan, tuple(group)))
+    return groups
