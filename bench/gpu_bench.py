@@ -15,9 +15,12 @@ Sections:
   decode_dali DALI mixed video decoder on keyframe-aligned 1 s segments, same counts (batched)
   preprocess  GPU letterbox 1080p -> 640x640 fp16 NCHW (torch), batch 32
   infer       YOLOv8n (random weights, scripts/build_yolov8n.py) through visionflow's torch-cuda
-              backend: images/s per batch size 1..64 (fp16, CUDA graphs)
-  e2e         the visionflow pipeline (CPU decode in ingest processes, torch-cuda worker,
-              valkey-server): most 1080p30 streams with 0 drops, p50/p99 capture->publish
+              backend: images/s per batch size 1..64, eager vs CUDA graphs in the same run,
+              and host-uint8 vs device-frame input to NMS
+  decode_probe what ``decode: auto`` measures and picks on this machine
+  e2e_*       the visionflow pipeline (torch-cuda worker, valkey-server), streams added in
+              steps of 1080p30 until drops: nvdec with frames on the GPU (CUDA IPC), nvdec
+              through host memory, CPU decode, DALI; most streams with 0 drops, p50/p99
   baseline    Ultralytics-style loop (capture thread per stream, CPU decode, all streams
               stacked into one batch, same model eager on the same GPU): streams sustained
 
@@ -48,18 +51,26 @@ SECTIONS = [
     "decode_cpu",
     "decode_nvdec",
     "decode_dali",
-    "e2e",
+    "decode_probe",
+    "e2e_nvdec",
+    "e2e_nvdec_host",
+    "e2e_cpu",
+    "e2e_dali",
     "baseline",
 ]
 LIMITS = {
     "env": 60,
     "clips": 120,
-    "infer": 150,
+    "infer": 240,
     "preprocess": 60,
     "decode_cpu": 90,
     "decode_nvdec": 120,
     "decode_dali": 120,
-    "e2e": 330,
+    "decode_probe": 120,
+    "e2e_nvdec": 420,
+    "e2e_nvdec_host": 330,
+    "e2e_cpu": 330,
+    "e2e_dali": 240,
     "baseline": 150,
 }
 COUNTS = (1, 8, 32, 64)
@@ -308,7 +319,31 @@ def _model(work: Path) -> Path:
     return path
 
 
+def _device_ms(engine: Any, x: Any, iters: int) -> float:
+    import torch
+
+    for _ in range(5):
+        engine.forward(x)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        engine.forward(x)
+    end.record()
+    torch.cuda.synchronize()
+    return float(start.elapsed_time(end) / iters)
+
+
+def _wall_ms(fn: Any, iters: int) -> float:
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return (time.perf_counter() - t0) / iters * 1000
+
+
 def section_infer(work: Path) -> dict[str, Any]:
+    """Eager vs CUDA graphs in the same run, then the two ways frames reach the engine."""
     import numpy as np
     import torch
 
@@ -316,36 +351,40 @@ def section_infer(work: Path) -> dict[str, Any]:
     from visionflow.engines.torch_cuda import TorchCudaEngine
 
     model = _model(work)
-    engine = TorchCudaEngine(TorchCudaConfig(precision="fp16", cuda_graphs=False), model, 64)
+    t0 = time.time()
+    eager = TorchCudaEngine(TorchCudaConfig(precision="fp16", cuda_graphs=False), model, 64)
+    eager_load = time.time() - t0
+    t0 = time.time()
+    graphs = TorchCudaEngine(TorchCudaConfig(precision="fp16", cuda_graphs=True), model, 64)
+    graphs_load = time.time() - t0
     rows = []
     for b in (1, 2, 4, 8, 16, 32, 64):
         x = torch.rand(b, 3, 640, 640, device="cuda", dtype=torch.float16)
-        for _ in range(5):
-            engine.forward(x)
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         iters = max(10, 400 // b)
-        start.record()
-        for _ in range(iters):
-            engine.forward(x)
-        end.record()
-        torch.cuda.synchronize()
-        ms = start.elapsed_time(end) / iters
-        host = np.random.rand(b, 3, 640, 640).astype(np.float32)
-        t0 = time.perf_counter()
-        for _ in range(5):
-            engine.detect(host, 0.5, 0.45, 100)
-        host_ms = (time.perf_counter() - t0) / 5 * 1000
+        e_ms, g_ms = _device_ms(eager, x, iters), _device_ms(graphs, x, iters)
+        host = np.random.randint(0, 255, (b, 640, 640, 3), np.uint8)
+        pinned = graphs.host_buffer(b)
+        pinned[:] = host
+        device = [torch.from_numpy(im).cuda() for im in host]
+        h_ms = _wall_ms(lambda p=pinned: graphs.detect_images(p, 0.5, 0.45, 100), 10)
+        d_ms = _wall_ms(lambda d=device: graphs.detect_frames(d, 0.5, 0.45, 100), 10)
         rows.append(
             {
                 "batch": b,
-                "ms": round(ms, 3),
-                "images_per_s": round(b / ms * 1000, 1),
-                "with_h2d_and_nms_images_per_s": round(b / host_ms * 1000, 1),
+                "eager_images_per_s": round(b / e_ms * 1000, 1),
+                "graphs_images_per_s": round(b / g_ms * 1000, 1),
+                "graphs_vs_eager": round(e_ms / g_ms, 2),
+                "host_u8_to_nms_images_per_s": round(b / h_ms * 1000, 1),
+                "device_frames_to_nms_images_per_s": round(b / d_ms * 1000, 1),
             }
         )
         log(f"infer b{b}: {rows[-1]}")
-    return {"backend": engine.info.device, "rows": rows}
+    return {
+        "backend": graphs.info.device,
+        "graph_error": graphs.graph_error,
+        "load_s": {"eager": round(eager_load, 1), "graphs": round(graphs_load, 1)},
+        "rows": rows,
+    }
 
 
 def section_preprocess(work: Path) -> dict[str, Any]:
@@ -395,83 +434,140 @@ def _latency(client: Any, prefix: str, ids: list[str], since: float) -> tuple[fl
     return float(np.percentile(totals, 50)), float(np.percentile(totals, 99)), len(totals)
 
 
-def _e2e_once(work: Path, n: int, url: str, seconds: float, decode: str = "cpu") -> dict[str, Any]:
+def _window(p: Any, client: Any, prefix: str, seconds: float) -> dict[str, Any]:
+    """Counters over one measuring window of a running pipeline."""
+    before = {s.stream_id: (s.frames, s.total_drops, s.published) for s in p.status().streams}
+    t0 = time.time()
+    time.sleep(seconds)
+    after = p.status()
+    ids = [s.stream_id for s in after.streams]
+    frames = sum(s.frames - before.get(s.stream_id, (0, 0, 0))[0] for s in after.streams)
+    drops = sum(s.total_drops - before.get(s.stream_id, (0, 0, 0))[1] for s in after.streams)
+    published = sum(s.published - before.get(s.stream_id, (0, 0, 0))[2] for s in after.streams)
+    p50, p99, counted = _latency(client, prefix, ids, t0)
+    reasons: dict[str, int] = {}
+    for s in after.streams:
+        for k, v in s.drops.items():
+            reasons[k] = reasons.get(k, 0) + v
+    batches = sum(w.batches for w in after.workers)
+    return {
+        "streams": len(ids),
+        "decoded_fps": round(frames / seconds, 1),
+        "published_fps": round(published / seconds, 1),
+        "min_stream_fps": round(min((s.fps for s in after.streams), default=0.0), 1),
+        "drops": drops,
+        "p50_ms": round(p50, 1),
+        "p99_ms": round(p99, 1),
+        "latency_samples": counted,
+        "mean_batch": round(sum(w.frames for w in after.workers) / max(1, batches), 2),
+        "drops_by_reason_total": reasons,
+        "decode": sorted({s.decode for s in after.streams}),
+    }
+
+
+def _sustained(r: dict[str, Any]) -> bool:
+    """0 drops in the window and every stream at its 30 fps (on average, 5% slack)."""
+    return bool(r["drops"] == 0 and r["decoded_fps"] >= 28.5 * r["streams"])
+
+
+def _ramp(
+    work: Path,
+    url: str,
+    decode: str,
+    levels: list[int],
+    transport: str = "auto",
+    window_s: float = 8.0,
+    engine: dict[str, Any] | None = None,
+    model: Path | None = None,
+) -> dict[str, Any]:
+    """One pipeline; streams added level by level until a window shows drops twice."""
     import logging
 
     import redis
 
     from visionflow.config import parse_config
+    from visionflow.streams.config import StreamConfig
     from visionflow.workers.supervisor import Pipeline
 
     mp4, _ = clip_paths(work)
-    prefix = f"e2e{n}{decode}"
+    prefix = f"ramp{decode}{transport}"
+
+    def stream(i: int) -> dict[str, Any]:
+        return {"id": f"c{i}", "url": str(mp4), "loop": True, "realtime": True}
+
     cfg = parse_config(
         {
-            "streams": [
-                {"id": f"c{i}", "url": str(mp4), "loop": True, "realtime": True} for i in range(n)
-            ],
-            "redis": {"url": url, "key_prefix": prefix, "maxlen": 100000},
-            "model": {"path": str(_model(work)), "conf_threshold": 0.5, "max_detections": 50},
-            "engine": {"backend": "torch-cuda", "precision": "fp16", "cuda_graphs": False},
-            "batching": {"max_batch": 64, "max_delay_ms": 20, "buffer_per_stream": 8},
+            "streams": [stream(i) for i in range(levels[0])],
+            "redis": {"url": url, "key_prefix": prefix, "maxlen": 20000},
+            "model": {
+                "path": str(model or _model(work)),
+                "conf_threshold": 0.5,
+                "max_detections": 50,
+            },
+            "engine": engine or {"backend": "torch-cuda", "precision": "fp16"},
+            "batching": {"max_batch": 64, "max_delay_ms": 15, "buffer_per_stream": 8},
             "decode": decode,
-            "workers": {"ingest_processes": min(14, n), "inference_workers": 1},
+            "workers": {"ingest_processes": 14, "frame_transport": transport},
         }
     )
+    client = redis.Redis.from_url(url)
     p = Pipeline(cfg, url, log_level=logging.WARNING)
     p.start()
-    p.wait_ready(180)
-    time.sleep(4)  # warm-up: every stream connected, graphs captured
-    before = {
-        s.stream_id: (s.frames, sum(s.drops.values()), s.published) for s in p.status().streams
-    }
-    t0 = time.time()
-    time.sleep(seconds)
-    after = p.status()
-    p.stop()
-    frames = sum(s.frames - before[s.stream_id][0] for s in after.streams)
-    drops = sum(sum(s.drops.values()) - before[s.stream_id][1] for s in after.streams)
-    published = sum(s.published - before[s.stream_id][2] for s in after.streams)
-    client = redis.Redis.from_url(url)
-    p50, p99, counted = _latency(client, prefix, [s.stream_id for s in after.streams], t0)
-    client.flushdb()
-    w = after.workers[0]
-    reasons: dict[str, int] = {}
-    for s in after.streams:
-        for k, v in s.drops.items():
-            reasons[k] = reasons.get(k, 0) + v
+    p.wait_ready(240)
+    runs, failures = [], 0
+    try:
+        for level in levels:
+            for i in range(len(p.status().streams), level):
+                p.add_stream(StreamConfig.model_validate(stream(i)))
+            time.sleep(5)  # new streams connect, queues settle
+            r = _window(p, client, prefix, window_s)
+            runs.append(r)
+            log(f"ramp {decode}/{transport}: {r}")
+            ok = _sustained(r)
+            failures = 0 if ok else failures + 1
+            if failures >= 2:
+                break
+    finally:
+        p.stop()
+        client.flushdb()
+    ok_runs = [r for r in runs if _sustained(r)]
+    best = max(ok_runs, key=lambda r: r["streams"], default=None)
     return {
-        "streams": n,
-        "decoded_fps": round(frames / seconds, 1),
-        "published_fps": round(published / seconds, 1),
-        "drops": drops,
-        "per_stream_fps": round(frames / seconds / n, 1),
-        "p50_ms": round(p50, 1),
-        "p99_ms": round(p99, 1),
-        "latency_samples": counted,
-        "mean_batch": round(w.frames / max(1, w.batches), 2),
-        "drops_by_reason": reasons,
-    }
-
-
-def section_e2e(work: Path) -> dict[str, Any]:
-    from visionflow.redis_server import EmbeddedRedis
-
-    runs = []
-    with EmbeddedRedis() as server:
-        for decode, counts in (("cpu", (8, 16, 32)), ("nvdec", (8, 16, 32))):
-            for n in counts:
-                try:
-                    r = {"decode": decode, **_e2e_once(work, n, server.url, 12.0, decode)}
-                except Exception as exc:
-                    r = {"decode": decode, "streams": n, "error": f"{type(exc).__name__}: {exc}"}
-                runs.append(r)
-                log(f"e2e {r}")
-    ok = [r for r in runs if r.get("drops") == 0 and r.get("per_stream_fps", 0) >= 28.5]
-    return {
+        "decode": decode,
+        "transport": transport,
         "runs": runs,
-        "sustained_streams_at_0_drops": max((r["streams"] for r in ok), default=0),
+        "sustained_streams_at_0_drops": best["streams"] if best else 0,
+        "at_sustained": best,
     }
+
+
+def _e2e(decode: str, levels: list[int], transport: str = "auto") -> Any:
+    def section(work: Path) -> dict[str, Any]:
+        from visionflow.redis_server import EmbeddedRedis
+
+        with EmbeddedRedis() as server:
+            return _ramp(work, server.url, decode, levels, transport)
+
+    return section
+
+
+section_e2e_nvdec = _e2e("nvdec", [16, 32, 48, 64, 80, 96, 112, 128])
+section_e2e_nvdec_host = _e2e("nvdec", [16, 32, 48, 64, 80, 96, 112], transport="host")
+section_e2e_cpu = _e2e("cpu", [16, 32, 48, 64, 80])
+section_e2e_dali = _e2e("dali", [4, 8, 16, 24])
+
+
+def section_decode_probe(work: Path) -> dict[str, Any]:
+    """What ``decode: auto`` picks on this machine, with the figures it picked by."""
+    import dataclasses
+    import tempfile
+
+    from visionflow.streams.probe import resolve_auto
+
+    with tempfile.TemporaryDirectory() as cache:
+        t0 = time.time()
+        choice = resolve_auto(Path(cache))
+        return {"probe_s": round(time.time() - t0, 1), **dataclasses.asdict(choice)}
 
 
 def _baseline_once(work: Path, n: int, seconds: float) -> dict[str, Any]:
@@ -539,7 +635,7 @@ def _baseline_once(work: Path, n: int, seconds: float) -> dict[str, Any]:
 
 def section_baseline(work: Path) -> dict[str, Any]:
     runs = []
-    for n in (4, 8, 16, 32):
+    for n in (2, 4, 8, 16, 32):
         r = _baseline_once(work, n, 8.0)
         runs.append(r)
         log(f"baseline {r}")
