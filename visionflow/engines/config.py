@@ -57,6 +57,14 @@ class TensorRTConfig(_EngineBase):
     calibration_cache: str | None = Field(
         default=None, description="INT8: calibration cache file; empty: beside the engine."
     )
+    nms_in_engine: bool = Field(
+        default=True,
+        description="Run NMS inside the engine (TensorRT's INMSLayer) so only kept detections "
+        "are copied to the host; false: copy the raw output and decode on the CPU.",
+    )
+    nms_max_per_class: int = Field(
+        default=300, ge=1, le=5000, description="In-engine NMS: most boxes kept per class."
+    )
     device: int = Field(default=0, ge=0, description="CUDA device ordinal inside the worker.")
 
 

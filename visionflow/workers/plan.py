@@ -28,7 +28,7 @@ from visionflow.streams.config import StreamConfig
 from visionflow.workers.ingest import IngestPlan
 
 log = logging.getLogger("visionflow.plan")
-DEVICE_FRAME_BACKENDS = frozenset({"torch-cuda"})
+DEVICE_FRAME_BACKENDS = frozenset({"torch-cuda", "tensorrt"})
 STREAMS_PER_PROCESS = 8
 
 
@@ -44,7 +44,7 @@ def resolve_decode(config: AppConfig, probe: Callable[[], str] | None = None) ->
     """The decoder ``config.decode`` means on this machine."""
     if config.decode != "auto":
         return config.decode
-    if config.engine.backend not in DEVICE_FRAME_BACKENDS | {"tensorrt"}:
+    if config.engine.backend not in DEVICE_FRAME_BACKENDS:
         return "cpu"
     if probe is None:
         from visionflow.streams.probe import resolve_auto

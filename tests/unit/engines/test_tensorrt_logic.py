@@ -14,7 +14,9 @@ from visionflow.engines.trt import (
     CalibrationBatches,
     EngineKey,
     EngineRepository,
+    GrowingBuffers,
     decode_in_engine_nms,
+    grown_capacity,
     profile_for,
     trt_major,
 )
@@ -55,6 +57,7 @@ def test_engine_key_changes_with_everything_it_depends_on():
         dict(model_sha256="cd" * 32),
         dict(profile=profile_for(64, None, 640, 640)),
         dict(nms_in_engine=True),
+        dict(nms_max_per_class=100),
     ):
         assert key(**change).digest() != k.digest(), change
     assert k.filename().startswith(
@@ -88,17 +91,44 @@ def test_calibration_batches_are_full_and_bounded():
     assert batches.next_batch() is None and batches.taken == 8  # 2 left over: no partial batch
 
 
-def test_in_engine_nms_outputs_are_decoded_per_image():
-    boxes = np.zeros((2, 5, 4), np.float32)
-    boxes[0, 1] = [10, 10, 20, 20]
-    boxes[1, 3] = [1, 2, 3, 4]
-    scores = np.zeros((2, 5, 3), np.float32)
-    scores[0, 1, 2], scores[1, 3, 0], scores[0, 4, 1] = 0.9, 0.8, 0.7
-    boxes[0, 4] = [30, 30, 40, 40]
-    selected = np.array([[0, 2, 1], [1, 0, 3], [0, 1, 4], [9, 9, 9]], np.int32)  # last: padding
-    out = decode_in_engine_nms(selected, 3, boxes, scores, batch=2, max_detections=10)
-    assert out[0][2].tolist() == [2, 1] and np.allclose(out[0][1], [0.9, 0.7])
+def test_in_engine_nms_rows_are_split_per_image_best_first():
+    # rows as the engine gathers them: (image, class, anchor), centre/size boxes, scores
+    selected = np.array([[0, 2, 1], [1, 0, 3], [0, 1, 4], [0, 0, 2]], np.int32)
+    boxes = np.array([[15, 15, 10, 10], [2, 3, 2, 2], [35, 35, 10, 10], [0, 0, 2, 2]], np.float32)
+    scores = np.array([0.7, 0.8, 0.9, 0.6], np.float32)
+    out = decode_in_engine_nms(selected, boxes, scores, batch=3, max_detections=2)
+    xyxy, s0, c0 = out[0]
+    assert c0.tolist() == [1, 2] and np.allclose(s0, [0.9, 0.7])  # best first, capped at 2
+    assert xyxy.tolist() == [[30, 30, 40, 40], [10, 10, 20, 20]]
     assert out[1][0].tolist() == [[1, 2, 3, 4]] and out[1][2].tolist() == [0]
+    assert len(out[2][1]) == 0 and out[2][0].shape == (0, 4)  # an image with nothing kept
+
+
+def test_nms_output_buffers_grow_by_powers_of_two_and_are_freed():
+    live: dict[int, int] = {}
+    counter = iter(range(1, 100))
+
+    def malloc(size: int) -> int:
+        pointer = next(counter)
+        live[pointer] = size
+        return pointer
+
+    buffers = GrowingBuffers(malloc, lambda p: live.pop(p))
+    first = buffers.ensure("selected_indices", 1000)
+    assert live == {first: 1 << 16}  # small requests share the minimum
+    assert buffers.ensure("selected_indices", 60_000) == first  # fits: no reallocation
+    bigger = buffers.ensure("selected_indices", 70_000)
+    assert bigger != first and first not in live and live[bigger] == 1 << 17
+    buffers.ensure("selected_scores", 4)
+    buffers.close()
+    assert live == {} and grown_capacity(0) == 1 << 16 and grown_capacity(1 << 20) == 1 << 20
+
+
+def test_tensorrt_config_defaults_to_in_engine_nms():
+    config = TensorRTConfig()
+    assert config.nms_in_engine and config.nms_max_per_class == 300
+    with pytest.raises(ValueError, match="nms_max_per_class"):
+        TensorRTConfig(nms_max_per_class=0)
 
 
 def test_version_parsing():

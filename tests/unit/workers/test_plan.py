@@ -53,11 +53,21 @@ def test_slices_without_nvdec_fall_back_to_cpu_decode():
     assert group.plan.decode == "cpu" and not group.plan.env and len(group.streams) == 3
 
 
-def test_host_only_backends_and_forced_host_transport():
-    for cfg in (_config(2, "tensorrt"), _config(2, frame_transport="host")):
+def test_device_frames_for_gpu_backends_unless_host_transport_is_forced():
+    for backend in ("torch-cuda", "tensorrt"):
+        cfg = _config(2, backend)
         groups = plan_ingest(cfg, cfg.streams, "nvdec", discover(TWO_GPUS))
-        assert groups and not any(g.plan.device_frames for g in groups)
-        assert {g.plan.decode for g in groups} == {"nvdec"}
+        assert groups and all(g.plan.device_frames for g in groups), backend
+    cfg = _config(2, frame_transport="host")
+    groups = plan_ingest(cfg, cfg.streams, "nvdec", discover(TWO_GPUS))
+    assert groups and not any(g.plan.device_frames for g in groups)
+    assert {g.plan.decode for g in groups} == {"nvdec"}
+
+
+def test_host_reading_backend_cannot_be_forced_onto_device_frames():
+    cfg = _config(2, "onnxruntime", frame_transport="device")
+    with pytest.raises(ConfigError, match="the onnxruntime backend reads host memory"):
+        plan_ingest(cfg, cfg.streams, "nvdec", discover(TWO_GPUS))
 
 
 def test_cpu_decode_and_decode_auto():
