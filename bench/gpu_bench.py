@@ -48,6 +48,7 @@ SECTIONS = [
     "clips",
     "infer",
     "preprocess",
+    "input_kernel",
     "decode_cpu",
     "decode_nvdec",
     "decode_dali",
@@ -55,6 +56,8 @@ SECTIONS = [
     "e2e_nvdec",
     "e2e_nvdec_host",
     "e2e_cpu",
+    "e2e_cpu_2w",
+    "e2e_nvdec_2w",
     "e2e_dali",
     "baseline",
 ]
@@ -63,6 +66,7 @@ LIMITS = {
     "clips": 120,
     "infer": 240,
     "preprocess": 60,
+    "input_kernel": 60,
     "decode_cpu": 90,
     "decode_nvdec": 120,
     "decode_dali": 120,
@@ -70,6 +74,8 @@ LIMITS = {
     "e2e_nvdec": 420,
     "e2e_nvdec_host": 330,
     "e2e_cpu": 330,
+    "e2e_cpu_2w": 200,
+    "e2e_nvdec_2w": 180,
     "e2e_dali": 240,
     "baseline": 150,
 }
@@ -417,26 +423,80 @@ def section_preprocess(work: Path) -> dict[str, Any]:
     }
 
 
+def section_input_kernel(work: Path) -> dict[str, Any]:
+    """The TensorRT backend's NVRTC input kernel (scattered uint8 640x640 frames -> fp16/fp32
+    NCHW through a pointer table) against torch's permute+scale, batch 32, same card."""
+    import torch
+
+    from visionflow.gpu.ipc import _check, runtime
+    from visionflow.gpu.kernels import InputKernel
+
+    rt = runtime()
+    b, side, iters = 32, 640, 200
+    slots = [
+        torch.randint(0, 255, (side, side, 3), dtype=torch.uint8, device="cuda") for _ in range(b)
+    ]
+    table = torch.tensor([t.data_ptr() for t in slots], dtype=torch.int64, device="cuda")
+    props = _check(rt.cudaGetDeviceProperties(0), "props")
+    kernel = InputKernel(props.major, props.minor)
+    stream = torch.cuda.current_stream().cuda_stream
+    result: dict[str, Any] = {"batch": b, "input": f"{b} separate {side}x{side}x3 uint8 slots"}
+
+    def nvrtc(out: Any) -> None:
+        half = out.dtype == torch.float16
+        kernel.launch(table.data_ptr(), out.data_ptr(), b, side * side, half, stream)
+
+    def torch_copy(out: Any) -> None:
+        for i, t in enumerate(slots):  # what torch-cuda does with IPC slots
+            out[i].copy_(t.permute(2, 0, 1))
+        out.mul_(1.0 / 255.0)
+
+    for dtype in (torch.float16, torch.float32):
+        out = torch.empty((b, 3, side, side), dtype=dtype, device="cuda")
+        for name, fn in (("nvrtc_kernel", nvrtc), ("torch_copy_scale", torch_copy)):
+            for _ in range(10):
+                fn(out)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                fn(out)
+            torch.cuda.synchronize()
+            fps = b * iters / (time.perf_counter() - t0)
+            result[f"{name}_{str(dtype).split('.')[-1]}_fps"] = round(fps, 1)
+    kernel.close()
+    return result
+
+
 # ---------------------------------------------------------------------------- end to end
-def _latency(client: Any, prefix: str, ids: list[str], since: float) -> tuple[float, float, int]:
+def _latency(
+    client: Any, prefix: str, ids: list[str], since: float
+) -> tuple[float, float, int, dict[str, float]]:
+    """p50/p99 of capture→publish, sample count, and the p50 of each latency component
+    (decode, queue, inference, publish) to show where the time goes."""
     import numpy as np
 
     from visionflow.schema import detections_key, parse_entry
 
-    totals = []
+    parts: dict[str, list[float]] = {}
     for sid in ids:
         for eid, fields in client.xrange(detections_key(prefix, sid)):
             e = parse_entry(eid, fields)
             if e.capture_ts >= since:
-                totals.append(e.latency_ms["total"])
+                for k, v in e.latency_ms.items():
+                    parts.setdefault(k, []).append(v)
+    totals = parts.pop("total", [])
     if not totals:
-        return 0.0, 0.0, 0
-    return float(np.percentile(totals, 50)), float(np.percentile(totals, 99)), len(totals)
+        return 0.0, 0.0, 0, {}
+    medians = {k: round(float(np.percentile(v, 50)), 1) for k, v in parts.items()}
+    p50, p99 = float(np.percentile(totals, 50)), float(np.percentile(totals, 99))
+    return p50, p99, len(totals), medians
 
 
 def _window(p: Any, client: Any, prefix: str, seconds: float) -> dict[str, Any]:
     """Counters over one measuring window of a running pipeline."""
-    before = {s.stream_id: (s.frames, s.total_drops, s.published) for s in p.status().streams}
+    first = p.status()
+    before = {s.stream_id: (s.frames, s.total_drops, s.published) for s in first.streams}
+    before_workers = first.workers
     t0 = time.time()
     time.sleep(seconds)
     after = p.status()
@@ -444,7 +504,8 @@ def _window(p: Any, client: Any, prefix: str, seconds: float) -> dict[str, Any]:
     frames = sum(s.frames - before.get(s.stream_id, (0, 0, 0))[0] for s in after.streams)
     drops = sum(s.total_drops - before.get(s.stream_id, (0, 0, 0))[1] for s in after.streams)
     published = sum(s.published - before.get(s.stream_id, (0, 0, 0))[2] for s in after.streams)
-    p50, p99, counted = _latency(client, prefix, ids, t0)
+    p50, p99, counted, parts = _latency(client, prefix, ids, t0)
+    batches_before = {w.worker_id: w.batches for w in before_workers}
     reasons: dict[str, int] = {}
     for s in after.streams:
         for k, v in s.drops.items():
@@ -459,6 +520,10 @@ def _window(p: Any, client: Any, prefix: str, seconds: float) -> dict[str, Any]:
         "p50_ms": round(p50, 1),
         "p99_ms": round(p99, 1),
         "latency_samples": counted,
+        "p50_parts_ms": parts,
+        "batches_per_worker": [
+            w.batches - batches_before.get(w.worker_id, 0) for w in after.workers
+        ],
         "mean_batch": round(sum(w.frames for w in after.workers) / max(1, batches), 2),
         "drops_by_reason_total": reasons,
         "decode": sorted({s.decode for s in after.streams}),
@@ -479,6 +544,7 @@ def _ramp(
     window_s: float = 8.0,
     engine: dict[str, Any] | None = None,
     model: Path | None = None,
+    workers_per_gpu: int = 1,
 ) -> dict[str, Any]:
     """One pipeline; streams added level by level until a window shows drops twice."""
     import logging
@@ -490,7 +556,7 @@ def _ramp(
     from visionflow.workers.supervisor import Pipeline
 
     mp4, _ = clip_paths(work)
-    prefix = f"ramp{decode}{transport}"
+    prefix = f"ramp{decode}{transport}{workers_per_gpu}"
 
     def stream(i: int) -> dict[str, Any]:
         return {"id": f"c{i}", "url": str(mp4), "loop": True, "realtime": True}
@@ -507,7 +573,11 @@ def _ramp(
             "engine": engine or {"backend": "torch-cuda", "precision": "fp16"},
             "batching": {"max_batch": 64, "max_delay_ms": 15, "buffer_per_stream": 8},
             "decode": decode,
-            "workers": {"ingest_processes": 14, "frame_transport": transport},
+            "workers": {
+                "ingest_processes": 14,
+                "frame_transport": transport,
+                "workers_per_gpu": workers_per_gpu,
+            },
         }
     )
     client = redis.Redis.from_url(url)
@@ -522,7 +592,7 @@ def _ramp(
             time.sleep(5)  # new streams connect, queues settle
             r = _window(p, client, prefix, window_s)
             runs.append(r)
-            log(f"ramp {decode}/{transport}: {r}")
+            log(f"ramp {decode}/{transport}/{workers_per_gpu}w: {r}")
             ok = _sustained(r)
             failures = 0 if ok else failures + 1
             if failures >= 2:
@@ -535,18 +605,21 @@ def _ramp(
     return {
         "decode": decode,
         "transport": transport,
+        "workers_per_gpu": workers_per_gpu,
         "runs": runs,
         "sustained_streams_at_0_drops": best["streams"] if best else 0,
         "at_sustained": best,
     }
 
 
-def _e2e(decode: str, levels: list[int], transport: str = "auto") -> Any:
+def _e2e(decode: str, levels: list[int], transport: str = "auto", workers_per_gpu: int = 1) -> Any:
     def section(work: Path) -> dict[str, Any]:
         from visionflow.redis_server import EmbeddedRedis
 
         with EmbeddedRedis() as server:
-            return _ramp(work, server.url, decode, levels, transport)
+            return _ramp(
+                work, server.url, decode, levels, transport, workers_per_gpu=workers_per_gpu
+            )
 
     return section
 
@@ -554,6 +627,9 @@ def _e2e(decode: str, levels: list[int], transport: str = "auto") -> Any:
 section_e2e_nvdec = _e2e("nvdec", [16, 32, 48, 64, 80, 96, 112, 128])
 section_e2e_nvdec_host = _e2e("nvdec", [16, 32, 48, 64, 80, 96, 112], transport="host")
 section_e2e_cpu = _e2e("cpu", [16, 32, 48, 64, 80])
+# two inference processes on the one GPU: host-side batch work of one overlaps the other's
+section_e2e_cpu_2w = _e2e("cpu", [32, 48, 64, 80, 96], workers_per_gpu=2)
+section_e2e_nvdec_2w = _e2e("nvdec", [16, 32, 48, 64], workers_per_gpu=2)
 section_e2e_dali = _e2e("dali", [4, 8, 16, 24])
 
 
