@@ -49,6 +49,7 @@ SECTIONS = [
     "infer",
     "preprocess",
     "input_kernel",
+    "letterbox_gpu",
     "decode_cpu",
     "decode_nvdec",
     "decode_dali",
@@ -59,6 +60,7 @@ SECTIONS = [
     "e2e_cpu_2w",
     "e2e_nvdec_2w",
     "e2e_dali",
+    "e2e_nvdec_settled",
     "baseline",
 ]
 LIMITS = {
@@ -67,6 +69,7 @@ LIMITS = {
     "infer": 240,
     "preprocess": 60,
     "input_kernel": 60,
+    "letterbox_gpu": 90,
     "decode_cpu": 90,
     "decode_nvdec": 120,
     "decode_dali": 120,
@@ -77,6 +80,7 @@ LIMITS = {
     "e2e_cpu_2w": 200,
     "e2e_nvdec_2w": 180,
     "e2e_dali": 240,
+    "e2e_nvdec_settled": 240,
     "baseline": 150,
 }
 COUNTS = (1, 8, 32, 64)
@@ -467,6 +471,79 @@ def section_input_kernel(work: Path) -> dict[str, Any]:
     return result
 
 
+def _letterbox_planes_first(surface: Any, lb: Any) -> Any:
+    """An alternative to ``nvdec.gpu_letterbox`` tried in round 5: scale the NV12 planes first
+    (luma full size, chroma half size) and convert to RGB at the network size, so the float work
+    covers one full-size plane instead of three.  Measured slower (more kernel launches; the
+    per-frame letterbox is launch-bound), so ``gpu_letterbox`` kept RGB first."""
+    import torch
+    import torch.nn.functional as F
+
+    from visionflow.streams.nvdec import _fill_padding
+
+    h, w = lb.src_h, lb.src_w
+    size = (lb.scaled_h, lb.scaled_w)
+
+    def scale(planes: Any) -> Any:
+        return F.interpolate(planes[None].float(), size=size, mode="bilinear", antialias=True)[0]
+
+    rows = surface.shape[0] * 2 // 3
+    luma = (scale(surface[None, :h, :w])[0] - 16.0) * 1.164
+    u, v = scale(surface[rows : rows + h // 2, :w].reshape(h // 2, w // 2, 2).permute(2, 0, 1))
+    u, v = u - 128.0, v - 128.0
+    rgb = torch.stack([luma + 1.596 * v, luma - 0.392 * u - 0.813 * v, luma + 2.017 * u])
+    out = torch.empty((lb.dst_h, lb.dst_w, 3), dtype=torch.uint8, device=surface.device)
+    _fill_padding(out, lb)
+    out[lb.pad_y : lb.pad_y + lb.scaled_h, lb.pad_x : lb.pad_x + lb.scaled_w] = (
+        rgb.clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0)
+    )
+    return out
+
+
+def section_letterbox_gpu(work: Path) -> dict[str, Any]:
+    """NVDEC's per-frame letterbox (1080p NV12 -> 640x640 RGB uint8): ``gpu_letterbox`` (RGB
+    first) vs scaling the planes first, one frame at a time as ingest does it, and 8 threads at
+    once on the default stream vs a CUDA stream each."""
+    import threading
+
+    import torch
+
+    from visionflow.pipeline.letterbox import letterbox_geometry
+    from visionflow.streams.nvdec import gpu_letterbox
+
+    lb = letterbox_geometry(1920, 1080, 640, 640)
+    surface = torch.randint(0, 255, (1080 * 3 // 2, 1920), dtype=torch.uint8, device="cuda")
+    diff = (gpu_letterbox(surface, lb).int() - _letterbox_planes_first(surface, lb).int()).abs()
+    result: dict[str, Any] = {
+        "mean_abs_diff_planes_vs_rgb_first": round(float(diff.float().mean()), 3)
+    }
+
+    def frames_per_s(fn: Any, threads: int, own_stream: bool, iters: int = 200) -> float:
+        def worker() -> None:
+            stream = torch.cuda.Stream() if own_stream else torch.cuda.current_stream()
+            with torch.cuda.stream(stream):
+                for _ in range(iters):
+                    fn(surface, lb)
+                    stream.synchronize()  # ingest waits for each frame before announcing it
+
+        for _ in range(5):
+            fn(surface, lb)
+        torch.cuda.synchronize()
+        pool = [threading.Thread(target=worker) for _ in range(threads)]
+        t0 = time.perf_counter()
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        return round(threads * iters / (time.perf_counter() - t0), 1)
+
+    for name, fn in (("planes_first", _letterbox_planes_first), ("rgb_first", gpu_letterbox)):
+        result[f"{name}_1_thread_fps"] = frames_per_s(fn, 1, False)
+        result[f"{name}_8_threads_default_stream_fps"] = frames_per_s(fn, 8, False)
+        result[f"{name}_8_threads_own_streams_fps"] = frames_per_s(fn, 8, True)
+    return result
+
+
 # ---------------------------------------------------------------------------- end to end
 def _latency(
     client: Any, prefix: str, ids: list[str], since: float
@@ -516,6 +593,21 @@ def _window(p: Any, client: Any, prefix: str, seconds: float) -> dict[str, Any]:
         "decoded_fps": round(frames / seconds, 1),
         "published_fps": round(published / seconds, 1),
         "min_stream_fps": round(min((s.fps for s in after.streams), default=0.0), 1),
+        "min_stream_window_fps": round(
+            min(
+                (
+                    (s.frames - before.get(s.stream_id, (0, 0, 0))[0]) / seconds
+                    for s in after.streams
+                ),
+                default=0.0,
+            ),
+            1,
+        ),
+        "drops_by_stream": {
+            s.stream_id: s.total_drops - before.get(s.stream_id, (0, 0, 0))[1]
+            for s in after.streams
+            if s.total_drops > before.get(s.stream_id, (0, 0, 0))[1]
+        },
         "drops": drops,
         "p50_ms": round(p50, 1),
         "p99_ms": round(p99, 1),
@@ -545,6 +637,7 @@ def _ramp(
     engine: dict[str, Any] | None = None,
     model: Path | None = None,
     workers_per_gpu: int = 1,
+    settle_s: float = 5.0,
 ) -> dict[str, Any]:
     """One pipeline; streams added level by level until a window shows drops twice."""
     import logging
@@ -589,7 +682,7 @@ def _ramp(
         for level in levels:
             for i in range(len(p.status().streams), level):
                 p.add_stream(StreamConfig.model_validate(stream(i)))
-            time.sleep(5)  # new streams connect, queues settle
+            time.sleep(settle_s)  # new streams connect, queues settle
             r = _window(p, client, prefix, window_s)
             runs.append(r)
             log(f"ramp {decode}/{transport}/{workers_per_gpu}w: {r}")
@@ -612,13 +705,25 @@ def _ramp(
     }
 
 
-def _e2e(decode: str, levels: list[int], transport: str = "auto", workers_per_gpu: int = 1) -> Any:
+def _e2e(
+    decode: str,
+    levels: list[int],
+    transport: str = "auto",
+    workers_per_gpu: int = 1,
+    settle_s: float = 5.0,
+) -> Any:
     def section(work: Path) -> dict[str, Any]:
         from visionflow.redis_server import EmbeddedRedis
 
         with EmbeddedRedis() as server:
             return _ramp(
-                work, server.url, decode, levels, transport, workers_per_gpu=workers_per_gpu
+                work,
+                server.url,
+                decode,
+                levels,
+                transport,
+                workers_per_gpu=workers_per_gpu,
+                settle_s=settle_s,
             )
 
     return section
@@ -631,6 +736,9 @@ section_e2e_cpu = _e2e("cpu", [16, 32, 48, 64, 80])
 section_e2e_cpu_2w = _e2e("cpu", [32, 48, 64, 80, 96], workers_per_gpu=2)
 section_e2e_nvdec_2w = _e2e("nvdec", [16, 32, 48, 64], workers_per_gpu=2)
 section_e2e_dali = _e2e("dali", [4, 8, 16, 24])
+# NVDEC decoders take seconds to come up when many start at once: a longer settle separates
+# start-up from steady state
+section_e2e_nvdec_settled = _e2e("nvdec", [24, 32, 40, 48], settle_s=20.0)
 
 
 def section_decode_probe(work: Path) -> dict[str, Any]:
