@@ -432,7 +432,7 @@ def section_input_kernel(work: Path) -> dict[str, Any]:
     NCHW through a pointer table) against torch's permute+scale, batch 32, same card."""
     import torch
 
-    from visionflow.gpu.ipc import _check, runtime
+    from visionflow.gpu.cuda import check, runtime
     from visionflow.gpu.kernels import InputKernel
 
     rt = runtime()
@@ -441,7 +441,7 @@ def section_input_kernel(work: Path) -> dict[str, Any]:
         torch.randint(0, 255, (side, side, 3), dtype=torch.uint8, device="cuda") for _ in range(b)
     ]
     table = torch.tensor([t.data_ptr() for t in slots], dtype=torch.int64, device="cuda")
-    props = _check(rt.cudaGetDeviceProperties(0), "props")
+    props = check(rt.cudaGetDeviceProperties(0), "props")
     kernel = InputKernel(props.major, props.minor)
     stream = torch.cuda.current_stream().cuda_stream
     result: dict[str, Any] = {"batch": b, "input": f"{b} separate {side}x{side}x3 uint8 slots"}

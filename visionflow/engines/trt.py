@@ -43,37 +43,24 @@ from visionflow.engines.trt_build import (
     EngineKey,
     EngineRepository,
     Profile,
-    _check,
-    _cuda_runtime,
-    _import_trt,
-    _onnx_has_reduced_precision,
-    _onnx_input_hw,
     build_plan,
-    calibration_frames_from,
     file_sha256,
+    import_trt,
     make_entropy_calibrator,
+    onnx_has_reduced_precision,
+    onnx_input_hw,
     profile_for,
     trt_major,
 )
 from visionflow.errors import EngineError, ModelError
+from visionflow.gpu import cuda
+from visionflow.gpu.cuda import check
 from visionflow.gpu.kernels import InputKernel, frame_pointers, staging_pointers
 from visionflow.pipeline.postprocess import cxcywh_to_xyxy
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
-__all__ = [
-    "CalibrationBatches",
-    "EngineKey",
-    "EngineRepository",
-    "GrowingBuffers",
-    "Profile",
-    "TensorRTEngine",
-    "calibration_frames_from",
-    "decode_in_engine_nms",
-    "profile_for",
-    "trt_major",
-]
 _ALIGN = 256  # TensorRT wants tensor addresses aligned; cudaMalloc gives 256
 
 
@@ -118,7 +105,6 @@ class GrowingBuffers:
     free: Callable[[int], None]
     pointers: dict[str, int] = field(default_factory=dict)
     capacity: dict[str, int] = field(default_factory=dict)
-    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def ensure(self, name: str, size: int) -> int:
         """A pointer to at least ``size`` bytes for tensor ``name`` (the old one if it fits)."""
@@ -157,7 +143,7 @@ def make_output_allocator(buffers: GrowingBuffers) -> trt.IOutputAllocator:
             return buffers.ensure(tensor_name, size)
 
         def notify_shape(self, tensor_name: str, shape: Any) -> None:
-            buffers.shapes[tensor_name] = tuple(int(d) for d in shape)
+            pass  # the row count is read from the num_selected output instead
 
     return Allocator()
 
@@ -174,7 +160,7 @@ class _Context:
     device_thresholds: int  # iou at +0, score at +_ALIGN
     device_count: int
     outputs: GrowingBuffers
-    allocator: Any
+    allocator: Any  # held here: TensorRT keeps only a raw pointer to it
     lock: threading.Lock = field(default_factory=threading.Lock)
     thresholds: tuple[float, float] | None = None
 
@@ -191,18 +177,19 @@ class TensorRTEngine(Engine):
         max_batch: int,
         calibration_frames: Iterator[npt.NDArray[np.floating]] | None = None,
     ) -> None:
-        _import_trt()
+        import_trt()
         import tensorrt as trt
 
         if not model_path.is_file():
             raise ModelError(f"model file not found: {model_path}")
-        self._rt = rt = _cuda_runtime()
-        _check(rt.cudaSetDevice(config.device))
-        props = _check(rt.cudaGetDeviceProperties(config.device))
+        self._rt = rt = cuda.runtime()
+        check(rt.cudaSetDevice(config.device), "cudaSetDevice")
+        props = check(rt.cudaGetDeviceProperties(config.device), "cudaGetDeviceProperties")
         gpu = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
         capability = f"{props.major}.{props.minor}"
-        height, width = _onnx_input_hw(model_path)
-        plan = self._plan(config, model_path, max_batch, gpu, capability, calibration_frames)
+        height, width = onnx_input_hw(model_path)
+        profile = profile_for(max_batch, config.opt_batch, height, width)
+        plan = self._plan(config, model_path, profile, gpu, capability, calibration_frames)
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
@@ -238,17 +225,16 @@ class TensorRTEngine(Engine):
     def _plan(
         config: TensorRTConfig,
         model_path: Path,
-        max_batch: int,
+        profile: Profile,
         gpu: str,
         capability: str,
         calibration_frames: Iterator[npt.NDArray[np.floating]] | None,
     ) -> bytes:
         import tensorrt as trt
 
-        height, width = _onnx_input_hw(model_path)
-        profile = profile_for(max_batch, config.opt_batch, height, width)
+        max_batch = profile.max[0]
         strongly_typed = trt_major(trt.__version__) >= 11
-        reduced = _onnx_has_reduced_precision(model_path)
+        reduced = onnx_has_reduced_precision(model_path)
         if strongly_typed and config.precision != "fp32" and not reduced:
             raise EngineError(
                 f"TensorRT {trt.__version__} builds strongly typed networks only: convert "
@@ -291,16 +277,16 @@ class TensorRTEngine(Engine):
             raise EngineError(f"engine built without in-engine NMS (outputs: {outputs})")
 
     def _malloc(self, nbytes: int) -> int:
-        return int(_check(self._rt.cudaMalloc(max(nbytes, _ALIGN))))
+        return int(check(self._rt.cudaMalloc(max(nbytes, _ALIGN)), "cudaMalloc"))
 
     def _make_context(self) -> _Context:
         (height, width), n = self._size, self._max_batch
         context = self._engine.create_execution_context()
         channels, anchors = self._raw_per_image
-        outputs = GrowingBuffers(self._malloc, lambda p: _check(self._rt.cudaFree(p)))
+        outputs = GrowingBuffers(self._malloc, lambda p: check(self._rt.cudaFree(p), "cudaFree"))
         ctx = _Context(
             context=context,
-            stream=int(_check(self._rt.cudaStreamCreate())),
+            stream=int(check(self._rt.cudaStreamCreate(), "cudaStreamCreate")),
             device_in=self._malloc(n * 3 * height * width * (2 if self._half else 4)),
             device_raw=self._malloc(n * channels * anchors * self._raw_dtype.itemsize),
             device_u8=self._malloc(n * height * width * 3),
@@ -329,15 +315,15 @@ class TensorRTEngine(Engine):
     # -- copies
     def _h2d(self, ctx: _Context, dst: int, src: npt.NDArray[Any]) -> None:
         kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        _check(self._rt.cudaMemcpyAsync(dst, src.ctypes.data, src.nbytes, kind, ctx.stream))
+        check(self._rt.cudaMemcpyAsync(dst, src.ctypes.data, src.nbytes, kind, ctx.stream), "H2D")
 
     def _d2h(self, ctx: _Context, src: int, dst: npt.NDArray[Any]) -> npt.NDArray[Any]:
         kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        _check(self._rt.cudaMemcpyAsync(dst.ctypes.data, src, dst.nbytes, kind, ctx.stream))
+        check(self._rt.cudaMemcpyAsync(dst.ctypes.data, src, dst.nbytes, kind, ctx.stream), "D2H")
         return dst
 
     def _sync(self, ctx: _Context) -> None:
-        _check(self._rt.cudaStreamSynchronize(ctx.stream))
+        check(self._rt.cudaStreamSynchronize(ctx.stream), "cudaStreamSynchronize")
 
     # -- running
     def _normalise(self, ctx: _Context, pointers: npt.NDArray[np.uint64]) -> None:
@@ -384,25 +370,6 @@ class TensorRTEngine(Engine):
             self._sync(ctx)
         return decode_in_engine_nms(selected, boxes, scores, n, max_detections)
 
-    def _run_frames(
-        self,
-        pointers: Callable[[_Context], npt.NDArray[np.uint64]],
-        thresholds: tuple[float, float, int] | None,
-    ) -> list[Detections] | npt.NDArray[np.float32]:
-        ctx = self._pick()
-        with ctx.lock:
-            table = pointers(ctx)
-            n = len(table)
-            if n > self._max_batch:
-                raise EngineError(f"batch of {n} exceeds the engine's max_batch {self._max_batch}")
-            if thresholds is not None and self._nms:
-                self._set_thresholds(ctx, thresholds[0], thresholds[1])
-            self._normalise(ctx, table)
-            self._execute(ctx, n)
-            if thresholds is not None and self._nms:
-                return self._read_nms(ctx, n, thresholds[2])
-            return self._read_raw(ctx, n)
-
     def _detections(
         self,
         pointers: Callable[[_Context], npt.NDArray[np.uint64]],
@@ -410,12 +377,23 @@ class TensorRTEngine(Engine):
         iou: float,
         max_detections: int,
     ) -> list[Detections]:
-        result = self._run_frames(pointers, (conf, iou, max_detections))
-        if isinstance(result, list):
-            return result
+        """One batch: frame table -> input kernel -> engine -> kept detections per frame."""
         from visionflow.pipeline.postprocess import decode_output
 
-        return [decode_output(o, conf, iou, max_detections) for o in result]
+        ctx = self._pick()
+        with ctx.lock:
+            table = pointers(ctx)
+            n = len(table)
+            if n > self._max_batch:
+                raise EngineError(f"batch of {n} exceeds the engine's max_batch {self._max_batch}")
+            if self._nms:
+                self._set_thresholds(ctx, conf, iou)
+            self._normalise(ctx, table)
+            self._execute(ctx, n)
+            if self._nms:
+                return self._read_nms(ctx, n, max_detections)
+            raw = self._read_raw(ctx, n)
+        return [decode_output(o, conf, iou, max_detections) for o in raw]
 
     def _upload(
         self, images: npt.NDArray[np.uint8]
@@ -479,7 +457,7 @@ class TensorRTEngine(Engine):
         """Pinned host memory (``cudaMallocHost``): uploads from it need no staging copy."""
         height, width = self._size
         nbytes = max_batch * height * width * 3
-        pointer = int(_check(self._rt.cudaMallocHost(nbytes)))
+        pointer = int(check(self._rt.cudaMallocHost(nbytes), "cudaMallocHost"))
         self._pinned.append(pointer)
         raw = (ctypes.c_uint8 * nbytes).from_address(pointer)
         view: npt.NDArray[np.uint8] = np.frombuffer(memoryview(raw), np.uint8)

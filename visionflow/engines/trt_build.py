@@ -36,6 +36,8 @@ import numpy.typing as npt
 
 from visionflow.engines.config import TensorRTConfig
 from visionflow.errors import EngineError, EngineUnavailableError, ModelError
+from visionflow.gpu import cuda
+from visionflow.gpu.cuda import check
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -179,30 +181,12 @@ class CalibrationBatches:
 
 
 # ---------------------------------------------------------------------------- TensorRT parts
-def _import_trt() -> None:
+def import_trt() -> None:
     """Fail with installation advice when TensorRT is missing."""
     try:
         import tensorrt  # noqa: F401
     except ImportError as exc:
         raise EngineUnavailableError(INSTALL_HINT) from exc
-
-
-def _cuda_runtime() -> Any:
-    try:
-        from cuda.bindings import runtime
-    except ImportError as exc:
-        raise EngineUnavailableError(
-            "the tensorrt backend needs cuda-python (cuda.bindings)"
-        ) from exc
-    return runtime
-
-
-def _check(result: Any) -> Any:
-    """cuda-python returns ``(err, *values)``; raise on error, return the values."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise EngineError(f"CUDA call failed: {err}")
-    return values[0] if len(values) == 1 else tuple(values)
 
 
 def make_progress_monitor() -> trt.IProgressMonitor:
@@ -235,7 +219,7 @@ def make_entropy_calibrator(
     """TensorRT 10.x INT8 entropy calibrator over :class:`CalibrationBatches`."""
     import tensorrt as trt
 
-    runtime = _cuda_runtime()
+    runtime = cuda.runtime()
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
@@ -250,14 +234,15 @@ def make_entropy_calibrator(
             if batch is None:
                 return []  # tells TensorRT calibration is over
             if self._device is None:
-                self._device = int(_check(runtime.cudaMalloc(batch.nbytes)))
-            _check(
+                self._device = int(check(runtime.cudaMalloc(batch.nbytes), "cudaMalloc"))
+            check(
                 runtime.cudaMemcpy(
                     self._device,
                     batch.ctypes.data,
                     batch.nbytes,
                     runtime.cudaMemcpyKind.cudaMemcpyHostToDevice,
-                )
+                ),
+                "cudaMemcpy (calibration batch)",
             )
             return [self._device]
 
@@ -366,14 +351,14 @@ def build_plan(
     return bytes(plan)
 
 
-def _onnx_input_hw(path: Path) -> tuple[int, int]:
+def onnx_input_hw(path: Path) -> tuple[int, int]:
     import onnx
 
     dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
     return (dims[2].dim_value or 640), (dims[3].dim_value or 640)
 
 
-def _onnx_has_reduced_precision(path: Path) -> bool:
+def onnx_has_reduced_precision(path: Path) -> bool:
     """True when the graph computes in fp16/bf16 or holds Q/DQ nodes (strong typing works)."""
     import onnx
 

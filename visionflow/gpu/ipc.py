@@ -12,33 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from visionflow.errors import EngineUnavailableError
+from visionflow.gpu.cuda import check, runtime
 
 HANDLE_BYTES = 64
 _LAZY_PEER_ACCESS = 1  # cudaIpcMemLazyEnablePeerAccess
-
-
-def runtime() -> Any:
-    """cuda-python's runtime module (``cuda.bindings.runtime``, or ``cuda.cudart`` before 12.6)."""
-    try:
-        from cuda.bindings import runtime as rt
-    except ImportError:
-        try:
-            from cuda import cudart as rt
-        except ImportError as exc:
-            raise EngineUnavailableError(
-                f"frames in GPU memory need cuda-python (pip install cuda-python): {exc}"
-            ) from exc
-    return rt
-
-
-def _check(result: tuple[Any, ...], what: str) -> Any:
-    err, *rest = result
-    rt = runtime()
-    if err != rt.cudaError_t.cudaSuccess:
-        _, name = rt.cudaGetErrorName(err)
-        raise RuntimeError(f"{what} failed: {name.decode() if isinstance(name, bytes) else name}")
-    return rest[0] if len(rest) == 1 else tuple(rest)
 
 
 class DeviceArray:
@@ -65,9 +42,9 @@ class ExportedMemory:
 
     def __init__(self, nbytes: int, device: int = 0) -> None:
         rt = runtime()
-        _check(rt.cudaSetDevice(device), f"cudaSetDevice({device})")
-        self.pointer = int(_check(rt.cudaMalloc(nbytes), f"cudaMalloc({nbytes})"))
-        handle = _check(rt.cudaIpcGetMemHandle(self.pointer), "cudaIpcGetMemHandle")
+        check(rt.cudaSetDevice(device), f"cudaSetDevice({device})")
+        self.pointer = int(check(rt.cudaMalloc(nbytes), f"cudaMalloc({nbytes})"))
+        handle = check(rt.cudaIpcGetMemHandle(self.pointer), "cudaIpcGetMemHandle")
         self.handle = bytes(handle.reserved)[:HANDLE_BYTES]
         self.nbytes = nbytes
 
@@ -87,7 +64,7 @@ class ImportedMemory:
         ipc = rt.cudaIpcMemHandle_t()
         ipc.reserved = handle
         self.pointer = int(
-            _check(rt.cudaIpcOpenMemHandle(ipc, _LAZY_PEER_ACCESS), "cudaIpcOpenMemHandle")
+            check(rt.cudaIpcOpenMemHandle(ipc, _LAZY_PEER_ACCESS), "cudaIpcOpenMemHandle")
         )
 
     def close(self) -> None:

@@ -16,15 +16,15 @@ on, loaded and launched with the driver API; no CUDA toolkit is needed beyond th
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from visionflow.errors import EngineError, EngineUnavailableError
+from visionflow.errors import EngineError
+from visionflow.gpu import cuda
+from visionflow.gpu.cuda import check
 
 KERNEL_NAME = b"hwc_u8_to_nchw"
 THREADS_PER_BLOCK = 256
@@ -96,78 +96,43 @@ def arch_option(major: int, minor: int) -> bytes:
 
 
 # ---------------------------------------------------------------------------- CUDA parts
-def _nvrtc() -> Any:
-    try:
-        from cuda.bindings import nvrtc
-    except ImportError as exc:
-        raise EngineUnavailableError(
-            f"the GPU input kernel needs cuda-python with NVRTC "
-            f"(pip install cuda-python nvidia-cuda-nvrtc): {exc}"
-        ) from exc
-    return nvrtc
-
-
-def _driver() -> Any:
-    try:
-        from cuda.bindings import driver
-    except ImportError as exc:
-        raise EngineUnavailableError(f"the GPU input kernel needs cuda-python: {exc}") from exc
-    return driver
-
-
-def _ok(result: Any, what: str) -> Any:
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise EngineError(f"{what} failed: {err}")
-    return values[0] if len(values) == 1 else tuple(values)
-
-
 def compile_cubin(options: Sequence[bytes]) -> bytes:
     """NVRTC-compile :data:`KERNEL_SOURCE` for the ``sm_XY`` in ``options``; a compile error
     carries NVRTC's log."""
-    nvrtc = _nvrtc()
-    prog = _ok(
+    nvrtc = cuda.nvrtc()
+    prog = check(
         nvrtc.nvrtcCreateProgram(KERNEL_SOURCE.encode(), b"visionflow_input.cu", 0, [], []),
         "nvrtcCreateProgram",
     )
     try:
         (err,) = nvrtc.nvrtcCompileProgram(prog, len(options), list(options))
         if int(err) != 0:
-            size = _ok(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
+            size = check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
             log = b" " * size
-            _ok(nvrtc.nvrtcGetProgramLog(prog, log), "nvrtcGetProgramLog")
+            check(nvrtc.nvrtcGetProgramLog(prog, log), "nvrtcGetProgramLog")
             text = log.decode(errors="replace").rstrip("\x00").strip()
             raise EngineError(f"NVRTC could not compile the input kernel: {text}")
-        size = _ok(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
+        size = check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
         cubin = b" " * size
-        _ok(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
+        check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
         return bytes(cubin)
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
-
-
-@dataclass(frozen=True)
-class _Loaded:
-    module: Any
-    function: Any
 
 
 class InputKernel:
     """:data:`KERNEL_SOURCE` loaded into the current CUDA context (the runtime's primary
     context of the device the caller selected with ``cudaSetDevice``)."""
 
-    _lock = threading.Lock()
-
     def __init__(self, major: int, minor: int) -> None:
-        driver = _driver()
-        _ok(driver.cuInit(0), "cuInit")
+        self._driver = driver = cuda.driver()
+        check(driver.cuInit(0), "cuInit")
         cubin = compile_cubin([arch_option(major, minor), b"--fmad=false"])
         image = np.frombuffer(cubin, np.uint8).copy()  # the driver reads it by address
-        with self._lock:
-            module = _ok(driver.cuModuleLoadData(image.ctypes.data), "cuModuleLoadData")
-            function = _ok(driver.cuModuleGetFunction(module, KERNEL_NAME), "cuModuleGetFunction")
-        self._loaded = _Loaded(module, function)
-        self._driver = driver
+        self._module = check(driver.cuModuleLoadData(image.ctypes.data), "cuModuleLoadData")
+        self._function = check(
+            driver.cuModuleGetFunction(self._module, KERNEL_NAME), "cuModuleGetFunction"
+        )
 
     def launch(
         self, pointer_table: int, out: int, n: int, hw: int, half: bool, stream: int
@@ -181,9 +146,9 @@ class InputKernel:
             np.array([1 if half else 0], np.int32),
         )
         args = np.array([v.ctypes.data for v in values], np.uint64)
-        _ok(
+        check(
             self._driver.cuLaunchKernel(
-                self._loaded.function,
+                self._function,
                 grid_for(n, hw),
                 1,
                 1,
@@ -199,4 +164,4 @@ class InputKernel:
         )
 
     def close(self) -> None:
-        self._driver.cuModuleUnload(self._loaded.module)
+        self._driver.cuModuleUnload(self._module)

@@ -10,13 +10,11 @@ import pytest
 
 from visionflow.engines import create_engine
 from visionflow.engines.config import TensorRTConfig
-from visionflow.engines.trt import (
+from visionflow.engines.trt import GrowingBuffers, decode_in_engine_nms, grown_capacity
+from visionflow.engines.trt_build import (
     CalibrationBatches,
     EngineKey,
     EngineRepository,
-    GrowingBuffers,
-    decode_in_engine_nms,
-    grown_capacity,
     profile_for,
     trt_major,
 )

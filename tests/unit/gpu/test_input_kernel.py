@@ -86,7 +86,8 @@ def test_compile_error_carries_nvrtcs_log():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_kernel_matches_the_cpu_normalisation_bit_for_bit(dtype):
-    from visionflow.gpu.ipc import DeviceArray, ExportedMemory, _check, runtime
+    from visionflow.gpu.cuda import check, runtime
+    from visionflow.gpu.ipc import DeviceArray, ExportedMemory
     from visionflow.gpu.kernels import InputKernel
 
     rt = runtime()
@@ -95,22 +96,22 @@ def test_kernel_matches_the_cpu_normalisation_bit_for_bit(dtype):
     images = rng.integers(0, 256, (n, height, width, 3), dtype=np.uint8)
     slots = [ExportedMemory(height * width * 3) for _ in range(n)]  # scattered, like IPC slots
     out_bytes = n * 3 * height * width * np.dtype(dtype).itemsize
-    out = int(_check(rt.cudaMalloc(out_bytes), "cudaMalloc"))
-    table = int(_check(rt.cudaMalloc(n * 8), "cudaMalloc"))
-    stream = int(_check(rt.cudaStreamCreate(), "cudaStreamCreate"))
+    out = int(check(rt.cudaMalloc(out_bytes), "cudaMalloc"))
+    table = int(check(rt.cudaMalloc(n * 8), "cudaMalloc"))
+    stream = int(check(rt.cudaStreamCreate(), "cudaStreamCreate"))
     h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
     try:
         for i, slot in enumerate(reversed(slots)):  # batch order != allocation order
-            _check(rt.cudaMemcpy(slot.pointer, images[i].ctypes.data, images[i].nbytes, h2d), "up")
+            check(rt.cudaMemcpy(slot.pointer, images[i].ctypes.data, images[i].nbytes, h2d), "up")
         frames = [DeviceArray(s.pointer, (height, width, 3)) for s in reversed(slots)]
         pointers = frame_pointers(frames, height, width)
-        _check(rt.cudaMemcpy(table, pointers.ctypes.data, pointers.nbytes, h2d), "table")
-        props = _check(rt.cudaGetDeviceProperties(0), "props")
+        check(rt.cudaMemcpy(table, pointers.ctypes.data, pointers.nbytes, h2d), "table")
+        props = check(rt.cudaGetDeviceProperties(0), "props")
         kernel = InputKernel(props.major, props.minor)
         kernel.launch(table, out, n, height * width, dtype == "float16", stream)
-        _check(rt.cudaStreamSynchronize(stream), "sync")
+        check(rt.cudaStreamSynchronize(stream), "sync")
         got = np.empty((n, 3, height, width), dtype)
-        _check(rt.cudaMemcpy(got.ctypes.data, out, got.nbytes, d2h), "down")
+        check(rt.cudaMemcpy(got.ctypes.data, out, got.nbytes, d2h), "down")
         kernel.close()
     finally:
         rt.cudaFree(out)
