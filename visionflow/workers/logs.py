@@ -18,12 +18,11 @@ def setup_logging(level: int = logging.INFO, stream: object = None) -> None:
     handler.addFilter(RedactingFilter())
     root.handlers[:] = [handler]
     root.setLevel(level)
-    try:  # route FFmpeg's own messages through Python logging (and so through redaction)
-        import av.logging
-
-        av.logging.set_level(av.logging.ERROR)
-    except Exception:
-        pass
+    # FFmpeg's own log lines are deliberately not routed into Python logging: PyAV's log
+    # callback takes the GIL from FFmpeg's frame-decoding threads, and container.close() of a
+    # frame-threaded RTSP decoder then deadlocks the whole process now and then (found by
+    # `visionflow calibrate`: 1 close in 5 to every close hung in trials; PyAV #909, #751).  Errors
+    # still carry FFmpeg's error text through PyAV's exceptions.
 
 
 def setup_child_logging(level: int) -> None:
