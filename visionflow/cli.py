@@ -1,4 +1,4 @@
-"""The ``visionflow`` command: run, validate, demo, snapshot.
+"""The ``visionflow`` command: run, validate, demo, snapshot, calibrate.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
 """
@@ -126,6 +126,36 @@ def _snapshot(cfg: AppConfig, stream_id: str, out: Path, skip: int) -> None:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
     console.print(f"wrote {path} ({len(detections)} detections)")
+
+
+@app.command()
+def calibrate(
+    config: ConfigOpt,
+    frames: Annotated[int, typer.Option("--frames", help="Frames to take in all.")] = 256,
+    every: Annotated[
+        int, typer.Option("--every", help="Keep one decoded frame in this many per stream.")
+    ] = 15,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Where to write (.npy); default: engine config."),
+    ] = None,
+) -> None:
+    """Take INT8 calibration frames from the configured streams for the TensorRT backend."""
+    from visionflow import calibrate as calib
+
+    cfg = _load(config)
+    setup_logging(logging.INFO)
+    try:
+        path = out or calib.default_path(cfg)
+        images = calib.collect(cfg, frames, every)
+    except ConfigError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    except VisionflowError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    written = calib.write(path, images)
+    console.print(f"wrote {written}: {len(images)} frames {images.shape[2]}x{images.shape[1]}")
 
 
 @contextlib.contextmanager

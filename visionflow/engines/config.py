@@ -57,6 +57,12 @@ class TensorRTConfig(_EngineBase):
     calibration_cache: str | None = Field(
         default=None, description="INT8: calibration cache file; empty: beside the engine."
     )
+    calibration_images: str | None = Field(
+        default=None,
+        description="INT8: letterboxed frames from the configured streams (.npy, written by "
+        "'visionflow calibrate -c CONFIG'), read when no calibration cache exists yet; "
+        "empty: calibration.npy in engine_dir.",
+    )
     nms_in_engine: bool = Field(
         default=True,
         description="Run NMS inside the engine (TensorRT's INMSLayer) so only kept detections "

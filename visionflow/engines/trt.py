@@ -44,6 +44,7 @@ from visionflow.engines.trt_build import (
     EngineRepository,
     Profile,
     build_plan,
+    calibration_input,
     file_sha256,
     import_trt,
     make_entropy_calibrator,
@@ -256,10 +257,9 @@ class TensorRTEngine(Engine):
         def build() -> bytes:
             calibrator = None
             if config.precision == "int8" and not strongly_typed:
-                if calibration_frames is None and not cache.expanduser().is_file():
-                    raise EngineError("INT8 needs calibration frames or a calibration cache")
+                frames = calibration_frames or calibration_input(config, cache, profile.max[2:])
                 batches = CalibrationBatches(
-                    calibration_frames or iter(()), min(8, max_batch), config.calibration_frames
+                    frames or iter(()), min(8, max_batch), config.calibration_frames
                 )
                 calibrator = make_entropy_calibrator(batches, cache.expanduser())
             return build_plan(model_path, config, profile, calibrator, strongly_typed)

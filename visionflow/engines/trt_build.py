@@ -371,6 +371,35 @@ def onnx_has_reduced_precision(path: Path) -> bool:
     return bool(to_reduced)
 
 
+def calibration_images_path(config: TensorRTConfig) -> Path:
+    """The ``.npy`` of calibration frames: ``calibration_images``, else beside the engines."""
+    return Path(config.calibration_images or Path(config.engine_dir) / "calibration.npy")
+
+
+def calibration_input(
+    config: TensorRTConfig, cache: Path, size: tuple[int, int]
+) -> Iterator[npt.NDArray[np.float32]] | None:
+    """What INT8 calibration reads: nothing when the cache exists (TensorRT reads the cache),
+    else the frames ``visionflow calibrate`` saved; an error naming that command when there are
+    neither, or when the saved frames are not ``[N, height, width, 3]`` uint8."""
+    if cache.expanduser().is_file():
+        return None
+    path = calibration_images_path(config).expanduser()
+    if not path.is_file():
+        raise EngineError(
+            f"INT8 needs calibration frames: run 'visionflow calibrate -c <config>' to take them "
+            f"from the configured streams (expected {path}) or give engine.calibration_cache"
+        )
+    images = np.load(path, mmap_mode="r", allow_pickle=False)
+    height, width = size
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (height, width, 3):
+        raise EngineError(
+            f"{path} holds {images.dtype} {images.shape}; the model takes "
+            f"[N, {height}, {width}, 3] uint8: run 'visionflow calibrate' again"
+        )
+    return calibration_frames_from(images)
+
+
 def calibration_frames_from(
     images: Sequence[npt.NDArray[np.uint8]],
 ) -> Iterator[npt.NDArray[np.float32]]:

@@ -15,6 +15,7 @@ from visionflow.engines.trt_build import (
     CalibrationBatches,
     EngineKey,
     EngineRepository,
+    calibration_input,
     profile_for,
     trt_major,
 )
@@ -139,3 +140,24 @@ def test_version_parsing():
 def test_missing_tensorrt_is_a_clear_error():
     with pytest.raises(EngineUnavailableError, match="TensorRT is not installed"):
         create_engine(TensorRTConfig(), DEMO_MODEL, 8)
+
+
+def test_int8_calibration_reads_the_cache_or_the_frames_calibrate_saved(tmp_path):
+    config = TensorRTConfig(precision="int8", engine_dir=str(tmp_path))
+    cache = tmp_path / "engine.calib"
+    with pytest.raises(EngineError, match="run 'visionflow calibrate -c <config>'"):
+        calibration_input(config, cache, (4, 6))
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 4, 6, 3), dtype=np.uint8)
+    np.save(tmp_path / "calibration.npy", images)
+    frames = list(calibration_input(config, cache, (4, 6)))
+    assert len(frames) == 3 and frames[0].shape == (3, 4, 6)
+    assert np.allclose(frames[1], images[1].transpose(2, 0, 1) / 255.0)
+
+    with pytest.raises(
+        EngineError, match=r"holds uint8 \(3, 4, 6, 3\); the model takes \[N, 8, 8, 3\]"
+    ):
+        calibration_input(config, cache, (8, 8))
+
+    cache.write_bytes(b"cache")  # TensorRT reads the cache itself: no frames needed
+    assert calibration_input(config, cache, (8, 8)) is None
