@@ -10,6 +10,7 @@ from typing import Any
 
 from visionflow.config import BUILTIN_DEMO_MODEL, AppConfig
 from visionflow.errors import ConfigError, ModelError
+from visionflow.pipeline.frames import Size
 
 MODELS_DIR = Path(__file__).resolve().parent
 DEMO_MODEL = MODELS_DIR / "demo-detector.onnx"
@@ -22,7 +23,7 @@ class ResolvedModel:
     path: Path
     model_id: str
     class_names: tuple[str, ...]
-    input_size: tuple[int, int]  # (width, height)
+    input_size: Size
     num_classes: int
     conf_threshold: float
 
@@ -94,7 +95,7 @@ def resolve_model(config: AppConfig) -> ResolvedModel:
         path=path,
         model_id=model.model_id or f"{path.stem}-{digest}",
         class_names=tuple(names),
-        input_size=size,
+        input_size=Size(*size),
         num_classes=num_classes,
         conf_threshold=float(threshold),  # type: ignore[arg-type]
     )

@@ -7,6 +7,14 @@ They carry metadata only; pixels travel through shared memory
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+
+class Size(NamedTuple):
+    """A width and a height in pixels, in that order, everywhere in visionflow."""
+
+    width: int
+    height: int
 
 
 @dataclass(frozen=True)
