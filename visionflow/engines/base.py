@@ -33,10 +33,48 @@ class EngineInfo:
     num_classes: int
 
 
+@dataclass(frozen=True)
+class Thresholds:
+    """Post-processing thresholds."""
+
+    conf: float
+    iou: float
+    max_detections: int
+
+
+@dataclass(frozen=True)
+class EngineCapabilities:
+    """What a backend can take."""
+
+    host_frames: bool = True
+    device_frames: bool = False
+    nms_in_engine: bool = False
+    max_inflight: int = 1
+
+
+class PendingBatch:
+    """A submitted batch (done at once for synchronous backends)."""
+
+    def __init__(self, detections: list[Detections]) -> None:
+        self._detections = detections
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> list[Detections]:
+        return self._detections
+
+
 class Engine(abc.ABC):
     """An inference backend loaded with one model."""
 
     info: EngineInfo
+    capabilities: EngineCapabilities = EngineCapabilities()
+
+    def submit(self, frames: Sequence[Any], thresholds: Thresholds) -> PendingBatch:
+        t = thresholds
+        return PendingBatch(self.detect_frames(frames, t.conf, t.iou, t.max_detections))
+
     #: True when :meth:`detect_frames` takes device arrays (frames that stayed on the GPU).
     accepts_device_frames: bool = False
 

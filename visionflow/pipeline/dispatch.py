@@ -17,6 +17,7 @@ class WorkerLoad:
     inflight: dict[int, BatchRequest] = field(default_factory=dict)
     batches: int = 0
     frames: int = 0
+    sent: int = 0
     busy_ms_ewma: float = 0.0
 
     @property
@@ -28,8 +29,13 @@ class Dispatcher:
     """Tracks in-flight batches per worker and picks where the next batch goes.
 
     Load is the number of frames in flight, weighted by the worker's measured time per
-    frame, so a slower worker (older GPU, shared card) gets less.
+    frame, so a slower worker (older GPU, shared card) gets less.  Workers whose expected
+    finish times are within :attr:`TIE` of the best count as equal and take turns (fewest
+    batches sent first): alike GPUs get alike shares instead of the one measured a hair
+    faster taking everything.
     """
+
+    TIE = 0.15
 
     def __init__(self) -> None:
         self.workers: dict[int, WorkerLoad] = {}
@@ -43,24 +49,27 @@ class Dispatcher:
         candidates = [w for w in self.workers.values() if w.alive and len(w.inflight) < w.capacity]
         if not candidates:
             return None
-        return min(
-            candidates,
-            key=lambda w: (
-                (w.pending_frames + 1) * max(w.busy_ms_ewma, 1e-3),
-                len(w.inflight),
-                w.worker_id,
-            ),
-        )
+        finish = {
+            w.worker_id: (w.pending_frames + 1) * max(w.busy_ms_ewma, 1e-3) for w in candidates
+        }
+        best = min(finish.values())
+        close = [w for w in candidates if finish[w.worker_id] <= best * (1 + self.TIE)]
+        return min(close, key=lambda w: (w.sent, len(w.inflight), w.worker_id))
 
     def sent(self, worker: WorkerLoad, batch: BatchRequest) -> None:
+        worker.sent += 1
         worker.inflight[batch.batch_id] = batch
         self._owner[batch.batch_id] = worker.worker_id
 
-    def completed(self, batch_id: int, busy_ms_per_frame: float | None) -> BatchRequest | None:
-        """Record a finished batch; return its request (None if unknown)."""
-        worker_id = self._owner.pop(batch_id, None)
-        if worker_id is None:
+    def completed(
+        self, batch_id: int, busy_ms_per_frame: float | None, worker_id: int | None = None
+    ) -> BatchRequest | None:
+        """Record a finished batch; return its request (None if unknown, or if ``worker_id``
+        is not its owner: a dead worker's late answer for a batch re-sent elsewhere)."""
+        owner = self._owner.get(batch_id)
+        if owner is None or (worker_id is not None and worker_id != owner):
             return None
+        worker_id = self._owner.pop(batch_id)
         worker = self.workers[worker_id]
         request = worker.inflight.pop(batch_id, None)
         if request is not None:

@@ -1,47 +1,53 @@
-"""Keeping each stream's results in ``seq`` order when several workers finish out of order."""
+"""Releasing results in order when several workers finish out of order.
+
+The batcher takes each stream's frames oldest first and numbers batches 1, 2, 3, ...; so
+releasing whole batches in batch-id order releases every stream's frames in ``seq`` order.
+The output stage holds a batch's results until every earlier batch has arrived or was
+abandoned (no worker could take it).  A batch that arrives twice (a worker died after its
+results were sent, and the batch was re-sent) is released once.
+"""
 
 from __future__ import annotations
 
-import heapq
-from collections import defaultdict
+from typing import Generic, TypeVar
 
-from visionflow.pipeline.frames import FrameRef, FrameResult
+T = TypeVar("T")
 
 
-class ReorderBuffer:
-    """Holds a result until every earlier in-flight frame of its stream is resolved."""
+class BatchReorder(Generic[T]):
+    """Holds per-batch payloads until all earlier batch ids are resolved."""
 
-    def __init__(self) -> None:
-        self._inflight: dict[str, set[int]] = defaultdict(set)
-        self._held: dict[str, list[tuple[int, int, FrameResult]]] = defaultdict(list)
-        self._tiebreak = 0
+    def __init__(self, first_batch_id: int = 1) -> None:
+        self._next = first_batch_id
+        self._held: dict[int, T | None] = {}
+        self.duplicates = 0
 
-    def sent(self, frames: tuple[FrameRef, ...]) -> None:
-        for frame in frames:
-            self._inflight[frame.stream_id].add(frame.seq)
+    def add(self, batch_id: int, payload: T) -> list[T]:
+        """Record a batch's payload; return payloads now releasable, oldest first."""
+        return self._put(batch_id, payload)
 
-    def resolve(
-        self, frames: tuple[FrameRef, ...], results: tuple[FrameResult, ...] = ()
-    ) -> list[FrameResult]:
-        """Mark ``frames`` done (with ``results``, or dropped); return results now in order."""
-        touched = set()
-        for frame in frames:
-            self._inflight[frame.stream_id].discard(frame.seq)
-            touched.add(frame.stream_id)
-        for result in results:
-            self._tiebreak += 1
-            heapq.heappush(
-                self._held[result.frame.stream_id], (result.frame.seq, self._tiebreak, result)
-            )
-        ready: list[FrameResult] = []
-        for stream_id in touched:
-            pending = self._inflight[stream_id]
-            floor = min(pending) if pending else None
-            held = self._held[stream_id]
-            while held and (floor is None or held[0][0] < floor):
-                ready.append(heapq.heappop(held)[2])
+    def abandon(self, batch_id: int) -> list[T]:
+        """Record that ``batch_id`` will never arrive."""
+        return self._put(batch_id, None)
+
+    @property
+    def waiting_for(self) -> int:
+        """The batch id everything held waits on."""
+        return self._next
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def _put(self, batch_id: int, payload: T | None) -> list[T]:
+        if batch_id < self._next or batch_id in self._held:
+            self.duplicates += 1
+            return []
+        self._held[batch_id] = payload
+        ready: list[T] = []
+        while self._next in self._held:
+            item = self._held.pop(self._next)
+            if item is not None:
+                ready.append(item)
+            self._next += 1
         return ready
-
-    def forget(self, stream_id: str) -> list[FrameResult]:
-        self._inflight.pop(stream_id, None)
-        return [r for _, _, r in sorted(self._held.pop(stream_id, []))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 
@@ -28,7 +29,13 @@ class Backoff:
 
     def next_delay(self) -> float:
         """Delay before the next attempt; counts one more consecutive failure."""
-        base = min(self.cap, self.initial * self.multiplier**self.failures)
+        # Compare exponents, never compute multiplier**failures: after ~1,000 failures (one
+        # night offline) the power overflows a float and would kill the caller.
+        growth = self.failures * math.log(self.multiplier)
+        if growth >= math.log(self.cap / self.initial):
+            base = self.cap
+        else:
+            base = self.initial * math.exp(growth)
         self.failures += 1
         return base * (1 - self.jitter * self._rng.random())
 

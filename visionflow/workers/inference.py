@@ -1,34 +1,36 @@
 """Inference worker processes: one engine each, batches in, detections out.
 
-A worker reads the frames of a batch straight from the ingest processes' frame pools (host
-shared memory, or GPU memory mapped by CUDA IPC, copied device-to-device), runs the engine,
-decodes and maps boxes back to each frame, and sends one :class:`BatchResult`.  It never
-frees slots itself: the supervisor does when the result arrives, so a worker that dies
-mid-batch leaves its frames intact for another worker.
+A worker reads a batch's frames straight from the ingest processes' frame pools (host
+shared memory, or GPU memory mapped by CUDA IPC), submits it to its engine, and keeps up
+to ``engine.capabilities.max_inflight`` batches pending: the host side of one batch
+(gathering, uploads, NMS, mapping boxes back, sending results) overlaps the GPU work of the
+next.  Detections go straight to the output stage; the scheduler only hears
+:class:`~visionflow.workers.messages.BatchDone` (so it frees the slots).  A worker never
+frees slots itself, so one that dies mid-batch leaves its frames intact for another.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import time
-import traceback
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
 from visionflow.engines import EngineConfig, create_engine
+from visionflow.engines.base import Engine, PendingBatch, Thresholds
 from visionflow.pipeline.framepool import PoolCache
 from visionflow.pipeline.frames import BatchRequest, BatchResult, FrameRef, FrameResult
 from visionflow.pipeline.postprocess import to_detections
 from visionflow.workers.logs import setup_child_logging
-from visionflow.workers.messages import PoolClosed, WorkerFailed, WorkerReady
+from visionflow.workers.messages import BatchDone, PoolClosed, WorkerFailed, WorkerReady
 
 log = logging.getLogger("visionflow.inference")
+_IDLE = object()
 
 
 @dataclass(frozen=True)
@@ -48,63 +50,127 @@ class WorkerSpec:
     env: tuple[tuple[str, str], ...] = ()
 
 
-def _detect(
-    engine: Any, spec: WorkerSpec, images: list[Any], buffer: npt.NDArray[np.uint8]
-) -> list[Any]:
-    """Host frames are stacked into ``buffer`` (pinned for GPU engines); any frame in GPU
-    memory sends the batch through ``detect_frames`` (device-to-device)."""
-    thresholds = (spec.conf_threshold, spec.iou_threshold, spec.max_detections)
-    if any(hasattr(image, "__cuda_array_interface__") for image in images):
-        return list(engine.detect_frames(images, *thresholds))
-    for i, image in enumerate(images):
-        buffer[i] = image
-    return list(engine.detect_images(buffer[: len(images)], *thresholds))
+@dataclass(frozen=True)
+class WorkerQueues:
+    """A worker's queues: tasks in; detections to the output stage; BatchDone to the
+    scheduler; ready/failed to the status board."""
+
+    tasks: Any
+    output: Any
+    done: Any
+    control: Any
 
 
-def run_batch(
-    engine: Any,
-    pools: PoolCache,
-    spec: WorkerSpec,
-    request: BatchRequest,
-    buffer: npt.NDArray[np.uint8],
-) -> BatchResult:
-    """Gather a batch's frames from their pools, infer, post-process."""
-    started = time.time()
-    images: list[Any] = []
-    frames: list[FrameRef] = []
-    for frame in request.frames:
+@dataclass
+class _Pending:
+    request: BatchRequest
+    frames: list[FrameRef]
+    batch: PendingBatch | None
+    error: str | None
+    started: float  # wall clock, for queue_ms
+    submitted: float  # perf counter
+
+
+class WorkerLoop:
+    """Moves batches through one engine, several in flight."""
+
+    def __init__(self, engine: Engine, pools: PoolCache, spec: WorkerSpec, queues: WorkerQueues):
+        self.engine, self.pools, self.spec, self.queues = engine, pools, spec, queues
+        self.thresholds = Thresholds(spec.conf_threshold, spec.iou_threshold, spec.max_detections)
+        self.depth = max(1, engine.capabilities.max_inflight)
+        self.pending: deque[_Pending] = deque()
+        self._last_done = time.perf_counter()
+
+    def run(self) -> None:
+        while True:
+            if len(self.pending) < self.depth:
+                msg = self._next_task()
+                if msg is None:
+                    break
+                if msg is not _IDLE:
+                    self._on_message(msg)
+                    continue
+            self._finish(self.pending.popleft())
+        while self.pending:
+            self._finish(self.pending.popleft())
+
+    def _next_task(self) -> object:
+        """A task; when batches are pending, only one already waiting (else ``_IDLE``)."""
         try:
-            images.append(pools.get(frame.pool).image(frame.slot))
-        except FileNotFoundError:  # the stream was removed meanwhile: skip its frame
-            continue
-        frames.append(frame)
-    t0 = time.perf_counter()
-    decoded = _detect(engine, spec, images, buffer)
-    results = [
-        (frame, to_detections(decoded[i], frame.letterbox, spec.class_names))
-        for i, frame in enumerate(frames)
-    ]
-    inference_ms = (time.perf_counter() - t0) * 1000
-    done = time.time()
-    return BatchResult(
-        batch_id=request.batch_id,
-        worker_id=spec.worker_id,
-        results=tuple(
+            if not self.pending:
+                return self.queues.tasks.get()
+            return self.queues.tasks.get(timeout=0.0005)
+        except queue.Empty:
+            return _IDLE
+
+    def _on_message(self, msg: object) -> None:
+        if isinstance(msg, PoolClosed):
+            self.pools.forget(msg.pool)
+        elif isinstance(msg, BatchRequest):
+            self.pending.append(self._submit(msg))
+
+    def _submit(self, request: BatchRequest) -> _Pending:
+        started = time.time()
+        images: list[Any] = []
+        frames: list[FrameRef] = []
+        for frame in request.frames:
+            try:
+                images.append(self.pools.get(frame.pool).image(frame.slot))
+            except FileNotFoundError:  # the stream was removed meanwhile: skip its frame
+                continue
+            frames.append(frame)
+        t0 = time.perf_counter()
+        try:
+            batch = self.engine.submit(images, self.thresholds) if images else None
+            return _Pending(request, frames, batch, None, started, t0)
+        except Exception as exc:
+            return _Pending(request, frames, None, self._error(request, exc), started, t0)
+
+    def _finish(self, item: _Pending) -> None:
+        results: tuple[FrameResult, ...] = ()
+        error = item.error
+        if error is None and item.batch is not None:
+            try:
+                results = self._results(item, item.batch.result())
+            except Exception as exc:
+                error = self._error(item.request, exc)
+        now = time.perf_counter()
+        busy_ms = (now - max(item.submitted, self._last_done)) * 1000
+        self._last_done = now
+        batch_id, wid = item.request.batch_id, self.spec.worker_id
+        self.queues.output.put(BatchResult(batch_id, wid, results, error))
+        n = len(item.request.frames)
+        self.queues.done.put(BatchDone(batch_id, wid, n, round(busy_ms, 3), error))
+
+    def _results(self, item: _Pending, decoded: list[Any]) -> tuple[FrameResult, ...]:
+        names = self.spec.class_names
+        detections = [
+            to_detections(decoded[i], f.letterbox, names) for i, f in enumerate(item.frames)
+        ]
+        inference_ms = round((time.perf_counter() - item.submitted) * 1000, 3)
+        done = time.time()
+        return tuple(
             FrameResult(
                 frame=frame,
-                detections=detections,
-                queue_ms=round(max(0.0, (started - frame.capture_ts) * 1000 - frame.decode_ms), 3),
-                inference_ms=round(inference_ms, 3),
-                batch_size=len(frames),
-                worker_id=spec.worker_id,
+                detections=dets,
+                queue_ms=round(
+                    max(0.0, (item.started - frame.capture_ts) * 1000 - frame.decode_ms), 3
+                ),
+                inference_ms=inference_ms,
+                batch_size=len(item.frames),
+                worker_id=self.spec.worker_id,
                 done_ts=done,
             )
-            for frame, detections in results
-        ),
-    )
+            for frame, dets in zip(item.frames, detections, strict=True)
+        )
+
+    def _error(self, request: BatchRequest, exc: BaseException) -> str:
+        log.error("worker %d: batch %d failed: %s", self.spec.worker_id, request.batch_id, exc)
+        log.debug("batch failure", exc_info=exc)
+        return f"{type(exc).__name__}: {exc}"
 
 
-def inference_main(spec: WorkerSpec, tasks: Any, outbox: Any, log_level: int) -> None:
+def inference_main(spec: WorkerSpec, queues: WorkerQueues, log_level: int) -> None:
     """Entry point of an inference worker process."""
     os.environ.update(dict(spec.env))
     setup_child_logging(log_level)
@@ -112,28 +178,12 @@ def inference_main(spec: WorkerSpec, tasks: Any, outbox: Any, log_level: int) ->
     try:
         engine = create_engine(spec.engine, spec.model_path, spec.max_batch)
     except Exception as exc:
-        outbox.put(WorkerFailed(spec.worker_id, f"{type(exc).__name__}: {exc}"))
+        queues.control.put(WorkerFailed(spec.worker_id, f"{type(exc).__name__}: {exc}"))
         return
-    outbox.put(WorkerReady(spec.worker_id, engine.info, os.getpid()))
+    queues.control.put(WorkerReady(spec.worker_id, engine.info, os.getpid()))
     pools = PoolCache(spec.input_size[1], spec.input_size[0], spec.slots)
-    buffer = engine.host_buffer(spec.max_batch)
     try:
-        while True:
-            request = tasks.get()
-            if request is None:
-                break
-            if isinstance(request, PoolClosed):
-                pools.forget(request.pool)
-                continue
-            try:
-                result = run_batch(engine, pools, spec, request, buffer)
-            except Exception as exc:
-                log.error("worker %d: batch %d failed: %s", spec.worker_id, request.batch_id, exc)
-                result = BatchResult(
-                    request.batch_id, spec.worker_id, (), f"{type(exc).__name__}: {exc}"
-                )
-                log.debug("%s", traceback.format_exc())
-            outbox.put(result)
+        WorkerLoop(engine, pools, spec, queues).run()
     finally:
         pools.close()
         engine.close()

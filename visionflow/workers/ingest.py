@@ -1,21 +1,22 @@
 """Ingest processes: decode several streams each, letterbox, hand frames over in shared memory.
 
 Each stream has its own reader thread (PyAV releases the GIL while demuxing and decoding), its
-own state machine, backoff and watchdog, and its own frame pool; the process sends
-:class:`FrameRef` and status messages to the supervisor's inbox.  Nothing a camera does can
-block another process; the supervisor restarts an ingest process that stops sending
-heartbeats.
+own state machine, backoff and watchdog, and its own frame pool.  Ready frames are announced
+to the scheduler in batches (:class:`Announcer`: one :class:`FrameBatch` message per few
+milliseconds, never one message per frame); heartbeats and state changes go to the status
+board on a separate control queue.  Nothing a camera does can block another process; the
+process group restarts an ingest process that stops sending heartbeats.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
 import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from visionflow.streams.urls import redact_text
 from visionflow.workers.logs import setup_child_logging
 from visionflow.workers.messages import (
     AddStream,
+    FrameBatch,
     IngestHeartbeat,
     PoolClosed,
     RemoveStream,
@@ -67,6 +69,50 @@ def make_source(
     return VideoSource(stream, policy, stop)
 
 
+class Announcer:
+    """Gathers the frames of every reader thread and sends them as one :class:`FrameBatch`
+    at most ``interval_s`` after the first of them was ready."""
+
+    def __init__(self, process: int, outbox: Any, interval_s: float) -> None:
+        self.process, self.outbox, self.interval_s = process, outbox, interval_s
+        self._pending: list[FrameRef] = []
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self.messages = 0
+        self.thread = threading.Thread(target=self._run, name="announcer", daemon=True)
+
+    def put(self, frame: FrameRef) -> None:
+        with self._cond:
+            self._pending.append(frame)
+            if len(self._pending) == 1:
+                self._cond.notify()
+
+    def flush(self) -> None:
+        with self._cond:
+            frames, self._pending = self._pending, []
+        if frames:
+            self.messages += 1
+            self.outbox.put(FrameBatch(self.process, tuple(frames)))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                while not self._pending and not self._stop.is_set():
+                    self._cond.wait(0.5)
+            self._stop.wait(self.interval_s)  # let more frames join this message
+            self.flush()
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify()
+        self.thread.join(timeout=2)
+        self.flush()
+
+
 class StreamReader:
     """One stream's thread: connect, decode, letterbox into the pool, reconnect on failure."""
 
@@ -75,10 +121,12 @@ class StreamReader:
         stream: StreamConfig,
         policy: SourceConfig,
         pool: FramePool,
-        outbox: Any,
+        announce: Callable[[FrameRef], None],
+        control: Any,
         decode: str = "cpu",
     ) -> None:
-        self.stream, self.policy, self.pool, self.outbox = stream, policy, pool, outbox
+        self.stream, self.policy, self.pool = stream, policy, pool
+        self.announce, self.control = announce, control
         self.stop_event = threading.Event()
         self.machine = StreamStateMachine(stream.id, on_change=self._on_change)
         self.backoff = Backoff(
@@ -104,7 +152,7 @@ class StreamReader:
         log.info(
             "stream %s: %s -> %s %s", self.stream.id, change.source, change.target, change.reason
         )
-        self.outbox.put(
+        self.control.put(
             StateChanged(self.stream.id, change.source, change.target, change.reason, change.at)
         )
 
@@ -198,7 +246,7 @@ class StreamReader:
         decode_ms = decoded.decode_ms + (time.perf_counter() - t0) * 1000
         self.frames += 1
         self.last_frame_ts = now
-        self.outbox.put(
+        self.announce(
             FrameRef(
                 stream_id=self.stream.id,
                 seq=self.seq,
@@ -257,17 +305,19 @@ class IngestProcess:
         policy: SourceConfig,
         input_size: tuple[int, int],
         slots: int,
-        outbox: Any,
-        commands: Any,
+        queues: IngestQueues,
         decode: str = "cpu",
         device_frames: bool = False,
+        announce_interval_s: float = 0.004,
     ) -> None:
         self.index, self.run_id, self.policy = index, run_id, policy
         self.decode = decode
         self.device_frames = device_frames
         self.width, self.height = input_size
-        self.slots, self.outbox, self.commands = slots, outbox, commands
+        self.slots, self.queues = slots, queues
+        self.announcer = Announcer(index, queues.frames, announce_interval_s)
         self.readers: dict[str, StreamReader] = {}
+        self._final: dict[str, StreamStats] = {}  # removed streams' last counts, sent once
         self._pools = 0
         self.stopping = threading.Event()
 
@@ -278,7 +328,9 @@ class IngestProcess:
         name = f"vf-{self.run_id}-{self.index}-{self._pools}"
         device = 0 if self.device_frames else None  # the process sees only its decode GPU
         pool = FramePool(name, self.slots, self.height, self.width, create=True, device=device)
-        reader = StreamReader(stream, self.policy, pool, self.outbox, self.decode)
+        reader = StreamReader(
+            stream, self.policy, pool, self.announcer.put, self.queues.control, self.decode
+        )
         self.readers[stream.id] = reader
         reader.thread.start()
 
@@ -288,21 +340,25 @@ class IngestProcess:
             return
         reader.stop_event.set()
         reader.thread.join(timeout=self.policy.read_timeout_s + 2)
-        self.outbox.put(PoolClosed(reader.pool.name))
+        self.announcer.flush()  # its frames travel before the pool is declared closed
+        self.queues.frames.put(PoolClosed(reader.pool.name))
         reader.pool.close()
+        self._final[stream_id] = reader.stats()
 
     def heartbeat(self) -> None:
         stats = tuple(r.stats() for r in list(self.readers.values()))
-        self.outbox.put(IngestHeartbeat(self.index, time.time(), stats))
+        final, self._final = tuple(self._final.values()), {}
+        self.queues.control.put(IngestHeartbeat(self.index, time.time(), stats + final))
 
     def serve(self) -> None:
+        self.announcer.start()
         next_beat = 0.0
         while not self.stopping.is_set():
             if time.monotonic() >= next_beat:
                 self.heartbeat()
                 next_beat = time.monotonic() + HEARTBEAT_S
             try:
-                command = self.commands.get(timeout=HEARTBEAT_S / 2)
+                command = self.queues.commands.get(timeout=HEARTBEAT_S / 2)
             except queue.Empty:
                 continue
             if command is None:
@@ -313,30 +369,52 @@ class IngestProcess:
                 self.remove(command.stream_id)
         for stream_id in list(self.readers):
             self.remove(stream_id)
-        self.heartbeat()
+        self.announcer.stop()
+        self.heartbeat()  # the final counts of every stream
 
 
-def ingest_main(
-    index: int,
-    run_id: str,
-    streams: list[StreamConfig],
-    policy: SourceConfig,
-    input_size: tuple[int, int],
-    slots: int,
-    outbox: mp.Queue[Any],
-    commands: mp.Queue[Any],
-    log_level: int,
-    plan: IngestPlan | None = None,
-) -> None:
+@dataclass(frozen=True)
+class IngestQueues:
+    """An ingest process's queues: frame announcements (to the scheduler), status (to the
+    board) and commands (from the pipeline)."""
+
+    frames: Any
+    control: Any
+    commands: Any
+
+
+@dataclass(frozen=True)
+class IngestSpec:
+    """Everything an ingest process needs to start (picklable)."""
+
+    index: int
+    run_id: str
+    streams: tuple[StreamConfig, ...]
+    policy: SourceConfig
+    input_size: tuple[int, int]
+    slots: int
+    plan: IngestPlan = IngestPlan()
+    announce_interval_s: float = 0.004
+
+
+def ingest_main(spec: IngestSpec, queues: IngestQueues, log_level: int) -> None:
     """Entry point of an ingest process."""
-    plan = plan or IngestPlan()
+    plan = spec.plan
     os.environ.update(dict(plan.env))  # before anything touches CUDA
     setup_child_logging(log_level)
     process = IngestProcess(
-        index, run_id, policy, input_size, slots, outbox, commands, plan.decode, plan.device_frames
+        spec.index,
+        spec.run_id,
+        spec.policy,
+        spec.input_size,
+        spec.slots,
+        queues,
+        plan.decode,
+        plan.device_frames,
+        spec.announce_interval_s,
     )
     signal.signal(signal.SIGTERM, lambda *_: process.stopping.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
-    for stream in streams:
+    for stream in spec.streams:
         process.add(stream)
     process.serve()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from visionflow.engines.base import EngineInfo
+from visionflow.pipeline.frames import FrameRef
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.state import StreamState
 
@@ -83,3 +84,45 @@ class WorkerFailed:
 
     worker_id: int
     error: str
+
+
+# ---- data-plane traffic (the scheduler's queue) ---------------------------------------------
+@dataclass(frozen=True)
+class FrameBatch:
+    """Frames an ingest process announces at once (never one message per frame)."""
+
+    process: int
+    frames: tuple[FrameRef, ...]
+
+
+@dataclass(frozen=True)
+class BatchDone:
+    """An inference worker finished a batch: its detections went to the output stage; the
+    scheduler frees the batch's slots and counts it.  Small and O(1) per batch."""
+
+    batch_id: int
+    worker_id: int
+    frames: int
+    busy_ms: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchAbandoned:
+    """Scheduler -> output stage: this batch id will never come (no worker could take it),
+    so results of later batches need not wait for it."""
+
+    batch_id: int
+
+
+@dataclass(frozen=True)
+class OutputStats:
+    """The output stage's counters per stream (sent twice a second and at exit)."""
+
+    ts: float
+    published: tuple[tuple[str, int], ...]
+    dropped: tuple[tuple[str, str, int], ...]  # (stream, reason, count)
+    pending: int
+    connected: bool
+    last_error: str | None
+    final: bool = False

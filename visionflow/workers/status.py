@@ -30,6 +30,12 @@ class StreamStatus:
     width: int | None
     height: int | None
     decode: str = "cpu"  # decoder and where frames go: "cpu", "nvdec/device", "dali/host"...
+    in_flight: int = 0  # frames decoded but neither published nor dropped yet
+
+    @property
+    def accounted(self) -> bool:
+        """The accounting identity: frames == published + drops + in flight."""
+        return self.frames == self.published + self.total_drops + self.in_flight
 
     @property
     def total_drops(self) -> int:
@@ -44,6 +50,7 @@ class StreamStatus:
             "published": str(self.published),
             "skipped_fps_cap": str(self.skipped_fps_cap),
             "drops": json.dumps(self.drops, sort_keys=True),
+            "in_flight": str(self.in_flight),
             "decode_errors": str(self.decode_errors),
             "reconnects": str(self.reconnects),
             "last_error": self.last_error or "",
@@ -70,6 +77,7 @@ class WorkerStatus:
     inflight: int
     restarts: int
     error: str | None
+    placement: str = ""  # which GPU / MIG instance (empty for CPU workers)
 
     @property
     def mean_batch(self) -> float:
@@ -85,6 +93,7 @@ class WorkerStatus:
             "mean_batch": f"{self.mean_batch:.2f}",
             "restarts": str(self.restarts),
             "error": self.error or "",
+            "placement": self.placement,
         }
 
 
@@ -99,6 +108,7 @@ class PipelineStatus:
     redis_pending: int
     model_id: str
     uptime_s: float
+    ledger_violations: int = 0  # frames resolved twice or never announced (a bug if > 0)
 
     def stream(self, stream_id: str) -> StreamStatus:
         for s in self.streams:

@@ -27,3 +27,10 @@ def test_jitter_stays_within_bounds_and_spreads():
 def test_rejects_nonsense():
     with pytest.raises(ValueError):
         Backoff(0, 1)
+
+
+def test_thousands_of_failures_stay_capped_without_overflow():
+    b = Backoff(0.001, 0.002, 2.0, 0.0)
+    delays = [b.next_delay() for _ in range(5000)]
+    assert b.failures == 5000
+    assert max(delays) == 0.002 and delays[-1] == 0.002

@@ -1,19 +1,22 @@
-"""Writing detections and status to Redis, surviving Redis going away.
+"""Sinks: where the output stage sends results, behind one interface.
 
-Results wait in a bounded buffer; a thread writes them in pipelined batches
-(``XADD ... MAXLEN ~ n``).  When Redis is unreachable the thread keeps the batch it could
-not write, retries with jittered backoff, and the buffer drops its oldest entries beyond
-``buffer_max_entries``, counting each drop by stream (reason ``redis_unavailable``).
-Nothing here raises into the pipeline.
+:class:`Sink` is what a new output implements (a webhook, a file, MQTT, ...).  The output
+stage fans results out to every sink and isolates them: one sink that raises is counted and
+logged, the others go on.  :class:`RedisStreamSink` is the first sink: results wait in a
+bounded buffer; a thread writes them in pipelined batches (``XADD ... MAXLEN ~ n``).  When
+Redis is unreachable the thread keeps the batch it could not write, retries with jittered
+backoff, and the buffer drops its oldest entries beyond ``buffer_max_entries``, counting
+each drop by stream (reason ``redis_unavailable``).  Nothing here raises into the pipeline.
 """
 
 from __future__ import annotations
 
+import abc
 import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Sequence
 
 import redis
 
@@ -23,12 +26,44 @@ from visionflow.schema import detections_key, encode_entry
 from visionflow.streams.backoff import Backoff
 from visionflow.streams.urls import redact_text, redact_url
 
-log = logging.getLogger("visionflow.publisher")
-StatusSource = Callable[[], Mapping[str, Mapping[str, str]]]
+log = logging.getLogger("visionflow.sinks")
 
 
-class RedisPublisher:
-    """A background thread that owns the Redis connection."""
+class Sink(abc.ABC):
+    """One output of the pipeline.  :meth:`write` must not block for long (buffer and
+    write from a thread of your own); counters are read by the output stage's stats."""
+
+    name: str = "sink"
+    published: Counter[str]
+    dropped: Counter[str]
+
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Start background work (connections, threads)."""
+
+    @abc.abstractmethod
+    def write(self, results: Sequence[FrameResult]) -> None:
+        """Accept results, oldest first, every stream's in ``seq`` order."""
+
+    @property
+    def pending(self) -> int:
+        return 0
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    @property
+    def last_error(self) -> str | None:
+        return None
+
+    def stop(self, flush_timeout: float = 5.0) -> None:  # noqa: B027 - optional hook
+        """Write what is buffered (up to ``flush_timeout``) and release resources."""
+
+
+class RedisStreamSink(Sink):
+    """Detections to one Redis Stream per camera, from a background thread."""
+
+    name = "redis"
 
     def __init__(self, config: RedisConfig, url: str, model_id: str) -> None:
         self.config, self.model_id = config, model_id
@@ -42,16 +77,15 @@ class RedisPublisher:
         self._buffer: deque[FrameResult] = deque()
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self._status_source: StatusSource | None = None
         self._backoff = Backoff(0.2, 5.0, 2.0, 0.5)
-        self.connected = False
-        self.last_error: str | None = None
+        self._connected = False
+        self._last_error: str | None = None
         self.published: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
-        self.thread = threading.Thread(target=self._run, name="redis-publisher", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="redis-sink", daemon=True)
 
     # ---- producer side ------------------------------------------------------------
-    def submit(self, results: list[FrameResult]) -> None:
+    def write(self, results: Sequence[FrameResult]) -> None:
         """Queue results for writing (never blocks; drops the oldest when full)."""
         with self._cond:
             self._buffer.extend(results)
@@ -60,13 +94,17 @@ class RedisPublisher:
                 self.dropped[self._buffer.popleft().frame.stream_id] += 1
             self._cond.notify()
 
-    def set_status_source(self, source: StatusSource) -> None:
-        """A callable returning ``{redis key: hash fields}`` written every status interval."""
-        self._status_source = source
-
     @property
     def pending(self) -> int:
         return len(self._buffer)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def last_error(self) -> str | None:
+        return self._last_error
 
     def start(self) -> None:
         self.thread.start()
@@ -80,11 +118,6 @@ class RedisPublisher:
         with self._cond:
             self._cond.notify()
         self.thread.join(timeout=flush_timeout + self.config.socket_timeout_s)
-        if self.connected:  # leave the final states (stopped) behind for operators
-            try:
-                self._write_status()
-            except (redis.RedisError, OSError) as exc:
-                log.warning("redis %s: final status not written: %s", self.safe_url, exc)
         self._client.close()
 
     # ---- writer thread -----------------------------------------------------------
@@ -103,17 +136,16 @@ class RedisPublisher:
                 self.published[self._buffer.popleft().frame.stream_id] += 1
 
     def _run(self) -> None:
-        next_status = 0.0
         while not self._stop.is_set():
             batch = self._take()
             try:
                 if batch:
                     self._write(batch)
                     self._commit(len(batch))
-                if time.monotonic() >= next_status:
-                    self._write_status()
-                    next_status = time.monotonic() + self.config.status_interval_s
-                self._set_connected(True, None)
+                    self._set_connected(True, None)
+                elif not self._connected:
+                    self._client.ping()
+                    self._set_connected(True, None)
             except (redis.RedisError, OSError) as exc:
                 self._set_connected(False, exc)
                 self._stop.wait(self._backoff.next_delay())
@@ -131,29 +163,13 @@ class RedisPublisher:
             )
         pipe.execute()
 
-    def _write_status(self) -> None:
-        if self._status_source is None:
-            return
-        status = self._status_source()
-        if not status:
-            return
-        pipe = self._client.pipeline(transaction=False)
-        for key, fields in status.items():
-            if key.endswith(":streams"):
-                pipe.delete(key)
-                if fields:
-                    pipe.sadd(key, *fields.keys())
-            else:
-                pipe.hset(key, mapping=dict(fields))  # type: ignore[arg-type]
-        pipe.execute()
-
     def _set_connected(self, ok: bool, exc: BaseException | None) -> None:
-        if ok and not self.connected:
+        if ok and not self._connected:
             log.info("redis %s: connected", self.safe_url)
             self._backoff.reset()
         if not ok:
             message = redact_text(f"{type(exc).__name__}: {exc}")
-            if self.connected or message != self.last_error:
+            if self._connected or message != self._last_error:
                 log.warning("redis %s: unavailable (%s); buffering", self.safe_url, message)
-            self.last_error = message
-        self.connected = ok
+            self._last_error = message
+        self._connected = ok

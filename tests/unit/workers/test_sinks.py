@@ -1,4 +1,4 @@
-"""The publisher against a real Redis server, including one that goes away."""
+"""The Redis sink against a real Redis server, including one that goes away."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from visionflow.config import RedisConfig
 from visionflow.pipeline.frames import FrameRef, FrameResult
 from visionflow.pipeline.letterbox import letterbox_geometry
 from visionflow.schema import detections_key, parse_entry
-from visionflow.workers.publisher import RedisPublisher
+from visionflow.workers.sinks import RedisStreamSink
 
 LB = letterbox_geometry(640, 480, 320, 320)
 
@@ -30,10 +30,10 @@ def test_entries_are_written_trimmed_and_in_order(redis_server, redis_client, ke
         approximate_trim=False,
         pipeline_max_entries=16,
     )
-    pub = RedisPublisher(cfg, redis_server, "m1")
+    pub = RedisStreamSink(cfg, redis_server, "m1")
     pub.start()
     try:
-        pub.submit(results("a", range(250)))
+        pub.write(results("a", range(250)))
         wait_until(lambda: pub.published["a"] == 250, 10, lambda: f"published {pub.published}")
     finally:
         pub.stop()
@@ -48,10 +48,10 @@ def test_unreachable_redis_buffers_bounded_and_counts_drops(killable_redis, key_
     cfg = RedisConfig(
         url=killable_redis.url, key_prefix=key_prefix, buffer_max_entries=50, socket_timeout_s=0.3
     )
-    pub = RedisPublisher(cfg, killable_redis.url, "m1")
+    pub = RedisStreamSink(cfg, killable_redis.url, "m1")
     pub.start()
     try:
-        pub.submit(results("a", range(80)))
+        pub.write(results("a", range(80)))
         wait_until(lambda: pub.last_error is not None, 5, "no error noted")
         assert not pub.connected and pub.pending == 50 and pub.dropped["a"] == 30
         killable_redis.start()

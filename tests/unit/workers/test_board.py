@@ -1,0 +1,47 @@
+"""The status board's accounting, from the events it receives."""
+
+from __future__ import annotations
+
+import time
+
+from visionflow.pipeline.ledger import LedgerSnapshot
+from visionflow.streams.config import StreamConfig
+from visionflow.streams.state import StreamState
+from visionflow.workers.board import StatusBoard, redis_status
+from visionflow.workers.messages import IngestHeartbeat, OutputStats, StateChanged, StreamStats
+
+
+def stats(frames: int, backpressure: int = 0) -> StreamStats:
+    return StreamStats(
+        "a", StreamState.STREAMING, 0.0, frames, 0, backpressure, 0, 0, None, None, 64, 48
+    )
+
+
+def test_frames_equal_published_plus_drops_plus_in_flight():
+    board = StatusBoard("m")
+    board.add_stream(StreamConfig(id="a", url="rtsp://u:secret@cam/1"))
+    board.apply(IngestHeartbeat(0, time.time(), (stats(100, backpressure=3),)))
+    board.apply(OutputStats(time.time(), (("a", 80),), (("a", "redis_unavailable", 2),), 0, True, None))
+    ledger = {"a": LedgerSnapshot(100, 85, {"inference_behind": 10}, 5)}
+    s = board.snapshot(ledger, {}).stream("a")
+    assert (s.frames, s.published, s.total_drops, s.in_flight) == (103, 80, 15, 8)
+    assert s.accounted and s.drops["backpressure"] == 3
+    assert "secret" not in s.url
+
+
+def test_a_stale_heartbeat_never_makes_published_exceed_frames():
+    board = StatusBoard("m")
+    board.add_stream(StreamConfig(id="a", url="rtsp://cam/1"))
+    board.apply(IngestHeartbeat(0, time.time(), (stats(10),)))  # the ledger has seen 50 since
+    board.apply(OutputStats(time.time(), (("a", 45),), (), 0, True, None))
+    s = board.snapshot({"a": LedgerSnapshot(50, 45, {}, 5)}, {}).stream("a")
+    assert s.frames == 50 and s.in_flight == 5 and s.accounted
+
+
+def test_state_changes_are_kept_and_a_stream_called_streams_keeps_its_hash():
+    board = StatusBoard("m")
+    board.add_stream(StreamConfig(id="streams", url="rtsp://cam/1"))
+    board.apply(StateChanged("streams", StreamState.STOPPED, StreamState.CONNECTING, "start", 1.0))
+    assert [t.target for t in board.transitions("streams")] == [StreamState.CONNECTING]
+    hashes, members = redis_status(board.snapshot({}, {}), "vf")
+    assert "vf:status:streams" in hashes and members == ["streams"]

@@ -1,0 +1,81 @@
+"""The process group's restart policy (process objects are the injected seam)."""
+
+from __future__ import annotations
+
+from visionflow.workers.procs import ProcessGroup, restart_delay
+
+
+class Proc:
+    def __init__(self) -> None:
+        self.alive, self.exitcode, self.killed = True, None, False
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+    def kill(self) -> None:
+        self.killed, self.alive, self.exitcode = True, False, -9
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_dead_child_is_reported_then_restarted_after_its_delay():
+    clock, spawned, exits = Clock(), [], []
+    group = ProcessGroup(clock)
+
+    def spawn(restarts: int) -> Proc:
+        spawned.append(restarts)
+        return Proc()
+
+    child = group.add("w", spawn, lambda c, why: exits.append(why))
+    clock.t = 60.0
+    child.process.alive, child.process.exitcode = False, 1
+    assert group.check() == ["w"] and exits == ["exited (1)"]
+    assert spawned == [0]
+    clock.t += 0.4
+    group.check()
+    assert spawned == [0]
+    clock.t += 0.2
+    group.check()
+    assert spawned == [0, 1] and child.alive
+
+
+def test_a_silent_child_is_killed_and_a_crash_loop_backs_off():
+    clock = Clock()
+    group = ProcessGroup(clock, start_grace_s=1.0)
+    child = group.add("ingest-0", lambda r: Proc(), heartbeat_timeout=5.0)
+    clock.t = 3.0
+    group.beat("ingest-0")
+    clock.t = 7.9
+    assert group.check() == []
+    clock.t = 8.1
+    proc = child.process
+    assert group.check() == ["ingest-0"] and proc.killed
+    assert restart_delay(1.0, 0) == 0.5 and restart_delay(1.0, 4) == 8.0
+    assert restart_delay(1.0, 1000) == 30.0 and restart_delay(100.0, 1000) == 0.5
+
+
+def test_a_child_told_not_to_restart_stays_down_and_stopping_restarts_nothing():
+    clock = Clock()
+    group = ProcessGroup(clock)
+
+    def no_restart(child, why):
+        child.restart = False
+
+    child = group.add("w", lambda r: Proc(), no_restart)
+    child.process.alive = False
+    group.check()
+    clock.t = 100
+    assert group.check() == [] and child.process is None
+    other = group.add("x", lambda r: Proc())
+    group.stopping = True
+    other.process.alive = False
+    assert group.check() == []

@@ -1,0 +1,288 @@
+"""The status board: every status event in, consistent snapshots out.
+
+Ingest heartbeats and state changes, inference workers' ready/failed messages and the
+output stage's counters arrive on the control queue (never mixed with frame traffic); the
+scheduler's ledger is read under the scheduler's lock.  :meth:`StatusBoard.snapshot` serves
+the CLI table, Redis (:class:`RedisStatusWriter`) and, later, the HTTP API.
+
+Accounting per stream (frames skipped on purpose -- fps cap, analysis rate -- are counted
+apart)::
+
+    frames == published + sum(drops.values()) + in_flight
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import redis
+
+from visionflow.config import RedisConfig
+from visionflow.pipeline.ledger import LedgerSnapshot
+from visionflow.schema import status_key, streams_key, worker_key
+from visionflow.streams.backoff import Backoff
+from visionflow.streams.config import StreamConfig
+from visionflow.streams.state import StreamState
+from visionflow.streams.urls import redact_text, redact_url
+from visionflow.workers.messages import (
+    IngestHeartbeat,
+    OutputStats,
+    StateChanged,
+    StreamStats,
+    WorkerFailed,
+    WorkerReady,
+)
+from visionflow.workers.status import PipelineStatus, StreamStatus, WorkerStatus
+
+log = logging.getLogger("visionflow.board")
+
+
+@dataclass
+class StreamView:
+    """What the board knows of one stream (mutable; only the board touches it)."""
+
+    config: StreamConfig
+    decode: str = "cpu"
+    stats: StreamStats | None = None
+    state: StreamState = StreamState.STOPPED
+    state_since: float = field(default_factory=time.time)
+    fps: float = 0.0
+    last_frames: tuple[float, int] | None = None
+    history: deque[StateChanged] = field(default_factory=lambda: deque(maxlen=64))
+
+
+@dataclass
+class WorkerView:
+    """What the board knows of one inference worker."""
+
+    worker_id: int
+    placement: str = ""
+    state: str = "starting"
+    backend: str = ""
+    device: str = ""
+    error: str | None = None
+    restarts: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerLoadView:
+    """The scheduler's view of one worker's load (read under its lock)."""
+
+    batches: int
+    frames: int
+    inflight: int
+
+
+class StatusBoard:
+    """Receives status events and builds :class:`PipelineStatus` snapshots."""
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        self.streams: dict[str, StreamView] = {}
+        self.workers: dict[int, WorkerView] = {}
+        self.output = OutputStats(time.time(), (), (), 0, False, None)
+        self.started_at = time.time()
+        self._published: Counter[str] = Counter()
+        self._redis_dropped: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    # ---- membership ----------------------------------------------------------------
+    def add_stream(self, config: StreamConfig, decode: str = "cpu") -> None:
+        with self._lock:
+            self.streams[config.id] = StreamView(config, decode)
+
+    def remove_stream(self, stream_id: str) -> None:
+        with self._lock:
+            self.streams.pop(stream_id, None)
+
+    def worker(self, worker_id: int) -> WorkerView:
+        with self._lock:
+            view = self.workers.get(worker_id)
+            if view is None:
+                view = self.workers[worker_id] = WorkerView(worker_id)
+            return view
+
+    # ---- events --------------------------------------------------------------------
+    def apply(self, msg: object) -> None:
+        with self._lock:
+            if isinstance(msg, IngestHeartbeat):
+                self._on_heartbeat(msg)
+            elif isinstance(msg, StateChanged):
+                view = self.streams.get(msg.stream_id)
+                if view is not None:
+                    view.state, view.state_since = msg.target, msg.at
+                    view.history.append(msg)
+            elif isinstance(msg, OutputStats):
+                self.output = msg
+                self._published = Counter(dict(msg.published))
+                self._redis_dropped = Counter({sid: n for sid, _, n in msg.dropped})
+            elif isinstance(msg, WorkerReady):
+                w = self.workers.setdefault(msg.worker_id, WorkerView(msg.worker_id))
+                w.state, w.backend, w.device, w.error = (
+                    "ready",
+                    msg.info.backend,
+                    msg.info.device,
+                    None,
+                )
+            elif isinstance(msg, WorkerFailed):
+                w = self.workers.setdefault(msg.worker_id, WorkerView(msg.worker_id))
+                w.state, w.error = "failed", msg.error
+
+    def _on_heartbeat(self, beat: IngestHeartbeat) -> None:
+        for stats in beat.streams:
+            view = self.streams.get(stats.stream_id)
+            if view is None:
+                continue
+            view.stats = stats
+            if view.last_frames is not None:
+                t0, n0 = view.last_frames
+                if beat.ts > t0:
+                    instant = (stats.frames - n0) / (beat.ts - t0)
+                    view.fps = instant if view.fps == 0 else 0.7 * view.fps + 0.3 * instant
+            view.last_frames = (beat.ts, stats.frames)
+
+    def transitions(self, stream_id: str) -> list[StateChanged]:
+        with self._lock:
+            view = self.streams.get(stream_id)
+            return list(view.history) if view else []
+
+    # ---- snapshots -----------------------------------------------------------------
+    def snapshot(
+        self,
+        ledger: Mapping[str, LedgerSnapshot],
+        loads: Mapping[int, WorkerLoadView],
+        violations: int = 0,
+    ) -> PipelineStatus:
+        with self._lock:
+            streams = tuple(
+                self._stream_status(v, ledger.get(sid)) for sid, v in self.streams.items()
+            )
+            workers = tuple(
+                self._worker_status(w, loads.get(i)) for i, w in sorted(self.workers.items())
+            )
+            out = self.output
+        return PipelineStatus(
+            streams=streams,
+            workers=workers,
+            redis_connected=out.connected,
+            redis_error=out.last_error,
+            redis_pending=out.pending,
+            model_id=self.model_id,
+            uptime_s=time.time() - self.started_at,
+            ledger_violations=violations,
+        )
+
+    def _stream_status(self, view: StreamView, ledger: LedgerSnapshot | None) -> StreamStatus:
+        stats, sid = view.stats, view.config.id
+        drops: Counter[str] = Counter(ledger.drops if ledger else {})
+        backpressure = stats.drops_backpressure if stats else 0
+        if backpressure:
+            drops["backpressure"] = backpressure
+        if self._redis_dropped[sid]:
+            drops["redis_unavailable"] = self._redis_dropped[sid]
+        announced = max(stats.frames if stats else 0, ledger.announced if ledger else 0)
+        frames = announced + backpressure
+        published = self._published[sid]
+        return StreamStatus(
+            stream_id=sid,
+            url=view.config.safe_url,
+            labels=dict(view.config.labels),
+            state=view.state,
+            state_since=view.state_since,
+            fps=round(view.fps, 2),
+            frames=frames,
+            published=published,
+            skipped_fps_cap=stats.skipped_fps_cap if stats else 0,
+            drops=dict(drops),
+            decode_errors=stats.decode_errors if stats else 0,
+            reconnects=stats.reconnects if stats else 0,
+            last_error=stats.last_error if stats else None,
+            last_frame_ts=stats.last_frame_ts if stats else None,
+            width=stats.width if stats else None,
+            height=stats.height if stats else None,
+            decode=view.decode,
+            in_flight=max(0, frames - published - sum(drops.values())),
+        )
+
+    @staticmethod
+    def _worker_status(view: WorkerView, load: WorkerLoadView | None) -> WorkerStatus:
+        return WorkerStatus(
+            worker_id=view.worker_id,
+            state=view.state,
+            backend=view.backend,
+            device=view.device,
+            batches=load.batches if load else 0,
+            frames=load.frames if load else 0,
+            inflight=load.inflight if load else 0,
+            restarts=view.restarts,
+            error=view.error,
+            placement=view.placement,
+        )
+
+
+def redis_status(
+    status: PipelineStatus, prefix: str
+) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """The status hashes to write (``{key: fields}``) and the members of the streams set."""
+    hashes = {status_key(prefix, s.stream_id): s.redis_fields() for s in status.streams}
+    for w in status.workers:
+        hashes[worker_key(prefix, w.worker_id)] = w.redis_fields()
+    return hashes, [s.stream_id for s in status.streams]
+
+
+class RedisStatusWriter:
+    """Writes the board's snapshot to Redis every ``status_interval_s`` from a thread;
+    an unreachable Redis is retried with backoff and never raises into the pipeline."""
+
+    def __init__(
+        self, config: RedisConfig, url: str, snapshot: Callable[[], PipelineStatus]
+    ) -> None:
+        self.config, self.snapshot = config, snapshot
+        self.safe_url = redact_url(url)
+        self._client = redis.Redis.from_url(
+            url,
+            socket_timeout=config.socket_timeout_s,
+            socket_connect_timeout=config.socket_timeout_s,
+        )
+        self._stop = threading.Event()
+        self._backoff = Backoff(0.2, 5.0, 2.0, 0.5)
+        self.thread = threading.Thread(target=self._run, name="status-writer", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and write the final snapshot (stopped states, final counts)."""
+        self._stop.set()
+        self.thread.join(timeout=self.config.socket_timeout_s + 2)
+        try:
+            self.write()
+        except (redis.RedisError, OSError) as exc:
+            log.warning(
+                "redis %s: final status not written: %s", self.safe_url, redact_text(str(exc))
+            )
+        self._client.close()
+
+    def write(self) -> None:
+        hashes, members = redis_status(self.snapshot(), self.config.key_prefix)
+        pipe = self._client.pipeline(transaction=False)
+        for key, fields in hashes.items():
+            pipe.hset(key, mapping=dict(fields))  # type: ignore[arg-type]
+        set_key = streams_key(self.config.key_prefix)
+        pipe.delete(set_key)
+        if members:
+            pipe.sadd(set_key, *members)
+        pipe.execute()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.config.status_interval_s):
+            try:
+                self.write()
+                self._backoff.reset()
+            except (redis.RedisError, OSError):
+                self._stop.wait(self._backoff.next_delay())

@@ -1,0 +1,158 @@
+"""The output stage: reorder by batch (so by seq) -> processors -> sinks, in its own process.
+
+::
+
+    inference workers ──BatchResult──▶ output inbox ──▶ BatchReorder ──▶ processors ──▶ sinks
+    scheduler ─────────BatchAbandoned─┘                (in batch-id order)  (tracker…)  (Redis…)
+
+Workers send detections here directly; the scheduler only hears that a batch is done.  A
+:class:`Processor` is the seam where a tracker or a zone filter plugs in: it sees every
+stream's results in order and may add to or filter them.  Sinks are isolated from each
+other: one that raises is counted and logged, the rest still get every result.  Counters go
+to the status board as :class:`~visionflow.workers.messages.OutputStats` twice a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from visionflow.config import RedisConfig
+from visionflow.pipeline.frames import BatchResult, FrameResult
+from visionflow.pipeline.ordering import BatchReorder
+from visionflow.workers.logs import setup_child_logging
+from visionflow.workers.messages import BatchAbandoned, OutputStats
+from visionflow.workers.sinks import RedisStreamSink, Sink
+
+log = logging.getLogger("visionflow.output")
+STATS_S = 0.5
+
+
+class Processor(Protocol):
+    """Sees every stream's results in order; returns what goes on to the sinks."""
+
+    def process(self, results: list[FrameResult]) -> list[FrameResult]: ...
+
+
+class OutputStage:
+    """Reorder, process, fan out to sinks (no processes: unit-testable)."""
+
+    def __init__(
+        self,
+        sinks: Sequence[Sink],
+        processors: Sequence[Processor] = (),
+        first_batch_id: int = 1,
+    ) -> None:
+        if not sinks:
+            raise ValueError("the output stage needs at least one sink")
+        self.sinks, self.processors = list(sinks), list(processors)
+        self.reorder: BatchReorder[tuple[FrameResult, ...]] = BatchReorder(first_batch_id)
+        self.sink_errors: Counter[str] = Counter()
+
+    def on_result(self, result: BatchResult) -> int:
+        """A worker's batch; returns how many results went to the sinks."""
+        return self._emit(self.reorder.add(result.batch_id, result.results))
+
+    def on_abandoned(self, batch_id: int) -> int:
+        return self._emit(self.reorder.abandon(batch_id))
+
+    def _emit(self, batches: list[tuple[FrameResult, ...]]) -> int:
+        if not batches:
+            return 0
+        results = [r for batch in batches for r in batch]
+        for processor in self.processors:
+            results = processor.process(results)
+        for sink in self.sinks:
+            try:
+                sink.write(results)
+            except Exception:
+                self.sink_errors[sink.name] += 1
+                if self.sink_errors[sink.name] == 1:
+                    log.exception("sink %s failed (further failures only counted)", sink.name)
+        return len(results)
+
+    @property
+    def primary(self) -> Sink:
+        """The sink whose counts are 'published' (the first)."""
+        return self.sinks[0]
+
+    def stats(self, final: bool = False) -> OutputStats:
+        sink = self.primary
+        dropped = [(sid, "redis_unavailable", n) for sid, n in sink.dropped.items() if n]
+        return OutputStats(
+            ts=time.time(),
+            published=tuple(sink.published.items()),
+            dropped=tuple(dropped),
+            pending=sink.pending + self.reorder.held,
+            connected=sink.connected,
+            last_error=sink.last_error,
+            final=final,
+        )
+
+    def start(self) -> None:
+        for sink in self.sinks:
+            sink.start()
+
+    def stop(self, flush_timeout: float) -> None:
+        for sink in self.sinks:
+            try:
+                sink.stop(flush_timeout)
+            except Exception:
+                log.exception("sink %s failed to stop", sink.name)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Everything the output process needs (picklable)."""
+
+    redis: RedisConfig
+    redis_url: str
+    model_id: str
+    first_batch_id: int = 1
+    flush_timeout_s: float = 5.0
+
+
+def build_stage(spec: OutputSpec) -> OutputStage:
+    return OutputStage(
+        [RedisStreamSink(spec.redis, spec.redis_url, spec.model_id)],
+        first_batch_id=spec.first_batch_id,
+    )
+
+
+def serve(stage: OutputStage, inbox: Any, control: Any, flush_timeout: float) -> None:
+    """Move messages from ``inbox`` through ``stage`` until ``None`` arrives."""
+    stage.start()
+    next_stats = 0.0
+    try:
+        while True:
+            if time.monotonic() >= next_stats:
+                control.put(stage.stats())
+                next_stats = time.monotonic() + STATS_S
+            try:
+                msg = inbox.get(timeout=STATS_S / 2)
+            except queue.Empty:
+                continue
+            if msg is None:
+                break
+            if isinstance(msg, BatchResult):
+                stage.on_result(msg)
+            elif isinstance(msg, BatchAbandoned):
+                stage.on_abandoned(msg.batch_id)
+    finally:
+        stage.stop(flush_timeout)
+        control.put(stage.stats(final=True))
+
+
+def output_main(spec: OutputSpec, inbox: Any, control: Any, log_level: int) -> None:
+    """Entry point of the output process."""
+    setup_child_logging(log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pipeline decides when we stop
+    log.debug("output process %d started", os.getpid())
+    serve(build_stage(spec), inbox, control, spec.flush_timeout_s)

@@ -1,0 +1,132 @@
+"""The process group: spawn, watch and restart child processes with backoff.
+
+Ingest processes, inference workers and the output process are all children of one group.
+A child that exits, or (when it has a heartbeat timeout) stops sending heartbeats, is
+killed, its ``on_exit`` hook runs (so its work can be re-sent or counted), and it is started
+again after :func:`restart_delay`: at once if it had run a while, backing off up to 30 s if
+it keeps dying young (a bad model, a broken library), so a crash loop does not eat the CPU
+the healthy processes need.  Nothing here knows what the children do.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("visionflow.procs")
+Clock = Callable[[], float]
+Spawn = Callable[[int], Any]  # restarts so far -> a started process (is_alive/kill/join)
+
+
+def restart_delay(lived_s: float, restarts: int) -> float:
+    """Seconds to wait before restarting a child that lived ``lived_s`` seconds."""
+    if lived_s > 30:
+        return 0.5
+    return float(min(30.0, 0.5 * 2 ** min(restarts, 6)))
+
+
+@dataclass
+class Child:
+    """One supervised process."""
+
+    key: str
+    spawn: Spawn
+    on_exit: Callable[[Child, str], None] | None
+    heartbeat_timeout: float | None
+    process: Any = None
+    restarts: int = 0
+    started: float = 0.0
+    last_beat: float = 0.0
+    restart_at: float | None = None
+    restart: bool = True  # False: leave it down (e.g. a worker whose engine cannot load)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and bool(self.process.is_alive())
+
+
+class ProcessGroup:
+    """Children by key; :meth:`check` is called periodically by the pipeline."""
+
+    def __init__(self, clock: Clock = time.monotonic, start_grace_s: float = 10.0) -> None:
+        self.clock = clock
+        self.start_grace_s = start_grace_s
+        self.children: dict[str, Child] = {}
+        self.stopping = False
+
+    def add(
+        self,
+        key: str,
+        spawn: Spawn,
+        on_exit: Callable[[Child, str], None] | None = None,
+        heartbeat_timeout: float | None = None,
+    ) -> Child:
+        child = Child(key, spawn, on_exit, heartbeat_timeout)
+        self.children[key] = child
+        self._start(child)
+        return child
+
+    def _start(self, child: Child) -> None:
+        child.process = child.spawn(child.restarts)
+        child.started = self.clock()
+        child.last_beat = child.started + self.start_grace_s
+        child.restart_at = None
+
+    def beat(self, key: str) -> None:
+        child = self.children.get(key)
+        if child is not None:
+            child.last_beat = max(child.last_beat, self.clock())
+
+    def check(self) -> list[str]:
+        """Restart children that are due; handle ones that died or went silent.  Returns
+        the keys found dead this time."""
+        if self.stopping:
+            return []
+        now = self.clock()
+        found = []
+        for child in list(self.children.values()):
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.restarts += 1
+                    self._start(child)
+                continue
+            reason = self._trouble(child, now)
+            if reason is None:
+                continue
+            found.append(child.key)
+            self._down(child, reason, now)
+        return found
+
+    def _trouble(self, child: Child, now: float) -> str | None:
+        if child.process is None:
+            return None
+        if not child.process.is_alive():
+            return f"exited ({child.process.exitcode})"
+        timeout = child.heartbeat_timeout
+        if timeout is not None and now - child.last_beat > timeout:
+            return f"silent for {now - child.last_beat:.0f}s"
+        return None
+
+    def _down(self, child: Child, reason: str, now: float) -> None:
+        log.error("%s %s", child.key, reason)
+        if child.process.is_alive():
+            child.process.kill()
+        child.process.join(timeout=2)
+        if child.on_exit is not None:
+            child.on_exit(child, reason)
+        if child.restart:
+            delay = restart_delay(now - child.started, child.restarts)
+            child.restart_at = now + delay
+            log.info("%s restarts in %.1fs", child.key, delay)
+        else:
+            child.process = None
+
+    def remove(self, key: str) -> Child | None:
+        return self.children.pop(key, None)
+
+    def processes(self, prefix: str = "") -> list[Any]:
+        return [c.process for k, c in self.children.items() if k.startswith(prefix) and c.process]
