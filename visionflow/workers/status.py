@@ -70,6 +70,7 @@ class WorkerStatus:
     inflight: int
     restarts: int
     error: str | None
+    placement: str = ""  # where it runs: "GPU 1 (H100 80GB HBM3, GPU-8f3a…)"; "" on the CPU
 
     @property
     def mean_batch(self) -> float:
@@ -80,6 +81,7 @@ class WorkerStatus:
             "state": self.state,
             "backend": self.backend,
             "device": self.device,
+            "placement": self.placement,
             "batches": str(self.batches),
             "frames": str(self.frames),
             "mean_batch": f"{self.mean_batch:.2f}",
