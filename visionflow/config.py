@@ -148,6 +148,16 @@ class WorkersConfig(_Strict):
         description="GPU backends: inference workers per GPU, or per MIG instance when MIG is on "
         "(found through NVML); each is pinned with CUDA_VISIBLE_DEVICES=<uuid>.",
     )
+    gpus: list[str | int] | None = Field(
+        default=None,
+        min_length=1,
+        description="GPU backends and GPU decode: the GPUs / MIG instances to use, in this "
+        "order, each as an NVML index (the GPU numbers nvidia-smi shows), a GPU UUID (GPU-...) "
+        "or a MIG UUID (MIG-...); a unique start of a UUID will do. A listed GPU with MIG on "
+        "stands for its MIG instances. Applied after CUDA_VISIBLE_DEVICES (honoured as CUDA "
+        "reads it); checked at start-up against what NVML finds. Empty: every visible GPU / "
+        "MIG instance.",
+    )
     frame_transport: Literal["auto", "host", "device"] = Field(
         default="auto",
         description="How decoded frames reach inference workers: host (shared memory), device "
@@ -161,6 +171,34 @@ class WorkersConfig(_Strict):
         description="Shared-memory frame slots per stream (waiting + in flight); when none is "
         "free a new frame is dropped (reason 'backpressure').",
     )
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _no_booleans(cls, gpus: Any) -> Any:
+        if isinstance(gpus, list) and any(isinstance(g, bool) for g in gpus):
+            raise ValueError("entries are NVML indices or GPU-/MIG- UUIDs, not true/false")
+        return gpus
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_entries(cls, gpus: list[str | int] | None) -> list[str | int] | None:
+        if gpus is None:
+            return None
+        out: list[str | int] = []
+        for raw in gpus:
+            entry: str | int = raw.strip() if isinstance(raw, str) else raw
+            if isinstance(entry, str) and entry.isdigit():
+                entry = int(entry)
+            if isinstance(entry, int) and entry < 0:
+                raise ValueError(f"{raw!r} is not an NVML index (0, 1, ...)")
+            if isinstance(entry, str) and not entry.startswith(("GPU-", "MIG-")):
+                raise ValueError(
+                    f"{raw!r} is neither an NVML index (0, 1, ...) nor a GPU-... / MIG-... UUID"
+                )
+            if entry in out:
+                raise ValueError(f"{raw!r} is listed twice")
+            out.append(entry)
+        return out
 
 
 class SourceConfig(_Strict):

@@ -4,11 +4,16 @@
   pinned with ``CUDA_VISIBLE_DEVICES=<uuid>`` (a MIG instance is only reachable that way);
 - GPU decode only on slots that own NVDEC engines, streams spread in proportion to them;
   streams stay on CPU decode when no slot has one.
+
+The slots come from :func:`visionflow.gpu.discovery.discover`: NVML's list, less what
+``CUDA_VISIBLE_DEVICES`` hides, narrowed to ``workers.gpus``.  :func:`plan_gpu_workers` gives
+each inference worker its environment and a placement label for the status table and Redis.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from visionflow.gpu.discovery import InferenceSlot
@@ -23,7 +28,24 @@ class WorkerPlacement:
 
     @property
     def env(self) -> dict[str, str]:
+        """What the worker process's environment gets: its slot, by UUID."""
         return {"CUDA_VISIBLE_DEVICES": self.slot.uuid}
+
+    @property
+    def env_items(self) -> tuple[tuple[str, str], ...]:
+        """:attr:`env` as pairs (hashable, as ``IngestPlan.env`` takes them)."""
+        return tuple(self.env.items())
+
+    @property
+    def uuid(self) -> str:
+        """The GPU or MIG instance UUID the worker is pinned to."""
+        return self.slot.uuid
+
+    @property
+    def label(self) -> str:
+        """For people (``WorkerStatus.placement``): ``GPU 1 (H100 80GB HBM3, GPU-8f3a…)``
+        or ``GPU 0 MIG 3g.40gb (MIG-4e1f…)``."""
+        return self.slot.placement
 
 
 def place_workers(
@@ -55,17 +77,46 @@ def place_decoders(
     return out
 
 
-def gpu_worker_envs(workers_per_slot: int, nvml: object | None = None) -> list[dict[str, str]]:
-    """One ``CUDA_VISIBLE_DEVICES`` environment per inference worker for a GPU backend."""
-    from visionflow.errors import EngineUnavailableError
+def plan_gpu_workers(
+    workers_per_gpu: int,
+    gpus: Sequence[str | int] | None = None,
+    *,
+    nvml: object | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[WorkerPlacement]:
+    """The inference workers of a GPU backend: ``workers_per_gpu`` on each selected slot.
+
+    Slots are what NVML finds, less what ``CUDA_VISIBLE_DEVICES`` (in ``environ``, default
+    ``os.environ``) hides, narrowed to ``gpus`` (``workers.gpus``; None: all of them).
+    Raises ConfigError for a ``gpus`` entry that does not fit this machine and
+    EngineUnavailableError when there is no NVML, no GPU or nothing left to run on.
+    """
+    from visionflow.errors import ConfigError, EngineUnavailableError
     from visionflow.gpu.discovery import discover
 
     try:
-        slots = discover(nvml)
+        slots = discover(nvml, gpus=gpus, environ=environ)
+    except ConfigError:
+        raise
     except ImportError as exc:
         raise EngineUnavailableError(f"GPU backends need nvidia-ml-py (pynvml): {exc}") from exc
     except Exception as exc:  # NVML raises its own errors when there is no driver or GPU
         raise EngineUnavailableError(f"no NVIDIA GPU found through NVML: {exc}") from exc
     if not slots:
-        raise EngineUnavailableError("NVML found no GPU or MIG instance to run inference on")
-    return [w.env for w in place_workers(slots, workers_per_slot)]
+        hidden = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+        why = f" that CUDA_VISIBLE_DEVICES={hidden!r} lets through" if hidden is not None else ""
+        raise EngineUnavailableError(f"NVML found no GPU or MIG instance to run inference on{why}")
+    return place_workers(slots, workers_per_gpu)
+
+
+def gpu_worker_envs(
+    workers_per_slot: int,
+    nvml: object | None = None,
+    *,
+    gpus: Sequence[str | int] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[dict[str, str]]:
+    """One ``CUDA_VISIBLE_DEVICES`` environment per inference worker for a GPU backend
+    (:func:`plan_gpu_workers` without the labels)."""
+    placements = plan_gpu_workers(workers_per_slot, gpus, nvml=nvml, environ=environ)
+    return [w.env for w in placements]

@@ -5,7 +5,9 @@
   measured on this machine.
 - GPU decode goes only where NVDEC engines are (``place_decoders``: streams spread over the
   GPUs / MIG instances in proportion to their NVDEC count, CPU decode where there is none);
-  each ingest process is pinned to its decode slot with ``CUDA_VISIBLE_DEVICES``.
+  each ingest process is pinned to its decode slot with ``CUDA_VISIBLE_DEVICES``.  The slots
+  are those inference workers get (``discover``: ``CUDA_VISIBLE_DEVICES`` then
+  ``workers.gpus``), so decode never lands on a GPU the run was told not to use.
 - Frames stay in GPU memory (CUDA IPC) when they are decoded on the GPU and the inference
   backend reads device memory, except on MIG instances, which cannot map each other's memory:
   there the letterboxed image crosses host shared memory (a 1.2 MB device-to-host and
@@ -95,7 +97,7 @@ def plan_ingest(
     if slots is None:
         from visionflow.gpu.discovery import discover
 
-        slots = discover()
+        slots = discover(gpus=config.workers.gpus)
     placed = place_decoders([s.id for s in streams], slots)
     by_slot: dict[str | None, list[StreamConfig]] = {}
     for stream in streams:

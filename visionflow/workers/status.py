@@ -77,7 +77,7 @@ class WorkerStatus:
     inflight: int
     restarts: int
     error: str | None
-    placement: str = ""  # which GPU / MIG instance (empty for CPU workers)
+    placement: str = ""  # where it runs: "GPU 1 (H100 80GB HBM3, GPU-8f3a…)"; "" on the CPU
 
     @property
     def mean_batch(self) -> float:
@@ -88,6 +88,7 @@ class WorkerStatus:
             "state": self.state,
             "backend": self.backend,
             "device": self.device,
+            "placement": self.placement,
             "batches": str(self.batches),
             "frames": str(self.frames),
             "mean_batch": f"{self.mean_batch:.2f}",

@@ -135,3 +135,24 @@ TWO_GPUS = RecordedNvml(
         ),
     ]
 )
+#: Three GPUs with UUIDs shaped like real ones: two H100s whose UUIDs share the start
+#: "GPU-8f3a" (so that prefix is ambiguous) and an A100 with MIG on, two 3g.40gb instances
+#: whose UUIDs share "MIG-5e6f".
+H100_A = "GPU-8f3a1b2c-1111-4a5b-9c0d-0123456789ab"
+H100_B = "GPU-8f3a9d4e-2222-4a5b-9c0d-0123456789ab"
+A100_MIG = "GPU-c0ffee00-3333-4a5b-9c0d-0123456789ab"
+MIG_A = "MIG-5e6f7a8b-4444-5c6d-8e9f-0123456789ab"
+MIG_B = "MIG-5e6fb0b0-5555-5c6d-8e9f-0123456789ab"
+THREE_GPUS = RecordedNvml(
+    [
+        Gpu("NVIDIA H100 80GB HBM3", H100_A, 81559, (9, 0)),
+        Gpu("NVIDIA H100 80GB HBM3", H100_B, 81559, (9, 0)),
+        Gpu(
+            "NVIDIA A100-SXM4-80GB",
+            A100_MIG,
+            81920,
+            (8, 0),
+            mig=[("3g.40gb", MIG_A, 40192, 2), ("3g.40gb", MIG_B, 40192, 2)],
+        ),
+    ]
+)

@@ -9,6 +9,13 @@ from visionflow.gpu.discovery import discover
 from visionflow.gpu.placement import place_decoders, place_workers
 
 
+@pytest.fixture(autouse=True)
+def _no_cuda_env(monkeypatch):
+    """Recorded layouts are read as they are, whatever the machine running the tests sets."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+
+
 def test_a100_seven_1g_slices_give_seven_workers_and_no_gpu_decode():
     slots = discover(A100_7x1G)
     assert [s.uuid for s in slots] == [f"MIG-a100-{i}" for i in range(7)]

@@ -6,12 +6,27 @@ import os
 
 import pytest
 
-from tests.unit.gpu.recorded_nvml import H100_FULL, TWO_GPUS, A100_7x1G, H100_2x3G
+from tests.unit.gpu.recorded_nvml import (
+    H100_A,
+    H100_FULL,
+    MIG_B,
+    THREE_GPUS,
+    TWO_GPUS,
+    A100_7x1G,
+    H100_2x3G,
+)
 from visionflow.config import parse_config
 from visionflow.errors import ConfigError
 from visionflow.gpu.discovery import discover
 from visionflow.streams.probe import DecoderFigures, choose
 from visionflow.workers.plan import plan_ingest, resolve_decode
+
+
+@pytest.fixture(autouse=True)
+def _no_cuda_env(monkeypatch):
+    """Recorded layouts are read as they are, whatever the machine running the tests sets."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
 
 
 def _config(n: int, backend: str = "torch-cuda", **workers: object):
@@ -78,6 +93,26 @@ def test_cpu_decode_and_decode_auto():
     assert resolve_decode(_config(1), probe=lambda: "nvdec") == "nvdec"
     empty = _config(0)
     assert len(plan_ingest(empty, [], "nvdec", discover(H100_FULL))) == 1
+
+
+def test_decode_uses_the_gpus_inference_workers_get(monkeypatch):
+    import visionflow.gpu.discovery as discovery
+
+    real = discovery.discover
+    asked = []
+
+    def recorded(nvml=None, **kwargs):
+        asked.append(kwargs)
+        return real(THREE_GPUS, **kwargs)
+
+    monkeypatch.setattr(discovery, "discover", recorded)
+    cfg = _config(6, gpus=[MIG_B, 0])
+    groups = plan_ingest(cfg, cfg.streams, "nvdec")
+    assert asked == [{"gpus": [MIG_B, 0]}]
+    assert {dict(g.plan.env)["CUDA_VISIBLE_DEVICES"] for g in groups} == {MIG_B, H100_A}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES hides"):
+        plan_ingest(cfg, cfg.streams, "nvdec")
 
 
 def test_decoder_choice_rule():
