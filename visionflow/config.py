@@ -70,9 +70,17 @@ class ModelConfig(_Strict):
 
     path: str = Field(
         default=BUILTIN_DEMO_MODEL,
-        description="ONNX model file (YOLOv8/YOLO11 layout: input NCHW float, output "
-        "[N, 4+C, A]); 'builtin:demo' is the bundled demo detector. Relative paths are "
-        "resolved against the config file's folder.",
+        description="ONNX model file (input NCHW float; output [N, 4+C, A] as YOLOv8/YOLO11 "
+        "or NMS-free [N, K, 6] as YOLOv10/YOLO26, see output_layout); 'builtin:demo' is the "
+        "bundled demo detector. Relative paths are resolved against the config file's folder.",
+    )
+    output_layout: Literal["auto", "anchors", "end2end"] = Field(
+        default="auto",
+        description="How the model's output is read: 'anchors' [N, 4+C, A] (cx, cy, w, h and C "
+        "class scores per anchor, NMS by visionflow), 'end2end' [N, K, 6] (x1, y1, x2, y2, "
+        "score, class_id per row, already NMSed; the class count comes from class_names, the "
+        "sidecar or the ONNX metadata), 'auto': last dim 6 -> end2end, else anchors. Any "
+        "other output is rejected at start-up.",
     )
     input_size: tuple[int, int] | None = Field(
         default=None,

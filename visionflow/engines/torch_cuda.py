@@ -13,11 +13,12 @@ and a real option for GPUs without TensorRT.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +26,7 @@ import numpy.typing as npt
 from visionflow.engines.base import Detections, Engine, EngineInfo
 from visionflow.engines.config import TorchCudaConfig
 from visionflow.errors import EngineUnavailableError, ModelError
+from visionflow.pipeline.layouts import OutputLayout
 
 log = logging.getLogger("visionflow.engines.torch_cuda")
 
@@ -320,7 +322,7 @@ class TorchCudaEngine(Engine):
             import onnx
             import torch
             from onnx2torch import convert
-        except ImportError as exc:
+        except (ImportError, RuntimeError, OSError) as exc:
             raise EngineUnavailableError(
                 f"the torch-cuda backend needs torch (with CUDA), onnx and onnx2torch: {exc}"
             ) from exc
@@ -513,16 +515,22 @@ class TorchCudaEngine(Engine):
 
 
 def gpu_decode(
-    output: Any, conf_threshold: float, iou_threshold: float, max_detections: int
+    output: Any,
+    conf_threshold: float,
+    iou_threshold: float,
+    max_detections: int,
+    layout: OutputLayout = OutputLayout.ANCHORS,
 ) -> list[Detections]:
     """Decode ``[N, 4+C, A]`` on the GPU: best class, threshold, one class-aware NMS for the
-    whole batch (images kept apart by offsetting their class ids), one copy to the host."""
+    whole batch (images kept apart by offsetting their class ids), one copy to the host.
+
+    An ``end2end`` output ``[N, K, 6]`` is only thresholded and cut to ``max_detections``
+    per image on the GPU (:func:`_gpu_end_to_end`): the model already ran NMS."""
+    if layout is OutputLayout.END_TO_END:
+        return _gpu_end_to_end(output, conf_threshold, max_detections)
     import torch
 
-    try:
-        from torchvision.ops import batched_nms
-    except ImportError:  # pragma: no cover - torchvision is optional
-        batched_nms = _batched_nms
+    batched_nms = nms_function()
     n, channels = int(output.shape[0]), int(output.shape[1])
     with torch.inference_mode():
         out = output.float()
@@ -539,17 +547,57 @@ def gpu_decode(
             .cpu()
             .numpy()
         )
+    return split_rows(host, n, max_detections)  # NMS order: best score first
+
+
+def _gpu_end_to_end(output: Any, conf_threshold: float, max_detections: int) -> list[Detections]:
+    """``[N, K, 6]`` rows ``x1, y1, x2, y2, score, class_id``: keep ``score > conf_threshold``,
+    the first ``max_detections`` of them per image in the model's order (as
+    :func:`~visionflow.pipeline.postprocess.decode_end_to_end` and Ultralytics do)."""
+    import torch
+
+    n = int(output.shape[0])
+    with torch.inference_mode():
+        out = output.float()
+        passed = out[..., 4] > conf_threshold  # [N, K]
+        passed &= passed.cumsum(1) <= max_detections  # rank among the passing rows
+        image, row = passed.nonzero(as_tuple=True)
+        host = torch.cat([out[image, row], image[:, None].float()], 1).cpu().numpy()
+    return split_rows(host, n, max_detections)
+
+
+def split_rows(host: npt.NDArray[np.float32], n: int, max_detections: int) -> list[Detections]:
+    """Host rows ``x1, y1, x2, y2, score, class_id, image`` -> per image of ``n``, in row
+    order, at most ``max_detections`` each."""
     results: list[Detections] = []
     for i in range(n):
-        rows = host[host[:, 6] == i][:max_detections]  # NMS order: best score first
+        rows = host[host[:, 6] == i][:max_detections]
         results.append(
             (
                 rows[:, :4].astype(np.float32),
                 rows[:, 4].astype(np.float32),
-                rows[:, 5].astype(np.intp),
+                np.rint(rows[:, 5]).astype(np.intp),
             )
         )
     return results
+
+
+@functools.cache
+def nms_function() -> Callable[..., Any]:
+    """``torchvision.ops.batched_nms``, or :func:`_batched_nms` when torchvision cannot be
+    imported: missing (``ImportError``), or built for another torch, which raises
+    ``RuntimeError`` (e.g. "operator torchvision::nms does not exist") or ``OSError`` (its
+    C++ library does not load) at import.  Decided once per process, the reason logged once."""
+    try:
+        from torchvision.ops import batched_nms
+    except (ImportError, RuntimeError, OSError) as exc:
+        log.warning(
+            "torchvision unusable (%s: %s); GPU NMS uses visionflow's torch implementation",
+            type(exc).__name__,
+            exc,
+        )
+        return _batched_nms
+    return cast(Callable[..., Any], batched_nms)
 
 
 def _batched_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
