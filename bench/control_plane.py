@@ -105,7 +105,9 @@ def _stats(sid: str, frames: int) -> Any:
     from visionflow.streams.state import StreamState
     from visionflow.workers.messages import StreamStats
 
-    return StreamStats(sid, StreamState.STREAMING, 0.0, frames, 0, 0, 0, 0, None, time.time(), 1280, 720)
+    return StreamStats(
+        sid, StreamState.STREAMING, 0.0, frames, 0, 0, 0, 0, None, time.time(), 1280, 720
+    )
 
 
 def _empty_detections(n: int) -> list[Any]:
@@ -238,7 +240,9 @@ def legacy_worker_main(spec: Any, tasks: Any, outbox: Any, log_level: int) -> No
         if not isinstance(request, BatchRequest):
             continue
         n, now = len(request.frames), time.time()
-        results = tuple(FrameResult(f, (), 0.0, 0.0, n, spec.worker_id, now) for f in request.frames)
+        results = tuple(
+            FrameResult(f, (), 0.0, 0.0, n, spec.worker_id, now) for f in request.frames
+        )
         outbox.put(BatchResult(request.batch_id, spec.worker_id, results))
 
 
@@ -249,7 +253,9 @@ def run_legacy(args: argparse.Namespace) -> dict[str, Any]:
     publisher.RedisPublisher._write_status = lambda self: None  # type: ignore[attr-defined]
     supervisor.ingest_main = legacy_ingest_main  # type: ignore[attr-defined]
     supervisor.inference_main = legacy_worker_main  # type: ignore[attr-defined]
-    pipeline = supervisor.Pipeline(_config(args), "redis://127.0.0.1:1/0", log_level=logging.WARNING)
+    pipeline = supervisor.Pipeline(
+        _config(args), "redis://127.0.0.1:1/0", log_level=logging.WARNING
+    )
 
     def counted() -> int:
         with pipeline._lock:  # type: ignore[attr-defined]
@@ -317,7 +323,9 @@ def _child(impl: str, args: argparse.Namespace, legacy: Path | None) -> dict[str
     if legacy is not None:
         env["PYTHONPATH"] = f"{legacy}{os.pathsep}{env.get('PYTHONPATH', '')}"
     argv = [sys.executable, __file__, "--impl", impl, *_forward(args)]
-    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=args.seconds * 4 + 180)
+    out = subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=args.seconds * 4 + 180
+    )
     if out.returncode != 0:
         raise SystemExit(f"{impl} failed ({out.returncode}):\n{out.stderr[-4000:]}")
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -351,13 +359,37 @@ def main() -> None:
     legacy = _legacy_tree(args.legacy_rev)
     rows = {"legacy": _child("legacy", args, legacy), "new": _child("new", args, None)}
     ratio = {
-        "frames_per_s": round(rows["new"]["frames_per_s"] / max(rows["legacy"]["frames_per_s"], 1e-9), 2),
-        "cpu_us_per_frame": round(rows["new"]["cpu_us_per_frame"] / max(rows["legacy"]["cpu_us_per_frame"], 1e-9), 3),
+        "frames_per_s": round(
+            rows["new"]["frames_per_s"] / max(rows["legacy"]["frames_per_s"], 1e-9), 2
+        ),
+        "cpu_us_per_frame": round(
+            rows["new"]["cpu_us_per_frame"] / max(rows["legacy"]["cpu_us_per_frame"], 1e-9), 3
+        ),
     }
-    print(table([{"impl": k, **v} for k, v in rows.items()], ["impl", "frames_per_s", "cpu_us_per_frame", "scheduler_cpu_share", "frames", "seconds"]))
-    print(f"new / legacy: {ratio['frames_per_s']}x frames/s, {ratio['cpu_us_per_frame']}x CPU per frame")
-    params = {k: getattr(args, k) for k in ("seconds", "warmup", "streams", "ingest", "workers", "max_batch", "legacy_rev")}
-    path = write_result("control_plane", {"params": params, "results": rows, "ratio_new_vs_legacy": ratio})
+    print(
+        table(
+            [{"impl": k, **v} for k, v in rows.items()],
+            [
+                "impl",
+                "frames_per_s",
+                "cpu_us_per_frame",
+                "scheduler_cpu_share",
+                "frames",
+                "seconds",
+            ],
+        )
+    )
+    print(
+        f"new / legacy: {ratio['frames_per_s']}x frames/s, "
+        f"{ratio['cpu_us_per_frame']}x CPU per frame"
+    )
+    params = {
+        k: getattr(args, k)
+        for k in ("seconds", "warmup", "streams", "ingest", "workers", "max_batch", "legacy_rev")
+    }
+    path = write_result(
+        "control_plane", {"params": params, "results": rows, "ratio_new_vs_legacy": ratio}
+    )
     print(f"wrote {path.relative_to(ROOT)}")
     print(json.dumps({**rows["new"], "vs_legacy": ratio}))
 

@@ -261,7 +261,10 @@ def _latest(reader: redis.Redis, cfg: AppConfig) -> dict[str, str]:
 def render_status(status: PipelineStatus, latest: dict[str, str]) -> Group:
     """The status table: one row per stream, one per worker."""
     streams = Table(title=f"streams - model {status.model_id}", expand=False)
-    for col in ("stream", "state", "decode", "fps", "frames", "published", "drops", "last error"):
+    for col in (
+        "stream", "state", "decode", "fps", "frames", "published", "in flight", "drops",
+        "last error",
+    ):  # fmt: skip
         streams.add_column(col)
     if latest:
         streams.add_column("latest detections")
@@ -275,6 +278,7 @@ def render_status(status: PipelineStatus, latest: dict[str, str]) -> Group:
             f"{s.fps:.1f}",
             str(s.frames),
             str(s.published),
+            str(s.in_flight),
             drops,
             (s.last_error or "")[:60],
         ]
@@ -282,13 +286,23 @@ def render_status(status: PipelineStatus, latest: dict[str, str]) -> Group:
             row.append(latest.get(s.stream_id, ""))
         streams.add_row(*row)
     workers = Table(title="inference workers")
-    for col in ("worker", "state", "backend", "batches", "mean batch", "in flight", "restarts"):
+    for col in (
+        "worker",
+        "state",
+        "backend",
+        "placement",
+        "batches",
+        "mean batch",
+        "in flight",
+        "restarts",
+    ):
         workers.add_column(col)
     for w in status.workers:
         workers.add_row(
             str(w.worker_id),
             w.state,
             f"{w.backend} {w.device}",
+            w.placement or "-",
             str(w.batches),
             f"{w.mean_batch:.2f}",
             str(w.inflight),

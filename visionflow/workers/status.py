@@ -94,7 +94,6 @@ class WorkerStatus:
             "mean_batch": f"{self.mean_batch:.2f}",
             "restarts": str(self.restarts),
             "error": self.error or "",
-            "placement": self.placement,
         }
 
 

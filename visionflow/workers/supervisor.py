@@ -89,10 +89,13 @@ class Pipeline:
         self._ingest_streams: dict[int, list[StreamConfig]] = {}
         self._ingest_plans: dict[int, IngestPlan] = {}
         self._stream_process: dict[str, int] = {}
+        self._worker_labels: list[str] = []
         if worker_env is None and config.engine.backend != "onnxruntime":
-            from visionflow.gpu.placement import gpu_worker_envs
+            from visionflow.gpu.placement import plan_gpu_workers
 
-            worker_env = gpu_worker_envs(config.workers.workers_per_gpu)
+            placed = plan_gpu_workers(config.workers.workers_per_gpu, config.workers.gpus)
+            worker_env = [p.env for p in placed]
+            self._worker_labels = [p.label for p in placed]
         self._worker_env = worker_env or []
         self.loop = SchedulerLoop(
             self.scheduler, self._sched_q, self.pools, self._send, self._broadcast, self._tick
@@ -194,7 +197,9 @@ class Pipeline:
     def _add_worker(self, worker_id: int) -> None:
         self.scheduler.add_worker(worker_id, self.config.batching.max_inflight_per_worker)
         env = self._worker_env[worker_id] if worker_id < len(self._worker_env) else {}
-        self.board.worker(worker_id).placement = env.get("CUDA_VISIBLE_DEVICES", "")
+        labels = self._worker_labels
+        placement = labels[worker_id] if worker_id < len(labels) else ""
+        self.board.worker(worker_id).placement = placement or env.get("CUDA_VISIBLE_DEVICES", "")
         self.group.add(
             f"inference-{worker_id}",
             lambda r: self._spawn_worker(worker_id, env),

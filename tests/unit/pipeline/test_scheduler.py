@@ -54,7 +54,10 @@ def test_every_frame_is_resolved_exactly_once():
         s.on_done(send.request.batch_id, 0, 1.0, None)
     snap = s.ledger.snapshot("a")
     assert (snap.announced, snap.inferred, snap.drops, snap.in_flight) == (
-        5, 2, {"inference_behind": 3}, 0,
+        5,
+        2,
+        {"inference_behind": 3},
+        0,
     )
     assert s.ledger.violations == 0
     s.on_done(sends[0].request.batch_id, 0, 1.0, None)  # a duplicate answer frees nothing
@@ -106,7 +109,7 @@ def test_inference_errors_are_drops_and_removal_resolves_waiting_frames():
 
 
 def test_round_robin_keeps_a_slow_stream_in_every_batch():
-    s, clock = make(max_batch=4, buffer=8)
+    s, _ = make(max_batch=4, buffer=8)
     for sid in ("busy", "slow"):
         s.add_stream(sid)
     s.on_frames(frames("busy", range(8)) + frames("slow", range(1)))

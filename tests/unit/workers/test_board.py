@@ -21,7 +21,9 @@ def test_frames_equal_published_plus_drops_plus_in_flight():
     board = StatusBoard("m")
     board.add_stream(StreamConfig(id="a", url="rtsp://u:secret@cam/1"))
     board.apply(IngestHeartbeat(0, time.time(), (stats(100, backpressure=3),)))
-    board.apply(OutputStats(time.time(), (("a", 80),), (("a", "redis_unavailable", 2),), 0, True, None))
+    board.apply(
+        OutputStats(time.time(), (("a", 80),), (("a", "redis_unavailable", 2),), 0, True, None)
+    )
     ledger = {"a": LedgerSnapshot(100, 85, {"inference_behind": 10}, 5)}
     s = board.snapshot(ledger, {}).stream("a")
     assert (s.frames, s.published, s.total_drops, s.in_flight) == (103, 80, 15, 8)

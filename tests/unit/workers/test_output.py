@@ -76,7 +76,9 @@ def test_redis_sink_counts_are_the_stages_published_counts(redis_server, redis_c
     try:
         stage.on_result(batch(1, "a", range(5)))
         stage.on_result(batch(2, "b", range(3)))
-        wait_until(lambda: stage.stats().published == (("a", 5), ("b", 3)), 10, lambda: f"{stage.stats()}")
+        wait_until(
+            lambda: stage.stats().published == (("a", 5), ("b", 3)), 10, lambda: f"{stage.stats()}"
+        )
     finally:
         stage.stop(5)
     rows = [parse_entry(i, f) for i, f in redis_client.xrange(detections_key(key_prefix, "a"))]
