@@ -30,6 +30,9 @@ class StreamStatus:
     width: int | None
     height: int | None
     decode: str = "cpu"  # decoder and where frames go: "cpu", "nvdec/device", "dali/host"...
+    analysis_fps: float = 0.0  # frames used (announced) per second, measured in ingest
+    decode_mode: str = "all"  # skip mode: "all", "nonref" (B-frames skipped), "nonkey"
+    skipped_analysis: int = 0  # decoded frames not used (analysis_fps / fair share)
 
     @property
     def total_drops(self) -> int:
@@ -51,6 +54,9 @@ class StreamStatus:
             "width": "" if self.width is None else str(self.width),
             "height": "" if self.height is None else str(self.height),
             "decode": self.decode,
+            "analysis_fps": f"{self.analysis_fps:.2f}",
+            "decode_mode": self.decode_mode,
+            "skipped_analysis": str(self.skipped_analysis),
             "url": self.url,
             "labels": json.dumps(self.labels, sort_keys=True),
             "updated_ts": f"{time.time():.3f}",
