@@ -210,6 +210,8 @@ class VideoSource:
         codec = video.codec_context
         frames = list(codec.decode(None))
         codec.flush_buffers()
+        for frame in frames:  # frames drained from the codec carry no time base of their own
+            frame.time_base = video.time_base
         return frames
 
     def _decode_packet(self, packet: Any) -> list[Any]:

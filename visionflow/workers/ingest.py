@@ -90,7 +90,7 @@ class StreamReader:
         )
         self.seq = -1
         self.frames = self.skipped = self.backpressure = self.reconnects = 0
-        self.decode_errors = self.skipped_analysis = 0
+        self.decode_errors = self.skipped_analysis = self._shed_packets = 0
         self.last_error: str | None = None
         self.last_frame_ts: float | None = None
         self.size: tuple[int, int] | None = None
@@ -190,7 +190,10 @@ class StreamReader:
         self.shed.set_share(fps)
 
     def _deliver(self, decoded: DecodedFrame) -> None:
-        self.seq += 1
+        # seq numbers source frames: packets the shedding policy kept from the decoder count
+        shed_packets = self.shed.packets_skipped
+        self.seq += 1 + shed_packets - self._shed_packets
+        self._shed_packets = shed_packets
         if not decoded.used:  # shed by analysis_fps / the fair share: never letterboxed
             self.skipped_analysis += 1
             return
@@ -261,7 +264,7 @@ class StreamReader:
             height=self.size[1] if self.size else None,
             analysis_fps=round(shed.analysis_fps, 2),
             decode_mode=shed.mode,
-            skipped_analysis=self.skipped_analysis,
+            skipped_analysis=self.skipped_analysis + shed.packets_skipped,
             source_fps=None if shed.source_fps is None else round(shed.source_fps, 2),
             target_fps=shed.target_fps,
         )

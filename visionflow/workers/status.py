@@ -32,7 +32,7 @@ class StreamStatus:
     decode: str = "cpu"  # decoder and where frames go: "cpu", "nvdec/device", "dali/host"...
     analysis_fps: float = 0.0  # frames used (announced) per second, measured in ingest
     decode_mode: str = "all"  # skip mode: "all", "nonref" (B-frames skipped), "nonkey"
-    skipped_analysis: int = 0  # decoded frames not used (analysis_fps / fair share)
+    skipped_analysis: int = 0  # frames not analysed: not decoded, or decoded and not used
 
     @property
     def total_drops(self) -> int:
