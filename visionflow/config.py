@@ -236,6 +236,13 @@ class SourceConfig(_Strict):
     decode_threads: int = Field(
         default=0, ge=0, le=64, description="Decoder threads per stream; 0: let FFmpeg choose."
     )
+    shed_load: bool = Field(
+        default=True,
+        description="Shed load before decode (CPU decoder): below a stream's frame rate "
+        "(analysis_fps or its fair share under overload) decode only keyframes or skip "
+        "B-frames and the unused rest of each GOP. False: decode every frame and only "
+        "discard unused frames after decode (the decode-everything baseline).",
+    )
 
 
 class AppConfig(_Strict):

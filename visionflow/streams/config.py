@@ -33,7 +33,22 @@ class StreamConfig(BaseModel):
         default=None,
         gt=0,
         le=240,
-        description="Deliver at most this many frames per second; extra frames are skipped.",
+        description="Hard ceiling applied after decode: at most this many frames per second "
+        "are delivered, the rest are decoded and skipped (counted as skipped_fps_cap). "
+        "Prefer analysis_fps, which also avoids decoding frames it will not use.",
+    )
+    analysis_fps: float | None = Field(
+        default=None,
+        gt=0,
+        le=240,
+        description="Frames per second to analyse (like Frigate's detect fps); empty: every "
+        "frame. Frames are kept evenly by presentation time and load is shed before decode "
+        "where the decoder allows: only keyframes are decoded when the target is at most "
+        "~1.2x the keyframe rate, B-frames are skipped when that suffices, and the rest of a "
+        "GOP is not decoded once none of its frames will be used; frames decoded but not "
+        "used skip the letterbox (counted as skipped_analysis, not as drops). Under "
+        "overload the scheduler's fair share lowers the target further. Applied before "
+        "fps_cap, which stays a ceiling after decode.",
     )
     loop: bool = Field(
         default=False, description="Local files only: start again at the end instead of stopping."

@@ -94,6 +94,7 @@ class DaliSource(VideoSource):
 
     gpu = 0
     pace_packets = True  # a file read in real time must feed packets like a camera
+    supports_skip = False  # whole GOPs are remuxed and decoded; only "used or not" applies
 
     def open(self) -> None:
         super().open()

@@ -30,6 +30,7 @@ class NvdecSource(VideoSource):
     """A :class:`VideoSource` whose frames are decoded by NVDEC on GPU ``gpu``."""
 
     gpu = 0
+    supports_skip = False  # NVDEC gets every packet; only the "used or not" gate applies
 
     def open(self) -> None:
         super().open()

@@ -10,6 +10,7 @@ URL's password.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import threading
 import time
@@ -29,6 +30,7 @@ from visionflow.errors import (
 )
 from visionflow.pipeline.letterbox import scale_frame_into
 from visionflow.streams.config import StreamConfig
+from visionflow.streams.shedding import SKIP_FRAME, DecodeMode, ShedPolicy
 from visionflow.streams.urls import redact_text
 
 MAX_CONSECUTIVE_DECODE_ERRORS = 30
@@ -43,6 +45,7 @@ class DecodedFrame:
     decode_ms: float
     width: int
     height: int
+    used: bool = True  # False: the shedding policy discards it (no letterbox, not announced)
 
 
 class VideoSource:
@@ -52,6 +55,11 @@ class VideoSource:
     pace_packets = False
     #: the network input size ``(width, height)``, for sources that letterbox while decoding
     target_size: tuple[int, int] | None = None
+    #: FFmpeg's skip_frame modes and packet gating apply (PyAV on the CPU); GPU decoders
+    #: get every packet and only the "used or not" gate of the shedding policy
+    supports_skip = True
+    #: the stream's load-shedding policy (set by its reader); None: every frame is used
+    shed: ShedPolicy | None = None
 
     def __init__(self, stream: StreamConfig, policy: SourceConfig, stop: threading.Event) -> None:
         self.stream = stream
@@ -60,6 +68,7 @@ class VideoSource:
         self._container: Any = None
         self.decode_errors = 0
         self._last_frame = time.monotonic()
+        self._mode: DecodeMode = "all"  # the skip mode the open codec context is in
 
     # ---- opening ----------------------------------------------------------------
     def _target(self) -> str:
@@ -143,10 +152,20 @@ class VideoSource:
         pace = self.stream.is_file and self.stream.realtime and not self.pace_packets
         start, count = time.monotonic(), 0
         self._last_frame = time.monotonic()
+        shed = self.shed
+        if shed is not None:
+            shed.reset()
+        self._mode = "all"
         for packet in self._demux(video):
+            if shed is not None and not self._gate(shed, packet, video):
+                count += pace  # the skipped frame's time still passes
+                # the source is alive: not decoding on purpose is not silence for the watchdog
+                self._last_frame = time.monotonic()
+                continue
             t0 = time.perf_counter()
             try:
                 decoded = self._decode_packet(packet)
+                decoded += self._drain(video)
             except av.InvalidDataError as exc:
                 self.decode_errors += 1
                 if self.decode_errors >= MAX_CONSECUTIVE_DECODE_ERRORS:
@@ -161,12 +180,39 @@ class VideoSource:
                     if (wait := due - time.monotonic()) > 0 and self._stop.wait(wait):
                         return
                 self._last_frame = time.monotonic()
-                yield self._wrap(frame, packet, decode_ms)
+                wrapped = self._wrap(frame, packet, decode_ms)
+                if shed is not None and not shed.frame(wrapped.pts, _is_b_frame(frame)):
+                    wrapped = dataclasses.replace(wrapped, used=False)
+                yield wrapped
                 # time the consumer kept us (a lossless file waiting for a free slot) is not
                 # source silence: the watchdog restarts after it
                 self._last_frame = time.monotonic()
             if self._stop.is_set():
                 return
+
+    def _gate(self, shed: ShedPolicy, packet: Any, video: Any) -> bool:
+        """Ask the shedding policy whether to decode ``packet``; apply its decode mode."""
+        if packet.size == 0 and packet.dts is None:
+            return True  # the final flush: frames still inside the decoder come out
+        pts = float(packet.pts * packet.time_base) if packet.pts is not None else None
+        decode = shed.packet(pts, bool(packet.is_keyframe))
+        if decode and shed.mode != self._mode:
+            if self.supports_skip:
+                video.codec_context.skip_frame = SKIP_FRAME[shed.mode]
+            self._mode = shed.mode
+        return decode
+
+    def _drain(self, video: Any) -> list[Any]:
+        """Keyframes only: take the frame out now instead of after the decoder's frame-thread
+        delay (several keyframes, i.e. seconds); the decoder is then ready for the next one."""
+        if not self.supports_skip or self._mode != "nonkey":
+            return []
+        codec = video.codec_context
+        frames = list(codec.decode(None))
+        codec.flush_buffers()
+        for frame in frames:  # frames drained from the codec carry no time base of their own
+            frame.time_base = video.time_base
+        return frames
 
     def _decode_packet(self, packet: Any) -> list[Any]:
         """Decode one demuxed packet (PyAV, on the CPU)."""
@@ -217,6 +263,11 @@ class VideoSource:
         if self.stream.is_file:
             raise SourceEndedError(f"{self.stream.safe_url}: end of file")
         raise SourceOpenError(f"{self.stream.safe_url}: stream ended by the server")
+
+
+def _is_b_frame(frame: Any) -> bool:
+    """True for a PyAV B-frame (other decoders' frames: False)."""
+    return getattr(getattr(frame, "pict_type", None), "name", "") == "B"
 
 
 def classify(exc: SourceError) -> str:

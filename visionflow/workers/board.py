@@ -146,6 +146,16 @@ class StatusBoard:
                     view.fps = instant if view.fps == 0 else 0.7 * view.fps + 0.3 * instant
             view.last_frames = (beat.ts, stats.frames)
 
+    def demand(self) -> dict[str, float | None]:
+        """Per streaming stream, the frames per second it would send unlimited (its measured
+        source rate; None while unknown)."""
+        with self._lock:
+            return {
+                sid: v.stats.source_fps if v.stats else None
+                for sid, v in self.streams.items()
+                if v.state is StreamState.STREAMING
+            }
+
     def transitions(self, stream_id: str) -> list[StateChanged]:
         with self._lock:
             view = self.streams.get(stream_id)
@@ -207,6 +217,9 @@ class StatusBoard:
             height=stats.height if stats else None,
             decode=view.decode,
             in_flight=max(0, frames - published - sum(drops.values())),
+            analysis_fps=stats.analysis_fps if stats else 0.0,
+            decode_mode=stats.decode_mode if stats else "all",
+            skipped_analysis=stats.skipped_analysis if stats else 0,
         )
 
     @staticmethod

@@ -28,6 +28,7 @@ from visionflow.pipeline.letterbox import letterbox_geometry
 from visionflow.streams.backoff import Backoff
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.nvdec import NvdecSource
+from visionflow.streams.shedding import ShedPolicy
 from visionflow.streams.sources import DecodedFrame, VideoSource
 from visionflow.streams.state import StreamState, StreamStateMachine, Transition
 from visionflow.streams.urls import redact_text
@@ -38,6 +39,7 @@ from visionflow.workers.messages import (
     IngestHeartbeat,
     PoolClosed,
     RemoveStream,
+    SetAnalysisRates,
     StateChanged,
     StreamStats,
 )
@@ -137,7 +139,7 @@ class StreamReader:
         )
         self.seq = -1
         self.frames = self.skipped = self.backpressure = self.reconnects = 0
-        self.decode_errors = 0
+        self.decode_errors = self.skipped_analysis = self._shed_packets = 0
         self.last_error: str | None = None
         self.last_frame_ts: float | None = None
         self.size: tuple[int, int] | None = None
@@ -145,6 +147,10 @@ class StreamReader:
         self._next_allowed = 0.0
         self.source = make_source(stream, policy, self.stop_event, decode)
         self.source.target_size = (pool.width, pool.height)
+        self.shed = ShedPolicy(
+            stream.analysis_fps, skip_modes=policy.shed_load and self.source.supports_skip
+        )
+        self.source.shed = self.shed
         self.thread = threading.Thread(target=self.run, name=f"stream-{stream.id}", daemon=True)
 
     # ---- life cycle ----------------------------------------------------------------
@@ -226,8 +232,20 @@ class StreamReader:
         log.warning("stream %s: %s", self.stream.id, self.last_error)
 
     # ---- frames ----------------------------------------------------------------------
+    def set_share(self, fps: float | None) -> None:
+        """This stream's fair share of inference (frames/s; None: no limit), from the
+        scheduler's :class:`visionflow.workers.messages.SetAnalysisRates`.  The reader sheds
+        down to ``min(analysis_fps, share)`` before decode; safe to call from any thread."""
+        self.shed.set_share(fps)
+
     def _deliver(self, decoded: DecodedFrame) -> None:
-        self.seq += 1
+        # seq numbers source frames: packets the shedding policy kept from the decoder count
+        shed_packets = self.shed.packets_skipped
+        self.seq += 1 + shed_packets - self._shed_packets
+        self._shed_packets = shed_packets
+        if not decoded.used:  # shed by analysis_fps / the fair share: never letterboxed
+            self.skipped_analysis += 1
+            return
         now = time.time()
         cap = self.stream.fps_cap
         if cap is not None:
@@ -279,6 +297,7 @@ class StreamReader:
         return lb
 
     def stats(self) -> StreamStats:
+        shed = self.shed.snapshot()
         return StreamStats(
             stream_id=self.stream.id,
             state=self.machine.state,
@@ -292,6 +311,11 @@ class StreamReader:
             last_frame_ts=self.last_frame_ts,
             width=self.size[0] if self.size else None,
             height=self.size[1] if self.size else None,
+            analysis_fps=round(shed.analysis_fps, 2),
+            decode_mode=shed.mode,
+            skipped_analysis=self.skipped_analysis + shed.packets_skipped,
+            source_fps=None if shed.source_fps is None else round(shed.source_fps, 2),
+            target_fps=shed.target_fps,
         )
 
 
@@ -367,6 +391,11 @@ class IngestProcess:
                 self.add(command.stream)
             elif isinstance(command, RemoveStream):
                 self.remove(command.stream_id)
+            elif isinstance(command, SetAnalysisRates):
+                for stream_id, fps in command.rates:
+                    reader = self.readers.get(stream_id)
+                    if reader is not None:
+                        reader.set_share(fps)
         for stream_id in list(self.readers):
             self.remove(stream_id)
         self.announcer.stop()

@@ -26,6 +26,11 @@ class StreamStats:
     last_frame_ts: float | None
     width: int | None
     height: int | None
+    analysis_fps: float = 0.0  # frames used (announced) per second, measured
+    decode_mode: str = "all"  # "all", "nonref" or "nonkey" (visionflow.streams.shedding)
+    skipped_analysis: int = 0  # frames not analysed: not decoded, or decoded and not used
+    source_fps: float | None = None  # the source's frame rate, measured from packets
+    target_fps: float | None = None  # min(analysis_fps, fair share); None: every frame
 
 
 @dataclass(frozen=True)
@@ -126,3 +131,12 @@ class OutputStats:
     connected: bool
     last_error: str | None
     final: bool = False
+
+
+@dataclass(frozen=True)
+class SetAnalysisRates:
+    """Command to an ingest process: each stream's fair share of inference, in frames per
+    second (``None``: no limit), from :class:`visionflow.pipeline.share.FairShareController`;
+    applied with :meth:`visionflow.workers.ingest.StreamReader.set_share`."""
+
+    rates: tuple[tuple[str, float | None], ...]

@@ -31,6 +31,9 @@ class StreamStatus:
     height: int | None
     decode: str = "cpu"  # decoder and where frames go: "cpu", "nvdec/device", "dali/host"...
     in_flight: int = 0  # frames decoded but neither published nor dropped yet
+    analysis_fps: float = 0.0  # frames used (announced) per second, measured in ingest
+    decode_mode: str = "all"  # skip mode: "all", "nonref" (B-frames skipped), "nonkey"
+    skipped_analysis: int = 0  # frames not analysed: not decoded, or decoded and not used
 
     @property
     def accounted(self) -> bool:
@@ -58,6 +61,9 @@ class StreamStatus:
             "width": "" if self.width is None else str(self.width),
             "height": "" if self.height is None else str(self.height),
             "decode": self.decode,
+            "analysis_fps": f"{self.analysis_fps:.2f}",
+            "decode_mode": self.decode_mode,
+            "skipped_analysis": str(self.skipped_analysis),
             "url": self.url,
             "labels": json.dumps(self.labels, sort_keys=True),
             "updated_ts": f"{time.time():.3f}",

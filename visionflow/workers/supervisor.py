@@ -33,6 +33,7 @@ from visionflow.pipeline.scheduler import Scheduler, Send
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.state import StreamState
 from visionflow.workers.board import RedisStatusWriter, StatusBoard, WorkerLoadView
+from visionflow.workers.governor import ShareGovernor
 from visionflow.workers.inference import WorkerQueues, WorkerSpec, inference_main
 from visionflow.workers.ingest import IngestPlan, IngestQueues, IngestSpec, ingest_main
 from visionflow.workers.messages import (
@@ -40,6 +41,7 @@ from visionflow.workers.messages import (
     BatchAbandoned,
     IngestHeartbeat,
     RemoveStream,
+    SetAnalysisRates,
     StateChanged,
     WorkerFailed,
     WorkerReady,
@@ -100,6 +102,7 @@ class Pipeline:
         self.loop = SchedulerLoop(
             self.scheduler, self._sched_q, self.pools, self._send, self._broadcast, self._tick
         )
+        self.governor = ShareGovernor() if config.source.shed_load else None
         self.status_writer = RedisStatusWriter(config.redis, redis_url, self.status)
         self._stop_board = threading.Event()
         self._board_thread = threading.Thread(target=self._board_loop, name="board", daemon=True)
@@ -310,6 +313,22 @@ class Pipeline:
     def _tick(self) -> None:
         with self.loop.lock:
             self.group.check()
+            if self.governor is None:
+                return
+            self.governor.sample(not self.scheduler.dispatcher.has_capacity())
+            changed = self.governor.step(self.scheduler.ledger.snapshots(), self.board.demand())
+        if changed:
+            self._send_rates(changed)
+
+    def _send_rates(self, rates: dict[str, float | None]) -> None:
+        """Each ingest process gets its own streams' new targets (fair shares)."""
+        by_process: dict[int, list[tuple[str, float | None]]] = {}
+        for sid, fps in rates.items():
+            index = self._stream_process.get(sid)
+            if index is not None:
+                by_process.setdefault(index, []).append((sid, fps))
+        for index, items in by_process.items():
+            self._commands[index].put(SetAnalysisRates(tuple(items)))
 
     @staticmethod
     def _unlink_pools(names: list[str]) -> None:

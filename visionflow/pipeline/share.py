@@ -1,0 +1,132 @@
+"""Fair shares of inference capacity under overload (max-min fair, AIMD on the capacity).
+
+Every control interval the scheduler reports, per stream, the frames it announced per second,
+its ``inference_behind`` drops per second and (when known) what the stream would send without
+a limit (its source rate, capped by its own ``analysis_fps``); plus whether the inference
+workers are saturated.  :meth:`FairShareController.update` returns each stream's target fps
+(``None``: no limit), which the ingest process applies with
+:meth:`visionflow.workers.ingest.StreamReader.set_share` so that frames the pipeline cannot
+serve are shed *before* decode instead of being dropped after it.
+
+- **Capacity estimate** ``C`` (frames/s the workers can serve), AIMD: overloaded (drops or
+  saturated) -> ``C = beta * min(C, served)``, where ``served`` is what got through;
+  otherwise, while some stream is held below its demand, ``C += alpha * C`` (probing for
+  more); when no stream has been limited for ``release_after`` intervals the limit is
+  released (``None`` everywhere).
+- **Max-min fair split** of ``C``: streams that ask for less than an equal share keep what
+  they ask; the rest split what is left equally (round-robin by stream, like the batcher).
+  Every stream's target is the water level ``L`` (``sum(min(demand, L)) == C``), so a
+  stream asking less than ``L`` is not held by it.
+- **Floor**: no stream is given less than ``floor_fps``.
+
+Pure: no processes, no I/O; time comes from the injected clock (only used for ``age``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StreamLoad:
+    """One stream over the last control interval."""
+
+    stream_id: str
+    offered_fps: float  # frames announced (letterboxed, sent to the scheduler) per second
+    dropped_fps: float = 0.0  # of those, dropped as inference_behind per second
+    demand_fps: float | None = None  # what it would send unlimited (source fps / analysis_fps)
+
+
+def water_level(capacity: float, demands: Mapping[str, float]) -> float:
+    """The max-min fair level ``L``: ``sum(min(d, L)) == capacity``; ``inf`` when every
+    demand fits (``inf`` demands take whatever they get)."""
+    left = max(capacity, 0.0)
+    pending = sorted(demands.values())
+    while pending:
+        equal = left / len(pending)
+        if pending[0] > equal:
+            return equal
+        left -= pending.pop(0)
+    return math.inf
+
+
+def max_min_fair(capacity: float, demands: Mapping[str, float]) -> dict[str, float]:
+    """Split ``capacity`` max-min fairly: streams asking less than an equal share keep what
+    they ask, the others split the rest equally."""
+    level = water_level(capacity, demands)
+    return {sid: min(d, level) for sid, d in demands.items()}
+
+
+class FairShareController:
+    """Per-stream target fps from overload signals (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        floor_fps: float = 0.2,
+        beta: float = 0.9,
+        alpha: float = 0.05,
+        release_after: int = 5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0 < beta < 1:
+            raise ValueError(f"beta must be in (0, 1), got {beta}")
+        self.floor_fps, self.beta, self.alpha = floor_fps, beta, alpha
+        self.release_after = release_after
+        self._clock = clock
+        self.capacity: float | None = None  # None: not limiting
+        self.targets: dict[str, float | None] = {}
+        self._calm = 0
+        self.updated_at: float | None = None
+
+    @property
+    def limiting(self) -> bool:
+        return self.capacity is not None
+
+    def update(self, loads: Sequence[StreamLoad], saturated: bool) -> dict[str, float | None]:
+        """One control step; returns every stream's target fps (None: no limit)."""
+        self.updated_at = self._clock()
+        if not loads:
+            self.capacity, self.targets = None, {}
+            return {}
+        served = sum(max(0.0, s.offered_fps - s.dropped_fps) for s in loads)
+        overloaded = saturated or any(s.dropped_fps > 0 for s in loads)
+        demands = {s.stream_id: self._demand(s) for s in loads}
+        floor_total = self.floor_fps * len(loads)
+        if overloaded:
+            base = served if self.capacity is None else min(self.capacity, served)
+            self.capacity = max(floor_total, self.beta * base)
+            self._calm = 0
+        elif self.capacity is not None:
+            limited = any(
+                demands[s.stream_id] > (self.targets.get(s.stream_id) or math.inf) * 1.05
+                for s in loads
+            )
+            if limited:
+                self._calm = 0
+                self.capacity += self.alpha * self.capacity
+            else:
+                self._calm += 1
+                if self._calm >= self.release_after:
+                    self.capacity = None
+        if self.capacity is None:
+            self.targets = {s.stream_id: None for s in loads}
+        else:
+            # every stream is capped at the water level: those asking less are not held by it
+            level = water_level(self.capacity, demands)
+            limit = None if math.isinf(level) else max(self.floor_fps, level)
+            self.targets = {s.stream_id: limit for s in loads}
+        return dict(self.targets)
+
+    def _demand(self, load: StreamLoad) -> float:
+        """What the stream would take: its declared demand, or what it offers when it does
+        not use its current target (it is not limited by us), else unbounded."""
+        if load.demand_fps is not None:
+            return load.demand_fps
+        target = self.targets.get(load.stream_id)
+        if target is not None and load.offered_fps < 0.8 * target:
+            return load.offered_fps
+        return math.inf

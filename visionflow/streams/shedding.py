@@ -1,0 +1,269 @@
+"""Load shedding before decode: which packets to decode and which decoded frames to use.
+
+A stream's *analysis target* is ``min(analysis_fps, share)``: the user's per-stream
+``analysis_fps`` and the fair share the scheduler hands out under overload
+(:class:`visionflow.pipeline.share.FairShareController`).  Below the source's frame rate the
+policy stops paying for frames that would be thrown away:
+
+- **mode** (FFmpeg's ``skip_frame`` on the open codec context), chosen at keyframes:
+
+  ======== =========== ================================================================
+  mode     skip_frame  when
+  ======== =========== ================================================================
+  nonkey   ``NONKEY``  target <= keyframe rate x ``key_margin``: only keyframes are
+                       decoded (and only those the token bucket will use are fed at all)
+  nonref   ``NONREF``  the stream has B-frames and target <= the rate of reference frames
+  all      ``DEFAULT`` otherwise
+  ======== =========== ================================================================
+
+  A mode is left only when the target has moved ``hysteresis`` beyond the threshold that
+  selected it, and never sooner than ``min_dwell_s`` after the last change, so modes do not
+  flap while the fair share settles.
+- **GOP prefix**: in ``all``/``nonref`` the rest of a GOP is not fed to the decoder once the
+  token bucket says none of its remaining frames will be used (they would only serve as
+  references for frames nobody looks at); decoding resumes at the next keyframe.
+- **used or not**: a token bucket on presentation time keeps frames evenly spread at the
+  target rate; frames it does not keep are discarded before the RGB conversion and letterbox.
+
+Times are media seconds (pts) when the source has them, else the injected clock, so a file
+read faster than real time is thinned in video time.  Decoders without skip modes (NVDEC,
+DALI) use the policy with ``skip_modes=False``: every packet is decoded and only the
+"used or not" gate applies.
+
+The policy is pure (no I/O, injected clock) and runs on the stream's reader thread;
+:meth:`ShedPolicy.set_share` may be called from another thread (a float assignment).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+DecodeMode = Literal["all", "nonref", "nonkey"]
+
+#: FFmpeg ``skip_frame`` value (PyAV ``codec_context.skip_frame``) for each mode
+SKIP_FRAME: dict[DecodeMode, str] = {"all": "DEFAULT", "nonref": "NONREF", "nonkey": "NONKEY"}
+
+_PACKET_WINDOW = 64  # packets used to measure the source's frame rate
+_KEY_WINDOW = 5  # keyframes used to measure the keyframe rate
+_JUMP_S = 10.0  # a pts jump (or step back) larger than this restarts the measurements
+
+
+@dataclass(frozen=True)
+class ShedSnapshot:
+    """What the policy is doing, for status."""
+
+    mode: DecodeMode
+    target_fps: float | None
+    source_fps: float | None
+    key_rate: float | None
+    analysis_fps: float  # frames used per clock second, measured
+    used: int
+    skipped: int  # decoded, not used (discarded before letterbox)
+    packets_skipped: int  # never given to the decoder
+
+
+class ShedPolicy:
+    """Per-stream decode mode, packet gate and frame gate (see the module docstring)."""
+
+    def __init__(
+        self,
+        analysis_fps: float | None = None,
+        *,
+        skip_modes: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        key_margin: float = 1.2,
+        hysteresis: float = 0.25,
+        min_dwell_s: float = 2.0,
+        window_s: float = 5.0,
+    ) -> None:
+        if analysis_fps is not None and analysis_fps <= 0:
+            raise ValueError(f"analysis_fps must be > 0, got {analysis_fps}")
+        self.analysis_fps = analysis_fps
+        self.skip_modes = skip_modes
+        self._clock = clock
+        self.key_margin, self.hysteresis = key_margin, hysteresis
+        self.min_dwell_s, self.window_s = min_dwell_s, window_s
+        self._share: float | None = None
+        self.mode: DecodeMode = "all"
+        self._mode_since = clock()
+        self.used = self.skipped = self.packets_skipped = 0
+        self._used_at: deque[float] = deque(maxlen=4096)
+        self._started = clock()
+        self.reset()
+
+    # ---- inputs ------------------------------------------------------------------
+    def set_share(self, fps: float | None) -> None:
+        """The scheduler's fair share for this stream (None: no limit)."""
+        if fps is not None and fps <= 0:
+            raise ValueError(f"share must be > 0, got {fps}")
+        self._share = fps
+
+    @property
+    def target(self) -> float | None:
+        """Frames per second to analyse: ``min(analysis_fps, share)``; None: every frame."""
+        values = [v for v in (self.analysis_fps, self._share) if v is not None]
+        return min(values) if values else None
+
+    def reset(self) -> None:
+        """Forget the source's timing (a new session, a loop, a pts discontinuity)."""
+        self._packets: deque[float] = deque(maxlen=_PACKET_WINDOW)
+        self._keys: deque[float] = deque(maxlen=_KEY_WINDOW)
+        self._frames_seen = self._b_frames = 0
+        self._last_t: float | None = None
+        self._offset: float | None = None
+        self._next_due: float | None = None
+        self._gop_open = True
+
+    # ---- measurements ------------------------------------------------------------
+    def _time(self, pts: float | None) -> float:
+        now = self._clock()
+        if pts is not None:
+            self._offset = now - pts
+            return pts
+        if self._offset is None:
+            self._offset = now
+        return now - self._offset
+
+    @property
+    def source_fps(self) -> float | None:
+        """Packets (= frames) per media second over the last packets; None until known."""
+        p = self._packets
+        if len(p) < 8 or p[-1] <= p[0]:
+            return None
+        return (len(p) - 1) / (p[-1] - p[0])
+
+    @property
+    def key_rate(self) -> float | None:
+        """Keyframes per media second; None until two keyframes were seen."""
+        k = self._keys
+        if len(k) < 2 or k[-1] <= k[0]:
+            return None
+        return (len(k) - 1) / (k[-1] - k[0])
+
+    @property
+    def b_fraction(self) -> float:
+        """Share of B-frames among frames decoded in mode ``all`` (0 until seen)."""
+        return self._b_frames / self._frames_seen if self._frames_seen else 0.0
+
+    def effective_fps(self) -> float:
+        """Frames used per clock second over the last ``window_s``."""
+        now = self._clock()
+        cutoff = now - self.window_s
+        used = sum(1 for t in list(self._used_at) if t >= cutoff)  # read-only: any thread
+        span = min(self.window_s, now - self._started)
+        return used / span if span > 0 else 0.0
+
+    def _expire(self, now: float) -> None:  # reader thread only
+        while self._used_at and self._used_at[0] < now - self.window_s:
+            self._used_at.popleft()
+
+    # ---- mode --------------------------------------------------------------------
+    def desired_mode(self) -> DecodeMode:
+        """The mode the current target and measurements call for, with hysteresis."""
+        target, src = self.target, self.source_fps
+        if not self.skip_modes or target is None or src is None or target >= src:
+            return "all"
+        keys = self.key_rate
+        if keys is not None:
+            limit = keys * self.key_margin * (1 + self.hysteresis if self.mode == "nonkey" else 1)
+            if target <= limit:
+                return "nonkey"
+        b = self.b_fraction
+        if b > 0.05:
+            limit = src * (1 - b) / (1 + self.hysteresis if self.mode != "nonref" else 1)
+            if target <= limit:
+                return "nonref"
+        return "all"
+
+    def _switch_mode(self) -> None:
+        now = self._clock()
+        if now - self._mode_since < self.min_dwell_s:
+            return
+        wanted = self.desired_mode()
+        if wanted != self.mode:
+            self.mode, self._mode_since = wanted, now
+
+    # ---- gates -------------------------------------------------------------------
+    def _due(self, t: float) -> bool:
+        """Would a frame at media time ``t`` be kept by the token bucket?"""
+        target = self.target
+        if target is None or self._next_due is None:
+            return True
+        src = self.source_fps
+        tolerance = 0.5 / src if src else 0.0
+        return t >= self._next_due - tolerance
+
+    def packet(self, pts: float | None, keyframe: bool) -> bool:
+        """Measure one demuxed packet; True: give it to the decoder.
+
+        Mode changes happen here, at keyframes only (a reference chain is never cut
+        mid-GOP).
+        """
+        t = self._time(pts)
+        if self._last_t is not None and not (self._last_t - 1.0 <= t <= self._last_t + _JUMP_S):
+            self.reset()
+            t = self._time(pts)
+        self._last_t = t
+        self._packets.append(t)
+        if keyframe:
+            self._keys.append(t)
+            self._switch_mode()
+        shedding = self.skip_modes and self.target is not None
+        if keyframe:
+            # a keyframe needs no reference: the GOP opens unless nonkey's bucket skips it
+            self._gop_open = not (shedding and self.mode == "nonkey" and not self._due(t))
+        elif self._gop_open and shedding and (self.mode == "nonkey" or self._rest_unused(t)):
+            # once closed, a GOP stays closed until the next keyframe: a packet whose
+            # references were not decoded must never reach the decoder
+            self._gop_open = False
+        if not self._gop_open:
+            self.packets_skipped += 1
+        return self._gop_open
+
+    def _rest_unused(self, t: float) -> bool:
+        """True when no frame left in this GOP can be kept: the bucket's next frame is due
+        after the next keyframe (predicted from the measured keyframe rate)."""
+        keys, src = self.key_rate, self.source_fps
+        if keys is None or src is None or self._next_due is None or not self._keys:
+            return False
+        next_key = self._keys[-1] + 1 / keys
+        return t < next_key and self._next_due - 0.5 / src > next_key - 1 / src
+
+    def frame(self, pts: float | None, b_frame: bool = False) -> bool:
+        """A decoded frame: True to use it (letterbox and announce), False to discard it."""
+        if self.mode == "all":
+            self._frames_seen += 1
+            self._b_frames += b_frame
+        t = pts if pts is not None else self._time(None)
+        target = self.target
+        if target is not None and not self._due(t):
+            self.skipped += 1
+            return False
+        if target is not None:
+            period = 1 / target
+            base = self._next_due if self._next_due is not None else t
+            # no credit for a long gap (a stall, or a lower rate before): at most half a period
+            self._next_due = max(base + period, t + 0.5 * period)
+        else:
+            self._next_due = None
+        self.used += 1
+        now = self._clock()
+        self._used_at.append(now)
+        self._expire(now)
+        return True
+
+    def snapshot(self) -> ShedSnapshot:
+        return ShedSnapshot(
+            mode=self.mode,
+            target_fps=self.target,
+            source_fps=self.source_fps,
+            key_rate=self.key_rate,
+            analysis_fps=self.effective_fps(),
+            used=self.used,
+            skipped=self.skipped,
+            packets_skipped=self.packets_skipped,
+        )
