@@ -1,0 +1,343 @@
+#!/usr/bin/env python3
+"""Issue 12 on the lent GPU machine: streams per GPU, scaling over GPUs, a worker killed.
+
+    python bench/gpu_scale.py --out DIR [--sections clips,ramp_1gpu,ramp_all,kill]
+
+The pipeline under test: 1080p30 H.264 real-time streams (a looped scene clip), NVDEC decode
+with frames kept on the GPU (CUDA IPC), the ``torch-cuda`` backend (PyTorch running the
+YOLOv8n-architecture ONNX model, fp16, CUDA graphs), valkey-server as Redis.  Every figure
+comes from torch-cuda; none from TensorRT (not installable on the lent machines).
+
+Sections (each in its own subprocess with a time limit, ``DIR/<section>.json``):
+  clips       the 1080p30 clip (bench/gpu_bench.py's renderer)
+  ramp_1gpu   ``workers.gpus: [0]``: streams added in steps until a window shows drops or p99 >
+              250 ms, then straight to 2x the sustained count (published fps there vs the peak,
+              slowest stream vs the fair share, p99)
+  ramp_all    the same over every GPU (``workers.gpus`` unset)
+  kill        every GPU, a fixed stream count; one inference worker is SIGKILLed mid-run:
+              batches per worker before/after, drops by reason, ledger violations, and the
+              accounting identity after stop
+  legacy_1gpu the pipeline before the rework (``--legacy DIR``, a ``git archive`` of it) on GPU 0,
+              same ramp: the baseline in the same call
+
+Each window also samples NVML (GPU busy %, NVDEC %) and the scheduling process's CPU share,
+to say which component limits at the top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+LIMITS = {"clips": 150, "ramp_1gpu": 560, "ramp_all": 560, "kill": 300, "legacy_1gpu": 420}
+P99_MS = 250.0
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class NvmlSampler:
+    """Mean GPU and NVDEC utilisation per GPU over a window (5 samples a second)."""
+
+    def __init__(self) -> None:
+        self.samples: list[list[tuple[int, int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handles = [
+                pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())
+            ]
+            while not self._stop.wait(0.2):
+                self.samples.append(
+                    [
+                        (
+                            pynvml.nvmlDeviceGetUtilizationRates(h).gpu,
+                            pynvml.nvmlDeviceGetDecoderUtilization(h)[0],
+                        )
+                        for h in handles
+                    ]
+                )
+        except Exception as exc:  # NVML missing: report nothing rather than fail the run
+            log(f"nvml sampling off: {exc}")
+
+    def __enter__(self) -> NvmlSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def summary(self) -> dict[str, list[float]]:
+        if not self.samples:
+            return {}
+        n = len(self.samples[0])
+        return {
+            "gpu_busy_pct": [
+                round(sum(s[i][0] for s in self.samples) / len(self.samples), 1) for i in range(n)
+            ],
+            "nvdec_pct": [
+                round(sum(s[i][1] for s in self.samples) / len(self.samples), 1) for i in range(n)
+            ],
+        }
+
+
+def _cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
+
+
+def measured_window(p: Any, client: Any, prefix: str, seconds: float) -> dict[str, Any]:
+    from bench.gpu_bench import _window
+
+    c0, t0 = _cpu(), time.monotonic()
+    with NvmlSampler() as nv:
+        r = _window(p, client, prefix, seconds)
+    r["scheduler_cpu_share"] = round((_cpu() - c0) / (time.monotonic() - t0), 2)
+    r.update(nv.summary())
+    status = p.status()
+    r["ledger_violations"] = getattr(status, "ledger_violations", None)
+    r["redis_pending"] = status.redis_pending
+    return r
+
+
+def ok(r: dict[str, Any]) -> bool:
+    """0 drops in the window, every stream near 30 fps, p99 within 250 ms."""
+    return bool(
+        r["drops"] == 0 and r["decoded_fps"] >= 28.5 * r["streams"] and r["p99_ms"] <= P99_MS
+    )
+
+
+def _config(work: Path, url: str, prefix: str, n: int, gpus: list[int] | None) -> Any:
+    from bench.gpu_bench import _model, clip_paths
+    from visionflow.config import parse_config
+
+    mp4, _ = clip_paths(work)
+    workers: dict[str, Any] = {"ingest_processes": 0, "frame_transport": "auto"}
+    if gpus is not None:
+        workers["gpus"] = gpus
+    return parse_config(
+        {
+            "streams": [stream(mp4, i) for i in range(n)],
+            "redis": {"url": url, "key_prefix": prefix, "maxlen": 5000},
+            "model": {"path": str(_model(work)), "conf_threshold": 0.5, "max_detections": 50},
+            "engine": {"backend": "torch-cuda", "precision": "fp16"},
+            "batching": {"max_batch": 64, "max_delay_ms": 15, "buffer_per_stream": 8},
+            "decode": "nvdec",
+            "workers": workers,
+        }
+    )
+
+
+def stream(mp4: Path, i: int) -> dict[str, Any]:
+    return {"id": f"c{i:03d}", "url": str(mp4), "loop": True, "realtime": True}
+
+
+def ramp(
+    work: Path,
+    gpus: list[int] | None,
+    levels: list[int],
+    settle_s: float = 15.0,
+    window_s: float = 8.0,
+) -> dict[str, Any]:
+    import logging
+
+    import redis
+
+    from bench.gpu_bench import clip_paths
+    from visionflow.redis_server import EmbeddedRedis
+    from visionflow.streams.config import StreamConfig
+    from visionflow.workers.supervisor import Pipeline
+
+    mp4, _ = clip_paths(work)
+    runs: list[dict[str, Any]] = []
+    with EmbeddedRedis() as server:
+        prefix = "scale"
+        cfg = _config(work, server.url, prefix, levels[0], gpus)
+        client = redis.Redis.from_url(server.url)
+        p = Pipeline(cfg, server.url, log_level=logging.WARNING)
+        p.start()
+        p.wait_ready(300)
+        try:
+            best = 0
+            plan = list(levels)
+            while plan:
+                level = plan.pop(0)
+                for i in range(len(p.status().streams), level):
+                    p.add_stream(StreamConfig.model_validate(stream(mp4, i)))
+                time.sleep(settle_s)
+                r = measured_window(p, client, prefix, window_s)
+                r["sustained"] = ok(r)
+                runs.append(r)
+                log(f"ramp gpus={gpus} {json.dumps(r)[:400]}")
+                if r["sustained"]:
+                    best = max(best, level)
+                elif best and 2 * best > level:
+                    plan = [2 * best]  # overload: straight to twice the sustained count
+                else:
+                    break
+        finally:
+            p.stop()
+    peak = max((r["published_fps"] for r in runs), default=0.0)
+    top = runs[-1] if runs else {}
+    return {
+        "gpus": gpus,
+        "runs": runs,
+        "sustained_streams": best,
+        "peak_published_fps": peak,
+        "at_top": {
+            "streams": top.get("streams"),
+            "published_fps": top.get("published_fps"),
+            "vs_peak": round(top.get("published_fps", 0) / peak, 3) if peak else None,
+            "p99_ms": top.get("p99_ms"),
+            "slowest_stream_fps": top.get("min_stream_window_fps"),
+        },
+    }
+
+
+def section_clips(work: Path) -> dict[str, Any]:
+    from bench.gpu_bench import clip_paths, section_clips
+
+    mp4, _ = clip_paths(work)
+    return {"cached": True} if mp4.is_file() else section_clips(work)
+
+
+def section_ramp_1gpu(work: Path) -> dict[str, Any]:
+    return ramp(work, [0], [32, 64, 96, 112, 128, 144, 160])
+
+
+def section_ramp_all(work: Path) -> dict[str, Any]:
+    return ramp(work, None, [64, 96, 128, 160, 192, 224, 256])
+
+
+def section_kill(work: Path, streams: int = 64) -> dict[str, Any]:
+    import logging
+
+    import redis
+
+    from visionflow.redis_server import EmbeddedRedis
+    from visionflow.workers.supervisor import Pipeline
+
+    with EmbeddedRedis() as server:
+        cfg = _config(work, server.url, "kill", streams, None)
+        client = redis.Redis.from_url(server.url)
+        p = Pipeline(cfg, server.url, log_level=logging.WARNING)
+        p.start()
+        p.wait_ready(300)
+        try:
+            time.sleep(15)
+            before = measured_window(p, client, "kill", 8)
+            victim = p.group.children["inference-0"].process
+            os.kill(victim.pid, signal.SIGKILL)
+            killed_at = time.time()
+            during = measured_window(p, client, "kill", 8)
+            time.sleep(10)
+            after = measured_window(p, client, "kill", 8)
+        finally:
+            p.stop()
+        final = p.status()
+    return {
+        "streams": streams,
+        "before": before,
+        "during_kill": during,
+        "after_restart": after,
+        "killed_at": killed_at,
+        "worker_restarts": [w.restarts for w in final.workers],
+        "ledger_violations": final.ledger_violations,
+        "drops_by_reason": _reasons(final),
+        "unaccounted_streams": [s.stream_id for s in final.streams if not s.accounted],
+        "in_flight_after_stop": sum(s.in_flight for s in final.streams),
+    }
+
+
+def _reasons(status: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in status.streams:
+        for k, v in s.drops.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def section_legacy_1gpu(work: Path) -> dict[str, Any]:
+    """The pre-rework pipeline in a child whose PYTHONPATH puts its tree first."""
+    legacy = Path(os.environ.get("VF_LEGACY", ROOT / ".legacy"))
+    code = (
+        "import sys, json; sys.path.insert(0, %r); sys.path.insert(1, %r)\n"
+        "from bench.gpu_bench import _ramp\nfrom visionflow.redis_server import EmbeddedRedis\n"
+        "from pathlib import Path\n"
+        "if __name__ == '__main__':\n"
+        "    with EmbeddedRedis() as s:\n"
+        "        r = _ramp(Path(%r), s.url, 'nvdec', [32, 48, 64, 80], settle_s=15.0)\n"
+        "    print('RESULT ' + json.dumps(r, default=str))\n"
+    ) % (str(legacy), str(ROOT), str(work))
+    script = work / "legacy_ramp.py"
+    script.write_text(code)
+    env = {**os.environ, "PYTHONPATH": f"{legacy}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env["CUDA_VISIBLE_DEVICES"] = "0"
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=400
+    )
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return dict(json.loads(line[7:]))
+    return {"error": out.stderr[-3000:]}
+
+
+def run_section(name: str, work: Path, out: Path) -> None:
+    fn = globals()[f"section_{name}"]
+    try:
+        result = {"ok": True, **fn(work)}
+    except Exception as exc:
+        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-3000:]}
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/vf-gpu-work"))
+    parser.add_argument("--sections", default="clips,ramp_1gpu,ramp_all,kill")
+    parser.add_argument("--section", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.section:
+        run_section(args.section, args.work, args.out)
+        return
+    from bench.common import machine
+
+    summary: dict[str, Any] = {"machine": machine()}
+    for name in args.sections.split(","):
+        log(f"section {name} (limit {LIMITS[name]} s)")
+        cmd = [sys.executable, __file__, "--out", str(args.out), "--work", str(args.work), "--section", name]
+        try:
+            subprocess.run(cmd, timeout=LIMITS[name], check=False)
+        except subprocess.TimeoutExpired:
+            (args.out / f"{name}.json").write_text(json.dumps({"ok": False, "error": "timeout"}))
+        path = args.out / f"{name}.json"
+        summary[name] = json.loads(path.read_text()) if path.is_file() else {"ok": False}
+        log(f"{name}: {json.dumps(summary[name], default=str)[:800]}")
+    (args.out / "gpu_scale.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
