@@ -1,21 +1,43 @@
-"""ONNX Runtime backend (CPU by default)."""
+"""ONNX Runtime backend (CPU by default): synchronous, host frames, NMS on the CPU."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field
 
-from visionflow.engines.base import Engine, EngineInfo
-from visionflow.engines.config import OnnxRuntimeConfig
+from visionflow.engines.base import EngineConfigBase, EngineInfo, SyncEngine
+from visionflow.engines.registry import Backend
 from visionflow.errors import EngineUnavailableError, ModelError
 
 _DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 
 
-class OnnxRuntimeEngine(Engine):
-    """Runs a YOLOv8-layout ONNX detector with ONNX Runtime, any batch size."""
+class OnnxRuntimeConfig(EngineConfigBase):
+    """ONNX Runtime on the CPU (or any execution provider it was built with)."""
+
+    backend: Literal["onnxruntime"] = Field(
+        default="onnxruntime", description="Inference backend: ONNX Runtime."
+    )
+    intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="Threads inside one operator; 0: ONNX Runtime's choice.",
+    )
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        min_length=1,
+        description="Execution providers in order of preference.",
+    )
+
+
+class OnnxRuntimeEngine(SyncEngine):
+    """Runs a YOLOv8-layout ONNX detector with ONNX Runtime, any batch size; a batch runs to
+    the end in ``submit`` (``max_inflight`` 1, the default capabilities)."""
 
     def __init__(self, config: OnnxRuntimeConfig, model_path: Path, max_batch: int) -> None:
         try:
@@ -62,3 +84,6 @@ class OnnxRuntimeEngine(Engine):
         feed = {self._input_name: np.ascontiguousarray(batch, dtype=self._dtype)}
         (output, *_) = self._session.run(None, feed)
         return np.asarray(output, dtype=np.float32)
+
+
+BACKEND = Backend("onnxruntime", OnnxRuntimeConfig, OnnxRuntimeEngine)

@@ -18,10 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
-from visionflow.engines import EngineConfig, create_engine
+from visionflow.engines import Detections, Engine, EngineConfig, Thresholds, create_engine
 from visionflow.pipeline.framepool import PoolCache
 from visionflow.pipeline.frames import BatchRequest, BatchResult, FrameRef, FrameResult
 from visionflow.pipeline.postprocess import to_detections
@@ -48,25 +45,14 @@ class WorkerSpec:
     env: tuple[tuple[str, str], ...] = ()
 
 
-def _detect(
-    engine: Any, spec: WorkerSpec, images: list[Any], buffer: npt.NDArray[np.uint8]
-) -> list[Any]:
-    """Host frames are stacked into ``buffer`` (pinned for GPU engines); any frame in GPU
-    memory sends the batch through ``detect_frames`` (device-to-device)."""
-    thresholds = (spec.conf_threshold, spec.iou_threshold, spec.max_detections)
-    if any(hasattr(image, "__cuda_array_interface__") for image in images):
-        return list(engine.detect_frames(images, *thresholds))
-    for i, image in enumerate(images):
-        buffer[i] = image
-    return list(engine.detect_images(buffer[: len(images)], *thresholds))
+def _detect(engine: Engine, spec: WorkerSpec, images: list[Any]) -> list[Detections]:
+    """Host frames or frames in GPU memory (CUDA IPC slots): the engine takes either."""
+    thresholds = Thresholds(spec.conf_threshold, spec.iou_threshold, spec.max_detections)
+    return engine.detect(images, thresholds)
 
 
 def run_batch(
-    engine: Any,
-    pools: PoolCache,
-    spec: WorkerSpec,
-    request: BatchRequest,
-    buffer: npt.NDArray[np.uint8],
+    engine: Engine, pools: PoolCache, spec: WorkerSpec, request: BatchRequest
 ) -> BatchResult:
     """Gather a batch's frames from their pools, infer, post-process."""
     started = time.time()
@@ -79,7 +65,7 @@ def run_batch(
             continue
         frames.append(frame)
     t0 = time.perf_counter()
-    decoded = _detect(engine, spec, images, buffer)
+    decoded = _detect(engine, spec, images)
     results = [
         (frame, to_detections(decoded[i], frame.letterbox, spec.class_names))
         for i, frame in enumerate(frames)
@@ -116,7 +102,6 @@ def inference_main(spec: WorkerSpec, tasks: Any, outbox: Any, log_level: int) ->
         return
     outbox.put(WorkerReady(spec.worker_id, engine.info, os.getpid()))
     pools = PoolCache(spec.input_size[1], spec.input_size[0], spec.slots)
-    buffer = engine.host_buffer(spec.max_batch)
     try:
         while True:
             request = tasks.get()
@@ -126,7 +111,7 @@ def inference_main(spec: WorkerSpec, tasks: Any, outbox: Any, log_level: int) ->
                 pools.forget(request.pool)
                 continue
             try:
-                result = run_batch(engine, pools, spec, request, buffer)
+                result = run_batch(engine, pools, spec, request)
             except Exception as exc:
                 log.error("worker %d: batch %d failed: %s", spec.worker_id, request.batch_id, exc)
                 result = BatchResult(
