@@ -149,9 +149,9 @@ class NullEngine:
         self.info = _engine_info()
 
     def submit(self, frames: Any, thresholds: Any) -> Any:
-        from visionflow.engines.base import PendingBatch
+        from visionflow.engines.base import CompletedBatch
 
-        return PendingBatch(_empty_detections(len(frames)))
+        return CompletedBatch(tuple(_empty_detections(len(frames))))
 
     def close(self) -> None:
         pass

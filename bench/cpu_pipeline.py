@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import table, write_result
 from visionflow.config import parse_config
 from visionflow.engines import create_engine
-from visionflow.engines.config import OnnxRuntimeConfig
+from visionflow.engines.ort import OnnxRuntimeConfig
 from visionflow.models import resolve_model
 from visionflow.pipeline.letterbox import (
     letterbox_geometry,

@@ -357,8 +357,8 @@ def section_infer(work: Path) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from visionflow.engines.config import TorchCudaConfig
-    from visionflow.engines.torch_cuda import TorchCudaEngine
+    from visionflow.engines import Thresholds
+    from visionflow.engines.torch_cuda import TorchCudaConfig, TorchCudaEngine
 
     model = _model(work)
     t0 = time.time()
@@ -368,16 +368,15 @@ def section_infer(work: Path) -> dict[str, Any]:
     graphs = TorchCudaEngine(TorchCudaConfig(precision="fp16", cuda_graphs=True), model, 64)
     graphs_load = time.time() - t0
     rows = []
+    thresholds = Thresholds(0.5, 0.45, 100)
     for b in (1, 2, 4, 8, 16, 32, 64):
         x = torch.rand(b, 3, 640, 640, device="cuda", dtype=torch.float16)
         iters = max(10, 400 // b)
         e_ms, g_ms = _device_ms(eager, x, iters), _device_ms(graphs, x, iters)
-        host = np.random.randint(0, 255, (b, 640, 640, 3), np.uint8)
-        pinned = graphs.host_buffer(b)
-        pinned[:] = host
+        host = list(np.random.randint(0, 255, (b, 640, 640, 3), np.uint8))
         device = [torch.from_numpy(im).cuda() for im in host]
-        h_ms = _wall_ms(lambda p=pinned: graphs.detect_images(p, 0.5, 0.45, 100), 10)
-        d_ms = _wall_ms(lambda d=device: graphs.detect_frames(d, 0.5, 0.45, 100), 10)
+        h_ms = _wall_ms(lambda h=host: graphs.detect(h, thresholds), 10)
+        d_ms = _wall_ms(lambda d=device: graphs.detect(d, thresholds), 10)
         rows.append(
             {
                 "batch": b,

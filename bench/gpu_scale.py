@@ -281,14 +281,14 @@ def section_legacy_1gpu(work: Path) -> dict[str, Any]:
     """The pre-rework pipeline in a child whose PYTHONPATH puts its tree first."""
     legacy = Path(os.environ.get("VF_LEGACY", ROOT / ".legacy"))
     code = (
-        "import sys, json; sys.path.insert(0, %r); sys.path.insert(1, %r)\n"
+        f"import sys, json; sys.path[:0] = [{str(legacy)!r}, {str(ROOT)!r}]\n"
         "from bench.gpu_bench import _ramp\nfrom visionflow.redis_server import EmbeddedRedis\n"
         "from pathlib import Path\n"
         "if __name__ == '__main__':\n"
         "    with EmbeddedRedis() as s:\n"
-        "        r = _ramp(Path(%r), s.url, 'nvdec', [32, 48, 64, 80], settle_s=15.0)\n"
+        f"        r = _ramp(Path({str(work)!r}), s.url, 'nvdec', [32, 48, 64, 80], settle_s=15.0)\n"
         "    print('RESULT ' + json.dumps(r, default=str))\n"
-    ) % (str(legacy), str(ROOT), str(work))
+    )
     script = work / "legacy_ramp.py"
     script.write_text(code)
     env = {**os.environ, "PYTHONPATH": f"{legacy}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -307,7 +307,11 @@ def run_section(name: str, work: Path, out: Path) -> None:
     try:
         result = {"ok": True, **fn(work)}
     except Exception as exc:
-        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-3000:]}
+        result = {
+            "ok": False,
+            "error": f"{type(exc).__name__}: {exc}",
+            "trace": traceback.format_exc()[-3000:],
+        }
     (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
 
 
@@ -328,7 +332,16 @@ def main() -> None:
     summary: dict[str, Any] = {"machine": machine()}
     for name in args.sections.split(","):
         log(f"section {name} (limit {LIMITS[name]} s)")
-        cmd = [sys.executable, __file__, "--out", str(args.out), "--work", str(args.work), "--section", name]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--out",
+            str(args.out),
+            "--work",
+            str(args.work),
+            "--section",
+            name,
+        ]
         try:
             subprocess.run(cmd, timeout=LIMITS[name], check=False)
         except subprocess.TimeoutExpired:

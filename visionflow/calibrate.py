@@ -81,7 +81,7 @@ def collect(config: AppConfig, frames: int, every: int) -> npt.NDArray[np.uint8]
 
 def default_path(config: AppConfig) -> Path:
     """Where ``visionflow calibrate`` writes and the TensorRT backend looks by default."""
-    from visionflow.engines.config import TensorRTConfig
+    from visionflow.engines.trt import TensorRTConfig
     from visionflow.engines.trt_build import calibration_images_path
 
     engine = config.engine

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from visionflow.engines.config import EngineConfig, OnnxRuntimeConfig
+from visionflow.engines.ort import OnnxRuntimeConfig
+from visionflow.engines.registry import EngineConfig
 from visionflow.errors import ConfigError
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.urls import redact_text
@@ -253,7 +254,7 @@ class AppConfig(_Strict):
     )
     redis: RedisConfig = Field(default_factory=RedisConfig, description="Redis output.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The detector.")
-    engine: Annotated[EngineConfig, Field(discriminator="backend")] = Field(
+    engine: EngineConfig = Field(
         default_factory=OnnxRuntimeConfig, description="Inference backend and its settings."
     )
     batching: BatchingConfig = Field(

@@ -1,10 +1,19 @@
-"""The one interface every inference backend implements.
+"""The one interface every inference backend implements: a batch of frames in, detections out.
 
-A backend takes a preprocessed batch (``NCHW``, float in ``[0, 1]``, the network's input
-size) and returns the detector's raw output ``[N, 4 + C, A]`` (YOLOv8/YOLO11 layout:
-``cx, cy, w, h`` in input pixels, then ``C`` class scores, for ``A`` anchors).  Decoding,
-NMS and mapping boxes back to the frame are shared by all backends
-(:mod:`visionflow.pipeline.postprocess`), so one backend cannot drift from another.
+A batch is a sequence of letterboxed ``[H, W, 3]`` uint8 RGB frames at the network's input
+size, each a host numpy array or (where :attr:`EngineCapabilities.device_frames`) an object
+with ``__cuda_array_interface__``.  :meth:`Engine.submit` starts a batch and returns a
+:class:`PendingBatch`; :meth:`Engine.detect` is ``submit(...).result()``.  What a backend can
+take and how many batches it keeps in flight are declared in :class:`EngineCapabilities`, so
+the caller never has to know which backend it drives.
+
+Contract for callers: never more than ``capabilities.max_inflight`` batches pending at once,
+and ``result()`` called in submit order (engines raise :class:`~visionflow.errors.EngineError`
+otherwise).  Engines own their staging buffers (one per in-flight slot) and stop referencing
+the caller's frames once ``result()`` returns.  An engine is driven from one thread.
+
+Backends that decode on the CPU share :func:`~visionflow.pipeline.postprocess.decode_output`
+(:class:`SyncEngine`); GPU backends run their own NMS, tested against it.
 """
 
 from __future__ import annotations
@@ -12,12 +21,26 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict
+
+from visionflow.errors import EngineError
+from visionflow.pipeline.layouts import OutputLayout
 
 Detections = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.intp]]
+"""Per image: ``[K, 4]`` xyxy boxes in network-input pixels, ``[K]`` scores, ``[K]`` class
+ids, best score first."""
+
+
+class EngineConfigBase(BaseModel):
+    """Base of every backend's config; each subclass narrows ``backend`` to a ``Literal`` key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: str
 
 
 @dataclass(frozen=True)
@@ -35,34 +58,68 @@ class EngineInfo:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Post-processing thresholds."""
+    """Post-processing settings of one batch."""
 
     conf: float
     iou: float
     max_detections: int
 
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.conf <= 1.0 and 0.0 <= self.iou <= 1.0):
+            raise ValueError(f"thresholds must be in [0, 1]: conf {self.conf}, iou {self.iou}")
+        if self.max_detections < 1:
+            raise ValueError(f"max_detections must be at least 1, got {self.max_detections}")
+
 
 @dataclass(frozen=True)
 class EngineCapabilities:
-    """What a backend can take."""
+    """What a backend can take and do."""
 
+    #: takes host (numpy) frames
     host_frames: bool = True
+    #: takes frames in GPU memory (``__cuda_array_interface__``), read without a host copy
     device_frames: bool = False
+    #: NMS runs inside the engine (only kept detections leave the device)
     nms_in_engine: bool = False
+    #: how many batches :meth:`Engine.submit` may have pending at once
     max_inflight: int = 1
 
+    def __post_init__(self) -> None:
+        if self.max_inflight < 1:
+            raise ValueError(f"max_inflight must be at least 1, got {self.max_inflight}")
 
-class PendingBatch:
-    """A submitted batch (done at once for synchronous backends)."""
 
-    def __init__(self, detections: list[Detections]) -> None:
-        self._detections = detections
+@runtime_checkable
+class PendingBatch(Protocol):
+    """A submitted batch."""
+
+    def result(self) -> list[Detections]:
+        """Block until the batch is done; per frame :data:`Detections`.  May raise
+        :class:`~visionflow.errors.EngineError`.  A second call returns the same list."""
+        ...
+
+    def done(self) -> bool:
+        """True once :meth:`result` would not block (never blocks itself)."""
+        ...
+
+
+@dataclass(frozen=True)
+class CompletedBatch:
+    """A :class:`PendingBatch` that was finished when it was submitted (synchronous
+    backends, empty batches)."""
+
+    detections: tuple[Detections, ...]
+
+    def result(self) -> list[Detections]:
+        return list(self.detections)
 
     def done(self) -> bool:
         return True
 
-    def result(self) -> list[Detections]:
-        return self._detections
+
+def is_device_frame(frame: object) -> bool:
+    """True for frames in GPU memory (objects with ``__cuda_array_interface__``)."""
+    return hasattr(frame, "__cuda_array_interface__")
 
 
 class Engine(abc.ABC):
@@ -71,69 +128,55 @@ class Engine(abc.ABC):
     info: EngineInfo
     capabilities: EngineCapabilities = EngineCapabilities()
 
-    def submit(self, frames: Sequence[Any], thresholds: Thresholds) -> PendingBatch:
-        t = thresholds
-        return PendingBatch(self.detect_frames(frames, t.conf, t.iou, t.max_detections))
-
-    #: True when :meth:`detect_frames` takes device arrays (frames that stayed on the GPU).
-    accepts_device_frames: bool = False
-
     @abc.abstractmethod
     def infer(self, batch: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
-        """Run the model on ``batch`` (``[N, 3, H, W]``) and return ``[N, 4 + C, A]``."""
+        """The raw hook: run the model on ``batch`` (``[N, 3, H, W]``, float in ``[0, 1]``)
+        and return ``[N, 4 + C, A]`` on the host (synchronous; not for the hot path)."""
 
-    def detect(
-        self,
-        batch: npt.NDArray[np.floating],
-        conf_threshold: float,
-        iou_threshold: float,
-        max_detections: int,
-    ) -> list[Detections]:
-        """Infer and decode: per image ``(xyxy boxes, scores, class ids)`` in input pixels.
+    @abc.abstractmethod
+    def submit(self, frames: Sequence[Any], thresholds: Thresholds) -> PendingBatch:
+        """Start a batch of letterboxed ``[H, W, 3]`` uint8 RGB frames (see the module doc).
 
-        The default decodes on the CPU with :func:`~visionflow.pipeline.postprocess.decode_output`;
-        GPU backends override it to run NMS on the device (same results, tested).
-        """
-        from visionflow.pipeline.postprocess import decode_output
+        Frames are copied or uploaded here; errors found before the batch is started (a
+        wrong frame, device frames a backend cannot read, a full pipeline) raise here."""
 
-        output = self.infer(batch)
-        return [decode_output(o, conf_threshold, iou_threshold, max_detections) for o in output]
+    def detect(self, frames: Sequence[Any], thresholds: Thresholds) -> list[Detections]:
+        """One call from batch to detections: per frame ``(xyxy boxes, scores, class ids)``
+        in network-input pixels."""
+        return self.submit(frames, thresholds).result()
 
-    def detect_images(
-        self,
-        images: npt.NDArray[np.uint8],
-        conf_threshold: float,
-        iou_threshold: float,
-        max_detections: int,
-    ) -> list[Detections]:
-        """Like :meth:`detect` from letterboxed ``[N, H, W, 3]`` uint8 RGB images.
-
-        GPU backends override this to upload uint8 (4x less than float32) and normalise on
-        the device.
-        """
-        from visionflow.pipeline.letterbox import to_network_input
-
-        batch = to_network_input(images, self.info.input_dtype)
-        return self.detect(batch, conf_threshold, iou_threshold, max_detections)
-
-    def host_buffer(self, max_batch: int) -> npt.NDArray[np.uint8]:
-        """A ``[max_batch, H, W, 3]`` uint8 buffer to stack a batch in (GPU backends give
-        pinned memory, so :meth:`detect_images` on it uploads without another copy)."""
-        return np.empty((max_batch, self.info.input_height, self.info.input_width, 3), np.uint8)
-
-    def detect_frames(
-        self,
-        frames: Sequence[Any],
-        conf_threshold: float,
-        iou_threshold: float,
-        max_detections: int,
-    ) -> list[Detections]:
-        """Like :meth:`detect_images` from a list of ``[H, W, 3]`` frames, each a host array
-        or, where :attr:`accepts_device_frames`, a device array (``__cuda_array_interface__``)."""
-        if any(hasattr(f, "__cuda_array_interface__") for f in frames):
-            raise TypeError(f"{self.info.backend} cannot read frames that are in GPU memory")
-        images = np.stack([np.asarray(f) for f in frames])
-        return self.detect_images(images, conf_threshold, iou_threshold, max_detections)
+    def check_frames(self, frames: Sequence[Any]) -> list[bool]:
+        """Validate a batch against :attr:`info` and :attr:`capabilities`; returns which
+        frames are device frames.  Raises :class:`EngineError` naming the offending frame."""
+        if len(frames) > self.info.max_batch:
+            raise EngineError(
+                f"{self.info.backend}: batch of {len(frames)} exceeds max_batch "
+                f"{self.info.max_batch}"
+            )
+        expected = (self.info.input_height, self.info.input_width, 3)
+        on_device = [is_device_frame(f) for f in frames]
+        for i, (frame, device) in enumerate(zip(frames, on_device, strict=True)):
+            if device and not self.capabilities.device_frames:
+                raise EngineError(
+                    f"{self.info.backend} cannot read frames in GPU memory (frame {i}); "
+                    "use a backend with device_frames (torch-cuda, tensorrt) or host frames"
+                )
+            if not device and not self.capabilities.host_frames:
+                raise EngineError(
+                    f"{self.info.backend} takes only frames in GPU memory (frame {i})"
+                )
+            if device:
+                cai = frame.__cuda_array_interface__
+                shape, dtype = tuple(int(s) for s in cai["shape"]), cai["typestr"]
+            else:
+                array = np.asarray(frame)
+                shape, dtype = array.shape, array.dtype.str
+            if shape != expected or dtype != "|u1":
+                raise EngineError(
+                    f"{self.info.backend}: frame {i} is {dtype} {shape}; expected uint8 "
+                    f"{expected} (letterboxed RGB at the network's input size)"
+                )
+        return on_device
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the engine's resources."""
@@ -143,3 +186,31 @@ class Engine(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SyncEngine(Engine):
+    """A backend that runs a batch to the end inside :meth:`submit` and decodes on the CPU
+    (one host staging buffer; ``max_inflight`` 1).  Subclasses implement :meth:`infer`."""
+
+    _staging: npt.NDArray[np.uint8] | None = None
+    layout: OutputLayout = OutputLayout.ANCHORS  # how infer()'s output is read (set at load)
+
+    def submit(self, frames: Sequence[Any], thresholds: Thresholds) -> PendingBatch:
+        from visionflow.pipeline.letterbox import to_network_input
+        from visionflow.pipeline.postprocess import decode_output
+
+        self.check_frames(frames)
+        if not frames:
+            return CompletedBatch(())
+        if self._staging is None:
+            info = self.info
+            shape = (info.max_batch, info.input_height, info.input_width, 3)
+            self._staging = np.empty(shape, np.uint8)
+        images = self._staging[: len(frames)]
+        for i, frame in enumerate(frames):
+            images[i] = frame
+        output = self.infer(to_network_input(images, self.info.input_dtype))
+        t = thresholds
+        return CompletedBatch(
+            tuple(decode_output(o, t.conf, t.iou, t.max_detections, self.layout) for o in output)
+        )

@@ -1,21 +1,44 @@
-"""ONNX Runtime backend (CPU by default)."""
+"""ONNX Runtime backend (CPU by default): synchronous, host frames, NMS on the CPU."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field
 
-from visionflow.engines.base import Engine, EngineInfo
-from visionflow.engines.config import OnnxRuntimeConfig
+from visionflow.engines.base import EngineConfigBase, EngineInfo, SyncEngine
+from visionflow.engines.registry import Backend
 from visionflow.errors import EngineUnavailableError, ModelError
+from visionflow.pipeline.layouts import OutputLayout, detect_layout
 
 _DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 
 
-class OnnxRuntimeEngine(Engine):
-    """Runs a YOLOv8-layout ONNX detector with ONNX Runtime, any batch size."""
+class OnnxRuntimeConfig(EngineConfigBase):
+    """ONNX Runtime on the CPU (or any execution provider it was built with)."""
+
+    backend: Literal["onnxruntime"] = Field(
+        default="onnxruntime", description="Inference backend: ONNX Runtime."
+    )
+    intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="Threads inside one operator; 0: ONNX Runtime's choice.",
+    )
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        min_length=1,
+        description="Execution providers in order of preference.",
+    )
+
+
+class OnnxRuntimeEngine(SyncEngine):
+    """Runs a YOLOv8-layout ONNX detector with ONNX Runtime, any batch size; a batch runs to
+    the end in ``submit`` (``max_inflight`` 1, the default capabilities)."""
 
     def __init__(self, config: OnnxRuntimeConfig, model_path: Path, max_batch: int) -> None:
         try:
@@ -44,10 +67,13 @@ class OnnxRuntimeEngine(Engine):
         height = shape[2] if isinstance(shape[2], int) else 640
         width = shape[3] if isinstance(shape[3], int) else 640
         out_shape = outputs[0].shape
-        if len(out_shape) == 3 and not isinstance(out_shape[1], int):  # symbolic: run it once
+        symbolic = any(not isinstance(d, int) for d in out_shape[1:])
+        if len(out_shape) == 3 and symbolic:  # symbolic dims: run it once
             out_shape = self.infer(np.zeros((1, 3, height, width), self._dtype)).shape
-        if len(out_shape) != 3 or out_shape[1] <= 4:
-            raise ModelError(f"{model_path}: output must be [N, 4+C, A], got {out_shape}")
+        try:
+            self.layout = detect_layout(tuple(out_shape))
+        except ModelError as exc:
+            raise ModelError(f"{model_path}: {exc}") from None
         self.info = EngineInfo(
             backend="onnxruntime",
             device=",".join(self._session.get_providers()),
@@ -55,10 +81,13 @@ class OnnxRuntimeEngine(Engine):
             input_height=height,
             input_dtype=str(self._dtype),
             max_batch=max_batch,
-            num_classes=out_shape[1] - 4,
+            num_classes=out_shape[1] - 4 if self.layout is OutputLayout.ANCHORS else 0,
         )
 
     def infer(self, batch: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
         feed = {self._input_name: np.ascontiguousarray(batch, dtype=self._dtype)}
         (output, *_) = self._session.run(None, feed)
         return np.asarray(output, dtype=np.float32)
+
+
+BACKEND = Backend("onnxruntime", OnnxRuntimeConfig, OnnxRuntimeEngine)

@@ -5,30 +5,74 @@ of two up to ``max_batch``) with that batch fixed, so every shape folds into a c
 constants that onnx2torch reads on the host (reshape shapes, split sizes, slice bounds, resize
 scales) are kept in host memory, so a forward pass never waits on the device.  Each bucket
 runs in fp16 (or fp32), channels-last, as one captured CUDA graph (a smaller batch runs in
-its bucket, the extra rows ignored), and decode + class-aware NMS run on the GPU
-(``torchvision.ops.batched_nms`` when torchvision is there, a vectorised torch fallback
-otherwise).  It is the GPU backend that runs where TensorRT cannot be installed,
-and a real option for GPUs without TensorRT.
+its bucket, the extra rows ignored).  Decode + class-aware NMS run on the GPU in fixed shapes
+(:class:`CandidateNms`), so a whole batch - upload, normalise, forward, NMS, the copy of the
+kept rows - is enqueued on a CUDA stream without a host sync, and ``inflight`` batches run at
+once, each in its own slot (stream, pinned staging, static inputs, graphs).  It is the GPU
+backend that runs where TensorRT cannot be installed, and a real option for GPUs without
+TensorRT.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field
 
-from visionflow.engines.base import Detections, Engine, EngineInfo
-from visionflow.engines.config import TorchCudaConfig
-from visionflow.errors import EngineUnavailableError, ModelError
-from visionflow.pipeline.layouts import OutputLayout
+from visionflow.engines.base import (
+    CompletedBatch,
+    Detections,
+    Engine,
+    EngineCapabilities,
+    EngineConfigBase,
+    EngineInfo,
+    PendingBatch,
+    Thresholds,
+)
+from visionflow.engines.inflight import InflightRing, SlotBatch
+from visionflow.engines.registry import Backend
+from visionflow.errors import EngineError, EngineUnavailableError, ModelError
+from visionflow.pipeline.layouts import OutputLayout, detect_layout
 
 log = logging.getLogger("visionflow.engines.torch_cuda")
+BACKEND_KEY = "torch-cuda"
+
+
+class TorchCudaConfig(EngineConfigBase):
+    """PyTorch on CUDA running the same ONNX model (converted in memory), fp16, CUDA graphs."""
+
+    backend: Literal["torch-cuda"] = Field(
+        default="torch-cuda", description="Inference backend: PyTorch on a CUDA GPU."
+    )
+    precision: Literal["fp32", "fp16"] = Field(default="fp16", description="Compute precision.")
+    cuda_graphs: bool = Field(
+        default=True,
+        description="Capture one CUDA graph per batch bucket (powers of two up to max_batch) "
+        "and in-flight slot at start and replay it; if a model cannot be captured the worker "
+        "logs why and runs eagerly.",
+    )
+    inflight: int = Field(
+        default=2,
+        ge=1,
+        le=8,
+        description="Batches in flight at once, each on its own CUDA stream with its own "
+        "buffers and CUDA graphs (GPU memory for activations grows with it): the host side of "
+        "one batch overlaps the GPU work of the next.",
+    )
+    nms_candidates: int = Field(
+        default=1024,
+        ge=1,
+        le=8192,
+        description="Best-scoring boxes per image that enter the GPU NMS (its mask takes "
+        "batch x candidates^2 bytes); boxes beyond them are dropped.",
+    )
+    device: int = Field(default=0, ge=0, description="CUDA device ordinal inside the worker.")
 
 
 # onnx2torch modules that read some inputs on the host (``.tolist()``, ``int(t)``, ``if t``):
@@ -298,7 +342,8 @@ def bucket_for(n: int, buckets: list[int]) -> int:
 
 @dataclass
 class _Bucket:
-    """One batch size: its module, static input and (when captured) CUDA graph + output."""
+    """One batch size in one slot: its module (shared by the slots), static input and (when
+    captured) CUDA graph + static output."""
 
     module: Any
     static_in: Any
@@ -306,23 +351,39 @@ class _Bucket:
     static_out: Any = None
 
 
+@dataclass
+class _Slot:
+    """One batch in flight: a CUDA stream with its own staging, inputs, graphs and event."""
+
+    stream: Any
+    pinned: Any  # [max_batch, H, W, 3] uint8, page-locked host memory
+    pinned_np: npt.NDArray[np.uint8]
+    device_u8: Any  # [max_batch, H, W, 3] uint8 on the device
+    buckets: dict[int, _Bucket]
+    event: Any
+    rows_host: Any  # [max_batch, max_detections, 6] float32, pinned
+    counts_host: Any  # [max_batch] int64, pinned
+    converged_host: Any  # [1] bool, pinned
+
+
 class TorchCudaEngine(Engine):
-    """ONNX model -> PyTorch modules (one per batch bucket) on one CUDA device.
+    """ONNX model -> PyTorch modules (one per batch bucket) on one CUDA device, ``inflight``
+    batches at once.
 
-    Every bucket's input lives in a pre-allocated, channels-last device tensor; a batch is
-    written into it (uploaded from pinned host memory, or copied device-to-device from
-    frames that never left the GPU), normalised there, and the bucket's CUDA graph is
-    replayed (eager module call when graphs are off or capture failed).
+    Each slot (:mod:`visionflow.engines.inflight`) has its own CUDA stream, pinned staging
+    buffer, channels-last static input per bucket and CUDA graph per bucket; the modules'
+    weights are shared.  :meth:`submit` enqueues everything on the slot's stream - upload (or
+    device-to-device copy of frames that never left the GPU), normalise, graph replay, NMS
+    (:func:`candidates_nms`, fixed shapes, no host sync) and the copy of the kept rows to
+    pinned host memory - then records an event; ``result()`` waits on that event.
     """
-
-    accepts_device_frames = True
 
     def __init__(self, config: TorchCudaConfig, model_path: Path, max_batch: int) -> None:
         try:
             import onnx
             import torch
             from onnx2torch import convert
-        except (ImportError, RuntimeError, OSError) as exc:
+        except ImportError as exc:
             raise EngineUnavailableError(
                 f"the torch-cuda backend needs torch (with CUDA), onnx and onnx2torch: {exc}"
             ) from exc
@@ -335,6 +396,8 @@ class TorchCudaEngine(Engine):
         torch.cuda.set_device(self.device)
         self.fp16 = config.precision == "fp16"
         self._dtype = torch.float16 if self.fp16 else torch.float32
+        self._candidates = config.nms_candidates
+        self._max_batch = max_batch
         proto = onnx.load(str(model_path))
         dims = proto.graph.input[0].type.tensor_type.shape.dim
         self._shape = (dims[2].dim_value or 640, dims[3].dim_value or 640)
@@ -342,34 +405,34 @@ class TorchCudaEngine(Engine):
         self.buckets = batch_buckets(max_batch)
         self.graph_error: str | None = None
         self._use_graphs = config.cuda_graphs
-        self._buckets = {
+        self._modules = {
             size: self._load(fix_batch(proto, size), model_path, size) for size in self.buckets
         }
-        height, width = self._shape
-        self._device_u8 = torch.empty(
-            (max_batch, height, width, 3), dtype=torch.uint8, device=self.device
-        )
-        self._pinned = torch.empty((max_batch, height, width, 3), dtype=torch.uint8).pin_memory()
-        self._pinned_np: npt.NDArray[np.uint8] = self._pinned.numpy()
+        self._ring = InflightRing([self._make_slot() for _ in range(config.inflight)])
         if self._use_graphs:  # capture every bucket now: no stall when a new size first comes
-            for size in reversed(self.buckets):
-                if not self._capture(size):
-                    break
+            self._capture_all()
+        height, width = self._shape
         with torch.inference_mode():
-            probe = self._forward_static(1)
+            probe = self._forward_static(self._ring.slots[0], 1)
+        torch.cuda.synchronize(self.device)
         mode = "CUDA graphs" if self._use_graphs else "eager"
+        self._layout = detect_layout(tuple(probe.shape))
+        self.capabilities = EngineCapabilities(
+            host_frames=True, device_frames=True, nms_in_engine=False, max_inflight=config.inflight
+        )
         self.info = EngineInfo(
-            backend="torch-cuda",
-            device=f"{torch.cuda.get_device_name(self.device)} ({config.precision}, {mode})",
+            backend=BACKEND_KEY,
+            device=f"{torch.cuda.get_device_name(self.device)} ({config.precision}, {mode}, "
+            f"{config.inflight} in flight)",
             input_width=width,
             input_height=height,
             input_dtype="float16" if self.fp16 else "float32",
             max_batch=max_batch,
-            num_classes=int(probe.shape[1]) - 4,
+            num_classes=int(probe.shape[1]) - 4 if self._layout is OutputLayout.ANCHORS else 0,
         )
 
     # ---- building -----------------------------------------------------------------
-    def _load(self, proto: Any, where: Path, size: int) -> _Bucket:
+    def _load(self, proto: Any, where: Path, size: int) -> Any:
         torch = self._torch
         try:
             module = self._convert(fold_constants(proto))
@@ -379,28 +442,56 @@ class TorchCudaEngine(Engine):
         if self.fp16:
             module = module.half()
         module = module.to(memory_format=torch.channels_last)
-        height, width = self._shape
-        static_in = torch.zeros(
-            (size, 3, height, width), dtype=self._dtype, device=self.device
-        ).contiguous(memory_format=torch.channels_last)
         try:
-            frozen = freeze_static(module, static_in)
+            frozen = freeze_static(module, self._new_input(size))
         except Exception as exc:  # the model still runs; a graph capture may then fail
             log.warning("batch %d: cannot freeze shape computations: %s", size, exc)
             frozen = 0
         static_shape_ops(module)
         moved = host_constants(module)
         log.debug("batch %d: %d values frozen, %d constants on the host", size, frozen, len(moved))
-        return _Bucket(module, static_in)
+        return module
 
-    def _run(self, bucket: _Bucket) -> Any:
+    def _new_input(self, size: int) -> Any:
+        torch = self._torch
+        height, width = self._shape
+        return torch.zeros((size, 3, height, width), dtype=self._dtype, device=self.device).to(
+            memory_format=torch.channels_last
+        )
+
+    def _make_slot(self) -> _Slot:
+        torch = self._torch
+        (height, width), n = self._shape, self._max_batch
+        pinned = torch.empty((n, height, width, 3), dtype=torch.uint8).pin_memory()
+        return _Slot(
+            stream=torch.cuda.Stream(self.device),
+            pinned=pinned,
+            pinned_np=pinned.numpy(),
+            device_u8=torch.empty((n, height, width, 3), dtype=torch.uint8, device=self.device),
+            buckets={
+                size: _Bucket(module, self._new_input(size))
+                for size, module in self._modules.items()
+            },
+            event=torch.cuda.Event(),
+            rows_host=torch.empty(0).pin_memory(),
+            counts_host=torch.empty(n, dtype=torch.int64).pin_memory(),
+            converged_host=torch.empty(1, dtype=torch.bool).pin_memory(),
+        )
+
+    @staticmethod
+    def _run(bucket: _Bucket) -> Any:
         out = bucket.module(bucket.static_in)
         return out[0] if isinstance(out, (list, tuple)) else out
 
-    def _capture(self, size: int) -> bool:
-        """Capture bucket ``size``'s forward pass as a CUDA graph (False: run eagerly)."""
+    def _capture_all(self) -> None:
+        """Capture every bucket of every slot as a CUDA graph (on failure: all eager)."""
+        for slot in self._ring.slots:
+            for size in reversed(self.buckets):
+                if not self._capture(slot.buckets[size], size):
+                    return
+
+    def _capture(self, bucket: _Bucket, size: int) -> bool:
         torch = self._torch
-        bucket = self._buckets[size]
         try:
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
@@ -417,206 +508,243 @@ class TorchCudaEngine(Engine):
             self.graph_error = f"{type(exc).__name__}: {exc}"
             log.warning("CUDA graph capture failed at batch %d (%s); running eagerly", size, exc)
             self._use_graphs = False
-            for b in self._buckets.values():
-                b.graph = b.static_out = None
+            for slot in self._ring.slots:
+                for b in slot.buckets.values():
+                    b.graph = b.static_out = None
             torch.cuda.synchronize(self.device)
             return False
 
-    # ---- running ------------------------------------------------------------------
-    def _forward_static(self, n: int) -> Any:
+    # ---- running (on the current stream) ------------------------------------------------
+    def _forward_static(self, slot: _Slot, n: int) -> Any:
         """Run the bucket holding ``n`` frames on what was written into its static input."""
-        bucket = self._buckets[bucket_for(n, self.buckets)]
+        bucket = slot.buckets[bucket_for(n, self.buckets)]
         with self._torch.inference_mode():
             if bucket.graph is None:
                 return self._run(bucket)[:n]
             bucket.graph.replay()
             return bucket.static_out[:n]
 
-    def _static_in(self, n: int) -> Any:
-        return self._buckets[bucket_for(n, self.buckets)].static_in[:n]
+    def _static_in(self, slot: _Slot, n: int) -> Any:
+        return slot.buckets[bucket_for(n, self.buckets)].static_in[:n]
 
     def forward(self, x: Any) -> Any:
-        """Run a device tensor ``[n, 3, H, W]`` (any float dtype); returns ``[n, 4+C, A]``."""
+        """Run a device tensor ``[n, 3, H, W]`` (any float dtype) on slot 0, synchronously
+        with the current stream; returns ``[n, 4+C, A]`` (benchmarks, tests)."""
+        if self._ring.pending:
+            raise EngineError("forward() while batches are in flight")
+        slot = self._ring.slots[0]
         n = int(x.shape[0])
         with self._torch.inference_mode():
-            self._static_in(n).copy_(x)
-        return self._forward_static(n)
-
-    def _forward_u8(self, images: Any) -> Any:
-        """``[n, H, W, 3]`` uint8 RGB on the device -> normalised into the static input, run."""
-        n = int(images.shape[0])
-        with self._torch.inference_mode():
-            target = self._static_in(n)
-            target.copy_(images.permute(0, 3, 1, 2))  # uint8 -> fp16/fp32, into channels-last
-            target.mul_(1.0 / 255.0)
-        return self._forward_static(n)
-
-    def host_buffer(self, max_batch: int) -> npt.NDArray[np.uint8]:
-        """The pinned host staging buffer: images written here upload without a copy."""
-        return self._pinned_np[:max_batch]
-
-    def _upload_u8(self, images: npt.NDArray[np.uint8]) -> Any:
-        n = len(images)
-        if images.ctypes.data != self._pinned_np.ctypes.data:  # not our pinned buffer yet
-            self._pinned_np[:n] = images
-        dst = self._device_u8[:n]
-        dst.copy_(self._pinned[:n], non_blocking=True)
-        return dst
+            self._static_in(slot, n).copy_(x)
+        return self._forward_static(slot, n)
 
     def infer(self, batch: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
         x = self._torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         out = self.forward(x)
         return np.asarray(out.float().cpu().numpy(), dtype=np.float32)
 
-    def detect(
-        self,
-        batch: npt.NDArray[np.floating],
-        conf_threshold: float,
-        iou_threshold: float,
-        max_detections: int,
-    ) -> list[Detections]:
-        x = self._torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-        return gpu_decode(self.forward(x), conf_threshold, iou_threshold, max_detections)
+    def submit(self, frames: Sequence[Any], thresholds: Thresholds) -> PendingBatch:
+        """Enqueue a batch on the next slot's stream; see the class doc."""
+        on_device = self.check_frames(frames)
+        n = len(frames)
+        if n == 0:
+            return CompletedBatch(())
+        index, slot = self._ring.acquire()
+        try:
+            keep = self._enqueue(slot, frames, on_device, thresholds)
+        except BaseException:
+            self._ring.abandon(index)
+            raise
+        return SlotBatch(
+            self._ring,
+            index,
+            wait=lambda: self._collect(slot, n, thresholds, keep),
+            poll=slot.event.query,
+            keep=(frames, keep),
+        )
 
-    def detect_images(
-        self,
-        images: npt.NDArray[np.uint8],
-        conf_threshold: float,
-        iou_threshold: float,
-        max_detections: int,
-    ) -> list[Detections]:
-        out = self._forward_u8(self._upload_u8(images))
-        return gpu_decode(out, conf_threshold, iou_threshold, max_detections)
-
-    def detect_frames(
-        self,
-        frames: Sequence[Any],
-        conf_threshold: float,
-        iou_threshold: float,
-        max_detections: int,
-    ) -> list[Detections]:
-        """Frames that are device arrays (``__cuda_array_interface__``, e.g. CUDA IPC slots)
-        are copied device-to-device into the batch; host arrays are uploaded."""
+    def _enqueue(
+        self, slot: _Slot, frames: Sequence[Any], on_device: list[bool], thresholds: Thresholds
+    ) -> Any:
         torch = self._torch
         n = len(frames)
-        dst = self._device_u8[:n]
-        with torch.inference_mode():
-            for i, frame in enumerate(frames):
-                if hasattr(frame, "__cuda_array_interface__"):
-                    dst[i].copy_(torch.as_tensor(frame, device=self.device), non_blocking=True)
-                else:
-                    dst[i].copy_(torch.from_numpy(np.ascontiguousarray(frame)))
-        out = self._forward_u8(dst)
-        return gpu_decode(out, conf_threshold, iou_threshold, max_detections)
+        for i, frame in enumerate(frames):  # host frames into this slot's pinned staging
+            if not on_device[i]:
+                slot.pinned_np[i] = frame
+        # the current stream may have produced device frames (or the weights): wait for it
+        slot.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.inference_mode(), torch.cuda.stream(slot.stream):
+            dst = slot.device_u8[:n]
+            if not any(on_device):
+                dst.copy_(slot.pinned[:n], non_blocking=True)
+            else:
+                for i, frame in enumerate(frames):
+                    src = torch.as_tensor(frame, device=self.device) if on_device[i] else None
+                    dst[i].copy_(slot.pinned[i] if src is None else src, non_blocking=True)
+            target = self._static_in(slot, n)
+            target.copy_(dst.permute(0, 3, 1, 2))  # uint8 -> fp16/fp32, into channels-last
+            target.mul_(1.0 / 255.0)
+            out = self._forward_static(slot, n)
+            state: CandidateNms | EndToEndRows
+            if self._layout is OutputLayout.END_TO_END:
+                state = EndToEndRows(out, thresholds.conf)
+            else:
+                state = candidates_nms(out, thresholds.conf, thresholds.iou, self._candidates)
+            rows = state.rows(thresholds.max_detections)
+            if tuple(slot.rows_host.shape[1:]) != tuple(rows.shape[1:]):  # first batch
+                shape = (self._max_batch, *rows.shape[1:])
+                slot.rows_host = torch.empty(shape, dtype=torch.float32).pin_memory()
+            host_rows = slot.rows_host[:n]
+            host_rows.copy_(rows, non_blocking=True)
+            slot.counts_host[:n].copy_(state.counts(thresholds.max_detections), non_blocking=True)
+            slot.converged_host.copy_(state.converged(), non_blocking=True)
+            slot.event.record(slot.stream)
+        return state, host_rows
+
+    def _collect(
+        self, slot: _Slot, n: int, thresholds: Thresholds, keep: tuple[Any, Any]
+    ) -> list[Detections]:
+        state, host_rows = keep
+        slot.event.synchronize()
+        if not bool(slot.converged_host[0]):  # rare: a long suppression chain; finish it here
+            with self._torch.inference_mode(), self._torch.cuda.stream(slot.stream):
+                state.finish()
+                host_rows = state.rows(thresholds.max_detections).cpu()
+                counts = state.counts(thresholds.max_detections).cpu().numpy()
+        else:
+            counts = slot.counts_host[:n].numpy()
+        rows = host_rows.numpy()
+        return [
+            (
+                rows[i, : counts[i], :4].copy(),
+                rows[i, : counts[i], 4].copy(),
+                rows[i, : counts[i], 5].astype(np.intp),
+            )
+            for i in range(n)
+        ]
 
     def close(self) -> None:
-        self._buckets.clear()
+        self._torch.cuda.synchronize(self.device)
+        self._ring.slots.clear()
+        self._modules.clear()
         self._torch.cuda.empty_cache()
 
 
-def gpu_decode(
-    output: Any,
-    conf_threshold: float,
-    iou_threshold: float,
-    max_detections: int,
-    layout: OutputLayout = OutputLayout.ANCHORS,
-) -> list[Detections]:
-    """Decode ``[N, 4+C, A]`` on the GPU: best class, threshold, one class-aware NMS for the
-    whole batch (images kept apart by offsetting their class ids), one copy to the host.
+class CandidateNms:
+    """Class-aware greedy NMS over each image's best ``candidates`` boxes, in fixed shapes.
 
-    An ``end2end`` output ``[N, K, 6]`` is only thresholded and cut to ``max_detections``
-    per image on the GPU (:func:`_gpu_end_to_end`): the model already ran NMS."""
-    if layout is OutputLayout.END_TO_END:
-        return _gpu_end_to_end(output, conf_threshold, max_detections)
-    import torch
+    Nothing here reads a value on the host, so it is enqueued on a stream with no sync.
+    Greedy NMS keeps box ``i`` (ranked by score) unless a *kept* box ranked before it, of the
+    same class, overlaps it by more than ``iou``.  That is a fixed point ``keep = f(keep)``
+    whose only solution is the greedy answer (``keep[i]`` depends only on ``keep[:i]``); it is
+    reached by iterating ``f`` from "every candidate", usually in a few rounds.
+    :meth:`converged` says whether ``rounds`` were enough; :meth:`finish` iterates to the end.
+    Memory: ``N * K * K`` bytes for the suppression mask, plus float temporaries for at most
+    64 MiB of pairs at a time.
+    """
 
-    batched_nms = nms_function()
-    n, channels = int(output.shape[0]), int(output.shape[1])
-    with torch.inference_mode():
+    def __init__(self, output: Any, conf: float, iou: float, candidates: int, rounds: int) -> None:
+        import torch
+
         out = output.float()
-        scores, classes = out[:, 4:].max(1)  # [N, A]
-        image, anchor = (scores > conf_threshold).nonzero(as_tuple=True)
-        box = out[image, :4, anchor]  # [K, 4] cx, cy, w, h
-        xyxy = torch.cat([box[:, :2] - box[:, 2:] / 2, box[:, :2] + box[:, 2:] / 2], 1)
-        s, c = scores[image, anchor], classes[image, anchor]
-        keep = batched_nms(xyxy, s, image * (channels - 4) + c, iou_threshold)
-        host = (
-            torch.cat(
-                [xyxy[keep], s[keep, None], c[keep, None].float(), image[keep, None].float()], 1
-            )
-            .cpu()
-            .numpy()
-        )
-    return split_rows(host, n, max_detections)  # NMS order: best score first
+        n, anchors = int(out.shape[0]), int(out.shape[2])
+        k = min(candidates, anchors)
+        scores, classes = out[:, 4:].max(1)  # [n, A]
+        self.scores, index = scores.topk(k, dim=1)  # [n, k], best first
+        self.valid = self.scores > conf
+        boxes = out[:, :4].gather(2, index[:, None, :].expand(n, 4, k)).transpose(1, 2)
+        half = boxes[..., 2:] / 2
+        self.xyxy = torch.cat([boxes[..., :2] - half, boxes[..., :2] + half], 2)  # [n, k, 4]
+        self.classes = classes.gather(1, index)
+        suppress = torch.empty((n, k, k), dtype=torch.bool, device=out.device)
+        chunk = max(1, (64 << 20) // (4 * k * k))
+        for s in range(0, n, chunk):
+            x1, y1, x2, y2 = self.xyxy[s : s + chunk].unbind(2)
+            w = torch.minimum(x2[:, :, None], x2[:, None, :])
+            w.sub_(torch.maximum(x1[:, :, None], x1[:, None, :])).clamp_(min=0)
+            h = torch.minimum(y2[:, :, None], y2[:, None, :])
+            h.sub_(torch.maximum(y1[:, :, None], y1[:, None, :])).clamp_(min=0)
+            inter = w.mul_(h)
+            area = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+            union = (area[:, :, None] + area[:, None, :]).sub_(inter)
+            torch.gt(inter, union.mul_(iou), out=suppress[s : s + chunk])  # iou > t
+        suppress &= torch.ones((k, k), dtype=torch.bool, device=out.device).triu(1)  # j < i
+        suppress &= self.classes[:, :, None] == self.classes[:, None, :]
+        suppress &= self.valid[:, :, None]
+        self._suppress = suppress
+        self.keep = self.valid
+        for _ in range(rounds):
+            self.keep = self._step(self.keep)
+
+    def _step(self, keep: Any) -> Any:
+        return self.valid & ~(self._suppress & keep[:, :, None]).any(1)
+
+    def converged(self) -> Any:
+        """A device ``[1]`` bool: whether :attr:`keep` is the fixed point (the greedy result)."""
+        return (self._step(self.keep) == self.keep).all().reshape(1)
+
+    def finish(self) -> None:
+        """Iterate to the fixed point (reads the device: syncs)."""
+        while True:
+            step = self._step(self.keep)
+            if bool((step == self.keep).all()):
+                return
+            self.keep = step
+
+    def rows(self, max_detections: int) -> Any:
+        """``[N, M, 6]`` float32 (x1, y1, x2, y2, score, class) of the kept boxes, best first;
+        rows past :meth:`counts` are padding."""
+        import torch
+
+        m = min(max_detections, int(self.scores.shape[1]))
+        ranked = torch.where(self.keep, self.scores, torch.full_like(self.scores, -1.0))
+        best, order = ranked.topk(m, dim=1)
+        boxes = self.xyxy.gather(1, order[:, :, None].expand(-1, -1, 4))
+        classes = self.classes.gather(1, order).float()
+        return torch.cat([boxes, best[:, :, None], classes[:, :, None]], 2).contiguous()
+
+    def counts(self, max_detections: int) -> Any:
+        """``[N]`` int64: kept boxes per image, at most ``max_detections``."""
+        return self.keep.sum(1).clamp(max=max_detections)
 
 
-def _gpu_end_to_end(output: Any, conf_threshold: float, max_detections: int) -> list[Detections]:
-    """``[N, K, 6]`` rows ``x1, y1, x2, y2, score, class_id``: keep ``score > conf_threshold``,
-    the first ``max_detections`` of them per image in the model's order (as
-    :func:`~visionflow.pipeline.postprocess.decode_end_to_end` and Ultralytics do)."""
-    import torch
+class EndToEndRows:
+    """An NMS-free model's ``[N, K, 6]`` rows (x1, y1, x2, y2, score, class id): keep
+    ``score > conf``, the first ``max_detections`` in the model's order (Ultralytics' end-to-end
+    branch), in fixed shapes on the device; same interface as :class:`CandidateNms`."""
 
-    n = int(output.shape[0])
-    with torch.inference_mode():
-        out = output.float()
-        passed = out[..., 4] > conf_threshold  # [N, K]
-        passed &= passed.cumsum(1) <= max_detections  # rank among the passing rows
-        image, row = passed.nonzero(as_tuple=True)
-        host = torch.cat([out[image, row], image[:, None].float()], 1).cpu().numpy()
-    return split_rows(host, n, max_detections)
+    def __init__(self, output: Any, conf: float) -> None:
+        import torch
 
+        self.out = output.float()
+        self.valid = self.out[..., 4] > conf
+        k = int(self.out.shape[1])
+        rank = torch.arange(k, device=self.out.device)
+        self._order = (rank + (~self.valid).to(torch.int64) * k).argsort(dim=1)  # valid first
 
-def split_rows(host: npt.NDArray[np.float32], n: int, max_detections: int) -> list[Detections]:
-    """Host rows ``x1, y1, x2, y2, score, class_id, image`` -> per image of ``n``, in row
-    order, at most ``max_detections`` each."""
-    results: list[Detections] = []
-    for i in range(n):
-        rows = host[host[:, 6] == i][:max_detections]
-        results.append(
-            (
-                rows[:, :4].astype(np.float32),
-                rows[:, 4].astype(np.float32),
-                np.rint(rows[:, 5]).astype(np.intp),
-            )
-        )
-    return results
+    def converged(self) -> Any:
+        import torch
 
+        return torch.ones(1, dtype=torch.bool, device=self.out.device)
 
-@functools.cache
-def nms_function() -> Callable[..., Any]:
-    """``torchvision.ops.batched_nms``, or :func:`_batched_nms` when torchvision cannot be
-    imported: missing (``ImportError``), or built for another torch, which raises
-    ``RuntimeError`` (e.g. "operator torchvision::nms does not exist") or ``OSError`` (its
-    C++ library does not load) at import.  Decided once per process, the reason logged once."""
-    try:
-        from torchvision.ops import batched_nms
-    except (ImportError, RuntimeError, OSError) as exc:
-        log.warning(
-            "torchvision unusable (%s: %s); GPU NMS uses visionflow's torch implementation",
-            type(exc).__name__,
-            exc,
-        )
-        return _batched_nms
-    return cast(Callable[..., Any], batched_nms)
+    def finish(self) -> None:
+        """Nothing to iterate."""
+
+    def rows(self, max_detections: int) -> Any:
+        m = min(max_detections, int(self.out.shape[1]))
+        order = self._order[:, :m]
+        return self.out.gather(1, order[:, :, None].expand(-1, -1, 6)).contiguous()
+
+    def counts(self, max_detections: int) -> Any:
+        return self.valid.sum(1).clamp(max=max_detections)
 
 
-def _batched_nms(boxes: Any, scores: Any, classes: Any, iou_threshold: float) -> Any:
-    """Greedy class-aware NMS in torch (fallback when torchvision is missing)."""
-    import torch
+def candidates_nms(
+    output: Any, conf: float, iou: float, candidates: int, rounds: int = 8
+) -> CandidateNms:
+    """Decode ``[N, 4+C, A]`` on its device: best class per anchor, the ``candidates`` best
+    anchors per image above ``conf``, class-aware greedy NMS (:class:`CandidateNms`)."""
+    return CandidateNms(output, conf, iou, candidates, rounds)
 
-    shifted = boxes + classes[:, None].to(boxes.dtype) * 8192.0
-    order = scores.argsort(descending=True)
-    keep = []
-    while order.numel():
-        best = order[0]
-        keep.append(best)
-        if order.numel() == 1:
-            break
-        rest = order[1:]
-        a, b = shifted[best], shifted[rest]
-        lt = torch.maximum(a[:2], b[:, :2])
-        rb = torch.minimum(a[2:], b[:, 2:])
-        inter = (rb - lt).clamp(min=0).prod(1)
-        union = (a[2:] - a[:2]).prod() + (b[:, 2:] - b[:, :2]).prod(1) - inter
-        order = rest[inter / union.clamp(min=1e-9) <= iou_threshold]
-    return torch.stack(keep) if keep else torch.zeros(0, dtype=torch.long, device=boxes.device)
+
+BACKEND = Backend(BACKEND_KEY, TorchCudaConfig, TorchCudaEngine)

@@ -34,13 +34,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from visionflow.engines.config import TensorRTConfig
 from visionflow.errors import EngineError, EngineUnavailableError, ModelError
 from visionflow.gpu import cuda
 from visionflow.gpu.cuda import check
 
 if TYPE_CHECKING:
     import tensorrt as trt
+
+    from visionflow.engines.trt import TensorRTConfig
 
 log = logging.getLogger("visionflow.engines.trt")
 INSTALL_HINT = (

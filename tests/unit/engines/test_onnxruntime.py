@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from visionflow.config import parse_config
-from visionflow.engines import create_engine
-from visionflow.engines.config import OnnxRuntimeConfig
-from visionflow.errors import ConfigError, ModelError
+from visionflow.engines import EngineCapabilities, Thresholds, create_engine
+from visionflow.engines.ort import OnnxRuntimeConfig
+from visionflow.errors import ConfigError, EngineError, ModelError
 from visionflow.models import DEMO_MODEL, resolve_model
 from visionflow.pipeline.letterbox import letterbox_image, to_network_input
-from visionflow.pipeline.postprocess import detections_for_frame
+from visionflow.pipeline.postprocess import decode_output, detections_for_frame
 from visionflow.scenes.generator import SceneGenerator, SceneSpec
 
 
@@ -61,3 +61,56 @@ def test_bad_model_files_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"3 classes"):
         resolve_model(parse_config({"model": {"class_names": ["a"]}}))
     assert Path(DEMO_MODEL).with_suffix(".json").is_file()
+
+
+class DeviceFrame:
+    """Looks like a frame in GPU memory (``__cuda_array_interface__``); never dereferenced."""
+
+    __cuda_array_interface__ = {  # noqa: RUF012 - read-only here
+        "shape": (320, 320, 3),
+        "typestr": "|u1",
+        "data": (0, True),
+        "version": 3,
+    }
+
+
+def _frames(count: int) -> list[np.ndarray]:
+    scene = SceneGenerator(SceneSpec(640, 360, seed=7), horizon_s=30)
+    return [letterbox_image(scene.render(i * 37)[0], 320, 320)[0] for i in range(count)]
+
+
+def test_detect_is_submit_result_and_matches_infer_plus_cpu_decode():
+    frames = _frames(3)
+    t = Thresholds(0.5, 0.45, 100)
+    with create_engine(OnnxRuntimeConfig(), DEMO_MODEL, 4) as engine:
+        assert engine.capabilities == EngineCapabilities()  # host frames, 1 in flight
+        expected = [
+            decode_output(o, t.conf, t.iou, t.max_detections)
+            for o in engine.infer(to_network_input(np.stack(frames)))
+        ]
+        pending = engine.submit(frames, t)
+        assert pending.done()  # synchronous: finished inside submit
+        for frame in frames:
+            frame[:] = 0  # the engine copied the frames: changing them now changes nothing
+        detected = pending.result()
+        assert engine.detect([], t) == []
+        again = engine.detect(_frames(3), t)
+    assert sum(len(b) for b, _, _ in detected) >= 3
+    for got in (detected, again):
+        for (eb, es, ec), (gb, gs, gc) in zip(expected, got, strict=True):
+            assert np.allclose(eb, gb) and np.allclose(es, gs) and np.array_equal(ec, gc)
+
+
+def test_batches_the_backend_cannot_take_are_clear_engine_errors():
+    t = Thresholds(0.5, 0.45, 100)
+    with create_engine(OnnxRuntimeConfig(), DEMO_MODEL, 2) as engine:
+        with pytest.raises(EngineError, match="cannot read frames in GPU memory"):
+            engine.detect([np.zeros((320, 320, 3), np.uint8), DeviceFrame()], t)
+        with pytest.raises(EngineError, match=r"frame 0 is <f4 \(320, 320, 3\)"):
+            engine.detect([np.zeros((320, 320, 3), np.float32)], t)
+        with pytest.raises(EngineError, match=r"frame 1 is \|u1 \(240, 320, 3\)"):
+            engine.detect([np.zeros((320, 320, 3), np.uint8), np.zeros((240, 320, 3), np.uint8)], t)
+        with pytest.raises(EngineError, match="exceeds max_batch 2"):
+            engine.detect(_frames(3), t)
+    with pytest.raises(ValueError, match="thresholds"):
+        Thresholds(1.5, 0.45, 100)

@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 
 from visionflow.engines import create_engine
-from visionflow.engines.config import TensorRTConfig
-from visionflow.engines.trt import GrowingBuffers, decode_in_engine_nms, grown_capacity
+from visionflow.engines.trt import (
+    GrowingBuffers,
+    TensorRTConfig,
+    batch_pointers,
+    decode_in_engine_nms,
+    grown_capacity,
+    trt_capabilities,
+)
 from visionflow.engines.trt_build import (
     CalibrationBatches,
     EngineKey,
@@ -161,3 +167,36 @@ def test_int8_calibration_reads_the_cache_or_the_frames_calibrate_saved(tmp_path
 
     cache.write_bytes(b"cache")  # TensorRT reads the cache itself: no frames needed
     assert calibration_input(config, cache, (8, 8)) is None
+
+
+class DeviceFrame:
+    """Looks like a frame in GPU memory at ``address`` (never dereferenced here)."""
+
+    def __init__(self, address: int, shape=(4, 6, 3), strides=None) -> None:
+        self.__cuda_array_interface__ = {
+            "shape": shape,
+            "typestr": "|u1",
+            "data": (address, True),
+            "strides": strides,
+            "version": 3,
+        }
+
+
+def test_frame_table_reads_device_frames_in_place_and_host_frames_from_staging():
+    frames = [DeviceFrame(0x1000), np.zeros((4, 6, 3), np.uint8), DeviceFrame(0x9000)]
+    table = batch_pointers(frames, [True, False, True], staging=0x100000, height=4, width=6)
+    assert table.dtype == np.uint64
+    assert table.tolist() == [0x1000, 0x100000 + 4 * 6 * 3, 0x9000]
+    all_host = batch_pointers(frames[1:2] * 2, [False, False], 0x100000, 4, 6)
+    assert all_host.tolist() == [0x100000, 0x100000 + 72]
+    with pytest.raises(EngineError, match="not C-contiguous"):
+        batch_pointers([DeviceFrame(0x1000, strides=(36, 6, 1))], [True], 0x100000, 4, 6)
+
+
+def test_one_batch_in_flight_per_context():
+    caps = trt_capabilities(TensorRTConfig(contexts=3))
+    assert caps.max_inflight == 3 and caps.device_frames and caps.host_frames
+    assert (
+        caps.nms_in_engine
+        and not trt_capabilities(TensorRTConfig(nms_in_engine=False)).nms_in_engine
+    )

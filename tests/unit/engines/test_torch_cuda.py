@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.abc
-import logging
-import sys
-import types
-
 import numpy as np
 import pytest
 
-from visionflow.engines import create_engine, torch_cuda
-from visionflow.engines.config import OnnxRuntimeConfig, TorchCudaConfig
-from visionflow.engines.torch_cuda import (
-    batch_buckets,
-    bucket_for,
-    gpu_decode,
-    nms_function,
-    split_rows,
-)
-from visionflow.errors import EngineUnavailableError
+from visionflow.engines import Thresholds, create_engine
+from visionflow.engines.ort import OnnxRuntimeConfig
+from visionflow.engines.torch_cuda import TorchCudaConfig, batch_buckets, bucket_for
+from visionflow.errors import EngineError, EngineUnavailableError
 from visionflow.models import DEMO_MODEL
-from visionflow.pipeline.layouts import OutputLayout
 
 
 def test_buckets_cover_every_batch_size():
@@ -51,12 +39,12 @@ def test_without_cuda_the_backend_says_why():
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_gpu_backend_matches_onnxruntime_and_nms_matches_cpu(precision):
     from visionflow.pipeline.letterbox import letterbox_image, to_network_input
+    from visionflow.pipeline.postprocess import decode_output
     from visionflow.scenes.generator import SceneGenerator, SceneSpec
 
     scene = SceneGenerator(SceneSpec(640, 360, seed=5), horizon_s=30)
-    x = to_network_input(
-        np.stack([letterbox_image(scene.render(i * 40)[0], 320, 320)[0] for i in range(5)])
-    )
+    images = np.stack([letterbox_image(scene.render(i * 40)[0], 320, 320)[0] for i in range(5)])
+    x = to_network_input(images)
     with (
         create_engine(OnnxRuntimeConfig(), DEMO_MODEL, 8) as ref,
         create_engine(TorchCudaConfig(precision=precision), DEMO_MODEL, 8) as gpu,
@@ -65,8 +53,9 @@ def test_gpu_backend_matches_onnxruntime_and_nms_matches_cpu(precision):
         assert gpu.info.backend == "torch-cuda" and gpu.info.num_classes == 3
         tol = 2e-2 if precision == "fp16" else 1e-3
         assert np.abs(expected[:, 4:] - got[:, 4:]).max() < tol
-        cpu_dets = ref.detect(x, 0.5, 0.45, 100)
-        gpu_dets = gpu.detect(x, 0.5, 0.45, 100)
+        t = Thresholds(0.5, 0.45, 100)
+        cpu_dets = [decode_output(o, t.conf, t.iou, t.max_detections) for o in expected]
+        gpu_dets = gpu.detect(list(images), t)
     for (cb, _, cc), (gb, _, gc) in zip(cpu_dets, gpu_dets, strict=True):
         assert abs(len(cb) - len(gb)) <= 1
         if precision == "fp32" and len(cb) == len(gb):  # equal scores may tie in another order
@@ -94,114 +83,71 @@ def test_cuda_graphs_replay_what_eager_computes_and_device_frames_match_host():
             a = eager.forward(x[:n]).float().cpu().numpy()
             b = graphs.forward(x[:n]).float().cpu().numpy()
             assert a.shape == b.shape and np.abs(a - b).max() < 1e-2
-        host = graphs.detect_images(images, 0.5, 0.45, 100)
+        t = Thresholds(0.5, 0.45, 100)
+        host = graphs.detect(list(images), t)
         device = [torch.from_numpy(im).cuda() for im in images]
-        frames = graphs.detect_frames(device, 0.5, 0.45, 100)
+        frames = graphs.detect(device, t)
+        mixed = graphs.detect([device[0], images[1], *device[2:]], t)
+        # two batches in flight on two streams, collected in order, match one at a time
+        first = graphs.submit(device[:3], t)
+        second = graphs.submit(list(images[3:]), t)
+        with pytest.raises(EngineError, match="in flight"):
+            graphs.submit(device[:1], t)
+        with pytest.raises(EngineError, match="submit order"):
+            second.result()
+        inflight = first.result() + second.result()
+    assert graphs.capabilities.max_inflight == 2 and graphs.capabilities.device_frames
     assert sum(len(b) for b, _, _ in host) > 6
-    for (hb, hs, hc), (db, ds, dc) in zip(host, frames, strict=True):
-        assert np.array_equal(hc, dc) and np.allclose(hb, db) and np.allclose(hs, ds)
+    for other in (frames, mixed, inflight):
+        for (hb, hs, hc), (db, ds, dc) in zip(host, other, strict=True):
+            assert np.array_equal(hc, dc) and np.allclose(hb, db) and np.allclose(hs, ds)
 
 
-class _BrokenTorchvision(importlib.abc.MetaPathFinder):
-    """Makes ``import torchvision`` fail the way a torchvision built for another torch does."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-    def find_spec(self, name, path=None, target=None):
-        if name == "torchvision" or name.startswith("torchvision."):
-            raise self.error
-        return None
-
-
-@pytest.fixture
-def fresh_nms_choice(monkeypatch):
-    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-        monkeypatch.delitem(sys.modules, name)
-    nms_function.cache_clear()
-    yield
-    nms_function.cache_clear()
+def _random_output(rng: np.random.Generator, n: int, classes: int, anchors: int) -> np.ndarray:
+    """Raw ``[n, 4+C, A]`` output with boxes clustered around a few centres (long overlap
+    chains, many classes) - harder for NMS than a real detector's output."""
+    out = np.zeros((n, 4 + classes, anchors), np.float32)
+    for i in range(n):
+        centres = rng.uniform(20, 300, (8, 2))[rng.integers(0, 8, anchors)]
+        out[i, :2] = (centres + rng.normal(0, 6, (anchors, 2))).T
+        out[i, 2:4] = rng.uniform(10, 60, (2, anchors))
+        out[i, 4:] = rng.uniform(0, 1, (classes, anchors)) ** 3
+    return out
 
 
-@pytest.mark.parametrize(
-    "error",
-    [
-        RuntimeError("operator torchvision::nms does not exist"),
-        OSError("libtorchvision.so: undefined symbol: _ZN3c10"),
-        ImportError("No module named 'torchvision'"),
-    ],
-)
-def test_a_torchvision_that_fails_to_import_falls_back_logging_once(
-    fresh_nms_choice, monkeypatch, caplog, error
-):
-    monkeypatch.setattr(sys, "meta_path", [_BrokenTorchvision(error), *sys.meta_path])
-    with caplog.at_level(logging.WARNING, logger="visionflow.engines.torch_cuda"):
-        assert nms_function() is torch_cuda._batched_nms
-        assert nms_function() is torch_cuda._batched_nms
-    (record,) = caplog.records
-    assert type(error).__name__ in record.getMessage() and str(error) in record.getMessage()
-
-
-def test_a_working_torchvision_is_used(fresh_nms_choice, monkeypatch):
-    ops = types.ModuleType("torchvision.ops")
-    ops.batched_nms = lambda *args: "torchvision"  # type: ignore[attr-defined]
-    package = types.ModuleType("torchvision")
-    package.ops = ops  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "torchvision", package)
-    monkeypatch.setitem(sys.modules, "torchvision.ops", ops)
-    assert nms_function() is ops.batched_nms
-
-
-def test_split_rows_gives_each_image_its_rows_in_order_capped():
-    host = np.array(
-        [
-            [0, 0, 1, 1, 0.9, 3, 1],
-            [0, 0, 2, 2, 0.8, 1, 0],
-            [0, 0, 3, 3, 0.7, 2, 1],
-            [0, 0, 4, 4, 0.6, 0, 1],
-        ],
-        np.float32,
-    )
-    first, second, third = split_rows(host, 3, 2)
-    assert first[2].tolist() == [1] and second[2].tolist() == [3, 2] and len(third[0]) == 0
-    np.testing.assert_allclose(second[1], [0.9, 0.7])
-    assert second[2].dtype == np.intp and second[0].shape == (2, 4)
-
-
-def _torch_or_skip():
-    return pytest.importorskip("torch", reason="torch is not installed")
-
-
-def test_gpu_decode_of_an_end2end_output_matches_the_cpu_decode():
-    torch = _torch_or_skip()
+@pytest.mark.parametrize("rounds", [1, 8])
+def test_fixed_shape_gpu_nms_is_exact_greedy_nms(rounds):
+    """:class:`CandidateNms` (run here on the CPU) keeps what the shared CPU decode keeps,
+    whether its first rounds converged or :meth:`finish` had to complete them."""
+    torch = pytest.importorskip("torch")
+    from visionflow.engines.torch_cuda import candidates_nms
     from visionflow.pipeline.postprocess import decode_output
 
-    rng = np.random.default_rng(4)
-    out = np.zeros((3, 300, 6), np.float32)
-    for i, k in enumerate((0, 5, 300)):
-        out[i, :k, :4] = np.sort(rng.uniform(0, 600, (k, 2, 2)), 1).reshape(k, 4)[:, [0, 2, 1, 3]]
-        out[i, :k, 4] = rng.uniform(0, 1, k)
-        out[i, :k, 5] = rng.integers(0, 80, k)
-    got = gpu_decode(torch.from_numpy(out), 0.3, 0.45, 50, OutputLayout.END_TO_END)
-    for image, (boxes, scores, classes) in zip(out, got, strict=True):
-        ref = decode_output(image, 0.3, 0.45, 50, OutputLayout.END_TO_END)
-        np.testing.assert_array_equal(boxes, ref[0])
-        np.testing.assert_array_equal(scores, ref[1])
-        np.testing.assert_array_equal(classes, ref[2])
-    assert len(got[0][0]) == 0 and len(got[2][0]) == 50
+    rng = np.random.default_rng(rounds)
+    out = _random_output(rng, 3, 3, 600)
+    state = candidates_nms(torch.from_numpy(out), 0.25, 0.45, candidates=1024, rounds=rounds)
+    if rounds == 1:
+        assert not bool(state.converged()[0])  # this data needs several rounds
+    state.finish()
+    assert bool(state.converged()[0])
+    rows, counts = state.rows(100).numpy(), state.counts(100).numpy()
+    assert rows.shape == (3, 100, 6)
+    for i in range(3):
+        boxes, scores, classes = decode_output(out[i], 0.25, 0.45, 100)
+        got = rows[i, : counts[i]]
+        assert counts[i] == len(boxes) > 10
+        assert np.allclose(got[:, :4], boxes, atol=1e-4) and np.allclose(got[:, 4], scores)
+        assert np.array_equal(got[:, 5].astype(np.intp), classes)
 
 
-def test_gpu_decode_of_an_anchors_output_matches_the_cpu_decode():
-    torch = _torch_or_skip()
-    from visionflow.pipeline.postprocess import decode_output
+def test_gpu_nms_candidates_cap_keeps_the_best_boxes():
+    torch = pytest.importorskip("torch")
+    from visionflow.engines.torch_cuda import candidates_nms
 
-    rng = np.random.default_rng(6)
-    out = np.zeros((2, 7, 400), np.float32)
-    out[:, :2] = rng.uniform(0, 320, (2, 2, 400))
-    out[:, 2:4] = rng.uniform(5, 60, (2, 2, 400))
-    out[:, 4:] = rng.uniform(0, 1, (2, 3, 400))
-    got = gpu_decode(torch.from_numpy(out), 0.5, 0.45, 100)
-    for image, (boxes, _, classes) in zip(out, got, strict=True):
-        ref_boxes, _, ref_classes = decode_output(image, 0.5, 0.45, 100)
-        assert sorted(classes.tolist()) == sorted(ref_classes.tolist())
-        np.testing.assert_allclose(np.sort(boxes, 0), np.sort(ref_boxes, 0), atol=1e-3)
+    out = _random_output(np.random.default_rng(3), 2, 2, 400)
+    state = candidates_nms(torch.from_numpy(out), 0.0, 0.45, candidates=16)
+    state.finish()
+    rows, counts = state.rows(300).numpy(), state.counts(300).numpy()
+    assert rows.shape == (2, 16, 6) and (counts <= 16).all() and (counts > 0).all()
+    best = out[:, 4:].max(1).max(1)
+    assert np.allclose(rows[:, 0, 4], best)  # the best box of each image is always kept

@@ -12,7 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from visionflow.config import parse_config
 from visionflow.engines import create_engine
-from visionflow.engines.config import OnnxRuntimeConfig
+from visionflow.engines.base import Thresholds
+from visionflow.engines.ort import OnnxRuntimeConfig
 from visionflow.errors import ConfigError, ModelError
 from visionflow.models import ResolvedModel, resolve_model
 from visionflow.pipeline.layouts import OutputLayout
@@ -74,8 +75,12 @@ def test_an_end2end_export_resolves_with_classes_from_its_metadata(tmp_path):
     assert model.num_classes == 80 and model.class_names[17] == "c17"  # not 296, not 2
     with create_engine(OnnxRuntimeConfig(), path, 1) as engine:
         raw = engine.infer(np.zeros((1, 3, 32, 32), np.float32))
+        (through_engine,) = engine.detect(
+            [np.zeros((32, 32, 3), np.uint8)], Thresholds(0.25, 0.45, 300)
+        )
     boxes, _, classes = decode_output(raw[0], 0.25, 0.45, 300, model.layout)
     assert classes.tolist() == [17, 17] and boxes[0].tolist() == [4, 4, 20, 28]
+    assert through_engine[2].tolist() == [17, 17], "the engine reads the end2end layout too"
 
 
 def test_end2end_class_names_from_config_or_sidecar_and_none_is_an_error(tmp_path):
