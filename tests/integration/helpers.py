@@ -26,8 +26,11 @@ def config(streams: list[dict[str, Any]], redis_url: str, prefix: str, **extra: 
             "backoff_max_s": 2,
         },
     }
-    for key, value in extra.items():
-        raw[key] = value
+    for key, value in extra.items():  # a section given here is merged into the defaults
+        base = raw.get(key)
+        raw[key] = (
+            {**base, **value} if isinstance(base, dict) and isinstance(value, dict) else value
+        )
     return parse_config(raw, "<test>")
 
 

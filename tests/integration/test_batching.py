@@ -64,6 +64,9 @@ def test_slow_stream_gets_through_while_fast_streams_overload(
         redis_server,
         key_prefix,
         batching={"max_batch": 4, "max_delay_ms": 5, "buffer_per_stream": 2},
+        # the batcher's round-robin under overload, not shedding before decode (which would
+        # keep the fast cameras from overloading it at all)
+        source={"shed_load": False},
     )
     with running(cfg, redis_server) as pipeline:
         # measure in steady state: frames buffered while the worker warmed up are not

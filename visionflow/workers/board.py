@@ -220,6 +220,8 @@ class StatusBoard:
             analysis_fps=stats.analysis_fps if stats else 0.0,
             decode_mode=stats.decode_mode if stats else "all",
             skipped_analysis=stats.skipped_analysis if stats else 0,
+            target_fps=stats.target_fps if stats else None,
+            source_fps=stats.source_fps if stats else None,
         )
 
     @staticmethod

@@ -5,7 +5,11 @@ announced and dropped as ``inference_behind`` per second), asks
 :class:`~visionflow.pipeline.share.FairShareController` for each stream's target, and
 returns the targets that changed; the pipeline sends them to the ingest processes as
 :class:`~visionflow.workers.messages.SetAnalysisRates`, where frames beyond a stream's share
-are shed before decode.  Saturation is sampled at every tick (no worker had room).
+are shed before decode.
+
+Overload is read from ``inference_behind`` drops alone: a worker with batches queued is not
+overloaded (it may be keeping up exactly), but a full per-stream buffer dropping its oldest
+frame is.
 """
 
 from __future__ import annotations
@@ -30,12 +34,7 @@ class ShareGovernor:
         self.interval_s, self.clock = interval_s, clock
         self._last: dict[str, tuple[int, int]] = {}  # announced, inference_behind
         self._at = clock()
-        self._samples = self._full = 0
         self.sent: dict[str, float | None] = {}
-
-    def sample(self, saturated: bool) -> None:
-        self._samples += 1
-        self._full += saturated
 
     def step(
         self, ledger: Mapping[str, LedgerSnapshot], demand: Mapping[str, float | None]
@@ -53,9 +52,8 @@ class ShareGovernor:
             a0, b0 = self._last.get(sid, (announced, behind))
             self._last[sid] = (announced, behind)
             loads.append(StreamLoad(sid, (announced - a0) / dt, (behind - b0) / dt, demand[sid]))
-        saturated = self._samples > 0 and self._full * 2 >= self._samples
-        self._at, self._samples, self._full = now, 0, 0
-        targets = self.controller.update(loads, saturated)
+        self._at = now
+        targets = self.controller.update(loads, saturated=False)
         changed = {sid: t for sid, t in targets.items() if _differs(self.sent.get(sid), t)}
         self.sent.update(changed)
         return changed

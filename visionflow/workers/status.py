@@ -34,6 +34,8 @@ class StreamStatus:
     analysis_fps: float = 0.0  # frames used (announced) per second, measured in ingest
     decode_mode: str = "all"  # skip mode: "all", "nonref" (B-frames skipped), "nonkey"
     skipped_analysis: int = 0  # frames not analysed: not decoded, or decoded and not used
+    target_fps: float | None = None  # min(analysis_fps, fair share); None: every frame
+    source_fps: float | None = None  # the camera's own frame rate, measured from packets
 
     @property
     def accounted(self) -> bool:
@@ -54,6 +56,8 @@ class StreamStatus:
             "skipped_fps_cap": str(self.skipped_fps_cap),
             "drops": json.dumps(self.drops, sort_keys=True),
             "in_flight": str(self.in_flight),
+            "target_fps": "" if self.target_fps is None else f"{self.target_fps:.2f}",
+            "source_fps": "" if self.source_fps is None else f"{self.source_fps:.2f}",
             "decode_errors": str(self.decode_errors),
             "reconnects": str(self.reconnects),
             "last_error": self.last_error or "",

@@ -315,7 +315,6 @@ class Pipeline:
             self.group.check()
             if self.governor is None:
                 return
-            self.governor.sample(not self.scheduler.dispatcher.has_capacity())
             changed = self.governor.step(self.scheduler.ledger.snapshots(), self.board.demand())
         if changed:
             self._send_rates(changed)
