@@ -12,19 +12,24 @@ for a free shared-memory slot instead, which bounds them.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import replace
 
 from visionflow.pipeline.frames import FrameRef
 
 
 class DynamicBatcher:
-    """Per-stream bounded buffers plus the batch-forming policy."""
+    """Per-stream bounded buffers plus the batch-forming policy.
+
+    Each buffer holds ``(arrival time, frame)``; the arrival of the oldest waiting frame is
+    found among the heads of the non-empty buffers only (a stream with nothing waiting costs
+    nothing), so an idle camera of thousands adds no work per batch.
+    """
 
     def __init__(self, max_batch: int, max_delay_s: float, buffer_per_stream: int) -> None:
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.buffer_per_stream = buffer_per_stream
-        self._queues: dict[str, deque[FrameRef]] = {}
+        self._queues: dict[str, deque[tuple[float, FrameRef]]] = {}
+        self._busy: set[str] = set()  # streams with frames waiting
         self._order: list[str] = []
         self._start = 0
         self._waiting = 0
@@ -37,9 +42,10 @@ class DynamicBatcher:
             self._order.append(frame.stream_id)
         dropped = None
         if len(queue) >= self.buffer_per_stream and not frame.lossless:
-            dropped = queue.popleft()
+            dropped = queue.popleft()[1]
             self._waiting -= 1
-        queue.append(replace(frame, arrived=now))
+        queue.append((now, frame))
+        self._busy.add(frame.stream_id)
         self._waiting += 1
         return dropped
 
@@ -50,8 +56,8 @@ class DynamicBatcher:
 
     def oldest_arrival(self) -> float | None:
         """Arrival time of the oldest waiting frame."""
-        heads = [q[0].arrived for q in self._queues.values() if q]
-        return min(heads) if heads else None
+        queues = self._queues
+        return min((queues[sid][0][0] for sid in self._busy), default=None)
 
     def time_until_due(self, now: float) -> float | None:
         """Seconds until a batch is due (0: due now); None when nothing waits."""
@@ -66,16 +72,23 @@ class DynamicBatcher:
         """Form one batch round-robin (call when due)."""
         batch: list[FrameRef] = []
         streams = self._order
-        if not streams:
+        if not streams or not self._waiting:
             return ()
         start = self._start % len(streams)
-        rotation = streams[start:] + streams[:start]
-        while len(batch) < self.max_batch and self._waiting:
+        rotation = [sid for sid in streams[start:] + streams[:start] if sid in self._busy]
+        while len(batch) < self.max_batch and rotation:
+            still = []
             for stream_id in rotation:
+                if len(batch) >= self.max_batch:
+                    break
                 queue = self._queues[stream_id]
-                if queue and len(batch) < self.max_batch:
-                    batch.append(queue.popleft())
-                    self._waiting -= 1
+                batch.append(queue.popleft()[1])
+                if queue:
+                    still.append(stream_id)
+                else:
+                    self._busy.discard(stream_id)
+            rotation = still
+        self._waiting -= len(batch)
         self._start = start + 1
         return tuple(batch)
 
@@ -84,13 +97,15 @@ class DynamicBatcher:
         queue = self._queues.pop(stream_id, deque())
         if stream_id in self._order:
             self._order.remove(stream_id)
+        self._busy.discard(stream_id)
         self._waiting -= len(queue)
-        return list(queue)
+        return [f for _, f in queue]
 
     def drain(self) -> list[FrameRef]:
         """Take every waiting frame (shutdown)."""
-        frames = [f for q in self._queues.values() for f in q]
+        frames = [f for q in self._queues.values() for _, f in q]
         for queue in self._queues.values():
             queue.clear()
+        self._busy.clear()
         self._waiting = 0
         return frames

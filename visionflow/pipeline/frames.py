@@ -6,7 +6,7 @@ They carry metadata only; pixels travel through shared memory
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 
@@ -45,7 +45,6 @@ class FrameRef:
     slot: int
     letterbox: Letterbox
     lossless: bool = False  # a file read faster than real time: wait, never drop
-    arrived: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True)
