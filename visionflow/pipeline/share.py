@@ -8,10 +8,13 @@ workers are saturated.  :meth:`FairShareController.update` returns each stream's
 :meth:`visionflow.workers.ingest.StreamReader.set_share` so that frames the pipeline cannot
 serve are shed *before* decode instead of being dropped after it.
 
-- **Capacity estimate** ``C`` (frames/s the workers can serve), AIMD: overloaded (drops or
-  saturated) -> ``C = beta * min(C, served)``, where ``served`` is what got through;
-  otherwise, while some stream is held below its demand, ``C += alpha * C`` (probing for
-  more); when no stream has been limited for ``release_after`` intervals the limit is
+- **Capacity estimate** ``C`` (frames/s the workers can serve): overloaded (saturated, or
+  more than ``tolerance`` of what was offered dropped) -> ``C = beta * min(C, served)``,
+  where ``served`` is what got through; otherwise, while some stream is held below its
+  demand, ``C`` grows by ``alpha`` per interval, and at once back to ``beta`` times the best
+  recently served rate (``peak``, decaying slowly) -- so a transient (a worker restarting,
+  engines warming up) that briefly served nothing does not leave the pipeline throttled for
+  minutes; when no stream has been limited for ``release_after`` intervals the limit is
   released (``None`` everywhere).
 - **Max-min fair split** of ``C``: streams that ask for less than an equal share keep what
   they ask; the rest split what is left equally (round-robin by stream, like the batcher).
@@ -68,14 +71,17 @@ class FairShareController:
         *,
         floor_fps: float = 0.2,
         beta: float = 0.9,
-        alpha: float = 0.05,
+        alpha: float = 0.2,
         release_after: int = 5,
+        tolerance: float = 0.02,
+        peak_decay: float = 0.98,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 < beta < 1:
             raise ValueError(f"beta must be in (0, 1), got {beta}")
         self.floor_fps, self.beta, self.alpha = floor_fps, beta, alpha
-        self.release_after = release_after
+        self.release_after, self.tolerance, self.peak_decay = release_after, tolerance, peak_decay
+        self.peak = 0.0  # best served rate seen lately (decays by peak_decay per interval)
         self._clock = clock
         self.capacity: float | None = None  # None: not limiting
         self.targets: dict[str, float | None] = {}
@@ -93,7 +99,10 @@ class FairShareController:
             self.capacity, self.targets = None, {}
             return {}
         served = sum(max(0.0, s.offered_fps - s.dropped_fps) for s in loads)
-        overloaded = saturated or any(s.dropped_fps > 0 for s in loads)
+        offered = sum(s.offered_fps for s in loads)
+        dropped = sum(s.dropped_fps for s in loads)
+        self.peak = max(served, self.peak * self.peak_decay)
+        overloaded = saturated or dropped > self.tolerance * max(offered, 1e-9)
         demands = {s.stream_id: self._demand(s) for s in loads}
         floor_total = self.floor_fps * len(loads)
         if overloaded:
@@ -107,7 +116,8 @@ class FairShareController:
             )
             if limited:
                 self._calm = 0
-                self.capacity += self.alpha * self.capacity
+                grown = self.capacity * (1 + self.alpha)
+                self.capacity = max(grown, self.beta * self.peak)
             else:
                 self._calm += 1
                 if self._calm >= self.release_after:

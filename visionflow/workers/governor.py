@@ -36,6 +36,12 @@ class ShareGovernor:
         self._at = clock()
         self.sent: dict[str, float | None] = {}
 
+    def pause(self) -> None:
+        """Workers are starting or restarting: what they drop now says nothing about their
+        capacity, so the next interval starts afresh."""
+        self._last.clear()
+        self._at = self.clock()
+
     def step(
         self, ledger: Mapping[str, LedgerSnapshot], demand: Mapping[str, float | None]
     ) -> dict[str, float | None] | None:

@@ -315,6 +315,9 @@ class Pipeline:
             self.group.check()
             if self.governor is None:
                 return
+            if not all(w.alive for w in self.scheduler.dispatcher.workers.values()):
+                self.governor.pause()
+                return
             changed = self.governor.step(self.scheduler.ledger.snapshots(), self.board.demand())
         if changed:
             self._send_rates(changed)

@@ -93,3 +93,22 @@ def test_never_below_the_floor():
 
 def test_no_streams_no_targets():
     assert FairShareController().update([], saturated=True) == {}
+
+
+def test_a_warm_up_that_served_nothing_does_not_leave_the_pipeline_throttled():
+    """Seen on the GPU: engines warming up drop everything for a few seconds; the capacity
+    estimate must come back to the real capacity within seconds, not minutes."""
+    demands = {f"s{i}": 30.0 for i in range(32)}
+    controller = FairShareController()
+    simulate(controller, demands, 0.0, 3)  # nothing served while the engine loads
+    log = simulate(controller, demands, 600.0, 25)
+    assert sum(log[-1].values()) >= 0.85 * 600, sum(log[-1].values())
+
+
+def test_a_transient_after_steady_state_recovers_to_the_recent_peak_at_once():
+    demands = {f"s{i}": 30.0 for i in range(40)}
+    controller = FairShareController()
+    simulate(controller, demands, 600.0, 30)
+    simulate(controller, demands, 20.0, 2)  # a worker restarts
+    log = simulate(controller, demands, 600.0, 3)
+    assert sum(log[-1].values()) >= 0.8 * 600, sum(log[-1].values())
