@@ -80,6 +80,7 @@ class WorkerLoop:
         self.depth = max(1, engine.capabilities.max_inflight)
         self.pending: deque[_Pending] = deque()
         self._last_done = time.perf_counter()
+        self._bad_pools: set[str] = set()
 
     def run(self) -> None:
         while True:
@@ -118,6 +119,9 @@ class WorkerLoop:
                 images.append(self.pools.get(frame.pool).image(frame.slot))
             except FileNotFoundError:  # the stream was removed meanwhile: skip its frame
                 continue
+            except Exception as exc:  # a pool that cannot be mapped loses its frame, not us
+                self._unmappable(frame.pool, exc)
+                continue
             frames.append(frame)
         t0 = time.perf_counter()
         try:
@@ -125,6 +129,13 @@ class WorkerLoop:
             return _Pending(request, frames, batch, None, started, t0)
         except Exception as exc:
             return _Pending(request, frames, None, self._error(request, exc), started, t0)
+
+    def _unmappable(self, pool: str, exc: Exception) -> None:
+        if pool not in self._bad_pools:
+            self._bad_pools.add(pool)
+            log.error(
+                "worker %d: frame pool %s cannot be mapped: %s", self.spec.worker_id, pool, exc
+            )
 
     def _finish(self, item: _Pending) -> None:
         results: tuple[FrameResult, ...] = ()

@@ -41,6 +41,7 @@ from visionflow.workers.messages import (
     RemoveStream,
     SetAnalysisRates,
     StateChanged,
+    StopReading,
     StreamStats,
 )
 
@@ -374,6 +375,15 @@ class IngestProcess:
         final, self._final = tuple(self._final.values()), {}
         self.queues.control.put(IngestHeartbeat(self.index, time.time(), stats + final))
 
+    def stop_reading(self) -> None:
+        """Stop every reader; frames already decoded are announced, pools stay open."""
+        for reader in self.readers.values():
+            reader.stop_event.set()
+        for reader in self.readers.values():
+            reader.thread.join(timeout=self.policy.read_timeout_s + 2)
+        self.announcer.flush()
+        self.heartbeat()
+
     def serve(self) -> None:
         self.announcer.start()
         next_beat = 0.0
@@ -391,6 +401,8 @@ class IngestProcess:
                 self.add(command.stream)
             elif isinstance(command, RemoveStream):
                 self.remove(command.stream_id)
+            elif isinstance(command, StopReading):
+                self.stop_reading()
             elif isinstance(command, SetAnalysisRates):
                 for stream_id, fps in command.rates:
                     reader = self.readers.get(stream_id)

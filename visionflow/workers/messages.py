@@ -75,6 +75,13 @@ class RemoveStream:
 
 
 @dataclass(frozen=True)
+class StopReading:
+    """Command (shutdown, first step): stop every reader and announce what is decoded, but
+    keep the frame pools until ``None`` comes -- frames in GPU memory die with their
+    process, so it must outlive the batches that read them."""
+
+
+@dataclass(frozen=True)
 class WorkerReady:
     """An inference worker loaded its engine."""
 

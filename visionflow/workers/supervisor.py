@@ -43,6 +43,7 @@ from visionflow.workers.messages import (
     RemoveStream,
     SetAnalysisRates,
     StateChanged,
+    StopReading,
     WorkerFailed,
     WorkerReady,
 )
@@ -147,12 +148,8 @@ class Pipeline:
         write the final status, end every process."""
         self.group.stopping = True
         for commands in self._commands.values():
-            commands.put(None)
-        deadline = time.monotonic() + self.config.source.read_timeout_s + 3
-        for proc in self.group.processes("ingest-"):
-            proc.join(timeout=max(0.1, deadline - time.monotonic()))
-            if proc.is_alive():
-                proc.kill()
+            commands.put(StopReading())  # frames decoded so far are still inferred
+        self._await_readers_stopped(self.config.source.read_timeout_s + 3)
         self._drain_scheduler(flush_timeout)
         self.loop.stop()
         with self.loop.lock:
@@ -160,6 +157,9 @@ class Pipeline:
         for tasks in self._tasks.values():
             tasks.put(None)
         self._join("inference-", 5)
+        for commands in self._commands.values():  # now the pools may go
+            commands.put(None)
+        self._join("ingest-", self.config.source.read_timeout_s + 3)
         self._output_q.put(None)
         self._join("output", flush_timeout + self.config.redis.socket_timeout_s + 2)
         self._stop_board.set()
@@ -168,6 +168,16 @@ class Pipeline:
         self.status_writer.stop()
         self.pools.close()
         self._unlink_pools(sorted(self.loop.pool_owner))
+
+    def _await_readers_stopped(self, timeout: float) -> None:
+        """Until every stream reports a final state (or ``timeout``)."""
+        until = time.monotonic() + timeout
+        final = (StreamState.STOPPED, StreamState.FAILED)
+        while time.monotonic() < until:
+            views = [v for sid, v in self.board.streams.items() if sid in self._stream_process]
+            if all(v.state in final for v in views):
+                return
+            time.sleep(0.02)
 
     def _drain_scheduler(self, timeout: float) -> None:
         """Wait until ingest's last frames are batched and every batch came back."""
