@@ -17,6 +17,10 @@ Sections (each in its own subprocess with a time limit, ``DIR/<section>.json``):
   kill        every GPU, a fixed stream count; one inference worker is SIGKILLed mid-run:
               batches per worker before/after, drops by reason, ledger violations, and the
               accounting identity after stop
+  engine      where an inference worker's time goes: the torch-cuda engine at batch 32 from host
+              frames, one batch at a time vs two in flight, NMS candidates 1024 vs 256, and the
+              model's forward alone (CUDA graph replay)
+  ramp_1gpu_c256  ramp_1gpu with ``nms_candidates: 256``
   legacy_1gpu the pipeline before the rework (``--legacy DIR``, a ``git archive`` of it) on GPU 0,
               same ramp: the baseline in the same call
 
@@ -42,7 +46,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-LIMITS = {"clips": 150, "ramp_1gpu": 560, "ramp_all": 560, "kill": 300, "legacy_1gpu": 420}
+LIMITS = {
+    "clips": 150,
+    "engine": 240,
+    "ramp_1gpu": 560,
+    "ramp_1gpu_c256": 560,
+    "ramp_all": 560,
+    "kill": 300,
+    "legacy_1gpu": 420,
+}
 P99_MS = 250.0
 
 
@@ -127,7 +139,14 @@ def ok(r: dict[str, Any]) -> bool:
     )
 
 
-def _config(work: Path, url: str, prefix: str, n: int, gpus: list[int] | None) -> Any:
+def _config(
+    work: Path,
+    url: str,
+    prefix: str,
+    n: int,
+    gpus: list[int] | None,
+    engine: dict[str, Any] | None = None,
+) -> Any:
     from bench.gpu_bench import _model, clip_paths
     from visionflow.config import parse_config
 
@@ -140,7 +159,7 @@ def _config(work: Path, url: str, prefix: str, n: int, gpus: list[int] | None) -
             "streams": [stream(mp4, i) for i in range(n)],
             "redis": {"url": url, "key_prefix": prefix, "maxlen": 5000},
             "model": {"path": str(_model(work)), "conf_threshold": 0.5, "max_detections": 50},
-            "engine": {"backend": "torch-cuda", "precision": "fp16"},
+            "engine": {"backend": "torch-cuda", "precision": "fp16", **(engine or {})},
             "batching": {"max_batch": 64, "max_delay_ms": 15, "buffer_per_stream": 8},
             "decode": "nvdec",
             "workers": workers,
@@ -158,6 +177,7 @@ def ramp(
     levels: list[int],
     settle_s: float = 15.0,
     window_s: float = 8.0,
+    engine: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     import logging
 
@@ -172,7 +192,7 @@ def ramp(
     runs: list[dict[str, Any]] = []
     with EmbeddedRedis() as server:
         prefix = "scale"
-        cfg = _config(work, server.url, prefix, levels[0], gpus)
+        cfg = _config(work, server.url, prefix, levels[0], gpus, engine)
         client = redis.Redis.from_url(server.url)
         p = Pipeline(cfg, server.url, log_level=logging.WARNING)
         p.start()
@@ -201,6 +221,7 @@ def ramp(
     top = runs[-1] if runs else {}
     return {
         "gpus": gpus,
+        "engine": engine or {},
         "runs": runs,
         "sustained_streams": best,
         "peak_published_fps": peak,
@@ -212,6 +233,58 @@ def ramp(
             "slowest_stream_fps": top.get("min_stream_window_fps"),
         },
     }
+
+
+def section_engine(work: Path) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from bench.gpu_bench import _model
+    from visionflow.engines.base import Thresholds
+    from visionflow.engines.torch_cuda import TorchCudaConfig, TorchCudaEngine
+
+    frames = [np.random.randint(0, 255, (640, 640, 3), np.uint8) for _ in range(32)]
+    t = Thresholds(0.5, 0.45, 50)
+    out: dict[str, Any] = {}
+    for candidates in (1024, 256):
+        engine = TorchCudaEngine(
+            TorchCudaConfig(nms_candidates=candidates), _model(work), max_batch=32
+        )
+        for _ in range(5):
+            engine.detect(frames, t)
+        n = 40
+        t0 = time.perf_counter()
+        for _ in range(n):
+            engine.detect(frames, t)
+        sync = 32 * n / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        pending = []
+        for _ in range(n):
+            if len(pending) == 2:
+                pending.pop(0).result()
+            pending.append(engine.submit(frames, t))
+        for p in pending:
+            p.result()
+        piped = 32 * n / (time.perf_counter() - t0)
+        slot = engine._ring.slots[0]
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            engine._forward_static(slot, 32)
+        torch.cuda.synchronize()
+        forward = 32 * n / (time.perf_counter() - t0)
+        out[f"candidates_{candidates}"] = {
+            "detect_img_s": round(sync, 1),
+            "two_in_flight_img_s": round(piped, 1),
+            "forward_only_img_s": round(forward, 1),
+        }
+        log(f"engine {candidates}: {out[f'candidates_{candidates}']}")
+        engine.close()
+    return out
+
+
+def section_ramp_1gpu_c256(work: Path) -> dict[str, Any]:
+    return ramp(work, [0], [32, 64, 96, 112, 128], engine={"nms_candidates": 256})
 
 
 def section_clips(work: Path) -> dict[str, Any]:
