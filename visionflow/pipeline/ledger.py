@@ -1,12 +1,13 @@
 """The slot ledger: every announced frame is resolved exactly once.
 
 A frame is *announced* when the scheduler learns of it (its pixels wait in a slot).  It is
-then resolved once, either ``inferred`` (its detections went to the output stage) or dropped
-with one reason (``inference_behind``, ``inference_error``, ``worker_lost``,
-``stream_removed``, ``shutdown``).  Until then it is *in flight*.  So for every stream, at
-any instant::
+then resolved once: ``inferred`` (its detections went to the output stage), ``abandoned``
+(its worker died and no other could take the batch: the output stage decides whether its
+results had already been written, or counts it ``worker_lost``), or dropped with one reason
+(``inference_behind``, ``inference_error``, ``stream_removed``, ``ingest_restart``,
+``shutdown``).  Until then it is *in flight*.  So for every stream, at any instant::
 
-    announced == inferred + sum(drops.values()) + in_flight
+    announced == inferred + abandoned + sum(drops.values()) + in_flight
 
 A frame resolved twice, or resolved without having been announced, is a bug in the
 scheduler: it is counted in :attr:`SlotLedger.violations` (and logged once), never silently
@@ -23,6 +24,7 @@ from visionflow.pipeline.frames import FrameRef
 
 log = logging.getLogger("visionflow.ledger")
 INFERRED = "inferred"
+ABANDONED = "abandoned"
 
 
 @dataclass
@@ -31,6 +33,7 @@ class StreamLedger:
 
     announced: int = 0
     inferred: int = 0
+    abandoned: int = 0
     drops: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
 
@@ -43,6 +46,7 @@ class LedgerSnapshot:
     inferred: int
     drops: dict[str, int]
     in_flight: int
+    abandoned: int = 0
 
 
 class SlotLedger:
@@ -75,6 +79,8 @@ class SlotLedger:
         stream.in_flight -= 1
         if outcome == INFERRED:
             stream.inferred += 1
+        elif outcome == ABANDONED:
+            stream.abandoned += 1
         else:
             stream.drops[outcome] += 1
         return True
@@ -85,7 +91,7 @@ class SlotLedger:
 
     def snapshot(self, stream_id: str) -> LedgerSnapshot:
         s = self._streams.get(stream_id) or StreamLedger()
-        return LedgerSnapshot(s.announced, s.inferred, dict(s.drops), s.in_flight)
+        return LedgerSnapshot(s.announced, s.inferred, dict(s.drops), s.in_flight, s.abandoned)
 
     def snapshots(self) -> dict[str, LedgerSnapshot]:
         return {sid: self.snapshot(sid) for sid in self._streams}

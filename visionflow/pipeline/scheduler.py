@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from visionflow.pipeline.batcher import DynamicBatcher
 from visionflow.pipeline.dispatch import Dispatcher
 from visionflow.pipeline.frames import BatchRequest, FrameRef
-from visionflow.pipeline.ledger import INFERRED, SlotLedger
+from visionflow.pipeline.ledger import ABANDONED, INFERRED, SlotLedger
 
 Clock = Callable[[], float]
 
@@ -36,7 +36,7 @@ class WorkerLost:
     """What to do after a worker died: re-send some batches, abandon the rest."""
 
     resend: tuple[Send, ...]
-    abandoned: tuple[int, ...]  # batch ids the output stage must stop waiting for
+    abandoned: tuple[BatchRequest, ...]  # the output stage must stop waiting for these
     free: tuple[FrameRef, ...]  # slots of the abandoned batches
 
 
@@ -141,13 +141,15 @@ class Scheduler:
     def on_worker_lost(self, worker_id: int) -> WorkerLost:
         """Re-send a dead worker's batches (same ids) to the others, or abandon them."""
         resend: list[Send] = []
-        abandoned: list[int] = []
+        abandoned: list[BatchRequest] = []
         free: list[FrameRef] = []
         for request in self.dispatcher.fail_worker(worker_id):
             target = self.dispatcher.pick()
             if target is None:
-                self.ledger.resolve_all(request.frames, "worker_lost")
-                abandoned.append(request.batch_id)
+                # its results may have reached the output stage before the worker died:
+                # the output stage, not the ledger, tells written from lost
+                self.ledger.resolve_all(request.frames, ABANDONED)
+                abandoned.append(request)
                 free.extend(request.frames)
                 continue
             self.dispatcher.sent(target, request)

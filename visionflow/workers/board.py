@@ -88,7 +88,7 @@ class StatusBoard:
         self.output = OutputStats(time.time(), (), (), 0, False, None)
         self.started_at = time.time()
         self._published: Counter[str] = Counter()
-        self._redis_dropped: Counter[str] = Counter()
+        self._output_drops: dict[str, Counter[str]] = {}
         self._lock = threading.Lock()
 
     # ---- membership ----------------------------------------------------------------
@@ -120,7 +120,9 @@ class StatusBoard:
             elif isinstance(msg, OutputStats):
                 self.output = msg
                 self._published = Counter(dict(msg.published))
-                self._redis_dropped = Counter({sid: n for sid, _, n in msg.dropped})
+                self._output_drops = {}
+                for sid, reason, n in msg.dropped:
+                    self._output_drops.setdefault(sid, Counter())[reason] += n
             elif isinstance(msg, WorkerReady):
                 w = self.workers.setdefault(msg.worker_id, WorkerView(msg.worker_id))
                 w.state, w.backend, w.device, w.error = (
@@ -193,8 +195,7 @@ class StatusBoard:
         backpressure = stats.drops_backpressure if stats else 0
         if backpressure:
             drops["backpressure"] = backpressure
-        if self._redis_dropped[sid]:
-            drops["redis_unavailable"] = self._redis_dropped[sid]
+        drops.update(self._output_drops.get(sid, {}))
         announced = max(stats.frames if stats else 0, ledger.announced if ledger else 0)
         frames = announced + backpressure
         published = self._published[sid]

@@ -122,9 +122,11 @@ class BatchDone:
 @dataclass(frozen=True)
 class BatchAbandoned:
     """Scheduler -> output stage: this batch id will never come (no worker could take it),
-    so results of later batches need not wait for it."""
+    so results of later batches need not wait for it.  Unless its results did arrive before
+    (the worker died between writing them and reporting), its frames count ``worker_lost``."""
 
     batch_id: int
+    frames: tuple[tuple[str, int], ...] = ()  # (stream, frames of it in the batch)
 
 
 @dataclass(frozen=True)

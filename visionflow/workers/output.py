@@ -55,13 +55,21 @@ class OutputStage:
         self.sinks, self.processors = list(sinks), list(processors)
         self.reorder: BatchReorder[tuple[FrameResult, ...]] = BatchReorder(first_batch_id)
         self.sink_errors: Counter[str] = Counter()
+        self.lost: Counter[str] = Counter()  # frames of abandoned batches, per stream
 
     def on_result(self, result: BatchResult) -> int:
         """A worker's batch; returns how many results went to the sinks."""
         return self._emit(self.reorder.add(result.batch_id, result.results))
 
-    def on_abandoned(self, batch_id: int) -> int:
-        return self._emit(self.reorder.abandon(batch_id))
+    def on_abandoned(self, batch_id: int, frames: tuple[tuple[str, int], ...] = ()) -> int:
+        """No worker will deliver ``batch_id``: count its frames lost, unless it was
+        already delivered (then the abandon is the duplicate)."""
+        duplicates = self.reorder.duplicates
+        released = self._emit(self.reorder.abandon(batch_id))
+        if self.reorder.duplicates == duplicates:
+            for stream_id, n in frames:
+                self.lost[stream_id] += n
+        return released
 
     def _emit(self, batches: list[tuple[FrameResult, ...]]) -> int:
         if not batches:
@@ -86,6 +94,7 @@ class OutputStage:
     def stats(self, final: bool = False) -> OutputStats:
         sink = self.primary
         dropped = [(sid, "redis_unavailable", n) for sid, n in sink.dropped.items() if n]
+        dropped += [(sid, "worker_lost", n) for sid, n in self.lost.items() if n]
         return OutputStats(
             ts=time.time(),
             published=tuple(sink.published.items()),
@@ -144,7 +153,7 @@ def serve(stage: OutputStage, inbox: Any, control: Any, flush_timeout: float) ->
             if isinstance(msg, BatchResult):
                 stage.on_result(msg)
             elif isinstance(msg, BatchAbandoned):
-                stage.on_abandoned(msg.batch_id)
+                stage.on_abandoned(msg.batch_id, msg.frames)
     finally:
         stage.stop(flush_timeout)
         control.put(stage.stats(final=True))

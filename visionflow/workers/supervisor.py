@@ -23,6 +23,7 @@ import queue
 import threading
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 from visionflow.config import AppConfig
@@ -251,8 +252,9 @@ class Pipeline:
             lost = self.scheduler.on_worker_lost(worker_id)
             for send in lost.resend:
                 self._send(send)
-            for batch_id in lost.abandoned:
-                self._output_q.put(BatchAbandoned(batch_id))
+            for request in lost.abandoned:
+                counts = Counter(f.stream_id for f in request.frames)
+                self._output_q.put(BatchAbandoned(request.batch_id, tuple(counts.items())))
             self.loop.free(lost.free)
         log.error(
             "inference worker %d %s; %d batch(es) re-sent, %d abandoned",

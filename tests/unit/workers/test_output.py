@@ -84,3 +84,14 @@ def test_redis_sink_counts_are_the_stages_published_counts(redis_server, redis_c
     rows = [parse_entry(i, f) for i, f in redis_client.xrange(detections_key(key_prefix, "a"))]
     assert [e.seq for e in rows] == list(range(5))
     assert stage.stats(final=True).final and stage.stats().connected
+
+
+def test_an_abandoned_batch_counts_lost_only_if_its_results_never_came():
+    keep = Keep()
+    stage = OutputStage([keep])
+    stage.on_result(batch(1, "a", range(4)))  # written, then its worker died before BatchDone
+    stage.on_abandoned(1, (("a", 4),))
+    stage.on_abandoned(2, (("a", 3), ("b", 1)))  # never written
+    dropped = {(sid, reason): n for sid, reason, n in stage.stats().dropped}
+    assert dropped == {("a", "worker_lost"): 3, ("b", "worker_lost"): 1}
+    assert keep.seen == [0, 1, 2, 3]
