@@ -164,7 +164,7 @@ class WorkersConfig(_Strict):
         "order, each as an NVML index (the GPU numbers nvidia-smi shows), a GPU UUID (GPU-...) "
         "or a MIG UUID (MIG-...); a unique start of a UUID will do. A listed GPU with MIG on "
         "stands for its MIG instances. Applied after CUDA_VISIBLE_DEVICES (honoured as CUDA "
-        "reads it); checked at start-up against what NVML finds. Empty: every visible GPU / "
+        "reads it); checked at start-up against what NVML finds. Unset: every visible GPU / "
         "MIG instance.",
     )
     frame_transport: Literal["auto", "host", "device"] = Field(

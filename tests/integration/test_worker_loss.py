@@ -47,9 +47,7 @@ def test_killed_worker_loses_nothing_unaccounted_and_comes_back(
             lambda: f"the killed worker never came back: {pipeline.status().workers}",
         )
         wait_until(
-            lambda: all(
-                s.published >= before[s.stream_id] + 20 for s in pipeline.status().streams
-            ),
+            lambda: all(s.published >= before[s.stream_id] + 20 for s in pipeline.status().streams),
             30,
             lambda: f"publishing did not go on: {pipeline.status().streams}",
         )

@@ -138,6 +138,7 @@ class PoolCache:
         self._shape = (height, width)
         self._slots = slots
         self._pools: dict[str, FramePool] = {}
+        self._forgotten: set[str] = set()
 
     def get(self, name: str) -> FramePool:
         pool = self._pools.get(name)
@@ -147,11 +148,15 @@ class PoolCache:
         return pool
 
     def release(self, name: str, slot: int) -> None:
-        """Free a slot, tolerating a pool whose producer is already gone."""
+        """Free a slot, tolerating a pool whose producer is already gone (a pool forgotten
+        after ``PoolClosed`` is not attached again)."""
+        if name in self._forgotten:
+            return
         with contextlib.suppress(FileNotFoundError):
             self.get(name).release(slot)
 
     def forget(self, name: str) -> None:
+        self._forgotten.add(name)
         pool = self._pools.pop(name, None)
         if pool is not None:
             pool.close()

@@ -53,12 +53,12 @@ class SlotLedger:
     """Tracks ``(stream, seq)`` from announcement to its one resolution."""
 
     def __init__(self) -> None:
-        self._open: set[tuple[str, int]] = set()
+        self._open: set[tuple[str, int]] = set()  # (pool, seq): seq restarts with a new pool
         self._streams: dict[str, StreamLedger] = {}
         self.violations = 0
 
     def announce(self, frame: FrameRef) -> None:
-        key = (frame.stream_id, frame.seq)
+        key = (frame.pool, frame.seq)
         if key in self._open:
             self._violation(f"frame {key} announced twice")
             return
@@ -70,7 +70,7 @@ class SlotLedger:
     def resolve(self, frame: FrameRef, outcome: str) -> bool:
         """Resolve one frame as ``inferred`` or dropped for ``outcome``; False if it was not
         open (a violation)."""
-        key = (frame.stream_id, frame.seq)
+        key = (frame.pool, frame.seq)
         if key not in self._open:
             self._violation(f"frame {key} resolved as {outcome!r} but not in flight")
             return False
@@ -95,6 +95,12 @@ class SlotLedger:
 
     def snapshots(self) -> dict[str, LedgerSnapshot]:
         return {sid: self.snapshot(sid) for sid in self._streams}
+
+    def forget(self, stream_id: str) -> None:
+        """A removed stream whose frames are all resolved: drop its counters."""
+        stream = self._streams.get(stream_id)
+        if stream is not None and stream.in_flight == 0:
+            del self._streams[stream_id]
 
     @property
     def in_flight(self) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from visionflow.pipeline.batcher import DynamicBatcher
 from visionflow.pipeline.dispatch import Dispatcher
@@ -126,7 +126,12 @@ class Scheduler:
 
     # ---- batches back ------------------------------------------------------------
     def on_done(
-        self, batch_id: int, worker_id: int, busy_ms_per_frame: float | None, error: str | None
+        self,
+        batch_id: int,
+        worker_id: int,
+        busy_ms_per_frame: float | None,
+        error: str | None,
+        skipped: tuple[tuple[str, int], ...] = (),
     ) -> list[FrameRef]:
         """A worker finished a batch: resolve its frames; return their slots to free.
         A batch re-sent after its worker was declared dead is resolved only by the worker
@@ -135,7 +140,10 @@ class Scheduler:
         if request is None:
             return []
         outcome = INFERRED if error is None else "inference_error"
-        self.ledger.resolve_all(request.frames, outcome)
+        unreadable = set(skipped)
+        for frame in request.frames:
+            lost = (frame.pool, frame.seq) in unreadable
+            self.ledger.resolve(frame, "frame_unavailable" if lost else outcome)
         return list(request.frames)
 
     def on_worker_lost(self, worker_id: int) -> WorkerLost:
@@ -152,6 +160,7 @@ class Scheduler:
                 abandoned.append(request)
                 free.extend(request.frames)
                 continue
+            request = replace(request, formed_ts=self.wall())  # its deadline starts anew
             self.dispatcher.sent(target, request)
             resend.append(Send(target.worker_id, request))
         return WorkerLost(tuple(resend), tuple(abandoned), tuple(free))
@@ -161,6 +170,29 @@ class Scheduler:
         frames = self.batcher.drain()
         self.ledger.resolve_all(frames, reason)
         return frames
+
+    def overdue(self, deadline_s: float) -> list[int]:
+        """Workers whose oldest batch was sent more than ``deadline_s`` ago (hung)."""
+        now = self.wall()
+        late = []
+        for worker in self.dispatcher.workers.values():
+            oldest = next(iter(worker.inflight.values()), None)
+            if worker.alive and oldest is not None and now - oldest.formed_ts > deadline_s:
+                late.append(worker.worker_id)
+        return late
+
+    def abandon_all(self) -> list[FrameRef]:
+        """Shutdown: every batch still at a worker is abandoned (the output stage counts it);
+        returns the frames whose slots to free."""
+        frames: list[FrameRef] = []
+        for worker_id in list(self.dispatcher.workers):
+            for request in self.dispatcher.fail_worker(worker_id):
+                self.ledger.resolve_all(request.frames, ABANDONED)
+                frames.extend(request.frames)
+        return frames
+
+    def all_inflight(self) -> list[BatchRequest]:
+        return [b for w in self.dispatcher.workers.values() for b in w.inflight.values()]
 
     @property
     def inflight_batches(self) -> int:

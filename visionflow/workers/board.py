@@ -89,6 +89,9 @@ class StatusBoard:
         self.started_at = time.time()
         self._published: Counter[str] = Counter()
         self._output_drops: dict[str, Counter[str]] = {}
+        self._output_pid = 0
+        self._base_published: Counter[str] = Counter()  # counts of output processes gone
+        self._base_drops: dict[str, Counter[str]] = {}
         self._lock = threading.Lock()
 
     # ---- membership ----------------------------------------------------------------
@@ -118,11 +121,7 @@ class StatusBoard:
                     view.state, view.state_since = msg.target, msg.at
                     view.history.append(msg)
             elif isinstance(msg, OutputStats):
-                self.output = msg
-                self._published = Counter(dict(msg.published))
-                self._output_drops = {}
-                for sid, reason, n in msg.dropped:
-                    self._output_drops.setdefault(sid, Counter())[reason] += n
+                self._on_output(msg)
             elif isinstance(msg, WorkerReady):
                 w = self.workers.setdefault(msg.worker_id, WorkerView(msg.worker_id))
                 w.state, w.backend, w.device, w.error = (
@@ -135,6 +134,20 @@ class StatusBoard:
                 w = self.workers.setdefault(msg.worker_id, WorkerView(msg.worker_id))
                 w.state, w.error = "failed", msg.error
 
+    def _on_output(self, msg: OutputStats) -> None:
+        """Counts are cumulative per output process; a restarted one starts from zero, so
+        what the dead one reported last is kept as a base."""
+        if msg.pid != self._output_pid and self._output_pid:
+            self._base_published.update(self._published)
+            for sid, reasons in self._output_drops.items():
+                self._base_drops.setdefault(sid, Counter()).update(reasons)
+        self._output_pid = msg.pid
+        self.output = msg
+        self._published = Counter(dict(msg.published))
+        self._output_drops = {}
+        for sid, reason, n in msg.dropped:
+            self._output_drops.setdefault(sid, Counter())[reason] += n
+
     def _on_heartbeat(self, beat: IngestHeartbeat) -> None:
         for stats in beat.streams:
             view = self.streams.get(stats.stream_id)
@@ -143,7 +156,7 @@ class StatusBoard:
             view.stats = stats
             if view.last_frames is not None:
                 t0, n0 = view.last_frames
-                if beat.ts > t0:
+                if beat.ts > t0 and stats.frames >= n0:  # a restarted ingest counts from 0
                     instant = (stats.frames - n0) / (beat.ts - t0)
                     view.fps = instant if view.fps == 0 else 0.7 * view.fps + 0.3 * instant
             view.last_frames = (beat.ts, stats.frames)
@@ -157,6 +170,32 @@ class StatusBoard:
                 for sid, v in self.streams.items()
                 if v.state is StreamState.STREAMING
             }
+
+    def state(self, stream_id: str) -> StreamState:
+        with self._lock:
+            view = self.streams.get(stream_id)
+            return view.state if view else StreamState.STOPPED
+
+    def worker_down(self, worker_id: int, failed: bool, restarts: int) -> None:
+        """A worker process ended: ``failed`` (its engine cannot load) or restarting."""
+        with self._lock:
+            view = self.workers.setdefault(worker_id, WorkerView(worker_id))
+            view.state = "failed" if failed else "restarting"
+            view.restarts = restarts
+
+    def workers_starting(self) -> bool:
+        """Some worker is loading its engine (failed ones never will: they do not count)."""
+        with self._lock:
+            return any(w.state in ("starting", "restarting") for w in self.workers.values())
+
+    def worker_states(self) -> list[tuple[str, str | None]]:
+        with self._lock:
+            return [(w.state, w.error) for w in self.workers.values()]
+
+    def final_states(self, stream_ids: set[str]) -> bool:
+        final = (StreamState.STOPPED, StreamState.FAILED)
+        with self._lock:
+            return all(v.state in final for sid, v in self.streams.items() if sid in stream_ids)
 
     def transitions(self, stream_id: str) -> list[StateChanged]:
         with self._lock:
@@ -190,15 +229,29 @@ class StatusBoard:
         )
 
     def _stream_status(self, view: StreamView, ledger: LedgerSnapshot | None) -> StreamStatus:
+        """Every part of the identity is measured where it happens, none is the remainder:
+        in flight = in transit to the scheduler + in the ledger + handed to the output stage
+        and not resolved there yet.  A part below zero is counted twice somewhere: it shows
+        as ``unaccounted`` instead of being absorbed."""
         stats, sid = view.stats, view.config.id
-        drops: Counter[str] = Counter(ledger.drops if ledger else {})
+        led = ledger or LedgerSnapshot(0, 0, {}, 0)
+        drops: Counter[str] = Counter(led.drops)
         backpressure = stats.drops_backpressure if stats else 0
         if backpressure:
             drops["backpressure"] = backpressure
-        drops.update(self._output_drops.get(sid, {}))
-        announced = max(stats.frames if stats else 0, ledger.announced if ledger else 0)
+        out_drops = Counter(self._base_drops.get(sid, {}))
+        out_drops.update(self._output_drops.get(sid, {}))
+        drops.update(out_drops)
+        published = self._base_published[sid] + self._published[sid]
+        announced = max(stats.frames if stats else 0, led.announced)
         frames = announced + backpressure
-        published = self._published[sid]
+        parts = (
+            announced - led.announced,  # announced by ingest, not yet seen by the scheduler
+            led.in_flight,
+            led.inferred + led.abandoned - published - sum(out_drops.values()),  # at output
+        )
+        in_flight = sum(p for p in parts if p > 0)
+        unaccounted = frames - published - sum(drops.values()) - in_flight
         return StreamStatus(
             stream_id=sid,
             url=view.config.safe_url,
@@ -217,7 +270,8 @@ class StatusBoard:
             width=stats.width if stats else None,
             height=stats.height if stats else None,
             decode=view.decode,
-            in_flight=max(0, frames - published - sum(drops.values())),
+            in_flight=in_flight,
+            unaccounted=unaccounted,
             analysis_fps=stats.analysis_fps if stats else 0.0,
             decode_mode=stats.decode_mode if stats else "all",
             skipped_analysis=stats.skipped_analysis if stats else 0,

@@ -15,6 +15,7 @@ import logging
 import os
 import queue
 import signal
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from visionflow.workers.logs import setup_child_logging
 from visionflow.workers.messages import BatchDone, PoolClosed, WorkerFailed, WorkerReady
 
 log = logging.getLogger("visionflow.inference")
+ENGINE_FAILED_EXIT = 3  # exit code: the engine cannot load (not restarted: it would loop)
 _IDLE = object()
 
 
@@ -69,6 +71,7 @@ class _Pending:
     error: str | None
     started: float  # wall clock, for queue_ms
     submitted: float  # perf counter
+    skipped: tuple[tuple[str, int], ...] = ()  # (pool, seq) of frames it could not read
 
 
 class WorkerLoop:
@@ -114,27 +117,29 @@ class WorkerLoop:
         started = time.time()
         images: list[Any] = []
         frames: list[FrameRef] = []
+        skipped: list[tuple[str, int]] = []
         for frame in request.frames:
             try:
                 images.append(self.pools.get(frame.pool).image(frame.slot))
-            except FileNotFoundError:  # the stream was removed meanwhile: skip its frame
-                continue
-            except Exception as exc:  # a pool that cannot be mapped loses its frame, not us
+            except Exception as exc:  # a removed stream, an unmappable pool: the frame is lost
                 self._unmappable(frame.pool, exc)
+                skipped.append((frame.pool, frame.seq))
                 continue
             frames.append(frame)
         t0 = time.perf_counter()
         try:
             batch = self.engine.submit(images, self.thresholds) if images else None
-            return _Pending(request, frames, batch, None, started, t0)
+            return _Pending(request, frames, batch, None, started, t0, tuple(skipped))
         except Exception as exc:
-            return _Pending(request, frames, None, self._error(request, exc), started, t0)
+            error = self._error(request, exc)
+            return _Pending(request, frames, None, error, started, t0, tuple(skipped))
 
     def _unmappable(self, pool: str, exc: Exception) -> None:
         if pool not in self._bad_pools:
             self._bad_pools.add(pool)
-            log.error(
-                "worker %d: frame pool %s cannot be mapped: %s", self.spec.worker_id, pool, exc
+            level = logging.INFO if isinstance(exc, FileNotFoundError) else logging.ERROR
+            log.log(
+                level, "worker %d: frame pool %s unreadable: %s", self.spec.worker_id, pool, exc
             )
 
     def _finish(self, item: _Pending) -> None:
@@ -151,7 +156,8 @@ class WorkerLoop:
         batch_id, wid = item.request.batch_id, self.spec.worker_id
         self.queues.output.put(BatchResult(batch_id, wid, results, error))
         n = len(item.request.frames)
-        self.queues.done.put(BatchDone(batch_id, wid, n, round(busy_ms, 3), error))
+        done = BatchDone(batch_id, wid, n, round(busy_ms, 3), error, item.skipped)
+        self.queues.done.put(done)
 
     def _results(self, item: _Pending, decoded: list[Any]) -> tuple[FrameResult, ...]:
         names = self.spec.class_names
@@ -190,7 +196,9 @@ def inference_main(spec: WorkerSpec, queues: WorkerQueues, log_level: int) -> No
         engine = create_engine(spec.engine, spec.model_path, spec.max_batch)
     except Exception as exc:
         queues.control.put(WorkerFailed(spec.worker_id, f"{type(exc).__name__}: {exc}"))
-        return
+        queues.control.close()
+        queues.control.join_thread()  # the message is out before the exit code says why
+        sys.exit(ENGINE_FAILED_EXIT)
     queues.control.put(WorkerReady(spec.worker_id, engine.info, os.getpid()))
     pools = PoolCache(spec.input_size[1], spec.input_size[0], spec.slots)
     try:

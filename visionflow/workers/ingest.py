@@ -371,9 +371,19 @@ class IngestProcess:
         self._final[stream_id] = reader.stats()
 
     def heartbeat(self) -> None:
-        stats = tuple(r.stats() for r in list(self.readers.values()))
+        stats = tuple(s for r in list(self.readers.values()) if (s := self._stats(r)))
         final, self._final = tuple(self._final.values()), {}
         self.queues.control.put(IngestHeartbeat(self.index, time.time(), stats + final))
+
+    @staticmethod
+    def _stats(reader: StreamReader) -> StreamStats | None:
+        """One stream's counters; a reader caught mid-update skips this heartbeat rather
+        than ending the process (the serve loop has no other guard)."""
+        try:
+            return reader.stats()
+        except Exception:
+            log.exception("stream %s: stats unavailable this heartbeat", reader.stream.id)
+            return None
 
     def stop_reading(self) -> None:
         """Stop every reader; frames already decoded are announced, pools stay open."""

@@ -117,6 +117,7 @@ class BatchDone:
     frames: int
     busy_ms: float
     error: str | None = None
+    skipped: tuple[tuple[str, int], ...] = ()  # (pool, seq) of frames it could not read
 
 
 @dataclass(frozen=True)
@@ -136,10 +137,12 @@ class OutputStats:
     ts: float
     published: tuple[tuple[str, int], ...]
     dropped: tuple[tuple[str, str, int], ...]  # (stream, reason, count)
-    pending: int
+    pending: int  # results waiting in the sinks
     connected: bool
     last_error: str | None
     final: bool = False
+    pid: int = 0  # which output process (counts of a dead one are kept, not replaced)
+    held_batches: int = 0  # batches waiting for an earlier one in the reorder buffer
 
 
 @dataclass(frozen=True)

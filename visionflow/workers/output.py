@@ -33,6 +33,9 @@ from visionflow.workers.sinks import RedisStreamSink, Sink
 
 log = logging.getLogger("visionflow.output")
 STATS_S = 0.5
+GAP_TIMEOUT_S = 15.0  # longer than the scheduler's batch deadline: a hung worker is killed
+# and its batches re-sent or abandoned first; only a batch lost with an output process is
+# given up on
 
 
 class Processor(Protocol):
@@ -56,10 +59,19 @@ class OutputStage:
         self.reorder: BatchReorder[tuple[FrameResult, ...]] = BatchReorder(first_batch_id)
         self.sink_errors: Counter[str] = Counter()
         self.lost: Counter[str] = Counter()  # frames of abandoned batches, per stream
+        self.filtered: Counter[str] = Counter()  # results processors chose not to pass on
+        self.processor_errors: Counter[str] = Counter()
 
     def on_result(self, result: BatchResult) -> int:
         """A worker's batch; returns how many results went to the sinks."""
         return self._emit(self.reorder.add(result.batch_id, result.results))
+
+    def skip_stale(self, timeout_s: float = GAP_TIMEOUT_S) -> int:
+        skipped = len(self.reorder.skipped)
+        released = self._emit(self.reorder.skip_stale(timeout_s))
+        if len(self.reorder.skipped) > skipped:
+            log.error("output: gave up waiting for batch(es) %s", self.reorder.skipped[skipped:])
+        return released
 
     def on_abandoned(self, batch_id: int, frames: tuple[tuple[str, int], ...] = ()) -> int:
         """No worker will deliver ``batch_id``: count its frames lost, unless it was
@@ -76,7 +88,7 @@ class OutputStage:
             return 0
         results = [r for batch in batches for r in batch]
         for processor in self.processors:
-            results = processor.process(results)
+            results = self._process(processor, results)
         for sink in self.sinks:
             try:
                 sink.write(results)
@@ -85,6 +97,23 @@ class OutputStage:
                 if self.sink_errors[sink.name] == 1:
                     log.exception("sink %s failed (further failures only counted)", sink.name)
         return len(results)
+
+    def _process(self, processor: Processor, results: list[FrameResult]) -> list[FrameResult]:
+        """A processor that raises is skipped for this batch (counted, logged once); results
+        it filters out are counted as dropped (``filtered``), never silently gone."""
+        name = type(processor).__name__
+        try:
+            kept = processor.process(results)
+        except Exception:
+            self.processor_errors[name] += 1
+            if self.processor_errors[name] == 1:
+                log.exception("processor %s failed (further failures only counted)", name)
+            return results
+        if len(kept) != len(results):
+            before = Counter(r.frame.stream_id for r in results)
+            before.subtract(Counter(r.frame.stream_id for r in kept))
+            self.filtered.update({sid: n for sid, n in before.items() if n > 0})
+        return kept
 
     @property
     def primary(self) -> Sink:
@@ -95,14 +124,17 @@ class OutputStage:
         sink = self.primary
         dropped = [(sid, "redis_unavailable", n) for sid, n in sink.dropped.items() if n]
         dropped += [(sid, "worker_lost", n) for sid, n in self.lost.items() if n]
+        dropped += [(sid, "filtered", n) for sid, n in self.filtered.items() if n]
         return OutputStats(
             ts=time.time(),
             published=tuple(sink.published.items()),
             dropped=tuple(dropped),
-            pending=sink.pending + self.reorder.held,
+            pending=sink.pending,
             connected=sink.connected,
             last_error=sink.last_error,
             final=final,
+            pid=os.getpid(),
+            held_batches=self.reorder.held,
         )
 
     def start(self) -> None:
@@ -144,6 +176,7 @@ def serve(stage: OutputStage, inbox: Any, control: Any, flush_timeout: float) ->
             if time.monotonic() >= next_stats:
                 control.put(stage.stats())
                 next_stats = time.monotonic() + STATS_S
+            stage.skip_stale()
             try:
                 msg = inbox.get(timeout=STATS_S / 2)
             except queue.Empty:

@@ -42,6 +42,7 @@ class SchedulerLoop:
         self.lock = threading.RLock()
         self.pool_owner: dict[str, int] = {}  # pool name -> ingest process index
         self.messages = 0
+        self.errors = 0
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
 
@@ -56,21 +57,34 @@ class SchedulerLoop:
         next_tick = 0.0
         clock = self.scheduler.clock
         while not self._stop.is_set():
-            with self.lock:
-                due = self.scheduler.time_until_due()
-            wait = MAX_WAIT_S if due is None else min(due, MAX_WAIT_S)
+            try:  # nothing may end this thread but stop(): the whole pipeline hangs on it
+                self._step()
+                if self.on_tick is not None and clock() >= next_tick:
+                    next_tick = clock() + self.tick_s
+                    self.on_tick()
+            except Exception:
+                self.errors += 1
+                log.exception("scheduler: step failed (the loop goes on)")
+
+    def _step(self) -> None:
+        with self.lock:
+            due = self.scheduler.time_until_due()
+        wait = MAX_WAIT_S if due is None else min(due, MAX_WAIT_S)
+        try:
+            self._handle(self.inbox.get(timeout=max(wait, 0.0005)))
+            for _ in range(DRAIN_MAX):
+                self._handle(self.inbox.get_nowait())
+        except queue.Empty:
+            pass
+        self.dispatch_due()
+
+    def drain_inbox(self) -> None:
+        """Handle every message still queued (shutdown, after the thread stopped)."""
+        while True:
             try:
-                self._handle(self.inbox.get(timeout=max(wait, 0.0005)))
-                for _ in range(DRAIN_MAX):
-                    self._handle(self.inbox.get_nowait())
+                self._handle(self.inbox.get(timeout=0.05))
             except queue.Empty:
-                pass
-            except Exception:  # never let one odd message stop the scheduler
-                log.exception("scheduler: message handling failed")
-            self.dispatch_due()
-            if self.on_tick is not None and clock() >= next_tick:
-                self.on_tick()
-                next_tick = clock() + self.tick_s
+                return
 
     def dispatch_due(self) -> None:
         with self.lock:
@@ -87,7 +101,10 @@ class SchedulerLoop:
                 self.free(self.scheduler.on_frames(msg.frames))
             elif isinstance(msg, BatchDone):
                 per_frame = msg.busy_ms / msg.frames if msg.frames else None
-                self.free(self.scheduler.on_done(msg.batch_id, msg.worker_id, per_frame, msg.error))
+                done = self.scheduler.on_done(
+                    msg.batch_id, msg.worker_id, per_frame, msg.error, msg.skipped
+                )
+                self.free(done)
             elif isinstance(msg, PoolClosed):
                 self.pools.forget(msg.pool)
                 self.pool_owner.pop(msg.pool, None)

@@ -75,6 +75,7 @@ class RedisStreamSink(Sink):
             health_check_interval=0,
         )
         self._buffer: deque[FrameResult] = deque()
+        self._writing: list[FrameResult] = []  # taken out of the buffer, being written
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._backoff = Backoff(0.2, 5.0, 2.0, 0.5)
@@ -96,7 +97,7 @@ class RedisStreamSink(Sink):
 
     @property
     def pending(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) + len(self._writing)
 
     @property
     def connected(self) -> bool:
@@ -112,7 +113,7 @@ class RedisStreamSink(Sink):
     def stop(self, flush_timeout: float = 5.0) -> None:
         """Write what is buffered (up to ``flush_timeout``), then stop the thread."""
         deadline = time.monotonic() + flush_timeout
-        while self._buffer and self.connected and time.monotonic() < deadline:
+        while self.pending and self.connected and time.monotonic() < deadline:
             time.sleep(0.02)
         self._stop.set()
         with self._cond:
@@ -122,18 +123,29 @@ class RedisStreamSink(Sink):
 
     # ---- writer thread -----------------------------------------------------------
     def _take(self) -> list[FrameResult]:
+        """Move the next batch out of the buffer (overflow can no longer drop what is being
+        written, nor make another entry count as written)."""
         with self._cond:
             if not self._buffer:
                 self._cond.wait(timeout=self.config.status_interval_s / 2)
             n = min(len(self._buffer), self.config.pipeline_max_entries)
-            return [self._buffer[i] for i in range(n)]
+            self._writing = [self._buffer.popleft() for _ in range(n)]
+            return self._writing
 
-    def _commit(self, count: int) -> None:
+    def _commit(self, batch: list[FrameResult]) -> None:
         with self._cond:
-            for _ in range(count):
-                if not self._buffer:
-                    break
-                self.published[self._buffer.popleft().frame.stream_id] += 1
+            for result in batch:
+                self.published[result.frame.stream_id] += 1
+            self._writing = []
+
+    def _put_back(self, batch: list[FrameResult]) -> None:
+        """Not written: back to the front, oldest first; the cap still holds."""
+        with self._cond:
+            self._buffer.extendleft(reversed(batch))
+            self._writing = []
+            overflow = len(self._buffer) - self.config.buffer_max_entries
+            for _ in range(max(0, overflow)):
+                self.dropped[self._buffer.popleft().frame.stream_id] += 1
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -141,12 +153,13 @@ class RedisStreamSink(Sink):
             try:
                 if batch:
                     self._write(batch)
-                    self._commit(len(batch))
+                    self._commit(batch)
                     self._set_connected(True, None)
                 elif not self._connected:
                     self._client.ping()
                     self._set_connected(True, None)
             except (redis.RedisError, OSError) as exc:
+                self._put_back(batch)
                 self._set_connected(False, exc)
                 self._stop.wait(self._backoff.next_delay())
 

@@ -31,6 +31,7 @@ class StreamStatus:
     height: int | None
     decode: str = "cpu"  # decoder and where frames go: "cpu", "nvdec/device", "dali/host"...
     in_flight: int = 0  # frames decoded but neither published nor dropped yet
+    unaccounted: int = 0  # frames - published - drops - in_flight: nonzero is a bug
     analysis_fps: float = 0.0  # frames used (announced) per second, measured in ingest
     decode_mode: str = "all"  # skip mode: "all", "nonref" (B-frames skipped), "nonkey"
     skipped_analysis: int = 0  # frames not analysed: not decoded, or decoded and not used
@@ -40,7 +41,9 @@ class StreamStatus:
     @property
     def accounted(self) -> bool:
         """The accounting identity: frames == published + drops + in flight."""
-        return self.frames == self.published + self.total_drops + self.in_flight
+        return self.unaccounted == 0 and (
+            self.frames == self.published + self.total_drops + self.in_flight
+        )
 
     @property
     def total_drops(self) -> int:
@@ -56,6 +59,7 @@ class StreamStatus:
             "skipped_fps_cap": str(self.skipped_fps_cap),
             "drops": json.dumps(self.drops, sort_keys=True),
             "in_flight": str(self.in_flight),
+            "unaccounted": str(self.unaccounted),
             "target_fps": "" if self.target_fps is None else f"{self.target_fps:.2f}",
             "source_fps": "" if self.source_fps is None else f"{self.source_fps:.2f}",
             "decode_errors": str(self.decode_errors),

@@ -35,7 +35,12 @@ from visionflow.streams.config import StreamConfig
 from visionflow.streams.state import StreamState
 from visionflow.workers.board import RedisStatusWriter, StatusBoard, WorkerLoadView
 from visionflow.workers.governor import ShareGovernor
-from visionflow.workers.inference import WorkerQueues, WorkerSpec, inference_main
+from visionflow.workers.inference import (
+    ENGINE_FAILED_EXIT,
+    WorkerQueues,
+    WorkerSpec,
+    inference_main,
+)
 from visionflow.workers.ingest import IngestPlan, IngestQueues, IngestSpec, ingest_main
 from visionflow.workers.messages import (
     AddStream,
@@ -55,6 +60,7 @@ from visionflow.workers.scheduling import SchedulerLoop
 from visionflow.workers.status import PipelineStatus
 
 log = logging.getLogger("visionflow.supervisor")
+BATCH_DEADLINE_S = 10.0  # a worker holding a batch this long is hung
 _CTX = mp.get_context("spawn")
 
 
@@ -135,11 +141,11 @@ class Pipeline:
         """Block until every inference worker loaded its engine (raises on failure)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            workers = list(self.board.workers.values())
-            errors = [w.error for w in workers if w.state == "failed"]
+            workers = self.board.worker_states()
+            errors = [error for state, error in workers if state == "failed"]
             if workers and errors and len(errors) == len(workers):
                 raise EngineError(f"no inference worker could start: {errors[0]}")
-            if workers and all(w.state == "ready" for w in workers):
+            if workers and all(state == "ready" for state, _ in workers):
                 return
             time.sleep(0.05)
         raise EngineError(f"inference workers not ready after {timeout:.0f}s")
@@ -152,15 +158,15 @@ class Pipeline:
             commands.put(StopReading())  # frames decoded so far are still inferred
         self._await_readers_stopped(self.config.source.read_timeout_s + 3)
         self._drain_scheduler(flush_timeout)
-        self.loop.stop()
-        with self.loop.lock:
-            self.loop.free(self.scheduler.drain())
-        for tasks in self._tasks.values():
+        for tasks in self._tasks.values():  # the scheduler thread still takes BatchDone
             tasks.put(None)
         self._join("inference-", 5)
         for commands in self._commands.values():  # now the pools may go
             commands.put(None)
         self._join("ingest-", self.config.source.read_timeout_s + 3)
+        self.loop.stop()
+        self.loop.drain_inbox()
+        self._abandon_the_rest()
         self._output_q.put(None)
         self._join("output", flush_timeout + self.config.redis.socket_timeout_s + 2)
         self._stop_board.set()
@@ -170,14 +176,20 @@ class Pipeline:
         self.pools.close()
         self._unlink_pools(sorted(self.loop.pool_owner))
 
+    def _abandon_the_rest(self) -> None:
+        """Shutdown after the deadline: waiting frames are dropped (``shutdown``); batches no
+        worker finished are abandoned, so the output stage writes what it holds behind them."""
+        with self.loop.lock:
+            self.loop.free(self.scheduler.drain())
+            for request in self.scheduler.all_inflight():
+                counts = Counter(f.stream_id for f in request.frames)
+                self._output_q.put(BatchAbandoned(request.batch_id, tuple(counts.items())))
+            self.loop.free(self.scheduler.abandon_all())
+
     def _await_readers_stopped(self, timeout: float) -> None:
         """Until every stream reports a final state (or ``timeout``)."""
         until = time.monotonic() + timeout
-        final = (StreamState.STOPPED, StreamState.FAILED)
-        while time.monotonic() < until:
-            views = [v for sid, v in self.board.streams.items() if sid in self._stream_process]
-            if all(v.state in final for v in views):
-                return
+        while time.monotonic() < until and not self.board.final_states(set(self._stream_process)):
             time.sleep(0.02)
 
     def _drain_scheduler(self, timeout: float) -> None:
@@ -241,13 +253,10 @@ class Pipeline:
 
     def _worker_exited(self, child: Child, reason: str) -> None:
         worker_id = int(child.key.rsplit("-", 1)[1])
-        view = self.board.worker(worker_id)
-        if view.state == "failed":
+        failed = child.process.exitcode == ENGINE_FAILED_EXIT
+        if failed:
             child.restart = False  # its engine cannot load: restarting would only loop
-        view.state, view.restarts = (
-            ("failed" if view.state == "failed" else "restarting"),
-            child.restarts + 1,
-        )
+        self.board.worker_down(worker_id, failed, child.restarts + 1)
         with self.loop.lock:
             lost = self.scheduler.on_worker_lost(worker_id)
             for send in lost.resend:
@@ -298,7 +307,7 @@ class Pipeline:
                 self.board.apply(
                     StateChanged(
                         stream.id,
-                        StreamState.STREAMING,
+                        self.board.state(stream.id),
                         StreamState.CONNECTING,
                         f"ingest process {reason}",
                         now,
@@ -323,16 +332,34 @@ class Pipeline:
             tasks.put(msg)
 
     def _tick(self) -> None:
+        """Every 0.25 s on the scheduler thread: children (outside the scheduler's lock:
+        restarting one may take seconds), hung workers, fair shares."""
+        self.group.check()
         with self.loop.lock:
-            self.group.check()
-            if self.governor is None:
-                return
-            if not all(w.alive for w in self.scheduler.dispatcher.workers.values()):
-                self.governor.pause()
+            overdue = self.scheduler.overdue(BATCH_DEADLINE_S)
+        for worker_id in overdue:
+            self._kill_hung(worker_id)
+        if self.governor is None:
+            return
+        with self.loop.lock:
+            if self.board.workers_starting():
+                self.governor.pause()  # what they drop now says nothing about capacity
                 return
             changed = self.governor.step(self.scheduler.ledger.snapshots(), self.board.demand())
         if changed:
             self._send_rates(changed)
+
+    def _kill_hung(self, worker_id: int) -> None:
+        """A worker sitting on a batch for ``BATCH_DEADLINE_S`` is hung (a wedged CUDA call):
+        kill it; the process group re-sends its batches and restarts it."""
+        child = self.group.children.get(f"inference-{worker_id}")
+        if child is not None and child.alive:
+            log.error(
+                "inference worker %d: no batch done in %.0fs; killing it",
+                worker_id,
+                BATCH_DEADLINE_S,
+            )
+            child.process.kill()
 
     def _send_rates(self, rates: dict[str, float | None]) -> None:
         """Each ingest process gets its own streams' new targets (fair shares)."""
@@ -374,10 +401,15 @@ class Pipeline:
                 return
 
     def _on_control(self, msg: object) -> None:
-        self.board.apply(msg)
+        if not isinstance(msg, WorkerReady):
+            self.board.apply(msg)
         if isinstance(msg, IngestHeartbeat):
             self.group.beat(f"ingest-{msg.process}")
         elif isinstance(msg, WorkerReady):
+            child = self.group.children.get(f"inference-{msg.worker_id}")
+            if child is None or child.process is None or child.process.pid != msg.pid:
+                return  # from an incarnation already dead: must not revive its slot
+            self.board.apply(msg)
             with self.loop.lock:
                 self.scheduler.worker_ready(msg.worker_id)
             log.info(

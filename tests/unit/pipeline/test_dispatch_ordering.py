@@ -71,3 +71,14 @@ def test_abandoned_batches_unblock_later_ones_and_duplicates_are_ignored():
     assert r.abandon(1) == ["b2"]
     assert r.add(2, "again") == [] and r.add(1, "late") == []
     assert r.duplicates == 2
+
+
+def test_a_gap_that_never_closes_is_skipped_after_the_timeout():
+    now = [0.0]
+    r: BatchReorder[str] = BatchReorder(first_batch_id=5, clock=lambda: now[0])
+    assert r.add(7, "b7") == [] and r.skip_stale(15.0) == []
+    now[0] = 14.0
+    assert r.add(8, "b8") == [] and r.skip_stale(15.0) == [], "the wait counts from the first held"
+    now[0] = 15.5
+    assert r.skip_stale(15.0) == ["b7", "b8"] and r.skipped == [5, 6]
+    assert r.add(6, "late") == [] and r.duplicates == 1

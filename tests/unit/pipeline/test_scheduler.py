@@ -116,3 +116,36 @@ def test_round_robin_keeps_a_slow_stream_in_every_batch():
     s.on_frames(frames("busy", range(8)) + frames("slow", range(1)))
     first = s.take_due()[0].request.frames
     assert "slow" in {f.stream_id for f in first}
+
+
+def test_frames_a_worker_could_not_read_are_dropped_not_inferred():
+    s, _ = make()
+    s.add_stream("a")
+    s.on_frames(frames("a", range(4)))
+    (send,) = s.take_due()
+    gone = send.request.frames[1]
+    s.on_done(send.request.batch_id, 0, 1.0, None, ((gone.pool, gone.seq),))
+    snap = s.ledger.snapshot("a")
+    assert snap.inferred == 3 and snap.drops == {"frame_unavailable": 1}
+
+
+def test_a_batch_held_past_the_deadline_marks_its_worker_hung_and_a_resend_starts_afresh():
+    s, clock = make(workers=2)
+    s.add_stream("a")
+    s.on_frames(frames("a", range(4)))
+    (send,) = s.take_due()
+    clock.t += 5
+    assert s.overdue(10.0) == []
+    clock.t += 6
+    assert s.overdue(10.0) == [send.worker_id]
+    lost = s.on_worker_lost(send.worker_id)
+    assert lost.resend and lost.resend[0].request.formed_ts == clock.t
+    assert s.overdue(10.0) == []
+
+
+def test_the_same_seq_from_a_new_pool_is_another_frame():
+    s, _ = make()
+    s.add_stream("a")
+    s.on_frames(frames("a", range(2), pool="p-old"))
+    s.on_frames(frames("a", range(2), pool="p-new"))  # ingest restarted: seq from 0 again
+    assert s.ledger.violations == 0 and s.ledger.snapshot("a").in_flight == 4

@@ -47,3 +47,20 @@ def test_state_changes_are_kept_and_a_stream_called_streams_keeps_its_hash():
     assert [t.target for t in board.transitions("streams")] == [StreamState.CONNECTING]
     hashes, members = redis_status(board.snapshot({}, {}), "vf")
     assert "vf:status:streams" in hashes and members == ["streams"]
+
+
+def test_a_double_count_shows_as_unaccounted():
+    board = StatusBoard("m")
+    board.add_stream(StreamConfig(id="a", url="rtsp://cam/1"))
+    board.apply(OutputStats(time.time(), (("a", 10),), (("a", "worker_lost", 2),), 0, True, None))
+    s = board.snapshot({"a": LedgerSnapshot(10, 10, {}, 0)}, {}).stream("a")
+    assert s.unaccounted == -2 and not s.accounted
+
+
+def test_counts_of_a_dead_output_process_are_kept():
+    board = StatusBoard("m")
+    board.add_stream(StreamConfig(id="a", url="rtsp://cam/1"))
+    board.apply(OutputStats(time.time(), (("a", 40),), (), 0, True, None, pid=100))
+    board.apply(OutputStats(time.time(), (("a", 5),), (), 0, True, None, pid=101))
+    s = board.snapshot({"a": LedgerSnapshot(50, 50, {}, 0)}, {}).stream("a")
+    assert s.published == 45 and s.in_flight == 5 and s.accounted

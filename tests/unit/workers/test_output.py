@@ -95,3 +95,16 @@ def test_an_abandoned_batch_counts_lost_only_if_its_results_never_came():
     dropped = {(sid, reason): n for sid, reason, n in stage.stats().dropped}
     assert dropped == {("a", "worker_lost"): 3, ("b", "worker_lost"): 1}
     assert keep.seen == [0, 1, 2, 3]
+
+
+class Raises:
+    def process(self, results: list[FrameResult]) -> list[FrameResult]:
+        raise RuntimeError("tracker bug")
+
+
+def test_a_failing_processor_is_skipped_and_filtered_results_are_counted():
+    keep = Keep()
+    stage = OutputStage([keep], processors=[Raises(), EveryOther()])
+    stage.on_result(batch(1, "a", range(6)))
+    assert keep.seen == [0, 2, 4] and stage.processor_errors == {"Raises": 1}
+    assert ("a", "filtered", 3) in stage.stats().dropped
