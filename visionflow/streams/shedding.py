@@ -12,6 +12,11 @@ policy stops paying for frames that would be thrown away:
   ======== =========== ================================================================
   nonkey   ``NONKEY``  target <= keyframe rate x ``key_margin``: only keyframes are
                        decoded (and only those the token bucket will use are fed at all)
+  prefix   ``DEFAULT`` target <= ``prefix_ratio`` x the source rate: each GOP's first
+                       ``round(target / keyframe rate)`` frames are decoded and used, the
+                       rest of the GOP is never given to the decoder (decode cost follows
+                       the target, not the source; the used frames come in a burst at the
+                       start of each GOP instead of evenly spread)
   nonref   ``NONREF``  the stream has B-frames and target <= the rate of reference frames
   all      ``DEFAULT`` otherwise
   ======== =========== ================================================================
@@ -42,10 +47,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-DecodeMode = Literal["all", "nonref", "nonkey"]
+DecodeMode = Literal["all", "nonref", "prefix", "nonkey"]
 
 #: FFmpeg ``skip_frame`` value (PyAV ``codec_context.skip_frame``) for each mode
-SKIP_FRAME: dict[DecodeMode, str] = {"all": "DEFAULT", "nonref": "NONREF", "nonkey": "NONKEY"}
+SKIP_FRAME: dict[DecodeMode, str] = {
+    "all": "DEFAULT",
+    "nonref": "NONREF",
+    "prefix": "DEFAULT",
+    "nonkey": "NONKEY",
+}
 
 _PACKET_WINDOW = 64  # packets used to measure the source's frame rate
 _KEY_WINDOW = 5  # keyframes used to measure the keyframe rate
@@ -79,6 +89,7 @@ class ShedPolicy:
         hysteresis: float = 0.25,
         min_dwell_s: float = 2.0,
         window_s: float = 5.0,
+        prefix_ratio: float = 0.5,
     ) -> None:
         if analysis_fps is not None and analysis_fps <= 0:
             raise ValueError(f"analysis_fps must be > 0, got {analysis_fps}")
@@ -87,6 +98,7 @@ class ShedPolicy:
         self._clock = clock
         self.key_margin, self.hysteresis = key_margin, hysteresis
         self.min_dwell_s, self.window_s = min_dwell_s, window_s
+        self.prefix_ratio = prefix_ratio
         self._share: float | None = None
         self.mode: DecodeMode = "all"
         self._mode_since = clock()
@@ -117,6 +129,7 @@ class ShedPolicy:
         self._offset: float | None = None
         self._next_due: float | None = None
         self._gop_open = True
+        self._gop_fed = 0  # packets of this GOP given to the decoder (prefix mode)
 
     # ---- measurements ------------------------------------------------------------
     def _time(self, pts: float | None) -> float:
@@ -177,6 +190,10 @@ class ShedPolicy:
             limit = src * (1 - b) / (1 + self.hysteresis if self.mode != "nonref" else 1)
             if target <= limit:
                 return "nonref"
+        if keys is not None and self.prefix_ratio > 0:
+            scale = 1 + self.hysteresis if self.mode == "prefix" else 1
+            if target <= src * self.prefix_ratio * scale:
+                return "prefix"
         return "all"
 
     def _switch_mode(self) -> None:
@@ -216,13 +233,25 @@ class ShedPolicy:
         if keyframe:
             # a keyframe needs no reference: the GOP opens unless nonkey's bucket skips it
             self._gop_open = not (shedding and self.mode == "nonkey" and not self._due(t))
+            self._gop_fed = 0
+        elif self._gop_open and shedding and self.mode == "prefix":
+            self._gop_open = self._gop_fed < self._gop_quota()
         elif self._gop_open and shedding and (self.mode == "nonkey" or self._rest_unused(t)):
             # once closed, a GOP stays closed until the next keyframe: a packet whose
             # references were not decoded must never reach the decoder
             self._gop_open = False
         if not self._gop_open:
             self.packets_skipped += 1
+        else:
+            self._gop_fed += 1
         return self._gop_open
+
+    def _gop_quota(self) -> int:
+        """Prefix mode: frames to decode per GOP for the target rate."""
+        target, keys = self.target, self.key_rate
+        if target is None or keys is None:
+            return 1 << 30
+        return max(1, round(target / keys))
 
     def _rest_unused(self, t: float) -> bool:
         """True when no frame left in this GOP can be kept: the bucket's next frame is due
@@ -240,6 +269,8 @@ class ShedPolicy:
             self._b_frames += b_frame
         t = pts if pts is not None else self._time(None)
         target = self.target
+        if self.mode == "prefix" and self.skip_modes and target is not None:
+            target = None  # only the GOP's prefix was decoded: use all of it
         if target is not None and not self._due(t):
             self.skipped += 1
             return False

@@ -27,7 +27,7 @@ class StreamStats:
     width: int | None
     height: int | None
     analysis_fps: float = 0.0  # frames used (announced) per second, measured
-    decode_mode: str = "all"  # "all", "nonref" or "nonkey" (visionflow.streams.shedding)
+    decode_mode: str = "all"  # "all", "nonref", "prefix" or "nonkey" (streams.shedding)
     skipped_analysis: int = 0  # frames not analysed: not decoded, or decoded and not used
     source_fps: float | None = None  # the source's frame rate, measured from packets
     target_fps: float | None = None  # min(analysis_fps, fair share); None: every frame

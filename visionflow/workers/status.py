@@ -33,7 +33,7 @@ class StreamStatus:
     in_flight: int = 0  # frames decoded but neither published nor dropped yet
     unaccounted: int = 0  # frames - published - drops - in_flight: nonzero is a bug
     analysis_fps: float = 0.0  # frames used (announced) per second, measured in ingest
-    decode_mode: str = "all"  # skip mode: "all", "nonref" (B-frames skipped), "nonkey"
+    decode_mode: str = "all"  # "all", "nonref" (B-frames skipped), "prefix" (GOP heads), "nonkey"
     skipped_analysis: int = 0  # frames not analysed: not decoded, or decoded and not used
     target_fps: float | None = None  # min(analysis_fps, fair share); None: every frame
     source_fps: float | None = None  # the camera's own frame rate, measured from packets

@@ -102,7 +102,7 @@ def test_target_below_keyframe_rate_feeds_only_the_keyframes_it_uses():
 
 def test_between_keyframe_and_frame_rate_keeps_frames_evenly_and_skips_gop_tails():
     clock = Clock()
-    policy = ShedPolicy(5.0, clock=clock)
+    policy = ShedPolicy(5.0, clock=clock, prefix_ratio=0)  # even spacing asked for
     run = feed(policy, clock, 20)
     assert run.modes == ["all"]
     used = [t for t in run.used if t >= 5]
@@ -161,3 +161,16 @@ def test_rejects_non_positive_rates():
         ShedPolicy(0.0)
     with pytest.raises(ValueError):
         ShedPolicy().set_share(-1.0)
+
+
+def test_prefix_mode_decodes_only_the_frames_it_uses_at_the_start_of_each_gop():
+    clock = Clock()
+    policy = ShedPolicy(5.0, clock=clock)  # 5 of 25 fps: prefix (the default ratio is 0.5)
+    run = feed(policy, clock, 20)
+    assert run.modes[-1] == "prefix"
+    steady = [t for t in run.decoded if t >= 6]
+    used = [t for t in run.used if t >= 6]
+    assert rate(used, 6) == pytest.approx(5.0, rel=0.1)
+    assert len(steady) == len(used), "every decoded frame is used: none decoded for nothing"
+    assert all((t * 25) % 25 < 5 for t in used), "the first five frames of each GOP"
+    assert run.broken_refs == 0
