@@ -105,7 +105,7 @@ def run_mode(
         {
             "streams": streams,
             "redis": {"url": redis_url, "key_prefix": prefix},
-            "batching": {"max_batch": 8, "max_delay_ms": 20, "buffer_per_stream": 2},
+            "batching": {"max_batch": 8, "max_delay_ms": 20, "buffer_per_stream": args.buffer},
             "workers": {"inference_workers": 1},
             "source": {"shed_load": shed},
         }
@@ -160,6 +160,9 @@ def run_mode(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", type=int, default=10)
+    parser.add_argument(
+        "--buffer", type=int, default=8, help="batching.buffer_per_stream (both modes)"
+    )
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--warmup", type=float, default=8.0)
     parser.add_argument("--size", default="1280x720")
@@ -221,6 +224,7 @@ def main() -> None:
             f"{args.fps} frames",
             "model": "builtin:demo (320x320), onnxruntime, 1 inference worker",
             "analysis_fps": args.analysis_fps,
+            "buffer_per_stream": args.buffer,
             "results": results,
             "ratio_published_fps": ratio,
         },
