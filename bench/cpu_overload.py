@@ -107,7 +107,7 @@ def run_mode(
             "redis": {"url": redis_url, "key_prefix": prefix},
             "batching": {"max_batch": 8, "max_delay_ms": 20, "buffer_per_stream": args.buffer},
             "workers": {"inference_workers": 1},
-            "source": {"shed_load": shed},
+            "source": {"shed_load": shed, "shed_gop_prefix": shed and args.gop_prefix},
         }
     )
     pipeline = Pipeline(config, redis_url, log_level=logging.WARNING)
@@ -161,7 +161,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", type=int, default=10)
     parser.add_argument(
-        "--buffer", type=int, default=8, help="batching.buffer_per_stream (both modes)"
+        "--buffer", type=int, default=2, help="batching.buffer_per_stream (both modes)"
+    )
+    parser.add_argument(
+        "--gop-prefix", action="store_true", help="shed mode: source.shed_gop_prefix (burst)"
     )
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--warmup", type=float, default=8.0)
@@ -225,6 +228,7 @@ def main() -> None:
             "model": "builtin:demo (320x320), onnxruntime, 1 inference worker",
             "analysis_fps": args.analysis_fps,
             "buffer_per_stream": args.buffer,
+            "shed_gop_prefix": args.gop_prefix,
             "results": results,
             "ratio_published_fps": ratio,
         },

@@ -244,6 +244,14 @@ class SourceConfig(_Strict):
         "B-frames and the unused rest of each GOP. False: decode every frame and only "
         "discard unused frames after decode (the decode-everything baseline).",
     )
+    shed_gop_prefix: bool = Field(
+        default=False,
+        description="When shedding takes a stream below half its frame rate, decode only the "
+        "first round(target / keyframe rate) frames of each GOP and use them all (decode cost "
+        "follows the target) instead of frames evenly spread (which needs most of each GOP "
+        "decoded). The used frames then come in a burst at each keyframe: give "
+        "batching.buffer_per_stream room for a GOP's share, or the bursts read as overload.",
+    )
 
 
 class AppConfig(_Strict):

@@ -149,7 +149,9 @@ class StreamReader:
         self.source = make_source(stream, policy, self.stop_event, decode)
         self.source.target_size = (pool.width, pool.height)
         self.shed = ShedPolicy(
-            stream.analysis_fps, skip_modes=policy.shed_load and self.source.supports_skip
+            stream.analysis_fps,
+            skip_modes=policy.shed_load and self.source.supports_skip,
+            prefix_ratio=0.5 if policy.shed_gop_prefix else 0.0,
         )
         self.source.shed = self.shed
         self.thread = threading.Thread(target=self.run, name=f"stream-{stream.id}", daemon=True)
