@@ -61,3 +61,41 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     sep = "  ".join("-" * w for w in widths)
     body = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join([line, sep, *body])
+
+
+def run_section(fn: Any, name: str, work: Path, out: Path) -> None:
+    """Run one benchmark section, writing ``out/<name>.json`` whatever happens."""
+    import traceback
+
+    try:
+        result = {"ok": True, **fn(work)}
+    except Exception as exc:
+        result = {
+            "ok": False,
+            "error": f"{type(exc).__name__}: {exc}",
+            "trace": traceback.format_exc()[-3000:],
+        }
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+
+
+def run_sections(
+    script: str, names: list[str], limits: dict[str, int], work: Path, out: Path, log: Any
+) -> dict[str, Any]:
+    """Each section in its own subprocess (``script --section NAME``) with its time limit, so
+    one failing part (a missing wheel, a driver quirk) never loses the others."""
+    import sys
+
+    summary: dict[str, Any] = {}
+    for name in names:
+        log(f"section {name} (limit {limits[name]} s)")
+        cmd = [sys.executable, script, "--out", str(out), "--work", str(work), "--section", name]
+        try:
+            subprocess.run(cmd, timeout=limits[name], check=False)
+        except subprocess.TimeoutExpired:
+            (out / f"{name}.json").write_text(json.dumps({"ok": False, "error": "timeout"}))
+        path = out / f"{name}.json"
+        summary[name] = (
+            json.loads(path.read_text()) if path.is_file() else {"ok": False, "error": "no result"}
+        )
+        log(f"{name}: {json.dumps(summary[name], default=str)[:800]}")
+    return summary

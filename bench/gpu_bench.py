@@ -37,12 +37,14 @@ import os
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import run_section  # noqa: E402
+
 SECTIONS = [
     "env",
     "clips",
@@ -829,19 +831,6 @@ def section_baseline(work: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- driver
-def run_section(name: str, work: Path, out: Path) -> None:
-    fn = globals()[f"section_{name}"]
-    try:
-        result = {"ok": True, **fn(work)}
-    except Exception as exc:
-        result = {
-            "ok": False,
-            "error": f"{type(exc).__name__}: {exc}",
-            "trace": traceback.format_exc()[-3000:],
-        }
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -852,32 +841,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     if args.section:
-        run_section(args.section, args.work, args.out)
+        run_section(globals()[f"section_{args.section}"], args.section, args.work, args.out)
         return
-    summary: dict[str, Any] = {}
-    for name in args.sections.split(","):
-        log(f"section {name} (limit {LIMITS[name]} s)")
-        cmd = [
-            sys.executable,
-            __file__,
-            "--out",
-            str(args.out),
-            "--work",
-            str(args.work),
-            "--section",
-            name,
-        ]
-        try:
-            subprocess.run(cmd, timeout=LIMITS[name], check=False)
-        except subprocess.TimeoutExpired:
-            (args.out / f"{name}.json").write_text(json.dumps({"ok": False, "error": "timeout"}))
-        path = args.out / f"{name}.json"
-        summary[name] = (
-            json.loads(path.read_text()) if path.is_file() else {"ok": False, "error": "no result"}
-        )
-        log(f"{name}: {json.dumps(summary[name], default=str)[:600]}")
-    from bench.common import machine
+    from bench.common import machine, run_sections
 
+    summary = run_sections(__file__, args.sections.split(","), LIMITS, args.work, args.out, log)
     (args.out / "gpu_bench.json").write_text(
         json.dumps({"machine": machine(), **summary}, indent=2, default=str)
     )
