@@ -1,4 +1,4 @@
-"""Frozen records passed between stages (ingest -> scheduler -> inference -> publisher).
+"""Frozen records passed between stages (ingest -> scheduler -> inference -> output stage).
 
 They carry metadata only; pixels travel through shared memory
 (:mod:`visionflow.pipeline.framepool`), so a message stays a few hundred bytes.

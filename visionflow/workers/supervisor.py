@@ -442,6 +442,7 @@ class Pipeline:
         index = self._stream_process.pop(stream_id, None)
         with self.loop.lock:
             self.loop.free(self.scheduler.remove_stream(stream_id))
+            self.scheduler.ledger.forget(stream_id)  # when nothing of it is still in flight
         if index is not None:
             streams = self._ingest_streams[index]
             streams[:] = [s for s in streams if s.id != stream_id]
