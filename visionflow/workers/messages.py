@@ -128,6 +128,7 @@ class BatchAbandoned:
 
     batch_id: int
     frames: tuple[tuple[str, int], ...] = ()  # (stream, frames of it in the batch)
+    reason: str = "worker_lost"  # or "shutdown": stopped before a worker finished it
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ class OutputStage:
         self.sinks, self.processors = list(sinks), list(processors)
         self.reorder: BatchReorder[tuple[FrameResult, ...]] = BatchReorder(first_batch_id)
         self.sink_errors: Counter[str] = Counter()
-        self.lost: Counter[str] = Counter()  # frames of abandoned batches, per stream
+        self.lost: Counter[tuple[str, str]] = Counter()  # abandoned: (stream, reason) -> frames
         self.filtered: Counter[str] = Counter()  # results processors chose not to pass on
         self.processor_errors: Counter[str] = Counter()
 
@@ -73,14 +73,19 @@ class OutputStage:
             log.error("output: gave up waiting for batch(es) %s", self.reorder.skipped[skipped:])
         return released
 
-    def on_abandoned(self, batch_id: int, frames: tuple[tuple[str, int], ...] = ()) -> int:
+    def on_abandoned(
+        self,
+        batch_id: int,
+        frames: tuple[tuple[str, int], ...] = (),
+        reason: str = "worker_lost",
+    ) -> int:
         """No worker will deliver ``batch_id``: count its frames lost, unless it was
         already delivered (then the abandon is the duplicate)."""
         duplicates = self.reorder.duplicates
         released = self._emit(self.reorder.abandon(batch_id))
         if self.reorder.duplicates == duplicates:
             for stream_id, n in frames:
-                self.lost[stream_id] += n
+                self.lost[(stream_id, reason)] += n
         return released
 
     def _emit(self, batches: list[tuple[FrameResult, ...]]) -> int:
@@ -123,7 +128,7 @@ class OutputStage:
     def stats(self, final: bool = False) -> OutputStats:
         sink = self.primary
         dropped = [(sid, "redis_unavailable", n) for sid, n in sink.dropped.items() if n]
-        dropped += [(sid, "worker_lost", n) for sid, n in self.lost.items() if n]
+        dropped += [(sid, reason, n) for (sid, reason), n in self.lost.items() if n]
         dropped += [(sid, "filtered", n) for sid, n in self.filtered.items() if n]
         return OutputStats(
             ts=time.time(),
@@ -186,7 +191,7 @@ def serve(stage: OutputStage, inbox: Any, control: Any, flush_timeout: float) ->
             if isinstance(msg, BatchResult):
                 stage.on_result(msg)
             elif isinstance(msg, BatchAbandoned):
-                stage.on_abandoned(msg.batch_id, msg.frames)
+                stage.on_abandoned(msg.batch_id, msg.frames, msg.reason)
     finally:
         stage.stop(flush_timeout)
         control.put(stage.stats(final=True))

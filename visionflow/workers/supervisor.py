@@ -183,7 +183,8 @@ class Pipeline:
             self.loop.free(self.scheduler.drain())
             for request in self.scheduler.all_inflight():
                 counts = Counter(f.stream_id for f in request.frames)
-                self._output_q.put(BatchAbandoned(request.batch_id, tuple(counts.items())))
+                abandoned = BatchAbandoned(request.batch_id, tuple(counts.items()), "shutdown")
+                self._output_q.put(abandoned)
             self.loop.free(self.scheduler.abandon_all())
 
     def _await_readers_stopped(self, timeout: float) -> None:
