@@ -8,11 +8,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -222,7 +223,7 @@ def consume(
     err_console.print(f"consuming {', '.join(consumer_cfg.streams)} from {describe(consumer_cfg)}")
     try:
         reader.refresh_streams()  # fails here, not in a retry loop, when Redis is unreachable
-        reader.run(_print_delivery, stop, max_entries or None)
+        reader.run(_printer(stop), stop, max_entries or None)
     except KeyboardInterrupt:
         pass
     except (redis.RedisError, VisionflowError) as exc:
@@ -236,6 +237,22 @@ def consume(
             highlight=False,
         )
         reader.close()
+
+
+def _printer(stop: threading.Event) -> Callable[[Delivery], None]:
+    """The handler of ``consume``: one line per entry; a closed stdout (``| head``) stops it,
+    the entry it could not print left pending for another consumer."""
+
+    def handle(delivery: Delivery) -> None:
+        try:
+            _print_delivery(delivery)
+        except BrokenPipeError:
+            stop.set()
+            # the interpreter's final flush of stdout would fail again
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+            raise
+
+    return handle
 
 
 def _print_delivery(delivery: Delivery) -> None:

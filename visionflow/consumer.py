@@ -167,6 +167,12 @@ class DetectionConsumer:
     """A member of a consumer group over visionflow's detection streams (not thread-safe)."""
 
     def __init__(self, config: ConsumerConfig, client: redis.Redis | None = None) -> None:
+        """``client``: an existing ``redis.Redis`` with ``decode_responses=True`` (RESP2);
+        by default one is made from ``config.redis_url``."""
+        if client is not None and not client.connection_pool.connection_kwargs.get(
+            "decode_responses"
+        ):
+            raise ConfigError("DetectionConsumer needs a client with decode_responses=True")
         self.config = config
         self._client = client or redis.Redis.from_url(
             config.redis_url,

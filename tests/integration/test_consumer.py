@@ -276,3 +276,76 @@ def test_cli_consume_never_prints_the_redis_password(tmp_path, key_prefix):
     assert result.returncode == 1, result
     assert "hunter2" not in result.stdout + result.stderr
     assert "user:***@127.0.0.1" in result.stderr
+
+
+def test_cli_consume_stops_cleanly_when_stdout_closes(
+    tmp_path, redis_server, redis_client, key_prefix
+):
+    add_entries(redis_client, key_prefix, "cam1", 1)
+    cfg = write_config(tmp_path / "site.yaml", redis_server, key_prefix)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "visionflow",
+            "consume",
+            "-c",
+            str(cfg),
+            "--group",
+            GROUP,
+            "--from-start",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().startswith("cam1 seq=0 ")
+    proc.stdout.close()  # like `visionflow consume | head -1`
+    [unprinted] = add_entries(redis_client, key_prefix, "cam1", 1, first_seq=1)
+    try:
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and "acked 1, failed 1" in stderr, stderr
+    assert [r["message_id"] for r in pending(redis_client, key_prefix)] == [unprinted]
+
+
+def test_cli_consume_exits_cleanly_on_ctrl_c(tmp_path, redis_server, redis_client, key_prefix):
+    cfg = write_config(tmp_path / "site.yaml", redis_server, key_prefix)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "visionflow",
+            "consume",
+            "-c",
+            str(cfg),
+            "--group",
+            GROUP,
+            "--consumer",
+            "cli",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal would
+    )
+    key = detections_key(key_prefix, "cam1")
+
+    def reading() -> bool:
+        try:
+            return any(c["name"] == "cli" for c in redis_client.xinfo_consumers(key, GROUP))
+        except redis.ResponseError:  # no group yet
+            return False
+
+    try:
+        wait_until(reading, 30, "consume never started reading")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "consumed 0, acked 0" in err and out == ""
