@@ -262,7 +262,8 @@ class DetectionConsumer:
         ``XACK`` follows only a handler call that returned; one that raised (``Exception``)
         leaves the entry pending.  A round's entries are all handled before ``stop`` is
         looked at again.  With ``max_entries`` each read asks for at most the number still
-        wanted per stream; entries read beyond it (several streams) stay pending.
+        wanted per stream; entries read beyond it (several streams) stay pending.  An XACK
+        lost to a Redis outage leaves the handled entry pending: it is delivered again.
         """
         done = 0
         while not stop.is_set():
@@ -277,7 +278,13 @@ class DetectionConsumer:
                 except Exception as exc:
                     self.fail(delivery, exc)
                     continue
-                self.ack(delivery)
+                try:
+                    self.ack(delivery)
+                except redis.ConnectionError as exc:
+                    # handled but not acknowledged: it comes back after claim_idle_ms
+                    self._counts["redis_errors"] += 1
+                    log.warning("XACK of %s failed (%s)", delivery.entry_id, _safe(exc))
+                    continue
                 done += 1
         return self.counters
 

@@ -349,3 +349,23 @@ def test_cli_consume_exits_cleanly_on_ctrl_c(tmp_path, redis_server, redis_clien
         proc.kill()
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "consumed 0, acked 0" in err and out == ""
+
+
+def test_a_consumer_rides_out_a_redis_restart(killable_redis, key_prefix):
+    client = redis.Redis.from_url(killable_redis.url, decode_responses=True)
+    add_entries(client, key_prefix, "cam1", 2)
+    consumer = make(killable_redis.url, key_prefix, "a", socket_timeout_s=1)
+    handled: list[Delivery] = []
+    with running(consumer, handled.append):
+        wait_until(lambda: len(handled) == 2, 30, "first entries never consumed")
+        killable_redis.kill()
+        wait_until(lambda: consumer.counters.redis_errors > 0, 30, "outage never noticed")
+        killable_redis.start()  # empty: stream and group are gone; the group (at 0) is made again
+        [later] = add_entries(client, key_prefix, "cam1", 1, first_seq=2)
+        wait_until(
+            lambda: len(handled) == 3,
+            30,
+            lambda: f"no entry after the restart: {consumer.counters}",
+        )
+    assert handled[-1].entry_id == later and consumer.counters.acked == 3
+    client.close()
