@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from visionflow.config import AppConfig, load_config, parse_config
 from visionflow.errors import (
     ConfigError,
+    ConsumerError,
     EngineError,
     EngineUnavailableError,
     InvalidTransitionError,
@@ -40,12 +41,18 @@ from visionflow.streams.config import StreamConfig
 from visionflow.streams.state import StreamState
 
 if TYPE_CHECKING:
+    from visionflow.consumer import ConsumerConfig, ConsumerCounters, Delivery, DetectionConsumer
     from visionflow.workers.status import PipelineStatus, StreamStatus, WorkerStatus
     from visionflow.workers.supervisor import Pipeline
 
 __all__ = [
     "AppConfig",
     "ConfigError",
+    "ConsumerConfig",
+    "ConsumerCounters",
+    "ConsumerError",
+    "Delivery",
+    "DetectionConsumer",
     "EngineError",
     "EngineUnavailableError",
     "Entry",
@@ -71,6 +78,10 @@ __all__ = [
 ]
 
 _LAZY = {
+    "ConsumerConfig": "visionflow.consumer",
+    "ConsumerCounters": "visionflow.consumer",
+    "Delivery": "visionflow.consumer",
+    "DetectionConsumer": "visionflow.consumer",
     "Pipeline": "visionflow.workers.supervisor",
     "PipelineStatus": "visionflow.workers.status",
     "StreamStatus": "visionflow.workers.status",
@@ -79,8 +90,8 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    """``Pipeline`` and the status types load on first use: ``import visionflow`` stays light
-    (the process machinery and redis are not imported until needed)."""
+    """``Pipeline``, the status types and the consumer load on first use: ``import visionflow``
+    stays light (the process machinery and redis are not imported until needed)."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'visionflow' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The ``visionflow`` command: run, validate, demo, snapshot, calibrate.
+"""The ``visionflow`` command: run, validate, demo, snapshot, calibrate, consume.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
 """
@@ -8,13 +8,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import redis
 import typer
@@ -26,8 +28,12 @@ from visionflow.config import AppConfig, load_config
 from visionflow.errors import ConfigError, VisionflowError
 from visionflow.redis_server import EmbeddedRedis, reachable
 from visionflow.schema import detections_key
+from visionflow.streams.urls import redact_text
 from visionflow.workers.logs import setup_logging
 from visionflow.workers.status import PipelineStatus
+
+if TYPE_CHECKING:
+    from visionflow.consumer import Delivery
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(soft_wrap=True)
@@ -156,6 +162,109 @@ def calibrate(
         raise typer.Exit(1) from None
     written = calib.write(path, images)
     console.print(f"wrote {written}: {len(images)} frames {images.shape[2]}x{images.shape[1]}")
+
+
+@app.command()
+def consume(
+    config: ConfigOpt,
+    group: Annotated[str, typer.Option("--group", "-g", help="Consumer group.")] = (
+        "visionflow-consumers"
+    ),
+    consumer: Annotated[
+        str | None, typer.Option("--consumer", help="Consumer name (default <host>-<pid>).")
+    ] = None,
+    stream: Annotated[
+        list[str] | None,
+        typer.Option("--stream", "-s", help="Stream id (repeatable; default: the config's)."),
+    ] = None,
+    from_start: Annotated[
+        bool,
+        typer.Option("--from-start", help="A group created now starts at the oldest entry."),
+    ] = False,
+    max_entries: Annotated[
+        int, typer.Option("--max", help="Exit after this many entries (0: until Ctrl-C).")
+    ] = 0,
+    redis_url: Annotated[
+        str | None, typer.Option("--redis-url", help="Read here instead of the config's redis.url.")
+    ] = None,
+    claim_idle_ms: Annotated[
+        int, typer.Option("--claim-idle-ms", help="Take over entries pending this long.")
+    ] = 30_000,
+    max_deliveries: Annotated[
+        int, typer.Option("--max-deliveries", help="Dead-letter an entry delivered more often.")
+    ] = 5,
+) -> None:
+    """Read detections through a consumer group and print one line per entry (XACK after)."""
+    from pydantic import ValidationError
+
+    from visionflow.consumer import ConsumerConfig, DetectionConsumer, check_url, describe
+
+    cfg = _load(config)
+    try:
+        settings: dict[str, object] = {
+            "redis_url": check_url(redis_url or cfg.redis.url),
+            "key_prefix": cfg.redis.key_prefix,
+            "group": group,
+            "streams": stream or [s.id for s in cfg.streams],
+            "start_id": "0" if from_start else "$",
+            "claim_idle_ms": claim_idle_ms,
+            "max_deliveries": max_deliveries,
+        }
+        if consumer:
+            settings["consumer"] = consumer
+        consumer_cfg = ConsumerConfig.model_validate(settings)
+    except (ConfigError, ValidationError) as exc:
+        err_console.print(f"[red]{redact_text(str(exc))}[/]", highlight=False)
+        raise typer.Exit(2) from None
+    setup_logging(logging.WARNING)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    reader = DetectionConsumer(consumer_cfg)
+    err_console.print(f"consuming {', '.join(consumer_cfg.streams)} from {describe(consumer_cfg)}")
+    try:
+        reader.refresh_streams()  # fails here, not in a retry loop, when Redis is unreachable
+        reader.run(_printer(stop), stop, max_entries or None)
+    except KeyboardInterrupt:
+        pass
+    except (redis.RedisError, VisionflowError) as exc:
+        err_console.print(f"[red]{redact_text(str(exc))}[/]", highlight=False)
+        raise typer.Exit(1) from None
+    finally:
+        c = reader.counters
+        err_console.print(
+            f"consumed {c.consumed}, acked {c.acked}, failed {c.failed}, claimed {c.claimed}, "
+            f"dead-lettered {c.dead_lettered}, trimmed while pending {c.trimmed_while_pending}",
+            highlight=False,
+        )
+        reader.close()
+
+
+def _printer(stop: threading.Event) -> Callable[[Delivery], None]:
+    """The handler of ``consume``: one line per entry; a closed stdout (``| head``) stops it,
+    the entry it could not print left pending for another consumer."""
+
+    def handle(delivery: Delivery) -> None:
+        try:
+            _print_delivery(delivery)
+        except BrokenPipeError:
+            stop.set()
+            # the interpreter's final flush of stdout would fail again
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+            raise
+
+    return handle
+
+
+def _print_delivery(delivery: Delivery) -> None:
+    entry = delivery.entry
+    when = datetime.fromtimestamp(entry.capture_ts, UTC).isoformat(timespec="milliseconds")
+    labels = ", ".join(f"{d['label']} {d['score']:.2f}" for d in entry.detections)
+    redelivered = f" (delivery {delivery.delivery_count})" if delivery.delivery_count > 1 else ""
+    print(
+        f"{delivery.stream_id} seq={entry.seq} {when} id={entry.entry_id} "
+        f"n={len(entry.detections)} [{labels}]{redelivered}",
+        flush=True,
+    )
 
 
 @contextlib.contextmanager

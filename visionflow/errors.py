@@ -12,7 +12,8 @@
     │   └── ModelError              the model file is missing or has the wrong shape
     ├── PublishError                Redis could not take an entry (buffered and retried)
     ├── InvalidTransitionError      a stream state machine was asked for an illegal move
-    └── ServerError                 an embedded Redis-compatible server could not start
+    ├── ServerError                 an embedded Redis-compatible server could not start
+    └── ConsumerError               a consumer group could not be set up (visionflow consume)
 
 Every message names what was wrong (file, stream id, field, URL with its password
 redacted) so that an operator can act on it without reading the code.
@@ -79,3 +80,7 @@ class InvalidTransitionError(VisionflowError):
 
 class ServerError(VisionflowError):
     """An embedded Redis-compatible server could not be started."""
+
+
+class ConsumerError(VisionflowError):
+    """A consumer group could not be set up on a detections stream."""

@@ -27,6 +27,10 @@ Status: hash ``<prefix>:status:<stream_id>`` with ``state``, ``state_since``, ``
 ``<prefix>:streams`` lists the stream ids; hash ``<prefix>:worker:<id>`` holds each
 inference worker's ``state``, ``batches``, ``frames``, ``mean_batch``, ``backend``,
 ``device``.
+
+Reading them through a consumer group (at least once, XAUTOCLAIM, dead letters, and how
+``MAXLEN`` trimming meets pending entries): :mod:`visionflow.consumer`, README "Consuming
+detections".
 """
 
 from __future__ import annotations
