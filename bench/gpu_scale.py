@@ -21,6 +21,8 @@ Sections (each in its own subprocess with a time limit, ``DIR/<section>.json``):
               frames, one batch at a time vs two in flight, NMS candidates 1024 vs 256, and the
               model's forward alone (CUDA graph replay)
   ramp_1gpu_c256  ramp_1gpu with ``nms_candidates: 256``
+  procs       GPU 0, 64 streams, one window each with 8, 4 and 2 ingest processes (each its own
+              CUDA context time-slicing the GPU with the inference worker's)
   legacy_1gpu the pipeline before the rework (``--legacy DIR``, a ``git archive`` of it) on GPU 0,
               same ramp: the baseline in the same call
 
@@ -55,6 +57,7 @@ LIMITS = {
     "ramp_all": 560,
     "kill": 300,
     "legacy_1gpu": 420,
+    "procs": 420,
 }
 P99_MS = 250.0
 
@@ -147,12 +150,13 @@ def _config(
     n: int,
     gpus: list[int] | None,
     engine: dict[str, Any] | None = None,
+    ingest_processes: int = 0,
 ) -> Any:
     from bench.gpu_bench import _model, clip_paths
     from visionflow.config import parse_config
 
     mp4, _ = clip_paths(work)
-    workers: dict[str, Any] = {"ingest_processes": 0, "frame_transport": "auto"}
+    workers: dict[str, Any] = {"ingest_processes": ingest_processes, "frame_transport": "auto"}
     if gpus is not None:
         workers["gpus"] = gpus
     return parse_config(
@@ -281,6 +285,31 @@ def section_engine(work: Path) -> dict[str, Any]:
         }
         log(f"engine {candidates}: {out[f'candidates_{candidates}']}")
         engine.close()
+    return out
+
+
+def section_procs(work: Path, streams: int = 64) -> dict[str, Any]:
+    import logging
+
+    import redis
+
+    from visionflow.redis_server import EmbeddedRedis
+    from visionflow.workers.supervisor import Pipeline
+
+    out: dict[str, Any] = {}
+    for procs, engine in ((8, None), (4, None), (2, None), (2, {"nms_candidates": 256})):
+        label = f"{procs}_procs" + ("_c256" if engine else "")
+        with EmbeddedRedis() as server:
+            cfg = _config(work, server.url, "procs", streams, [0], engine, procs)
+            p = Pipeline(cfg, server.url, log_level=logging.WARNING)
+            p.start()
+            try:
+                p.wait_ready(300)
+                time.sleep(15)
+                out[label] = measured_window(p, redis.Redis.from_url(server.url), "procs", 8)
+            finally:
+                p.stop()
+        log(f"procs {label}: {json.dumps(out[label])[:300]}")
     return out
 
 
