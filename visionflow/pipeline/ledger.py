@@ -36,6 +36,7 @@ class StreamLedger:
     abandoned: int = 0
     drops: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
+    last_seq: int = -1  # the highest seq announced
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class SlotLedger:
         stream = self._stream(frame.stream_id)
         stream.announced += 1
         stream.in_flight += 1
+        if frame.seq > stream.last_seq:
+            stream.last_seq = frame.seq
 
     def resolve(self, frame: FrameRef, outcome: str) -> bool:
         """Resolve one frame as ``inferred`` or dropped for ``outcome``; False if it was not
@@ -95,6 +98,10 @@ class SlotLedger:
 
     def snapshots(self) -> dict[str, LedgerSnapshot]:
         return {sid: self.snapshot(sid) for sid in self._streams}
+
+    def last_seq(self, stream_id: str) -> int:
+        stream = self._streams.get(stream_id)
+        return stream.last_seq if stream else -1
 
     def forget(self, stream_id: str) -> None:
         """A removed stream whose frames are all resolved: drop its counters."""

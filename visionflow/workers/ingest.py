@@ -348,7 +348,7 @@ class IngestProcess:
         self._pools = 0
         self.stopping = threading.Event()
 
-    def add(self, stream: StreamConfig) -> None:
+    def add(self, stream: StreamConfig, first_seq: int = 0) -> None:
         if stream.id in self.readers:
             self.remove(stream.id)
         self._pools += 1
@@ -358,6 +358,7 @@ class IngestProcess:
         reader = StreamReader(
             stream, self.policy, pool, self.announcer.put, self.queues.control, self.decode
         )
+        reader.seq = first_seq - 1
         self.readers[stream.id] = reader
         reader.thread.start()
 
@@ -448,6 +449,7 @@ class IngestSpec:
     slots: int
     plan: IngestPlan = IngestPlan()
     announce_interval_s: float = 0.004
+    first_seqs: tuple[tuple[str, int], ...] = ()  # a restarted process goes on counting
 
 
 def ingest_main(spec: IngestSpec, queues: IngestQueues, log_level: int) -> None:
@@ -468,6 +470,7 @@ def ingest_main(spec: IngestSpec, queues: IngestQueues, log_level: int) -> None:
     )
     signal.signal(signal.SIGTERM, lambda *_: process.stopping.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    first = dict(spec.first_seqs)
     for stream in spec.streams:
-        process.add(stream)
+        process.add(stream, first.get(stream.id, 0))
     process.serve()

@@ -286,6 +286,12 @@ class Pipeline:
         )
 
     def _spawn_ingest(self, index: int, restarts: int) -> Any:
+        streams = self._ingest_streams[index]
+        with self.loop.lock:  # a restarted process goes on counting: seq never repeats
+            # beyond the last seq seen, frames in transit hold at most every slot
+            gap = self.config.workers.slots_per_stream + 1
+            last = {s.id: self.scheduler.ledger.last_seq(s.id) for s in streams}
+        first = tuple((sid, seq + gap) for sid, seq in last.items() if seq >= 0)
         spec = IngestSpec(
             index=index,
             run_id=f"{self.run_id}r{restarts}",
@@ -294,6 +300,7 @@ class Pipeline:
             input_size=self.model.input_size,
             slots=self.config.workers.slots_per_stream,
             plan=self._ingest_plans[index],
+            first_seqs=first,
         )
         commands = self._commands[index] = _CTX.Queue()
         queues = IngestQueues(self._sched_q, self._control_q, commands)
