@@ -21,8 +21,9 @@ Sections (each in its own subprocess with a time limit, ``DIR/<section>.json``):
               frames, one batch at a time vs two in flight, NMS candidates 1024 vs 256, and the
               model's forward alone (CUDA graph replay)
   ramp_1gpu_c256  ramp_1gpu with ``nms_candidates: 256``
-  procs       GPU 0, 64 streams, one window each with 8, 4 and 2 ingest processes (each its own
-              CUDA context time-slicing the GPU with the inference worker's)
+  procs       GPU 0, 64 streams, one window each: 8 ingest processes with the torch letterbox
+              and with the fused NV12 kernel, 4 processes fused, 8 fused with 256 NMS
+              candidates (each ingest process is its own CUDA context on the GPU)
   legacy_1gpu the pipeline before the rework (``--legacy DIR``, a ``git archive`` of it) on GPU 0,
               same ramp: the baseline in the same call
 
@@ -297,8 +298,10 @@ def section_procs(work: Path, streams: int = 64) -> dict[str, Any]:
     from visionflow.workers.supervisor import Pipeline
 
     out: dict[str, Any] = {}
-    for procs, engine in ((8, None), (4, None), (2, None), (2, {"nms_candidates": 256})):
-        label = f"{procs}_procs" + ("_c256" if engine else "")
+    runs = ((8, None, "0"), (8, None, "1"), (4, None, "1"), (8, {"nms_candidates": 256}, "1"))
+    for procs, engine, fused in runs:
+        label = f"{procs}_procs" + ("_c256" if engine else "") + ("_fused" if fused == "1" else "")
+        os.environ["VISIONFLOW_FUSED_LETTERBOX"] = fused  # inherited by the ingest processes
         with EmbeddedRedis() as server:
             cfg = _config(work, server.url, "procs", streams, [0], engine, procs)
             p = Pipeline(cfg, server.url, log_level=logging.WARNING)

@@ -97,11 +97,16 @@ def arch_option(major: int, minor: int) -> bytes:
 
 # ---------------------------------------------------------------------------- CUDA parts
 def compile_cubin(options: Sequence[bytes]) -> bytes:
-    """NVRTC-compile :data:`KERNEL_SOURCE` for the ``sm_XY`` in ``options``; a compile error
-    carries NVRTC's log."""
+    """NVRTC-compile :data:`KERNEL_SOURCE` for the ``sm_XY`` in ``options``."""
+    return compile_source(KERNEL_SOURCE, b"visionflow_input.cu", options)
+
+
+def compile_source(source: str, name: bytes, options: Sequence[bytes]) -> bytes:
+    """NVRTC-compile a kernel source to a cubin for the ``sm_XY`` in ``options``; a compile
+    error carries NVRTC's log."""
     nvrtc = cuda.nvrtc()
     prog = check(
-        nvrtc.nvrtcCreateProgram(KERNEL_SOURCE.encode(), b"visionflow_input.cu", 0, [], []),
+        nvrtc.nvrtcCreateProgram(source.encode(), name, 0, [], []),
         "nvrtcCreateProgram",
     )
     try:
@@ -111,7 +116,7 @@ def compile_cubin(options: Sequence[bytes]) -> bytes:
             log = b" " * size
             check(nvrtc.nvrtcGetProgramLog(prog, log), "nvrtcGetProgramLog")
             text = log.decode(errors="replace").rstrip("\x00").strip()
-            raise EngineError(f"NVRTC could not compile the input kernel: {text}")
+            raise EngineError(f"NVRTC could not compile {name.decode()}: {text}")
         size = check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
         cubin = b" " * size
         check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")

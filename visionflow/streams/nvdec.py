@@ -13,6 +13,9 @@ network-size image.
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from collections import deque
 from typing import Any
 
@@ -24,6 +27,7 @@ from visionflow.pipeline.letterbox import PAD_VALUE
 from visionflow.streams.sources import DecodedFrame, VideoSource
 
 _ANNEXB = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
+log = logging.getLogger("visionflow.nvdec")
 
 
 class NvdecSource(VideoSource):
@@ -88,14 +92,58 @@ class NvdecSource(VideoSource):
 
 def write_device_image(surface: Any, dst: Any, letterbox: Letterbox) -> None:
     """Letterbox a device frame into ``dst``: a device slot (written in place, then the stream
-    synchronised, so the frame is complete before anyone hears of it) or a host array."""
+    synchronised, so the frame is complete before anyone hears of it) or a host array.  An
+    NV12 surface into a device slot takes one fused kernel (:mod:`visionflow.gpu.
+    letterbox_kernel`); anything else, or a kernel that cannot load here, the torch path."""
     import torch
 
     if hasattr(dst, "__cuda_array_interface__"):
-        gpu_letterbox(surface, letterbox, out=torch.as_tensor(dst, device=surface.device))
-        torch.cuda.current_stream(surface.device).synchronize()
+        stream = torch.cuda.current_stream(surface.device)
+        if not _fused_letterbox(surface, dst, letterbox, stream):
+            gpu_letterbox(surface, letterbox, out=torch.as_tensor(dst, device=surface.device))
+        stream.synchronize()
     else:
         dst[...] = gpu_letterbox(surface, letterbox).cpu().numpy()
+
+
+_KERNELS: dict[int, Any] = {}  # device index -> LetterboxKernel, or None when unavailable
+_KERNEL_LOCK = threading.Lock()
+
+
+def _letterbox_kernel(device: Any) -> Any:
+    """The fused kernel for ``device``, compiled once per process (None if it cannot be: the
+    torch path is used then, and why is logged once)."""
+    import torch
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with _KERNEL_LOCK:
+        if index not in _KERNELS and os.environ.get("VISIONFLOW_FUSED_LETTERBOX") == "0":
+            _KERNELS[index] = None  # asked for the torch path (benchmarks compare the two)
+        if index not in _KERNELS:
+            try:
+                from visionflow.gpu.letterbox_kernel import LetterboxKernel
+
+                major, minor = torch.cuda.get_device_capability(index)
+                _KERNELS[index] = LetterboxKernel(major, minor)
+            except Exception as exc:  # no NVRTC, no cuda-python: the torch path still works
+                log.warning("fused NV12 letterbox kernel unavailable (%s); using torch", exc)
+                _KERNELS[index] = None
+        return _KERNELS[index]
+
+
+def _fused_letterbox(surface: Any, dst: Any, lb: Letterbox, stream: Any) -> bool:
+    """One kernel from an NV12 surface ``[rows * 3/2, pitch-strided W]`` into the device slot."""
+    if surface.ndim != 2 or surface.dtype.itemsize != 1 or surface.stride(1) != 1:
+        return False
+    kernel = _letterbox_kernel(surface.device)
+    if kernel is None:
+        return False
+    pitch = int(surface.stride(0))
+    rows = surface.shape[0] * 2 // 3  # decoder surfaces may pad the height (360 -> 368)
+    base = int(surface.data_ptr())
+    out = int(dst.__cuda_array_interface__["data"][0])
+    kernel.launch(base, base + rows * pitch, pitch, lb, out, PAD_VALUE, stream.cuda_stream)
+    return True
 
 
 def copy_device_image(image: Any, dst: Any) -> None:

@@ -1,0 +1,88 @@
+"""The fused NV12 -> letterboxed RGB kernel: its launch geometry and arguments (CPU), NVRTC
+compilation (no GPU needed) and its pixels against the torch path it replaces (GPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from visionflow.gpu.kernels import arch_option
+from visionflow.gpu.letterbox_kernel import (
+    BLOCK,
+    KERNEL_SOURCE,
+    compile_letterbox_cubin,
+    grid,
+    kernel_args,
+)
+from visionflow.pipeline.letterbox import PAD_VALUE, letterbox_geometry
+
+needs_nvrtc = pytest.mark.skipif(
+    importlib.util.find_spec("cuda") is None or importlib.util.find_spec("cuda.bindings") is None,
+    reason="needs cuda-bindings (cuda-python) with the NVRTC wheel",
+)
+
+
+def test_one_thread_per_output_pixel_and_arguments_in_kernel_order():
+    lb = letterbox_geometry(1920, 1080, 640, 640)
+    gx, gy = grid(lb)
+    assert gx * BLOCK[0] >= 640 > (gx - 1) * BLOCK[0] and gy * BLOCK[1] >= 640
+    args = kernel_args(0x1000, 0x2000, 2048, lb, 0x9000, PAD_VALUE)
+    values = [int(a[0]) for a in args]
+    assert values == [0x1000, 0x2000, 2048, 1920, 1080, 0x9000, 640, 640, lb.pad_x, lb.pad_y,
+                      lb.scaled_w, lb.scaled_h, PAD_VALUE]  # fmt: skip
+    assert [a.dtype for a in args].count(np.dtype(np.uint64)) == 3  # the three pointers
+    assert KERNEL_SOURCE.count("int ") >= 10
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch", [(7, 5), (8, 6), (9, 0)])
+def test_kernel_compiles_to_a_cubin(arch):
+    assert arch_option(*arch).startswith(b"--gpu-architecture=sm_")
+    assert compile_letterbox_cubin(*arch)[:4] == b"\x7fELF"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("size", "pad_pitch"), [((1920, 1080), 0), ((640, 360), 64), ((320, 240), 0)]
+)
+def test_kernel_matches_the_torch_letterbox(size, pad_pitch):
+    import torch
+
+    from visionflow.gpu.letterbox_kernel import LetterboxKernel
+    from visionflow.streams.nvdec import gpu_letterbox
+
+    w, h = size
+    rows = h + (8 if h % 16 else 0)  # decoder surfaces pad the height
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    # a smooth picture (as cameras give), not noise: box vs antialiased bilinear then agree
+    yy, xx = torch.meshgrid(torch.arange(rows * 3 // 2), torch.arange(w + pad_pitch), indexing="ij")
+    base = ((xx * 3 + yy * 2) % 220 + 16).to(torch.uint8).cuda()
+    noise = torch.randint(0, 6, base.shape, generator=gen, device="cuda", dtype=torch.uint8)
+    surface = (base + noise)[:, :w]  # a pitch wider than the frame when pad_pitch > 0
+    lb = letterbox_geometry(w, h, 640, 640)
+    expected = gpu_letterbox(surface, lb)
+    got = torch.empty_like(expected)
+    major, minor = torch.cuda.get_device_capability()
+    kernel = LetterboxKernel(major, minor)
+    stream = torch.cuda.current_stream()
+    pitch = int(surface.stride(0))
+    base_ptr = int(surface.data_ptr())
+    kernel.launch(
+        base_ptr,
+        base_ptr + rows * pitch,
+        pitch,
+        lb,
+        int(got.data_ptr()),
+        PAD_VALUE,
+        stream.cuda_stream,
+    )
+    stream.synchronize()
+    kernel.close()
+    diff = (got.int() - expected.int()).abs()
+    inside = diff[lb.pad_y : lb.pad_y + lb.scaled_h, lb.pad_x : lb.pad_x + lb.scaled_w]
+    assert float(inside.float().mean()) < 4.0, f"mean |diff| {float(inside.float().mean()):.2f}"
+    pad = got.clone()
+    pad[lb.pad_y : lb.pad_y + lb.scaled_h, lb.pad_x : lb.pad_x + lb.scaled_w] = PAD_VALUE
+    assert bool((pad == PAD_VALUE).all()), "the padding bands are exact"

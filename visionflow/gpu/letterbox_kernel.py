@@ -1,0 +1,157 @@
+"""One kernel from a decoded NV12 surface to the letterboxed RGB frame slot.
+
+The torch path (:func:`visionflow.streams.nvdec.gpu_letterbox`) turns a 1080p NV12 surface
+into a 640x640 letterboxed image with about twenty kernels over full-resolution float planes
+(upsampled chroma, a float RGB frame, an antialiased resize, rounding, padding): on the H200
+the ingest processes' GPU work kept the card 87-97 % busy at 64 streams
+(``bench/results/h200-20261126/procs.json``).  This kernel does it in one launch, one thread
+per output pixel: BT.601 limited-range NV12 -> RGB (the same coefficients as the torch path and
+swscale's default), an area (box) average over the source pixels an output pixel covers when
+shrinking (what swscale's bilinear does when downscaling), bilinear when enlarging, the pad
+value outside the image.  It reads only the source pixels it needs, once.
+
+Compiled at run time with NVRTC like :mod:`visionflow.gpu.kernels`, launched with the driver
+API on the caller's CUDA stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from visionflow.errors import EngineError
+from visionflow.gpu import cuda
+from visionflow.gpu.cuda import check
+from visionflow.pipeline.frames import Letterbox
+
+KERNEL_NAME = b"nv12_letterbox"
+BLOCK = (32, 8)
+KERNEL_SOURCE = r"""
+__device__ __forceinline__ void yuv_at(const unsigned char* y_plane, const unsigned char* uv,
+                                       int pitch, int x, int y, float* acc)
+{
+    float Y = (float)y_plane[(long long)y * pitch + x];
+    const unsigned char* c = uv + (long long)(y >> 1) * pitch + ((x >> 1) << 1);
+    acc[0] += Y; acc[1] += (float)c[0]; acc[2] += (float)c[1];
+}
+
+extern "C" __global__ void nv12_letterbox(
+    const unsigned char* y_plane, const unsigned char* uv, int pitch, int src_w, int src_h,
+    unsigned char* out, int dst_w, int dst_h, int pad_x, int pad_y, int scaled_w, int scaled_h,
+    int pad_value)
+{
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= dst_w || y >= dst_h) return;
+    unsigned char* o = out + ((long long)y * dst_w + x) * 3;
+    int sx = x - pad_x, sy = y - pad_y;
+    if (sx < 0 || sy < 0 || sx >= scaled_w || sy >= scaled_h) {
+        o[0] = o[1] = o[2] = (unsigned char)pad_value;
+        return;
+    }
+    float rx = (float)src_w / scaled_w, ry = (float)src_h / scaled_h;
+    float acc[3] = {0.f, 0.f, 0.f};
+    float n = 0.f;
+    if (rx > 1.f || ry > 1.f) {  // shrinking: average the source box this pixel covers
+        int x0 = (int)(sx * rx), x1 = max(x0 + 1, min(src_w, (int)ceilf((sx + 1) * rx)));
+        int y0 = (int)(sy * ry), y1 = max(y0 + 1, min(src_h, (int)ceilf((sy + 1) * ry)));
+        for (int j = y0; j < y1; ++j)
+            for (int i = x0; i < x1; ++i) { yuv_at(y_plane, uv, pitch, i, j, acc); n += 1.f; }
+        acc[0] /= n; acc[1] /= n; acc[2] /= n;
+    } else {  // enlarging: bilinear between the four nearest source pixels
+        float fx = fmaxf((sx + 0.5f) * rx - 0.5f, 0.f), fy = fmaxf((sy + 0.5f) * ry - 0.5f, 0.f);
+        int x0 = min((int)fx, src_w - 1), y0 = min((int)fy, src_h - 1);
+        int x1 = min(x0 + 1, src_w - 1), y1 = min(y0 + 1, src_h - 1);
+        float ax = fx - x0, ay = fy - y0;
+        float a[3] = {0.f, 0.f, 0.f}, b[3] = {0.f, 0.f, 0.f};
+        float c[3] = {0.f, 0.f, 0.f}, d[3] = {0.f, 0.f, 0.f};
+        yuv_at(y_plane, uv, pitch, x0, y0, a); yuv_at(y_plane, uv, pitch, x1, y0, b);
+        yuv_at(y_plane, uv, pitch, x0, y1, c); yuv_at(y_plane, uv, pitch, x1, y1, d);
+        for (int k = 0; k < 3; ++k) {
+            float top = a[k] * (1.f - ax) + b[k] * ax, bottom = c[k] * (1.f - ax) + d[k] * ax;
+            acc[k] = top * (1.f - ay) + bottom * ay;
+        }
+    }
+    float luma = (acc[0] - 16.f) * 1.164f, u = acc[1] - 128.f, v = acc[2] - 128.f;
+    float rgb[3] = {luma + 1.596f * v, luma - 0.392f * u - 0.813f * v, luma + 2.017f * u};
+    for (int k = 0; k < 3; ++k) o[k] = (unsigned char)fminf(fmaxf(rintf(rgb[k]), 0.f), 255.f);
+}
+"""
+
+
+def grid(letterbox: Letterbox) -> tuple[int, int]:
+    """Blocks for one thread per output pixel."""
+    bx, by = BLOCK
+    return (letterbox.dst_w + bx - 1) // bx, (letterbox.dst_h + by - 1) // by
+
+
+def kernel_args(
+    y_plane: int, uv_plane: int, pitch: int, letterbox: Letterbox, out: int, pad_value: int
+) -> list[np.ndarray[Any, Any]]:
+    """The kernel's arguments in order, each a one-element array the driver reads by address."""
+    lb = letterbox
+    ints = (lb.src_w, lb.src_h)
+    tail = (lb.dst_w, lb.dst_h, lb.pad_x, lb.pad_y, lb.scaled_w, lb.scaled_h, pad_value)
+    return [
+        np.array([y_plane], np.uint64),
+        np.array([uv_plane], np.uint64),
+        np.array([pitch], np.int32),
+        *(np.array([v], np.int32) for v in ints),
+        np.array([out], np.uint64),
+        *(np.array([v], np.int32) for v in tail),
+    ]
+
+
+def compile_letterbox_cubin(major: int, minor: int) -> bytes:
+    from visionflow.gpu.kernels import arch_option, compile_source
+
+    return compile_source(KERNEL_SOURCE, b"visionflow_letterbox.cu", [arch_option(major, minor)])
+
+
+class LetterboxKernel:
+    """The kernel loaded into the current CUDA context (the ingest process's device)."""
+
+    def __init__(self, major: int, minor: int) -> None:
+        self._driver = driver = cuda.driver()
+        check(driver.cuInit(0), "cuInit")
+        image = np.frombuffer(compile_letterbox_cubin(major, minor), np.uint8).copy()
+        self._module = check(driver.cuModuleLoadData(image.ctypes.data), "cuModuleLoadData")
+        self._function = check(
+            driver.cuModuleGetFunction(self._module, KERNEL_NAME), "cuModuleGetFunction"
+        )
+
+    def launch(
+        self,
+        y_plane: int,
+        uv_plane: int,
+        pitch: int,
+        letterbox: Letterbox,
+        out: int,
+        pad_value: int,
+        stream: int,
+    ) -> None:
+        if pitch < letterbox.src_w:
+            raise EngineError(f"NV12 pitch {pitch} is narrower than the frame ({letterbox.src_w})")
+        values = kernel_args(y_plane, uv_plane, pitch, letterbox, out, pad_value)
+        args = np.array([v.ctypes.data for v in values], np.uint64)
+        gx, gy = grid(letterbox)
+        check(
+            self._driver.cuLaunchKernel(
+                self._function,
+                gx,
+                gy,
+                1,
+                BLOCK[0],
+                BLOCK[1],
+                1,
+                0,
+                self._driver.CUstream(stream),
+                args.ctypes.data,
+                0,
+            ),
+            "cuLaunchKernel",
+        )
+
+    def close(self) -> None:
+        self._driver.cuModuleUnload(self._module)
