@@ -149,7 +149,9 @@ def test_sink_killed_while_redis_down_next_sink_replays_its_spool(
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
-    assert Spool(spool_dir, max_bytes=1 << 30).pending == 200
+    left = Spool(spool_dir, max_bytes=1 << 30)
+    assert left.pending == 200
+    left.close()
 
     killable_redis.start()
     sink = RedisStreamSink(config(url, key_prefix, spool_dir), url, "m1")
@@ -182,9 +184,11 @@ def test_replay_over_entries_redis_already_holds_adds_no_duplicates(
     killable_redis.start()
     # a sink that wrote the first 30 and died before moving the cursor: Redis holds them
     client = redis.Redis.from_url(url, decode_responses=True)
-    for record in Spool(spool_dir, max_bytes=1 << 30).peek(30):
+    left = Spool(spool_dir, max_bytes=1 << 30)
+    for record in left.peek(30):
         body = json.loads(record.data)
         client.xadd(detections_key(key_prefix, record.key), body["f"], id=body["id"])
+    left.close()
     second = RedisStreamSink(config(url, key_prefix, spool_dir), url, "m1")
     second.start()
     try:

@@ -33,6 +33,7 @@ Not thread-safe: one thread appends, reads and acknowledges (the Redis sink's wr
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import struct
@@ -52,6 +53,7 @@ FsyncPolicy = Literal["always", "interval", "never"]
 _HEADER = struct.Struct("<II")  # body length, CRC32(body)
 _KEYLEN = struct.Struct("<H")
 _MAX_BODY = 64 * 1024 * 1024  # a length beyond this is garbage, not a record
+_CHUNK = 256 * 1024  # replay reads
 _PREFIX, _SUFFIX = "seg-", ".log"
 
 
@@ -128,14 +130,38 @@ class Spool:
         self.overflow: Counter[str] = Counter()  # records dropped unacknowledged, by key
         self.corrupt = 0  # torn / CRC-failed records found (and skipped)
         self.fsyncs = 0
+        self._reported: set[tuple[int, int]] = set()
+        self._lock_fd: int | None = None
         self._fd: int | None = None
         self._dirty = False
         self._last_sync = time.monotonic()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock()
             self._open()
+        except PublishError:
+            self._unlock()
+            raise
         except OSError as exc:
+            self._unlock()
             raise PublishError(f"spool {self.directory}: cannot open ({exc})") from exc
+
+    def _lock(self) -> None:
+        """One writer per spool: a second sink on the same directory (two pipelines with the
+        same key prefix) would interleave records."""
+        self._lock_fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise PublishError(
+                f"spool {self.directory}: in use by another process (one sink per spool "
+                "directory: give each pipeline its own redis.key_prefix or spool_dir)"
+            ) from exc
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # ---- opening ----------------------------------------------------------------------
     def _open(self) -> None:
@@ -194,18 +220,40 @@ class Spool:
     def _read_segment(
         self, number: int, offset: int, limit: int | None = None
     ) -> list[SpoolRecord]:
+        """Whole records of one segment from ``offset`` (at most ``limit``), read in chunks so
+        that a replay reads each byte about once."""
+        out: list[SpoolRecord] = []
+        end_of_data = self._sizes.get(number, 0)
+        chunk = _CHUNK
         try:
             with open(self._path(number), "rb") as f:
-                f.seek(offset)
-                blob = f.read(self._sizes[number] - offset)
-        except OSError:
-            return []
-        records, _, torn = _scan(blob, 0)
-        if torn and number != self._active:
-            self.corrupt += 1
-            log.warning("spool %s: corrupt record in %s; rest skipped", self.directory, number)
-        out = [SpoolRecord(k, d, Position(number, offset + end)) for k, d, end in records]
+                pos = offset
+                while pos < end_of_data and (limit is None or len(out) < limit):
+                    f.seek(pos)
+                    blob = f.read(min(chunk, end_of_data - pos))
+                    records, used, torn = _scan(blob, 0)
+                    out += [SpoolRecord(k, d, Position(number, pos + e)) for k, d, e in records]
+                    if torn and pos + len(blob) >= end_of_data:
+                        self._report_corrupt(number, pos + used)
+                        break
+                    if not records:  # one record longer than the chunk
+                        chunk *= 2
+                    pos += used
+        except OSError as exc:
+            log.error("spool %s: cannot read segment %d (%s)", self.directory, number, exc)
         return out if limit is None else out[:limit]
+
+    def _report_corrupt(self, number: int, offset: int) -> None:
+        if number == self._active or (number, offset) in self._reported:
+            return
+        self._reported.add((number, offset))
+        self.corrupt += 1
+        log.warning(
+            "spool %s: corrupt record in %s at byte %d; the rest of it is skipped",
+            self.directory,
+            _segment_name(number),
+            offset,
+        )
 
     # ---- writing ----------------------------------------------------------------------
     @property
@@ -342,7 +390,8 @@ class Spool:
         if remove_if_empty and self.pending == 0:
             for number in list(self._sizes):
                 self._delete(number)
-            for name in ("cursor", "cursor.tmp"):
+            for name in ("cursor", "cursor.tmp", "lock"):
                 (self.directory / name).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 self.directory.rmdir()
+        self._unlock()
