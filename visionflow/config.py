@@ -64,6 +64,43 @@ class RedisConfig(_Strict):
     socket_timeout_s: float = Field(
         default=2.0, gt=0, description="Redis connect/read timeout; a dead server fails this fast."
     )
+    spool_dir: str | None = Field(
+        default=None,
+        description="Directory of the durable spool: entries that could not be written to Redis "
+        "are kept there (surviving a restart or a kill of the pipeline) and replayed in order "
+        "when Redis is back. Empty (null): ~/.cache/visionflow/spool/<key_prefix>; '' turns "
+        "the spool off (only the in-memory buffer, lost on exit).",
+    )
+    spool_max_mb: float = Field(
+        default=256.0,
+        gt=0,
+        description="Most disk space the spool uses; beyond it the oldest segment (about an "
+        "eighth) is dropped and its entries counted as spool_overflow.",
+    )
+    spool_after_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="Spill the in-memory buffer to the spool once Redis has been unreachable "
+        "this long (or sooner, when the buffer is more than half full): a shorter blip costs no "
+        "disk I/O.",
+    )
+    spool_fsync: Literal["always", "interval", "never"] = Field(
+        default="interval",
+        description="When spool appends are fsynced: 'always' (every append; survives power "
+        "loss), 'interval' (every spool_fsync_interval_ms: a power loss can take that much), "
+        "'never' (the OS decides). Every policy survives a crash or kill of the pipeline.",
+    )
+    spool_fsync_interval_ms: int = Field(
+        default=1000, ge=1, description="Fsync period of the 'interval' spool_fsync policy."
+    )
+
+    def spool_path(self) -> Path | None:
+        """The spool directory, or None when the spool is off."""
+        if self.spool_dir == "":
+            return None
+        if self.spool_dir is None:
+            return Path("~/.cache/visionflow/spool").expanduser() / self.key_prefix
+        return Path(self.spool_dir).expanduser()
 
 
 class ModelConfig(_Strict):

@@ -132,3 +132,39 @@ def parse_entry(entry_id: str | bytes, fields: dict[Any, Any]) -> Entry:
         detections=json.loads(f["detections"]),
         latency_ms=json.loads(f["latency_ms"]),
     )
+
+
+# ---------------------------------------------------------------------------- entry ids
+StreamId = tuple[int, int]  # a Redis stream entry id, <ms>-<n>
+
+
+def parse_stream_id(text: str | bytes) -> StreamId:
+    """``b"1700000000123-42"`` -> ``(1700000000123, 42)``."""
+    raw = text.decode() if isinstance(text, bytes) else text
+    ms, _, n = raw.partition("-")
+    return int(ms), int(n or 0)
+
+
+def format_stream_id(entry_id: StreamId) -> str:
+    return f"{entry_id[0]}-{entry_id[1]}"
+
+
+def next_entry_id(capture_ts: float, seq: int, last: StreamId | None) -> StreamId:
+    """The explicit id of a detections entry: ``<ms>-<seq>``, strictly after ``last``.
+
+    ``ms`` is the capture time in milliseconds, raised to ``last``'s when the clock stepped
+    back (``max(capture_ms, last_ms)``), and one past it when that alone would not be after
+    ``last`` (same millisecond, and ``seq`` not above ``last``'s, e.g. after a restart that
+    began counting ``seq`` from 0 again).  The second part is always the frame's ``seq``, so
+    an id names its frame: a write of that id that Redis refuses as "equal or smaller" is a
+    duplicate exactly when the entry stored under it has the same ``seq`` and
+    ``capture_ts``.  A clock that stepped back costs at most 1 ms of drift per frame, caught
+    up as soon as frames come slower than one per ms.
+    """
+    ms = max(0, int(capture_ts * 1000))
+    if last is not None:
+        if ms < last[0]:
+            ms = last[0]
+        if ms == last[0] and seq <= last[1]:
+            ms += 1
+    return ms, seq

@@ -3,28 +3,55 @@
 :class:`Sink` is what a new output implements (a webhook, a file, MQTT, ...).  The output
 stage fans results out to every sink and isolates them: one sink that raises is counted and
 logged, the others go on.  :class:`RedisStreamSink` is the first sink: results wait in a
-bounded buffer; a thread writes them in pipelined batches (``XADD ... MAXLEN ~ n``).  When
-Redis is unreachable the thread keeps the batch it could not write, retries with jittered
-backoff, and the buffer drops its oldest entries beyond ``buffer_max_entries``, counting
-each drop by stream (reason ``redis_unavailable``).  Nothing here raises into the pipeline.
+bounded buffer; a thread writes them in pipelined batches (``XADD <key> MAXLEN ~ n <id>``)
+with explicit, idempotent entry ids (:func:`visionflow.schema.next_entry_id`).  When Redis
+is unreachable the thread keeps the batch it could not write and retries with jittered
+backoff; after ``spool_after_s`` of outage, or once the buffer is more than half full, the
+buffer is spilled to a durable on-disk spool (:mod:`visionflow.workers.spool`), replayed in
+order before anything newer when Redis is back, also by the next sink started on the same
+directory.  Without a spool (``spool_dir: ''``) the buffer drops its oldest entries beyond
+``buffer_max_entries``, counting each drop by stream (reason ``redis_unavailable``); a full
+spool drops its oldest segment, counted as ``spool_overflow`` (and, for this sink's own
+entries, as ``redis_unavailable`` drops).  Nothing here raises into the pipeline.
+
+Idempotence: an entry's id is fixed once, when it is first sent or spilled, and stays with it
+through retries and the spool.  Redis refuses an ``XADD`` whose id is not above the stream's
+last one ("equal or smaller than the target stream top item"); the sink then reads the entry
+under that id: the same ``seq`` and ``capture_ts`` means an earlier attempt got there (the
+reply or the cursor move was lost), counted ``duplicates_skipped`` and treated as written.
+Anything else under or below that id (another writer, or the entry was trimmed/deleted before
+the replay) gets a fresh id after the stream's last one, counted ``reassigned``.
 """
 
 from __future__ import annotations
 
 import abc
+import json
 import logging
+import os
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from visionflow.config import RedisConfig
+from visionflow.errors import PublishError
 from visionflow.pipeline.frames import FrameResult
-from visionflow.schema import detections_key, encode_entry
+from visionflow.schema import (
+    StreamId,
+    detections_key,
+    encode_entry,
+    format_stream_id,
+    next_entry_id,
+    parse_stream_id,
+)
 from visionflow.streams.backoff import Backoff
 from visionflow.streams.urls import redact_text, redact_url
+from visionflow.workers.spool import Spool, SpoolRecord
 
 log = logging.getLogger("visionflow.sinks")
 
@@ -60,8 +87,67 @@ class Sink(abc.ABC):
         """Write what is buffered (up to ``flush_timeout``) and release resources."""
 
 
+_TOO_SMALL = "equal or smaller"  # Redis: "The ID specified in XADD is equal or smaller ..."
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A result on its way to Redis, with its fixed id (memory buffer, spool, retries)."""
+
+    stream_id: str
+    seq: int
+    entry_id: StreamId
+    fields: dict[str, str]  # latency_ms "publish" and "total" are set when it is written
+    done_ts: float
+    capture_ts: float
+    own: bool = True  # this sink's result (counts as published), not one left by another
+    spooled: bool = False  # read back from the spool
+
+    def to_record(self, run: str) -> tuple[str, bytes]:
+        body = {
+            "id": format_stream_id(self.entry_id),
+            "seq": self.seq,
+            "f": self.fields,
+            "done": self.done_ts,
+            "cap": self.capture_ts,
+            "run": run,
+        }
+        return self.stream_id, json.dumps(body, separators=(",", ":")).encode()
+
+    @staticmethod
+    def from_record(record: SpoolRecord, run: str) -> _Entry:
+        body = json.loads(record.data)
+        return _Entry(
+            stream_id=record.key,
+            seq=int(body["seq"]),
+            entry_id=parse_stream_id(body["id"]),
+            fields={str(k): str(v) for k, v in body["f"].items()},
+            done_ts=float(body["done"]),
+            capture_ts=float(body["cap"]),
+            own=body.get("run") == run,
+            spooled=True,
+        )
+
+    def final_fields(self, now: float) -> dict[str, str]:
+        latency = json.loads(self.fields.get("latency_ms", "{}"))
+        latency["publish"] = round(max(0.0, (now - self.done_ts) * 1000), 2)
+        latency["total"] = round((now - self.capture_ts) * 1000, 2)
+        return {**self.fields, "latency_ms": json.dumps(latency, separators=(",", ":"))}
+
+
+_Buffered = FrameResult | _Entry
+
+
+def _sid(item: _Buffered) -> str:
+    return item.frame.stream_id if isinstance(item, FrameResult) else item.stream_id
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class RedisStreamSink(Sink):
-    """Detections to one Redis Stream per camera, from a background thread."""
+    """Detections to one Redis Stream per camera, from a background thread, at least once."""
 
     name = "redis"
 
@@ -74,15 +160,26 @@ class RedisStreamSink(Sink):
             socket_connect_timeout=config.socket_timeout_s,
             health_check_interval=0,
         )
-        self._buffer: deque[FrameResult] = deque()
-        self._writing: list[FrameResult] = []  # taken out of the buffer, being written
+        self._buffer: deque[_Buffered] = deque()
+        self._writing: list[_Buffered] = []  # taken out of the buffer, being written
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._backoff = Backoff(0.2, 5.0, 2.0, 0.5)
         self._connected = False
+        self._down_since: float | None = None
+        self._retry_at = 0.0
         self._last_error: str | None = None
+        self._run_id = os.urandom(8).hex()  # tags this sink's records in the spool
+        self._last_id: dict[str, StreamId] = {}  # per stream: the newest id given out
+        self._synced: set[str] = set()  # streams whose last id was read from Redis
+        self.spool: Spool | None = None
         self.published: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
+        self.spooled: Counter[str] = Counter()  # entries spilled to the spool
+        self.replayed: Counter[str] = Counter()  # spool entries written (or found there)
+        self.spool_overflow: Counter[str] = Counter()  # unwritten entries a full spool dropped
+        self.duplicates_skipped: Counter[str] = Counter()  # already in Redis: not re-added
+        self.reassigned: Counter[str] = Counter()  # id taken by another entry: given a new one
         self.thread = threading.Thread(target=self._run, name="redis-sink", daemon=True)
 
     # ---- producer side ------------------------------------------------------------
@@ -90,14 +187,20 @@ class RedisStreamSink(Sink):
         """Queue results for writing (never blocks; drops the oldest when full)."""
         with self._cond:
             self._buffer.extend(results)
-            overflow = len(self._buffer) - self.config.buffer_max_entries
-            for _ in range(max(0, overflow)):
-                self.dropped[self._buffer.popleft().frame.stream_id] += 1
+            self._trim()
             self._cond.notify()
+
+    def _trim(self) -> None:
+        overflow = len(self._buffer) - self.config.buffer_max_entries
+        for _ in range(max(0, overflow)):
+            item = self._buffer.popleft()
+            if not isinstance(item, _Entry) or item.own:
+                self.dropped[_sid(item)] += 1
 
     @property
     def pending(self) -> int:
-        return len(self._buffer) + len(self._writing)
+        spooled = self.spool.pending if self.spool is not None else 0
+        return len(self._buffer) + len(self._writing) + spooled
 
     @property
     def connected(self) -> bool:
@@ -108,10 +211,42 @@ class RedisStreamSink(Sink):
         return self._last_error
 
     def start(self) -> None:
+        """Open the spool (replaying what an earlier sink left there) and start writing."""
+        path = self.config.spool_path()
+        if path is not None:
+            try:
+                self.spool = Spool(
+                    path,
+                    max_bytes=max(1, int(self.config.spool_max_mb * (1 << 20))),
+                    fsync=self.config.spool_fsync,
+                    fsync_interval_ms=self.config.spool_fsync_interval_ms,
+                )
+            except PublishError as exc:
+                log.error("%s; going on without a spool (memory buffer only)", exc)
+            else:
+                self._recover_ids()
         self.thread.start()
 
+    def _recover_ids(self) -> None:
+        """Ids of spooled entries are taken: new ones must come after them."""
+        assert self.spool is not None
+        records = self.spool.peek(self.spool.pending)
+        for record in records:
+            entry = _Entry.from_record(record, self._run_id)
+            last = self._last_id.get(entry.stream_id)
+            if last is None or entry.entry_id > last:
+                self._last_id[entry.stream_id] = entry.entry_id
+        if records:
+            log.info(
+                "spool %s: %d entr%s left by an earlier run, replayed when Redis is reachable",
+                self.spool.directory,
+                len(records),
+                "y" if len(records) == 1 else "ies",
+            )
+
     def stop(self, flush_timeout: float = 5.0) -> None:
-        """Write what is buffered (up to ``flush_timeout``), then stop the thread."""
+        """Write what is buffered (up to ``flush_timeout``), then stop the thread; what is
+        still unwritten goes to the spool."""
         deadline = time.monotonic() + flush_timeout
         while self.pending and self.connected and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -119,10 +254,13 @@ class RedisStreamSink(Sink):
         with self._cond:
             self._cond.notify()
         self.thread.join(timeout=flush_timeout + self.config.socket_timeout_s)
+        if self.spool is not None and not self.thread.is_alive():
+            self._spill(force=True)
+            self.spool.close(remove_if_empty=True)
         self._client.close()
 
     # ---- writer thread -----------------------------------------------------------
-    def _take(self) -> list[FrameResult]:
+    def _take(self) -> list[_Buffered]:
         """Move the next batch out of the buffer (overflow can no longer drop what is being
         written, nor make another entry count as written)."""
         with self._cond:
@@ -132,57 +270,201 @@ class RedisStreamSink(Sink):
             self._writing = [self._buffer.popleft() for _ in range(n)]
             return self._writing
 
-    def _commit(self, batch: list[FrameResult]) -> None:
-        with self._cond:
-            for result in batch:
-                self.published[result.frame.stream_id] += 1
-            self._writing = []
-
-    def _put_back(self, batch: list[FrameResult]) -> None:
+    def _put_back(self, batch: Sequence[_Buffered]) -> None:
         """Not written: back to the front, oldest first; the cap still holds."""
         with self._cond:
             self._buffer.extendleft(reversed(batch))
             self._writing = []
-            overflow = len(self._buffer) - self.config.buffer_max_entries
-            for _ in range(max(0, overflow)):
-                self.dropped[self._buffer.popleft().frame.stream_id] += 1
+            self._trim()
+
+    def _spill_due(self) -> bool:
+        if self.spool is None or not self._buffer:
+            return False
+        if len(self._buffer) * 2 > self.config.buffer_max_entries:
+            return True
+        down = self._down_since
+        return down is not None and time.monotonic() - down >= self.config.spool_after_s
+
+    def _spill(self, force: bool = False) -> None:
+        """Move the whole memory buffer to the end of the spool (so it stays after what is
+        there already, and every stream's order holds)."""
+        if self.spool is None or not (force or self._spill_due()):
+            return
+        with self._cond:
+            items = list(self._writing) + list(self._buffer)
+            self._buffer.clear()
+            self._writing = []
+        if not items:
+            return
+        entries = [self._entry(item) for item in items]
+        try:
+            dropped = self.spool.append([e.to_record(self._run_id) for e in entries])
+        except OSError as exc:
+            log.error("spool %s: append failed (%s); kept in memory", self.spool.directory, exc)
+            self._put_back(entries)
+            return
+        for entry in entries:
+            self.spooled[entry.stream_id] += 1
+        for record in dropped:
+            entry = _Entry.from_record(record, self._run_id)
+            self.spool_overflow[entry.stream_id] += 1
+            if entry.own:
+                self.dropped[entry.stream_id] += 1
+
+    def _entry(self, item: _Buffered) -> _Entry:
+        """Fix a result's id (once: an entry keeps the one it has)."""
+        if isinstance(item, _Entry):
+            return item
+        frame = item.frame
+        entry_id = next_entry_id(frame.capture_ts, frame.seq, self._last_id.get(frame.stream_id))
+        self._last_id[frame.stream_id] = entry_id
+        return _Entry(
+            stream_id=frame.stream_id,
+            seq=frame.seq,
+            entry_id=entry_id,
+            fields=encode_entry(item, self.model_id, item.done_ts),
+            done_ts=item.done_ts,
+            capture_ts=frame.capture_ts,
+        )
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            batch = self._take()
+            self._spill()
+            if self.spool is not None:
+                self.spool.tick()
+            wait = self._retry_at - time.monotonic()
+            if wait > 0:
+                with self._cond:  # a write may make a spill due: wake for it
+                    self._cond.wait(timeout=min(wait, self.config.status_interval_s / 2))
+                continue
+            from_spool = self.spool is not None and self.spool.pending > 0
+            records: list[SpoolRecord] = []
+            batch: list[_Buffered]
+            if from_spool:
+                assert self.spool is not None
+                records = self.spool.peek(self.config.pipeline_max_entries)
+                batch = [_Entry.from_record(r, self._run_id) for r in records]
+            else:
+                batch = self._take()
             try:
                 if batch:
-                    self._write(batch)
-                    self._commit(batch)
-                    self._set_connected(True, None)
+                    entries = self._write(batch)
+                    if records:
+                        assert self.spool is not None
+                        self.spool.ack(records[-1].end, len(records))
+                    self._commit(entries)
                 elif not self._connected:
                     self._client.ping()
-                    self._set_connected(True, None)
+                self._set_connected(True, None)
             except (redis.RedisError, OSError) as exc:
-                self._put_back(batch)
+                if not from_spool:
+                    self._put_back(self._writing)
                 self._set_connected(False, exc)
-                self._stop.wait(self._backoff.next_delay())
+                self._retry_at = time.monotonic() + self._backoff.next_delay()
 
-    def _write(self, batch: list[FrameResult]) -> None:
+    def _commit(self, entries: list[_Entry]) -> None:
+        with self._cond:
+            for entry in entries:
+                if entry.own:
+                    self.published[entry.stream_id] += 1
+                if entry.spooled:
+                    self.replayed[entry.stream_id] += 1
+            self._writing = []
+
+    def _sync_ids(self, streams: set[str]) -> None:
+        """Read each stream's last id from Redis (once per stream and connection), so that
+        new ids come after what an earlier run wrote even if the clock stepped back."""
+        todo = sorted(streams - self._synced)
+        if not todo:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for sid in todo:
+            pipe.xinfo_stream(detections_key(self.config.key_prefix, sid))
+        for sid, info in zip(todo, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(info, redis.ResponseError):  # no such key: nothing written yet
+                pass
+            elif isinstance(info, Exception):
+                raise info
+            else:
+                self._raise_last_id(sid, parse_stream_id(_text(info["last-generated-id"])))
+            self._synced.add(sid)
+
+    def _raise_last_id(self, sid: str, entry_id: StreamId) -> None:
+        last = self._last_id.get(sid)
+        if last is None or entry_id > last:
+            self._last_id[sid] = entry_id
+
+    def _write(self, batch: Sequence[_Buffered]) -> list[_Entry]:
+        """XADD every entry (pipelined); returns them, ids fixed, once Redis holds each."""
+        self._sync_ids({_sid(item) for item in batch if not isinstance(item, _Entry)})
+        entries = [self._entry(item) for item in batch]
+        with self._cond:
+            if batch is self._writing:  # from memory: a failure puts them back with their ids
+                self._writing = list(entries)
         pipe = self._client.pipeline(transaction=False)
         now = time.time()
-        prefix = self.config.key_prefix
-        for result in batch:
-            pipe.xadd(
-                detections_key(prefix, result.frame.stream_id),
-                encode_entry(result, self.model_id, now),  # type: ignore[arg-type]
-                maxlen=self.config.maxlen,
-                approximate=self.config.approximate_trim,
-            )
+        for entry in entries:
+            self._xadd(pipe, entry, now)
+        replies = pipe.execute(raise_on_error=False)
+        for entry, reply in zip(entries, replies, strict=True):
+            if isinstance(reply, redis.ResponseError) and _TOO_SMALL in str(reply):
+                self._settle_conflict(entry, now)
+            elif isinstance(reply, Exception):
+                raise reply
+        return entries
+
+    def _xadd(self, pipe: Any, entry: _Entry, now: float, entry_id: StreamId | None = None) -> None:
+        pipe.xadd(
+            detections_key(self.config.key_prefix, entry.stream_id),
+            entry.final_fields(now),  # type: ignore[arg-type]
+            id=format_stream_id(entry_id or entry.entry_id),
+            maxlen=self.config.maxlen,
+            approximate=self.config.approximate_trim,
+        )
+
+    def _settle_conflict(self, entry: _Entry, now: float) -> None:
+        """Redis holds an id at or above this entry's: is it this very entry?"""
+        key = detections_key(self.config.key_prefix, entry.stream_id)
+        text = format_stream_id(entry.entry_id)
+        found = self._client.xrange(key, min=text, max=text, count=1)
+        if found:
+            fields = {_text(k): _text(v) for k, v in (found[0][1] or {}).items()}
+            if fields.get("seq") == entry.fields["seq"] and fields.get(
+                "capture_ts"
+            ) == entry.fields.get("capture_ts"):
+                self.duplicates_skipped[entry.stream_id] += 1
+                return
+        info = self._client.xinfo_stream(key)
+        top = parse_stream_id(_text(info["last-generated-id"]))
+        self._raise_last_id(entry.stream_id, top)
+        fresh = next_entry_id(entry.capture_ts, entry.seq, self._last_id[entry.stream_id])
+        self._last_id[entry.stream_id] = fresh
+        log.warning(
+            "redis: %s id %s is taken or below the stream's top %s (another writer, or trimmed "
+            "before a replay); written as %s",
+            key,
+            text,
+            format_stream_id(top),
+            format_stream_id(fresh),
+        )
+        pipe = self._client.pipeline(transaction=False)
+        self._xadd(pipe, entry, now, fresh)
         pipe.execute()
+        self.reassigned[entry.stream_id] += 1
 
     def _set_connected(self, ok: bool, exc: BaseException | None) -> None:
         if ok and not self._connected:
             log.info("redis %s: connected", self.safe_url)
             self._backoff.reset()
+        if ok:
+            self._down_since = None
+            self._retry_at = 0.0
         if not ok:
             message = redact_text(f"{type(exc).__name__}: {exc}")
             if self._connected or message != self._last_error:
                 log.warning("redis %s: unavailable (%s); buffering", self.safe_url, message)
             self._last_error = message
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+            self._synced.clear()  # the server may come back with other data
         self._connected = ok

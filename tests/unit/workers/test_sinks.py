@@ -46,7 +46,11 @@ def test_entries_are_written_trimmed_and_in_order(redis_server, redis_client, ke
 def test_unreachable_redis_buffers_bounded_and_counts_drops(killable_redis, key_prefix):
     killable_redis.kill()
     cfg = RedisConfig(
-        url=killable_redis.url, key_prefix=key_prefix, buffer_max_entries=50, socket_timeout_s=0.3
+        url=killable_redis.url,
+        key_prefix=key_prefix,
+        buffer_max_entries=50,
+        socket_timeout_s=0.3,
+        spool_dir="",  # memory buffer only
     )
     pub = RedisStreamSink(cfg, killable_redis.url, "m1")
     pub.start()
