@@ -40,6 +40,8 @@ from visionflow.errors import ConfigError, ConsumerError
 from visionflow.schema import Entry, detections_key, parse_entry, streams_key
 from visionflow.streams.urls import redact_text, redact_url
 
+# redis-py's TimeoutError is not a ConnectionError: a paused or failing-over server raises it
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_FIELDS = ("dl_stream", "dl_id", "dl_deliveries", "dl_group", "dl_consumer", "dl_ts")
@@ -217,7 +219,7 @@ class DetectionConsumer:
         stop = stop or threading.Event()
         try:
             batch = self._poll(stop, min(self.config.count, limit or self.config.count))
-        except redis.ConnectionError as exc:  # includes TimeoutError
+        except _UNREACHABLE as exc:  # refused, reset, or timed out (a paused server)
             self._counts["redis_errors"] += 1
             self._backoff = min(self._backoff * 2, 10.0) if self._backoff else 0.5
             log.warning("redis unavailable (%s); retrying in %.1fs", _safe(exc), self._backoff)
@@ -271,8 +273,8 @@ class DetectionConsumer:
             if remaining is not None and remaining <= 0:
                 break
             for delivery in self.poll(stop, remaining):
-                if max_entries is not None and done >= max_entries:
-                    break
+                if stop.is_set() or (max_entries is not None and done >= max_entries):
+                    break  # the rest of the round stays pending: never acked unhandled
                 try:
                     handler(delivery)
                 except Exception as exc:
@@ -280,7 +282,7 @@ class DetectionConsumer:
                     continue
                 try:
                     self.ack(delivery)
-                except redis.ConnectionError as exc:
+                except _UNREACHABLE as exc:
                     # handled but not acknowledged: it comes back after claim_idle_ms
                     self._counts["redis_errors"] += 1
                     log.warning("XACK of %s failed (%s)", delivery.entry_id, _safe(exc))
