@@ -169,6 +169,14 @@ class BatchingConfig(_Strict):
     max_inflight_per_worker: int = Field(
         default=2, ge=1, le=64, description="Batches queued on one inference worker at once."
     )
+    batch_deadline_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A worker that has not finished a batch this long after it was sent is "
+        "taken for hung (a wedged GPU call): it is killed, its batches go to the others and it "
+        "is restarted. Keep it well above the slowest batch (large CPU batches, first runs).",
+    )
 
 
 class WorkersConfig(_Strict):

@@ -6,7 +6,8 @@ Detections: one Redis Stream per camera, ``<prefix>:detections:<stream_id>``, tr
 =============  =====================================================================
 stream_id      the camera's id
 seq            per-stream frame sequence number (0, 1, 2, ... for every decoded frame;
-               frames skipped by the fps cap or dropped leave gaps, never repeats)
+               frames skipped or dropped leave gaps; never repeats within one run of the
+               pipeline, also across an ingest restart; a restarted pipeline starts at 0)
 pts            source presentation time in seconds ('' when the source has none)
 capture_ts     wall-clock time (Unix seconds) the frame's data arrived
 width, height  the original frame size; boxes are in these pixels

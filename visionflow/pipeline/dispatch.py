@@ -15,6 +15,7 @@ class WorkerLoad:
     capacity: int
     alive: bool = True
     inflight: dict[int, BatchRequest] = field(default_factory=dict)
+    sent_at: dict[int, float] = field(default_factory=dict)  # batch id -> monotonic send time
     batches: int = 0
     frames: int = 0
     sent: int = 0
@@ -56,9 +57,10 @@ class Dispatcher:
         close = [w for w in candidates if finish[w.worker_id] <= best * (1 + self.TIE)]
         return min(close, key=lambda w: (w.sent, len(w.inflight), w.worker_id))
 
-    def sent(self, worker: WorkerLoad, batch: BatchRequest) -> None:
+    def sent(self, worker: WorkerLoad, batch: BatchRequest, at: float = 0.0) -> None:
         worker.sent += 1
         worker.inflight[batch.batch_id] = batch
+        worker.sent_at[batch.batch_id] = at
         self._owner[batch.batch_id] = worker.worker_id
 
     def completed(
@@ -72,6 +74,7 @@ class Dispatcher:
         worker_id = self._owner.pop(batch_id)
         worker = self.workers[worker_id]
         request = worker.inflight.pop(batch_id, None)
+        worker.sent_at.pop(batch_id, None)
         if request is not None:
             worker.batches += 1
             worker.frames += len(request.frames)
@@ -92,6 +95,7 @@ class Dispatcher:
         for batch in lost:
             self._owner.pop(batch.batch_id, None)
         worker.inflight.clear()
+        worker.sent_at.clear()
         return lost
 
     def revive(self, worker_id: int) -> None:

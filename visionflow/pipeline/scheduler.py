@@ -120,7 +120,7 @@ class Scheduler:
                 break
             self._batch_ids += 1
             request = BatchRequest(self._batch_ids, frames, self.wall())
-            self.dispatcher.sent(worker, request)
+            self.dispatcher.sent(worker, request, self.clock())
             sends.append(Send(worker.worker_id, request))
         return sends
 
@@ -160,8 +160,8 @@ class Scheduler:
                 abandoned.append(request)
                 free.extend(request.frames)
                 continue
-            request = replace(request, formed_ts=self.wall())  # its deadline starts anew
-            self.dispatcher.sent(target, request)
+            request = replace(request, formed_ts=self.wall())
+            self.dispatcher.sent(target, request, self.clock())  # its deadline starts anew
             resend.append(Send(target.worker_id, request))
         return WorkerLost(tuple(resend), tuple(abandoned), tuple(free))
 
@@ -172,12 +172,13 @@ class Scheduler:
         return frames
 
     def overdue(self, deadline_s: float) -> list[int]:
-        """Workers whose oldest batch was sent more than ``deadline_s`` ago (hung)."""
-        now = self.wall()
+        """Workers whose oldest batch was sent more than ``deadline_s`` ago (hung), on the
+        monotonic clock (a wall-clock step never kills a busy worker)."""
+        now = self.clock()
         late = []
         for worker in self.dispatcher.workers.values():
-            oldest = next(iter(worker.inflight.values()), None)
-            if worker.alive and oldest is not None and now - oldest.formed_ts > deadline_s:
+            oldest = next(iter(worker.sent_at.values()), None)
+            if worker.alive and oldest is not None and now - oldest > deadline_s:
                 late.append(worker.worker_id)
         return late
 

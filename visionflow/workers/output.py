@@ -187,6 +187,7 @@ def serve(stage: OutputStage, inbox: Any, control: Any, flush_timeout: float) ->
             except queue.Empty:
                 continue
             if msg is None:
+                stage.skip_stale(0.0)  # stopping: what waits behind a missing batch is written
                 break
             if isinstance(msg, BatchResult):
                 stage.on_result(msg)

@@ -329,38 +329,52 @@ class RedisStreamSink(Sink):
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._spill()
-            if self.spool is not None:
-                self.spool.tick()
-            wait = self._retry_at - time.monotonic()
-            if wait > 0:
-                with self._cond:  # a write may make a spill due: wake for it
-                    self._cond.wait(timeout=min(wait, self.config.status_interval_s / 2))
-                continue
-            from_spool = self.spool is not None and self.spool.pending > 0
-            records: list[SpoolRecord] = []
-            batch: list[_Buffered]
-            if from_spool:
-                assert self.spool is not None
-                records = self.spool.peek(self.config.pipeline_max_entries)
-                batch = [_Entry.from_record(r, self._run_id) for r in records]
-            else:
-                batch = self._take()
             try:
-                if batch:
-                    entries = self._write(batch)
-                    if records:
-                        assert self.spool is not None
-                        self.spool.ack(records[-1].end, len(records))
-                    self._commit(entries)
-                elif not self._connected:
-                    self._client.ping()
-                self._set_connected(True, None)
-            except (redis.RedisError, OSError) as exc:
-                if not from_spool:
-                    self._put_back(self._writing)
-                self._set_connected(False, exc)
-                self._retry_at = time.monotonic() + self._backoff.next_delay()
+                self._step()
+            except Exception:  # a bug must not end the writer thread (nothing would restart it)
+                self._drop_writing()
+                log.exception("redis sink: step failed; the batch in hand is dropped and counted")
+                self._stop.wait(0.5)
+
+    def _drop_writing(self) -> None:
+        with self._cond:
+            for item in self._writing:
+                self.dropped[_sid(item)] += 1
+            self._writing = []
+
+    def _step(self) -> None:
+        self._spill()
+        if self.spool is not None:
+            self.spool.tick()
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:
+            with self._cond:  # a write may make a spill due: wake for it
+                self._cond.wait(timeout=min(wait, self.config.status_interval_s / 2))
+            return
+        from_spool = self.spool is not None and self.spool.pending > 0
+        records: list[SpoolRecord] = []
+        batch: list[_Buffered]
+        if from_spool:
+            assert self.spool is not None
+            records = self.spool.peek(self.config.pipeline_max_entries)
+            batch = [_Entry.from_record(r, self._run_id) for r in records]
+        else:
+            batch = self._take()
+        try:
+            if batch:
+                entries = self._write(batch)
+                if records:
+                    assert self.spool is not None
+                    self.spool.ack(records[-1].end, len(records))
+                self._commit(entries)
+            elif not self._connected:
+                self._client.ping()
+            self._set_connected(True, None)
+        except (redis.RedisError, OSError) as exc:
+            if not from_spool:
+                self._put_back(self._writing)
+            self._set_connected(False, exc)
+            self._retry_at = time.monotonic() + self._backoff.next_delay()
 
     def _commit(self, entries: list[_Entry]) -> None:
         with self._cond:

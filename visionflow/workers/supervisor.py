@@ -60,7 +60,6 @@ from visionflow.workers.scheduling import SchedulerLoop
 from visionflow.workers.status import PipelineStatus
 
 log = logging.getLogger("visionflow.supervisor")
-BATCH_DEADLINE_S = 10.0  # a worker holding a batch this long is hung
 _CTX = mp.get_context("spawn")
 
 
@@ -333,7 +332,16 @@ class Pipeline:
         return process
 
     def _send(self, send: Send) -> None:
-        self._tasks[send.worker_id].put(send.request)
+        """A batch to its worker; a queue that cannot take it means the worker is gone: kill
+        it, and the process group re-sends what it held (this batch included)."""
+        try:
+            self._tasks[send.worker_id].put(send.request)
+        except Exception as exc:
+            log.error("inference worker %d: cannot send batch %d (%s)", send.worker_id,
+                      send.request.batch_id, exc)  # fmt: skip
+            child = self.group.children.get(f"inference-{send.worker_id}")
+            if child is not None and child.alive:
+                child.process.kill()
 
     def _broadcast(self, msg: object) -> None:
         for tasks in self._tasks.values():
@@ -344,7 +352,7 @@ class Pipeline:
         restarting one may take seconds), hung workers, fair shares."""
         self.group.check()
         with self.loop.lock:
-            overdue = self.scheduler.overdue(BATCH_DEADLINE_S)
+            overdue = self.scheduler.overdue(self.config.batching.batch_deadline_s)
         for worker_id in overdue:
             self._kill_hung(worker_id)
         if self.governor is None:
@@ -358,14 +366,13 @@ class Pipeline:
             self._send_rates(changed)
 
     def _kill_hung(self, worker_id: int) -> None:
-        """A worker sitting on a batch for ``BATCH_DEADLINE_S`` is hung (a wedged CUDA call):
-        kill it; the process group re-sends its batches and restarts it."""
+        """A worker sitting on a batch past ``batching.batch_deadline_s`` is hung (a wedged
+        CUDA call): kill it; the process group re-sends its batches and restarts it."""
         child = self.group.children.get(f"inference-{worker_id}")
         if child is not None and child.alive:
+            deadline = self.config.batching.batch_deadline_s
             log.error(
-                "inference worker %d: no batch done in %.0fs; killing it",
-                worker_id,
-                BATCH_DEADLINE_S,
+                "inference worker %d: no batch done in %.0fs; killing it", worker_id, deadline
             )
             child.process.kill()
 
