@@ -88,9 +88,10 @@ class ConsumerConfig(BaseModel):
     )
     claim_idle_ms: int = Field(
         default=30_000,
-        ge=0,
+        ge=1_000,
         description="An entry pending this long (its consumer died or its handler failed) is "
-        "taken over by XAUTOCLAIM. Make it longer than the slowest handler call.",
+        "taken over by XAUTOCLAIM. Make it longer than one whole round (count x streams x the "
+        "slowest handler call), or live consumers lose entries to each other.",
     )
     claim_interval_ms: int = Field(
         default=5_000, ge=1, description="How often to run XAUTOCLAIM over every stream."

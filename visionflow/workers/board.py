@@ -53,6 +53,8 @@ class StreamView:
     state_since: float = field(default_factory=time.time)
     fps: float = 0.0
     last_frames: tuple[float, int] | None = None
+    base: Counter[str] = field(default_factory=Counter)  # counts of ingest processes gone
+    base_last_seq: int = -1
     history: deque[StateChanged] = field(default_factory=lambda: deque(maxlen=64))
 
 
@@ -171,6 +173,34 @@ class StatusBoard:
                 if v.state is StreamState.STREAMING
             }
 
+    def ingest_restarted(self, stream_ids: list[str]) -> None:
+        """The streams' ingest process died: its last counts become a base the new process's
+        counts (from zero) add to, so no counter goes backwards."""
+        with self._lock:
+            for sid in stream_ids:
+                view = self.streams.get(sid)
+                if view is None or view.stats is None:
+                    continue
+                s = view.stats
+                view.base.update(
+                    frames=s.frames,
+                    backpressure=s.drops_backpressure,
+                    skipped_fps_cap=s.skipped_fps_cap,
+                    skipped_analysis=s.skipped_analysis,
+                    decode_errors=s.decode_errors,
+                    reconnects=s.reconnects,
+                )
+                view.base_last_seq = max(view.base_last_seq, s.last_seq)
+                view.stats, view.last_frames = None, None
+
+    def last_seq(self, stream_id: str) -> int:
+        """The last seq any ingest process reported for the stream (-1: none yet)."""
+        with self._lock:
+            view = self.streams.get(stream_id)
+            if view is None:
+                return -1
+            return max(view.stats.last_seq if view.stats else -1, view.base_last_seq)
+
     def state(self, stream_id: str) -> StreamState:
         with self._lock:
             view = self.streams.get(stream_id)
@@ -236,14 +266,15 @@ class StatusBoard:
         stats, sid = view.stats, view.config.id
         led = ledger or LedgerSnapshot(0, 0, {}, 0)
         drops: Counter[str] = Counter(led.drops)
-        backpressure = stats.drops_backpressure if stats else 0
+        base = view.base
+        backpressure = base["backpressure"] + (stats.drops_backpressure if stats else 0)
         if backpressure:
             drops["backpressure"] = backpressure
         out_drops = Counter(self._base_drops.get(sid, {}))
         out_drops.update(self._output_drops.get(sid, {}))
         drops.update(out_drops)
         published = self._base_published[sid] + self._published[sid]
-        announced = max(stats.frames if stats else 0, led.announced)
+        announced = max(base["frames"] + (stats.frames if stats else 0), led.announced)
         frames = announced + backpressure
         parts = (
             announced - led.announced,  # announced by ingest, not yet seen by the scheduler
@@ -261,10 +292,10 @@ class StatusBoard:
             fps=round(view.fps, 2),
             frames=frames,
             published=published,
-            skipped_fps_cap=stats.skipped_fps_cap if stats else 0,
+            skipped_fps_cap=base["skipped_fps_cap"] + (stats.skipped_fps_cap if stats else 0),
             drops=dict(drops),
-            decode_errors=stats.decode_errors if stats else 0,
-            reconnects=stats.reconnects if stats else 0,
+            decode_errors=base["decode_errors"] + (stats.decode_errors if stats else 0),
+            reconnects=base["reconnects"] + (stats.reconnects if stats else 0),
             last_error=stats.last_error if stats else None,
             last_frame_ts=stats.last_frame_ts if stats else None,
             width=stats.width if stats else None,
@@ -274,7 +305,7 @@ class StatusBoard:
             unaccounted=unaccounted,
             analysis_fps=stats.analysis_fps if stats else 0.0,
             decode_mode=stats.decode_mode if stats else "all",
-            skipped_analysis=stats.skipped_analysis if stats else 0,
+            skipped_analysis=base["skipped_analysis"] + (stats.skipped_analysis if stats else 0),
             target_fps=stats.target_fps if stats else None,
             source_fps=stats.source_fps if stats else None,
         )
@@ -340,7 +371,7 @@ class RedisStatusWriter:
 
     def write(self) -> None:
         hashes, members = redis_status(self.snapshot(), self.config.key_prefix)
-        pipe = self._client.pipeline(transaction=False)
+        pipe = self._client.pipeline(transaction=True)  # the streams set is never seen empty
         for key, fields in hashes.items():
             pipe.hset(key, mapping=dict(fields))  # type: ignore[arg-type]
         set_key = streams_key(self.config.key_prefix)

@@ -319,6 +319,7 @@ class StreamReader:
             skipped_analysis=self.skipped_analysis + shed.packets_skipped,
             source_fps=None if shed.source_fps is None else round(shed.source_fps, 2),
             target_fps=shed.target_fps,
+            last_seq=self.seq,
         )
 
 

@@ -60,6 +60,10 @@ from visionflow.workers.scheduling import SchedulerLoop
 from visionflow.workers.status import PipelineStatus
 
 log = logging.getLogger("visionflow.supervisor")
+# seq a restarted ingest process skips past the last one heard of: a heartbeat (every 0.5 s)
+# can be up to 0.5 s stale, and a stream gives out at most 240 seq a second (the fps cap's
+# limit), so this is more than the dead process can have used unheard
+SEQ_MARGIN = 241
 _CTX = mp.get_context("spawn")
 
 
@@ -167,7 +171,7 @@ class Pipeline:
         self.loop.drain_inbox()
         self._abandon_the_rest()
         self._output_q.put(None)
-        self._join("output", flush_timeout + self.config.redis.socket_timeout_s + 2)
+        self._join("output", 2 * flush_timeout + self.config.redis.socket_timeout_s + 2)
         self._stop_board.set()
         self._board_thread.join(timeout=5)
         self._drain_control()
@@ -287,10 +291,10 @@ class Pipeline:
     def _spawn_ingest(self, index: int, restarts: int) -> Any:
         streams = self._ingest_streams[index]
         with self.loop.lock:  # a restarted process goes on counting: seq never repeats
-            # beyond the last seq seen, frames in transit hold at most every slot
-            gap = self.config.workers.slots_per_stream + 1
             last = {s.id: self.scheduler.ledger.last_seq(s.id) for s in streams}
-        first = tuple((sid, seq + gap) for sid, seq in last.items() if seq >= 0)
+        for sid in last:  # heartbeats also count frames shed or skipped, never announced
+            last[sid] = max(last[sid], self.board.last_seq(sid))
+        first = tuple((sid, seq + SEQ_MARGIN) for sid, seq in last.items() if seq >= 0)
         spec = IngestSpec(
             index=index,
             run_id=f"{self.run_id}r{restarts}",
@@ -308,6 +312,7 @@ class Pipeline:
     def _ingest_exited(self, child: Child, reason: str) -> None:
         index = int(child.key.rsplit("-", 1)[1])
         now = time.time()
+        self.board.ingest_restarted([s.id for s in self._ingest_streams[index]])
         with self.loop.lock:
             for stream in self._ingest_streams[index]:
                 self.loop.free(self.scheduler.drop_stream_frames(stream.id, "ingest_restart"))
@@ -421,11 +426,11 @@ class Pipeline:
         if isinstance(msg, IngestHeartbeat):
             self.group.beat(f"ingest-{msg.process}")
         elif isinstance(msg, WorkerReady):
-            child = self.group.children.get(f"inference-{msg.worker_id}")
-            if child is None or child.process is None or child.process.pid != msg.pid:
-                return  # from an incarnation already dead: must not revive its slot
-            self.board.apply(msg)
-            with self.loop.lock:
+            with self.loop.lock:  # exit hooks run under it too: no revive after a death
+                child = self.group.children.get(f"inference-{msg.worker_id}")
+                if child is None or not child.alive or child.process.pid != msg.pid:
+                    return  # from an incarnation already dead: must not revive its slot
+                self.board.apply(msg)
                 self.scheduler.worker_ready(msg.worker_id)
             log.info(
                 "inference worker %d ready (%s on %s)",

@@ -64,3 +64,23 @@ def test_counts_of_a_dead_output_process_are_kept():
     board.apply(OutputStats(time.time(), (("a", 5),), (), 0, True, None, pid=101))
     s = board.snapshot({"a": LedgerSnapshot(50, 50, {}, 0)}, {}).stream("a")
     assert s.published == 45 and s.in_flight == 5 and s.accounted
+
+
+def test_counters_survive_an_ingest_restart_and_the_last_seq_is_remembered():
+    board = StatusBoard("m")
+    board.add_stream(StreamConfig(id="a", url="rtsp://cam/1"))
+    old = StreamStats(
+        "a", StreamState.STREAMING, 0.0, 100, 2, 3, 1, 4, None, None, 64, 48, last_seq=140
+    )
+    board.apply(IngestHeartbeat(0, time.time(), (old,)))
+    board.ingest_restarted(["a"])
+    new = StreamStats(
+        "a", StreamState.STREAMING, 0.0, 10, 0, 1, 0, 0, None, None, 64, 48, last_seq=400
+    )
+    board.apply(IngestHeartbeat(0, time.time() + 1, (new,)))
+    s = board.snapshot({"a": LedgerSnapshot(105, 105, {}, 0)}, {}).stream("a")
+    assert (s.frames, s.skipped_fps_cap, s.decode_errors, s.reconnects) == (114, 2, 1, 4)
+    assert s.drops["backpressure"] == 4 and s.fps >= 0
+    assert board.last_seq("a") == 400
+    board.ingest_restarted(["a"])
+    assert board.last_seq("a") == 400, "remembered after the new process is gone too"
