@@ -88,7 +88,7 @@ class ConsumerConfig(BaseModel):
     )
     claim_idle_ms: int = Field(
         default=30_000,
-        ge=1_000,
+        ge=1,
         description="An entry pending this long (its consumer died or its handler failed) is "
         "taken over by XAUTOCLAIM. Make it longer than one whole round (count x streams x the "
         "slowest handler call), or live consumers lose entries to each other.",
