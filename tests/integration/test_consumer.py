@@ -203,7 +203,7 @@ def test_pending_entries_trimmed_by_maxlen_are_counted_not_fatal(
     assert [e[0] for e in redis_client.xrange(detections_key(key_prefix, "cam1"))] == new  # type: ignore[index]
     assert len(pending(redis_client, key_prefix)) == 5
 
-    other = make(redis_server, key_prefix, "other", claim_idle_ms=0, count=2)
+    other = make(redis_server, key_prefix, "other", claim_idle_ms=1, count=2)
     handled: list[Delivery] = []
     with running(other, handled.append):
         wait_until(
