@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from visionflow.engines.ort import OnnxRuntimeConfig
 from visionflow.engines.registry import EngineConfig
 from visionflow.errors import ConfigError
-from visionflow.streams.config import StreamConfig
+from visionflow.streams.config import KEY_FAMILIES, StreamConfig
 from visionflow.streams.urls import redact_text
 
 BUILTIN_DEMO_MODEL = "builtin:demo"
@@ -41,7 +41,10 @@ class RedisConfig(_Strict):
     key_prefix: str = Field(
         default="visionflow",
         pattern=r"^[A-Za-z0-9_.\-:]{1,64}$",
-        description="Prefix of every key: <prefix>:detections:<stream_id>, <prefix>:status:<id>.",
+        description="Prefix of every key: <prefix>:detections:<stream_id>, <prefix>:status:<id>, "
+        "<prefix>:streams, <prefix>:worker:<n>. Segments between ':' must be non-empty and "
+        "none may be a key family (streams, status, worker, detections, deadletter), so no "
+        "prefix's keys fall inside another prefix's families.",
     )
     maxlen: int = Field(
         default=10_000, ge=1, description="Trim each detections stream to about this many entries."
@@ -58,6 +61,22 @@ class RedisConfig(_Strict):
     pipeline_max_entries: int = Field(
         default=256, ge=1, description="Most entries sent to Redis in one pipelined round trip."
     )
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_outside_key_families(cls, prefix: str) -> str:
+        for segment in prefix.split(":"):
+            if not segment:
+                raise ValueError(
+                    f"key_prefix {prefix!r} has an empty segment (':' at an end or '::')"
+                )
+            if segment in KEY_FAMILIES:
+                raise ValueError(
+                    f"key_prefix {prefix!r} has the segment {segment!r}, a key family name "
+                    f"({', '.join(KEY_FAMILIES)}): its keys would collide with another prefix's"
+                )
+        return prefix
+
     status_interval_s: float = Field(
         default=1.0, gt=0, description="How often per-stream status is written to Redis."
     )

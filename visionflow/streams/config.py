@@ -8,11 +8,21 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from visionflow.streams.urls import redact_url, source_scheme
 
+#: Redis key families under ``<prefix>:`` (visionflow.schema, the consumer's dead letters).
+KEY_FAMILIES: tuple[str, ...] = ("streams", "status", "worker", "detections", "deadletter")
+
+# Key layout rule: every key is ``<prefix>:<family>`` or ``<prefix>:<family>:<id>``. A stream
+# id has no ':' (nor glob characters, spaces or control characters), so ``<id>`` is always
+# the last segment and keys of different families or ids never coincide, whatever the id
+# ("streams" and "status" are fine ids). key_prefix may contain ':' but none of its
+# segments may be a family name, so one deployment's keys never fall inside another's.
 StreamId = Annotated[
     str,
     Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
-        description="Stream id: 1-64 letters, digits, '_', '.', '-'; used in Redis keys.",
+        description="Stream id: 1-64 ASCII letters, digits, '_', '.', '-' (first a letter or "
+        "digit; no ':'), the last segment of its Redis keys <prefix>:detections:<id> and "
+        "<prefix>:status:<id>, so no id can produce another key family's key.",
     ),
 ]
 

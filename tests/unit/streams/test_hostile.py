@@ -169,3 +169,72 @@ def test_the_decoder_is_capped_in_pixels_and_a_stream_at_the_caps_plays(make_cli
     source.open()
     assert source._container.streams.video[0].codec_context.options["max_pixels"] == str(640 * 360)
     assert _read_all(source) == 30
+
+
+# ---- stream ids and the Redis key layout --------------------------------------------
+NASTY_IDS = ["streams", "status", "worker", "detections", "deadletter", "0", "a.b", "a-b_c"]
+
+
+def _keys(prefix: str, ids: list[str]) -> list[str]:
+    from visionflow.consumer import ConsumerConfig
+    from visionflow.schema import detections_key, status_key, streams_key, worker_key
+
+    dead = ConsumerConfig(redis_url="redis://h", key_prefix=prefix).dead_letter_key
+    keys = [streams_key(prefix)] + [worker_key(prefix, n) for n in range(3)]
+    for sid in ids:
+        keys += [detections_key(prefix, sid), status_key(prefix, sid)]
+        keys.append(dead.format(prefix=prefix, stream_id=sid))
+    return keys
+
+
+def test_no_stream_id_produces_another_familys_key() -> None:
+    ids = [StreamConfig(id=sid, url="rtsp://cam/x").id for sid in [*NASTY_IDS, "x" * 64]]
+    for prefix in ("visionflow", "site:a", "a.b-c"):
+        keys = _keys(prefix, ids)
+        assert len(keys) == len(set(keys)), prefix
+
+
+@pytest.mark.parametrize(
+    "sid",
+    [
+        "a:b",
+        "status:x",
+        ":x",
+        "a*",
+        "a?",
+        "a[b]",
+        "a b",
+        "cam\n",
+        "cam\r",
+        "-a",
+        ".a",
+        "_a",
+        "",
+        "x" * 65,
+        "caméra",
+        "cam٣",  # a non-ASCII digit
+        "a/b",
+        "a{b}",
+    ],
+)
+def test_ids_that_could_bend_the_key_layout_are_refused(sid: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"streams": [{"id": sid, "url": "rtsp://cam/x"}]}, "<t>")
+    assert "'id'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "prefix", ["vf:detections", "status", "a:streams:b", "a:worker", "vf:", ":vf", "a::b"]
+)
+def test_a_prefix_cannot_reach_into_another_prefixs_families(prefix: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"redis": {"key_prefix": prefix}}, "<t>")
+    assert "redis.key_prefix" in str(info.value) and repr(prefix) in str(info.value)
+
+
+def test_prefixes_that_pass_never_share_keys() -> None:
+    """Two valid prefixes, one nested in the other: no key of one is a key of the other."""
+    outer = parse_config({"redis": {"key_prefix": "site"}}).redis.key_prefix
+    inner = parse_config({"redis": {"key_prefix": "site:lobby"}}).redis.key_prefix
+    ids = [*NASTY_IDS, "lobby"]
+    assert not set(_keys(outer, ids)) & set(_keys(inner, ids))
