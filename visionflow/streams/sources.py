@@ -103,6 +103,12 @@ class VideoSource:
         """Fail the stream for good when it declares more than ``source.max_*`` allow, and
         make the decoder refuse any later frame above ``max_width * max_height`` pixels."""
         policy, codec = self.policy, video.codec_context
+        if codec is None:  # a codec id FFmpeg has no decoder for (a damaged codec tag)
+            self.close()
+            raise SourceDecodeError(
+                f"{self.stream.safe_url}: stream {self.stream.id!r}: no decoder for its video",
+                permanent=self.stream.is_file,
+            )
         exceeded: list[str] = []
         width, height = int(codec.width or 0), int(codec.height or 0)
         if width > policy.max_width:
@@ -137,6 +143,7 @@ class VideoSource:
                 self._target(),
                 options=options,
                 timeout=(self.policy.open_timeout_s, self.policy.read_timeout_s),
+                metadata_errors="replace",  # hostile metadata is not valid UTF-8 either
             )
         except FileNotFoundError as exc:
             raise self._open_error("file not found", exc, permanent=self.stream.is_file) from None

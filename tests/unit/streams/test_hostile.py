@@ -238,3 +238,29 @@ def test_prefixes_that_pass_never_share_keys() -> None:
     inner = parse_config({"redis": {"key_prefix": "site:lobby"}}).redis.key_prefix
     ids = [*NASTY_IDS, "lobby"]
     assert not set(_keys(outer, ids)) & set(_keys(inner, ids))
+
+
+def test_metadata_that_is_not_utf8_does_not_escape_the_source(tmp_path) -> None:
+    """Found by bench/fuzz_ingest.py: PyAV decoded container metadata strictly, so a
+    damaged title raised UnicodeDecodeError out of open() instead of a SourceError."""
+    import av
+    import numpy as np
+
+    path = tmp_path / "meta.mp4"
+    with av.open(str(path), "w") as out:
+        out.metadata["title"] = "QQQQQQQQ"
+        video = out.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        for _ in range(5):
+            frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+    data = path.read_bytes()
+    assert data.count(b"QQQQQQQQ") == 1
+    path.write_bytes(data.replace(b"QQQQQQQQ", b"\xff\xfe\xc3(\xed\xa0\x80Q"))
+    policy = SourceConfig(allowed_schemes=["file"])
+    source = VideoSource(
+        StreamConfig(id="m", url=str(path), realtime=False), policy, threading.Event()
+    )
+    source.open()
+    assert _read_all(source) == 5
