@@ -125,6 +125,7 @@ def run_visionflow(
         {
             "streams": streams,
             "redis": {"url": redis_url, "key_prefix": "bench"},
+            "source": {"allowed_schemes": ["file"]},
             "batching": {"max_batch": batch, "max_delay_ms": 10, "buffer_per_stream": 4},
             "workers": {"inference_workers": 1},
         }

@@ -659,6 +659,7 @@ def _ramp(
         {
             "streams": [stream(i) for i in range(levels[0])],
             "redis": {"url": url, "key_prefix": prefix, "maxlen": 20000},
+            "source": {"allowed_schemes": ["file"]},
             "model": {
                 "path": str(model or _model(work)),
                 "conf_threshold": 0.5,

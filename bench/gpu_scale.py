@@ -164,6 +164,7 @@ def _config(
         {
             "streams": [stream(mp4, i) for i in range(n)],
             "redis": {"url": url, "key_prefix": prefix, "maxlen": 5000},
+            "source": {"allowed_schemes": ["file"]},
             "model": {"path": str(_model(work)), "conf_threshold": 0.5, "max_detections": 50},
             "engine": {"backend": "torch-cuda", "precision": "fp16", **(engine or {})},
             "batching": {"max_batch": 64, "max_delay_ms": 15, "buffer_per_stream": 8},

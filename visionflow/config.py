@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from visionflow.engines.ort import OnnxRuntimeConfig
 from visionflow.engines.registry import EngineConfig
 from visionflow.errors import ConfigError
-from visionflow.streams.config import StreamConfig
+from visionflow.streams.config import KEY_FAMILIES, StreamConfig
 from visionflow.streams.urls import redact_text
 
 BUILTIN_DEMO_MODEL = "builtin:demo"
@@ -41,7 +41,10 @@ class RedisConfig(_Strict):
     key_prefix: str = Field(
         default="visionflow",
         pattern=r"^[A-Za-z0-9_.\-:]{1,64}$",
-        description="Prefix of every key: <prefix>:detections:<stream_id>, <prefix>:status:<id>.",
+        description="Prefix of every key: <prefix>:detections:<stream_id>, <prefix>:status:<id>, "
+        "<prefix>:streams, <prefix>:worker:<n>. Segments between ':' must be non-empty and "
+        "none may be a key family (streams, status, worker, detections, deadletter), so no "
+        "prefix's keys fall inside another prefix's families.",
     )
     maxlen: int = Field(
         default=10_000, ge=1, description="Trim each detections stream to about this many entries."
@@ -58,6 +61,22 @@ class RedisConfig(_Strict):
     pipeline_max_entries: int = Field(
         default=256, ge=1, description="Most entries sent to Redis in one pipelined round trip."
     )
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_outside_key_families(cls, prefix: str) -> str:
+        for segment in prefix.split(":"):
+            if not segment:
+                raise ValueError(
+                    f"key_prefix {prefix!r} has an empty segment (':' at an end or '::')"
+                )
+            if segment in KEY_FAMILIES:
+                raise ValueError(
+                    f"key_prefix {prefix!r} has the segment {segment!r}, a key family name "
+                    f"({', '.join(KEY_FAMILIES)}): its keys would collide with another prefix's"
+                )
+        return prefix
+
     status_interval_s: float = Field(
         default=1.0, gt=0, description="How often per-stream status is written to Redis."
     )
@@ -255,6 +274,13 @@ class WorkersConfig(_Strict):
         return out
 
 
+SourceScheme = Literal["rtsp", "rtsps", "http", "https", "file"]
+
+
+def _live_schemes() -> list[SourceScheme]:
+    return ["rtsp", "rtsps"]
+
+
 class SourceConfig(_Strict):
     """Timeouts, watchdog and reconnect policy applied to every stream."""
 
@@ -297,6 +323,41 @@ class SourceConfig(_Strict):
         "decoded). The used frames then come in a burst at each keyframe: give "
         "batching.buffer_per_stream room for a GOP's share, or the bursts read as overload.",
     )
+    allowed_schemes: list[SourceScheme] = Field(
+        default_factory=_live_schemes,
+        min_length=1,
+        description="What a stream URL may be: rtsp, rtsps, http, https, file (a local path "
+        "or file:// URL). Files and http(s) are refused unless listed here (a config that "
+        "reads files must say so). FFmpeg is held to the scheme's protocols "
+        "(protocol_whitelist), and other FFmpeg protocols (concat:, data:, subfile, pipe:, "
+        "tcp:, udp:, ...) are never accepted.",
+    )
+    max_width: int = Field(
+        default=7680,
+        ge=16,
+        le=16384,
+        description="Widest picture accepted (pixels); a wider stream fails at open, and the "
+        "decoder refuses any frame larger than max_width x max_height pixels.",
+    )
+    max_height: int = Field(
+        default=4320,
+        ge=16,
+        le=16384,
+        description="Tallest picture accepted (pixels); a taller stream fails at open.",
+    )
+    max_fps: float = Field(
+        default=240.0,
+        gt=0,
+        le=1000,
+        description="Highest average frame rate a stream may declare; above it the stream "
+        "fails at open.",
+    )
+    max_bitrate_kbps: int = Field(
+        default=100_000,
+        ge=1,
+        description="Highest bitrate (kbit/s) a stream may declare, or a file may have on "
+        "average (size / duration); above it the stream fails at open.",
+    )
 
 
 class AppConfig(_Strict):
@@ -336,6 +397,14 @@ class AppConfig(_Strict):
             if stream.id in seen:
                 raise ValueError(f"streams[{index}]: duplicate stream id {stream.id!r}")
             seen.add(stream.id)
+        allowed = self.source.allowed_schemes
+        for index, stream in enumerate(self.streams):
+            if stream.scheme not in allowed:
+                raise ValueError(
+                    f"stream {stream.id!r} (streams[{index}]): URL scheme {stream.scheme!r} "
+                    f"of {stream.safe_url!r} is not in source.allowed_schemes "
+                    f"{list(allowed)} (add {stream.scheme!r} there to read it)"
+                )
         return self
 
     def resolve(self, path: str) -> Path:

@@ -55,5 +55,6 @@ def demo_config(redis_url: str | None, clips: list[tuple[str, Path]]) -> AppConf
         "redis": {"url": redis_url, "key_prefix": "visionflow"},
         "batching": {"max_batch": 8, "max_delay_ms": 20},
         "workers": {"ingest_processes": 2, "inference_workers": 1},
+        "source": {"allowed_schemes": ["file"]},  # the demo reads rendered clips
     }
     return parse_config(raw, "<demo>")

@@ -24,6 +24,7 @@ def config(streams: list[dict[str, Any]], redis_url: str, prefix: str, **extra: 
             "stall_timeout_s": 3,
             "backoff_initial_s": 0.3,
             "backoff_max_s": 2,
+            "allowed_schemes": ["rtsp", "rtsps", "file"],
         },
     }
     for key, value in extra.items():  # a section given here is merged into the defaults

@@ -42,7 +42,10 @@ def test_validate_good_config(tmp_path: Path):
 
 def test_run_with_a_missing_model_exits_2(tmp_path: Path):
     path = tmp_path / "site.yaml"
-    path.write_text("model: {path: nowhere.onnx}\nstreams:\n  - id: a\n    url: x.mp4\n")
+    path.write_text(
+        "model: {path: nowhere.onnx}\nsource: {allowed_schemes: [file]}\n"
+        "streams:\n  - id: a\n    url: x.mp4\n"
+    )
     result = visionflow("run", "-c", str(path), "--duration", "1", "--plain")
     assert result.returncode == 2 and "nowhere.onnx" in result.stderr, result
 

@@ -30,6 +30,7 @@ streams:
     enabled: false
 batching: {max_batch: 16, max_delay_ms: 25}
 engine: {backend: onnxruntime, intra_op_threads: 2}
+source: {allowed_schemes: [rtsp, file]}
 """,
         )
     )

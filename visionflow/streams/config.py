@@ -6,13 +6,23 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from visionflow.streams.urls import redact_url
+from visionflow.streams.urls import redact_url, source_scheme
 
+#: Redis key families under ``<prefix>:`` (visionflow.schema, the consumer's dead letters).
+KEY_FAMILIES: tuple[str, ...] = ("streams", "status", "worker", "detections", "deadletter")
+
+# Key layout rule: every key is ``<prefix>:<family>`` or ``<prefix>:<family>:<id>``. A stream
+# id has no ':' (nor glob characters, spaces or control characters), so ``<id>`` is always
+# the last segment and keys of different families or ids never coincide, whatever the id
+# ("streams" and "status" are fine ids). key_prefix may contain ':' but none of its
+# segments may be a family name, so one deployment's keys never fall inside another's.
 StreamId = Annotated[
     str,
     Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
-        description="Stream id: 1-64 letters, digits, '_', '.', '-'; used in Redis keys.",
+        description="Stream id: 1-64 ASCII letters, digits, '_', '.', '-' (first a letter or "
+        "digit; no ':'), the last segment of its Redis keys <prefix>:detections:<id> and "
+        "<prefix>:status:<id>, so no id can produce another key family's key.",
     ),
 ]
 
@@ -25,7 +35,9 @@ class StreamConfig(BaseModel):
     id: StreamId = Field(description="Unique stream id, used in Redis keys and the status table.")
     url: str = Field(
         min_length=1,
-        description="rtsp://, rtsps://, http(s):// URL or local file path. "
+        description="rtsp://, rtsps://, http(s):// URL or local file path (file:// or plain); "
+        "which of these are accepted is source.allowed_schemes (rtsp and rtsps by default). "
+        "Other FFmpeg protocols (concat:, data:, subfile, pipe:, tcp:, udp:, ...) are refused. "
         "May contain ${ENV} references (e.g. for the password).",
     )
     enabled: bool = Field(default=True, description="Disabled streams are registered but not read.")
@@ -64,19 +76,19 @@ class StreamConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
-        if "://" in url:
-            scheme = url.split("://", 1)[0].lower()
-            if scheme not in {"rtsp", "rtsps", "http", "https", "file"}:
-                raise ValueError(
-                    f"unsupported URL scheme {scheme!r} in {redact_url(url)!r} "
-                    "(use rtsp, rtsps, http, https, file or a plain path)"
-                )
+        source_scheme(url)  # raises ValueError for concat:, data:, pipe:, ... (any other protocol)
         return url
+
+    @property
+    def scheme(self) -> str:
+        """'rtsp', 'rtsps', 'http', 'https' or 'file' (a local path), checked against
+        ``source.allowed_schemes``."""
+        return source_scheme(self.url)
 
     @property
     def is_file(self) -> bool:
         """True for local files (plain path or file:// URL)."""
-        return "://" not in self.url or self.url.lower().startswith("file://")
+        return self.scheme == "file"
 
     @property
     def safe_url(self) -> str:

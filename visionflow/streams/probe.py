@@ -86,7 +86,7 @@ def _measure(decoder: str, clip: Path) -> DecoderFigures:
     from visionflow.workers.ingest import make_source
 
     stream = StreamConfig(id="probe", url=str(clip), realtime=False)
-    source = make_source(stream, SourceConfig(), threading.Event(), decoder)
+    source = make_source(stream, SourceConfig(allowed_schemes=["file"]), threading.Event(), decoder)
     source.target_size = (640, 640)
     frames, waits, t0 = 0, [], time.perf_counter()
     try:

@@ -31,7 +31,7 @@ from visionflow.errors import (
 from visionflow.pipeline.letterbox import scale_frame_into
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.shedding import SKIP_FRAME, DecodeMode, ShedPolicy
-from visionflow.streams.urls import redact_text
+from visionflow.streams.urls import PROTOCOL_WHITELIST, redact_text, source_scheme
 
 MAX_CONSECUTIVE_DECODE_ERRORS = 30
 
@@ -76,23 +76,74 @@ class VideoSource:
         return url[len("file://") :] if url.lower().startswith("file://") else url
 
     def _options(self) -> dict[str, str]:
-        url = self.stream.url.lower()
+        """FFmpeg open options: timeouts, and ``protocol_whitelist`` for the URL's scheme (no
+        nested open -- playlist, SDP, redirect -- may reach another protocol).  Raises a
+        permanent :class:`SourceOpenError` for a scheme not in ``source.allowed_schemes``
+        (a stream added at run time is checked here, as the config checks the others)."""
+        try:
+            scheme = source_scheme(self.stream.url)
+        except ValueError as exc:
+            raise SourceOpenError(f"stream {self.stream.id!r}: {exc}", permanent=True) from None
+        if scheme not in self.policy.allowed_schemes:
+            raise SourceOpenError(
+                f"stream {self.stream.id!r}: URL scheme {scheme!r} of {self.stream.safe_url!r} "
+                f"is not in source.allowed_schemes {list(self.policy.allowed_schemes)}",
+                permanent=True,
+            )
+        options = {"protocol_whitelist": PROTOCOL_WHITELIST[scheme]}
         micros = str(int(self.policy.read_timeout_s * 1_000_000))
-        if url.startswith(("rtsp://", "rtsps://")):
+        if scheme in ("rtsp", "rtsps"):
             # no fflags=nobuffer: it discards the packets read while probing (~1 s of video)
-            return {"rtsp_transport": "tcp", "timeout": micros}
-        if url.startswith(("http://", "https://")):
-            return {"rw_timeout": micros}
-        return {}
+            options.update(rtsp_transport="tcp", timeout=micros)
+        elif scheme in ("http", "https"):
+            options["rw_timeout"] = micros
+        return options
+
+    def _check_caps(self, video: Any) -> None:
+        """Fail the stream for good when it declares more than ``source.max_*`` allow, and
+        make the decoder refuse any later frame above ``max_width * max_height`` pixels."""
+        policy, codec = self.policy, video.codec_context
+        if codec is None:  # a codec id FFmpeg has no decoder for (a damaged codec tag)
+            self.close()
+            raise SourceDecodeError(
+                f"{self.stream.safe_url}: stream {self.stream.id!r}: no decoder for its video",
+                permanent=self.stream.is_file,
+            )
+        exceeded: list[str] = []
+        width, height = int(codec.width or 0), int(codec.height or 0)
+        if width > policy.max_width:
+            exceeded.append(f"width {width} > source.max_width {policy.max_width}")
+        if height > policy.max_height:
+            exceeded.append(f"height {height} > source.max_height {policy.max_height}")
+        fps = float(video.average_rate or 0)
+        if fps > policy.max_fps:
+            exceeded.append(f"frame rate {fps:g} fps > source.max_fps {policy.max_fps:g}")
+        bit_rate = int(video.bit_rate or 0) or int(self._container.bit_rate or 0)
+        if bit_rate > policy.max_bitrate_kbps * 1000:
+            exceeded.append(
+                f"bitrate {bit_rate // 1000} kbit/s > source.max_bitrate_kbps "
+                f"{policy.max_bitrate_kbps}"
+            )
+        if exceeded:
+            self.close()
+            raise SourceOpenError(
+                f"stream {self.stream.id!r} ({self.stream.safe_url}) exceeds its caps: "
+                + "; ".join(exceeded),
+                permanent=True,
+            )
+        # a resolution change mid-stream cannot allocate past the caps either
+        codec.options = {**codec.options, "max_pixels": str(policy.max_width * policy.max_height)}
 
     def open(self) -> None:
         """Open the source; raises :class:`SourceOpenError` / :class:`SourceDecodeError`."""
         self.close()
+        options = self._options()
         try:
             self._container = av.open(
                 self._target(),
-                options=self._options(),
+                options=options,
                 timeout=(self.policy.open_timeout_s, self.policy.read_timeout_s),
+                metadata_errors="replace",  # hostile metadata is not valid UTF-8 either
             )
         except FileNotFoundError as exc:
             raise self._open_error("file not found", exc, permanent=self.stream.is_file) from None
@@ -104,6 +155,7 @@ class VideoSource:
             self.close()
             raise SourceOpenError(f"{self.stream.safe_url}: no video stream", permanent=True)
         video = self._container.streams.video[0]
+        self._check_caps(video)
         video.thread_type = "AUTO"
         if self.policy.decode_threads:
             video.thread_count = self.policy.decode_threads

@@ -55,3 +55,59 @@ def install_log_redaction() -> None:
     for handler in root.handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
+
+
+# ---- which schemes a source may use ---------------------------------------------------
+#: What a stream URL may be, as ``source.allowed_schemes`` names it ("file": a local path).
+SOURCE_SCHEMES: tuple[str, ...] = ("rtsp", "rtsps", "http", "https", "file")
+
+#: FFmpeg's ``protocol_whitelist`` per scheme: the only protocols FFmpeg may open for a
+#: stream, nested ones included (an HLS playlist, an SDP, a redirect cannot reach others).
+PROTOCOL_WHITELIST: dict[str, str] = {
+    "rtsp": "rtsp,rtp,udp,tcp",
+    "rtsps": "rtsp,rtsps,rtp,udp,tcp,tls",
+    "http": "http,https,tcp,tls",
+    "https": "http,https,tcp,tls",
+    "file": "file",
+}
+
+# FFmpeg's url_find_protocol: a run of scheme characters followed by ':' names a protocol
+# ("concat:", "data:", "pipe:", "tcp:", "subfile,,start,..,:"), with or without "//".
+_FFMPEG_PROTOCOL = re.compile(r"^(?P<name>[A-Za-z0-9+.\-]*):")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def source_scheme(url: str) -> str:
+    """The scheme of a stream URL as ``source.allowed_schemes`` names it.
+
+    A plain path is ``"file"``. Raises :class:`ValueError` (message without the password)
+    for anything FFmpeg would open through another protocol -- ``concat:``, ``data:``,
+    ``subfile,``, ``pipe:``, raw ``tcp:``/``udp:``, ... -- including a ``file://`` URL or
+    path that hides such a prefix, and for control characters.
+
+    >>> source_scheme("rtsp://cam/live"), source_scheme("clips/a.mp4")
+    ('rtsp', 'file')
+    """
+    if _CONTROL.search(url):
+        raise ValueError(f"control character in URL {redact_url(_CONTROL.sub('?', url))!r}")
+    if url[:8].lower() == "subfile,":
+        raise ValueError(f"FFmpeg protocol 'subfile' is not a stream source: {redact_url(url)!r}")
+    match = _FFMPEG_PROTOCOL.match(url)
+    if match is None:
+        return "file"
+    scheme = match.group("name").lower()
+    if scheme == "file":
+        path = url[7:] if url[:7].lower() == "file://" else url[5:]
+        if _FFMPEG_PROTOCOL.match(path) or path[:8].lower() == "subfile,":
+            raise ValueError(
+                f"file path {redact_url(path)!r} starts with an FFmpeg protocol prefix"
+            )
+        return "file"
+    if scheme in SOURCE_SCHEMES:
+        if url[len(scheme) : len(scheme) + 3] != "://":
+            raise ValueError(f"{scheme} URL {redact_url(url)!r} must start with '{scheme}://'")
+        return scheme
+    raise ValueError(
+        f"unsupported URL scheme {scheme!r} in {redact_url(url)!r} "
+        "(use rtsp, rtsps, http, https, file or a plain path)"
+    )

@@ -37,7 +37,9 @@ def test_gpu_decoded_frames_match_pyav_frames(make_clip, decoder):
     stream = StreamConfig(id="c", url=str(clip), realtime=False)
     outs = []
     for name in ("cpu", decoder):
-        source = make_source(stream, SourceConfig(), threading.Event(), name)
+        source = make_source(
+            stream, SourceConfig(allowed_schemes=["file"]), threading.Event(), name
+        )
         source.target_size = (320, 320)
         source.open()
         frames = []
@@ -73,7 +75,7 @@ def test_a_missing_gpu_decoder_library_fails_the_stream_for_good(make_clip, deco
     if present and importlib.util.find_spec("torch") is not None:
         pytest.skip(f"{needed} and torch are installed here")
     stream = StreamConfig(id="c", url=str(make_clip(320, 180, 1.0)), realtime=False)
-    source = make_source(stream, SourceConfig(), threading.Event(), decoder)
+    source = make_source(stream, SourceConfig(allowed_schemes=["file"]), threading.Event(), decoder)
     with pytest.raises(SourceOpenError, match=f"decode '{decoder}' needs") as caught:
         source.open()
     assert caught.value.permanent

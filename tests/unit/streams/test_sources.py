@@ -15,7 +15,7 @@ def test_a_slow_consumer_is_not_a_stalled_source(make_clip):
     clip = make_clip(160, 96, 1.0, "h264", 3, 10)
     source = VideoSource(
         StreamConfig(id="f", url=str(clip), realtime=False),
-        SourceConfig(stall_timeout_s=0.3),
+        SourceConfig(stall_timeout_s=0.3, allowed_schemes=["file"]),
         threading.Event(),
     )
     source.open()
@@ -30,7 +30,9 @@ def test_a_slow_consumer_is_not_a_stalled_source(make_clip):
 
 def test_missing_file_is_permanent_and_redacted(tmp_path):
     source = VideoSource(
-        StreamConfig(id="f", url=str(tmp_path / "none.mp4")), SourceConfig(), threading.Event()
+        StreamConfig(id="f", url=str(tmp_path / "none.mp4")),
+        SourceConfig(allowed_schemes=["file"]),
+        threading.Event(),
     )
     with pytest.raises(SourceOpenError) as info:
         source.open()
