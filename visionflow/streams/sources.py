@@ -218,7 +218,7 @@ class VideoSource:
             try:
                 decoded = self._decode_packet(packet)
                 decoded += self._drain(video)
-            except av.InvalidDataError as exc:
+            except av.FFmpegError as exc:  # corrupt input: InvalidData, PatchWelcome, EINVAL...
                 self.decode_errors += 1
                 if self.decode_errors >= MAX_CONSECUTIVE_DECODE_ERRORS:
                     raise self._decode_error("too many undecodable packets", exc) from None
