@@ -1,4 +1,9 @@
-"""Jittered exponential backoff for reconnects."""
+"""The one retry policy: capped, jittered, overflow-proof exponential backoff.
+
+Stream readers (reconnects), the Redis sink and status writer (Redis outages) and the process
+group (restarting a child that died: :func:`visionflow.workers.procs.restart_delay`) all
+take their delays from :class:`Backoff`.
+"""
 
 from __future__ import annotations
 
@@ -27,17 +32,26 @@ class Backoff:
         self._rng = rng or random.Random()
         self.failures = 0
 
+    def base_delay(self, failures: int) -> float:
+        """The un-jittered delay after ``failures`` consecutive failures (0: the first
+        retry): ``min(cap, initial * multiplier**failures)``, for any ``failures``."""
+        # Compare exponents first: after ~1,000 failures (one night offline)
+        # multiplier**failures overflows a float and would kill the caller.  Below the cap
+        # the power is smaller than cap/initial, so computing it is safe (and exact).
+        failures = max(0, failures)
+        if failures * math.log(self.multiplier) >= math.log(self.cap / self.initial):
+            return self.cap
+        return float(min(self.cap, self.initial * self.multiplier**failures))
+
+    def delay(self, failures: int) -> float:
+        """:meth:`base_delay` minus the random jitter fraction; keeps no state."""
+        return self.base_delay(failures) * (1 - self.jitter * self._rng.random())
+
     def next_delay(self) -> float:
         """Delay before the next attempt; counts one more consecutive failure."""
-        # Compare exponents, never compute multiplier**failures: after ~1,000 failures (one
-        # night offline) the power overflows a float and would kill the caller.
-        growth = self.failures * math.log(self.multiplier)
-        if growth >= math.log(self.cap / self.initial):
-            base = self.cap
-        else:
-            base = self.initial * math.exp(growth)
+        delay = self.delay(self.failures)
         self.failures += 1
-        return base * (1 - self.jitter * self._rng.random())
+        return delay
 
     def reset(self) -> None:
         """A success: start from ``initial`` again."""
