@@ -297,6 +297,14 @@ class SourceConfig(_Strict):
         "decoded). The used frames then come in a burst at each keyframe: give "
         "batching.buffer_per_stream room for a GOP's share, or the bursts read as overload.",
     )
+    max_reconnects_per_s: int | None = Field(
+        default=5,
+        ge=1,
+        description="Connection attempts (first connects and reconnects of network streams) "
+        "that all the streams of one ingest process may make in any one second together, so "
+        "a site-wide outage does not end in a reconnect storm; a stream waits its turn "
+        "before connecting. Local files are not limited. Empty: no limit.",
+    )
 
 
 class AppConfig(_Strict):
