@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import redis
 import typer
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
+log = logging.getLogger("visionflow.cli")
 
 ConfigOpt = Annotated[Path, typer.Option("-c", "--config", help="YAML config file.")]
 DurationOpt = Annotated[
@@ -313,11 +314,15 @@ def _run_pipeline(
     except ConfigError as exc:
         err_console.print(f"[bold red]invalid config[/]\n{exc}")
         raise typer.Exit(2) from None
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    pipeline.start()
+    signals = _StopSignals()
+    stop = signals.stop
+    signals.install()
     try:
-        pipeline.wait_ready()
+        pipeline.start()
+        signals.phase = "waiting"
+        if not stop.is_set():
+            pipeline.wait_ready()
+        signals.phase = "running"
         reader = redis.Redis.from_url(url, socket_timeout=1, decode_responses=True)
         deadline = time.monotonic() + duration if duration > 0 else None
         if plain or not console.is_terminal:
@@ -334,10 +339,52 @@ def _run_pipeline(
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
     finally:
+        signals.phase = "stopping"
         console.print("stopping...")
-        pipeline.stop()
+        try:
+            pipeline.stop()
+        finally:
+            signals.restore()
     final = pipeline.status()
     console.print(render_status(final, {}))
+
+
+class _StopSignals:
+    """SIGTERM is handled like Ctrl-C (SIGINT): the pipeline stops cleanly -- readers stop,
+    in-flight batches drain, the output stage flushes (Redis, else the spool) within its
+    deadline -- and the command exits 0.
+
+    While the pipeline starts, a signal only marks the stop (it is stopped as soon as
+    :meth:`Pipeline.start` returns); while waiting for the workers it interrupts the wait;
+    while running it ends the status loop.  Once stopping, further signals are ignored (a
+    second Ctrl-C or a service manager's repeated SIGTERM must not cut the flush short;
+    :meth:`Pipeline.stop` is bounded on its own)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.phase = "starting"  # starting | waiting | running | stopping
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.phase == "stopping":
+            err_console.print(f"{name}: already stopping (draining and flushing)")
+            return
+        self.stop.set()
+        log.info("%s: stopping", name)
+        if self.phase == "waiting":
+            raise KeyboardInterrupt
 
 
 def _plain_loop(pipeline: object, stop: threading.Event, deadline: float | None) -> None:

@@ -358,6 +358,14 @@ class SourceConfig(_Strict):
         description="Highest bitrate (kbit/s) a stream may declare, or a file may have on "
         "average (size / duration); above it the stream fails at open.",
     )
+    max_reconnects_per_s: int | None = Field(
+        default=5,
+        ge=1,
+        description="Connection attempts (first connects and reconnects of network streams) "
+        "that all the streams of one ingest process may make in any one second together, so "
+        "a site-wide outage does not end in a reconnect storm; a stream waits its turn "
+        "before connecting. Local files are not limited. Empty: no limit.",
+    )
 
 
 class AppConfig(_Strict):

@@ -9,7 +9,8 @@
     │   └── SourceDecodeError       the bitstream could not be decoded (corrupt input)
     ├── EngineError                 an inference backend failed
     │   ├── EngineUnavailableError  its library is not installed / no device for it
-    │   └── ModelError              the model file is missing or has the wrong shape
+    │   ├── ModelError              the model file is missing or has the wrong shape
+    │   └── DeviceLostError         a sticky CUDA error: the worker exits and is restarted
     ├── PublishError                Redis could not take an entry (buffered and retried)
     ├── InvalidTransitionError      a stream state machine was asked for an illegal move
     ├── ServerError                 an embedded Redis-compatible server could not start
@@ -68,6 +69,12 @@ class EngineUnavailableError(EngineError):
 
 class ModelError(EngineError):
     """The model file is missing, unreadable, or not of the expected layout."""
+
+
+class DeviceLostError(EngineError):
+    """A sticky CUDA error (illegal address, device-side assert, ECC...) poisoned the
+    worker's CUDA context: nothing more can run in that process, so it exits and the process
+    group starts a fresh one."""
 
 
 class PublishError(VisionflowError):

@@ -7,6 +7,20 @@ to ``engine.capabilities.max_inflight`` batches pending: the host side of one ba
 next.  Detections go straight to the output stage; the scheduler only hears
 :class:`~visionflow.workers.messages.BatchDone` (so it frees the slots).  A worker never
 frees slots itself, so one that dies mid-batch leaves its frames intact for another.
+
+Errors.  A batch that raises is reported failed (its frames count ``inference_error``) and
+the worker goes on with the next.  Two kinds of error end the worker instead:
+
+- its engine cannot load: exit :data:`ENGINE_FAILED_EXIT`, and the pipeline leaves it down
+  (restarting would only fail again, in a loop);
+- a *sticky* CUDA error (:func:`is_sticky_cuda_error`: an illegal address, a device-side
+  assert, an unspecified launch failure, an uncorrectable ECC error...).  After one of these
+  the CUDA context of the process is corrupt for good: every later CUDA call fails with the
+  same error, so every later batch would fail too.  The worker reports the batch that hit it
+  failed, sends what it already has out, and exits :data:`STICKY_CUDA_EXIT` without touching
+  the GPU again (no engine close); the process group restarts it with a fresh context, and
+  the batches it still had in flight are re-sent to the other workers like those of any
+  worker that died.
 """
 
 from __future__ import annotations
@@ -14,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import signal
 import sys
 import time
@@ -24,6 +39,7 @@ from typing import Any
 
 from visionflow.engines import EngineConfig, create_engine
 from visionflow.engines.base import Engine, PendingBatch, Thresholds
+from visionflow.errors import DeviceLostError
 from visionflow.pipeline.framepool import PoolCache
 from visionflow.pipeline.frames import BatchRequest, BatchResult, FrameRef, FrameResult
 from visionflow.pipeline.postprocess import to_detections
@@ -32,7 +48,41 @@ from visionflow.workers.messages import BatchDone, PoolClosed, WorkerFailed, Wor
 
 log = logging.getLogger("visionflow.inference")
 ENGINE_FAILED_EXIT = 3  # exit code: the engine cannot load (not restarted: it would loop)
+STICKY_CUDA_EXIT = 4  # exit code: a sticky CUDA error poisoned the context (restarted)
+# Errors after which a CUDA context cannot be used again (CUDA runtime / driver API names,
+# their messages as PyTorch, ONNX Runtime and TensorRT print them, and their runtime codes).
+# "out of memory" and invalid-argument errors are not sticky: the next batch may succeed.
+_STICKY_CUDA = re.compile(
+    r"cudaErrorIllegalAddress|CUDA_ERROR_ILLEGAL_ADDRESS|illegal memory access"
+    r"|cudaErrorAssert|CUDA_ERROR_ASSERT|device-side assert"
+    r"|cudaErrorLaunchFailure|CUDA_ERROR_LAUNCH_FAILED|unspecified launch failure"
+    r"|cudaErrorLaunchTimeout|CUDA_ERROR_LAUNCH_TIMEOUT|the launch timed out"
+    r"|cudaErrorECCUncorrectable|CUDA_ERROR_ECC_UNCORRECTABLE|uncorrectable ECC"
+    r"|cudaErrorHardwareStackError|CUDA_ERROR_HARDWARE_STACK_ERROR|hardware stack error"
+    r"|cudaErrorIllegalInstruction|CUDA_ERROR_ILLEGAL_INSTRUCTION|illegal instruction was"
+    r"|cudaErrorMisalignedAddress|CUDA_ERROR_MISALIGNED_ADDRESS|misaligned address"
+    r"|cudaErrorInvalidAddressSpace|CUDA_ERROR_INVALID_ADDRESS_SPACE"
+    r"|cudaErrorInvalidPc|CUDA_ERROR_INVALID_PC|invalid program counter"
+    r"|cudaErrorNvlinkUncorrectable|CUDA_ERROR_NVLINK_UNCORRECTABLE"
+    r"|CUDA (?:error|failure)[ :]*(?:214|700|702|710|714|715|716|717|718|719)\b",
+    re.IGNORECASE,
+)
+_ECC = re.compile(r"\bECC\b")  # "ECC error" in any spelling, but only as a word in capitals
 _IDLE = object()
+
+
+def is_sticky_cuda_error(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it was raised from) reports a sticky CUDA error:
+    one after which the process's CUDA context is unusable and only a new process helps."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = f"{type(current).__name__}: {current}"
+        if isinstance(current, DeviceLostError) or _STICKY_CUDA.search(text) or _ECC.search(text):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 @dataclass(frozen=True)
@@ -72,6 +122,7 @@ class _Pending:
     started: float  # wall clock, for queue_ms
     submitted: float  # perf counter
     skipped: tuple[tuple[str, int], ...] = ()  # (pool, seq) of frames it could not read
+    sticky: bool = False  # its error was a sticky CUDA error: the worker exits after it
 
 
 class WorkerLoop:
@@ -132,7 +183,8 @@ class WorkerLoop:
             return _Pending(request, frames, batch, None, started, t0, tuple(skipped))
         except Exception as exc:
             error = self._error(request, exc)
-            return _Pending(request, frames, None, error, started, t0, tuple(skipped))
+            sticky = is_sticky_cuda_error(exc)
+            return _Pending(request, frames, None, error, started, t0, tuple(skipped), sticky)
 
     def _unmappable(self, pool: str, exc: Exception) -> None:
         if pool not in self._bad_pools:
@@ -144,12 +196,13 @@ class WorkerLoop:
 
     def _finish(self, item: _Pending) -> None:
         results: tuple[FrameResult, ...] = ()
-        error = item.error
+        error, sticky = item.error, item.sticky
         if error is None and item.batch is not None:
             try:
                 results = self._results(item, item.batch.result())
             except Exception as exc:
                 error = self._error(item.request, exc)
+                sticky = is_sticky_cuda_error(exc)
         now = time.perf_counter()
         busy_ms = (now - max(item.submitted, self._last_done)) * 1000
         self._last_done = now
@@ -158,6 +211,8 @@ class WorkerLoop:
         n = len(item.request.frames)
         done = BatchDone(batch_id, wid, n, round(busy_ms, 3), error, item.skipped)
         self.queues.done.put(done)
+        if sticky:
+            raise DeviceLostError(f"worker {wid}: sticky CUDA error in batch {batch_id}: {error}")
 
     def _results(self, item: _Pending, decoded: list[Any]) -> tuple[FrameResult, ...]:
         names = self.spec.class_names
@@ -203,6 +258,18 @@ def inference_main(spec: WorkerSpec, queues: WorkerQueues, log_level: int) -> No
     pools = PoolCache(spec.input_size[1], spec.input_size[0], spec.slots)
     try:
         WorkerLoop(engine, pools, spec, queues).run()
+    except DeviceLostError as exc:
+        log.error("%s; exiting to be restarted with a fresh CUDA context", exc)
+        _exit_after_sending(queues, STICKY_CUDA_EXIT)  # never returns: no cleanup below
     finally:
         pools.close()
         engine.close()
+
+
+def _exit_after_sending(queues: WorkerQueues, code: int) -> None:
+    """Exit at once with ``code`` once the messages already put are out; touches neither
+    the engine nor the frame pools (after a sticky error any CUDA call can fail or hang)."""
+    for q in (queues.output, queues.done, queues.control):
+        q.close()
+        q.join_thread()
+    os._exit(code)

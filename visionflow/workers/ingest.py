@@ -25,7 +25,7 @@ from visionflow.errors import SourceEndedError, SourceError, SourceStalledError
 from visionflow.pipeline.framepool import FramePool
 from visionflow.pipeline.frames import FrameRef, Letterbox
 from visionflow.pipeline.letterbox import letterbox_geometry
-from visionflow.streams.backoff import Backoff
+from visionflow.streams.backoff import Backoff, ReconnectLimiter
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.nvdec import NvdecSource
 from visionflow.streams.shedding import ShedPolicy
@@ -127,8 +127,10 @@ class StreamReader:
         announce: Callable[[FrameRef], None],
         control: Any,
         decode: str = "cpu",
+        limiter: ReconnectLimiter | None = None,
     ) -> None:
         self.stream, self.policy, self.pool = stream, policy, pool
+        self.limiter = limiter  # shared by the process's readers: connects per second
         self.announce, self.control = announce, control
         self.stop_event = threading.Event()
         self.machine = StreamStateMachine(stream.id, on_change=self._on_change)
@@ -169,7 +171,7 @@ class StreamReader:
         source = self.source
         reason = "start"
         try:
-            while not self.stop_event.is_set():
+            while self._may_connect():
                 self.machine.to(StreamState.CONNECTING, reason)
                 reason = self._session(source)
                 if self.machine.state in (StreamState.FAILED, StreamState.STOPPED):
@@ -179,6 +181,15 @@ class StreamReader:
             source.close()
             if self.machine.state not in (StreamState.STOPPED, StreamState.FAILED):
                 self.machine.to(StreamState.STOPPED, "stopped")
+
+    def _may_connect(self) -> bool:
+        """Wait for the process-wide reconnect limit (network streams only); False once
+        the reader is stopped."""
+        if self.stop_event.is_set():
+            return False
+        if self.limiter is None or self.stream.is_file:
+            return True
+        return self.limiter.wait(self.stop_event)
 
     def _session(self, source: VideoSource) -> str:
         """Open, stream until something breaks; returns why the next connect happens."""
@@ -348,6 +359,8 @@ class IngestProcess:
         self._final: dict[str, StreamStats] = {}  # removed streams' last counts, sent once
         self._pools = 0
         self.stopping = threading.Event()
+        limit = policy.max_reconnects_per_s
+        self.limiter = None if limit is None else ReconnectLimiter(limit)
 
     def add(self, stream: StreamConfig, first_seq: int = 0) -> None:
         if stream.id in self.readers:
@@ -357,7 +370,13 @@ class IngestProcess:
         device = 0 if self.device_frames else None  # the process sees only its decode GPU
         pool = FramePool(name, self.slots, self.height, self.width, create=True, device=device)
         reader = StreamReader(
-            stream, self.policy, pool, self.announcer.put, self.queues.control, self.decode
+            stream,
+            self.policy,
+            pool,
+            self.announcer.put,
+            self.queues.control,
+            self.decode,
+            self.limiter,
         )
         reader.seq = first_seq - 1
         self.readers[stream.id] = reader

@@ -16,16 +16,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from visionflow.streams.backoff import Backoff
+
 log = logging.getLogger("visionflow.procs")
 Clock = Callable[[], float]
 Spawn = Callable[[int], Any]  # restarts so far -> a started process (is_alive/kill/join)
 
 
+# The project's one retry policy (:class:`~visionflow.streams.backoff.Backoff`), without
+# jitter: children die one at a time and their restarts need no spreading, and an exact
+# schedule is easier to read in the logs.
+RESTART_BACKOFF = Backoff(initial=0.5, cap=30.0, multiplier=2.0, jitter=0.0)
+HEALTHY_LIFE_S = 30.0  # a child that lived longer starts the schedule again
+
+
 def restart_delay(lived_s: float, restarts: int) -> float:
-    """Seconds to wait before restarting a child that lived ``lived_s`` seconds."""
-    if lived_s > 30:
-        return 0.5
-    return float(min(30.0, 0.5 * 2 ** min(restarts, 6)))
+    """Seconds to wait before restarting a child that lived ``lived_s`` seconds and has been
+    restarted ``restarts`` times: 0.5 s after a healthy life, else 0.5 s doubling per
+    restart up to 30 s (a crash loop).  Any ``restarts`` is safe (no overflow)."""
+    if lived_s > HEALTHY_LIFE_S:
+        return RESTART_BACKOFF.base_delay(0)
+    return RESTART_BACKOFF.base_delay(restarts)
 
 
 @dataclass

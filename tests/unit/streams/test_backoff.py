@@ -34,3 +34,21 @@ def test_thousands_of_failures_stay_capped_without_overflow():
     delays = [b.next_delay() for _ in range(5000)]
     assert b.failures == 5000
     assert max(delays) == 0.002 and delays[-1] == 0.002
+
+
+def test_base_delay_is_stateless_and_matches_next_delay():
+    b = Backoff(0.5, 30.0, 2.0, jitter=0.0)
+    assert [b.base_delay(n) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert b.failures == 0
+    assert [b.next_delay() for _ in range(8)] == [b.base_delay(n) for n in range(8)]
+    assert b.base_delay(10**9) == 30.0 and b.base_delay(-1) == 0.5
+
+
+def test_process_group_restart_delay_uses_the_same_policy():
+    from visionflow.workers.procs import RESTART_BACKOFF, restart_delay
+
+    assert isinstance(RESTART_BACKOFF, Backoff)
+    assert [restart_delay(1.0, n) for n in range(8)] == [
+        RESTART_BACKOFF.base_delay(n) for n in range(8)
+    ]
+    assert restart_delay(1.0, 10**12) == 30.0  # a year of crash loops: no overflow
