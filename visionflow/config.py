@@ -410,7 +410,7 @@ class AppConfig(_Strict):
             if stream.scheme not in allowed:
                 raise ValueError(
                     f"stream {stream.id!r} (streams[{index}]): URL scheme {stream.scheme!r} "
-                    f"of {stream.safe_url!r} is not in source.allowed_schemes "
+                    "is not in source.allowed_schemes "
                     f"{list(allowed)} (add {stream.scheme!r} there to read it)"
                 )
         return self

@@ -56,7 +56,7 @@ source: {allowed_schemes: [rtsp, file]}
         ("streams:\n  - id: 'bad id!'\n    url: x\n", ["streams[0]", "'id'"]),
         (
             "streams:\n  - id: c\n    url: ftp://u:pw@h/x\n",
-            ["stream 'c'", "unsupported URL scheme", "u:***@"],
+            ["stream 'c'", "unsupported URL scheme 'ftp'"],
         ),
         ("batching: {max_batch: 0}\n", ["batching.max_batch"]),
         ("engine: {backend: magic}\n", ["engine"]),

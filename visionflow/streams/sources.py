@@ -132,7 +132,9 @@ class VideoSource:
                 permanent=True,
             )
         # a resolution change mid-stream cannot allocate past the caps either
-        codec.options = {**codec.options, "max_pixels": str(policy.max_width * policy.max_height)}
+        # FFmpeg checks max_pixels against the row stride aligned up to 64, not the width
+        aligned_width = -(-policy.max_width // 64) * 64
+        codec.options = {**codec.options, "max_pixels": str(aligned_width * policy.max_height)}
 
     def open(self) -> None:
         """Open the source; raises :class:`SourceOpenError` / :class:`SourceDecodeError`."""

@@ -246,7 +246,10 @@ def inference_main(spec: WorkerSpec, queues: WorkerQueues, log_level: int) -> No
     """Entry point of an inference worker process."""
     os.environ.update(dict(spec.env))
     setup_child_logging(log_level)
+    # a service manager signals the whole process group at once: the pipeline, not the signal,
+    # decides when a worker stops (it drains in-flight batches first)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         engine = create_engine(spec.engine, spec.model_path, spec.max_batch)
     except Exception as exc:

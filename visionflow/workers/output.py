@@ -201,6 +201,7 @@ def serve(stage: OutputStage, inbox: Any, control: Any, flush_timeout: float) ->
 def output_main(spec: OutputSpec, inbox: Any, control: Any, log_level: int) -> None:
     """Entry point of the output process."""
     setup_child_logging(log_level)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pipeline decides when we stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pipeline decides when we stop (after
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the workers drained): not a group signal
     log.debug("output process %d started", os.getpid())
     serve(build_stage(spec), inbox, control, spec.flush_timeout_s)

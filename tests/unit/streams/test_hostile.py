@@ -157,17 +157,23 @@ def test_a_stream_over_a_cap_fails_for_good_naming_it(make_clip, caps, named) ->
     assert info.value.permanent and named in str(info.value) and "'big'" in str(info.value)
 
 
-def test_the_decoder_is_capped_in_pixels_and_a_stream_at_the_caps_plays(make_clip) -> None:
+@pytest.mark.parametrize("size", [(640, 360), (800, 600), (352, 288)])
+def test_the_decoder_is_capped_in_pixels_and_a_stream_at_the_caps_plays(make_clip, size) -> None:
     """max_pixels is set on the decoder, so a frame larger than the caps (after a mid-stream
     resolution change the open-time check never saw) is not allocated; a stream exactly at
-    the caps still plays."""
-    clip = make_clip(640, 360, 1.0, "h264", 5, 30)
-    policy = SourceConfig(allowed_schemes=["file"], max_width=640, max_height=360, max_fps=30)
+    the caps still plays, also when its width is not a multiple of 64 (FFmpeg compares
+    max_pixels with the row stride aligned up, not the width)."""
+    w, h = size
+    clip = make_clip(w, h, 1.0, "h264", 5, 30)
+    policy = SourceConfig(allowed_schemes=["file"], max_width=w, max_height=h, max_fps=30)
     source = VideoSource(
         StreamConfig(id="c", url=str(clip), realtime=False), policy, threading.Event()
     )
     source.open()
-    assert source._container.streams.video[0].codec_context.options["max_pixels"] == str(640 * 360)
+    aligned = -(-w // 64) * 64
+    assert source._container.streams.video[0].codec_context.options["max_pixels"] == str(
+        aligned * h
+    )
     assert _read_all(source) == 30
 
 
@@ -264,3 +270,17 @@ def test_metadata_that_is_not_utf8_does_not_escape_the_source(tmp_path) -> None:
     )
     source.open()
     assert _read_all(source) == 5
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["rtsp:/admin:secret@cam/x", "file://admin:secret@host/x", "rtsp://u:se\tcret@cam/x",
+     "ftp://admin:secret@cam/x", "http://admin:se/cret@cam/x"],
+)  # fmt: skip
+def test_a_refused_url_never_shows_its_password(url):
+    from visionflow.config import parse_config
+    from visionflow.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        parse_config({"streams": [{"id": "a", "url": url}]})
+    assert "secret" not in str(err.value) and "cret" not in str(err.value), str(err.value)
