@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -48,3 +49,14 @@ def running(cfg: AppConfig, redis_url: str) -> Iterator[Pipeline]:
 
 def entries(client: redis.Redis, prefix: str, stream_id: str) -> list[Entry]:
     return [parse_entry(i, f) for i, f in client.xrange(detections_key(prefix, stream_id))]
+
+
+def assert_books_balance(status: Any, client: redis.Redis, prefix: str) -> None:
+    """After stop: no ledger violation; every stream fully accounted with nothing in flight;
+    Redis holds exactly the published entries, seq strictly increasing (never repeated)."""
+    assert status.ledger_violations == 0
+    for s in status.streams:
+        assert s.in_flight == 0 and s.unaccounted == 0 and s.accounted, s
+        seqs = [e.seq for e in entries(client, prefix, s.stream_id)]
+        assert all(b > a for a, b in itertools.pairwise(seqs)), f"{s.stream_id}: seq repeated"
+        assert len(seqs) == s.published, s
