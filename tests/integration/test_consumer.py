@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -243,6 +244,18 @@ def visionflow(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[s
     )
 
 
+def start_consume(*args: str, **popen: Any) -> subprocess.Popen[str]:
+    """`visionflow consume ARGS` running in the background, pipes on stdout and stderr."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "visionflow", "consume", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        **popen,
+    )
+
+
 def write_config(path: Path, url: str, prefix: str) -> Path:
     path.write_text(
         f"redis:\n  url: {url}\n  key_prefix: {prefix}\n"
@@ -283,23 +296,7 @@ def test_cli_consume_stops_cleanly_when_stdout_closes(
 ):
     add_entries(redis_client, key_prefix, "cam1", 1)
     cfg = write_config(tmp_path / "site.yaml", redis_server, key_prefix)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "visionflow",
-            "consume",
-            "-c",
-            str(cfg),
-            "--group",
-            GROUP,
-            "--from-start",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
+    proc = start_consume("-c", str(cfg), "--group", GROUP, "--from-start")
     assert proc.stdout is not None and proc.stdout.readline().startswith("cam1 seq=0 ")
     proc.stdout.close()  # like `visionflow consume | head -1`
     # several in one round: none after the one that could not be printed may be acked
@@ -316,23 +313,13 @@ def test_cli_consume_stops_cleanly_when_stdout_closes(
 
 def test_cli_consume_exits_cleanly_on_ctrl_c(tmp_path, redis_server, redis_client, key_prefix):
     cfg = write_config(tmp_path / "site.yaml", redis_server, key_prefix)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "visionflow",
-            "consume",
-            "-c",
-            str(cfg),
-            "--group",
-            GROUP,
-            "--consumer",
-            "cli",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
+    proc = start_consume(
+        "-c",
+        str(cfg),
+        "--group",
+        GROUP,
+        "--consumer",
+        "cli",
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal would
     )
     key = detections_key(key_prefix, "cam1")
