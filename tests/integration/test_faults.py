@@ -27,6 +27,15 @@ from visionflow.workers.supervisor import Pipeline
 pytestmark = pytest.mark.integration
 
 
+def _await_publishing(pipeline: Pipeline, *stream_ids: str) -> None:
+    for sid in stream_ids:
+        wait_until(
+            lambda sid=sid: _status(pipeline, sid).published > 10,  # type: ignore[misc]
+            30,
+            f"{sid} never published",
+        )
+
+
 def _status(pipeline: Pipeline, stream_id: str):  # type: ignore[no-untyped-def]
     return pipeline.status().stream(stream_id)
 
@@ -136,12 +145,7 @@ def camera_behind_proxy(
         streams = [{"id": "cam", "url": url}, {"id": "other", "url": steady.url("other")}]
         cfg = config(streams, redis_server, key_prefix, **extra)
         with running(cfg, redis_server) as pipeline:
-            for sid in ("cam", "other"):
-                wait_until(
-                    lambda sid=sid: _status(pipeline, sid).published > 10,  # type: ignore[misc]
-                    30,
-                    f"{sid} never published",
-                )
+            _await_publishing(pipeline, "cam", "other")
             sampler = Sampler(pipeline, "other")
             try:
                 time.sleep(WARMUP_S + BASELINE_S)  # settle, then the baseline window
@@ -274,12 +278,7 @@ def test_camera_offline_for_thousands_of_failures_then_back(redis_server, key_pr
     source = {"backoff_initial_s": 0.001, "backoff_max_s": 0.002, "max_reconnects_per_s": None}
     cfg = config(streams, redis_server, key_prefix, source=source)
     with running(cfg, redis_server) as pipeline:
-        for sid in ("cam", "other"):
-            wait_until(
-                lambda sid=sid: _status(pipeline, sid).published > 10,  # type: ignore[misc]
-                30,
-                f"{sid} never published",
-            )
+        _await_publishing(pipeline, "cam", "other")
         sampler = Sampler(pipeline, "other")
         try:
             time.sleep(BASELINE_S)  # the baseline measurement window
