@@ -169,3 +169,36 @@ def next_entry_id(capture_ts: float, seq: int, last: StreamId | None) -> StreamI
         if ms == last[0] and seq <= last[1]:
             ms += 1
     return ms, seq
+
+
+# ---- keys shared by the output stage, the operator API and tracking -----------------------
+# Counts: one hash per time bucket (a minute) for every stream, so a window of an hour for 100
+# streams is 60 HGETALLs in one pipeline.  Key ``<prefix>:counts:<bucket_start_epoch_s>``,
+# field ``<stream_id>|<label>|<metric>`` -> integer.  ``metric`` is ``boxes`` (detections seen,
+# one per box per frame) or, with tracking, ``tracks`` (unique track ids first seen in the
+# bucket), ``zone:<zone>:enter``, ``zone:<zone>:exit``, ``line:<line>:in``, ``line:<line>:out``.
+# Stream ids and labels never contain '|'.  Buckets expire after the counts retention.
+COUNT_BUCKET_S = 60
+
+
+def counts_key(prefix: str, bucket_start: int) -> str:
+    return f"{prefix}:counts:{bucket_start}"
+
+
+def count_field(stream_id: str, label: str, metric: str = "boxes") -> str:
+    return f"{stream_id}|{label}|{metric}"
+
+
+def snapshot_key(prefix: str, stream_id: str) -> str:
+    """Latest annotated JPEG of a stream (bytes, with a TTL)."""
+    return f"{prefix}:snapshot:{stream_id}"
+
+
+def registry_key(prefix: str) -> str:
+    """Runtime stream registry: hash stream id -> JSON of its StreamConfig entry."""
+    return f"{prefix}:registry"
+
+
+def events_key(prefix: str, stream_id: str) -> str:
+    """Tracking events (enter, exit, cross, loiter) of a stream: a Redis stream."""
+    return f"{prefix}:events:{stream_id}"

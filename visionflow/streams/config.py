@@ -9,7 +9,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from visionflow.streams.urls import redact_url, source_scheme
 
 #: Redis key families under ``<prefix>:`` (visionflow.schema, the consumer's dead letters).
-KEY_FAMILIES: tuple[str, ...] = ("streams", "status", "worker", "detections", "deadletter")
+KEY_FAMILIES: tuple[str, ...] = (
+    "streams",
+    "status",
+    "worker",
+    "detections",
+    "deadletter",
+    "counts",
+    "snapshot",
+    "registry",
+    "events",
+    "fleet",
+)
 
 # Key layout rule: every key is ``<prefix>:<family>`` or ``<prefix>:<family>:<id>``. A stream
 # id has no ':' (nor glob characters, spaces or control characters), so ``<id>`` is always
