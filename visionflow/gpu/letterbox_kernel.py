@@ -16,6 +16,7 @@ API on the caller's CUDA stream.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -115,11 +116,27 @@ class LetterboxKernel:
     def __init__(self, major: int, minor: int) -> None:
         self._driver = driver = cuda.driver()
         check(driver.cuInit(0), "cuInit")
+        # the module lives in this context; every thread that launches must have it current
+        # (an ingest process decodes each stream on its own thread, where nothing made any
+        # context current: cuLaunchKernel answered CUDA_ERROR_INVALID_CONTEXT there)
+        self._context = check(driver.cuCtxGetCurrent(), "cuCtxGetCurrent")
+        if self._context is None or int(self._context) == 0:
+            raise EngineError("no current CUDA context to load the letterbox kernel into")
+        self._bound = threading.local()
         image = np.frombuffer(compile_letterbox_cubin(major, minor), np.uint8).copy()
         self._module = check(driver.cuModuleLoadData(image.ctypes.data), "cuModuleLoadData")
         self._function = check(
             driver.cuModuleGetFunction(self._module, KERNEL_NAME), "cuModuleGetFunction"
         )
+
+    def _bind_context(self) -> None:
+        """Make the kernel's context current on the calling thread (once per thread)."""
+        if getattr(self._bound, "done", False):
+            return
+        current = check(self._driver.cuCtxGetCurrent(), "cuCtxGetCurrent")
+        if current is None or int(current) != int(self._context):
+            check(self._driver.cuCtxSetCurrent(self._context), "cuCtxSetCurrent")
+        self._bound.done = True
 
     def launch(
         self,
@@ -133,6 +150,7 @@ class LetterboxKernel:
     ) -> None:
         if pitch < letterbox.src_w:
             raise EngineError(f"NV12 pitch {pitch} is narrower than the frame ({letterbox.src_w})")
+        self._bind_context()
         values = kernel_args(y_plane, uv_plane, pitch, letterbox, out, pad_value)
         args = np.array([v.ctypes.data for v in values], np.uint64)
         gx, gy = grid(letterbox)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from visionflow.errors import SourceOpenError
+from visionflow.errors import EngineError, SourceOpenError
 from visionflow.pipeline.frames import Letterbox
 from visionflow.pipeline.letterbox import PAD_VALUE
 from visionflow.streams.sources import DecodedFrame, VideoSource
@@ -115,7 +115,7 @@ def _letterbox_kernel(device: Any) -> Any:
     torch path is used then, and why is logged once)."""
     import torch
 
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _device_index(device)
     with _KERNEL_LOCK:
         if index not in _KERNELS and os.environ.get("VISIONFLOW_FUSED_LETTERBOX") == "0":
             _KERNELS[index] = None  # asked for the torch path (benchmarks compare the two)
@@ -142,8 +142,20 @@ def _fused_letterbox(surface: Any, dst: Any, lb: Letterbox, stream: Any) -> bool
     rows = surface.shape[0] * 2 // 3  # decoder surfaces may pad the height (360 -> 368)
     base = int(surface.data_ptr())
     out = int(dst.__cuda_array_interface__["data"][0])
-    kernel.launch(base, base + rows * pitch, pitch, lb, out, PAD_VALUE, stream.cuda_stream)
+    try:
+        kernel.launch(base, base + rows * pitch, pitch, lb, out, PAD_VALUE, stream.cuda_stream)
+    except EngineError as exc:  # never lose the stream over the fast path: torch from now on
+        log.warning("fused NV12 letterbox kernel failed (%s); using torch in this process", exc)
+        with _KERNEL_LOCK:
+            _KERNELS[_device_index(surface.device)] = None
+        return False
     return True
+
+
+def _device_index(device: Any) -> int:
+    import torch
+
+    return int(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def copy_device_image(image: Any, dst: Any) -> None:

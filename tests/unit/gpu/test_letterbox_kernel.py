@@ -86,3 +86,40 @@ def test_kernel_matches_the_torch_letterbox(size, pad_pitch):
     pad = got.clone()
     pad[lb.pad_y : lb.pad_y + lb.scaled_h, lb.pad_x : lb.pad_x + lb.scaled_w] = PAD_VALUE
     assert bool((pad == PAD_VALUE).all()), "the padding bands are exact"
+
+
+@pytest.mark.gpu
+def test_kernel_launches_from_threads_that_did_not_load_it():
+    """Ingest decodes each stream on its own thread: the kernel loaded on one thread must
+    launch on another where nothing made a CUDA context current (it failed with
+    CUDA_ERROR_INVALID_CONTEXT on every stream's thread before the context was bound)."""
+    import threading
+
+    import torch
+
+    from visionflow.gpu.letterbox_kernel import LetterboxKernel
+
+    w, h = 320, 240
+    surface = torch.full((h * 3 // 2, w), 128, dtype=torch.uint8, device="cuda")
+    lb = letterbox_geometry(w, h, 64, 64)
+    major, minor = torch.cuda.get_device_capability()
+    kernel = LetterboxKernel(major, minor)
+    results: list[object] = []
+
+    def launch() -> None:
+        try:
+            out = torch.empty((64, 64, 3), dtype=torch.uint8, device="cuda")
+            base = int(surface.data_ptr())
+            kernel.launch(base, base + h * w, w, lb, int(out.data_ptr()), PAD_VALUE, 0)
+            torch.cuda.synchronize()
+            results.append(int(out[32, 32, 0]))
+        except Exception as exc:  # reported below with the thread's error
+            results.append(exc)
+
+    threads = [threading.Thread(target=launch) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    kernel.close()
+    assert len(results) == 3 and all(isinstance(r, int) for r in results), results
