@@ -59,6 +59,7 @@ LIMITS = {
     "kill": 300,
     "legacy_1gpu": 420,
     "procs": 420,
+    "per_gpu": 420,
 }
 P99_MS = 250.0
 
@@ -152,12 +153,17 @@ def _config(
     gpus: list[int] | None,
     engine: dict[str, Any] | None = None,
     ingest_processes: int = 0,
+    workers_per_gpu: int = 1,
 ) -> Any:
     from bench.gpu_bench import _model, clip_paths
     from visionflow.config import parse_config
 
     mp4, _ = clip_paths(work)
-    workers: dict[str, Any] = {"ingest_processes": ingest_processes, "frame_transport": "auto"}
+    workers: dict[str, Any] = {
+        "ingest_processes": ingest_processes,
+        "frame_transport": "auto",
+        "workers_per_gpu": workers_per_gpu,
+    }
     if gpus is not None:
         workers["gpus"] = gpus
     return parse_config(
@@ -314,6 +320,34 @@ def section_procs(work: Path, streams: int = 64) -> dict[str, Any]:
             finally:
                 p.stop()
         log(f"procs {label}: {json.dumps(out[label])[:300]}")
+    return out
+
+
+def section_per_gpu(work: Path) -> dict[str, Any]:
+    """GPU 0, fused kernel: one vs two inference workers on the card at 64 and 96 streams
+    (with the fused kernel the card is ~65 % busy at 64 streams, so the worker process is the
+    suspect)."""
+    import logging
+
+    import redis
+
+    from visionflow.redis_server import EmbeddedRedis
+    from visionflow.workers.supervisor import Pipeline
+
+    out: dict[str, Any] = {}
+    for streams, per_gpu in ((64, 1), (64, 2), (96, 2), (96, 3)):
+        label = f"{streams}_streams_{per_gpu}_workers"
+        with EmbeddedRedis() as server:
+            cfg = _config(work, server.url, "pergpu", streams, [0], workers_per_gpu=per_gpu)
+            p = Pipeline(cfg, server.url, log_level=logging.WARNING)
+            p.start()
+            try:
+                p.wait_ready(300)
+                time.sleep(15)
+                out[label] = measured_window(p, redis.Redis.from_url(server.url), "pergpu", 8)
+            finally:
+                p.stop()
+        log(f"per_gpu {label}: {json.dumps(out[label])[:300]}")
     return out
 
 
