@@ -365,9 +365,10 @@ def _start_api(cfg: AppConfig, url: str, pipeline: Pipeline) -> ApiServer | None
     """The operator API in a thread of this process, when the config has ``api:``."""
     if cfg.api is None:
         return None
+    from visionflow.api.pipeline_control import PipelineControl
     from visionflow.api.server import ApiServer, bind, pipeline_app
 
-    app_ = pipeline_app(cfg, url, pipeline.status)
+    app_ = pipeline_app(cfg, url, pipeline.status, PipelineControl(pipeline))
     server = ApiServer(app_, bind(cfg.api)).start()
     console.print(
         f"Dashboard and API: [bold]{server.url}[/] (routes at {server.url}docs)", highlight=False

@@ -126,6 +126,20 @@ def test_api_of_a_running_pipeline_and_of_visionflow_api(
             refused = httpx.request(method, base + route, json={"id": "x", "url": "rtsp://h/x"})
             assert refused.status_code == 401, refused.text
             answers.append(refused.text)
+        # a stream added at run time (its URL has a password) starts, then goes away again
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        extra = {"id": "cam-extra", "url": server.url("open", f"viewer:{SECRET}")}
+        added = httpx.post(base + "/streams", json=extra, headers=auth, timeout=10)
+        assert added.status_code == 201, added.text
+        answers.append(added.text)
+        wait_until(
+            lambda: _frames(base).get("cam-extra", 0) > 0,
+            30,
+            lambda: f"the added stream never decoded: {_get(base, '/streams/cam-extra').text}",  # type: ignore[union-attr]
+        )
+        answers.append(httpx.get(base + "/streams/cam-extra", timeout=5).text)
+        gone = httpx.delete(base + "/streams/cam-extra", headers=auth, timeout=10)
+        assert gone.status_code == 204 and "cam-extra" not in _frames(base)
         # the same deployment through visionflow api, reading Redis only
         alone = f"http://127.0.0.1:{alone_port}"
         with cli("api", "-c", str(path), "--listen", f"127.0.0.1:{alone_port}") as alone_lines:
@@ -134,10 +148,14 @@ def test_api_of_a_running_pipeline_and_of_visionflow_api(
                 30,
                 lambda: f"visionflow api never ready: {''.join(alone_lines)}",
             )
+            wait_until(  # the next status write drops the removed stream from the set
+                lambda: set(_frames(alone)) == {"cam-open", "cam-locked"},
+                10,
+                lambda: f"visionflow api lists {set(_frames(alone))}",
+            )
             from_redis = httpx.get(alone + "/streams", timeout=5).json()
             answers.append(json.dumps(from_redis))
             assert from_redis["source"] == "redis"
-            assert {s["id"] for s in from_redis["streams"]} == {"cam-open", "cam-locked"}
             assert min(s["frames"] for s in from_redis["streams"]) > 0
             answers.append(httpx.get(alone + "/metrics", timeout=5).text)
             answers.append(httpx.get(alone + "/workers", timeout=5).text)
