@@ -1,4 +1,4 @@
-"""The ``visionflow`` command: run, validate, demo, snapshot, calibrate, consume.
+"""The ``visionflow`` command: run, validate, demo, snapshot, calibrate, consume, api.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
 """
@@ -33,7 +33,9 @@ from visionflow.workers.logs import setup_logging
 from visionflow.workers.status import PipelineStatus
 
 if TYPE_CHECKING:
+    from visionflow.api.server import ApiServer
     from visionflow.consumer import Delivery
+    from visionflow.workers.supervisor import Pipeline
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(soft_wrap=True)
@@ -240,6 +242,43 @@ def consume(
         reader.close()
 
 
+@app.command()
+def api(
+    config: ConfigOpt,
+    listen: Annotated[
+        str | None, typer.Option("--listen", help="HOST:PORT instead of the config's api.listen.")
+    ] = None,
+) -> None:
+    """Serve the operator API alone, reading only Redis (may run on another host)."""
+    from pydantic import ValidationError
+
+    from visionflow.api.config import ApiConfig
+    from visionflow.api.server import bind, redis_app, serve_foreground, url_of
+    from visionflow.streams.urls import redact_url
+
+    cfg = _load(config)
+    try:
+        api_cfg = cfg.api or ApiConfig()
+        if listen:
+            api_cfg = ApiConfig.model_validate({**api_cfg.model_dump(), "listen": listen})
+        redis_url = cfg.redis.url
+        if not redis_url:
+            raise ConfigError(f"{config}: redis.url is not set: visionflow api reads Redis")
+        cfg = cfg.model_copy(update={"api": api_cfg})
+        app_ = redis_app(cfg, redis_url)
+        sock = bind(api_cfg)
+    except (ConfigError, ValidationError) as exc:
+        err_console.print(f"[bold red]invalid config[/]\n{redact_text(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
+    setup_logging(logging.INFO)
+    err_console.print(
+        f"visionflow api on {url_of(sock)} (routes at {url_of(sock)}docs), reading "
+        f"{redact_url(redis_url)} prefix {cfg.redis.key_prefix}",
+        highlight=False,
+    )
+    serve_foreground(app_, sock)
+
+
 def _printer(stop: threading.Event) -> Callable[[Delivery], None]:
     """The handler of ``consume``: one line per entry; a closed stdout (``| head``) stops it,
     the entry it could not print left pending for another consumer."""
@@ -307,13 +346,44 @@ def _explain_redis(cfg: AppConfig, url: str) -> None:
 def _run_pipeline(
     cfg: AppConfig, url: str, duration: float, plain: bool, show_detections: bool
 ) -> None:
-    from visionflow.workers.supervisor import Pipeline
+    from visionflow.workers.supervisor import Pipeline as Pipeline_
 
     try:
-        pipeline = Pipeline(cfg, url, log_level=logging.getLogger().level)
+        pipeline = Pipeline_(cfg, url, log_level=logging.getLogger().level)
+        api = _start_api(cfg, url, pipeline)
     except ConfigError as exc:
         err_console.print(f"[bold red]invalid config[/]\n{exc}")
         raise typer.Exit(2) from None
+    try:
+        _drive(pipeline, cfg, url, duration, plain, show_detections)
+    finally:
+        if api is not None:
+            api.stop()
+
+
+def _start_api(cfg: AppConfig, url: str, pipeline: Pipeline) -> ApiServer | None:
+    """The operator API in a thread of this process, when the config has ``api:``."""
+    if cfg.api is None:
+        return None
+    from visionflow.api.pipeline_control import PipelineControl
+    from visionflow.api.server import ApiServer, bind, pipeline_app
+
+    app_ = pipeline_app(cfg, url, pipeline.status, PipelineControl(pipeline))
+    server = ApiServer(app_, bind(cfg.api)).start()
+    console.print(
+        f"Dashboard and API: [bold]{server.url}[/] (routes at {server.url}docs)", highlight=False
+    )
+    return server
+
+
+def _drive(
+    pipeline: Pipeline,
+    cfg: AppConfig,
+    url: str,
+    duration: float,
+    plain: bool,
+    show_detections: bool,
+) -> None:
     signals = _StopSignals()
     stop = signals.stop
     signals.install()

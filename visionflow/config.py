@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from visionflow.api.config import ApiConfig
 from visionflow.engines.ort import OnnxRuntimeConfig
 from visionflow.engines.registry import EngineConfig
 from visionflow.errors import ConfigError
@@ -391,6 +392,11 @@ class AppConfig(_Strict):
         "keyframe-aligned segments: adds one GOP of latency), or auto: measured once per "
         "machine (visionflow.streams.probe) -- the lowest-latency GPU decoder that keeps up "
         "with real time, else cpu.",
+    )
+    api: ApiConfig | None = Field(
+        default=None,
+        description="Operator HTTP API served by visionflow run (and visionflow api); "
+        "absent: no API.",
     )
     base_dir: Path = Field(
         default=Path("."),

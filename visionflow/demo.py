@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from visionflow.config import AppConfig, parse_config
@@ -19,6 +20,8 @@ DEMO_SCENES = (
 DEMO_SECONDS = 12.0
 #: the scenes are 30 fps; 15 fps per camera keeps a 2-core laptop free of drops
 DEMO_FPS_CAP = 15.0
+#: where the demo's dashboard and API listen (a free port when this one is taken)
+DEMO_API_LISTEN = ("127.0.0.1", 8080)
 
 
 def cache_dir() -> Path:
@@ -56,5 +59,16 @@ def demo_config(redis_url: str | None, clips: list[tuple[str, Path]]) -> AppConf
         "batching": {"max_batch": 8, "max_delay_ms": 20},
         "workers": {"ingest_processes": 2, "inference_workers": 1},
         "source": {"allowed_schemes": ["file"]},  # the demo reads rendered clips
+        "api": {"listen": demo_listen()},
     }
     return parse_config(raw, "<demo>")
+
+
+def demo_listen(host: str = DEMO_API_LISTEN[0], port: int = DEMO_API_LISTEN[1]) -> str:
+    """``host:port`` when that port is free, else ``host:0`` (any free port)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return f"{host}:0"
+    return f"{host}:{port}"

@@ -26,8 +26,9 @@ Status: hash ``<prefix>:status:<stream_id>`` with ``state``, ``state_since``, ``
 ``last_frame_ts``, ``width``, ``height``, ``decode`` (decoder/frame memory, e.g.
 ``nvdec/device``), ``url`` (password redacted), ``labels`` (JSON), ``updated_ts``; set
 ``<prefix>:streams`` lists the stream ids; hash ``<prefix>:worker:<id>`` holds each
-inference worker's ``state``, ``batches``, ``frames``, ``mean_batch``, ``backend``,
-``device``.
+inference worker's ``state``, ``batches``, ``frames``, ``mean_batch``, ``inflight``
+(batches queued on it), ``restarts``, ``backend``, ``device``, ``placement``, ``error``,
+``updated_ts``.
 
 Reading them through a consumer group (at least once, XAUTOCLAIM, dead letters, and how
 ``MAXLEN`` trimming meets pending entries): :mod:`visionflow.consumer`, README "Consuming

@@ -106,8 +106,10 @@ class WorkerStatus:
             "batches": str(self.batches),
             "frames": str(self.frames),
             "mean_batch": f"{self.mean_batch:.2f}",
+            "inflight": str(self.inflight),
             "restarts": str(self.restarts),
             "error": self.error or "",
+            "updated_ts": f"{time.time():.3f}",
         }
 
 

@@ -1,0 +1,165 @@
+"""The operator API served by ``visionflow run`` (a thread of its process) and by
+``visionflow api`` (alone, reading Redis), checked over real HTTP against a real pipeline:
+real RTSP cameras (one behind a password), a real Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ROOT, wait_until
+from visionflow.redis_server import free_port
+
+pytestmark = pytest.mark.integration
+TOKEN = "it-token-5b1e"
+SECRET = "pw-9f3c2a"
+
+
+@contextlib.contextmanager
+def cli(*args: str) -> Iterator[list[str]]:
+    """``python -m visionflow <args>`` in the background; its output lines; SIGTERM at the end."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "visionflow", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "VF_API_TOKEN": TOKEN},
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        yield lines
+        assert proc.poll() is None, "".join(lines)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=5)
+
+
+def _get(base: str, path: str, **kwargs: Any) -> httpx.Response | None:
+    try:
+        return httpx.get(base + path, timeout=5, **kwargs)
+    except httpx.HTTPError:
+        return None
+
+
+def _frames(base: str) -> dict[str, int]:
+    answer = _get(base, "/streams")
+    if answer is None:
+        return {}
+    return {s["id"]: s["frames"] for s in answer.json()["streams"]}
+
+
+def test_api_of_a_running_pipeline_and_of_visionflow_api(
+    rtsp, redis_server, key_prefix, tmp_path: Path
+):
+    server = rtsp({"open": "test:320x240@15", "locked": "test:320x240@15"}, auth=f"viewer:{SECRET}")
+    port, alone_port = free_port(), free_port()
+    streams = [
+        {"id": "cam-open", "url": server.url("open", f"viewer:{SECRET}")},
+        {"id": "cam-locked", "url": server.url("locked", f"viewer:{SECRET}")},
+    ]
+    cfg = {
+        "streams": streams,
+        "redis": {"url": redis_server, "key_prefix": key_prefix, "spool_dir": ""},
+        "source": {"open_timeout_s": 4, "read_timeout_s": 2, "stall_timeout_s": 3},
+        "api": {"listen": f"127.0.0.1:{port}", "token": "${VF_API_TOKEN}"},
+    }
+    path = tmp_path / "site.yaml"
+    path.write_text(json.dumps(cfg))  # JSON is YAML
+    base = f"http://127.0.0.1:{port}"
+    answers: list[str] = []
+    with cli("run", "-c", str(path), "--plain") as lines:
+        wait_until(
+            lambda: _get(base, "/healthz") is not None, 60, lambda: f"no API: {''.join(lines)}"
+        )
+        ready = wait_until(
+            lambda: (r := _get(base, "/readyz")) is not None and r.status_code == 200 and r,
+            60,
+            lambda: f"never ready: {_get(base, '/readyz').json()}",  # type: ignore[union-attr]
+        )
+        answers.append(ready.text)
+        first = wait_until(
+            lambda: (f := _frames(base)) and all(n > 0 for n in f.values()) and len(f) == 2 and f,
+            60,
+            lambda: f"streams never all decoding: {_get(base, '/streams').text}",  # type: ignore[union-attr]
+        )
+        wait_until(
+            lambda: all(n > first[s] + 10 for s, n in _frames(base).items()),
+            30,
+            "frames did not grow",
+        )
+        body = httpx.get(base + "/streams", timeout=5).json()
+        answers.append(json.dumps(body))
+        assert {s["state"] for s in body["streams"]} == {"streaming"}
+        assert all(s["url"].startswith("rtsp://viewer:***@") for s in body["streams"])
+        metrics = httpx.get(base + "/metrics", timeout=5).text
+        answers.append(metrics)
+        families = {f.name: f for f in text_string_to_metric_families(metrics)}
+        frames = {s.labels["stream"]: s.value for s in families["visionflow_stream_frames"].samples}
+        assert set(frames) == {"cam-open", "cam-locked"} and min(frames.values()) > 0
+        workers = httpx.get(base + "/workers", timeout=5).json()
+        answers.append(json.dumps(workers))
+        assert workers["workers"][0]["state"] == "ready"
+        entries = httpx.get(base + "/streams/cam-open/detections?limit=5", timeout=5).json()
+        assert len(entries["entries"]) == 5 and entries["next"]
+        for method, route in (("POST", "/streams"), ("DELETE", "/streams/cam-open")):
+            refused = httpx.request(method, base + route, json={"id": "x", "url": "rtsp://h/x"})
+            assert refused.status_code == 401, refused.text
+            answers.append(refused.text)
+        # a stream added at run time (its URL has a password) starts, then goes away again
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        extra = {"id": "cam-extra", "url": server.url("open", f"viewer:{SECRET}")}
+        added = httpx.post(base + "/streams", json=extra, headers=auth, timeout=10)
+        assert added.status_code == 201, added.text
+        answers.append(added.text)
+        wait_until(
+            lambda: _frames(base).get("cam-extra", 0) > 0,
+            30,
+            lambda: f"the added stream never decoded: {_get(base, '/streams/cam-extra').text}",  # type: ignore[union-attr]
+        )
+        answers.append(httpx.get(base + "/streams/cam-extra", timeout=5).text)
+        gone = httpx.delete(base + "/streams/cam-extra", headers=auth, timeout=10)
+        assert gone.status_code == 204 and "cam-extra" not in _frames(base)
+        # the same deployment through visionflow api, reading Redis only
+        alone = f"http://127.0.0.1:{alone_port}"
+        with cli("api", "-c", str(path), "--listen", f"127.0.0.1:{alone_port}") as alone_lines:
+            wait_until(
+                lambda: (r := _get(alone, "/readyz")) is not None and r.status_code == 200,
+                30,
+                lambda: f"visionflow api never ready: {''.join(alone_lines)}",
+            )
+            wait_until(  # the next status write drops the removed stream from the set
+                lambda: set(_frames(alone)) == {"cam-open", "cam-locked"},
+                10,
+                lambda: f"visionflow api lists {set(_frames(alone))}",
+            )
+            from_redis = httpx.get(alone + "/streams", timeout=5).json()
+            answers.append(json.dumps(from_redis))
+            assert from_redis["source"] == "redis"
+            assert min(s["frames"] for s in from_redis["streams"]) > 0
+            answers.append(httpx.get(alone + "/metrics", timeout=5).text)
+            answers.append(httpx.get(alone + "/workers", timeout=5).text)
+        answers += lines
+        assert f"Dashboard and API: {base}/" in "".join(lines)
+    for text in answers:
+        assert SECRET not in text, text

@@ -1,0 +1,73 @@
+"""``POST /streams``, ``PATCH /streams/{id}``, ``DELETE /streams/{id}``: runtime changes
+through the :class:`~visionflow.streams.control.StreamControl` (bearer token required).
+
+Unknown id -> 404, an id already registered -> 409, anything else the control refuses ->
+400; messages are passed on with credentials redacted.  A URL's password is never answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException
+
+from visionflow.api.context import ApiContext, context
+from visionflow.errors import ConfigError
+from visionflow.streams.config import StreamConfig
+from visionflow.streams.control import StreamControl, StreamPatch
+from visionflow.streams.urls import redact_text
+
+Ctx = Depends(context)
+
+
+def stream_config_json(stream: StreamConfig) -> dict[str, Any]:
+    data = stream.model_dump(mode="json")
+    data["url"] = stream.safe_url
+    return data
+
+
+def _control(ctx: ApiContext) -> StreamControl:
+    if ctx.control is None:
+        raise HTTPException(503, "stream control is not available in this API")
+    return ctx.control
+
+
+def _known(control: StreamControl, stream_id: str) -> bool:
+    return any(s.id == stream_id for s in control.list())
+
+
+def _call(action: Callable[[], Any]) -> Any:
+    try:
+        return action()
+    except ConfigError as exc:
+        raise HTTPException(400, redact_text(str(exc))) from None
+
+
+def build_router(guard: Callable[..., None]) -> APIRouter:
+    router = APIRouter(tags=["control"], dependencies=[Depends(guard)])
+
+    @router.post("/streams", status_code=201, summary="Register and start a new stream")
+    def add_stream(stream: StreamConfig, ctx: ApiContext = Ctx) -> dict[str, Any]:
+        control = _control(ctx)
+        if _known(control, stream.id):
+            raise HTTPException(409, f"stream {stream.id!r} is already registered")
+        _call(lambda: control.add(stream))
+        return stream_config_json(stream)
+
+    @router.patch("/streams/{stream_id}", summary="Enable/disable, analysis fps, labels")
+    def patch_stream(stream_id: str, patch: StreamPatch, ctx: ApiContext = Ctx) -> dict[str, Any]:
+        control = _control(ctx)
+        if not _known(control, stream_id):
+            raise HTTPException(404, f"no stream {stream_id!r}")
+        updated: StreamConfig = _call(lambda: control.update(stream_id, patch))
+        return stream_config_json(updated)
+
+    @router.delete("/streams/{stream_id}", status_code=204, summary="Unregister a stream")
+    def delete_stream(stream_id: str, ctx: ApiContext = Ctx) -> None:
+        control = _control(ctx)
+        if not _known(control, stream_id):
+            raise HTTPException(404, f"no stream {stream_id!r}")
+        _call(lambda: control.remove(stream_id))
+
+    return router

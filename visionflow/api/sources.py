@@ -1,0 +1,265 @@
+"""Where the API reads status from: one small protocol, two implementations.
+
+- :class:`PipelineSource`: the in-process :class:`~visionflow.workers.supervisor.Pipeline`
+  (``visionflow run``), always fresh;
+- :class:`RedisSource`: the hashes :class:`~visionflow.workers.board.RedisStatusWriter`
+  writes (``visionflow api``, possibly on another host), as fresh as its last write.
+
+Both answer a :class:`Snapshot` of the status types of :mod:`visionflow.workers.status`
+plus the per-stage latency (the ``latency_ms`` status field, when the pipeline writes it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis
+
+from visionflow.schema import status_key, streams_key, worker_key
+from visionflow.streams.state import StreamState
+from visionflow.streams.urls import redact_text, redact_url
+from visionflow.workers.status import PipelineStatus, StreamStatus, WorkerStatus
+
+#: worker hashes are read in chunks of this many ids (workers are numbered 0, 1, ...)
+WORKER_CHUNK = 16
+STAGES = ("decode", "queue", "inference", "publish", "total")
+
+
+@dataclass(frozen=True)
+class StageLatency:
+    """One stage's latency distribution (milliseconds)."""
+
+    p50: float | None
+    p99: float | None
+    count: int
+    sum_ms: float
+    buckets: tuple[tuple[float, int], ...]  # (upper bound ms, cumulative count), ascending
+
+
+@dataclass(frozen=True)
+class StreamView:
+    status: StreamStatus
+    latency: Mapping[str, StageLatency] | None  # None: the pipeline does not measure it
+    updated_ts: float | None
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    status: WorkerStatus
+    updated_ts: float | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The pipeline's status at one instant, as the API reads it."""
+
+    streams: tuple[StreamView, ...]
+    workers: tuple[WorkerView, ...]
+    model_id: str | None
+    redis_connected: bool | None  # the pipeline's output stage (None: unknown from Redis)
+    redis_error: str | None
+    redis_pending: int | None
+    uptime_s: float | None
+    as_of: float | None  # when the status was taken (None: never written)
+    source: str  # "pipeline" or "redis"
+
+    def stream(self, stream_id: str) -> StreamView | None:
+        return next((s for s in self.streams if s.status.stream_id == stream_id), None)
+
+
+class StatusSource(Protocol):
+    def snapshot(self) -> Snapshot: ...
+
+
+def parse_latency(raw: str | None) -> dict[str, StageLatency] | None:
+    """The ``latency_ms`` status field (JSON ``{stage: {p50, p99, count, sum, buckets}}``)."""
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    out: dict[str, StageLatency] = {}
+    for stage, d in data.items():
+        if not isinstance(d, dict):
+            continue
+        buckets = tuple((float(le), int(n)) for le, n in d.get("buckets") or ())
+        out[str(stage)] = StageLatency(
+            p50=_num(d.get("p50")),
+            p99=_num(d.get("p99")),
+            count=int(d.get("count") or 0),
+            sum_ms=float(d.get("sum") or 0.0),
+            buckets=buckets,
+        )
+    return out
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _latency_of(status: StreamStatus) -> dict[str, StageLatency] | None:
+    """The in-process status's latency, read through the same field Redis gets."""
+    if not hasattr(status, "latency"):
+        return None
+    return parse_latency(status.redis_fields().get("latency_ms"))
+
+
+class PipelineSource:
+    """The in-process pipeline's board (``Pipeline.status``)."""
+
+    def __init__(self, status: Callable[[], PipelineStatus]) -> None:
+        self._status = status
+
+    def snapshot(self) -> Snapshot:
+        now = time.time()
+        st = self._status()
+        return Snapshot(
+            streams=tuple(StreamView(s, _latency_of(s), now) for s in st.streams),
+            workers=tuple(WorkerView(w, now) for w in st.workers),
+            model_id=st.model_id,
+            redis_connected=st.redis_connected,
+            redis_error=redact_text(st.redis_error) if st.redis_error else None,
+            redis_pending=st.redis_pending,
+            uptime_s=st.uptime_s,
+            as_of=now,
+            source="pipeline",
+        )
+
+
+class RedisSource:
+    """The status hashes in Redis: two round trips (the streams set, then every hash)."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client, self.prefix = client, prefix
+
+    def snapshot(self) -> Snapshot:
+        ids = sorted(_text(m) for m in self.client.smembers(streams_key(self.prefix)))  # type: ignore[union-attr]
+        pipe = self.client.pipeline(transaction=False)
+        for sid in ids:
+            pipe.hgetall(status_key(self.prefix, sid))
+        for wid in range(WORKER_CHUNK):
+            pipe.hgetall(worker_key(self.prefix, wid))
+        replies = pipe.execute()
+        streams = [
+            parse_stream(sid, _texts(h)) for sid, h in zip(ids, replies[: len(ids)], strict=True)
+        ]
+        worker_hashes = [_texts(h) for h in replies[len(ids) :]]
+        while worker_hashes and len(worker_hashes) % WORKER_CHUNK == 0 and worker_hashes[-1]:
+            more = self.client.pipeline(transaction=False)
+            start = len(worker_hashes)
+            for wid in range(start, start + WORKER_CHUNK):
+                more.hgetall(worker_key(self.prefix, wid))
+            worker_hashes += [_texts(h) for h in more.execute()]
+        workers = [parse_worker(i, h) for i, h in enumerate(worker_hashes) if h]
+        stamps = [s.updated_ts for s in streams if s.updated_ts is not None]
+        stamps += [w.updated_ts for w in workers if w.updated_ts is not None]
+        return Snapshot(
+            streams=tuple(streams),
+            workers=tuple(workers),
+            model_id=None,
+            redis_connected=None,
+            redis_error=None,
+            redis_pending=None,
+            uptime_s=None,
+            as_of=max(stamps) if stamps else None,
+            source="redis",
+        )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _texts(fields: Any) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in (fields or {}).items()}
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def _json(value: str | None, default: Any) -> Any:
+    try:
+        return json.loads(value) if value else default
+    except ValueError:
+        return default
+
+
+def _state(value: str | None) -> StreamState:
+    try:
+        return StreamState(value or "stopped")
+    except ValueError:
+        return StreamState.STOPPED
+
+
+def parse_stream(stream_id: str, h: dict[str, str]) -> StreamView:
+    """A ``<prefix>:status:<id>`` hash (as :meth:`StreamStatus.redis_fields` writes it)."""
+    size = (_float(h.get("width")), _float(h.get("height")))
+    status = StreamStatus(
+        stream_id=stream_id,
+        url=redact_url(h.get("url", "")),
+        labels=_json(h.get("labels"), {}),
+        state=_state(h.get("state")),
+        state_since=_float(h.get("state_since")) or 0.0,
+        fps=_float(h.get("fps")) or 0.0,
+        frames=_int(h.get("frames")),
+        published=_int(h.get("published")),
+        skipped_fps_cap=_int(h.get("skipped_fps_cap")),
+        drops={str(k): int(v) for k, v in _json(h.get("drops"), {}).items()},
+        decode_errors=_int(h.get("decode_errors")),
+        reconnects=_int(h.get("reconnects")),
+        last_error=redact_text(h["last_error"]) if h.get("last_error") else None,
+        last_frame_ts=_float(h.get("last_frame_ts")),
+        width=None if size[0] is None else int(size[0]),
+        height=None if size[1] is None else int(size[1]),
+        decode=h.get("decode", "cpu"),
+        in_flight=_int(h.get("in_flight")),
+        unaccounted=_int(h.get("unaccounted")),
+        analysis_fps=_float(h.get("analysis_fps")) or 0.0,
+        decode_mode=h.get("decode_mode", "all"),
+        skipped_analysis=_int(h.get("skipped_analysis")),
+        target_fps=_float(h.get("target_fps")),
+        source_fps=_float(h.get("source_fps")),
+    )
+    return StreamView(status, parse_latency(h.get("latency_ms")), _float(h.get("updated_ts")))
+
+
+def parse_worker(worker_id: int, h: dict[str, str]) -> WorkerView:
+    """A ``<prefix>:worker:<n>`` hash (as :meth:`WorkerStatus.redis_fields` writes it)."""
+    status = WorkerStatus(
+        worker_id=worker_id,
+        state=h.get("state", ""),
+        backend=h.get("backend", ""),
+        device=h.get("device", ""),
+        batches=_int(h.get("batches")),
+        frames=_int(h.get("frames")),
+        inflight=_int(h.get("inflight")),
+        restarts=_int(h.get("restarts")),
+        error=redact_text(h["error"]) if h.get("error") else None,
+        placement=h.get("placement", ""),
+    )
+    return WorkerView(status, _float(h.get("updated_ts")))
+
+
+def age_s(ts: float | None, now: float | None = None) -> float | None:
+    if ts is None or not math.isfinite(ts):
+        return None
+    return max(0.0, (now or time.time()) - ts)
