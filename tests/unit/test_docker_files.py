@@ -31,11 +31,7 @@ from visionflow.config import AppConfig, parse_config
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 DOCKERFILES = {"cpu": DOCKER / "Dockerfile", "gpu": DOCKER / "Dockerfile.gpu"}
-SECRETS_ENV = {
-    "CAM_PASSWORD": "cam-secret",
-    "REDIS_PASSWORD": "0123abcd",
-    "VISIONFLOW_API_TOKEN": "token-xyz",
-}
+SECRETS_ENV = {"CAM_PASSWORD": "cam-secret", "REDIS_PASSWORD": "0123abcd"}
 
 
 # -- .dockerignore, as Docker reads it (moby/patternmatcher) -------------------------------------
@@ -294,7 +290,10 @@ def test_container_config_is_valid_and_listens_on_every_interface(monkeypatch: p
         monkeypatch.setenv(name, value)
     raw = yaml.safe_load((DOCKER / "visionflow.yaml").read_text())
     assert raw["api"]["listen"] == "0.0.0.0:8080", "published ports reach only 0.0.0.0 listeners"
-    assert raw["api"]["token"] == "${VISIONFLOW_API_TOKEN}"
+    token = PurePosixPath(raw["api"]["token_file"])
+    assert token.parent == PurePosixPath("/run/secrets"), "the token comes from a compose secret"
+    for name in ("api", "pipeline", "pipeline-gpu"):  # every service that serves the API
+        assert token.name in compose()["services"][name]["secrets"], name
     if "api" not in AppConfig.model_fields:  # the api section lands with the API's branch
         raw.pop("api")
     cfg = parse_config(raw, "docker/visionflow.yaml")
