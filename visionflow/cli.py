@@ -1,4 +1,4 @@
-"""The ``visionflow`` command: run, validate, demo, snapshot, calibrate, consume, api.
+"""The visionflow command: run, validate, demo, snapshot, calibrate, consume, api, schema.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
 """
@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from visionflow.consumer import Delivery
     from visionflow.workers.supervisor import Pipeline
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True)
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("visionflow.cli")
@@ -49,6 +50,35 @@ DurationOpt = Annotated[
 PlainOpt = Annotated[
     bool, typer.Option("--plain", help="Print status lines instead of a live table.")
 ]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"visionflow {package_version()}", highlight=False)
+        raise typer.Exit()
+
+
+def package_version() -> str:
+    """The installed distribution's version (its metadata, as pip sees it)."""
+    try:
+        return metadata.version("visionflow")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "unknown (not installed)"
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """The visionflow command: run, validate, demo, snapshot, calibrate, consume, schema.
+
+    Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
+    """
 
 
 def _load(path: Path) -> AppConfig:
@@ -70,11 +100,37 @@ def validate(config: ConfigOpt) -> None:
 
 
 @app.command()
+def schema(
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the schema to this file instead of stdout."),
+    ] = None,
+) -> None:
+    """Print the config file's JSON Schema, for editors that validate YAML as it is typed."""
+    text = json.dumps(config_schema(), indent=2) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    err_console.print(f"wrote {output}", highlight=False)
+
+
+def config_schema() -> dict[str, Any]:
+    """AppConfig's JSON Schema (draft 2020-12, as pydantic writes it), with its dialect named."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "visionflow config",
+        **{k: v for k, v in AppConfig.model_json_schema().items() if k != "title"},
+    }
+
+
+@app.command()
 def run(
     config: ConfigOpt,
     duration: DurationOpt = 0.0,
     plain: PlainOpt = False,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log at DEBUG level.")] = False,
 ) -> None:
     """Run the pipeline described by a config file, with a live status table."""
     cfg = _load(config)
