@@ -34,6 +34,7 @@ from visionflow.workers.status import PipelineStatus
 
 if TYPE_CHECKING:
     from visionflow.consumer import Delivery
+    from visionflow.streams.registry import StreamRegistry
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(soft_wrap=True)
@@ -78,7 +79,7 @@ def run(
     cfg = _load(config)
     setup_logging(logging.DEBUG if verbose else logging.INFO)
     with _redis_for(cfg) as url:
-        _run_pipeline(cfg, url, duration, plain, show_detections=False)
+        _run_pipeline(cfg, url, duration, plain, show_detections=False, config_path=config)
 
 
 @app.command()
@@ -304,21 +305,46 @@ def _explain_redis(cfg: AppConfig, url: str) -> None:
     )
 
 
+def _open_registry(cfg: AppConfig, url: str) -> tuple[StreamRegistry, AppConfig]:
+    """The runtime registry and the config to start with: its streams are the desired set
+    (the file's merged with the registry), or the file's when Redis cannot be read now
+    (the reconciler applies the registry once it can)."""
+    from visionflow.streams.registry import StreamRegistry
+
+    registry = StreamRegistry.from_config(cfg, url)
+    try:
+        desired = registry.desired()
+    except redis.RedisError as exc:
+        log.warning("stream registry not readable (%s): starting with the config file's "
+                    "streams", redact_text(str(exc)))  # fmt: skip
+        return registry, cfg
+    return registry, cfg.model_copy(update={"streams": list(desired.streams)})
+
+
 def _run_pipeline(
-    cfg: AppConfig, url: str, duration: float, plain: bool, show_detections: bool
+    cfg: AppConfig,
+    url: str,
+    duration: float,
+    plain: bool,
+    show_detections: bool,
+    config_path: Path | None = None,
 ) -> None:
+    from visionflow.workers.reconcile import Reconciler
     from visionflow.workers.supervisor import Pipeline
 
     try:
-        pipeline = Pipeline(cfg, url, log_level=logging.getLogger().level)
+        registry, start_cfg = _open_registry(cfg, url)
+        pipeline = Pipeline(start_cfg, url, log_level=logging.getLogger().level)
     except ConfigError as exc:
         err_console.print(f"[bold red]invalid config[/]\n{exc}")
         raise typer.Exit(2) from None
+    reconciler = Reconciler(pipeline, registry, cfg, config_path)
     signals = _StopSignals()
     stop = signals.stop
     signals.install()
     try:
         pipeline.start()
+        reconciler.start()
         signals.phase = "waiting"
         if not stop.is_set():
             pipeline.wait_ready()
@@ -342,9 +368,11 @@ def _run_pipeline(
         signals.phase = "stopping"
         console.print("stopping...")
         try:
+            reconciler.stop()
             pipeline.stop()
         finally:
             signals.restore()
+            registry.close()
     final = pipeline.status()
     console.print(render_status(final, {}))
 
