@@ -57,7 +57,7 @@ class Record:
     """One stream's runtime record (see the module docstring)."""
 
     kind: RecordKind
-    ts: float
+    ts: float  # when written (added: when added, which orders the runtime streams)
     stream: StreamConfig | None = None  # added: the entry (URL as added, ${ENV} unresolved)
     patch: Mapping[str, Any] = field(default_factory=dict)  # patched: the fields set
     base: Mapping[str, Any] = field(default_factory=dict)  # patched: the file's values then
@@ -186,7 +186,7 @@ def record_update(
     fields = patch_fields(patch)
     if record is not None and record.kind == "added" and record.stream is not None:
         stream = apply_patch(record.stream, fields)
-        return Record("added", now, stream=stream, file_fp=record.file_fp), stream
+        return Record("added", record.ts, stream=stream, file_fp=record.file_fp), stream
     if file_stream is None or (record is not None and record.kind == "removed"):
         raise ConfigError(f"stream {stream_id!r} is not registered")
     old = record.patch if record is not None else {}
