@@ -452,7 +452,13 @@ def render_status(status: PipelineStatus, latest: dict[str, str]) -> Group:
         streams.add_column(col)
     if latest:
         streams.add_column("latest detections")
-    colours = {"streaming": "green", "backoff": "yellow", "stalled": "magenta", "failed": "red"}
+    colours = {
+        "streaming": "green",
+        "backoff": "yellow",
+        "stalled": "magenta",
+        "failed": "red",
+        "disabled": "bright_black",
+    }
     for s in status.streams:
         drops = ", ".join(f"{k} {v}" for k, v in sorted(s.drops.items())) or "0"
         row = [

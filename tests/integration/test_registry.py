@@ -5,7 +5,6 @@ real RTSP cameras; they survive a restart; the config file is hot-reloaded by
 from __future__ import annotations
 
 import json
-import logging
 import signal
 from typing import Any
 
@@ -14,7 +13,7 @@ import redis
 from cryptography.fernet import Fernet
 
 from tests.conftest import wait_until
-from tests.integration.helpers import config, running, start_run
+from tests.integration.helpers import config, entries, running, start_run
 from visionflow.config import AppConfig
 from visionflow.schema import detections_key, status_key
 from visionflow.streams.config import StreamConfig
@@ -227,10 +226,10 @@ def test_visionflow_run_hot_reloads_the_config_file_and_follows_the_registry(
     assert final.get("state") == "stopped", final
 
 
-def test_disabled_in_the_file_starts_listed_as_disabled(
-    rtsp, redis_server, redis_client, key_prefix, caplog
+def test_disabled_in_the_file_starts_disabled_and_a_new_url_reopens_in_place(
+    rtsp, redis_server, redis_client, key_prefix
 ):
-    server = rtsp({"a": CAM, "b": CAM})
+    server = rtsp({"a": CAM, "b": CAM, "b2": "test:640x360@15"})
     cfg = config(
         [
             {"id": "a", "url": server.url("a")},
@@ -239,13 +238,26 @@ def test_disabled_in_the_file_starts_listed_as_disabled(
         redis_server,
         key_prefix,
     )
-    with caplog.at_level(logging.INFO), running(cfg, redis_server) as pipeline:
+    with running(cfg, redis_server) as pipeline:
         wait_until(lambda: published(redis_client, key_prefix, "a") > 10, 30, "a never published")
         assert stream_status(pipeline, "b").state == "disabled"
-        pipeline.update_stream(cfg.streams[1].model_copy(update={"enabled": True}))
+        enabled = cfg.streams[1].model_copy(update={"enabled": True})
+        pipeline.update_stream(enabled)
         wait_until(
             lambda: published(redis_client, key_prefix, "b") > 10,
             30,
             lambda: f"b never published once enabled: {stream_status(pipeline, 'b')}",
         )
         assert [t.target for t in pipeline.transitions("b")][:2] == ["disabled", "connecting"]
+        # another URL: the stream is reopened in place, seq goes on
+        pipeline.update_stream(enabled.model_copy(update={"url": server.url("b2")}))
+        wait_until(
+            lambda: any(e.width == 640 for e in entries(redis_client, key_prefix, "b")),
+            30,
+            lambda: f"b never read the new URL: {stream_status(pipeline, 'b')}",
+        )
+        seqs = [e.seq for e in entries(redis_client, key_prefix, "b")]
+        assert seqs == sorted(set(seqs)), "seq repeated or went back after the reopen"
+        reasons = [t.reason for t in pipeline.transitions("b")]
+        assert "stream entry changed" in reasons, reasons
+        keep_publishing(redis_client, key_prefix, ["a", "b"], pipeline)
