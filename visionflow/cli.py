@@ -36,6 +36,8 @@ from visionflow.workers.status import PipelineStatus
 if TYPE_CHECKING:
     from visionflow.api.server import ApiServer
     from visionflow.consumer import Delivery
+    from visionflow.streams.registry import StreamRegistry
+    from visionflow.workers.reconcile import Reconciler
     from visionflow.workers.supervisor import Pipeline
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
@@ -136,7 +138,7 @@ def run(
     cfg = _load(config)
     setup_logging(logging.DEBUG if verbose else logging.INFO)
     with _redis_for(cfg) as url:
-        _run_pipeline(cfg, url, duration, plain, show_detections=False)
+        _run_pipeline(cfg, url, duration, plain, show_detections=False, config_path=config)
 
 
 @app.command()
@@ -310,6 +312,7 @@ def api(
 
     from visionflow.api.config import ApiConfig
     from visionflow.api.server import bind, redis_app, serve_foreground, url_of
+    from visionflow.streams.registry import StreamRegistry
     from visionflow.streams.urls import redact_url
 
     cfg = _load(config)
@@ -321,7 +324,7 @@ def api(
         if not redis_url:
             raise ConfigError(f"{config}: redis.url is not set: visionflow api reads Redis")
         cfg = cfg.model_copy(update={"api": api_cfg})
-        app_ = redis_app(cfg, redis_url)
+        app_ = redis_app(cfg, redis_url, StreamRegistry.from_config(cfg, redis_url))
         sock = bind(api_cfg)
     except (ConfigError, ValidationError) as exc:
         err_console.print(f"[bold red]invalid config[/]\n{redact_text(str(exc))}", highlight=False)
@@ -399,32 +402,59 @@ def _explain_redis(cfg: AppConfig, url: str) -> None:
     )
 
 
+def _open_registry(cfg: AppConfig, url: str) -> tuple[StreamRegistry, AppConfig]:
+    """The runtime registry and the config to start with: its streams are the desired set
+    (the file's merged with the registry), or the file's when Redis cannot be read now
+    (the reconciler applies the registry once it can)."""
+    from visionflow.streams.registry import StreamRegistry
+
+    registry = StreamRegistry.from_config(cfg, url)
+    try:
+        desired = registry.desired()
+    except redis.RedisError as exc:
+        log.warning("stream registry not readable (%s): starting with the config file's "
+                    "streams", redact_text(str(exc)))  # fmt: skip
+        return registry, cfg
+    return registry, cfg.model_copy(update={"streams": list(desired.streams)})
+
+
 def _run_pipeline(
-    cfg: AppConfig, url: str, duration: float, plain: bool, show_detections: bool
+    cfg: AppConfig,
+    url: str,
+    duration: float,
+    plain: bool,
+    show_detections: bool,
+    config_path: Path | None = None,
 ) -> None:
+    from visionflow.workers.reconcile import Reconciler as Reconciler_
     from visionflow.workers.supervisor import Pipeline as Pipeline_
 
     try:
-        pipeline = Pipeline_(cfg, url, log_level=logging.getLogger().level)
-        api = _start_api(cfg, url, pipeline)
+        registry, start_cfg = _open_registry(cfg, url)
+        pipeline = Pipeline_(start_cfg, url, log_level=logging.getLogger().level)
+        api = _start_api(cfg, url, pipeline, registry)
     except ConfigError as exc:
         err_console.print(f"[bold red]invalid config[/]\n{exc}")
         raise typer.Exit(2) from None
+    reconciler = Reconciler_(pipeline, registry, cfg, config_path)
     try:
-        _drive(pipeline, cfg, url, duration, plain, show_detections)
+        _drive(pipeline, reconciler, cfg, url, duration, plain, show_detections)
     finally:
         if api is not None:
             api.stop()
+        registry.close()
 
 
-def _start_api(cfg: AppConfig, url: str, pipeline: Pipeline) -> ApiServer | None:
-    """The operator API in a thread of this process, when the config has ``api:``."""
+def _start_api(
+    cfg: AppConfig, url: str, pipeline: Pipeline, registry: StreamRegistry
+) -> ApiServer | None:
+    """The operator API in a thread of this process, when the config has ``api:``; stream
+    changes go through the runtime registry, which the reconciler applies."""
     if cfg.api is None:
         return None
-    from visionflow.api.pipeline_control import PipelineControl
     from visionflow.api.server import ApiServer, bind, pipeline_app
 
-    app_ = pipeline_app(cfg, url, pipeline.status, PipelineControl(pipeline))
+    app_ = pipeline_app(cfg, url, pipeline.status, registry)
     server = ApiServer(app_, bind(cfg.api)).start()
     console.print(
         f"Dashboard and API: [bold]{server.url}[/] (routes at {server.url}docs)", highlight=False
@@ -434,6 +464,7 @@ def _start_api(cfg: AppConfig, url: str, pipeline: Pipeline) -> ApiServer | None
 
 def _drive(
     pipeline: Pipeline,
+    reconciler: Reconciler,
     cfg: AppConfig,
     url: str,
     duration: float,
@@ -445,6 +476,7 @@ def _drive(
     signals.install()
     try:
         pipeline.start()
+        reconciler.start()
         signals.phase = "waiting"
         if not stop.is_set():
             pipeline.wait_ready()
@@ -468,6 +500,7 @@ def _drive(
         signals.phase = "stopping"
         console.print("stopping...")
         try:
+            reconciler.stop()
             pipeline.stop()
         finally:
             signals.restore()
@@ -550,7 +583,13 @@ def render_status(status: PipelineStatus, latest: dict[str, str]) -> Group:
         streams.add_column(col)
     if latest:
         streams.add_column("latest detections")
-    colours = {"streaming": "green", "backoff": "yellow", "stalled": "magenta", "failed": "red"}
+    colours = {
+        "streaming": "green",
+        "backoff": "yellow",
+        "stalled": "magenta",
+        "failed": "red",
+        "disabled": "bright_black",
+    }
     for s in status.streams:
         drops = ", ".join(f"{k} {v}" for k, v in sorted(s.drops.items())) or "0"
         row = [

@@ -24,7 +24,7 @@ from visionflow.streams.config import KEY_FAMILIES, StreamConfig
 from visionflow.streams.urls import redact_text
 
 BUILTIN_DEMO_MODEL = "builtin:demo"
-_ENV_REF = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+ENV_REF = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
 
 class _Strict(BaseModel):
@@ -369,6 +369,34 @@ class SourceConfig(_Strict):
     )
 
 
+class RegistryConfig(_Strict):
+    """The runtime stream registry (kept in Redis) and hot reload of the config file."""
+
+    poll_interval_s: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        description="How often the pipeline checks the registry's version counter in Redis "
+        "(one GET) and applies runtime stream changes.",
+    )
+    watch_config: bool = Field(
+        default=True,
+        description="Hot reload: re-read the config file when it changes; stream changes are "
+        "applied, changes of other sections are logged as needing a restart.",
+    )
+    watch_interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="How often the config file's mtime/size is checked."
+    )
+    secret_key_file: str | None = Field(
+        default=None,
+        description="File holding the Fernet key that encrypts inline passwords of streams "
+        "added at run time (the registry never stores them in plain text). Empty: the "
+        "environment variable VISIONFLOW_REGISTRY_KEY (the key) or "
+        "VISIONFLOW_REGISTRY_KEY_FILE (a file); with no key, such URLs are refused (use "
+        "${ENV} references for the password instead).",
+    )
+
+
 class AppConfig(_Strict):
     """A whole visionflow deployment: streams plus global settings."""
 
@@ -385,6 +413,10 @@ class AppConfig(_Strict):
     )
     workers: WorkersConfig = Field(default_factory=WorkersConfig, description="Processes.")
     source: SourceConfig = Field(default_factory=SourceConfig, description="Source policy.")
+    registry: RegistryConfig = Field(
+        default_factory=RegistryConfig,
+        description="Runtime stream registry in Redis and hot reload of this file.",
+    )
     decode: Literal["auto", "cpu", "dali", "nvdec"] = Field(
         default="auto",
         description="Decoder: cpu (PyAV/FFmpeg), nvdec (NVDEC through PyNvVideoCodec, fed "
@@ -439,7 +471,7 @@ def substitute_env(value: Any, where: str = "") -> Any:
                 return default
             raise ConfigError(f"{where or 'config'}: environment variable ${{{name}}} is not set")
 
-        return _ENV_REF.sub(repl, value)
+        return ENV_REF.sub(repl, value)
     if isinstance(value, dict):
         return {k: substitute_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
     if isinstance(value, list):

@@ -196,8 +196,14 @@ def snapshot_key(prefix: str, stream_id: str) -> str:
 
 
 def registry_key(prefix: str) -> str:
-    """Runtime stream registry: hash stream id -> JSON of its StreamConfig entry."""
+    """Runtime stream registry: hash stream id -> JSON of its record (added entry, patch of a
+    config file stream, or tombstone; :mod:`visionflow.streams.merge`, no password in it)."""
     return f"{prefix}:registry"
+
+
+def registry_version_key(prefix: str) -> str:
+    """Counter bumped by every registry write (a pipeline polls it with one GET)."""
+    return f"{prefix}:registry:version"
 
 
 def events_key(prefix: str, stream_id: str) -> str:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -13,6 +18,8 @@ import redis
 from visionflow.config import AppConfig, parse_config
 from visionflow.schema import Entry, detections_key, parse_entry
 from visionflow.workers.supervisor import Pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def config(streams: list[dict[str, Any]], redis_url: str, prefix: str, **extra: Any) -> AppConfig:
@@ -60,3 +67,21 @@ def assert_books_balance(status: Any, client: redis.Redis, prefix: str) -> None:
         seqs = [e.seq for e in entries(client, prefix, s.stream_id)]
         assert all(b > a for a, b in itertools.pairwise(seqs)), f"{s.stream_id}: seq repeated"
         assert len(seqs) == s.published, s
+
+
+def start_run(path: Path, lines: list[str]) -> tuple[subprocess.Popen[str], threading.Thread]:
+    """``visionflow run -c path --plain`` of this checkout in the background; its output
+    (stdout and stderr) is appended to ``lines`` by the returned thread."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "visionflow", "run", "-c", str(path), "--plain"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    reader = threading.Thread(target=lambda: lines.extend(stdout), daemon=True)
+    reader.start()
+    return proc, reader

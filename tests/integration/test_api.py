@@ -25,6 +25,8 @@ from visionflow.redis_server import free_port
 pytestmark = pytest.mark.integration
 TOKEN = "it-token-5b1e"
 SECRET = "pw-9f3c2a"
+#: the registry seals inline passwords with it (the pipeline and `visionflow api` share it)
+REGISTRY_KEY = "0HDNqTSCm7hfkK_5W-7fvSLXn8wEB4yCeA8AphLyW8k="
 
 
 @contextlib.contextmanager
@@ -36,7 +38,12 @@ def cli(*args: str) -> Iterator[list[str]]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "VF_API_TOKEN": TOKEN},
+        env={
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "VF_API_TOKEN": TOKEN,
+            "VISIONFLOW_REGISTRY_KEY": REGISTRY_KEY,
+        },
     )
     lines: list[str] = []
     assert proc.stdout is not None
@@ -139,7 +146,12 @@ def test_api_of_a_running_pipeline_and_of_visionflow_api(
         )
         answers.append(httpx.get(base + "/streams/cam-extra", timeout=5).text)
         gone = httpx.delete(base + "/streams/cam-extra", headers=auth, timeout=10)
-        assert gone.status_code == 204 and "cam-extra" not in _frames(base)
+        assert gone.status_code == 204, gone.text
+        wait_until(  # the reconciler applies registry changes within its poll interval
+            lambda: "cam-extra" not in _frames(base),
+            15,
+            lambda: f"the removed stream is still listed: {sorted(_frames(base))}",
+        )
         # the same deployment through visionflow api, reading Redis only
         alone = f"http://127.0.0.1:{alone_port}"
         with cli("api", "-c", str(path), "--listen", f"127.0.0.1:{alone_port}") as alone_lines:
@@ -159,6 +171,22 @@ def test_api_of_a_running_pipeline_and_of_visionflow_api(
             assert min(s["frames"] for s in from_redis["streams"]) > 0
             answers.append(httpx.get(alone + "/metrics", timeout=5).text)
             answers.append(httpx.get(alone + "/workers", timeout=5).text)
+            # a change made through the API on another host reaches the running pipeline
+            paused = httpx.patch(
+                alone + "/streams/cam-locked", json={"enabled": False}, headers=auth, timeout=10
+            )
+            assert paused.status_code == 200, paused.text
+            answers.append(paused.text)
+            wait_until(
+                lambda: (
+                    (r := _get(base, "/streams/cam-locked")) is not None
+                    and r.json()["state"] == "disabled"
+                ),
+                15,
+                lambda: f"not disabled: {_get(base, '/streams/cam-locked').text}",  # type: ignore[union-attr]
+            )
+            conflicts = httpx.get(alone + "/registry/conflicts", headers=auth, timeout=5)
+            assert conflicts.status_code == 200 and conflicts.json() == [], conflicts.text
         answers += lines
         assert f"Dashboard and API: {base}/" in "".join(lines)
     for text in answers:

@@ -4,18 +4,15 @@ shuts down like Ctrl-C: in-flight batches drain, the output stage flushes, exit 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.conftest import ROOT, wait_until
+from tests.conftest import wait_until
+from tests.integration.helpers import start_run
 from visionflow.schema import detections_key
 
 pytestmark = pytest.mark.integration
@@ -43,18 +40,8 @@ def test_sigterm_drains_flushes_and_exits_0(
     }
     path = tmp_path / "site.yaml"
     path.write_text(json.dumps(cfg))  # JSON is YAML
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "visionflow", "run", "-c", str(path), "--plain"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
     lines: list[str] = []
-    assert proc.stdout is not None
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
-    reader.start()
+    proc, reader = start_run(path, lines)
     try:
         key = detections_key(key_prefix, "cam")
         wait_until(

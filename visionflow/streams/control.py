@@ -7,6 +7,7 @@ or alone (``visionflow api``), and the pipeline reconciles what it reads with th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,3 +48,21 @@ class StreamControl(Protocol):
     def remove(self, stream_id: str) -> None:
         """Unregister a stream (kept removed across restarts)."""
         ...
+
+    def conflicts(self) -> Sequence[ConflictView]:
+        """Where the config file and the runtime registry disagree (the rule that decided
+        is documented with the registry)."""
+        ...
+
+
+class ConflictView(Protocol):
+    """One reported conflict between the config file and the runtime registry."""
+
+    @property
+    def stream_id(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def detail(self) -> str: ...

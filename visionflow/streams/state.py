@@ -10,6 +10,12 @@
                          │
           retries exhausted / permanent error ──▶ failed
     (any state) ──stop──▶ stopped;  a finite file that ends ──▶ stopped
+    (any state but stopped-by-shutdown) ──disable──▶ disabled ──enable──▶ connecting
+
+``disabled``: the stream is registered (listed in status, its counters kept) but not read;
+its source is closed.  It is entered when the stream is disabled at run time (``PATCH
+enabled=false``, an edited config file) or starts disabled, and left for ``connecting`` when
+it is enabled again, or for ``stopped`` when the pipeline stops or the stream is removed.
 """
 
 from __future__ import annotations
@@ -33,16 +39,18 @@ class StreamState(StrEnum):
     STALLED = "stalled"
     STOPPED = "stopped"
     FAILED = "failed"
+    DISABLED = "disabled"
 
 
 S = StreamState
 TRANSITIONS: dict[StreamState, frozenset[StreamState]] = {
-    S.STOPPED: frozenset({S.CONNECTING}),
-    S.CONNECTING: frozenset({S.STREAMING, S.BACKOFF, S.FAILED, S.STOPPED}),
-    S.STREAMING: frozenset({S.STALLED, S.BACKOFF, S.CONNECTING, S.FAILED, S.STOPPED}),
-    S.STALLED: frozenset({S.CONNECTING, S.STOPPED}),
-    S.BACKOFF: frozenset({S.CONNECTING, S.FAILED, S.STOPPED}),
-    S.FAILED: frozenset({S.CONNECTING, S.STOPPED}),
+    S.STOPPED: frozenset({S.CONNECTING, S.DISABLED}),
+    S.CONNECTING: frozenset({S.STREAMING, S.BACKOFF, S.FAILED, S.STOPPED, S.DISABLED}),
+    S.STREAMING: frozenset({S.STALLED, S.BACKOFF, S.CONNECTING, S.FAILED, S.STOPPED, S.DISABLED}),
+    S.STALLED: frozenset({S.CONNECTING, S.STOPPED, S.DISABLED}),
+    S.BACKOFF: frozenset({S.CONNECTING, S.FAILED, S.STOPPED, S.DISABLED}),
+    S.FAILED: frozenset({S.CONNECTING, S.STOPPED, S.DISABLED}),
+    S.DISABLED: frozenset({S.CONNECTING, S.STOPPED}),
 }
 
 

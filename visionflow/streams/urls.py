@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 _USERINFO = re.compile(
     r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]*)@"
 )
-_QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pwd|token|key|secret)=)[^&\s]*")
+_QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pwd|token|key|secret)=)([^&\s]*)")
 REDACTED = "***"
 
 
@@ -30,6 +30,21 @@ def redact_url(url: str) -> str:
         netloc = f"{parts.username}:{REDACTED}@{host}"
         url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     return _QUERY_SECRET.sub(lambda m: m.group(1) + REDACTED, url)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of ``url`` that :func:`redact_url` hides: its password and the values of
+    secret query parameters (empty ones left out).
+
+    >>> url_secrets("rtsp://admin:hunter2@cam/live?token=abc")
+    ['hunter2', 'abc']
+    """
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    found = [password] if password else []
+    return found + [m.group(2) for m in _QUERY_SECRET.finditer(url) if m.group(2)]
 
 
 def redact_text(text: str) -> str:

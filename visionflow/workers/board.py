@@ -105,6 +105,17 @@ class StatusBoard:
         with self._lock:
             self.streams.pop(stream_id, None)
 
+    def update_stream(self, config: StreamConfig) -> None:
+        """A changed entry (labels, URL...) of a registered stream."""
+        with self._lock:
+            view = self.streams.get(config.id)
+            if view is not None:
+                view.config = config
+
+    def configs(self) -> dict[str, StreamConfig]:
+        with self._lock:
+            return {sid: v.config for sid, v in self.streams.items()}
+
     def worker(self, worker_id: int) -> WorkerView:
         with self._lock:
             view = self.workers.get(worker_id)

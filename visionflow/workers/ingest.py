@@ -43,6 +43,7 @@ from visionflow.workers.messages import (
     StateChanged,
     StopReading,
     StreamStats,
+    UpdateStream,
 )
 
 log = logging.getLogger("visionflow.ingest")
@@ -132,7 +133,15 @@ class StreamReader:
         self.stream, self.policy, self.pool = stream, policy, pool
         self.limiter = limiter  # shared by the process's readers: connects per second
         self.announce, self.control = announce, control
+        self.decode = decode
+        # stop_event interrupts the source (stop for good, disable, reopen); _halted, _enabled
+        # and _reopen say which, all changed under _cmd_lock; _wake ends a disabled wait
         self.stop_event = threading.Event()
+        self._cmd_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._halted = False
+        self._enabled = stream.enabled
+        self._reopen = False
         self.machine = StreamStateMachine(stream.id, on_change=self._on_change)
         self.backoff = Backoff(
             policy.backoff_initial_s,
@@ -149,14 +158,20 @@ class StreamReader:
         self._letterbox: Letterbox | None = None
         self._next_allowed = 0.0
         self.source = make_source(stream, policy, self.stop_event, decode)
-        self.source.target_size = (pool.width, pool.height)
         self.shed = ShedPolicy(
             stream.analysis_fps,
             skip_modes=policy.shed_load and self.source.supports_skip,
             prefix_ratio=0.5 if policy.shed_gop_prefix else 0.0,
         )
-        self.source.shed = self.shed
-        self.thread = threading.Thread(target=self.run, name=f"stream-{stream.id}", daemon=True)
+        self._attach(self.source)
+        self.thread = self._new_thread()
+
+    def _attach(self, source: VideoSource) -> None:
+        source.target_size = (self.pool.width, self.pool.height)
+        source.shed = self.shed
+
+    def _new_thread(self) -> threading.Thread:
+        return threading.Thread(target=self.run, name=f"stream-{self.stream.id}", daemon=True)
 
     # ---- life cycle ----------------------------------------------------------------
     def _on_change(self, change: Transition) -> None:
@@ -168,19 +183,94 @@ class StreamReader:
         )
 
     def run(self) -> None:
-        source = self.source
         reason = "start"
         try:
-            while self._may_connect():
+            while True:
+                if not self._enabled:
+                    if not self._wait_enabled():
+                        return
+                    reason = "enabled"
+                if not self._resume():
+                    return
+                if not self._may_connect():
+                    continue  # interrupted while waiting its turn: halted, disabled, reopen
                 self.machine.to(StreamState.CONNECTING, reason)
-                reason = self._session(source)
+                reason = self._session(self.source)
                 if self.machine.state in (StreamState.FAILED, StreamState.STOPPED):
                     return
+                if self._halted or not self._enabled:
+                    continue
+                if self._reopen:
+                    reason = "stream entry changed"
+                    continue
                 self.reconnects += 1
         finally:
-            source.close()
+            self.source.close()
             if self.machine.state not in (StreamState.STOPPED, StreamState.FAILED):
                 self.machine.to(StreamState.STOPPED, "stopped")
+
+    # ---- runtime changes (any thread) ----------------------------------------------------
+    def stop(self) -> None:
+        """Stop reading for good: the thread ends (state ``stopped``)."""
+        with self._cmd_lock:
+            self._halted = True
+            self.stop_event.set()
+            self._wake.set()
+
+    def reconfigure(self, stream: StreamConfig) -> None:
+        """Apply a changed entry of this stream: ``analysis_fps`` and ``fps_cap`` from the
+        next frame, ``labels`` with it; ``enabled`` false closes the source (state
+        ``disabled``, counters and seq kept), true reads again; a changed ``url``, ``loop``
+        or ``realtime`` reopens the stream with a new source."""
+        with self._cmd_lock:
+            old, self.stream = self.stream, stream
+            self.shed.analysis_fps = stream.analysis_fps
+            if (old.url, old.loop, old.realtime) != (stream.url, stream.loop, stream.realtime):
+                self._reopen = True
+            self._enabled = stream.enabled
+            if self._reopen or not stream.enabled:
+                self.stop_event.set()  # ends the session; run() sees why
+            self._wake.set()
+
+    def ensure_running(self) -> None:
+        """After :meth:`reconfigure`: a reader whose thread ended (failed, or a file that
+        ended) is marked ``disabled`` when disabled, and read again when enabled after
+        being disabled or with a changed entry."""
+        if self.thread.is_alive() or self._halted:
+            return
+        if not self._enabled:
+            if self.machine.state is not StreamState.DISABLED:
+                self.machine.to(StreamState.DISABLED, "disabled")
+        elif self.machine.state is StreamState.DISABLED or self._reopen:
+            self.thread = self._new_thread()
+            self.thread.start()
+
+    def _wait_enabled(self) -> bool:
+        """Sit in ``disabled`` until enabled (True) or stopped for good (False)."""
+        if self.machine.state is not StreamState.DISABLED:
+            self.machine.to(StreamState.DISABLED, "disabled")
+        while True:
+            with self._cmd_lock:
+                if self._halted:
+                    return False
+                if self._enabled:
+                    return True
+                self._wake.clear()
+            self._wake.wait()
+
+    def _resume(self) -> bool:
+        """Before connecting: clear the interruption, swap in a new source when the entry
+        changed; False when stopped for good."""
+        with self._cmd_lock:
+            if self._halted:
+                return False
+            self.stop_event.clear()
+            if self._reopen:
+                self._reopen = False
+                self.source.close()
+                self.source = make_source(self.stream, self.policy, self.stop_event, self.decode)
+                self._attach(self.source)
+            return True
 
     def _may_connect(self) -> bool:
         """Wait for the process-wide reconnect limit (network streams only); False once
@@ -201,13 +291,27 @@ class StreamReader:
                     self.backoff.reset()
                 self._deliver(decoded)
             return "stopping"
-        except SourceStalledError as exc:
+        except SourceError as exc:
+            if self.stop_event.is_set():
+                return "interrupted"  # disabled, reopened or stopped on purpose
+            return self._source_failed(exc)
+        except Exception as exc:  # a bug must not kill the other streams' threads
+            log.exception("stream %s: unexpected error", self.stream.id)
+            self._record(exc)
+            return self._back_off(exc)
+        finally:
+            source.close()
+            self.decode_errors += source.decode_errors
+
+    def _source_failed(self, exc: SourceError) -> str:
+        """What a source error means for the state; returns why the next connect happens."""
+        if isinstance(exc, SourceStalledError):
             self._record(exc)
             if self.machine.state is StreamState.STREAMING:
                 self.machine.to(StreamState.STALLED, str(exc))
                 return "reopen after stall"
             return self._back_off(exc)
-        except SourceEndedError as exc:
+        if isinstance(exc, SourceEndedError):
             if self.stream.loop and self.machine.state is StreamState.STREAMING:
                 return "loop"
             self.machine.to(
@@ -217,21 +321,15 @@ class StreamReader:
                 str(exc),
             )
             return "ended"
-        except SourceError as exc:
-            self._record(exc)
-            if exc.permanent:
-                self.machine.to(StreamState.FAILED, str(exc))
-                return "failed"
-            return self._back_off(exc)
-        except Exception as exc:  # a bug must not kill the other streams' threads
-            log.exception("stream %s: unexpected error", self.stream.id)
-            self._record(exc)
-            return self._back_off(exc)
-        finally:
-            source.close()
-            self.decode_errors += source.decode_errors
+        self._record(exc)
+        if exc.permanent:
+            self.machine.to(StreamState.FAILED, str(exc))
+            return "failed"
+        return self._back_off(exc)
 
     def _back_off(self, exc: BaseException) -> str:
+        if self.stop_event.is_set():
+            return "interrupted"
         limit = self.policy.max_retries
         if limit is not None and self.backoff.failures >= limit:
             self.machine.to(StreamState.FAILED, f"gave up after {limit} retries: {exc}")
@@ -386,12 +484,21 @@ class IngestProcess:
         reader = self.readers.pop(stream_id, None)
         if reader is None:
             return
-        reader.stop_event.set()
+        reader.stop()
         reader.thread.join(timeout=self.policy.read_timeout_s + 2)
         self.announcer.flush()  # its frames travel before the pool is declared closed
         self.queues.frames.put(PoolClosed(reader.pool.name))
         reader.pool.close()
         self._final[stream_id] = reader.stats()
+
+    def update(self, stream: StreamConfig) -> None:
+        """A changed entry of one of this process's streams (:meth:`StreamReader.reconfigure`)."""
+        reader = self.readers.get(stream.id)
+        if reader is None:
+            log.warning("stream %s: update for a stream this process does not read", stream.id)
+            return
+        reader.reconfigure(stream)
+        reader.ensure_running()
 
     def heartbeat(self) -> None:
         stats = tuple(s for r in list(self.readers.values()) if (s := self._stats(r)))
@@ -411,7 +518,7 @@ class IngestProcess:
     def stop_reading(self) -> None:
         """Stop every reader; frames already decoded are announced, pools stay open."""
         for reader in self.readers.values():
-            reader.stop_event.set()
+            reader.stop()
         for reader in self.readers.values():
             reader.thread.join(timeout=self.policy.read_timeout_s + 2)
         self.announcer.flush()
@@ -434,6 +541,8 @@ class IngestProcess:
                 self.add(command.stream)
             elif isinstance(command, RemoveStream):
                 self.remove(command.stream_id)
+            elif isinstance(command, UpdateStream):
+                self.update(command.stream)
             elif isinstance(command, StopReading):
                 self.stop_reading()
             elif isinstance(command, SetAnalysisRates):

@@ -76,6 +76,14 @@ class RemoveStream:
 
 
 @dataclass(frozen=True)
+class UpdateStream:
+    """Command: a changed entry of a stream being read (enabled, analysis_fps, labels,
+    fps_cap apply in place; url, loop, realtime reopen it; counters and seq go on)."""
+
+    stream: StreamConfig
+
+
+@dataclass(frozen=True)
 class StopReading:
     """Command (shutdown, first step): stop every reader and announce what is decoded, but
     keep the frame pools until ``None`` comes -- frames in GPU memory die with their

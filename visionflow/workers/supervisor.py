@@ -50,6 +50,7 @@ from visionflow.workers.messages import (
     SetAnalysisRates,
     StateChanged,
     StopReading,
+    UpdateStream,
     WorkerFailed,
     WorkerReady,
 )
@@ -127,10 +128,8 @@ class Pipeline:
         for worker_id in range(self._worker_count()):
             self._add_worker(worker_id)
         self.decode = resolve_decode(self.config)
-        for s in self.config.streams:
-            self.board.add_stream(s)
-        enabled = [s for s in self.config.streams if s.enabled]
-        for index, group in enumerate(plan_ingest(self.config, enabled, self.decode)):
+        # disabled streams get a reader too, sitting in state 'disabled' until enabled
+        for index, group in enumerate(plan_ingest(self.config, self.config.streams, self.decode)):
             self._add_ingest(index, list(group.streams), group.plan)
         self._board_thread.start()
         self.loop.start()
@@ -453,6 +452,23 @@ class Pipeline:
         with self.loop.lock:
             self.scheduler.add_stream(stream.id)
         self._commands[index].put(AddStream(stream))
+
+    def update_stream(self, stream: StreamConfig) -> None:
+        """Apply a changed entry of a registered stream (same id) without disturbing the
+        others: ``enabled`` false stops reading it (it stays listed, state ``disabled``,
+        counters kept), true reads it again; ``analysis_fps``, ``fps_cap`` and ``labels``
+        apply in place; a changed ``url``, ``loop`` or ``realtime`` reopens it (seq goes on)."""
+        index = self._stream_process.get(stream.id)
+        if index is None:
+            raise ConfigError(f"stream {stream.id!r} is not registered")
+        self.board.update_stream(stream)
+        streams = self._ingest_streams[index]  # a restarted ingest process reads the new one
+        streams[:] = [stream if s.id == stream.id else s for s in streams]
+        self._commands[index].put(UpdateStream(stream))
+
+    def streams(self) -> dict[str, StreamConfig]:
+        """The entries of the streams registered now (enabled or not), by id."""
+        return self.board.configs()
 
     def remove_stream(self, stream_id: str) -> None:
         """Stop reading a stream and forget it."""

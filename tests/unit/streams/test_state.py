@@ -48,3 +48,15 @@ def test_forbidden_moves_raise(source, target):
 def test_every_state_can_stop_or_is_stopped():
     for state, targets in TRANSITIONS.items():
         assert state is S.STOPPED or S.STOPPED in targets
+
+
+def test_disabled_is_reached_from_every_state_and_left_by_enabling_or_stopping():
+    for state, targets in TRANSITIONS.items():
+        assert state is S.DISABLED or S.DISABLED in targets, state
+    assert TRANSITIONS[S.DISABLED] == {S.CONNECTING, S.STOPPED}
+    machine = StreamStateMachine("cam")
+    machine.to(S.DISABLED, "starts disabled")
+    with pytest.raises(InvalidTransitionError):
+        machine.to(S.STREAMING)
+    machine.to(S.CONNECTING, "enabled")
+    assert [t.target for t in machine.history] == [S.DISABLED, S.CONNECTING]

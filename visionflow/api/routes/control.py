@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from fastapi import APIRouter, Depends, HTTPException
 
 from visionflow.api.context import ApiContext, context
@@ -34,7 +35,7 @@ def _control(ctx: ApiContext) -> StreamControl:
 
 
 def _known(control: StreamControl, stream_id: str) -> bool:
-    return any(s.id == stream_id for s in control.list())
+    return bool(_call(lambda: any(s.id == stream_id for s in control.list())))
 
 
 def _call(action: Callable[[], Any]) -> Any:
@@ -42,6 +43,8 @@ def _call(action: Callable[[], Any]) -> Any:
         return action()
     except ConfigError as exc:
         raise HTTPException(400, redact_text(str(exc))) from None
+    except (redis.RedisError, OSError) as exc:  # the registry lives in Redis
+        raise HTTPException(503, f"stream registry unavailable: {redact_text(str(exc))}") from None
 
 
 def build_router(guard: Callable[..., None]) -> APIRouter:
@@ -69,5 +72,14 @@ def build_router(guard: Callable[..., None]) -> APIRouter:
         if not _known(control, stream_id):
             raise HTTPException(404, f"no stream {stream_id!r}")
         _call(lambda: control.remove(stream_id))
+
+    @router.get("/registry/conflicts", summary="Config file vs runtime registry conflicts")
+    def registry_conflicts(ctx: ApiContext = Ctx) -> list[dict[str, str]]:
+        control = _control(ctx)
+        conflicts = _call(control.conflicts)
+        return [
+            {"stream_id": c.stream_id, "kind": c.kind, "detail": redact_text(c.detail)}
+            for c in conflicts
+        ]
 
     return router
