@@ -140,6 +140,7 @@ class OutputStage:
             final=final,
             pid=os.getpid(),
             held_batches=self.reorder.held,
+            latency=sink.latency.snapshot() if sink.latency is not None else (),
         )
 
     def start(self) -> None:
