@@ -112,6 +112,14 @@ class RedisConfig(_Strict):
     spool_fsync_interval_ms: int = Field(
         default=1000, ge=1, description="Fsync period of the 'interval' spool_fsync policy."
     )
+    counts_retention_s: int = Field(
+        default=7 * 86400,
+        ge=0,
+        description="How long the per-minute counts (<prefix>:counts:<minute start>, boxes per "
+        "stream and label) are kept: each bucket key expires this long after its last write. "
+        "0 turns counts off. Best effort: counts made while Redis is unreachable are lost "
+        "(detections are not: they have the spool).",
+    )
 
     def spool_path(self) -> Path | None:
         """The spool directory, or None when the spool is off."""

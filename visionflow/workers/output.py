@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from visionflow.config import RedisConfig
 from visionflow.pipeline.frames import BatchResult, FrameResult
 from visionflow.pipeline.ordering import BatchReorder
+from visionflow.workers.counts import CountsSink
 from visionflow.workers.logs import setup_child_logging
 from visionflow.workers.messages import BatchAbandoned, OutputStats
 from visionflow.workers.sinks import RedisStreamSink, Sink
@@ -167,10 +168,11 @@ class OutputSpec:
 
 
 def build_stage(spec: OutputSpec) -> OutputStage:
-    return OutputStage(
-        [RedisStreamSink(spec.redis, spec.redis_url, spec.model_id)],
-        first_batch_id=spec.first_batch_id,
-    )
+    """Detections first (the primary sink, whose counts are 'published'), then counts."""
+    sinks: list[Sink] = [RedisStreamSink(spec.redis, spec.redis_url, spec.model_id)]
+    if spec.redis.counts_retention_s > 0:
+        sinks.append(CountsSink(spec.redis, spec.redis_url))
+    return OutputStage(sinks, first_batch_id=spec.first_batch_id)
 
 
 def serve(stage: OutputStage, inbox: Any, control: Any, flush_timeout: float) -> None:
