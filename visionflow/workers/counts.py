@@ -29,7 +29,7 @@ from visionflow.pipeline.frames import FrameResult
 from visionflow.schema import COUNT_BUCKET_S, count_field, counts_key
 from visionflow.streams.backoff import Backoff
 from visionflow.streams.urls import redact_text, redact_url
-from visionflow.workers.sinks import Sink
+from visionflow.workers.sinks import Sink, sink_client
 
 log = logging.getLogger("visionflow.counts")
 FLUSH_S = 1.0
@@ -64,12 +64,7 @@ class CountsSink(Sink):
         self.config, self.flush_s = config, flush_s
         self.retention_s = config.counts_retention_s
         self.safe_url = redact_url(url)
-        self._client = redis.Redis.from_url(
-            url,
-            socket_timeout=config.socket_timeout_s,
-            socket_connect_timeout=config.socket_timeout_s,
-            health_check_interval=0,
-        )
+        self._client = sink_client(config, url)
         self._tally: Tally = Counter()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -88,18 +83,6 @@ class CountsSink(Sink):
         with self._lock:
             tally(results, self._tally)
             self.published.update(r.frame.stream_id for r in results)
-
-    @property
-    def pending(self) -> int:
-        return 0  # not counted as pending detections (counts are best effort)
-
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
-    @property
-    def last_error(self) -> str | None:
-        return self._last_error
 
     def start(self) -> None:
         self.thread.start()

@@ -77,16 +77,29 @@ class Sink(abc.ABC):
     def pending(self) -> int:
         return 0
 
+    _connected: bool = True  # a sink with a connection keeps these two up to date
+    _last_error: str | None = None
+
     @property
     def connected(self) -> bool:
-        return True
+        return self._connected
 
     @property
     def last_error(self) -> str | None:
-        return None
+        return self._last_error
 
     def stop(self, flush_timeout: float = 5.0) -> None:  # noqa: B027 - optional hook
         """Write what is buffered (up to ``flush_timeout``) and release resources."""
+
+
+def sink_client(config: RedisConfig, url: str) -> redis.Redis:
+    """A client whose calls fail within ``socket_timeout_s`` (a sink thread must not hang)."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=config.socket_timeout_s,
+        socket_connect_timeout=config.socket_timeout_s,
+        health_check_interval=0,
+    )
 
 
 _TOO_SMALL = "equal or smaller"  # Redis: "The ID specified in XADD is equal or smaller ..."
@@ -161,12 +174,7 @@ class RedisStreamSink(Sink):
     def __init__(self, config: RedisConfig, url: str, model_id: str) -> None:
         self.config, self.model_id = config, model_id
         self.safe_url = redact_url(url)
-        self._client = redis.Redis.from_url(
-            url,
-            socket_timeout=config.socket_timeout_s,
-            socket_connect_timeout=config.socket_timeout_s,
-            health_check_interval=0,
-        )
+        self._client = sink_client(config, url)
         self._buffer: deque[_Buffered] = deque()
         self._writing: list[_Buffered] = []  # taken out of the buffer, being written
         self._cond = threading.Condition()
@@ -209,14 +217,6 @@ class RedisStreamSink(Sink):
     def pending(self) -> int:
         spooled = self.spool.pending if self.spool is not None else 0
         return len(self._buffer) + len(self._writing) + spooled
-
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
-    @property
-    def last_error(self) -> str | None:
-        return self._last_error
 
     def start(self) -> None:
         """Open the spool (replaying what an earlier sink left there) and start writing."""
