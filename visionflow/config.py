@@ -376,6 +376,20 @@ class SourceConfig(_Strict):
     )
 
 
+class OutputConfig(_Strict):
+    """What the output stage makes besides detections."""
+
+    snapshot_interval_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="How often each stream's latest frame, with its detection boxes drawn, is "
+        "stored as a JPEG at <prefix>:snapshot:<stream_id> (expiring after five intervals, at "
+        "least 10 s). The image is the frame as the model saw it (the letterboxed network "
+        "input without its padding, e.g. 640x360 for a 16:9 camera and a 640 model). 0 turns "
+        "snapshots off.",
+    )
+
+
 class AppConfig(_Strict):
     """A whole visionflow deployment: streams plus global settings."""
 
@@ -392,6 +406,9 @@ class AppConfig(_Strict):
     )
     workers: WorkersConfig = Field(default_factory=WorkersConfig, description="Processes.")
     source: SourceConfig = Field(default_factory=SourceConfig, description="Source policy.")
+    output: OutputConfig = Field(
+        default_factory=OutputConfig, description="Snapshots made by the output stage."
+    )
     decode: Literal["auto", "cpu", "dali", "nvdec"] = Field(
         default="auto",
         description="Decoder: cpu (PyAV/FFmpeg), nvdec (NVDEC through PyNvVideoCodec, fed "
