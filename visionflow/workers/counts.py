@@ -147,7 +147,7 @@ class CountsSink(Sink):
         message = redact_text(f"{type(exc).__name__}: {exc}")
         if self._connected or message != self._last_error:
             log.warning(
-                "counts: redis %s unavailable (%s); counts of this time are lost",
+                "counts: not written to redis %s (%s); counts of this time are lost",
                 self.safe_url,
                 message,
             )
