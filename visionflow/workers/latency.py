@@ -8,8 +8,9 @@ holds it.  Each stage of each stream keeps
   equal", Prometheus style; the implicit ``+Inf`` bucket is ``count``), with ``count`` and
   ``sum``, since the output process started (a restarted output process starts from zero);
 - the last :data:`WINDOW` values, from which ``p50`` and ``p99`` are computed exactly (linear
-  interpolation between the two nearest ranks, numpy's default).  A window and not the
-  buckets: the buckets cover the whole run, so their quantiles would hide a change that
+  interpolation between the two nearest ranks, numpy's default), at most every
+  :data:`REFRESH_S` per stream, sorting outside the lock the writer thread takes.  A window
+  and not the buckets: the buckets cover the whole run, so their quantiles would hide a change that
   happened a minute ago, and bucket interpolation is off by up to a bucket's width (2.5x).
 
 Snapshots (:class:`StageLatency`) are frozen and picklable: they travel to the status board
@@ -25,6 +26,7 @@ import bisect
 import json
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +34,8 @@ from typing import Any
 
 STAGES = ("decode", "queue", "inference", "publish", "total")
 BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
-WINDOW = 1024  # recent values per stream and stage that p50/p99 are computed from
+WINDOW = 512  # recent values per stream and stage that p50/p99 are computed from
+REFRESH_S = 1.0  # a stream's percentiles are recomputed at most this often
 
 StreamLatency = tuple[tuple[str, "StageLatency"], ...]  # (stage, snapshot) pairs, picklable
 
@@ -102,7 +105,23 @@ class StageHistogram:
         self.sum += ms
         self.recent.append(ms)
 
+    def freeze(self) -> _Frozen:
+        """A cheap copy of the state (taken under the book's lock; summarised outside)."""
+        return _Frozen(self.bounds, list(self.counts), self.count, self.sum, list(self.recent))
+
     def snapshot(self) -> StageLatency:
+        return self.freeze().summary()
+
+
+@dataclass(frozen=True)
+class _Frozen:
+    bounds: tuple[float, ...]
+    counts: list[int]
+    count: int
+    sum: float
+    recent: list[float]
+
+    def summary(self) -> StageLatency:
         ordered = sorted(self.recent)
         cumulative, running = [], 0
         for bound, n in zip(self.bounds, self.counts, strict=False):
@@ -121,11 +140,17 @@ class LatencyBook:
     """Every stream's stages, fed by a sink's writer thread and read by the stats loop
     (thread-safe).  Snapshots are recomputed only for streams observed since the last."""
 
-    def __init__(self, bounds: Sequence[float] = BUCKETS_MS, window: int = WINDOW) -> None:
-        self.bounds, self.window = tuple(bounds), window
+    def __init__(
+        self,
+        bounds: Sequence[float] = BUCKETS_MS,
+        window: int = WINDOW,
+        refresh_s: float = REFRESH_S,
+    ) -> None:
+        self.bounds, self.window, self.refresh_s = tuple(bounds), window, refresh_s
         self._stages: dict[str, dict[str, StageHistogram]] = {}
         self._dirty: set[str] = set()
         self._cache: dict[str, StreamLatency] = {}
+        self._made: dict[str, float] = {}  # when each stream's cached snapshot was made
         self._lock = threading.Lock()
 
     def observe(self, stream_id: str, latency_ms: Mapping[str, float]) -> None:
@@ -143,12 +168,20 @@ class LatencyBook:
             self._dirty.add(stream_id)
 
     def snapshot(self) -> tuple[tuple[str, StreamLatency], ...]:
+        """Every stream's stages; one observed since its last snapshot is recomputed once
+        that is ``refresh_s`` old (the writer thread waits only for the copies)."""
+        now = time.monotonic()
         with self._lock:
-            for sid in self._dirty:
-                stages = self._stages[sid]
-                self._cache[sid] = tuple((s, h.snapshot()) for s, h in stages.items() if h.count)
-            self._dirty.clear()
-            return tuple(self._cache.items())
+            due = [sid for sid in self._dirty if now - self._made.get(sid, -1e9) >= self.refresh_s]
+            frozen = {
+                sid: [(s, h.freeze()) for s, h in self._stages[sid].items() if h.count]
+                for sid in due
+            }
+            self._dirty.difference_update(due)
+        for sid, stages in frozen.items():
+            self._cache[sid] = tuple((s, f.summary()) for s, f in stages)
+            self._made[sid] = now
+        return tuple(self._cache.items())
 
 
 def latency_json(latency: Mapping[str, StageLatency]) -> str:

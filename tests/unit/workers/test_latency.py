@@ -69,7 +69,7 @@ def test_unsorted_bounds_are_refused() -> None:
 
 
 def test_book_keeps_streams_and_stages_apart() -> None:
-    book = LatencyBook()
+    book = LatencyBook(refresh_s=0.0)
     for i in range(10):
         book.observe("a", {"decode": 1.0, "queue": 2.0, "inference": 3.0 + i, "publish": 4.0,
                            "total": 40.0 + i})  # fmt: skip
@@ -82,7 +82,7 @@ def test_book_keeps_streams_and_stages_apart() -> None:
 
 
 def test_book_snapshot_recomputes_only_what_changed() -> None:
-    book = LatencyBook()
+    book = LatencyBook(refresh_s=0.0)
     book.observe("a", {"total": 10.0})
     book.observe("b", {"total": 20.0})
     first = dict(book.snapshot())
@@ -92,8 +92,18 @@ def test_book_snapshot_recomputes_only_what_changed() -> None:
     assert dict(second["b"])["total"].count == 2
 
 
+def test_book_recomputes_a_stream_at_most_every_refresh_s() -> None:
+    book = LatencyBook(refresh_s=3600.0)
+    book.observe("a", {"total": 10.0})
+    assert dict(dict(book.snapshot())["a"])["total"].count == 1  # first: at once
+    book.observe("a", {"total": 10.0})
+    assert dict(dict(book.snapshot())["a"])["total"].count == 1  # cached within refresh_s
+    book.refresh_s = 0.0
+    assert dict(dict(book.snapshot())["a"])["total"].count == 2  # still dirty: recomputed
+
+
 def test_book_is_safe_across_threads() -> None:
-    book = LatencyBook()
+    book = LatencyBook(refresh_s=0.0)
 
     def feed() -> None:
         for _ in range(2000):
