@@ -130,3 +130,26 @@ def test_snapshot_writer_survives_an_unreachable_redis() -> None:
     writer.write(result_for((1, 1, 5, 5), seq=1), content)
     assert writer.failed == 2 and writer.written == 0
     writer.stop()
+
+
+def test_ingest_marks_at_most_one_frame_per_interval() -> None:
+    import queue
+    import uuid
+
+    from visionflow.config import SourceConfig
+    from visionflow.pipeline.framepool import FramePool
+    from visionflow.streams.config import StreamConfig
+    from visionflow.workers.ingest import StreamReader
+
+    pool = FramePool(f"vft-{uuid.uuid4().hex[:8]}", 2, 8, 8, create=True)
+    try:
+        stream = StreamConfig(id="cam", url="rtsp://cam/1")
+        reader = StreamReader(
+            stream, SourceConfig(), pool, lambda f: None, queue.Queue(), snapshot_interval_s=2.0
+        )
+        marks = [reader._snapshot_due(t) for t in (100.0, 100.5, 101.9, 102.0, 102.1, 104.5)]
+        assert marks == [True, False, False, True, False, True]
+        off = StreamReader(stream, SourceConfig(), pool, lambda f: None, queue.Queue())
+        assert not any(off._snapshot_due(t) for t in (100.0, 200.0))
+    finally:
+        pool.close()
