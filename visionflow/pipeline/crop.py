@@ -16,8 +16,6 @@ import numpy.typing as npt
 
 from visionflow.pipeline.frames import Letterbox
 
-_NON_BLOCKING = 1  # cudaStreamNonBlocking
-
 
 def copy_content(image: Any, lb: Letterbox) -> npt.NDArray[np.uint8]:
     """A host copy of the content region of a letterboxed ``[H, W, 3]`` slot."""
@@ -39,7 +37,7 @@ def _copy_from_device(image: Any, x: int, y: int, w: int, h: int) -> npt.NDArray
     rt = runtime()
     if _CopyStream.handle is None:
         _CopyStream.handle = check(
-            rt.cudaStreamCreateWithFlags(_NON_BLOCKING), "cudaStreamCreateWithFlags"
+            rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking), "cudaStreamCreateWithFlags"
         )
     pitch = int(image.shape[1]) * 3
     src = int(image.pointer) + y * pitch + x * 3
