@@ -90,3 +90,14 @@ def test_redis_down_loses_counts_without_raising(killable_redis, key_prefix) -> 
     finally:
         client.close()
         sink.stop(1.0)
+
+
+def test_settings_turn_counts_and_snapshots_on_and_off() -> None:
+    from visionflow.workers.output import OutputSpec, build_stage
+
+    url = "redis://127.0.0.1:1/0"
+    on = build_stage(OutputSpec(RedisConfig(url=url), url, "m", snapshot_interval_s=2.0))
+    assert [s.name for s in on.sinks] == ["redis", "counts"] and on.snapshots is not None
+    assert on.snapshots.ttl_s == 10
+    off = build_stage(OutputSpec(RedisConfig(url=url, counts_retention_s=0), url, "m"))
+    assert [s.name for s in off.sinks] == ["redis"] and off.snapshots is None
