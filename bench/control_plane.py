@@ -66,12 +66,15 @@ def _produce(
     emit: Any,
     heartbeat: Any,
     commands: Any,
+    snapshot_interval_s: float = 0.0,
 ) -> None:
-    """Fill free slots round-robin until the ``None`` command; heartbeat twice a second."""
+    """Fill free slots round-robin until the ``None`` command; heartbeat twice a second;
+    mark one frame per stream per ``snapshot_interval_s`` for a snapshot (0: none)."""
     from visionflow.pipeline.frames import FrameRef
 
     seqs = dict.fromkeys(pools, -1)
     frames = dict.fromkeys(pools, 0)
+    next_snapshot = dict.fromkeys(pools, 0.0)
     next_beat = 0.0
     while True:
         now = time.monotonic()
@@ -93,7 +96,11 @@ def _produce(
             seqs[sid] += 1
             frames[sid] += 1
             produced += 1
-            emit(FrameRef(sid, seqs[sid], None, wall, 0.1, pool.name, slot, letterbox))
+            marked = {}  # only this tree's FrameRef has the field (legacy never marks)
+            if snapshot_interval_s > 0 and next_snapshot[sid] <= now:
+                next_snapshot[sid] = now + snapshot_interval_s
+                marked = {"snapshot": True}
+            emit(FrameRef(sid, seqs[sid], None, wall, 0.1, pool.name, slot, letterbox, **marked))
         if not produced:
             time.sleep(0.0002)
     heartbeat(frames)
@@ -135,7 +142,15 @@ def new_ingest_main(spec: Any, queues: Any, log_level: int) -> None:
         stats = tuple(_stats(sid, n) for sid, n in frames.items())
         queues.control.put(IngestHeartbeat(spec.index, time.time(), stats))
 
-    _produce(spec.index, pools, letterbox, announcer.put, beat, queues.commands)
+    _produce(
+        spec.index,
+        pools,
+        letterbox,
+        announcer.put,
+        beat,
+        queues.commands,
+        spec.snapshot_interval_s,
+    )
     announcer.stop()
 
 
@@ -185,7 +200,13 @@ def new_output_main(spec: Any, inbox: Any, control: Any, log_level: int) -> None
             for r in results:
                 self.published[r.frame.stream_id] += 1
 
-    serve(OutputStage([CountingSink()], first_batch_id=spec.first_batch_id), inbox, control, 1.0)
+    snapshots = None
+    if spec.snapshot_interval_s > 0:  # the real writer: draw, encode; its SET fails (no Redis)
+        from visionflow.workers.snapshots import SnapshotWriter
+
+        snapshots = SnapshotWriter(spec.redis, spec.redis_url, spec.snapshot_interval_s)
+    stage = OutputStage([CountingSink()], first_batch_id=spec.first_batch_id, snapshots=snapshots)
+    serve(stage, inbox, control, 1.0)
 
 
 def run_new(args: argparse.Namespace) -> dict[str, Any]:
@@ -273,6 +294,7 @@ def _config(args: argparse.Namespace) -> Any:
         {
             "streams": streams,
             "redis": {"url": "redis://127.0.0.1:1/0"},
+            "output": {"snapshot_interval_s": args.snapshot_interval},
             "batching": {"max_batch": args.max_batch, "max_delay_ms": 5, "buffer_per_stream": 8},
             "workers": {
                 "ingest_processes": args.ingest,
@@ -332,8 +354,36 @@ def _child(impl: str, args: argparse.Namespace, legacy: Path | None) -> dict[str
 
 
 def _forward(args: argparse.Namespace) -> list[str]:
-    keys = ("seconds", "warmup", "streams", "ingest", "workers", "max_batch")
+    keys = ("seconds", "warmup", "streams", "ingest", "workers", "max_batch", "snapshot_interval")
     return [x for k in keys for x in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
+
+
+def compare_snapshots(args: argparse.Namespace) -> None:
+    """``new`` with snapshots off, then on (``--snapshot-interval``, default 2 s), one run."""
+    sys.path.insert(0, str(ROOT))
+    from bench.common import table, write_result
+
+    interval = args.snapshot_interval or 2.0
+    args.snapshot_interval = 0.0
+    off = _child("new", args, None)
+    args.snapshot_interval = interval
+    on = _child("new", args, None)
+    rows = {"snapshots off": off, f"snapshots every {interval:g} s": on}
+    ratio = {
+        "frames_per_s": round(on["frames_per_s"] / max(off["frames_per_s"], 1e-9), 3),
+        "cpu_us_per_frame": round(on["cpu_us_per_frame"] / max(off["cpu_us_per_frame"], 1e-9), 3),
+    }
+    columns = ["run", "frames_per_s", "cpu_us_per_frame", "scheduler_cpu_share", "frames"]
+    print(table([{"run": k, **v} for k, v in rows.items()], columns))
+    print(f"on / off: {ratio['frames_per_s']}x frames/s, {ratio['cpu_us_per_frame']}x CPU/frame")
+    params = {
+        k: getattr(args, k) for k in ("seconds", "warmup", "streams", "ingest", "workers")
+    } | {"snapshot_interval": interval}
+    path = write_result(
+        "control_plane_snapshots", {"params": params, "results": rows, "ratio_on_vs_off": ratio}
+    )
+    print(f"wrote {path.relative_to(ROOT)}")
+    print(json.dumps({"on": on, "off": off, "ratio": ratio}))
 
 
 def main() -> None:
@@ -345,8 +395,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="null inference workers")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--legacy-rev", default=LEGACY_REV)
-    parser.add_argument("--impl", choices=["both", "new", "legacy"], default="both")
+    parser.add_argument("--impl", choices=["both", "new", "legacy", "snapshots"], default="both")
+    parser.add_argument(
+        "--snapshot-interval",
+        type=float,
+        default=0.0,
+        help="new: mark a frame per stream this often for an annotated snapshot (0: off); "
+        "--impl snapshots: the interval compared with snapshots off",
+    )
     args = parser.parse_args()
+    if args.impl == "snapshots":
+        compare_snapshots(args)
+        return
     if args.impl == "new":
         print(json.dumps(run_new(args)))
         return

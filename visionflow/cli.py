@@ -31,7 +31,7 @@ from visionflow.redis_server import EmbeddedRedis, reachable
 from visionflow.schema import detections_key
 from visionflow.streams.urls import redact_text
 from visionflow.workers.logs import setup_logging
-from visionflow.workers.status import PipelineStatus
+from visionflow.workers.status import PipelineStatus, StreamStatus
 
 if TYPE_CHECKING:
     from visionflow.api.server import ApiServer
@@ -573,12 +573,18 @@ def _latest(reader: redis.Redis, cfg: AppConfig) -> dict[str, str]:
     return out
 
 
+def _latency_cell(s: StreamStatus) -> str:
+    """Capture -> written, recent p50/p99 in ms ("-" until an entry was written)."""
+    total = s.latency.get("total")
+    return f"{total.p50:.0f}/{total.p99:.0f}" if total else "-"
+
+
 def render_status(status: PipelineStatus, latest: dict[str, str]) -> Group:
     """The status table: one row per stream, one per worker."""
     streams = Table(title=f"streams - model {status.model_id}", expand=False)
     for col in (
         "stream", "state", "decode", "fps", "frames", "published", "in flight", "drops",
-        "last error",
+        "p50/p99 ms", "last error",
     ):  # fmt: skip
         streams.add_column(col)
     if latest:
@@ -601,6 +607,7 @@ def render_status(status: PipelineStatus, latest: dict[str, str]) -> Group:
             str(s.published),
             str(s.in_flight),
             drops,
+            _latency_cell(s),
             (s.last_error or "")[:60],
         ]
         if latest:

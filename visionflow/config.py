@@ -113,6 +113,14 @@ class RedisConfig(_Strict):
     spool_fsync_interval_ms: int = Field(
         default=1000, ge=1, description="Fsync period of the 'interval' spool_fsync policy."
     )
+    counts_retention_s: int = Field(
+        default=7 * 86400,
+        ge=0,
+        description="How long the per-minute counts (<prefix>:counts:<minute start>, boxes per "
+        "stream and label) are kept: each bucket key expires this long after its last write. "
+        "0 turns counts off. Best effort: counts made while Redis is unreachable are lost "
+        "(detections are not: they have the spool).",
+    )
 
     def spool_path(self) -> Path | None:
         """The spool directory, or None when the spool is off."""
@@ -397,6 +405,20 @@ class RegistryConfig(_Strict):
     )
 
 
+class OutputConfig(_Strict):
+    """What the output stage makes besides detections."""
+
+    snapshot_interval_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="How often each stream's latest frame, with its detection boxes drawn, is "
+        "stored as a JPEG at <prefix>:snapshot:<stream_id> (expiring after five intervals, at "
+        "least 10 s). The image is the frame as the model saw it (the letterboxed network "
+        "input without its padding, e.g. 640x360 for a 16:9 camera and a 640 model). 0 turns "
+        "snapshots off.",
+    )
+
+
 class AppConfig(_Strict):
     """A whole visionflow deployment: streams plus global settings."""
 
@@ -416,6 +438,9 @@ class AppConfig(_Strict):
     registry: RegistryConfig = Field(
         default_factory=RegistryConfig,
         description="Runtime stream registry in Redis and hot reload of this file.",
+    )
+    output: OutputConfig = Field(
+        default_factory=OutputConfig, description="Snapshots made by the output stage."
     )
     decode: Literal["auto", "cpu", "dali", "nvdec"] = Field(
         default="auto",

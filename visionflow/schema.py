@@ -24,7 +24,9 @@ Entries of one stream appear in ``seq`` order, even with several inference worke
 Status: hash ``<prefix>:status:<stream_id>`` with ``state``, ``state_since``, ``fps``,
 ``frames``, ``published``, ``drops`` (JSON ``{reason: count}``), ``last_error``,
 ``last_frame_ts``, ``width``, ``height``, ``decode`` (decoder/frame memory, e.g.
-``nvdec/device``), ``url`` (password redacted), ``labels`` (JSON), ``updated_ts``; set
+``nvdec/device``), ``url`` (password redacted), ``labels`` (JSON), ``latency_ms`` (JSON
+``{stage: {"p50", "p99", "count", "sum", "buckets": [[le_ms, cumulative], ...]}}`` per stage
+of the entries written, :mod:`visionflow.workers.latency`), ``updated_ts``; set
 ``<prefix>:streams`` lists the stream ids; hash ``<prefix>:worker:<id>`` holds each
 inference worker's ``state``, ``batches``, ``frames``, ``mean_batch``, ``inflight``
 (batches queued on it), ``restarts``, ``backend``, ``device``, ``placement``, ``error``,

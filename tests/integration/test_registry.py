@@ -53,12 +53,14 @@ def stream_status(pipeline: Pipeline, sid: str) -> Any:
 def every_value(client: redis.Redis, prefix: str) -> str:
     """All keys under ``prefix`` and every value in them, whatever their type."""
     out = []
+    kw = client.connection_pool.connection_kwargs
+    raw = redis.Redis(host=kw["host"], port=kw["port"], db=kw.get("db", 0))
     for key in client.scan_iter(f"{prefix}:*"):
         kind = client.type(key)
         if kind == "hash":
             value: Any = client.hgetall(key)
-        elif kind == "string":
-            value = client.get(key)
+        elif kind == "string":  # JPEG snapshots too: read as bytes, searched as latin-1
+            value = raw.get(key).decode("latin-1")
         elif kind == "stream":
             value = client.xrange(key)
         elif kind == "set":

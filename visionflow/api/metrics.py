@@ -13,8 +13,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from visionflow.api.sources import Snapshot, StageLatency, age_s
+from visionflow.api.sources import Snapshot, age_s
 from visionflow.streams.state import StreamState
+from visionflow.workers.latency import StageLatency
 
 NS = "visionflow"
 
@@ -82,7 +83,7 @@ def _latency_metrics(snap: Snapshot) -> Iterator[Metric]:
     for view in snap.streams:
         for stage, lat in sorted((view.latency or {}).items()):
             if lat.buckets:
-                family.add_metric([view.status.stream_id, stage], _buckets(lat), lat.sum_ms / 1000)
+                family.add_metric([view.status.stream_id, stage], _buckets(lat), lat.sum / 1000)
     yield family
 
 

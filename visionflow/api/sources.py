@@ -23,22 +23,12 @@ import redis
 from visionflow.schema import status_key, streams_key, worker_key
 from visionflow.streams.state import StreamState
 from visionflow.streams.urls import redact_text, redact_url
+from visionflow.workers.latency import StageLatency, parse_latency_json
 from visionflow.workers.status import PipelineStatus, StreamStatus, WorkerStatus
 
 #: worker hashes are read in chunks of this many ids (workers are numbered 0, 1, ...)
 WORKER_CHUNK = 16
 STAGES = ("decode", "queue", "inference", "publish", "total")
-
-
-@dataclass(frozen=True)
-class StageLatency:
-    """One stage's latency distribution (milliseconds)."""
-
-    p50: float | None
-    p99: float | None
-    count: int
-    sum_ms: float
-    buckets: tuple[tuple[float, int], ...]  # (upper bound ms, cumulative count), ascending
 
 
 @dataclass(frozen=True)
@@ -77,39 +67,16 @@ class StatusSource(Protocol):
 
 
 def parse_latency(raw: str | None) -> dict[str, StageLatency] | None:
-    """The ``latency_ms`` status field (JSON ``{stage: {p50, p99, count, sum, buckets}}``)."""
-    if not raw:
-        return None
+    """The ``latency_ms`` status field; None when the stream has no measured stage yet (or
+    the field is absent or unreadable: a status written by another version)."""
     try:
-        data = json.loads(raw)
-    except ValueError:
+        return parse_latency_json(raw or "") or None
+    except (ValueError, TypeError, KeyError, AttributeError):
         return None
-    if not isinstance(data, dict):
-        return None
-    out: dict[str, StageLatency] = {}
-    for stage, d in data.items():
-        if not isinstance(d, dict):
-            continue
-        buckets = tuple((float(le), int(n)) for le, n in d.get("buckets") or ())
-        out[str(stage)] = StageLatency(
-            p50=_num(d.get("p50")),
-            p99=_num(d.get("p99")),
-            count=int(d.get("count") or 0),
-            sum_ms=float(d.get("sum") or 0.0),
-            buckets=buckets,
-        )
-    return out
-
-
-def _num(value: Any) -> float | None:
-    return None if value is None else float(value)
 
 
 def _latency_of(status: StreamStatus) -> dict[str, StageLatency] | None:
-    """The in-process status's latency, read through the same field Redis gets."""
-    if not hasattr(status, "latency"):
-        return None
-    return parse_latency(status.redis_fields().get("latency_ms"))
+    return dict(status.latency) or None
 
 
 class PipelineSource:

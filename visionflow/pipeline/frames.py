@@ -1,13 +1,15 @@
 """Frozen records passed between stages (ingest -> scheduler -> inference -> output stage).
 
 They carry metadata only; pixels travel through shared memory
-(:mod:`visionflow.pipeline.framepool`), so a message stays a few hundred bytes.
+(:mod:`visionflow.pipeline.framepool`), so a message stays a few hundred bytes.  The one
+exception is :class:`FrameImage`: at most one frame per stream per snapshot interval, copied
+by the inference worker for the output stage's annotated snapshots.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class Size(NamedTuple):
@@ -45,6 +47,7 @@ class FrameRef:
     slot: int
     letterbox: Letterbox
     lossless: bool = False  # a file read faster than real time: wait, never drop
+    snapshot: bool = False  # its pixels go to the output stage for the stream's snapshot
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,17 @@ class FrameResult:
 
 
 @dataclass(frozen=True)
+class FrameImage:
+    """The pixels of a frame marked ``snapshot``: its letterboxed image without the padding,
+    ``[scaled_h, scaled_w, 3]`` RGB uint8 (a box in original pixels times ``letterbox.scale``
+    lands on it)."""
+
+    stream_id: str
+    seq: int
+    pixels: Any  # numpy uint8 array
+
+
+@dataclass(frozen=True)
 class BatchResult:
     """What an inference worker sends back for one batch."""
 
@@ -90,3 +104,4 @@ class BatchResult:
     worker_id: int
     results: tuple[FrameResult, ...]
     error: str | None = None
+    images: tuple[FrameImage, ...] = ()  # of its frames marked ``snapshot``

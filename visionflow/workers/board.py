@@ -29,6 +29,7 @@ from visionflow.streams.backoff import Backoff
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.state import StreamState
 from visionflow.streams.urls import redact_text, redact_url
+from visionflow.workers.latency import StageLatency
 from visionflow.workers.messages import (
     IngestHeartbeat,
     OutputStats,
@@ -92,6 +93,7 @@ class StatusBoard:
         self._published: Counter[str] = Counter()
         self._output_drops: dict[str, Counter[str]] = {}
         self._output_pid = 0
+        self._latency: dict[str, dict[str, StageLatency]] = {}  # of the current output process
         self._base_published: Counter[str] = Counter()  # counts of output processes gone
         self._base_drops: dict[str, Counter[str]] = {}
         self._lock = threading.Lock()
@@ -157,6 +159,7 @@ class StatusBoard:
         self._output_pid = msg.pid
         self.output = msg
         self._published = Counter(dict(msg.published))
+        self._latency = {sid: dict(stages) for sid, stages in msg.latency}
         self._output_drops = {}
         for sid, reason, n in msg.dropped:
             self._output_drops.setdefault(sid, Counter())[reason] += n
@@ -319,6 +322,7 @@ class StatusBoard:
             skipped_analysis=base["skipped_analysis"] + (stats.skipped_analysis if stats else 0),
             target_fps=stats.target_fps if stats else None,
             source_fps=stats.source_fps if stats else None,
+            latency=self._latency.get(sid, {}),
         )
 
     @staticmethod

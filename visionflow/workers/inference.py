@@ -40,8 +40,15 @@ from typing import Any
 from visionflow.engines import EngineConfig, create_engine
 from visionflow.engines.base import Engine, PendingBatch, Thresholds
 from visionflow.errors import DeviceLostError
+from visionflow.pipeline.crop import copy_content
 from visionflow.pipeline.framepool import PoolCache
-from visionflow.pipeline.frames import BatchRequest, BatchResult, FrameRef, FrameResult
+from visionflow.pipeline.frames import (
+    BatchRequest,
+    BatchResult,
+    FrameImage,
+    FrameRef,
+    FrameResult,
+)
 from visionflow.pipeline.postprocess import to_detections
 from visionflow.workers.logs import setup_child_logging
 from visionflow.workers.messages import BatchDone, PoolClosed, WorkerFailed, WorkerReady
@@ -207,12 +214,30 @@ class WorkerLoop:
         busy_ms = (now - max(item.submitted, self._last_done)) * 1000
         self._last_done = now
         batch_id, wid = item.request.batch_id, self.spec.worker_id
-        self.queues.output.put(BatchResult(batch_id, wid, results, error))
+        images = self._images(item) if results else ()
+        self.queues.output.put(BatchResult(batch_id, wid, results, error, images))
         n = len(item.request.frames)
         done = BatchDone(batch_id, wid, n, round(busy_ms, 3), error, item.skipped)
         self.queues.done.put(done)
         if sticky:
             raise DeviceLostError(f"worker {wid}: sticky CUDA error in batch {batch_id}: {error}")
+
+    def _images(self, item: _Pending) -> tuple[FrameImage, ...]:
+        """Copies of the frames ingest marked for snapshots (at most one per stream per
+        snapshot interval), taken before BatchDone lets the scheduler free their slots.  A
+        copy that fails costs that snapshot, never the batch."""
+        images = []
+        for frame in item.frames:
+            if not frame.snapshot:
+                continue
+            try:
+                pixels = copy_content(self.pools.get(frame.pool).image(frame.slot), frame.letterbox)
+            except Exception as exc:
+                wid = self.spec.worker_id
+                log.warning("worker %d: snapshot of %s not copied: %s", wid, frame.stream_id, exc)
+                continue
+            images.append(FrameImage(frame.stream_id, frame.seq, pixels))
+        return tuple(images)
 
     def _results(self, item: _Pending, decoded: list[Any]) -> tuple[FrameResult, ...]:
         names = self.spec.class_names

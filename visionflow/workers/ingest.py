@@ -129,8 +129,11 @@ class StreamReader:
         control: Any,
         decode: str = "cpu",
         limiter: ReconnectLimiter | None = None,
+        snapshot_interval_s: float = 0.0,
     ) -> None:
         self.stream, self.policy, self.pool = stream, policy, pool
+        self.snapshot_interval_s = snapshot_interval_s  # 0: no frame is marked for snapshots
+        self._next_snapshot = 0.0
         self.limiter = limiter  # shared by the process's readers: connects per second
         self.announce, self.control = announce, control
         self.decode = decode
@@ -387,8 +390,17 @@ class StreamReader:
                 slot=slot,
                 letterbox=letterbox,
                 lossless=self.lossless,
+                snapshot=self._snapshot_due(now),
             )
         )
+
+    def _snapshot_due(self, now: float) -> bool:
+        """Mark at most one frame per snapshot interval (a marked frame that is dropped
+        later leaves that interval without a snapshot)."""
+        if self.snapshot_interval_s <= 0 or now < self._next_snapshot:
+            return False
+        self._next_snapshot = now + self.snapshot_interval_s
+        return True
 
     @property
     def lossless(self) -> bool:
@@ -446,8 +458,10 @@ class IngestProcess:
         decode: str = "cpu",
         device_frames: bool = False,
         announce_interval_s: float = 0.004,
+        snapshot_interval_s: float = 0.0,
     ) -> None:
         self.index, self.run_id, self.policy = index, run_id, policy
+        self.snapshot_interval_s = snapshot_interval_s
         self.decode = decode
         self.device_frames = device_frames
         self.width, self.height = input_size
@@ -475,6 +489,7 @@ class IngestProcess:
             self.queues.control,
             self.decode,
             self.limiter,
+            self.snapshot_interval_s,
         )
         reader.seq = first_seq - 1
         self.readers[stream.id] = reader
@@ -579,6 +594,7 @@ class IngestSpec:
     plan: IngestPlan = IngestPlan()
     announce_interval_s: float = 0.004
     first_seqs: tuple[tuple[str, int], ...] = ()  # a restarted process goes on counting
+    snapshot_interval_s: float = 0.0  # mark a frame per stream this often (0: never)
 
 
 def ingest_main(spec: IngestSpec, queues: IngestQueues, log_level: int) -> None:
@@ -596,6 +612,7 @@ def ingest_main(spec: IngestSpec, queues: IngestQueues, log_level: int) -> None:
         plan.decode,
         plan.device_frames,
         spec.announce_interval_s,
+        spec.snapshot_interval_s,
     )
     signal.signal(signal.SIGTERM, lambda *_: process.stopping.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop

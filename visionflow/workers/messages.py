@@ -8,6 +8,7 @@ from visionflow.engines.base import EngineInfo
 from visionflow.pipeline.frames import FrameRef
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.state import StreamState
+from visionflow.workers.latency import StreamLatency
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ class OutputStats:
     final: bool = False
     pid: int = 0  # which output process (counts of a dead one are kept, not replaced)
     held_batches: int = 0  # batches waiting for an earlier one in the reorder buffer
+    latency: tuple[tuple[str, StreamLatency], ...] = ()  # per stream, per stage (written ones)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,10 @@ Workers send detections here directly; the scheduler only hears that a batch is 
 :class:`Processor` is the seam where a tracker or a zone filter plugs in: it sees every
 stream's results in order and may add to or filter them.  Sinks are isolated from each
 other: one that raises is counted and logged, the rest still get every result.  Counters go
-to the status board as :class:`~visionflow.workers.messages.OutputStats` twice a second.
+to the status board as :class:`~visionflow.workers.messages.OutputStats` twice a second,
+with the detections sink's per-stage latency (:mod:`visionflow.workers.latency`).  Sinks:
+detections (:class:`RedisStreamSink`) and per-minute counts (:mod:`visionflow.workers.counts`);
+frames that carry pixels also go to the snapshot writer (:mod:`visionflow.workers.snapshots`).
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from typing import Any, Protocol
 from visionflow.config import RedisConfig
 from visionflow.pipeline.frames import BatchResult, FrameResult
 from visionflow.pipeline.ordering import BatchReorder
+from visionflow.workers.counts import CountsSink
 from visionflow.workers.logs import setup_child_logging
 from visionflow.workers.messages import BatchAbandoned, OutputStats
 from visionflow.workers.sinks import RedisStreamSink, Sink
+from visionflow.workers.snapshots import SnapshotWriter
 
 log = logging.getLogger("visionflow.output")
 STATS_S = 0.5
@@ -52,10 +57,12 @@ class OutputStage:
         sinks: Sequence[Sink],
         processors: Sequence[Processor] = (),
         first_batch_id: int = 1,
+        snapshots: SnapshotWriter | None = None,
     ) -> None:
         if not sinks:
             raise ValueError("the output stage needs at least one sink")
         self.sinks, self.processors = list(sinks), list(processors)
+        self.snapshots = snapshots
         self.reorder: BatchReorder[tuple[FrameResult, ...]] = BatchReorder(first_batch_id)
         self.sink_errors: Counter[str] = Counter()
         self.lost: Counter[tuple[str, str]] = Counter()  # abandoned: (stream, reason) -> frames
@@ -64,7 +71,19 @@ class OutputStage:
 
     def on_result(self, result: BatchResult) -> int:
         """A worker's batch; returns how many results went to the sinks."""
+        if result.images and self.snapshots is not None:
+            self._offer_snapshots(result)
         return self._emit(self.reorder.add(result.batch_id, result.results))
+
+    def _offer_snapshots(self, result: BatchResult) -> None:
+        """Frames with pixels go to the snapshot writer with their detections (before the
+        reorder: a snapshot need not wait for an earlier batch)."""
+        assert self.snapshots is not None
+        by_frame = {(r.frame.stream_id, r.frame.seq): r for r in result.results}
+        for image in result.images:
+            found = by_frame.get((image.stream_id, image.seq))
+            if found is not None:
+                self.snapshots.offer(found, image.pixels)
 
     def skip_stale(self, timeout_s: float = GAP_TIMEOUT_S) -> int:
         skipped = len(self.reorder.skipped)
@@ -140,13 +159,18 @@ class OutputStage:
             final=final,
             pid=os.getpid(),
             held_batches=self.reorder.held,
+            latency=sink.latency.snapshot() if sink.latency is not None else (),
         )
 
     def start(self) -> None:
         for sink in self.sinks:
             sink.start()
+        if self.snapshots is not None:
+            self.snapshots.start()
 
     def stop(self, flush_timeout: float) -> None:
+        if self.snapshots is not None:
+            self.snapshots.stop()
         for sink in self.sinks:
             try:
                 sink.stop(flush_timeout)
@@ -163,13 +187,19 @@ class OutputSpec:
     model_id: str
     first_batch_id: int = 1
     flush_timeout_s: float = 5.0
+    snapshot_interval_s: float = 0.0  # 0: no snapshots
 
 
 def build_stage(spec: OutputSpec) -> OutputStage:
-    return OutputStage(
-        [RedisStreamSink(spec.redis, spec.redis_url, spec.model_id)],
-        first_batch_id=spec.first_batch_id,
-    )
+    """Detections first (the primary sink, whose counts are 'published'), then counts;
+    snapshots beside them (they need pixels, which only some results carry)."""
+    sinks: list[Sink] = [RedisStreamSink(spec.redis, spec.redis_url, spec.model_id)]
+    if spec.redis.counts_retention_s > 0:
+        sinks.append(CountsSink(spec.redis, spec.redis_url))
+    snapshots = None
+    if spec.snapshot_interval_s > 0:
+        snapshots = SnapshotWriter(spec.redis, spec.redis_url, spec.snapshot_interval_s)
+    return OutputStage(sinks, first_batch_id=spec.first_batch_id, snapshots=snapshots)
 
 
 def serve(stage: OutputStage, inbox: Any, control: Any, flush_timeout: float) -> None:

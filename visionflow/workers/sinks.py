@@ -51,6 +51,7 @@ from visionflow.schema import (
 )
 from visionflow.streams.backoff import Backoff
 from visionflow.streams.urls import redact_text, redact_url
+from visionflow.workers.latency import LatencyBook
 from visionflow.workers.spool import Spool, SpoolRecord
 
 log = logging.getLogger("visionflow.sinks")
@@ -63,6 +64,7 @@ class Sink(abc.ABC):
     name: str = "sink"
     published: Counter[str]
     dropped: Counter[str]
+    latency: LatencyBook | None = None  # per-stage latency of what it wrote (None: not kept)
 
     def start(self) -> None:  # noqa: B027 - optional hook
         """Start background work (connections, threads)."""
@@ -75,16 +77,29 @@ class Sink(abc.ABC):
     def pending(self) -> int:
         return 0
 
+    _connected: bool = True  # a sink with a connection keeps these two up to date
+    _last_error: str | None = None
+
     @property
     def connected(self) -> bool:
-        return True
+        return self._connected
 
     @property
     def last_error(self) -> str | None:
-        return None
+        return self._last_error
 
     def stop(self, flush_timeout: float = 5.0) -> None:  # noqa: B027 - optional hook
         """Write what is buffered (up to ``flush_timeout``) and release resources."""
+
+
+def sink_client(config: RedisConfig, url: str) -> redis.Redis:
+    """A client whose calls fail within ``socket_timeout_s`` (a sink thread must not hang)."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=config.socket_timeout_s,
+        socket_connect_timeout=config.socket_timeout_s,
+        health_check_interval=0,
+    )
 
 
 _TOO_SMALL = "equal or smaller"  # Redis: "The ID specified in XADD is equal or smaller ..."
@@ -128,11 +143,16 @@ class _Entry:
             spooled=True,
         )
 
-    def final_fields(self, now: float) -> dict[str, str]:
-        latency = json.loads(self.fields.get("latency_ms", "{}"))
+    def latency(self, now: float) -> dict[str, float]:
+        """``latency_ms`` as written at ``now`` (publish and total end then)."""
+        latency: dict[str, float] = json.loads(self.fields.get("latency_ms", "{}"))
         latency["publish"] = round(max(0.0, (now - self.done_ts) * 1000), 2)
         latency["total"] = round((now - self.capture_ts) * 1000, 2)
-        return {**self.fields, "latency_ms": json.dumps(latency, separators=(",", ":"))}
+        return latency
+
+    def final_fields(self, now: float) -> dict[str, str]:
+        latency = json.dumps(self.latency(now), separators=(",", ":"))
+        return {**self.fields, "latency_ms": latency}
 
 
 _Buffered = FrameResult | _Entry
@@ -154,12 +174,7 @@ class RedisStreamSink(Sink):
     def __init__(self, config: RedisConfig, url: str, model_id: str) -> None:
         self.config, self.model_id = config, model_id
         self.safe_url = redact_url(url)
-        self._client = redis.Redis.from_url(
-            url,
-            socket_timeout=config.socket_timeout_s,
-            socket_connect_timeout=config.socket_timeout_s,
-            health_check_interval=0,
-        )
+        self._client = sink_client(config, url)
         self._buffer: deque[_Buffered] = deque()
         self._writing: list[_Buffered] = []  # taken out of the buffer, being written
         self._cond = threading.Condition()
@@ -180,6 +195,7 @@ class RedisStreamSink(Sink):
         self.spool_overflow: Counter[str] = Counter()  # unwritten entries a full spool dropped
         self.duplicates_skipped: Counter[str] = Counter()  # already in Redis: not re-added
         self.reassigned: Counter[str] = Counter()  # id taken by another entry: given a new one
+        self._latency = self.latency = LatencyBook()  # latency_ms of own entries, once written
         self.thread = threading.Thread(target=self._run, name="redis-sink", daemon=True)
 
     # ---- producer side ------------------------------------------------------------
@@ -201,14 +217,6 @@ class RedisStreamSink(Sink):
     def pending(self) -> int:
         spooled = self.spool.pending if self.spool is not None else 0
         return len(self._buffer) + len(self._writing) + spooled
-
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
-    @property
-    def last_error(self) -> str | None:
-        return self._last_error
 
     def start(self) -> None:
         """Open the spool (replaying what an earlier sink left there) and start writing."""
@@ -362,11 +370,11 @@ class RedisStreamSink(Sink):
             batch = self._take()
         try:
             if batch:
-                entries = self._write(batch)
+                entries, written_at = self._write(batch)
                 if records:
                     assert self.spool is not None
                     self.spool.ack(records[-1].end, len(records))
-                self._commit(entries)
+                self._commit(entries, written_at)
             elif not self._connected:
                 self._client.ping()
             self._set_connected(True, None)
@@ -376,11 +384,12 @@ class RedisStreamSink(Sink):
             self._set_connected(False, exc)
             self._retry_at = time.monotonic() + self._backoff.next_delay()
 
-    def _commit(self, entries: list[_Entry]) -> None:
+    def _commit(self, entries: list[_Entry], now: float) -> None:
         with self._cond:
             for entry in entries:
                 if entry.own:
                     self.published[entry.stream_id] += 1
+                    self._latency.observe(entry.stream_id, entry.latency(now))
                 if entry.spooled:
                     self.replayed[entry.stream_id] += 1
             self._writing = []
@@ -408,8 +417,9 @@ class RedisStreamSink(Sink):
         if last is None or entry_id > last:
             self._last_id[sid] = entry_id
 
-    def _write(self, batch: Sequence[_Buffered]) -> list[_Entry]:
-        """XADD every entry (pipelined); returns them, ids fixed, once Redis holds each."""
+    def _write(self, batch: Sequence[_Buffered]) -> tuple[list[_Entry], float]:
+        """XADD every entry (pipelined); returns them, ids fixed, once Redis holds each, and
+        the time their latency_ms was stamped with."""
         self._sync_ids({_sid(item) for item in batch if not isinstance(item, _Entry)})
         entries = [self._entry(item) for item in batch]
         with self._cond:
@@ -425,7 +435,7 @@ class RedisStreamSink(Sink):
                 self._settle_conflict(entry, now)
             elif isinstance(reply, Exception):
                 raise reply
-        return entries
+        return entries, now
 
     def _xadd(self, pipe: Any, entry: _Entry, now: float, entry_id: StreamId | None = None) -> None:
         pipe.xadd(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from visionflow.streams.state import StreamState
+from visionflow.workers.latency import StageLatency, latency_json
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class StreamStatus:
     skipped_analysis: int = 0  # frames not analysed: not decoded, or decoded and not used
     target_fps: float | None = None  # min(analysis_fps, fair share); None: every frame
     source_fps: float | None = None  # the camera's own frame rate, measured from packets
+    # per stage (decode, queue, inference, publish, total) of the entries written to Redis
+    # by the current output process: recent p50/p99 and cumulative buckets (workers.latency)
+    latency: dict[str, StageLatency] = field(default_factory=dict)
 
     @property
     def accounted(self) -> bool:
@@ -74,6 +78,7 @@ class StreamStatus:
             "skipped_analysis": str(self.skipped_analysis),
             "url": self.url,
             "labels": json.dumps(self.labels, sort_keys=True),
+            "latency_ms": latency_json(self.latency),
             "updated_ts": f"{time.time():.3f}",
         }
 

@@ -217,7 +217,13 @@ class Pipeline:
         with self.loop.lock:
             inflight = [b for w in self.scheduler.dispatcher.workers.values() for b in w.inflight]
             first = min(inflight, default=self.scheduler.last_batch_id + 1)
-        spec = OutputSpec(self.config.redis, self.redis_url, self.model.model_id, first)
+        spec = OutputSpec(
+            self.config.redis,
+            self.redis_url,
+            self.model.model_id,
+            first,
+            snapshot_interval_s=self.config.output.snapshot_interval_s,
+        )
         return self._spawn(output_main, "output", spec, self._output_q, self._control_q)
 
     def _output_exited(self, child: Child, reason: str) -> None:
@@ -303,6 +309,7 @@ class Pipeline:
             slots=self.config.workers.slots_per_stream,
             plan=self._ingest_plans[index],
             first_seqs=first,
+            snapshot_interval_s=self.config.output.snapshot_interval_s,
         )
         commands = self._commands[index] = _CTX.Queue()
         queues = IngestQueues(self._sched_q, self._control_q, commands)
