@@ -29,7 +29,7 @@ from visionflow.config import AppConfig, load_config
 from visionflow.errors import ConfigError, VisionflowError
 from visionflow.redis_server import EmbeddedRedis, reachable
 from visionflow.schema import detections_key
-from visionflow.streams.urls import redact_text
+from visionflow.streams.urls import redact_text, redact_url
 from visionflow.workers.logs import setup_logging
 from visionflow.workers.status import PipelineStatus, StreamStatus
 
@@ -160,7 +160,7 @@ def demo(
     console.print("[bold]visionflow demo[/]: preparing synthetic camera scenes (cached)…")
     clips = demo_clips()
     cfg = demo_config(redis_url, clips)
-    with _redis_for(cfg) as url:
+    with _redis_for(cfg, fallback=True) as url:
         _explain_redis(cfg, url)
         _run_pipeline(cfg, url, duration, plain, show_detections=True)
     if snapshot_dir is not None:
@@ -313,7 +313,6 @@ def api(
     from visionflow.api.config import ApiConfig
     from visionflow.api.server import bind, redis_app, serve_foreground, url_of
     from visionflow.streams.registry import StreamRegistry
-    from visionflow.streams.urls import redact_url
 
     cfg = _load(config)
     try:
@@ -367,14 +366,20 @@ def _print_delivery(delivery: Delivery) -> None:
 
 
 @contextlib.contextmanager
-def _redis_for(cfg: AppConfig) -> Iterator[str]:
-    """The configured Redis if reachable; otherwise a private server for this run."""
-    if cfg.redis.url and reachable(cfg.redis.url):
+def _redis_for(cfg: AppConfig, fallback: bool = False) -> Iterator[str]:
+    """The configured Redis; a private server for this run when none is configured (or, with
+    ``fallback`` -- the demo -- when the configured one is unreachable).  ``visionflow run``
+    never swaps a configured Redis for a private one: its consumers would see nothing, and
+    the spool already keeps detections until the configured server is back."""
+    if cfg.redis.url and (not fallback or reachable(cfg.redis.url)):
+        if not fallback and not reachable(cfg.redis.url):
+            err_console.print(
+                f"[yellow]Redis at {redact_url(cfg.redis.url)} is not reachable yet; "
+                "detections are spooled until it is[/]"
+            )
         yield cfg.redis.url
         return
     if cfg.redis.url:
-        from visionflow.streams.urls import redact_url
-
         err_console.print(
             f"[yellow]Redis at {redact_url(cfg.redis.url)} is not reachable; "
             "starting a private local server instead[/]"

@@ -76,3 +76,43 @@ def test_demo_runs_publishes_and_writes_snapshots(tmp_path: Path):
         if tok.count(":") == 3 and tok.endswith("pub")
     ]
     assert published and max(published) > 50, result.stdout
+
+
+def test_run_keeps_a_configured_redis_that_is_down_and_delivers_once_it_is_up(
+    rtsp, killable_redis, tmp_path: Path
+):
+    """`visionflow run` never swaps a configured but unreachable Redis for a private one
+    (consumers of the configured one would see nothing): it says so, spools, and delivers
+    when that Redis comes up."""
+    import json
+    import signal
+
+    import redis
+
+    from tests.conftest import wait_until
+    from tests.integration.helpers import start_run
+
+    killable_redis.kill()
+    server = rtsp({"cam": "test:160x120@10"})
+    cfg = {
+        "streams": [{"id": "cam", "url": server.url("cam")}],
+        "redis": {"url": killable_redis.url, "key_prefix": "down", "spool_dir": str(tmp_path)},
+    }
+    path = tmp_path / "site.yaml"
+    path.write_text(json.dumps(cfg))
+    lines: list[str] = []
+    proc, reader = start_run(path, lines)
+    try:
+        wait_until(lambda: "not reachable yet" in "".join(lines), 60, lambda: "".join(lines))
+        assert "private local server" not in "".join(lines)
+        killable_redis.start()
+        client = redis.Redis.from_url(killable_redis.url)
+        wait_until(
+            lambda: client.xlen("down:detections:cam") > 0,
+            60,
+            lambda: f"nothing delivered to the configured Redis: {''.join(lines)[-2000:]}",
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        reader.join(timeout=5)
