@@ -5,11 +5,18 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import redis
 
+from tests.conftest import ROOT
 from visionflow.config import AppConfig, parse_config
 from visionflow.schema import Entry, detections_key, parse_entry
 from visionflow.workers.supervisor import Pipeline
@@ -60,3 +67,41 @@ def assert_books_balance(status: Any, client: redis.Redis, prefix: str) -> None:
         seqs = [e.seq for e in entries(client, prefix, s.stream_id)]
         assert all(b > a for a, b in itertools.pairwise(seqs)), f"{s.stream_id}: seq repeated"
         assert len(seqs) == s.published, s
+
+
+@contextlib.contextmanager
+def visionflow_cli(*args: str, env: dict[str, str] | None = None) -> Iterator[list[str]]:
+    """``python -m visionflow <args>`` in the background (this worktree's code, ``env`` added
+    to the environment); yields its output lines as they come; SIGTERM at the end, and the
+    process must still have been running then."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "visionflow", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        yield lines
+        assert proc.poll() is None, "".join(lines)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=5)
+
+
+def http_get(base: str, path: str, **kwargs: Any) -> httpx.Response | None:
+    """GET ``base + path``; None when nothing answers."""
+    try:
+        return httpx.get(base + path, timeout=5, **kwargs)
+    except httpx.HTTPError:
+        return None
