@@ -22,8 +22,11 @@ def encode_jpeg(image: npt.NDArray[np.uint8], quality: int = 5) -> bytes:
     return b"".join(bytes(p) for p in packets)
 
 
-def scene_jpeg(width: int = 640, height: int = 360, seed: int = 1, index: int = 90) -> bytes:
+def scene_jpeg(
+    width: int = 640, height: int = 360, seed: int = 1, index: int = 90, noise: float = 4.0
+) -> bytes:
     """One frame of a synthetic scene with its objects' boxes drawn, as JPEG."""
-    image, truth = SceneGenerator(SceneSpec(width, height, seed=seed)).render(index)
+    spec = SceneSpec(width, height, seed=seed, noise_sigma=noise)
+    image, truth = SceneGenerator(spec).render(index)
     boxes = [(t.class_id, (t.x1, t.y1, t.x2, t.y2)) for t in truth if not t.ignorable]
     return encode_jpeg(annotate(image, boxes))

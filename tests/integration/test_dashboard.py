@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +23,11 @@ import redis
 from tests.conftest import ROOT, wait_until
 from tests.images import scene_jpeg
 from tests.integration.helpers import http_get, visionflow_cli
+from tests.unit.api.conftest import pipeline_status, stream_status, worker_status, write_status
 from visionflow.redis_server import free_port
-from visionflow.schema import COUNT_BUCKET_S, count_field, counts_key, snapshot_key
+from visionflow.schema import COUNT_BUCKET_S, count_field, counts_key, snapshot_key, status_key
+from visionflow.streams.state import StreamState
+from visionflow.workers.status import StreamStatus
 
 pytestmark = pytest.mark.integration
 CHROMIUM = Path("/usr/bin/chromium")
@@ -51,6 +55,7 @@ def browser_page() -> Iterator[tuple[Any, list[str]]]:
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "failure.png").unlink(missing_ok=True)
     print(f"\ndashboard screenshots: {ARTIFACTS}")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -183,4 +188,117 @@ def test_dashboard_shows_streams_turns_a_stopped_camera_red_and_a_new_one_appear
         page.fill("#filter", "")
         wait_dom(page, tile("gate"), "clearing the filter did not show gate again")
         page.screenshot(path=str(ARTIFACTS / "3-stream-added.png"), full_page=True)
+    assert not errors, "the page reported errors:\n" + "\n".join(errors)
+
+
+def hundred_streams(t: float) -> tuple[StreamStatus, ...]:
+    """100 cameras: 3 failed, 4 reconnecting, the rest streaming at varied rates."""
+    out = []
+    for i in range(1, 101):
+        sid = f"cam-{i:03d}"
+        if i in (17, 58, 91):
+            changes: dict[str, Any] = {
+                "state": StreamState.FAILED,
+                "fps": 0.0,
+                "analysis_fps": 0.0,
+                "last_frame_ts": t - 95 - i,
+                "last_error": f"rtsp://10.0.{i}.7/live: cannot open: Connection refused "
+                "(gave up after 5 retries)",
+            }
+        elif i in (5, 33, 64, 77):
+            changes = {"state": StreamState.BACKOFF, "fps": 0.0, "analysis_fps": 0.0}
+            changes["last_frame_ts"] = t - 4 - i % 7
+        else:
+            changes = {"fps": 24.0 + (i % 7) * 0.4, "analysis_fps": 5.0 + (i % 3) * 2.5}
+        changes["url"] = f"rtsp://10.0.{i}.7/live"
+        changes["labels"] = {"site": ("north", "south", "dock")[i % 3]}
+        changes["published"] = 1000 * i + 17
+        changes["drops"] = {"inference_behind": i % 5} if i % 4 == 0 else {}
+        out.append(stream_status(sid, **changes))
+    return tuple(out)
+
+
+@contextlib.contextmanager
+def status_writer(url: str, prefix: str, client: redis.Redis) -> Iterator[None]:
+    """What the pipeline's status writer does every second: 100 streams, 2 workers, and
+    each streaming stream's latency_ms."""
+    stop = threading.Event()
+
+    def write() -> None:
+        streams = hundred_streams(time.time())
+        workers = (worker_status(0, device="cuda:0"), worker_status(1, device="cuda:1"))
+        write_status(url, prefix, pipeline_status(streams, workers))
+        pipe = client.pipeline(transaction=False)
+        for n, s in enumerate(streams):
+            if s.state == StreamState.STREAMING:
+                p50 = 38.0 + n % 9 * 2.5
+                total = {"p50": p50, "p99": p50 * 2.4, "count": 500, "sum": p50 * 500}
+                pipe.hset(
+                    status_key(prefix, s.stream_id), "latency_ms", json.dumps({"total": total})
+                )
+        pipe.execute()
+
+    def run() -> None:
+        while not stop.wait(1.0):
+            write()
+
+    write()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def test_dashboard_at_100_streams_from_visionflow_api(
+    redis_client, redis_server, key_prefix, tmp_path, browser_page
+):
+    """``visionflow api`` alone, reading the status 100 cameras' pipeline keeps in Redis."""
+    page, errors = browser_page
+    ids = [f"cam-{i:03d}" for i in range(1, 101)]
+    seed_counts(redis_client, key_prefix, ids[:12])
+    for n, sid in enumerate(ids[:16]):
+        jpeg = scene_jpeg(480, 270, seed=n + 1, index=60 + n * 7, noise=1.0)
+        redis_client.set(snapshot_key(key_prefix, sid), jpeg, ex=600)
+    port = free_port()
+    cfg = {"streams": [], "redis": {"url": redis_server, "key_prefix": key_prefix}}
+    path = tmp_path / "api.yaml"
+    path.write_text(json.dumps(cfg))
+    base = f"http://127.0.0.1:{port}"
+    with (
+        status_writer(redis_server, key_prefix, redis_client),
+        visionflow_cli("api", "-c", str(path), "--listen", f"127.0.0.1:{port}") as lines,
+    ):
+        wait_until(
+            lambda: (r := http_get(base, "/readyz")) is not None and r.status_code == 200,
+            30,
+            lambda: f"visionflow api never ready: {''.join(lines)[-3000:]}",
+        )
+        page.goto(base + "/")
+        page.wait_for_function(
+            "document.querySelectorAll('.tile').length === 100", timeout=DOM_WAIT_MS
+        )
+        wait_dom(page, tile("cam-001", " img:not([hidden])"), "cam-001's snapshot never drawn")
+        order = page.eval_on_selector_all(".tile", "els => els.map(e => e.dataset.id)")
+        assert order[:3] == ["cam-017", "cam-058", "cam-091"], f"failed not first: {order[:8]}"
+        assert order[3:7] == ["cam-005", "cam-033", "cam-064", "cam-077"], order[:8]
+        assert page.inner_text("#n-bad") == "3" and page.inner_text("#n-warn") == "4"
+        page.screenshot(path=str(ARTIFACTS / "4-hundred-streams.png"))
+        page.click("#chips button[data-show='bad']")
+        shown = page.eval_on_selector_all(
+            ".tile:not([hidden])", "els => els.map(e => e.dataset.id)"
+        )
+        assert shown == ["cam-017", "cam-058", "cam-091"], shown
+        page.click("#chips button[data-show='all']")
+        page.fill("#filter", "dock")
+        shown = page.eval_on_selector_all(".tile:not([hidden])", "els => els.length")
+        assert shown == 33, f"{shown} tiles for site=dock, expected 33"
+        page.fill("#filter", "")
+        page.locator(tile("cam-010")).scroll_into_view_if_needed()  # frames load once on screen
+        wait_dom(page, tile("cam-010", " img:not([hidden])"), "cam-010's snapshot not loaded")
+        page.evaluate("window.scrollTo(0, 0)")
+        page.click(".density button[data-density='compact']")
+        page.screenshot(path=str(ARTIFACTS / "5-hundred-compact.png"))
     assert not errors, "the page reported errors:\n" + "\n".join(errors)

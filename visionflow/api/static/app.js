@@ -47,6 +47,10 @@ function fmtCompact(n) {
   if (a < 1e9) return (n / 1e6).toFixed(a < 1e7 ? 2 : 1) + "M";
   return (n / 1e9).toFixed(1) + "G";
 }
+function fmtAxis(v) {
+  if (v < 1000) return String(Math.round(v));
+  return (v >= 1e6 ? +(v / 1e6).toFixed(1) + "M" : +(v / 1e3).toFixed(1) + "k");
+}
 function fmtMs(v) {
   if (v === null || v === undefined) return "—";
   if (v >= 1000) return (v / 1000).toFixed(2) + "<small>s</small>";
@@ -123,8 +127,11 @@ function updateTile(t, s, asOf) {
   setText(t.age, s.last_frame_age_s === null || s.last_frame_age_s === undefined ? "" : "frame " + fmtAgo(s.last_frame_age_s));
 
   const fps = s.fps || {};
-  setHtml(t.fps, fmtNum(fps.decoded));
-  setHtml(t.afps, fmtNum(fps.analysed));
+  setHtml(t.fps, fmtNum(fps.decoded) + "<small>fps</small>");
+  setHtml(t.afps, fmtNum(fps.analysed) + "<small>fps</small>");
+  // rates of a stream that is not streaming are its last averages: shown, but dimmed
+  t.fps.classList.toggle("dim", tone !== "ok");
+  t.afps.classList.toggle("dim", tone !== "ok");
   const total = s.latency_ms && s.latency_ms.total;
   setHtml(t.p50, total ? fmtMs(total.p50) : "—");
   setHtml(t.p99, total ? fmtMs(total.p99) : "—");
@@ -209,13 +216,23 @@ function applyFilter() {
 }
 
 function renderSummary(body) {
+  const age = body.as_of ? Math.max(0, Date.now() / 1000 - body.as_of) : null;
+  const src = $("f-source");
+  setText(src, body.source === "redis"
+    ? (age === null ? "Redis, never written" : `Redis, ${age < 1 ? "fresh" : fmtSpan(age) + " old"}`)
+    : "pipeline, live");
+  src.title = body.source === "redis"
+    ? "visionflow api: the status the pipeline last wrote to Redis"
+    : "visionflow run: straight from the pipeline";
   const streams = body.streams;
   const sum = (f) => streams.reduce((a, s) => a + ((s.fps && s.fps[f]) || 0), 0);
   const down = streams.filter((s) => toneOf(s) === "bad").length;
   setHtml($("sum-streams"), `${streams.length}${down ? ` <span style="color:var(--bad)">· ${down} down</span>` : ""}`);
   setText($("sum-decoded"), fmtNum(sum("decoded")) + " fps");
   setText($("sum-analysed"), fmtNum(sum("analysed")) + " fps");
-  setText($("sum-model"), body.model_id || "—");
+  setText($("sum-model"), body.model_id || "");
+  $("sum-model").title = body.model_id || "";
+  $("sum-model-box").hidden = !body.model_id;
 }
 
 // ---- snapshots: only for tiles on screen, one fetch per tile at a time ---------------------
@@ -316,8 +333,12 @@ function renderWorkers(body) {
     tbody._html = html;
   }
   const r = body.redis || {};
-  const pending = r.pending ? ` · ${fmtCompact(r.pending)} pending` : "";
-  setText($("workers-sub"), r.connected === false ? "output stage: Redis unreachable" : `Redis ${r.connected ? "connected" : "—"}${pending}`);
+  const redisEl = $("f-redis");
+  setText(redisEl, r.connected === true ? "connected" : r.connected === false ? "unreachable" : "—");
+  redisEl.className = r.connected === false ? "bad" : r.connected ? "good" : "";
+  redisEl.title = r.error || "";
+  setText($("f-pending"), r.pending === null || r.pending === undefined ? "—"
+    : r.pending === 0 ? "none" : fmtCompact(r.pending) + (r.pending === 1 ? " entry" : " entries"));
 }
 
 function morphRow(dst, src) {
@@ -394,7 +415,7 @@ function renderChart() {
   for (let k = 0; k <= 4; k++) {
     const v = (ymax * k) / 4, yy = Math.round(y(v)) + 0.5;
     svg += `<line class="grid-line" x1="${left}" x2="${W - right}" y1="${yy}" y2="${yy}"/>`;
-    svg += `<text class="axis" x="${left - 6}" y="${yy + 3.5}" text-anchor="end">${fmtCompact(v)}</text>`;
+    svg += `<text class="axis" x="${left - 6}" y="${yy + 3.5}" text-anchor="end">${fmtAxis(v)}</text>`;
   }
   for (let i = 0; i < n; i++) {
     let acc = 0;
@@ -457,11 +478,11 @@ async function tick() {
 
 function renderFreshness() {
   const el = $("updated");
-  if (!state.lastOk) { setText(el, "waiting for the API…"); return; }
+  if (!state.lastOk) { setText($("updated-text"), "waiting for the API…"); return; }
   const s = (performance.now() - state.lastOk) / 1000;
   const stale = s > STALE_S;
   el.classList.toggle("stale", stale);
-  setText(el, stale ? `updated ${fmtAgo(s)}` : "live");
+  setText($("updated-text"), stale ? `updated ${fmtAgo(s)}` : "live");
   const banner = $("banner");
   banner.hidden = !stale;
   if (stale) setText(banner, `The API has not answered for ${fmtSpan(s)}: the figures below are from then.`);
