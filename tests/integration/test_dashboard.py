@@ -96,6 +96,15 @@ def seed_counts(client: redis.Redis, prefix: str, streams: list[str]) -> None:
     pipe.execute()
 
 
+def boxes(page: Any) -> list[Any]:
+    """Every tile's id and box on the page (whole pixels)."""
+    return page.eval_on_selector_all(  # type: ignore[no-any-return]
+        ".tile",
+        "els => els.map(e => { const r = e.getBoundingClientRect();"
+        " return [e.dataset.id, ...[r.x, r.y, r.width, r.height].map(Math.round)]; })",
+    )
+
+
 def tile(stream_id: str, extra: str = "") -> str:
     return f'.tile[data-id="{stream_id}"]{extra}'
 
@@ -163,6 +172,10 @@ def test_dashboard_shows_streams_turns_a_stopped_camera_red_and_a_new_one_appear
         assert "person" in page.inner_text("#legend")
         wait_dom(page, ".health[data-ok='yes']", "health never shown ready")
         wait_dom(page, "#workers tr[data-worker='0']", "worker 0 not listed")
+        before = boxes(page)
+        polls = int(page.get_attribute("body", "data-polls") or 0)
+        page.wait_for_function(f"+document.body.dataset.polls >= {polls + 2}", timeout=DOM_WAIT_MS)
+        assert boxes(page) == before, "tiles moved or changed size while their numbers updated"
         page.screenshot(path=str(ARTIFACTS / "1-streaming.png"), full_page=True)
 
         cam_b.stop()  # the camera goes away: reconnects fail, then the stream is failed
@@ -182,10 +195,11 @@ def test_dashboard_shows_streams_turns_a_stopped_camera_red_and_a_new_one_appear
         assert added.status_code == 201, added.text
         wait_dom(page, tile("yard"), "the stream added through the API has no tile")
         wait_dom(page, tile("yard", '[data-state="streaming"]'), "the added stream never streams")
-        page.fill("#filter", "yard")
+        page.keyboard.press("/")  # the shortcut to the filter box
+        page.keyboard.type("yard")
         wait_dom(page, tile("gate"), "filter did not hide gate", state="hidden")
         assert page.is_visible(tile("yard"))
-        page.fill("#filter", "")
+        page.keyboard.press("Escape")
         wait_dom(page, tile("gate"), "clearing the filter did not show gate again")
         page.screenshot(path=str(ARTIFACTS / "3-stream-added.png"), full_page=True)
     assert not errors, "the page reported errors:\n" + "\n".join(errors)

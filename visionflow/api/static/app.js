@@ -474,6 +474,7 @@ async function tick() {
   if (snaps.ok && snaps.body) state.snapshots = new Set(snaps.body.streams);
   pumpSnapshots();
   renderFreshness();
+  document.body.dataset.polls = String(Number(document.body.dataset.polls || 0) + 1);
 }
 
 function renderFreshness() {
@@ -537,6 +538,13 @@ function wire() {
   let resizeTimer = 0;
   window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(renderChart, 120); });
   setInterval(renderFreshness, 1000);
+  document.addEventListener("keydown", (e) => {  // "/" jumps to the filter box, Escape clears it
+    const f = $("filter");
+    if (e.key === "/" && document.activeElement !== f) { e.preventDefault(); f.focus(); f.select(); }
+    else if (e.key === "Escape" && document.activeElement === f) {
+      f.value = ""; state.filter = ""; applyFilter(); pumpSnapshots(); f.blur();
+    }
+  });
 }
 
 wire();
