@@ -4,7 +4,8 @@
 #   bootstrap.sh runtime   python3 + venv, visionflow with its runtime dependencies
 #   bootstrap.sh gpu       runtime + the `gpu` extra and the NVIDIA stack pinned in
 #                          scripts/gpu-requirements.txt (torch, DALI, PyNvVideoCodec, TensorRT)
-#   bootstrap.sh dev       + redis-server, gst-rtsp-server for /usr/bin/python3, test tools
+#   bootstrap.sh dev       + redis-server, gst-rtsp-server for /usr/bin/python3, chromium (the
+#                          dashboard's browser test), test tools
 # Runs as root (a container build: no sudo needed or used) or as a user with sudo.
 # PYTHON picks the interpreter (default python3).
 set -euo pipefail
@@ -23,7 +24,7 @@ python_ready() {
 packages=()
 python_ready || packages+=(python3 python3-venv python3-pip)
 if [ "$mode" = dev ]; then
-  packages+=(redis-server python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
+  packages+=(redis-server chromium python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
              gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad)
 fi
 missing=()

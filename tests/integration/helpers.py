@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -13,13 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 
+from tests.conftest import ROOT
 from visionflow.config import AppConfig, parse_config
 from visionflow.schema import Entry, detections_key, parse_entry
 from visionflow.workers.supervisor import Pipeline
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def config(streams: list[dict[str, Any]], redis_url: str, prefix: str, **extra: Any) -> AppConfig:
@@ -85,3 +87,41 @@ def start_run(path: Path, lines: list[str]) -> tuple[subprocess.Popen[str], thre
     reader = threading.Thread(target=lambda: lines.extend(stdout), daemon=True)
     reader.start()
     return proc, reader
+
+
+@contextlib.contextmanager
+def visionflow_cli(*args: str, env: dict[str, str] | None = None) -> Iterator[list[str]]:
+    """``python -m visionflow <args>`` in the background (this worktree's code, ``env`` added
+    to the environment); yields its output lines as they come; SIGTERM at the end, and the
+    process must still have been running then."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "visionflow", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        yield lines
+        assert proc.poll() is None, "".join(lines)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=5)
+
+
+def http_get(base: str, path: str, **kwargs: Any) -> httpx.Response | None:
+    """GET ``base + path``; None when nothing answers."""
+    try:
+        return httpx.get(base + path, timeout=5, **kwargs)
+    except httpx.HTTPError:
+        return None

@@ -6,20 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, wait_until
+from tests.conftest import wait_until
+from tests.integration.helpers import http_get, visionflow_cli
 from visionflow.redis_server import free_port
 
 pytestmark = pytest.mark.integration
@@ -31,46 +26,14 @@ REGISTRY_KEY = "0HDNqTSCm7hfkK_5W-7fvSLXn8wEB4yCeA8AphLyW8k="
 
 @contextlib.contextmanager
 def cli(*args: str) -> Iterator[list[str]]:
-    """``python -m visionflow <args>`` in the background; its output lines; SIGTERM at the end."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "visionflow", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "VF_API_TOKEN": TOKEN,
-            "VISIONFLOW_REGISTRY_KEY": REGISTRY_KEY,
-        },
-    )
-    lines: list[str] = []
-    assert proc.stdout is not None
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
-    reader.start()
-    try:
+    with visionflow_cli(
+        *args, env={"VF_API_TOKEN": TOKEN, "VISIONFLOW_REGISTRY_KEY": REGISTRY_KEY}
+    ) as lines:
         yield lines
-        assert proc.poll() is None, "".join(lines)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        reader.join(timeout=5)
-
-
-def _get(base: str, path: str, **kwargs: Any) -> httpx.Response | None:
-    try:
-        return httpx.get(base + path, timeout=5, **kwargs)
-    except httpx.HTTPError:
-        return None
 
 
 def _frames(base: str) -> dict[str, int]:
-    answer = _get(base, "/streams")
+    answer = http_get(base, "/streams")
     if answer is None:
         return {}
     return {s["id"]: s["frames"] for s in answer.json()["streams"]}
@@ -97,18 +60,18 @@ def test_api_of_a_running_pipeline_and_of_visionflow_api(
     answers: list[str] = []
     with cli("run", "-c", str(path), "--plain") as lines:
         wait_until(
-            lambda: _get(base, "/healthz") is not None, 60, lambda: f"no API: {''.join(lines)}"
+            lambda: http_get(base, "/healthz") is not None, 60, lambda: f"no API: {''.join(lines)}"
         )
         ready = wait_until(
-            lambda: (r := _get(base, "/readyz")) is not None and r.status_code == 200 and r,
+            lambda: (r := http_get(base, "/readyz")) is not None and r.status_code == 200 and r,
             60,
-            lambda: f"never ready: {_get(base, '/readyz').json()}",  # type: ignore[union-attr]
+            lambda: f"never ready: {http_get(base, '/readyz').json()}",  # type: ignore[union-attr]
         )
         answers.append(ready.text)
         first = wait_until(
             lambda: (f := _frames(base)) and all(n > 0 for n in f.values()) and len(f) == 2 and f,
             60,
-            lambda: f"streams never all decoding: {_get(base, '/streams').text}",  # type: ignore[union-attr]
+            lambda: f"streams never all decoding: {http_get(base, '/streams').text}",  # type: ignore[union-attr]
         )
         wait_until(
             lambda: all(n > first[s] + 10 for s, n in _frames(base).items()),
@@ -142,7 +105,7 @@ def test_api_of_a_running_pipeline_and_of_visionflow_api(
         wait_until(
             lambda: _frames(base).get("cam-extra", 0) > 0,
             30,
-            lambda: f"the added stream never decoded: {_get(base, '/streams/cam-extra').text}",  # type: ignore[union-attr]
+            lambda: f"the added stream never decoded: {http_get(base, '/streams/cam-extra').text}",  # type: ignore[union-attr]
         )
         answers.append(httpx.get(base + "/streams/cam-extra", timeout=5).text)
         gone = httpx.delete(base + "/streams/cam-extra", headers=auth, timeout=10)
@@ -156,7 +119,7 @@ def test_api_of_a_running_pipeline_and_of_visionflow_api(
         alone = f"http://127.0.0.1:{alone_port}"
         with cli("api", "-c", str(path), "--listen", f"127.0.0.1:{alone_port}") as alone_lines:
             wait_until(
-                lambda: (r := _get(alone, "/readyz")) is not None and r.status_code == 200,
+                lambda: (r := http_get(alone, "/readyz")) is not None and r.status_code == 200,
                 30,
                 lambda: f"visionflow api never ready: {''.join(alone_lines)}",
             )
@@ -179,11 +142,11 @@ def test_api_of_a_running_pipeline_and_of_visionflow_api(
             answers.append(paused.text)
             wait_until(
                 lambda: (
-                    (r := _get(base, "/streams/cam-locked")) is not None
+                    (r := http_get(base, "/streams/cam-locked")) is not None
                     and r.json()["state"] == "disabled"
                 ),
                 15,
-                lambda: f"not disabled: {_get(base, '/streams/cam-locked').text}",  # type: ignore[union-attr]
+                lambda: f"not disabled: {http_get(base, '/streams/cam-locked').text}",  # type: ignore[union-attr]
             )
             conflicts = httpx.get(alone + "/registry/conflicts", headers=auth, timeout=5)
             assert conflicts.status_code == 200 and conflicts.json() == [], conflicts.text

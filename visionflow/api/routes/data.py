@@ -1,16 +1,17 @@
-"""``GET /streams/{id}/detections`` and ``GET /counts``: what the cameras saw."""
+"""``GET /streams/{id}/detections``, ``GET /streams/{id}/snapshot`` and ``GET /counts``:
+what the cameras saw."""
 
 from __future__ import annotations
 
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 
 from visionflow.api.context import ApiContext, context
 from visionflow.api.counts import CountsQuery, check, read_counts
 from visionflow.api.detections import bad_bound, read_page
-from visionflow.schema import detections_key
+from visionflow.schema import detections_key, snapshot_key
 
 router = APIRouter(tags=["data"])
 Ctx = Depends(context)
@@ -50,6 +51,30 @@ def detections(
         newest_first=order == "desc",
     )
     return {"stream": stream_id, "order": order, "entries": page.entries, "next": page.next}
+
+
+@router.get(
+    "/streams/{stream_id}/snapshot",
+    summary="The stream's latest annotated JPEG (404 when none is kept)",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "No snapshot"}},
+)
+def snapshot(stream_id: str, ctx: ApiContext = Ctx) -> Response:
+    data = ctx.redis.get(snapshot_key(ctx.prefix, stream_id))
+    if not isinstance(data, bytes) or not data:
+        raise HTTPException(404, f"no snapshot of stream {stream_id!r}")
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
+@router.get("/snapshots", summary="Ids of the streams that have a snapshot kept now")
+def snapshots(ctx: ApiContext = Ctx) -> dict[str, Any]:
+    """One pipelined EXISTS per known stream, so a page asks only for snapshots that exist."""
+    ids = [view.status.stream_id for view in ctx.source.snapshot().streams]
+    pipe = ctx.redis.pipeline(transaction=False)
+    for stream_id in ids:
+        pipe.exists(snapshot_key(ctx.prefix, stream_id))
+    kept = pipe.execute() if ids else []
+    return {"streams": [sid for sid, n in zip(ids, kept, strict=True) if n]}
 
 
 def _many(values: list[str] | None) -> tuple[str, ...]:
