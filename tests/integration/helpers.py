@@ -23,7 +23,6 @@ from visionflow.schema import Entry, detections_key, parse_entry
 from visionflow.workers.supervisor import Pipeline
 
 
-
 def config(streams: list[dict[str, Any]], redis_url: str, prefix: str, **extra: Any) -> AppConfig:
     raw: dict[str, Any] = {
         "streams": streams,
