@@ -163,7 +163,7 @@ def _publish_metrics(p: PublishStats) -> Iterator[Metric]:
     errors.add_metric([], p.errors)
     entries = _gauge("spool_entries", "Entries waiting in the on-disk spool for Redis.", [])
     entries.add_metric([], p.spool_entries)
-    size = _gauge("spool_bytes", "Bytes of the on-disk spool's segment files.", [])
+    size = _gauge("spool_bytes", "Bytes on disk of the spooled entries waiting.", [])
     size.add_metric([], p.spool_bytes)
     replayed = _counter("spool_replayed", "Spooled entries written once Redis was back.", [])
     replayed.add_metric([], p.replayed)

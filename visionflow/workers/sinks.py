@@ -201,7 +201,7 @@ class RedisStreamSink(Sink):
         self.duplicates_skipped: Counter[str] = Counter()  # already in Redis: not re-added
         self.reassigned: Counter[str] = Counter()  # id taken by another entry: given a new one
         self.write_errors = 0  # batches Redis did not take (kept and retried, or spooled)
-        self._spool_depth = (0, 0)  # (entries, bytes), noted by the writer thread
+        self._spool_depth = (0, 0)  # (entries, bytes) waiting, noted by the writer thread
         self._latency = self.latency = LatencyBook()  # latency_ms of own entries, once written
         self.thread = threading.Thread(target=self._run, name="redis-sink", daemon=True)
 
@@ -238,7 +238,7 @@ class RedisStreamSink(Sink):
     def _note_spool(self) -> None:
         """The spool's depth, read where the spool lives (the writer thread)."""
         if self.spool is not None:
-            self._spool_depth = (self.spool.pending, self.spool.size_bytes)
+            self._spool_depth = (self.spool.pending, self.spool.pending_bytes)
 
     def start(self) -> None:
         """Open the spool (replaying what an earlier sink left there) and start writing."""

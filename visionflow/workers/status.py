@@ -135,7 +135,7 @@ class PublishStats:
 
     errors: int = 0  # failed Redis writes (each a batch kept and retried, or spooled)
     spool_entries: int = 0  # entries waiting in the spool for Redis
-    spool_bytes: int = 0  # the spool's segment files on disk
+    spool_bytes: int = 0  # bytes of those entries on disk
     replayed: int = 0  # spool entries written once Redis was reachable again
     overflow: int = 0  # unwritten entries a full spool dropped
 

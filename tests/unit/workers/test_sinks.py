@@ -98,5 +98,6 @@ def test_failed_writes_spool_depth_and_replays_are_reported(killable_redis, key_
             lambda: f"spool not drained: {pub.publish_stats()}",
         )
         assert up.replayed == 40 and up.errors >= down.errors and up.overflow == 0
+        assert up.spool_bytes == 0
     finally:
         pub.stop()
