@@ -30,7 +30,12 @@ of the entries written, :mod:`visionflow.workers.latency`), ``updated_ts``; set
 ``<prefix>:streams`` lists the stream ids; hash ``<prefix>:worker:<id>`` holds each
 inference worker's ``state``, ``batches``, ``frames``, ``mean_batch``, ``inflight``
 (batches queued on it), ``restarts``, ``backend``, ``device``, ``placement``, ``error``,
-``updated_ts``.
+``batch_size_hist`` and ``inference_ms`` (JSON histograms of the frames per batch and of
+the busy ms per batch, same form as one stage of ``latency_ms``; '' before its first
+batch), ``updated_ts``; hash ``<prefix>:pipeline`` holds ``model_id``, ``uptime_s``,
+``redis_connected``, ``redis_error``, ``redis_pending`` (entries not written yet, spool
+included), ``publish_errors`` (failed Redis writes), ``spool_entries``, ``spool_bytes``,
+``spool_replayed``, ``spool_overflow``, ``ledger_violations``, ``updated_ts``.
 
 Reading them through a consumer group (at least once, XAUTOCLAIM, dead letters, and how
 ``MAXLEN`` trimming meets pending entries): :mod:`visionflow.consumer`, README "Consuming
@@ -60,6 +65,11 @@ def streams_key(prefix: str) -> str:
 
 def worker_key(prefix: str, worker_id: int) -> str:
     return f"{prefix}:worker:{worker_id}"
+
+
+def pipeline_key(prefix: str) -> str:
+    """The pipeline-wide status hash (output stage, spool; PipelineStatus.redis_fields)."""
+    return f"{prefix}:pipeline"
 
 
 def encode_entry(result: FrameResult, model_id: str, publish_ts: float) -> dict[str, str]:

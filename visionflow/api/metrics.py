@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from visionflow.api.sources import Snapshot, age_s
 from visionflow.streams.state import StreamState
 from visionflow.workers.latency import StageLatency
+from visionflow.workers.status import PublishStats
 
 NS = "visionflow"
 
@@ -87,10 +88,11 @@ def _latency_metrics(snap: Snapshot) -> Iterator[Metric]:
     yield family
 
 
-def _buckets(lat: StageLatency) -> list[tuple[str, float]]:
-    """Cumulative (le seconds, count) pairs ending with +Inf = the total count."""
-    out = [(repr(le / 1000), float(n)) for le, n in lat.buckets if le != float("inf")]
-    out.append(("+Inf", float(max(lat.count, lat.buckets[-1][1]))))
+def _buckets(lat: StageLatency, scale: float = 1e-3) -> list[tuple[str, float]]:
+    """Cumulative (le, count) pairs ending with +Inf = the total count; ``le`` is the
+    bound times ``scale`` (ms to seconds by default)."""
+    out = [(repr(le * scale), float(n)) for le, n in lat.buckets if le != float("inf")]
+    out.append(("+Inf", float(max(lat.count, lat.buckets[-1][1] if lat.buckets else 0))))
     return out
 
 
@@ -112,22 +114,62 @@ def _worker_metrics(snap: Snapshot) -> Iterator[Metric]:
         restarts.add_metric(key, w.restarts)
         ready.add_metric(key, 1.0 if w.state == "ready" else 0.0)
     yield from (batches, frames, mean, inflight, restarts, ready)
+    yield from _worker_histograms(snap, labels)
+
+
+def _worker_histograms(snap: Snapshot, labels: list[str]) -> Iterator[Metric]:
+    sizes = HistogramMetricFamily(
+        f"{NS}_worker_batch_size",
+        "Frames per batch a worker finished (since the pipeline started).",
+        labels=labels,
+    )
+    seconds = HistogramMetricFamily(
+        f"{NS}_worker_inference_seconds",
+        "A worker's busy time per batch: pre-processing, inference, post-processing.",
+        labels=labels,
+    )
+    for view in snap.workers:
+        w = view.status
+        key = [str(w.worker_id), w.backend, w.placement or w.device]
+        if w.batch_size is not None:
+            sizes.add_metric(key, _buckets(w.batch_size, 1.0), w.batch_size.sum)
+        if w.inference_ms is not None:
+            seconds.add_metric(key, _buckets(w.inference_ms), w.inference_ms.sum / 1000)
+    yield from (sizes, seconds)
 
 
 def _output_metrics(snap: Snapshot) -> Iterator[Metric]:
-    """What only the in-process pipeline knows (absent when reading Redis)."""
+    """The output stage's side (absent when reading a Redis the pipeline never wrote it to)."""
     if snap.redis_connected is not None:
         up = _gauge("redis_connected", "1 while the output stage reaches Redis.", [])
         up.add_metric([], 1.0 if snap.redis_connected else 0.0)
         yield up
     if snap.redis_pending is not None:
-        pending = _gauge("publish_pending", "Entries waiting to be written to Redis.", [])
+        pending = _gauge(
+            "redis_pending", "Entries not written to Redis yet (memory and spool).", []
+        )
         pending.add_metric([], snap.redis_pending)
         yield pending
+    if snap.publish is not None:
+        yield from _publish_metrics(snap.publish)
     if snap.uptime_s is not None:
         uptime = _gauge("uptime_seconds", "Seconds since the pipeline started.", [])
         uptime.add_metric([], snap.uptime_s)
         yield uptime
+
+
+def _publish_metrics(p: PublishStats) -> Iterator[Metric]:
+    errors = _counter("publish_errors", "Writes of detections Redis did not take.", [])
+    errors.add_metric([], p.errors)
+    entries = _gauge("spool_entries", "Entries waiting in the on-disk spool for Redis.", [])
+    entries.add_metric([], p.spool_entries)
+    size = _gauge("spool_bytes", "Bytes on disk of the spooled entries waiting.", [])
+    size.add_metric([], p.spool_bytes)
+    replayed = _counter("spool_replayed", "Spooled entries written once Redis was back.", [])
+    replayed.add_metric([], p.replayed)
+    overflow = _counter("spool_overflow", "Unwritten entries a full spool dropped.", [])
+    overflow.add_metric([], p.overflow)
+    yield from (errors, entries, size, replayed, overflow)
 
 
 def make_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:

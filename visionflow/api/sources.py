@@ -3,7 +3,8 @@
 - :class:`PipelineSource`: the in-process :class:`~visionflow.workers.supervisor.Pipeline`
   (``visionflow run``), always fresh;
 - :class:`RedisSource`: the hashes :class:`~visionflow.workers.board.RedisStatusWriter`
-  writes (``visionflow api``, possibly on another host), as fresh as its last write.
+  writes (``visionflow api``, possibly on another host), as fresh as its last write; the
+  pipeline-wide fields (output stage, spool) come from ``<prefix>:pipeline`` once written.
 
 Both answer a :class:`Snapshot` of the status types of :mod:`visionflow.workers.status`
 plus the per-stage latency (the ``latency_ms`` status field, when the pipeline writes it).
@@ -15,16 +16,16 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import redis
 
-from visionflow.schema import status_key, streams_key, worker_key
+from visionflow.schema import pipeline_key, status_key, streams_key, worker_key
 from visionflow.streams.state import StreamState
 from visionflow.streams.urls import redact_text, redact_url
-from visionflow.workers.latency import StageLatency, parse_latency_json
-from visionflow.workers.status import PipelineStatus, StreamStatus, WorkerStatus
+from visionflow.workers.latency import StageLatency, parse_latency_json, parse_stage_json
+from visionflow.workers.status import PipelineStatus, PublishStats, StreamStatus, WorkerStatus
 
 #: worker hashes are read in chunks of this many ids (workers are numbered 0, 1, ...)
 WORKER_CHUNK = 16
@@ -51,12 +52,13 @@ class Snapshot:
     streams: tuple[StreamView, ...]
     workers: tuple[WorkerView, ...]
     model_id: str | None
-    redis_connected: bool | None  # the pipeline's output stage (None: unknown from Redis)
+    redis_connected: bool | None  # the pipeline's output stage (None: not written yet)
     redis_error: str | None
     redis_pending: int | None
     uptime_s: float | None
     as_of: float | None  # when the status was taken (None: never written)
     source: str  # "pipeline" or "redis"
+    publish: PublishStats | None = None  # failed writes, spool depth (None: not written yet)
 
     def stream(self, stream_id: str) -> StreamView | None:
         return next((s for s in self.streams if s.status.stream_id == stream_id), None)
@@ -98,6 +100,7 @@ class PipelineSource:
             uptime_s=st.uptime_s,
             as_of=now,
             source="pipeline",
+            publish=st.publish,
         )
 
 
@@ -110,15 +113,18 @@ class RedisSource:
     def snapshot(self) -> Snapshot:
         ids = sorted(_text(m) for m in self.client.smembers(streams_key(self.prefix)))  # type: ignore[union-attr]
         pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(pipeline_key(self.prefix))
         for sid in ids:
             pipe.hgetall(status_key(self.prefix, sid))
         for wid in range(WORKER_CHUNK):
             pipe.hgetall(worker_key(self.prefix, wid))
         replies = pipe.execute()
+        whole = _texts(replies[0])
         streams = [
-            parse_stream(sid, _texts(h)) for sid, h in zip(ids, replies[: len(ids)], strict=True)
+            parse_stream(sid, _texts(h))
+            for sid, h in zip(ids, replies[1 : len(ids) + 1], strict=True)
         ]
-        worker_hashes = [_texts(h) for h in replies[len(ids) :]]
+        worker_hashes = [_texts(h) for h in replies[len(ids) + 1 :]]
         while worker_hashes and len(worker_hashes) % WORKER_CHUNK == 0 and worker_hashes[-1]:
             more = self.client.pipeline(transaction=False)
             start = len(worker_hashes)
@@ -128,17 +134,42 @@ class RedisSource:
         workers = [parse_worker(i, h) for i, h in enumerate(worker_hashes) if h]
         stamps = [s.updated_ts for s in streams if s.updated_ts is not None]
         stamps += [w.updated_ts for w in workers if w.updated_ts is not None]
-        return Snapshot(
-            streams=tuple(streams),
-            workers=tuple(workers),
-            model_id=None,
-            redis_connected=None,
-            redis_error=None,
-            redis_pending=None,
-            uptime_s=None,
-            as_of=max(stamps) if stamps else None,
-            source="redis",
+        return _with_pipeline_hash(
+            Snapshot(
+                streams=tuple(streams),
+                workers=tuple(workers),
+                model_id=None,
+                redis_connected=None,
+                redis_error=None,
+                redis_pending=None,
+                uptime_s=None,
+                as_of=max(stamps) if stamps else None,
+                source="redis",
+            ),
+            whole,
         )
+
+
+def _with_pipeline_hash(snap: Snapshot, h: dict[str, str]) -> Snapshot:
+    """The ``<prefix>:pipeline`` hash's fields (absent before the pipeline's first write,
+    or written by a version without it: the snapshot stays as it is)."""
+    if not h:
+        return snap
+    return replace(
+        snap,
+        model_id=h.get("model_id") or None,
+        redis_connected=h.get("redis_connected") == "1",
+        redis_error=redact_text(h["redis_error"]) if h.get("redis_error") else None,
+        redis_pending=_int(h.get("redis_pending")),
+        uptime_s=_float(h.get("uptime_s")),
+        publish=PublishStats(
+            errors=_int(h.get("publish_errors")),
+            spool_entries=_int(h.get("spool_entries")),
+            spool_bytes=_int(h.get("spool_bytes")),
+            replayed=_int(h.get("spool_replayed")),
+            overflow=_int(h.get("spool_overflow")),
+        ),
+    )
 
 
 def _text(value: Any) -> str:
@@ -222,6 +253,8 @@ def parse_worker(worker_id: int, h: dict[str, str]) -> WorkerView:
         restarts=_int(h.get("restarts")),
         error=redact_text(h["error"]) if h.get("error") else None,
         placement=h.get("placement", ""),
+        batch_size=parse_stage_json(h.get("batch_size_hist")),
+        inference_ms=parse_stage_json(h.get("inference_ms")),
     )
     return WorkerView(status, _float(h.get("updated_ts")))
 

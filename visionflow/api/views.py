@@ -8,6 +8,7 @@ from visionflow.api.gpu import GpuProbe
 from visionflow.api.rates import RateMeter
 from visionflow.api.sources import Snapshot, StreamView, WorkerView, age_s
 from visionflow.streams.urls import redact_text, redact_url
+from visionflow.workers.latency import StageLatency
 
 
 def stream_json(view: StreamView, snapshot: Snapshot) -> dict[str, Any]:
@@ -53,6 +54,18 @@ def stream_json(view: StreamView, snapshot: Snapshot) -> dict[str, Any]:
     }
 
 
+def _summary(hist: StageLatency | None) -> dict[str, float | int] | None:
+    """Mean (over the whole run), recent p50/p99 and count of a worker histogram."""
+    if hist is None or not hist.count:
+        return None
+    return {
+        "mean": round(hist.sum / hist.count, 2),
+        "p50": round(hist.p50, 2),
+        "p99": round(hist.p99, 2),
+        "count": hist.count,
+    }
+
+
 def worker_json(view: WorkerView, rates: RateMeter, gpus: GpuProbe) -> dict[str, Any]:
     w = view.status
     ts = view.updated_ts
@@ -68,6 +81,8 @@ def worker_json(view: WorkerView, rates: RateMeter, gpus: GpuProbe) -> dict[str,
         "frames": w.frames,
         "batches_per_s": None if batches_per_s is None else round(batches_per_s, 2),
         "mean_batch": round(w.mean_batch, 2),
+        "batch_size": _summary(w.batch_size),
+        "inference_ms": _summary(w.inference_ms),
         "queue_depth": w.inflight,
         "restarts": w.restarts,
         "error": redact_text(w.error) if w.error else None,

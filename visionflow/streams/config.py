@@ -20,6 +20,7 @@ KEY_FAMILIES: tuple[str, ...] = (
     "registry",
     "events",
     "fleet",
+    "pipeline",
 )
 
 # Key layout rule: every key is ``<prefix>:<family>`` or ``<prefix>:<family>:<id>``. A stream

@@ -24,7 +24,7 @@ import redis
 
 from visionflow.config import RedisConfig
 from visionflow.pipeline.ledger import LedgerSnapshot
-from visionflow.schema import status_key, streams_key, worker_key
+from visionflow.schema import pipeline_key, status_key, streams_key, worker_key
 from visionflow.streams.backoff import Backoff
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.state import StreamState
@@ -38,7 +38,7 @@ from visionflow.workers.messages import (
     WorkerFailed,
     WorkerReady,
 )
-from visionflow.workers.status import PipelineStatus, StreamStatus, WorkerStatus
+from visionflow.workers.status import PipelineStatus, PublishStats, StreamStatus, WorkerStatus
 
 log = logging.getLogger("visionflow.board")
 
@@ -79,6 +79,8 @@ class WorkerLoadView:
     batches: int
     frames: int
     inflight: int
+    batch_size: StageLatency | None = None  # of the scheduler's batch book
+    inference_ms: StageLatency | None = None
 
 
 class StatusBoard:
@@ -96,6 +98,7 @@ class StatusBoard:
         self._latency: dict[str, dict[str, StageLatency]] = {}  # of the current output process
         self._base_published: Counter[str] = Counter()  # counts of output processes gone
         self._base_drops: dict[str, Counter[str]] = {}
+        self._base_publish = PublishStats()
         self._lock = threading.Lock()
 
     # ---- membership ----------------------------------------------------------------
@@ -156,6 +159,7 @@ class StatusBoard:
             self._base_published.update(self._published)
             for sid, reasons in self._output_drops.items():
                 self._base_drops.setdefault(sid, Counter()).update(reasons)
+            self._base_publish = self.output.publish.plus(self._base_publish)
         self._output_pid = msg.pid
         self.output = msg
         self._published = Counter(dict(msg.published))
@@ -261,6 +265,7 @@ class StatusBoard:
                 self._worker_status(w, loads.get(i)) for i, w in sorted(self.workers.items())
             )
             out = self.output
+            publish = out.publish.plus(self._base_publish)
         return PipelineStatus(
             streams=streams,
             workers=workers,
@@ -270,6 +275,7 @@ class StatusBoard:
             model_id=self.model_id,
             uptime_s=time.time() - self.started_at,
             ledger_violations=violations,
+            publish=publish,
         )
 
     def _stream_status(self, view: StreamView, ledger: LedgerSnapshot | None) -> StreamStatus:
@@ -338,6 +344,8 @@ class StatusBoard:
             restarts=view.restarts,
             error=view.error,
             placement=view.placement,
+            batch_size=load.batch_size if load else None,
+            inference_ms=load.inference_ms if load else None,
         )
 
 
@@ -348,6 +356,7 @@ def redis_status(
     hashes = {status_key(prefix, s.stream_id): s.redis_fields() for s in status.streams}
     for w in status.workers:
         hashes[worker_key(prefix, w.worker_id)] = w.redis_fields()
+    hashes[pipeline_key(prefix)] = status.redis_fields()
     return hashes, [s.stream_id for s in status.streams]
 
 

@@ -18,6 +18,11 @@ inside :class:`~visionflow.workers.messages.OutputStats`.  In the Redis status h
 the field ``latency_ms`` (:func:`latency_json`)::
 
     {stage: {"p50": ms, "p99": ms, "count": n, "sum": ms, "buckets": [[le_ms, cumulative], ...]}}
+
+The same book keeps each inference worker's batch sizes and inference time per batch
+(:data:`WORKER_HISTOGRAMS`), fed by the scheduler thread with every finished batch; in the
+worker's status hash they are the fields ``batch_size_hist`` and ``inference_ms`` (one
+:meth:`StageLatency.to_json` each; for batch sizes the values are frames, not ms).
 """
 
 from __future__ import annotations
@@ -38,6 +43,14 @@ WINDOW = 512  # recent values per stream and stage that p50/p99 are computed fro
 REFRESH_S = 1.0  # a stream's percentiles are recomputed at most this often
 
 StreamLatency = tuple[tuple[str, "StageLatency"], ...]  # (stage, snapshot) pairs, picklable
+
+# Per inference worker (the scheduler's book, keyed by worker id): frames per batch, and the
+# worker's busy time per batch in ms (pre-processing, inference, post-processing)
+BATCH_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
+WORKER_HISTOGRAMS: dict[str, tuple[float, ...]] = {
+    "batch_size": BATCH_SIZE_BUCKETS,
+    "inference_ms": BUCKETS_MS,
+}
 
 
 @dataclass(frozen=True)
@@ -138,15 +151,21 @@ class _Frozen:
 
 class LatencyBook:
     """Every stream's stages, fed by a sink's writer thread and read by the stats loop
-    (thread-safe).  Snapshots are recomputed only for streams observed since the last."""
+    (thread-safe).  Snapshots are recomputed only for streams observed since the last.
+
+    ``stages`` names the histograms kept per key and their bucket bounds (default: every
+    stage of :data:`STAGES` with ``bounds``); the scheduler keeps one book per inference
+    worker this way (:data:`WORKER_HISTOGRAMS`)."""
 
     def __init__(
         self,
         bounds: Sequence[float] = BUCKETS_MS,
         window: int = WINDOW,
         refresh_s: float = REFRESH_S,
+        stages: Mapping[str, Sequence[float]] | None = None,
     ) -> None:
         self.bounds, self.window, self.refresh_s = tuple(bounds), window, refresh_s
+        self.stages = dict(stages) if stages is not None else dict.fromkeys(STAGES, self.bounds)
         self._stages: dict[str, dict[str, StageHistogram]] = {}
         self._dirty: set[str] = set()
         self._cache: dict[str, StreamLatency] = {}
@@ -154,12 +173,12 @@ class LatencyBook:
         self._lock = threading.Lock()
 
     def observe(self, stream_id: str, latency_ms: Mapping[str, float]) -> None:
-        """One entry's ``latency_ms``; stages other than :data:`STAGES` are ignored."""
+        """One entry's ``latency_ms``; stages other than the book's are ignored."""
         with self._lock:
             stages = self._stages.get(stream_id)
             if stages is None:
                 stages = self._stages[stream_id] = {
-                    s: StageHistogram(self.bounds, self.window) for s in STAGES
+                    s: StageHistogram(b, self.window) for s, b in self.stages.items()
                 }
             for stage, histogram in stages.items():
                 value = latency_ms.get(stage)
@@ -187,6 +206,21 @@ class LatencyBook:
 def latency_json(latency: Mapping[str, StageLatency]) -> str:
     """The status hash field ``latency_ms``."""
     return json.dumps({s: v.to_json() for s, v in latency.items()}, separators=(",", ":"))
+
+
+def stage_json(hist: StageLatency | None) -> str:
+    """One histogram as a hash field ('' for none)."""
+    return "" if hist is None else json.dumps(hist.to_json(), separators=(",", ":"))
+
+
+def parse_stage_json(text: str | bytes | None) -> StageLatency | None:
+    """Read :func:`stage_json` back; None for '' or a field it cannot read (a hash written
+    by another version)."""
+    raw = text.decode() if isinstance(text, bytes) else text
+    try:
+        return StageLatency.from_json(json.loads(raw)) if raw else None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
 
 
 def parse_latency_json(text: str | bytes) -> dict[str, StageLatency]:

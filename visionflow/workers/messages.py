@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from visionflow.engines.base import EngineInfo
 from visionflow.pipeline.frames import FrameRef
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.state import StreamState
 from visionflow.workers.latency import StreamLatency
+from visionflow.workers.status import PublishStats
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ class OutputStats:
     pid: int = 0  # which output process (counts of a dead one are kept, not replaced)
     held_batches: int = 0  # batches waiting for an earlier one in the reorder buffer
     latency: tuple[tuple[str, StreamLatency], ...] = ()  # per stream, per stage (written ones)
+    publish: PublishStats = field(default_factory=PublishStats)  # Redis errors, spool depth
 
 
 @dataclass(frozen=True)

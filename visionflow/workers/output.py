@@ -160,6 +160,7 @@ class OutputStage:
             pid=os.getpid(),
             held_batches=self.reorder.held,
             latency=sink.latency.snapshot() if sink.latency is not None else (),
+            publish=sink.publish_stats(),
         )
 
     def start(self) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from visionflow.pipeline.framepool import PoolCache
 from visionflow.pipeline.frames import FrameRef
 from visionflow.pipeline.scheduler import Scheduler, Send
+from visionflow.workers.latency import WORKER_HISTOGRAMS, LatencyBook
 from visionflow.workers.messages import BatchDone, FrameBatch, PoolClosed
 
 log = logging.getLogger("visionflow.scheduling")
@@ -43,6 +44,8 @@ class SchedulerLoop:
         self.pool_owner: dict[str, int] = {}  # pool name -> ingest process index
         self.messages = 0
         self.errors = 0
+        # per worker id (str): batch sizes and busy ms of the batches done without error
+        self.batch_book = LatencyBook(stages=WORKER_HISTOGRAMS)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
 
@@ -101,6 +104,10 @@ class SchedulerLoop:
                 self.free(self.scheduler.on_frames(msg.frames))
             elif isinstance(msg, BatchDone):
                 per_frame = msg.busy_ms / msg.frames if msg.frames else None
+                if msg.frames and msg.error is None:
+                    self.batch_book.observe(
+                        str(msg.worker_id), {"batch_size": msg.frames, "inference_ms": msg.busy_ms}
+                    )
                 done = self.scheduler.on_done(
                     msg.batch_id, msg.worker_id, per_frame, msg.error, msg.skipped
                 )

@@ -53,6 +53,7 @@ from visionflow.streams.backoff import Backoff
 from visionflow.streams.urls import redact_text, redact_url
 from visionflow.workers.latency import LatencyBook
 from visionflow.workers.spool import Spool, SpoolRecord
+from visionflow.workers.status import PublishStats
 
 log = logging.getLogger("visionflow.sinks")
 
@@ -87,6 +88,10 @@ class Sink(abc.ABC):
     @property
     def last_error(self) -> str | None:
         return self._last_error
+
+    def publish_stats(self) -> PublishStats:
+        """Failed writes and spool depth (a sink without either: zeros)."""
+        return PublishStats()
 
     def stop(self, flush_timeout: float = 5.0) -> None:  # noqa: B027 - optional hook
         """Write what is buffered (up to ``flush_timeout``) and release resources."""
@@ -195,6 +200,8 @@ class RedisStreamSink(Sink):
         self.spool_overflow: Counter[str] = Counter()  # unwritten entries a full spool dropped
         self.duplicates_skipped: Counter[str] = Counter()  # already in Redis: not re-added
         self.reassigned: Counter[str] = Counter()  # id taken by another entry: given a new one
+        self.write_errors = 0  # batches Redis did not take (kept and retried, or spooled)
+        self._spool_depth = (0, 0)  # (entries, bytes) waiting, noted by the writer thread
         self._latency = self.latency = LatencyBook()  # latency_ms of own entries, once written
         self.thread = threading.Thread(target=self._run, name="redis-sink", daemon=True)
 
@@ -218,6 +225,21 @@ class RedisStreamSink(Sink):
         spooled = self.spool.pending if self.spool is not None else 0
         return len(self._buffer) + len(self._writing) + spooled
 
+    def publish_stats(self) -> PublishStats:
+        entries, size = self._spool_depth
+        return PublishStats(
+            errors=self.write_errors,
+            spool_entries=entries,
+            spool_bytes=size,
+            replayed=sum(self.replayed.values()),
+            overflow=sum(self.spool_overflow.values()),
+        )
+
+    def _note_spool(self) -> None:
+        """The spool's depth, read where the spool lives (the writer thread)."""
+        if self.spool is not None:
+            self._spool_depth = (self.spool.pending, self.spool.pending_bytes)
+
     def start(self) -> None:
         """Open the spool (replaying what an earlier sink left there) and start writing."""
         path = self.config.spool_path()
@@ -233,6 +255,7 @@ class RedisStreamSink(Sink):
                 log.error("%s; going on without a spool (memory buffer only)", exc)
             else:
                 self._recover_ids()
+                self._note_spool()
         self.thread.start()
 
     def _recover_ids(self) -> None:
@@ -264,6 +287,7 @@ class RedisStreamSink(Sink):
         self.thread.join(timeout=flush_timeout + self.config.socket_timeout_s)
         if self.spool is not None and not self.thread.is_alive():
             self._spill(force=True)
+            self._note_spool()
             self.spool.close(remove_if_empty=True)
         self._client.close()
 
@@ -339,6 +363,7 @@ class RedisStreamSink(Sink):
         while not self._stop.is_set():
             try:
                 self._step()
+                self._note_spool()
             except Exception:  # a bug must not end the writer thread (nothing would restart it)
                 self._drop_writing()
                 log.exception("redis sink: step failed; the batch in hand is dropped and counted")
@@ -379,6 +404,8 @@ class RedisStreamSink(Sink):
                 self._client.ping()
             self._set_connected(True, None)
         except (redis.RedisError, OSError) as exc:
+            if batch:
+                self.write_errors += 1
             if not from_spool:
                 self._put_back(self._writing)
             self._set_connected(False, exc)

@@ -260,6 +260,14 @@ class Spool:
     def size_bytes(self) -> int:
         return sum(self._sizes.values())
 
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of the unacknowledged records (acknowledged ones may still sit in the
+        segment being appended to: they count in :attr:`size_bytes`, not here)."""
+        cursor = self._cursor
+        after = sum(size for number, size in self._sizes.items() if number >= cursor.segment)
+        return max(0, after - cursor.offset) if self.pending else 0
+
     def append(self, records: Sequence[tuple[str, bytes]]) -> list[SpoolRecord]:
         """Append ``(key, data)`` records in order; returns the unacknowledged records that
         were dropped (oldest segments) to make room, also counted in :attr:`overflow`."""

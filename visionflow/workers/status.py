@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from visionflow.streams.state import StreamState
-from visionflow.workers.latency import StageLatency, latency_json
+from visionflow.workers.latency import StageLatency, latency_json, stage_json
 
 
 @dataclass(frozen=True)
@@ -97,10 +97,19 @@ class WorkerStatus:
     restarts: int
     error: str | None
     placement: str = ""  # where it runs: "GPU 1 (H100 80GB HBM3, GPU-8f3a…)"; "" on the CPU
+    # of the batches it finished without error (workers.latency.WORKER_HISTOGRAMS): frames
+    # per batch, and busy ms per batch; None before its first batch
+    batch_size: StageLatency | None = None
+    inference_ms: StageLatency | None = None
 
     @property
     def mean_batch(self) -> float:
         return self.frames / self.batches if self.batches else 0.0
+
+    @property
+    def mean_inference_ms(self) -> float | None:
+        hist = self.inference_ms
+        return hist.sum / hist.count if hist is not None and hist.count else None
 
     def redis_fields(self) -> dict[str, str]:
         return {
@@ -114,8 +123,31 @@ class WorkerStatus:
             "inflight": str(self.inflight),
             "restarts": str(self.restarts),
             "error": self.error or "",
+            "batch_size_hist": stage_json(self.batch_size),
+            "inference_ms": stage_json(self.inference_ms),
             "updated_ts": f"{time.time():.3f}",
         }
+
+
+@dataclass(frozen=True)
+class PublishStats:
+    """The detections sink's side of Redis: failed writes and the on-disk spool."""
+
+    errors: int = 0  # failed Redis writes (each a batch kept and retried, or spooled)
+    spool_entries: int = 0  # entries waiting in the spool for Redis
+    spool_bytes: int = 0  # bytes of those entries on disk
+    replayed: int = 0  # spool entries written once Redis was reachable again
+    overflow: int = 0  # unwritten entries a full spool dropped
+
+    def plus(self, base: PublishStats) -> PublishStats:
+        """These counts on top of ``base``'s (an output process gone); gauges stay."""
+        return PublishStats(
+            errors=base.errors + self.errors,
+            spool_entries=self.spool_entries,
+            spool_bytes=self.spool_bytes,
+            replayed=base.replayed + self.replayed,
+            overflow=base.overflow + self.overflow,
+        )
 
 
 @dataclass(frozen=True)
@@ -130,6 +162,25 @@ class PipelineStatus:
     model_id: str
     uptime_s: float
     ledger_violations: int = 0  # frames resolved twice or never announced (a bug if > 0)
+    publish: PublishStats = field(default_factory=PublishStats)
+
+    def redis_fields(self) -> dict[str, str]:
+        """The ``<prefix>:pipeline`` hash (schema.pipeline_key)."""
+        p = self.publish
+        return {
+            "model_id": self.model_id,
+            "uptime_s": f"{self.uptime_s:.1f}",
+            "redis_connected": "1" if self.redis_connected else "0",
+            "redis_error": self.redis_error or "",
+            "redis_pending": str(self.redis_pending),
+            "publish_errors": str(p.errors),
+            "spool_entries": str(p.spool_entries),
+            "spool_bytes": str(p.spool_bytes),
+            "spool_replayed": str(p.replayed),
+            "spool_overflow": str(p.overflow),
+            "ledger_violations": str(self.ledger_violations),
+            "updated_ts": f"{time.time():.3f}",
+        }
 
     def stream(self, stream_id: str) -> StreamStatus:
         for s in self.streams:

@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from visionflow.config import AppConfig
@@ -42,6 +43,7 @@ from visionflow.workers.inference import (
     inference_main,
 )
 from visionflow.workers.ingest import IngestPlan, IngestQueues, IngestSpec, ingest_main
+from visionflow.workers.latency import StageLatency, StreamLatency
 from visionflow.workers.messages import (
     AddStream,
     BatchAbandoned,
@@ -66,6 +68,14 @@ log = logging.getLogger("visionflow.supervisor")
 # limit), so this is more than the dead process can have used unheard
 SEQ_MARGIN = 241
 _CTX = mp.get_context("spawn")
+
+
+def _worker_histograms(
+    book: Mapping[str, StreamLatency], worker_id: int
+) -> tuple[StageLatency | None, StageLatency | None]:
+    """A worker's batch-size and inference-time histograms from the scheduler's batch book."""
+    stages = dict(book.get(str(worker_id), ()))
+    return stages.get("batch_size"), stages.get("inference_ms")
 
 
 def _decode_label(plan: IngestPlan) -> str:
@@ -498,10 +508,13 @@ class Pipeline:
 
     def status(self) -> PipelineStatus:
         """A consistent snapshot for the status table, Redis and the API."""
+        histograms = dict(self.loop.batch_book.snapshot())  # its own lock, summed outside
         with self.loop.lock:
             ledger = self.scheduler.ledger.snapshots()
             loads = {
-                i: WorkerLoadView(w.batches, w.frames, len(w.inflight))
+                i: WorkerLoadView(
+                    w.batches, w.frames, len(w.inflight), *_worker_histograms(histograms, i)
+                )
                 for i, w in self.scheduler.dispatcher.workers.items()
             }
             violations = self.scheduler.ledger.violations

@@ -9,6 +9,7 @@ from visionflow.streams.config import StreamConfig
 from visionflow.streams.state import StreamState
 from visionflow.workers.board import StatusBoard, redis_status
 from visionflow.workers.messages import IngestHeartbeat, OutputStats, StateChanged, StreamStats
+from visionflow.workers.status import PublishStats
 
 
 def stats(frames: int, backpressure: int = 0) -> StreamStats:
@@ -84,3 +85,22 @@ def test_counters_survive_an_ingest_restart_and_the_last_seq_is_remembered():
     assert board.last_seq("a") == 400
     board.ingest_restarted(["a"])
     assert board.last_seq("a") == 400, "remembered after the new process is gone too"
+
+
+def test_publish_counts_of_a_dead_output_process_are_kept_and_the_spool_is_a_gauge():
+    board = StatusBoard("m")
+    first = PublishStats(errors=4, spool_entries=30, spool_bytes=9000, replayed=10, overflow=2)
+    board.apply(OutputStats(time.time(), (), (), 30, False, "down", pid=100, publish=first))
+    now = PublishStats(errors=1, spool_entries=5, spool_bytes=1500, replayed=3, overflow=0)
+    board.apply(OutputStats(time.time(), (), (), 5, True, None, pid=101, publish=now))
+    board.apply(OutputStats(time.time(), (), (), 5, True, None, pid=101, publish=now))
+    status = board.snapshot({}, {})
+    assert status.publish == PublishStats(5, 5, 1500, 13, 2)
+    hashes, _ = redis_status(status, "vf")
+    fields = hashes["vf:pipeline"]
+    assert (fields["publish_errors"], fields["spool_entries"], fields["spool_replayed"]) == (
+        "5",
+        "5",
+        "13",
+    )
+    assert fields["model_id"] == "m" and fields["redis_pending"] == "5"

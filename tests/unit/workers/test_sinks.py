@@ -11,6 +11,7 @@ from visionflow.pipeline.frames import FrameRef, FrameResult
 from visionflow.pipeline.letterbox import letterbox_geometry
 from visionflow.schema import detections_key, parse_entry
 from visionflow.workers.sinks import RedisStreamSink
+from visionflow.workers.status import PublishStats
 
 LB = letterbox_geometry(640, 480, 320, 320)
 
@@ -66,3 +67,37 @@ def test_unreachable_redis_buffers_bounded_and_counts_drops(killable_redis, key_
     assert [
         parse_entry(i, f).seq for i, f in client.xrange(detections_key(key_prefix, "a"))
     ] == list(range(30, 80))
+
+
+@pytest.mark.integration
+def test_failed_writes_spool_depth_and_replays_are_reported(killable_redis, key_prefix, tmp_path):
+    cfg = RedisConfig(
+        url=killable_redis.url,
+        key_prefix=key_prefix,
+        socket_timeout_s=0.3,
+        spool_dir=str(tmp_path / "spool"),
+        spool_after_s=0.0,
+    )
+    killable_redis.kill()
+    pub = RedisStreamSink(cfg, killable_redis.url, "m1")
+    pub.start()
+    try:
+        assert pub.publish_stats() == PublishStats()
+        pub.write(results("a", range(40)))
+        down = wait_until(
+            lambda: (s := pub.publish_stats()).spool_entries == 40 and s,
+            10,
+            lambda: f"not spooled: {pub.publish_stats()}",
+        )
+        assert down.errors >= 1 and down.spool_bytes > 40 * 100 and down.replayed == 0
+        killable_redis.start()
+        wait_until(lambda: pub.published["a"] == 40, 15, lambda: f"after restart: {pub.published}")
+        up = wait_until(
+            lambda: (s := pub.publish_stats()).spool_entries == 0 and s,
+            5,
+            lambda: f"spool not drained: {pub.publish_stats()}",
+        )
+        assert up.replayed == 40 and up.errors >= down.errors and up.overflow == 0
+        assert up.spool_bytes == 0
+    finally:
+        pub.stop()

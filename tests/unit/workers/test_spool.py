@@ -241,3 +241,15 @@ def test_spool_path_config(tmp_path):
         Path.home() / ".cache" / "visionflow" / "spool" / "p"
     )
     assert RedisConfig(spool_dir=str(tmp_path)).spool_path() == tmp_path
+
+
+def test_pending_bytes_count_only_unacknowledged_records(tmp_path: Path):
+    spool = Spool(tmp_path / "s", max_bytes=1 << 20, segment_bytes=200)
+    spool.append(recs("a", range(20)))  # several segments of about 200 bytes
+    assert spool.pending_bytes == spool.size_bytes > 200
+    got = spool.peek(5)
+    spool.ack(got[-1].end, len(got))
+    assert 0 < spool.pending_bytes < spool.size_bytes
+    drain(spool)
+    assert spool.pending_bytes == 0 and spool.size_bytes > 0  # the active segment stays
+    spool.close()

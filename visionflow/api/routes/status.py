@@ -44,5 +44,8 @@ def list_workers(ctx: ApiContext = Ctx) -> dict[str, Any]:
             "connected": snap.redis_connected,
             "pending": snap.redis_pending,
             "error": snap.redis_error,
+            "publish_errors": snap.publish.errors if snap.publish else None,
+            "spool_entries": snap.publish.spool_entries if snap.publish else None,
+            "spool_bytes": snap.publish.spool_bytes if snap.publish else None,
         },
     }
