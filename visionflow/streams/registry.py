@@ -208,9 +208,10 @@ class StreamRegistry:
         raise ConfigError(f"stream {stream_id!r} is not registered")
 
     def conflicts(self) -> builtins.list[Conflict]:
-        """The conflicts between the config file and the registry now (each is also logged
-        once when first seen)."""
-        return list(self._read()[1].conflicts)
+        """The conflicts between the config file and the registry now, including streams left
+        out because an ``${ENV}`` reference is not set here (each is also logged once when
+        first seen)."""
+        return list(self.desired().conflicts)
 
     def desired(self) -> Desired:
         """What the pipeline should run: ``${ENV}`` references resolved (a stream whose

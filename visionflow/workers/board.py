@@ -99,12 +99,22 @@ class StatusBoard:
         self._base_published: Counter[str] = Counter()  # counts of output processes gone
         self._base_drops: dict[str, Counter[str]] = {}
         self._base_publish = PublishStats()
+        # output-side totals of a stream id when it was (re-)registered: a stream removed and
+        # added again under the same id starts from zero instead of inheriting the old counts
+        self._origin: dict[str, tuple[int, Counter[str]]] = {}
         self._lock = threading.Lock()
 
     # ---- membership ----------------------------------------------------------------
     def add_stream(self, config: StreamConfig, decode: str = "cpu") -> None:
         with self._lock:
             self.streams[config.id] = StreamView(config, decode)
+            self._origin[config.id] = self._output_totals(config.id)
+
+    def _output_totals(self, sid: str) -> tuple[int, Counter[str]]:
+        """Published and output-side drops of ``sid`` since the board started."""
+        drops = Counter(self._base_drops.get(sid, {}))
+        drops.update(self._output_drops.get(sid, {}))
+        return self._base_published[sid] + self._published[sid], drops
 
     def remove_stream(self, stream_id: str) -> None:
         with self._lock:
@@ -290,10 +300,11 @@ class StatusBoard:
         backpressure = base["backpressure"] + (stats.drops_backpressure if stats else 0)
         if backpressure:
             drops["backpressure"] = backpressure
-        out_drops = Counter(self._base_drops.get(sid, {}))
-        out_drops.update(self._output_drops.get(sid, {}))
-        drops.update(out_drops)
-        published = self._base_published[sid] + self._published[sid]
+        published, out_drops = self._output_totals(sid)
+        origin_published, origin_drops = self._origin.get(sid, (0, Counter()))
+        published -= origin_published
+        out_drops.subtract(origin_drops)
+        drops.update(+out_drops)
         announced = max(base["frames"] + (stats.frames if stats else 0), led.announced)
         frames = announced + backpressure
         parts = (
@@ -376,6 +387,7 @@ class RedisStatusWriter:
         )
         self._stop = threading.Event()
         self._backoff = Backoff(0.2, 5.0, 2.0, 0.5)
+        self._written: set[str] = set()  # stream ids whose status hash this writer wrote
         self.thread = threading.Thread(target=self._run, name="status-writer", daemon=True)
 
     def start(self) -> None:
@@ -402,7 +414,11 @@ class RedisStatusWriter:
         pipe.delete(set_key)
         if members:
             pipe.sadd(set_key, *members)
+        gone = self._written - set(members)  # streams removed since: their hashes go too
+        for sid in gone:
+            pipe.delete(status_key(self.config.key_prefix, sid))
         pipe.execute()
+        self._written = set(members)
 
     def _run(self) -> None:
         while not self._stop.wait(self.config.status_interval_s):

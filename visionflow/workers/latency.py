@@ -197,10 +197,12 @@ class LatencyBook:
                 for sid in due
             }
             self._dirty.difference_update(due)
-        for sid, stages in frozen.items():
-            self._cache[sid] = tuple((s, f.summary()) for s, f in stages)
-            self._made[sid] = now
-        return tuple(self._cache.items())
+        made = {sid: tuple((s, f.summary()) for s, f in stages) for sid, stages in frozen.items()}
+        with self._lock:  # several threads take snapshots (status writer, API, table)
+            for sid, summary in made.items():
+                self._cache[sid] = summary
+                self._made[sid] = now
+            return tuple(self._cache.items())
 
 
 def latency_json(latency: Mapping[str, StageLatency]) -> str:

@@ -149,6 +149,7 @@ class Reconciler:
         self._backoff = Backoff(0.5, 10.0, 2.0, 0.5)
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._failing: set[str] = set()  # "<stream>:<what>" of changes failing now
         self.thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
 
     def start(self) -> None:
@@ -181,30 +182,42 @@ class Reconciler:
                 return StreamChanges()
             desired = self.registry.desired()
             changes = diff(self.target.streams(), desired.streams)
-            self._apply(changes)
-            self.version, self._file_changed = desired.version, False
+            failed = self._apply(changes)
+            # a change that failed is tried again on the next pass (the version is not taken
+            # as applied), not only when some other write happens to bump the version
+            self.version = -1 if failed else desired.version
+            self._file_changed = False
             if changes:
                 self.applied += 1
                 log.info("streams reconciled (registry version %d): %s", desired.version,
                          changes.describe())  # fmt: skip
             return changes
 
-    def _apply(self, changes: StreamChanges) -> None:
+    def _apply(self, changes: StreamChanges) -> bool:
         """Removals first, then updates, then additions; one stream's failure is logged and
-        the others go on."""
-        for sid in changes.remove:
-            self._guard(sid, "remove", partial(self.target.remove_stream, sid))
-        for stream in changes.update:
-            self._guard(stream.id, "update", partial(self.target.update_stream, stream))
-        for stream in changes.add:
-            self._guard(stream.id, "add", partial(self.target.add_stream, stream))
+        the others go on.  True when any change failed."""
+        results = [
+            *(self._guard(sid, "remove", partial(self.target.remove_stream, sid))
+              for sid in changes.remove),
+            *(self._guard(s.id, "update", partial(self.target.update_stream, s))
+              for s in changes.update),
+            *(self._guard(s.id, "add", partial(self.target.add_stream, s)) for s in changes.add),
+        ]  # fmt: skip
+        return not all(results)
 
-    @staticmethod
-    def _guard(stream_id: str, what: str, action: Callable[[], None]) -> None:
+    def _guard(self, stream_id: str, what: str, action: Callable[[], None]) -> bool:
+        """Run one change; a failure is logged at ERROR the first time, then at DEBUG while
+        it keeps failing on every pass."""
+        key = f"{stream_id}:{what}"
         try:
             action()
         except Exception as exc:
-            log.error("stream %s: %s failed: %s", stream_id, what, redact_text(str(exc)))
+            level = logging.DEBUG if key in self._failing else logging.ERROR
+            log.log(level, "stream %s: %s failed: %s", stream_id, what, redact_text(str(exc)))
+            self._failing.add(key)
+            return False
+        self._failing.discard(key)
+        return True
 
     # ---- the thread --------------------------------------------------------------------
     def _run(self) -> None:

@@ -113,6 +113,9 @@ class Pipeline:
         self._ingest_streams: dict[int, list[StreamConfig]] = {}
         self._ingest_plans: dict[int, IngestPlan] = {}
         self._stream_process: dict[str, int] = {}
+        # one change of membership at a time: the reconciler thread adds/updates/removes while
+        # the scheduler thread may respawn an ingest process from the same lists and queues
+        self._membership = threading.RLock()
         self._worker_labels: list[str] = []
         if worker_env is None and config.engine.backend != "onnxruntime":
             from visionflow.gpu.placement import plan_gpu_workers
@@ -304,48 +307,50 @@ class Pipeline:
         )
 
     def _spawn_ingest(self, index: int, restarts: int) -> Any:
-        streams = self._ingest_streams[index]
-        with self.loop.lock:  # a restarted process goes on counting: seq never repeats
-            last = {s.id: self.scheduler.ledger.last_seq(s.id) for s in streams}
-        for sid in last:  # heartbeats also count frames shed or skipped, never announced
-            last[sid] = max(last[sid], self.board.last_seq(sid))
-        first = tuple((sid, seq + SEQ_MARGIN) for sid, seq in last.items() if seq >= 0)
-        spec = IngestSpec(
-            index=index,
-            run_id=f"{self.run_id}r{restarts}",
-            streams=tuple(self._ingest_streams[index]),
-            policy=self.config.source,
-            input_size=self.model.input_size,
-            slots=self.config.workers.slots_per_stream,
-            plan=self._ingest_plans[index],
-            first_seqs=first,
-            snapshot_interval_s=self.config.output.snapshot_interval_s,
-        )
-        commands = self._commands[index] = _CTX.Queue()
-        queues = IngestQueues(self._sched_q, self._control_q, commands)
-        return self._spawn(ingest_main, f"ingest-{index}", spec, queues)
+        with self._membership:
+            streams = self._ingest_streams[index]
+            with self.loop.lock:  # a restarted process goes on counting: seq never repeats
+                last = {s.id: self.scheduler.ledger.last_seq(s.id) for s in streams}
+            for sid in last:  # heartbeats also count frames shed or skipped, never announced
+                last[sid] = max(last[sid], self.board.last_seq(sid))
+            first = tuple((sid, seq + SEQ_MARGIN) for sid, seq in last.items() if seq >= 0)
+            spec = IngestSpec(
+                index=index,
+                run_id=f"{self.run_id}r{restarts}",
+                streams=tuple(self._ingest_streams[index]),
+                policy=self.config.source,
+                input_size=self.model.input_size,
+                slots=self.config.workers.slots_per_stream,
+                plan=self._ingest_plans[index],
+                first_seqs=first,
+                snapshot_interval_s=self.config.output.snapshot_interval_s,
+            )
+            commands = self._commands[index] = _CTX.Queue()
+            queues = IngestQueues(self._sched_q, self._control_q, commands)
+            return self._spawn(ingest_main, f"ingest-{index}", spec, queues)
 
     def _ingest_exited(self, child: Child, reason: str) -> None:
-        index = int(child.key.rsplit("-", 1)[1])
-        now = time.time()
-        self.board.ingest_restarted([s.id for s in self._ingest_streams[index]])
-        with self.loop.lock:
-            for stream in self._ingest_streams[index]:
-                self.loop.free(self.scheduler.drop_stream_frames(stream.id, "ingest_restart"))
-                self.board.apply(
-                    StateChanged(
-                        stream.id,
-                        self.board.state(stream.id),
-                        StreamState.CONNECTING,
-                        f"ingest process {reason}",
-                        now,
+        with self._membership:
+            index = int(child.key.rsplit("-", 1)[1])
+            now = time.time()
+            self.board.ingest_restarted([s.id for s in self._ingest_streams[index]])
+            with self.loop.lock:
+                for stream in self._ingest_streams[index]:
+                    self.loop.free(self.scheduler.drop_stream_frames(stream.id, "ingest_restart"))
+                    self.board.apply(
+                        StateChanged(
+                            stream.id,
+                            self.board.state(stream.id),
+                            StreamState.CONNECTING,
+                            f"ingest process {reason}",
+                            now,
+                        )
                     )
-                )
-            names = [n for n, owner in self.loop.pool_owner.items() if owner == index]
-            for name in names:
-                self.pools.forget(name)
-                del self.loop.pool_owner[name]
-        self._unlink_pools(names)
+                names = [n for n, owner in self.loop.pool_owner.items() if owner == index]
+                for name in names:
+                    self.pools.forget(name)
+                    del self.loop.pool_owner[name]
+            self._unlink_pools(names)
 
     def _spawn(self, target: Any, name: str, *args: Any) -> Any:
         process = _CTX.Process(target=target, args=(*args, self.log_level), name=name, daemon=True)
@@ -460,28 +465,30 @@ class Pipeline:
     # ---- runtime registration ----------------------------------------------------
     def add_stream(self, stream: StreamConfig) -> None:
         """Start reading a new stream (on the ingest process with the fewest streams)."""
-        if stream.id in self._stream_process:
-            raise ConfigError(f"stream {stream.id!r} is already registered")
-        index = min(self._ingest_streams, key=lambda i: (len(self._ingest_streams[i]), i))
-        self._ingest_streams[index].append(stream)
-        self._stream_process[stream.id] = index
-        self.board.add_stream(stream, _decode_label(self._ingest_plans[index]))
-        with self.loop.lock:
-            self.scheduler.add_stream(stream.id)
-        self._commands[index].put(AddStream(stream))
+        with self._membership:
+            if stream.id in self._stream_process:
+                raise ConfigError(f"stream {stream.id!r} is already registered")
+            index = min(self._ingest_streams, key=lambda i: (len(self._ingest_streams[i]), i))
+            self._ingest_streams[index].append(stream)
+            self._stream_process[stream.id] = index
+            self.board.add_stream(stream, _decode_label(self._ingest_plans[index]))
+            with self.loop.lock:
+                self.scheduler.add_stream(stream.id)
+            self._commands[index].put(AddStream(stream))
 
     def update_stream(self, stream: StreamConfig) -> None:
         """Apply a changed entry of a registered stream (same id) without disturbing the
         others: ``enabled`` false stops reading it (it stays listed, state ``disabled``,
         counters kept), true reads it again; ``analysis_fps``, ``fps_cap`` and ``labels``
         apply in place; a changed ``url``, ``loop`` or ``realtime`` reopens it (seq goes on)."""
-        index = self._stream_process.get(stream.id)
-        if index is None:
-            raise ConfigError(f"stream {stream.id!r} is not registered")
-        self.board.update_stream(stream)
-        streams = self._ingest_streams[index]  # a restarted ingest process reads the new one
-        streams[:] = [stream if s.id == stream.id else s for s in streams]
-        self._commands[index].put(UpdateStream(stream))
+        with self._membership:
+            index = self._stream_process.get(stream.id)
+            if index is None:
+                raise ConfigError(f"stream {stream.id!r} is not registered")
+            self.board.update_stream(stream)
+            streams = self._ingest_streams[index]  # a restarted ingest process reads the new one
+            streams[:] = [stream if s.id == stream.id else s for s in streams]
+            self._commands[index].put(UpdateStream(stream))
 
     def streams(self) -> dict[str, StreamConfig]:
         """The entries of the streams registered now (enabled or not), by id."""
@@ -489,17 +496,18 @@ class Pipeline:
 
     def remove_stream(self, stream_id: str) -> None:
         """Stop reading a stream and forget it."""
-        if stream_id not in self.board.streams:
-            raise ConfigError(f"stream {stream_id!r} is not registered")
-        self.board.remove_stream(stream_id)
-        index = self._stream_process.pop(stream_id, None)
-        with self.loop.lock:
-            self.loop.free(self.scheduler.remove_stream(stream_id))
-            self.scheduler.ledger.forget(stream_id)  # when nothing of it is still in flight
-        if index is not None:
-            streams = self._ingest_streams[index]
-            streams[:] = [s for s in streams if s.id != stream_id]
-            self._commands[index].put(RemoveStream(stream_id))
+        with self._membership:
+            if stream_id not in self.board.streams:
+                raise ConfigError(f"stream {stream_id!r} is not registered")
+            self.board.remove_stream(stream_id)
+            index = self._stream_process.pop(stream_id, None)
+            with self.loop.lock:
+                self.loop.free(self.scheduler.remove_stream(stream_id))
+                self.scheduler.ledger.forget(stream_id)  # when nothing of it is still in flight
+            if index is not None:
+                streams = self._ingest_streams[index]
+                streams[:] = [s for s in streams if s.id != stream_id]
+                self._commands[index].put(RemoveStream(stream_id))
 
     # ---- status ------------------------------------------------------------------
     def transitions(self, stream_id: str) -> list[StateChanged]:

@@ -104,3 +104,38 @@ def test_publish_counts_of_a_dead_output_process_are_kept_and_the_spool_is_a_gau
         "13",
     )
     assert fields["model_id"] == "m" and fields["redis_pending"] == "5"
+
+
+def test_a_stream_removed_and_added_again_starts_from_zero():
+    """DELETE then POST of the same id (the way to change a camera's URL through the API):
+    the new stream must not inherit the old one's published count and drops."""
+    board = StatusBoard("m")
+    board.add_stream(StreamConfig(id="a", url="rtsp://cam/1"))
+    board.apply(OutputStats(time.time(), (("a", 100),), (("a", "worker_lost", 4),), 0, True, None))
+    board.remove_stream("a")
+    board.add_stream(StreamConfig(id="a", url="rtsp://cam/2"))
+    fresh = board.snapshot({"a": LedgerSnapshot(0, 0, {}, 0)}, {}).stream("a")
+    assert (fresh.frames, fresh.published, fresh.total_drops) == (0, 0, 0), fresh
+    assert fresh.accounted
+    board.apply(OutputStats(time.time(), (("a", 110),), (("a", "worker_lost", 5),), 0, True, None))
+    s = board.snapshot({"a": LedgerSnapshot(11, 11, {}, 0)}, {}).stream("a")
+    assert (s.published, s.drops.get("worker_lost")) == (10, 1) and s.accounted, s
+
+
+def test_the_status_writer_deletes_the_hash_of_a_removed_stream(
+    redis_server, redis_client, key_prefix
+):
+    from tests.unit.api.conftest import pipeline_status, stream_status
+    from visionflow.config import RedisConfig
+    from visionflow.workers.board import RedisStatusWriter
+
+    current = [pipeline_status(streams=(stream_status("a"), stream_status("b")))]
+    cfg = RedisConfig(url=redis_server, key_prefix=key_prefix)
+    writer = RedisStatusWriter(cfg, redis_server, lambda: current[0])
+    writer.write()
+    assert redis_client.exists(f"{key_prefix}:status:a", f"{key_prefix}:status:b") == 2
+    current[0] = pipeline_status(streams=(stream_status("a"),))
+    writer.write()
+    assert redis_client.exists(f"{key_prefix}:status:b") == 0, "a removed stream's hash stays"
+    assert redis_client.exists(f"{key_prefix}:status:a") == 1
+    assert redis_client.smembers(f"{key_prefix}:streams") == {"a"}

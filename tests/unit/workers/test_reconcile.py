@@ -128,6 +128,11 @@ def test_one_failing_stream_does_not_stop_the_others(registry, caplog):
         reconciler.sync()
     assert ("add", "d") in target.calls and "d" in target.running
     assert "stream c: add failed" in caplog.text
+    # the failed change is tried again on the next pass, without another registry write
+    target.fail.clear()
+    reconciler.sync()
+    assert "c" in target.running and target.calls.count(("add", "c")) == 2
+    assert target.calls.count(("add", "d")) == 1  # what succeeded is not redone
 
 
 def test_hot_reload_applies_the_files_streams(registry, tmp_path):
