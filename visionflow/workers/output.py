@@ -27,6 +27,9 @@ from typing import Any, Protocol
 from visionflow.config import RedisConfig
 from visionflow.pipeline.frames import BatchResult, FrameResult
 from visionflow.pipeline.ordering import BatchReorder
+from visionflow.tracking.config import TrackingConfig
+from visionflow.tracking.processor import TrackingProcessor
+from visionflow.tracking.sink import RedisEventSink
 from visionflow.workers.logs import setup_child_logging
 from visionflow.workers.messages import BatchAbandoned, OutputStats
 from visionflow.workers.sinks import RedisStreamSink, Sink
@@ -163,13 +166,38 @@ class OutputSpec:
     model_id: str
     first_batch_id: int = 1
     flush_timeout_s: float = 5.0
+    tracking: tuple[tuple[str, TrackingConfig], ...] = ()  # streams that track, and how
+
+
+@dataclass(frozen=True)
+class SetTracking:
+    """Output inbox message: start, change or stop (None) tracking one stream at run time."""
+
+    stream_id: str
+    config: TrackingConfig | None
 
 
 def build_stage(spec: OutputSpec) -> OutputStage:
+    tracker = TrackingProcessor(dict(spec.tracking))
+
+    def events_maxlen(stream_id: str) -> int:
+        config = tracker.configs.get(stream_id)
+        return config.events_maxlen if config is not None else 10_000
+
     return OutputStage(
-        [RedisStreamSink(spec.redis, spec.redis_url, spec.model_id)],
+        [
+            RedisStreamSink(spec.redis, spec.redis_url, spec.model_id),
+            RedisEventSink(spec.redis, spec.redis_url, events_maxlen),
+        ],
+        processors=[tracker],
         first_batch_id=spec.first_batch_id,
     )
+
+
+def _set_tracking(stage: OutputStage, msg: SetTracking) -> None:
+    for processor in stage.processors:
+        if isinstance(processor, TrackingProcessor):
+            processor.configure(msg.stream_id, msg.config)
 
 
 def serve(stage: OutputStage, inbox: Any, control: Any, flush_timeout: float) -> None:
@@ -193,6 +221,8 @@ def serve(stage: OutputStage, inbox: Any, control: Any, flush_timeout: float) ->
                 stage.on_result(msg)
             elif isinstance(msg, BatchAbandoned):
                 stage.on_abandoned(msg.batch_id, msg.frames, msg.reason)
+            elif isinstance(msg, SetTracking):
+                _set_tracking(stage, msg)
     finally:
         stage.stop(flush_timeout)
         control.put(stage.stats(final=True))

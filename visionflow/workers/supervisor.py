@@ -53,7 +53,7 @@ from visionflow.workers.messages import (
     WorkerFailed,
     WorkerReady,
 )
-from visionflow.workers.output import OutputSpec, output_main
+from visionflow.workers.output import OutputSpec, SetTracking, output_main
 from visionflow.workers.plan import plan_ingest, resolve_decode
 from visionflow.workers.procs import Child, ProcessGroup
 from visionflow.workers.scheduling import SchedulerLoop
@@ -102,6 +102,7 @@ class Pipeline:
         self._ingest_streams: dict[int, list[StreamConfig]] = {}
         self._ingest_plans: dict[int, IngestPlan] = {}
         self._stream_process: dict[str, int] = {}
+        self._tracking = {s.id: s.tracking for s in config.streams if s.tracking is not None}
         self._worker_labels: list[str] = []
         if worker_env is None and config.engine.backend != "onnxruntime":
             from visionflow.gpu.placement import plan_gpu_workers
@@ -218,7 +219,10 @@ class Pipeline:
         with self.loop.lock:
             inflight = [b for w in self.scheduler.dispatcher.workers.values() for b in w.inflight]
             first = min(inflight, default=self.scheduler.last_batch_id + 1)
-        spec = OutputSpec(self.config.redis, self.redis_url, self.model.model_id, first)
+        tracking = tuple(self._tracking.items())
+        spec = OutputSpec(
+            self.config.redis, self.redis_url, self.model.model_id, first, tracking=tracking
+        )
         return self._spawn(output_main, "output", spec, self._output_q, self._control_q)
 
     def _output_exited(self, child: Child, reason: str) -> None:
@@ -453,12 +457,17 @@ class Pipeline:
         with self.loop.lock:
             self.scheduler.add_stream(stream.id)
         self._commands[index].put(AddStream(stream))
+        if stream.tracking is not None:
+            self._tracking[stream.id] = stream.tracking
+            self._output_q.put(SetTracking(stream.id, stream.tracking))
 
     def remove_stream(self, stream_id: str) -> None:
         """Stop reading a stream and forget it."""
         if stream_id not in self.board.streams:
             raise ConfigError(f"stream {stream_id!r} is not registered")
         self.board.remove_stream(stream_id)
+        if self._tracking.pop(stream_id, None) is not None:
+            self._output_q.put(SetTracking(stream_id, None))
         index = self._stream_process.pop(stream_id, None)
         with self.loop.lock:
             self.loop.free(self.scheduler.remove_stream(stream_id))
