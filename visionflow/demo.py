@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from visionflow.config import AppConfig, parse_config
 from visionflow.scenes.clips import write_clip
@@ -19,6 +20,19 @@ DEMO_SCENES = (
 DEMO_SECONDS = 12.0
 #: the scenes are 30 fps; 15 fps per camera keeps a 2-core laptop free of drops
 DEMO_FPS_CAP = 15.0
+#: every camera tracks; the gate camera also has a zone and a line (events, counts)
+DEMO_ZONES: dict[str, dict[str, Any]] = {
+    "gate": {
+        "zones": [
+            {
+                "id": "yard",
+                "points": [[0.05, 0.55], [0.45, 0.55], [0.45, 1], [0.05, 1]],
+                "loiter_s": 3.0,
+            }
+        ],
+        "lines": [{"id": "gate", "start": [0.5, 0.2], "end": [0.5, 1]}],
+    }
+}
 
 
 def cache_dir() -> Path:
@@ -49,6 +63,7 @@ def demo_config(redis_url: str | None, clips: list[tuple[str, Path]]) -> AppConf
                 "loop": True,
                 "fps_cap": DEMO_FPS_CAP,
                 "labels": {"site": "demo"},
+                "tracking": DEMO_ZONES.get(sid, {}),
             }
             for sid, path in clips
         ],
