@@ -3,10 +3,10 @@
 A scene is a textured, slowly changing background with sensor noise, on which objects of a
 few classes (person-, car- and bicycle-like shapes of varying size, colour and aspect ratio)
 enter, cross, leave and occlude each other.  Scene kinds (``SceneSpec.kind``), for tracking:
-``crossing`` (objects crossing the frame both ways, passing each other), ``occlusion`` (a
-denser crowd on a narrow strip of ground, and a pillar in front of it that objects walk
-behind) and ``reenter`` (every object, once it has left, comes back through the edge it left
-by, with the same identity).  Every frame is a pure function of
+``crossing`` (objects crossing the frame both ways, passing each other), ``occlusion`` (the
+same with a pillar in the middle of the frame, in front of everything, that objects walk
+behind and come out of) and ``reenter`` (every object, once it has left, comes back through
+the edge it left by, with the same identity).  Every frame is a pure function of
 ``(spec, index)``: frame 1234 can be rendered without rendering the 1233 before it, so the
 truth of a looped or restarted clip is always known exactly.
 """
@@ -124,8 +124,7 @@ class SceneGenerator:
         h = float(rng.uniform(*_HEIGHT[class_id])) * H
         w = h * float(rng.uniform(*_ASPECT[class_id]))
         duration = float(rng.uniform(0.6, 1.4)) * self.spec.mean_crossing_s
-        low, high = (0.6, 0.8) if self.spec.kind == "occlusion" else (0.35, 1.0)
-        ground = float(rng.uniform(low, high))  # feet between 35% and 100% of the height
+        ground = float(rng.uniform(0.35, 1.0))  # feet between 35% and 100% of the height
         y_feet = ground * H
         left_to_right = bool(rng.integers(0, 2))
         x_start, x_end = (-w, W) if left_to_right else (W, -w)

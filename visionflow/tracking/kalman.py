@@ -14,7 +14,8 @@ import numpy.typing as npt
 Array = npt.NDArray[np.float64]
 REF_FPS = 30.0
 _W_POS = 1.0 / 20  # ByteTrack's std weights, relative to the box height
-_W_VEL = 1.0 / 160
+_W_VEL = 1.0 / 640  # ByteTrack's 1/160, lowered: see visionflow.tracking.bytetrack
+_W_VEL_INIT = 1.0 / 160  # a new track's velocity is as uncertain as in ByteTrack
 
 
 def xyxy_to_xyah(boxes: Array) -> Array:
@@ -40,7 +41,7 @@ def initiate(measurements: Array) -> tuple[Array, Array]:
     n = len(measurements)
     mean = np.concatenate([measurements, np.zeros((n, 4))], axis=1)
     h = measurements[:, 3]
-    std = _std(h, 2 * _W_POS, 10 * _W_VEL * REF_FPS)
+    std = _std(h, 2 * _W_POS, 10 * _W_VEL_INIT * REF_FPS)
     cov = np.zeros((n, 8, 8))
     idx = np.arange(8)
     cov[:, idx, idx] = std**2
