@@ -17,7 +17,7 @@ s = open(p).read(); assert a in s, a; open(p, "w").write(s.replace(a, b, 1))
 PY
   (cd /tmp/tmut && PYTHONPATH=/tmp/tmut timeout 300 "$root/.venv/bin/python" -m pytest -q -p no:cacheprovider "$test" 2>&1 | grep -E "^E +(Assertion|assert)|passed|failed" | head -2 | cut -c1-300) | sed "s/^/[$name] /"
 }
-echo "[baseline] unmodified:"; (cd "$root" && PYTHONPATH="$root" timeout 300 .venv/bin/python -m pytest -q -p no:cacheprovider "$test" 2>&1 | grep -E "passed|failed" | cut -c1-300)
+echo "[baseline] unmodified:"; (cd "$root" && PYTHONPATH="$root" timeout 300 .venv/bin/python -m pytest -q -s -p no:cacheprovider "$test" 2>&1 | grep -E "^E +(Assertion|assert)|tracking truth|passed|failed" | cut -c1-400)
 run shuffled visionflow/tracking/processor.py 'ids = [int(i) if i >= 0 else None for i in found.track_ids]' 'ids = [int(i) if i >= 0 else None for i in found.track_ids]; ids = ids[1:] + ids[:1]'
 run inverted visionflow/tracking/analytics.py 'direction = "in" if side > 0 else "out"' 'direction = "out" if side > 0 else "in"'
 run no_exit visionflow/tracking/analytics.py '                        p.inside = False
