@@ -82,3 +82,14 @@ def test_invalid_shapes_are_refused_with_a_precise_message(tracking, expected):
         assert "point 1 [1.5, 0.0] is outside the frame" in text and "units 'fraction'" in text
     else:
         assert expected in text, text
+
+
+def test_the_demo_tracks_every_camera_and_has_a_zone_and_a_line_on_one(tmp_path):
+    from visionflow.demo import DEMO_SCENES, demo_config
+
+    cfg = demo_config(
+        "redis://127.0.0.1:1/0", [(s[0], tmp_path / f"{s[0]}.mp4") for s in DEMO_SCENES]
+    )
+    assert all(s.tracking is not None for s in cfg.streams)
+    zoned = [s.id for s in cfg.streams if s.tracking and s.tracking.zones and s.tracking.lines]
+    assert zoned == ["gate"]
