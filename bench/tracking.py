@@ -17,6 +17,9 @@ Sections (one run, one JSON under ``bench/results/tracking-<date>.json``):
 - ``output_stage``: the output stage in-process (32 streams, batches of 32 results, a counting
   sink), µs per result with no processor (the stage before tracking), with the tracking
   processor but every stream untracked (the default), and with every stream tracked.
+- ``pipeline``: ``bench/cpu_pipeline.py``'s visionflow run (8 clips read flat out, the
+  bundled detector, Redis), no stream tracked vs every stream tracked with a zone and a line,
+  alternating: frames/s and CPU ms per frame (the data-plane figures).
 - ``install``: what ``trackers`` (with ``supervision``) would add to the environment.
 
 ``trackers`` is never a dependency of visionflow: it is imported from ``--trackers-path``.
@@ -247,12 +250,13 @@ def output_stage(per_frame: int, seconds: float = 3.0) -> list[dict[str, Any]]:
     rows = []
     for name, processors in variants.items():
         stage = OutputStage([Count()], processors=processors)
-        n, start = 0, time.process_time()
-        batch_id = 1
-        while time.process_time() - start < seconds:
-            n += stage.on_result(batch(batch_id))
+        n, spent, batch_id = 0, 0.0, 1
+        while spent < seconds:
+            work = batch(batch_id)  # built outside the measured time
+            start = time.process_time()
+            n += stage.on_result(work)
+            spent += time.process_time() - start
             batch_id += 1
-        spent = time.process_time() - start
         rows.append(
             {
                 "detections_per_frame": per_frame,
@@ -262,6 +266,48 @@ def output_stage(per_frame: int, seconds: float = 3.0) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+# ---- the whole pipeline, tracking off and on --------------------------------------------------
+def pipeline(rounds: int, seconds: float, streams: int) -> list[dict[str, Any]]:
+    """cpu_pipeline.py's visionflow run (files read flat out, bundled detector, Redis), with
+    no stream tracked and with every stream tracked (a zone and a line each), alternating."""
+    from bench.cpu_pipeline import make_clips, run_visionflow
+    from visionflow.redis_server import EmbeddedRedis
+
+    clips = make_clips(streams, 640, 360, ROOT / ".cache" / "bench-clips")
+    tracking = {
+        "zones": [{"id": "z", "points": [[0.6, 0.3], [0.9, 0.3], [0.9, 1], [0.6, 1]]}],
+        "lines": [{"id": "l", "start": [0.3, 0], "end": [0.3, 1]}],
+    }
+    rows = []
+    with EmbeddedRedis() as server:
+        for r in range(rounds):
+            for name, section in (("off", None), ("on", tracking)):
+                out = run_visionflow(clips, seconds, server.url, 8, tracking=section)
+                rows.append(
+                    {
+                        "round": r,
+                        "tracking": name,
+                        "fps": round(out["fps"], 1),
+                        "cpu_ms_per_frame": round(out["cpu_ms_per_frame"], 2),
+                        "dropped": out["dropped"],
+                    }
+                )
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
+    def mean(key: str, mode: str) -> float:
+        values = [r[key] for r in rows if r["tracking"] == mode]
+        return sum(values) / len(values)
+
+    return {
+        "fps_ratio_on_off": round(mean("fps", "on") / mean("fps", "off"), 3),
+        "cpu_per_frame_ratio_on_off": round(
+            mean("cpu_ms_per_frame", "on") / mean("cpu_ms_per_frame", "off"), 3
+        ),
+    }
 
 
 # ---- install cost ------------------------------------------------------------------------------
@@ -298,6 +344,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each scene")
     parser.add_argument("--fps", type=int, default=10, help="frame rate of the scenes")
     parser.add_argument("--seeds", default=",".join(f"{k}:{v}" for k, v in HELD_OUT.items()))
+    parser.add_argument("--rounds", type=int, default=2, help="pipeline runs per mode")
+    parser.add_argument("--pipeline-seconds", type=float, default=10.0)
+    parser.add_argument("--streams", type=int, default=8, help="pipeline section's streams")
+    parser.add_argument("--skip", default="", help="comma-separated sections to leave out")
     args = parser.parse_args()
     seeds = {k: int(v) for k, v in (s.split(":") for s in args.seeds.split(","))}
     why_not = trackers_available(args.trackers_path)
@@ -305,17 +355,22 @@ def main() -> None:
     if why_not:
         print(f"trackers not importable ({why_not}): visionflow only")
     result: dict[str, Any] = {"args": vars(args), "trackers_import": why_not or "ok"}
-    result["speed"] = speed(have_theirs)
-    print(table(result["speed"], list(result["speed"][0])))
-    result["accuracy"] = accuracy(args.seconds, args.fps, have_theirs, seeds)
-    print(
-        table(
-            result["accuracy"],
-            ["scene", "seed", "tracker", "idf1", "mota", "id_switches", "frames", "objects"],
-        )
-    )
-    result["output_stage"] = output_stage(0) + output_stage(5)
-    print(table(result["output_stage"], list(result["output_stage"][0])))
+    skip = set(args.skip.split(","))
+    if "speed" not in skip:
+        result["speed"] = speed(have_theirs)
+        print(table(result["speed"], list(result["speed"][0])))
+    if "accuracy" not in skip:
+        result["accuracy"] = accuracy(args.seconds, args.fps, have_theirs, seeds)
+        columns = ["scene", "seed", "tracker", "idf1", "mota", "id_switches", "frames", "objects"]
+        print(table(result["accuracy"], columns))
+    if "output_stage" not in skip:
+        result["output_stage"] = output_stage(0) + output_stage(5)
+        print(table(result["output_stage"], list(result["output_stage"][0])))
+    if "pipeline" not in skip:
+        rows = pipeline(args.rounds, args.pipeline_seconds, args.streams)
+        result["pipeline"] = {"runs": rows, **summarise(rows)}
+        print(table(rows, list(rows[0])))
+        print(json.dumps(summarise(rows)))
     result["install"] = install_cost(args.trackers_path)
     print(json.dumps(result["install"]))
     print("wrote", write_result("tracking", result))
