@@ -350,6 +350,7 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated sections to leave out")
     args = parser.parse_args()
     seeds = {k: int(v) for k, v in (s.split(":") for s in args.seeds.split(","))}
+    install = install_cost(args.trackers_path)  # before it is on sys.path
     why_not = trackers_available(args.trackers_path)
     have_theirs = why_not is None
     if why_not:
@@ -371,7 +372,7 @@ def main() -> None:
         result["pipeline"] = {"runs": rows, **summarise(rows)}
         print(table(rows, list(rows[0])))
         print(json.dumps(summarise(rows)))
-    result["install"] = install_cost(args.trackers_path)
+    result["install"] = install
     print(json.dumps(result["install"]))
     print("wrote", write_result("tracking", result))
 
