@@ -57,6 +57,15 @@ def _allowed(labels: list[str] | None, label: str) -> bool:
     return labels is None or label in labels
 
 
+def count_metric(event: TrackEvent) -> str:
+    """The counts metric an event adds to ('' for loiter, which is not counted)."""
+    if event.kind in ("enter", "exit"):
+        return f"zone:{event.zone}:{event.kind}"
+    if event.kind == "cross":
+        return f"line:{event.line}:{event.direction}"
+    return ""
+
+
 def _event(kind: str, seen: Seen, frame: Frame, **where: Any) -> TrackEvent:
     return TrackEvent(kind, seen.track_id, seen.label, frame.ts, frame.seq, seen.box, **where)
 
@@ -142,13 +151,7 @@ class StreamAnalytics:
         if bucket != self._bucket:
             self._bucket, self._counted = bucket, set()
         for event in events:
-            metric = (
-                f"zone:{event.zone}:{event.kind}"
-                if event.kind in ("enter", "exit")
-                else f"line:{event.line}:{event.direction}"
-                if event.kind == "cross"
-                else ""
-            )
+            metric = count_metric(event)
             if metric and (event.track_id, metric) not in self._counted:
                 self._counted.add((event.track_id, metric))
                 counts.append((event.label, metric))

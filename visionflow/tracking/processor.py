@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from visionflow.pipeline.frames import FrameResult, TrackEvent
-from visionflow.tracking.analytics import Frame, Seen, StreamAnalytics
+from visionflow.tracking.analytics import Frame, Seen, StreamAnalytics, count_metric
 from visionflow.tracking.bytetrack import ByteTracker
 from visionflow.tracking.config import TrackingConfig
 
@@ -91,6 +91,7 @@ class StreamTracker:
         more, counts = self.analytics.step(
             Frame(frame.seq, frame.capture_ts, t, seen, found.born, found.removed)
         )
+        counts += [(e.label, count_metric(e)) for e in events]  # exits of a reset
         return dataclasses.replace(
             result,
             detections=tuple(

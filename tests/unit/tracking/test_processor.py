@@ -6,6 +6,8 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 
+import redis
+
 from tests.conftest import wait_until
 from visionflow.config import RedisConfig
 from visionflow.counts import bucket_start
@@ -111,3 +113,37 @@ def test_entries_events_and_counts_reach_redis(redis_server, redis_client, key_p
         count_field("a", "car", "line:mid:out"): "1",
     }
     assert 0 < redis_client.ttl(bucket) <= 7 * 24 * 3600
+
+
+def test_a_reset_ends_zone_presences_with_counted_exits():
+    zone = {"zones": [{"id": "all", "points": [[0, 0], [1, 0], [1, 1], [0, 1]]}]}
+    proc = TrackingProcessor({"a": TrackingConfig(**zone)})
+    out = proc.process([result("a", s, [100 + 5 * s]) for s in range(3)])
+    assert [(e.kind, e.zone) for r in out for e in r.events] == [("enter", "all")]
+    (after,) = proc.process([result("a", 3, [100], size=(1280, 720))])
+    assert [(e.kind, e.track_id) for e in after.events] == [("exit", 1), ("enter", 2)]
+    assert ("car", "zone:all:exit") in after.counts
+
+
+def test_events_wait_while_redis_is_down_and_arrive_when_it_is_back(killable_redis):
+    url = killable_redis.url
+    cfg = RedisConfig(url=url, key_prefix="vft", socket_timeout_s=0.5)
+    sink = RedisEventSink(cfg, url, lambda s: 100)
+    proc = TrackingProcessor({"a": TrackingConfig(**LINE)})
+    sink.start()
+    try:
+        killable_redis.kill()
+        sink.write(proc.process([result("a", s, [100 + 30 * s]) for s in range(12)]))
+        wait_until(lambda: not sink.connected, 10, "the sink did not notice Redis went away")
+        assert sink.pending == 1 and sink.published == {}
+        killable_redis.start()
+        wait_until(lambda: sink.published["a"] == 1, 20, lambda: f"{sink.last_error}")
+    finally:
+        sink.stop(2)
+    client = redis.Redis.from_url(url, decode_responses=True)
+    events = [f for _, f in client.xrange(events_key("vft", "a"))]
+    assert [(e["kind"], e["direction"]) for e in events] == [("cross", "out")]
+    assert (
+        client.hget(counts_key("vft", bucket_start(T0)), count_field("a", "car", "line:mid:out"))
+        == "1"
+    )
