@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -116,10 +117,17 @@ def run_baseline(clips: list[Path], seconds: float, redis_url: str) -> dict[str,
 
 
 def run_visionflow(
-    clips: list[Path], seconds: float, redis_url: str, batch: int
+    clips: list[Path],
+    seconds: float,
+    redis_url: str,
+    batch: int,
+    tracking: dict[str, Any] | None = None,
 ) -> dict[str, float]:
+    """``tracking``: a stream ``tracking`` section given to every stream (bench/tracking.py)."""
     streams = [
-        {"id": f"s{i}", "url": str(c), "loop": True, "realtime": False} for i, c in enumerate(clips)
+        {"id": f"s{i}", "url": str(c), "loop": True, "realtime": False}
+        | ({"tracking": tracking} if tracking is not None else {})
+        for i, c in enumerate(clips)
     ]
     config = parse_config(
         {

@@ -28,7 +28,7 @@ from rich.table import Table
 from visionflow.config import AppConfig, load_config
 from visionflow.errors import ConfigError, VisionflowError
 from visionflow.redis_server import EmbeddedRedis, reachable
-from visionflow.schema import detections_key
+from visionflow.schema import detections_key, events_key
 from visionflow.streams.urls import redact_text, redact_url
 from visionflow.workers.logs import setup_logging
 from visionflow.workers.status import PipelineStatus, StreamStatus
@@ -399,10 +399,18 @@ def _explain_redis(cfg: AppConfig, url: str) -> None:
     port = url.rsplit(":", 1)[1].split("/")[0]
     first = cfg.streams[0].id
     key = detections_key(cfg.redis.key_prefix, first)
+    zoned = [s.id for s in cfg.streams if s.tracking and (s.tracking.zones or s.tracking.lines)]
+    events = (
+        f"  redis-cli -p {port} XRANGE {events_key(cfg.redis.key_prefix, zoned[0])} - +"
+        "     (tracking events: enter, exit, loiter, cross)\n"
+        if zoned
+        else ""
+    )
     console.print(
         f"Detections go to Redis at [bold]{url}[/]. Read them from another terminal with:\n"
         f"  redis-cli -p {port} XREVRANGE {key} + - COUNT 1     (valkey-cli works the same)\n"
         f"  redis-cli -p {port} HGETALL {cfg.redis.key_prefix}:status:{first}\n"
+        f"{events}"
         "Press Ctrl-C to stop."
     )
 

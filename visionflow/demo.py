@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 from visionflow.config import AppConfig, parse_config
 from visionflow.scenes.clips import write_clip
@@ -22,6 +23,20 @@ DEMO_SECONDS = 12.0
 DEMO_FPS_CAP = 15.0
 #: where the demo's dashboard and API listen (a free port when this one is taken)
 DEMO_API_LISTEN = ("127.0.0.1", 8080)
+
+#: every camera tracks; the gate camera also has a zone and a line (events, counts)
+DEMO_ZONES: dict[str, dict[str, Any]] = {
+    "gate": {
+        "zones": [
+            {
+                "id": "yard",
+                "points": [[0.05, 0.55], [0.45, 0.55], [0.45, 1], [0.05, 1]],
+                "loiter_s": 3.0,
+            }
+        ],
+        "lines": [{"id": "gate", "start": [0.5, 0.2], "end": [0.5, 1]}],
+    }
+}
 
 
 def cache_dir() -> Path:
@@ -52,6 +67,7 @@ def demo_config(redis_url: str | None, clips: list[tuple[str, Path]]) -> AppConf
                 "loop": True,
                 "fps_cap": DEMO_FPS_CAP,
                 "labels": {"site": "demo"},
+                "tracking": DEMO_ZONES.get(sid, {}),
             }
             for sid, path in clips
         ],

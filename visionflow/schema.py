@@ -13,7 +13,10 @@ capture_ts     wall-clock time (Unix seconds) the frame's data arrived
 width, height  the original frame size; boxes are in these pixels
 model_id       which model produced the detections
 worker         inference worker id; batch_size: frames in its batch
-detections     JSON list of {"label", "class_id", "score", "box": [x1, y1, x2, y2]}
+detections     JSON list of {"label", "class_id", "score", "box": [x1, y1, x2, y2]}, plus
+               "track_id" (int >= 1) on streams with ``tracking`` (see below): the same
+               object keeps its id from frame to frame; a box no track took (a
+               low-score one) has none
 latency_ms     JSON {"decode", "queue", "inference", "publish", "total"} in milliseconds:
                decode+letterbox, waiting to be batched, batch inference incl. pre/post-
                processing, waiting to be written, and capture -> written
@@ -37,6 +40,33 @@ batch), ``updated_ts``; hash ``<prefix>:pipeline`` holds ``model_id``, ``uptime_
 included), ``publish_errors`` (failed Redis writes), ``spool_entries``, ``spool_bytes``,
 ``spool_replayed``, ``spool_overflow``, ``ledger_violations``, ``updated_ts``.
 
+Tracking (streams with a ``tracking`` section, :mod:`visionflow.tracking`): track ids are
+unique within a stream for one run of the output process (they count up from 1 and are never
+reused, also across a tracker reset: a reconnect at another resolution or a restart).  A
+track survives dropped frames (a ``seq`` gap) up to the stream's ``lost_track_s``.  Events go
+to the Redis stream ``<prefix>:events:<stream_id>`` (``MAXLEN ~ events_maxlen``), one entry
+per event, fields (strings):
+
+=============  =====================================================================
+kind           ``enter`` / ``exit`` (a zone), ``loiter`` (in a zone for ``loiter_s``),
+               ``cross`` (a line)
+stream_id      the camera's id
+track_id       the object's track id (as on its detections)
+label          the object's label
+ts             capture time (Unix seconds) of the frame it happened in; ``seq`` its seq
+box            JSON [x1, y1, x2, y2], the object's box in that frame (exit after the
+               track was lost: its last box)
+zone, line     the zone's or line's id ('' for the other kind)
+direction      cross: ``in`` (from the line's left to its right, looking from start
+               to end) or ``out``; '' otherwise
+dwell_s        exit and loiter: seconds inside the zone; '' otherwise
+=============  =====================================================================
+
+Counts of tracked streams (see the counts layout at the end of this module): ``tracks``
+(new confirmed tracks), ``zone:<z>:enter``, ``zone:<z>:exit``, ``line:<l>:in``,
+``line:<l>:out``, each counting a track at most once per bucket, so a bucket's numbers are
+unique objects ("cars through the gate"), not boxes.
+
 Reading them through a consumer group (at least once, XAUTOCLAIM, dead letters, and how
 ``MAXLEN`` trimming meets pending entries): :mod:`visionflow.consumer`, README "Consuming
 detections".
@@ -48,7 +78,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from visionflow.pipeline.frames import FrameResult
+from visionflow.pipeline.frames import Detection, FrameResult, TrackEvent
 
 
 def detections_key(prefix: str, stream_id: str) -> str:
@@ -83,15 +113,7 @@ def encode_entry(result: FrameResult, model_id: str, publish_ts: float) -> dict[
         "publish": round(publish_ms, 2),
         "total": round((publish_ts - frame.capture_ts) * 1000, 2),
     }
-    detections = [
-        {
-            "label": d.label,
-            "class_id": d.class_id,
-            "score": d.score,
-            "box": [d.x1, d.y1, d.x2, d.y2],
-        }
-        for d in result.detections
-    ]
+    detections = [_detection(d) for d in result.detections]
     return {
         "stream_id": frame.stream_id,
         "seq": str(frame.seq),
@@ -105,6 +127,18 @@ def encode_entry(result: FrameResult, model_id: str, publish_ts: float) -> dict[
         "detections": json.dumps(detections, separators=(",", ":")),
         "latency_ms": json.dumps(latency, separators=(",", ":")),
     }
+
+
+def _detection(d: Detection) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "label": d.label,
+        "class_id": d.class_id,
+        "score": d.score,
+        "box": [d.x1, d.y1, d.x2, d.y2],
+    }
+    if d.track_id is not None:
+        out["track_id"] = d.track_id
+    return out
 
 
 @dataclass(frozen=True)
@@ -221,3 +255,20 @@ def registry_version_key(prefix: str) -> str:
 def events_key(prefix: str, stream_id: str) -> str:
     """Tracking events (enter, exit, cross, loiter) of a stream: a Redis stream."""
     return f"{prefix}:events:{stream_id}"
+
+
+def encode_event(stream_id: str, event: TrackEvent) -> dict[str, str]:
+    """The fields of one tracking events entry."""
+    return {
+        "kind": event.kind,
+        "stream_id": stream_id,
+        "track_id": str(event.track_id),
+        "label": event.label,
+        "ts": f"{event.ts:.6f}",
+        "seq": str(event.seq),
+        "box": json.dumps([round(v, 2) for v in event.box], separators=(",", ":")),
+        "zone": event.zone,
+        "line": event.line,
+        "direction": event.direction,
+        "dwell_s": "" if event.dwell_s is None else f"{event.dwell_s:.3f}",
+    }

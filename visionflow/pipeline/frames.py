@@ -70,6 +70,23 @@ class Detection:
     y1: float
     x2: float
     y2: float
+    track_id: int | None = None  # set by the tracker (output stage) on tracked streams
+
+
+@dataclass(frozen=True)
+class TrackEvent:
+    """Something a tracked object did (``visionflow.tracking``): enter, exit, loiter, cross."""
+
+    kind: str
+    track_id: int
+    label: str
+    ts: float  # capture time (Unix seconds) of the frame it happened in
+    seq: int
+    box: tuple[float, float, float, float]
+    zone: str = ""
+    line: str = ""
+    direction: str = ""  # cross: 'in' or 'out'
+    dwell_s: float | None = None  # exit and loiter: time inside the zone so far
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,8 @@ class FrameResult:
     batch_size: int
     worker_id: int
     done_ts: float
+    events: tuple[TrackEvent, ...] = ()  # tracking: what happened in this frame
+    counts: tuple[tuple[str, str], ...] = ()  # tracking: (label, metric) to count once each
 
 
 @dataclass(frozen=True)

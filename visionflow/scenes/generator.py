@@ -2,16 +2,22 @@
 
 A scene is a textured, slowly changing background with sensor noise, on which objects of a
 few classes (person-, car- and bicycle-like shapes of varying size, colour and aspect ratio)
-enter, cross, leave and occlude each other.  Every frame is a pure function of
+enter, cross, leave and occlude each other.  Scene kinds (``SceneSpec.kind``), for tracking:
+``crossing`` (objects crossing the frame both ways, passing each other), ``occlusion`` (the
+same with a pillar in the middle of the frame, in front of everything, that objects walk
+behind and come out of) and ``reenter`` (every object, once it has left, comes back through
+the edge it left by, with the same identity).  Every frame is a pure function of
 ``(spec, index)``: frame 1234 can be rendered without rendering the 1233 before it, so the
 truth of a looped or restarted clip is always known exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +28,9 @@ _ASPECT = {0: (0.33, 0.48), 1: (1.7, 2.5), 2: (1.4, 1.8)}
 #: (min, max) of object height as a fraction of the frame height, per class
 _HEIGHT = {0: (0.16, 0.42), 1: (0.12, 0.30), 2: (0.12, 0.26)}
 MIN_VISIBLE = 0.5  # truth boxes less visible than this are marked ignorable
+SceneKind = Literal["crossing", "occlusion", "reenter"]
+SCENE_KINDS: tuple[SceneKind, ...] = ("crossing", "occlusion", "reenter")
+_PILLAR = (0.46, 0.54, 0.15)  # occlusion scenes: pillar x from, x to, top (fractions)
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,7 @@ class SceneSpec:
     objects_per_frame: float = 4.0  # average number on screen
     mean_crossing_s: float = 6.0  # average time an object stays visible
     noise_sigma: float = 4.0
+    kind: SceneKind = "crossing"
 
 
 @dataclass(frozen=True)
@@ -90,7 +100,23 @@ class SceneGenerator:
         while t < horizon_s:
             t += float(rng.exponential(1.0 / rate))
             tracks.append(self._new_track(len(tracks), t, rng))
+        if spec.kind == "reenter":
+            back = np.random.default_rng([spec.seed, 5])
+            tracks += [self._return_of(tr, back) for tr in tracks]
         return tracks
+
+    def _return_of(self, track: _Track, rng: np.random.Generator) -> _Track:
+        """The same object coming back, after 0.2-0.8 s, through the edge it left by."""
+        end_x = track.x0 + track.vx * track.duration
+        gone = float(rng.uniform(0.2, 0.8))
+        return dataclasses.replace(
+            track,
+            start=track.start + track.duration + gone,
+            x0=end_x,
+            vx=-track.vx,  # the same speed, the other way, across the whole frame
+            y0=track.y0 + track.vy * track.duration,
+            vy=-track.vy,
+        )
 
     def _new_track(self, object_id: int, start: float, rng: np.random.Generator) -> _Track:
         W, H = self.spec.width, self.spec.height
@@ -167,12 +193,20 @@ class SceneGenerator:
         areas: dict[int, int] = {}
         for track in tracks:
             areas[track.object_id] = _draw(image, owner, track, t)
+        if spec.kind == "occlusion":
+            self._draw_pillar(image, owner)
         rng = np.random.default_rng([spec.seed, 4, index])
         dy, dx = (int(v) for v in rng.integers(0, [spec.height, spec.width]))
         noisy = image + np.roll(self._noise_tile, (dy, dx), axis=(0, 1))
         frame = np.clip(noisy, 0, 255).astype(np.uint8)
         visible = np.bincount(owner.ravel() + 1, minlength=len(self._tracks) + 1)
         return frame, self._truth(tracks, t, areas, visible)
+
+    def _draw_pillar(self, image: npt.NDArray[np.float32], owner: npt.NDArray[np.int32]) -> None:
+        W, H = self.spec.width, self.spec.height
+        x0, x1, top = round(_PILLAR[0] * W), round(_PILLAR[1] * W), round(_PILLAR[2] * H)
+        image[top:, x0:x1] = (96.0, 88.0, 80.0)
+        owner[top:, x0:x1] = -1
 
     def truth(self, index: int) -> list[TruthBox]:
         """Truth of frame ``index`` without keeping the pixels."""

@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from visionflow.streams.urls import redact_url, source_scheme
+from visionflow.tracking.config import TrackingConfig
 
 #: Redis key families under ``<prefix>:`` (visionflow.schema, the consumer's dead letters).
 KEY_FAMILIES: tuple[str, ...] = (
@@ -83,6 +84,12 @@ class StreamConfig(BaseModel):
     )
     labels: dict[str, str] = Field(
         default_factory=dict, description="Free-form labels (site, zone, ...) copied to status."
+    )
+    tracking: TrackingConfig | None = Field(
+        default=None,
+        description="Track objects (ByteTrack: track ids on the detections), with zones and "
+        "lines (events and counts); empty: no tracking (the default). 'tracking: {}' tracks "
+        "with the defaults.",
     )
 
     @field_validator("url")

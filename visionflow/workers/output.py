@@ -30,6 +30,9 @@ from typing import Any, Protocol
 from visionflow.config import RedisConfig
 from visionflow.pipeline.frames import BatchResult, FrameResult
 from visionflow.pipeline.ordering import BatchReorder
+from visionflow.tracking.config import TrackingConfig
+from visionflow.tracking.processor import TrackingProcessor
+from visionflow.tracking.sink import RedisEventSink
 from visionflow.workers.counts import CountsSink
 from visionflow.workers.logs import setup_child_logging
 from visionflow.workers.messages import BatchAbandoned, OutputStats
@@ -189,18 +192,45 @@ class OutputSpec:
     first_batch_id: int = 1
     flush_timeout_s: float = 5.0
     snapshot_interval_s: float = 0.0  # 0: no snapshots
+    tracking: tuple[tuple[str, TrackingConfig], ...] = ()  # streams that track, and how
+
+
+@dataclass(frozen=True)
+class SetTracking:
+    """Output inbox message: start, change or stop (None) tracking one stream at run time."""
+
+    stream_id: str
+    config: TrackingConfig | None
 
 
 def build_stage(spec: OutputSpec) -> OutputStage:
-    """Detections first (the primary sink, whose counts are 'published'), then counts;
-    snapshots beside them (they need pixels, which only some results carry)."""
+    """Detections first (the primary sink, whose counts are 'published'), then counts, then
+    tracking events; the tracker runs before them (after the reorder buffer); snapshots
+    beside them (they need pixels, which only some results carry)."""
+    tracker = TrackingProcessor(dict(spec.tracking))
+
+    def events_maxlen(stream_id: str) -> int:
+        config = tracker.configs.get(stream_id)
+        return config.events_maxlen if config is not None else 10_000
+
     sinks: list[Sink] = [RedisStreamSink(spec.redis, spec.redis_url, spec.model_id)]
     if spec.redis.counts_retention_s > 0:
         sinks.append(CountsSink(spec.redis, spec.redis_url))
+    sinks.append(
+        RedisEventSink(spec.redis, spec.redis_url, events_maxlen, spec.redis.counts_retention_s)
+    )
     snapshots = None
     if spec.snapshot_interval_s > 0:
         snapshots = SnapshotWriter(spec.redis, spec.redis_url, spec.snapshot_interval_s)
-    return OutputStage(sinks, first_batch_id=spec.first_batch_id, snapshots=snapshots)
+    return OutputStage(
+        sinks, processors=[tracker], first_batch_id=spec.first_batch_id, snapshots=snapshots
+    )
+
+
+def _set_tracking(stage: OutputStage, msg: SetTracking) -> None:
+    for processor in stage.processors:
+        if isinstance(processor, TrackingProcessor):
+            processor.configure(msg.stream_id, msg.config)
 
 
 def serve(stage: OutputStage, inbox: Any, control: Any, flush_timeout: float) -> None:
@@ -224,6 +254,8 @@ def serve(stage: OutputStage, inbox: Any, control: Any, flush_timeout: float) ->
                 stage.on_result(msg)
             elif isinstance(msg, BatchAbandoned):
                 stage.on_abandoned(msg.batch_id, msg.frames, msg.reason)
+            elif isinstance(msg, SetTracking):
+                _set_tracking(stage, msg)
     finally:
         stage.stop(flush_timeout)
         control.put(stage.stats(final=True))

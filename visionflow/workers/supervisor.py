@@ -56,7 +56,7 @@ from visionflow.workers.messages import (
     WorkerFailed,
     WorkerReady,
 )
-from visionflow.workers.output import OutputSpec, output_main
+from visionflow.workers.output import OutputSpec, SetTracking, output_main
 from visionflow.workers.plan import plan_ingest, resolve_decode
 from visionflow.workers.procs import Child, ProcessGroup
 from visionflow.workers.scheduling import SchedulerLoop
@@ -116,6 +116,7 @@ class Pipeline:
         # one change of membership at a time: the reconciler thread adds/updates/removes while
         # the scheduler thread may respawn an ingest process from the same lists and queues
         self._membership = threading.RLock()
+        self._tracking = {s.id: s.tracking for s in config.streams if s.tracking is not None}
         self._worker_labels: list[str] = []
         if worker_env is None and config.engine.backend != "onnxruntime":
             from visionflow.gpu.placement import plan_gpu_workers
@@ -236,6 +237,7 @@ class Pipeline:
             self.model.model_id,
             first,
             snapshot_interval_s=self.config.output.snapshot_interval_s,
+            tracking=tuple(self._tracking.items()),
         )
         return self._spawn(output_main, "output", spec, self._output_q, self._control_q)
 
@@ -475,6 +477,7 @@ class Pipeline:
             with self.loop.lock:
                 self.scheduler.add_stream(stream.id)
             self._commands[index].put(AddStream(stream))
+            self._set_tracking(stream)
 
     def update_stream(self, stream: StreamConfig) -> None:
         """Apply a changed entry of a registered stream (same id) without disturbing the
@@ -486,6 +489,7 @@ class Pipeline:
             if index is None:
                 raise ConfigError(f"stream {stream.id!r} is not registered")
             self.board.update_stream(stream)
+            self._set_tracking(stream)
             streams = self._ingest_streams[index]  # a restarted ingest process reads the new one
             streams[:] = [stream if s.id == stream.id else s for s in streams]
             self._commands[index].put(UpdateStream(stream))
@@ -500,6 +504,8 @@ class Pipeline:
             if stream_id not in self.board.streams:
                 raise ConfigError(f"stream {stream_id!r} is not registered")
             self.board.remove_stream(stream_id)
+            if self._tracking.pop(stream_id, None) is not None:
+                self._output_q.put(SetTracking(stream_id, None))
             index = self._stream_process.pop(stream_id, None)
             with self.loop.lock:
                 self.loop.free(self.scheduler.remove_stream(stream_id))
@@ -508,6 +514,16 @@ class Pipeline:
                 streams = self._ingest_streams[index]
                 streams[:] = [s for s in streams if s.id != stream_id]
                 self._commands[index].put(RemoveStream(stream_id))
+
+    def _set_tracking(self, stream: StreamConfig) -> None:
+        """Tell the output stage when a stream's tracking starts, changes or stops."""
+        if stream.tracking == self._tracking.get(stream.id):
+            return
+        if stream.tracking is None:
+            self._tracking.pop(stream.id, None)
+        else:
+            self._tracking[stream.id] = stream.tracking
+        self._output_q.put(SetTracking(stream.id, stream.tracking))
 
     # ---- status ------------------------------------------------------------------
     def transitions(self, stream_id: str) -> list[StateChanged]:

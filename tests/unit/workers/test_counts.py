@@ -97,7 +97,7 @@ def test_settings_turn_counts_and_snapshots_on_and_off() -> None:
 
     url = "redis://127.0.0.1:1/0"
     on = build_stage(OutputSpec(RedisConfig(url=url), url, "m", snapshot_interval_s=2.0))
-    assert [s.name for s in on.sinks] == ["redis", "counts"] and on.snapshots is not None
+    assert [s.name for s in on.sinks] == ["redis", "counts", "events"] and on.snapshots is not None
     assert on.snapshots.ttl_s == 10
     off = build_stage(OutputSpec(RedisConfig(url=url, counts_retention_s=0), url, "m"))
-    assert [s.name for s in off.sinks] == ["redis"] and off.snapshots is None
+    assert [s.name for s in off.sinks] == ["redis", "events"] and off.snapshots is None

@@ -1,0 +1,381 @@
+#!/usr/bin/env python3
+"""Tracking: speed, accuracy against another tracker, and the cost in the output stage.
+
+    .venv/bin/python -m pip install --target /tmp/trtarget trackers   # the other tracker
+    .venv/bin/python bench/tracking.py [--trackers-path /tmp/trtarget] [--seconds 20]
+
+Sections (one run, one JSON under ``bench/results/tracking-<date>.json``):
+
+- ``speed``: visionflow's tracker (:class:`~visionflow.tracking.bytetrack.ByteTracker`), ms per
+  frame with 1, 10 and 100 objects moving in a 1920x1080 frame (noisy boxes, 300 frames),
+  and Roboflow ``trackers``' ByteTrack on the same boxes when it can be imported.
+- ``accuracy``: synthetic scenes of each kind (crossing, occlusion, reenter; seeds not used
+  for tuning), the bundled detector run once on every rendered frame, and the same
+  detections given to every tracker; IDF1, MOTA and ID switches from ``motmetrics``
+  (:mod:`visionflow.scenes.tracking_metrics`).  Trackers: ``visionflow`` (defaults),
+  ``visionflow-plain`` (no match buffer: ByteTrack's plain IoU) and ``trackers-bytetrack``.
+- ``output_stage``: the output stage in-process (32 streams, batches of 32 results, a counting
+  sink), µs per result with no processor (the stage before tracking), with the tracking
+  processor but every stream untracked (the default), and with every stream tracked.
+- ``pipeline``: ``bench/cpu_pipeline.py``'s visionflow run (8 clips read flat out, the
+  bundled detector, Redis), no stream tracked vs every stream tracked with a zone and a line,
+  alternating: frames/s and CPU ms per frame (the data-plane figures).
+- ``install``: what ``trackers`` (with ``supervision``) would add to the environment.
+
+``trackers`` is never a dependency of visionflow: it is imported from ``--trackers-path``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import table, write_result  # noqa: E402
+from visionflow.scenes.generator import SCENE_KINDS, SceneGenerator, SceneSpec  # noqa: E402
+from visionflow.scenes.tracking_metrics import Predicted, score_tracks  # noqa: E402
+from visionflow.tracking.bytetrack import ByteTracker, TrackerParams  # noqa: E402
+
+CACHE = ROOT / ".cache" / "bench-tracking"
+HELD_OUT = {"crossing": 401, "occlusion": 402, "reenter": 403}
+Dets = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [N, 4], scores, class ids
+Tracker = Callable[[Dets, float], list[tuple[int, int, tuple[float, float, float, float]]]]
+
+
+# ---- trackers behind one call: (detections, t) -> [(track id, class id, box)] ----------------
+def ours(params: TrackerParams) -> Tracker:
+    tracker = ByteTracker(params)
+
+    def step(dets: Dets, t: float) -> list[tuple[int, int, tuple[float, float, float, float]]]:
+        boxes, scores, classes = dets
+        out = tracker.update(boxes, scores, classes, t)
+        return [
+            (int(i), int(c), (float(b[0]), float(b[1]), float(b[2]), float(b[3])))
+            for i, c, b in zip(out.track_ids, classes, boxes, strict=True)
+            if i >= 0
+        ]
+
+    return step
+
+
+def theirs(fps: float) -> Tracker:
+    import supervision as sv  # type: ignore[import-not-found]
+    from trackers import ByteTrackTracker  # type: ignore[import-not-found]
+
+    tracker = ByteTrackTracker(frame_rate=fps)
+
+    def step(dets: Dets, t: float) -> list[tuple[int, int, tuple[float, float, float, float]]]:
+        boxes, scores, classes = dets
+        det = sv.Detections(
+            xyxy=boxes.astype(np.float32),
+            confidence=scores.astype(np.float32),
+            class_id=classes.astype(int),
+        )
+        out = tracker.update(det)
+        return [
+            (int(i), int(c), (float(b[0]), float(b[1]), float(b[2]), float(b[3])))
+            for i, c, b in zip(out.tracker_id, out.class_id, out.xyxy, strict=True)
+            if i >= 0
+        ]
+
+    return step
+
+
+def trackers_available(path: str | None) -> str | None:
+    """None when ``trackers`` imports, else why not."""
+    if path:
+        sys.path.append(path)  # after the venv: its numpy/scipy/av stay the ones in use
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import trackers  # type: ignore[import-not-found]  # noqa: F401
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+# ---- speed -------------------------------------------------------------------------------------
+def synthetic(n: int, frames: int, seed: int = 0) -> list[Dets]:
+    rng = np.random.default_rng(seed)
+    pos = rng.uniform([0, 0], [1800, 960], (n, 2))
+    vel = rng.normal(0, 4, (n, 2))
+    size = rng.uniform([30, 60], [120, 200], (n, 2))
+    out = []
+    for _ in range(frames):
+        pos = (pos + vel) % [1800, 960]
+        boxes = np.concatenate([pos, pos + size], axis=1) + rng.normal(0, 1.5, (n, 4))
+        out.append((boxes, rng.uniform(0.3, 0.95, n), rng.integers(0, 3, n)))
+    return out
+
+
+def time_tracker(make: Callable[[], Tracker], frames: list[Dets], fps: float = 30.0) -> float:
+    step = make()
+    for i, dets in enumerate(frames[:10]):  # warm up (imports, first allocations)
+        step(dets, i / fps)
+    step = make()
+    start = time.perf_counter()
+    for i, dets in enumerate(frames):
+        step(dets, i / fps)
+    return (time.perf_counter() - start) / len(frames) * 1000
+
+
+def speed(have_theirs: bool) -> list[dict[str, Any]]:
+    rows = []
+    for n in (1, 10, 100):
+        frames = synthetic(n, 300)
+        row: dict[str, Any] = {"objects": n}
+        row["visionflow_ms"] = round(time_tracker(lambda: ours(TrackerParams()), frames), 3)
+        if have_theirs:
+            row["trackers_ms"] = round(time_tracker(lambda: theirs(30.0), frames), 3)
+        rows.append(row)
+    return rows
+
+
+# ---- accuracy ----------------------------------------------------------------------------------
+def detections(
+    kind: str, seed: int, seconds: float, fps: int, width: int = 640, height: int = 360
+) -> list[Any]:
+    """(truth, detections) per frame: the bundled detector on the rendered frames (cached)."""
+    path = CACHE / f"{kind}-{seed}-{seconds}s-{fps}fps-{width}x{height}.pkl"
+    if path.is_file():
+        return list(pickle.loads(path.read_bytes()))
+    from visionflow.config import parse_config
+    from visionflow.engines import create_engine
+    from visionflow.models import resolve_model
+    from visionflow.pipeline.letterbox import letterbox_image, to_network_input
+    from visionflow.pipeline.postprocess import detections_for_frame
+
+    cfg = parse_config({}, "<bench>")
+    model = resolve_model(cfg)
+    gen = SceneGenerator(SceneSpec(width, height, fps=fps, seed=seed, kind=kind), seconds + 1)  # type: ignore[arg-type]
+    out = []
+    with create_engine(cfg.engine, model.path, 1) as engine:
+        for index in range(gen.frame_count(seconds)):
+            image, truth = gen.render(index)
+            canvas, lb = letterbox_image(image, *model.input_size)
+            raw = engine.infer(to_network_input(canvas[None], engine.info.input_dtype))
+            dets = detections_for_frame(
+                raw[0], lb, model.class_names, model.conf_threshold, cfg.model.iou_threshold, 300
+            )
+            boxes = np.array([[d.x1, d.y1, d.x2, d.y2] for d in dets], np.float64).reshape(-1, 4)
+            scores = np.array([d.score for d in dets], np.float64)
+            classes = np.array([d.class_id for d in dets], np.int64)
+            out.append((truth, (boxes, scores, classes)))
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(out))
+    return out
+
+
+def score(make: Callable[[], Tracker], data: list[Any], fps: float) -> dict[str, Any]:
+    step = make()
+    frames = []
+    for index, (truth, dets) in enumerate(data):
+        tracks = step(dets, index / fps)
+        frames.append((truth, [Predicted(i, c, b) for i, c, b in tracks]))
+    return score_tracks(frames).as_dict()
+
+
+def accuracy(
+    seconds: float, fps: int, have_theirs: bool, seeds: dict[str, int]
+) -> list[dict[str, Any]]:
+    contenders: dict[str, Callable[[], Tracker]] = {
+        "visionflow": lambda: ours(TrackerParams()),
+        "visionflow-plain": lambda: ours(TrackerParams(buffer=0.0)),
+    }
+    if have_theirs:
+        contenders["trackers-bytetrack"] = lambda: theirs(float(fps))
+    rows = []
+    for kind in SCENE_KINDS:
+        data = detections(kind, seeds[kind], seconds, fps)
+        for name, make in contenders.items():
+            rows.append(
+                {"scene": kind, "seed": seeds[kind], "tracker": name, **score(make, data, fps)}
+            )
+    return rows
+
+
+# ---- the output stage --------------------------------------------------------------------------
+def output_stage(per_frame: int, seconds: float = 3.0) -> list[dict[str, Any]]:
+    from visionflow.pipeline.frames import BatchResult, Detection, FrameRef, FrameResult
+    from visionflow.pipeline.letterbox import letterbox_geometry
+    from visionflow.tracking.config import TrackingConfig
+    from visionflow.tracking.processor import TrackingProcessor
+    from visionflow.workers.output import OutputStage
+    from visionflow.workers.sinks import Sink
+
+    class Count(Sink):
+        name = "count"
+
+        def __init__(self) -> None:
+            self.published, self.dropped = Counter(), Counter()
+
+        def write(self, results: Any) -> None:
+            for r in results:
+                self.published[r.frame.stream_id] += 1
+
+    lb = letterbox_geometry(1280, 720, 320, 320)
+    streams = [f"s{i:02d}" for i in range(32)]
+    rng = np.random.default_rng(1)
+    x0 = rng.uniform(0, 1000, (len(streams), per_frame))
+
+    def batch(batch_id: int) -> BatchResult:
+        seq = batch_id
+        results = []
+        for s, sid in enumerate(streams):
+            dets = tuple(
+                Detection(0, "person", 0.9, x + 3 * seq % 200, 100.0, x + 3 * seq % 200 + 60, 260.0)
+                for x in x0[s]
+            )
+            ref = FrameRef(sid, seq, None, 1e9 + seq / 10, 1.0, "p", 0, lb)
+            results.append(FrameResult(ref, dets, 1.0, 1.0, 32, 0, 1e9))
+        return BatchResult(batch_id, 0, tuple(results))
+
+    variants: dict[str, list[Any]] = {
+        "no processor (before tracking)": [],
+        "tracking processor, no stream tracked (default)": [TrackingProcessor({})],
+        "every stream tracked": [TrackingProcessor({s: TrackingConfig() for s in streams})],
+    }
+    rows = []
+    for name, processors in variants.items():
+        stage = OutputStage([Count()], processors=processors)
+        n, spent, batch_id = 0, 0.0, 1
+        while spent < seconds:
+            work = batch(batch_id)  # built outside the measured time
+            start = time.process_time()
+            n += stage.on_result(work)
+            spent += time.process_time() - start
+            batch_id += 1
+        rows.append(
+            {
+                "detections_per_frame": per_frame,
+                "variant": name,
+                "us_per_result": round(spent / n * 1e6, 2),
+                "results_per_cpu_s": round(n / spent),
+            }
+        )
+    return rows
+
+
+# ---- the whole pipeline, tracking off and on --------------------------------------------------
+def pipeline(rounds: int, seconds: float, streams: int) -> list[dict[str, Any]]:
+    """cpu_pipeline.py's visionflow run (files read flat out, bundled detector, Redis), with
+    no stream tracked and with every stream tracked (a zone and a line each), alternating."""
+    from bench.cpu_pipeline import make_clips, run_visionflow
+    from visionflow.redis_server import EmbeddedRedis
+
+    clips = make_clips(streams, 640, 360, ROOT / ".cache" / "bench-clips")
+    tracking = {
+        "zones": [{"id": "z", "points": [[0.6, 0.3], [0.9, 0.3], [0.9, 1], [0.6, 1]]}],
+        "lines": [{"id": "l", "start": [0.3, 0], "end": [0.3, 1]}],
+    }
+    rows = []
+    with EmbeddedRedis() as server:
+        for r in range(rounds):
+            for name, section in (("off", None), ("on", tracking)):
+                out = run_visionflow(clips, seconds, server.url, 8, tracking=section)
+                rows.append(
+                    {
+                        "round": r,
+                        "tracking": name,
+                        "fps": round(out["fps"], 1),
+                        "cpu_ms_per_frame": round(out["cpu_ms_per_frame"], 2),
+                        "dropped": out["dropped"],
+                    }
+                )
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
+    def mean(key: str, mode: str) -> float:
+        values = [r[key] for r in rows if r["tracking"] == mode]
+        return sum(values) / len(values)
+
+    return {
+        "fps_ratio_on_off": round(mean("fps", "on") / mean("fps", "off"), 3),
+        "cpu_per_frame_ratio_on_off": round(
+            mean("cpu_ms_per_frame", "on") / mean("cpu_ms_per_frame", "off"), 3
+        ),
+    }
+
+
+# ---- install cost ------------------------------------------------------------------------------
+def install_cost(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    import importlib.metadata as md
+
+    have = {
+        d.metadata["Name"].lower().replace("_", "-")
+        for d in md.distributions()
+        if d.metadata["Name"]
+    }
+    extra: dict[str, float] = {}
+    for dist in md.distributions(path=[path]):
+        name = dist.metadata["Name"].lower().replace("_", "-")
+        if name in have:
+            continue
+        size = sum(
+            (Path(path) / str(f)).stat().st_size
+            for f in dist.files or []
+            if (Path(path) / str(f)).is_file()
+        )
+        extra[name] = round(size / 2**20, 1)
+    return {
+        "extra_packages_mb": dict(sorted(extra.items(), key=lambda kv: -kv[1])),
+        "total_mb": round(sum(extra.values()), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trackers-path", default=None, help="a --target dir holding 'trackers'")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each scene")
+    parser.add_argument("--fps", type=int, default=10, help="frame rate of the scenes")
+    parser.add_argument("--seeds", default=",".join(f"{k}:{v}" for k, v in HELD_OUT.items()))
+    parser.add_argument("--rounds", type=int, default=2, help="pipeline runs per mode")
+    parser.add_argument("--pipeline-seconds", type=float, default=10.0)
+    parser.add_argument("--streams", type=int, default=8, help="pipeline section's streams")
+    parser.add_argument("--skip", default="", help="comma-separated sections to leave out")
+    args = parser.parse_args()
+    seeds = {k: int(v) for k, v in (s.split(":") for s in args.seeds.split(","))}
+    install = install_cost(args.trackers_path)  # before it is on sys.path
+    why_not = trackers_available(args.trackers_path)
+    have_theirs = why_not is None
+    if why_not:
+        print(f"trackers not importable ({why_not}): visionflow only")
+    result: dict[str, Any] = {"args": vars(args), "trackers_import": why_not or "ok"}
+    skip = set(args.skip.split(","))
+    if "speed" not in skip:
+        result["speed"] = speed(have_theirs)
+        print(table(result["speed"], list(result["speed"][0])))
+    if "accuracy" not in skip:
+        result["accuracy"] = accuracy(args.seconds, args.fps, have_theirs, seeds)
+        columns = ["scene", "seed", "tracker", "idf1", "mota", "id_switches", "frames", "objects"]
+        print(table(result["accuracy"], columns))
+    if "output_stage" not in skip:
+        result["output_stage"] = output_stage(0) + output_stage(5)
+        print(table(result["output_stage"], list(result["output_stage"][0])))
+    if "pipeline" not in skip:
+        rows = pipeline(args.rounds, args.pipeline_seconds, args.streams)
+        result["pipeline"] = {"runs": rows, **summarise(rows)}
+        print(table(rows, list(rows[0])))
+        print(json.dumps(summarise(rows)))
+    result["install"] = install
+    print(json.dumps(result["install"]))
+    print("wrote", write_result("tracking", result))
+
+
+if __name__ == "__main__":
+    main()

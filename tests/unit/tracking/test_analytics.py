@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from visionflow.tracking.analytics import Frame, Seen, StreamAnalytics
+from visionflow.tracking.config import TrackingConfig
+
+W, H = 400, 200
+ZONE = {"id": "door", "points": [[0.5, 0], [1, 0], [1, 1], [0.5, 1]]}  # the right half
+LINE = {"id": "mid", "start": [0.5, 0], "end": [0.5, 1]}  # top -> bottom: 'in' is right -> left
+
+
+def run(config, path, label="person", t0=1_000_000_020.0, fps=10, track_id=7):
+    """Feed one object whose anchor (feet) follows ``path`` [(x, y), ...]; collect output."""
+    analytics = StreamAnalytics(TrackingConfig.model_validate(config), W, H)
+    events, counts = [], []
+    for i, (x, y) in enumerate(path):
+        seen = [Seen(track_id, label, (x - 10, y - 40, x + 10, y))]
+        born = [track_id] if i == 0 else []
+        ev, co = analytics.step(Frame(i, t0 + i / fps, i / fps, seen, born))
+        events += ev
+        counts += co
+    return events, counts
+
+
+def test_walking_right_through_the_zone_enters_then_exits_with_its_dwell():
+    events, counts = run({"zones": [ZONE]}, [(20 * i, 100) for i in range(20)])
+    assert [(e.kind, e.zone, e.seq) for e in events] == [
+        ("enter", "door", 10)
+    ]  # x 200: on the edge counts as in
+    back = [(380 - 20 * i, 100) for i in range(20)]
+    events, _ = run({"zones": [ZONE]}, back)
+    kinds = [(e.kind, e.seq, e.dwell_s) for e in events]
+    assert kinds == [("enter", 0, None), ("exit", 10, 1.0)], kinds
+    assert ("person", "tracks") in counts and ("person", "zone:door:enter") in counts
+
+
+def test_min_dwell_ignores_a_flicker_on_the_edge_and_loiter_fires_once():
+    config = {"zones": [{**ZONE, "min_dwell_s": 0.3, "loiter_s": 1.0}]}
+    flicker = [(190, 100), (210, 100), (190, 100), (210, 100), (190, 100)] * 2
+    events, _ = run(config, flicker)
+    assert events == []
+    stay = [(300, 100)] * 25
+    events, _ = run(config, stay)
+    assert [(e.kind, e.seq) for e in events] == [("enter", 3), ("loiter", 10)]
+    assert events[1].dwell_s == 1.0
+
+
+def test_line_crossings_have_a_direction_and_jitter_on_the_line_is_not_a_crossing():
+    left_to_right = [(100 + 20 * i, 100) for i in range(12)]
+    events, _ = run({"lines": [LINE]}, left_to_right)
+    assert [(e.kind, e.line, e.direction) for e in events] == [("cross", "mid", "out")]
+    events, _ = run({"lines": [LINE]}, list(reversed(left_to_right)))
+    assert [e.direction for e in events] == ["in"]
+    jitter = [(200 + (1 if i % 2 else -1), 100) for i in range(20)]  # within the margin
+    assert run({"lines": [LINE]}, jitter)[0] == []
+
+
+def test_passing_beside_a_short_line_is_no_crossing():
+    short = {"id": "s", "start": [0.5, 0], "end": [0.5, 0.3]}
+    events, _ = run({"lines": [short]}, [(100 + 20 * i, 150) for i in range(12)])
+    assert events == []
+
+
+def test_label_filters_and_unique_counts_per_bucket():
+    config = {"lines": [{**LINE, "labels": ["car"]}]}
+    back_and_forth = [(100 + 20 * i, 100) for i in range(12)] * 3
+    assert run(config, back_and_forth, label="person")[0] == []
+    events, counts = run(
+        config,
+        [(100 + 20 * i, 100) for i in range(12)]
+        + [(100, 100)] * 2
+        + [(100 + 20 * i, 100) for i in range(12)],
+        label="car",
+    )
+    assert [e.direction for e in events] == ["out", "in", "out"]  # every crossing is an event
+    assert counts.count(("car", "line:mid:out")) == 1  # ... one track counted once a bucket
+    assert counts.count(("car", "line:mid:in")) == 1
+
+
+def test_a_removed_track_inside_a_zone_exits_and_close_ends_every_presence():
+    analytics = StreamAnalytics(TrackingConfig.model_validate({"zones": [ZONE]}), W, H)
+    inside = [Seen(1, "car", (290, 60, 310, 100)), Seen(2, "car", (290, 60, 310, 100))]
+    analytics.step(Frame(0, 5.0, 0.0, inside, [1, 2]))
+    events, counts = analytics.step(Frame(1, 5.1, 0.1, [inside[1]], [], removed=[1]))
+    assert [(e.kind, e.track_id) for e in events] == [("exit", 1)]
+    assert ("car", "zone:door:exit") in counts
+    closed = analytics.close(Frame(2, 5.2, 0.2, []))
+    assert [(e.kind, e.track_id) for e in closed] == [("exit", 2)]

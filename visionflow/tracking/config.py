@@ -1,0 +1,202 @@
+"""Per-stream tracking settings: the tracker, zones (polygons) and directed lines.
+
+A stream tracks when its config has a ``tracking`` section (off by default)::
+
+    tracking:
+      lost_track_s: 1.0
+      zones:
+        - {id: door, points: [[0.1, 0.5], [0.4, 0.5], [0.4, 1.0], [0.1, 1.0]], loiter_s: 10}
+      lines:
+        - {id: gate, start: [0.5, 0], end: [0.5, 1], labels: [car]}
+
+Coordinates are fractions of the frame (``units: fraction``, the default) or pixels of the
+original frame (``units: px``).  A line's ``in`` direction is a crossing from its left to
+its right as seen looking from ``start`` to ``end`` on the image (y grows downwards): the
+line ``[0, 0.5] -> [1, 0.5]`` counts objects moving down as ``in``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from visionflow.tracking.bytetrack import TrackerParams
+from visionflow.tracking.geometry import polygon_area, segments_cross
+
+Point = tuple[float, float]
+ShapeId = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
+        description="1-64 ASCII letters, digits, '_', '.', '-' (no ':' or '|', so it fits "
+        "the counts field <stream>|<label>|zone:<id>:enter).",
+    ),
+]
+Units = Literal["fraction", "px"]
+Anchor = Literal["bottom_center", "center"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_point(where: str, index: int, point: Point, units: Units) -> None:
+    x, y = point
+    if units == "fraction" and not (0 <= x <= 1 and 0 <= y <= 1):
+        raise ValueError(
+            f"{where} {index} {[x, y]} is outside the frame: with units 'fraction' both "
+            "coordinates must be within 0..1 (use units: px for pixels)"
+        )
+    if units == "px" and (x < 0 or y < 0):
+        raise ValueError(f"{where} {index} {[x, y]} is negative (pixels start at 0)")
+
+
+class _Shape(_Strict):
+    id: ShapeId = Field(description="Id, unique among the stream's zones (lines).")
+    units: Units = Field(default="fraction", description="fraction (0..1 of the frame) or px.")
+    labels: list[str] | None = Field(
+        default=None, description="Only objects with these labels; empty: every label."
+    )
+
+
+class ZoneConfig(_Shape):
+    """A polygon; an object is in it when its anchor point is."""
+
+    points: list[Point] = Field(
+        min_length=3, description="Polygon corners [x, y] in order (at least 3, no crossing edges)."
+    )
+    min_dwell_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="Inertia: an object must be inside this long before it counts as entered "
+        "(and outside as long before it counts as gone), so a box flickering on the edge "
+        "makes no events.",
+    )
+    loiter_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=86400,
+        description="A 'loiter' event when an object has stayed this long; empty: none.",
+    )
+
+    @field_validator("points")
+    @classmethod
+    def _valid_polygon(cls, points: list[Point]) -> list[Point]:
+        for i, point in enumerate(points):
+            if not all(abs(v) < 1e6 for v in point):
+                raise ValueError(f"point {i} {list(point)} is not a finite coordinate")
+        if len(set(points)) != len(points):
+            dup = next(i for i, p in enumerate(points) if points.index(p) != i)
+            raise ValueError(f"point {dup} {list(points[dup])} repeats an earlier point")
+        n = len(points)
+        for i in range(n):
+            for j in range(i + 2, n):
+                if i == 0 and j == n - 1:
+                    continue  # adjacent through the closing edge
+                a, b = points[i], points[(i + 1) % n]
+                c, d = points[j], points[(j + 1) % n]
+                if segments_cross(a, b, c, d):
+                    raise ValueError(
+                        f"edges {i}-{(i + 1) % n} and {j}-{(j + 1) % n} cross: the polygon "
+                        "must not intersect itself (list the corners in order around it)"
+                    )
+        if polygon_area(points) <= 1e-9:
+            raise ValueError("the polygon has no area (its points are on one line)")
+        return points
+
+    @model_validator(mode="after")
+    def _in_units(self) -> ZoneConfig:
+        for i, point in enumerate(self.points):
+            _check_point("point", i, point, self.units)
+        return self
+
+
+class LineConfig(_Shape):
+    """A directed segment; an object crossing it is counted ``in`` or ``out``."""
+
+    start: Point = Field(description="First end [x, y].")
+    end: Point = Field(description="Second end [x, y]; 'in' is crossing from its left to right.")
+    margin: float = Field(
+        default=0.01,
+        ge=0,
+        le=0.5,
+        description="Hysteresis as a fraction of the frame diagonal: an object's side of the "
+        "line changes only once its anchor is this far past it, so jitter on the line makes "
+        "no extra crossings.",
+    )
+
+    @model_validator(mode="after")
+    def _valid_line(self) -> LineConfig:
+        _check_point("start", 0, self.start, self.units)
+        _check_point("end", 0, self.end, self.units)
+        if self.start == self.end:
+            raise ValueError(f"start and end are the same point {list(self.start)}")
+        return self
+
+
+def _unique_ids(kind: str, ids: list[str]) -> None:
+    for i, shape_id in enumerate(ids):
+        if shape_id in ids[:i]:
+            raise ValueError(f"{kind}s[{i}]: duplicate {kind} id {shape_id!r}")
+
+
+class TrackingConfig(_Strict):
+    """ByteTrack settings of one stream, its zones and lines."""
+
+    high_thresh: float = Field(
+        default=0.5, gt=0, lt=1, description="Detections scoring at least this start/keep tracks."
+    )
+    low_thresh: float = Field(
+        default=0.1,
+        gt=0,
+        lt=1,
+        description="Detections between this and high_thresh only keep existing tracks alive "
+        "(ByteTrack's second association, through occlusions).",
+    )
+    new_track_thresh: float = Field(
+        default=0.6, gt=0, le=1, description="Least score of a detection that starts a new track."
+    )
+    match_iou: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="Least IoU of a detection with a track's predicted box.",
+    )
+    lost_track_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=600,
+        description="A track unseen this long (also across dropped frames) is given up; until "
+        "then it keeps its id when its object is found again.",
+    )
+    anchor: Anchor = Field(
+        default="bottom_center",
+        description="The point of a box that is in a zone or crosses a line: bottom_center "
+        "(the feet, for ground-plane zones) or center.",
+    )
+    zones: list[ZoneConfig] = Field(default_factory=list, description="Zones of this stream.")
+    lines: list[LineConfig] = Field(default_factory=list, description="Lines of this stream.")
+    events_maxlen: int = Field(
+        default=10_000, ge=1, description="Trim the stream's events stream to about this many."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrackingConfig:
+        if self.low_thresh > self.high_thresh:
+            raise ValueError(
+                f"low_thresh {self.low_thresh} is above high_thresh {self.high_thresh}"
+            )
+        _unique_ids("zone", [z.id for z in self.zones])
+        _unique_ids("line", [ln.id for ln in self.lines])
+        return self
+
+    def params(self) -> TrackerParams:
+        return TrackerParams(
+            high_thresh=self.high_thresh,
+            low_thresh=self.low_thresh,
+            new_track_thresh=self.new_track_thresh,
+            match_iou=self.match_iou,
+            lost_track_s=self.lost_track_s,
+        )

@@ -1,0 +1,63 @@
+"""Plane geometry for zones and lines (pure functions over points ``(x, y)``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+Point = tuple[float, float]
+
+
+def cross(o: Point, a: Point, b: Point) -> float:
+    """z of (a - o) x (b - o): > 0 when ``b`` is right of o->a on the image (y down)."""
+    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+
+def segments_cross(a: Point, b: Point, c: Point, d: Point) -> bool:
+    """Whether segments a-b and c-d intersect (touching counts)."""
+    d1, d2 = cross(c, d, a), cross(c, d, b)
+    d3, d4 = cross(a, b, c), cross(a, b, d)
+    if ((d1 > 0 > d2) or (d1 < 0 < d2)) and ((d3 > 0 > d4) or (d3 < 0 < d4)):
+        return True
+
+    def on(p: Point, q: Point, r: Point) -> bool:  # r on segment p-q, given collinear
+        return min(p[0], q[0]) <= r[0] <= max(p[0], q[0]) and min(p[1], q[1]) <= r[1] <= max(
+            p[1], q[1]
+        )
+
+    return (
+        (d1 == 0 and on(c, d, a))
+        or (d2 == 0 and on(c, d, b))
+        or (d3 == 0 and on(a, b, c))
+        or (d4 == 0 and on(a, b, d))
+    )
+
+
+def polygon_area(points: Sequence[Point]) -> float:
+    """Unsigned area (shoelace)."""
+    xs = np.array([p[0] for p in points])
+    ys = np.array([p[1] for p in points])
+    return float(abs(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1))) / 2)
+
+
+def points_in_polygon(
+    points: npt.NDArray[np.float64], polygon: npt.NDArray[np.float64]
+) -> npt.NDArray[np.bool_]:
+    """Even-odd rule for ``[N, 2]`` points against a ``[K, 2]`` polygon (vectorised)."""
+    x, y = points[:, 0:1], points[:, 1:2]
+    x1, y1 = polygon[:, 0], polygon[:, 1]
+    x2, y2 = np.roll(x1, -1), np.roll(y1, -1)
+    straddles = (y1 > y) != (y2 > y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        at_x = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
+    hits = straddles & (x < at_x)
+    inside: npt.NDArray[np.bool_] = (hits.sum(axis=1) % 2) == 1
+    return inside
+
+
+def signed_distance(point: Point, start: Point, end: Point) -> float:
+    """Distance of ``point`` from the line start->end, > 0 on its right (image, y down)."""
+    length = float(np.hypot(end[0] - start[0], end[1] - start[1]))
+    return cross(start, end, point) / length

@@ -1,0 +1,139 @@
+"""The tracking processor of the output stage: track ids, events and counts per stream.
+
+Plugs into :class:`visionflow.workers.output.OutputStage` between the reorder buffer and the
+sinks, where every stream's results come in ``seq`` order.  For each stream with a
+``tracking`` section it runs a :class:`~visionflow.tracking.bytetrack.ByteTracker` and the
+stream's :class:`~visionflow.tracking.analytics.StreamAnalytics`, and returns each result
+with ``track_id`` on its detections and the frame's events and count increments (written by
+:class:`visionflow.tracking.sink.RedisEventSink`).  Streams without tracking pass through
+untouched.
+
+Time: a stream's track clock advances by the difference of presentation times when they
+increase, else by the difference of capture times (a looped file, a reconnect), so the
+lost-track buffer and dwell times are in the source's seconds.  The tracker is reset (ids
+keep counting up) when a frame comes at another resolution (the camera reconnected with
+other settings) or with a ``seq`` not above the last one (the pipeline restarted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from visionflow.pipeline.frames import FrameResult, TrackEvent
+from visionflow.tracking.analytics import Frame, Seen, StreamAnalytics, count_metric
+from visionflow.tracking.bytetrack import ByteTracker
+from visionflow.tracking.config import TrackingConfig
+
+log = logging.getLogger("visionflow.tracking")
+
+
+@dataclass
+class _Clock:
+    pts: float | None = None
+    capture: float = 0.0
+    now: float = 0.0
+
+    def advance(self, pts: float | None, capture: float) -> float:
+        if self.pts is not None and pts is not None and pts > self.pts:
+            self.now += pts - self.pts
+        else:
+            self.now += max(0.0, capture - self.capture) if self.capture else 0.0
+        self.pts, self.capture = pts, capture
+        return self.now
+
+
+class StreamTracker:
+    """Tracker, clock and zones/lines of one stream."""
+
+    def __init__(self, stream_id: str, config: TrackingConfig) -> None:
+        self.stream_id, self.config = stream_id, config
+        self.tracker = ByteTracker(config.params())
+        self.clock = _Clock()
+        self.size: tuple[int, int] | None = None
+        self.last_seq = -1
+        self.analytics: StreamAnalytics | None = None
+        self.resets = 0
+
+    def step(self, result: FrameResult) -> FrameResult:
+        frame = result.frame
+        size = (frame.letterbox.src_w, frame.letterbox.src_h)
+        events: list[TrackEvent] = []
+        t = self.clock.advance(frame.pts, frame.capture_ts)
+        if self.analytics is None or size != self.size or frame.seq <= self.last_seq:
+            if self.analytics is not None:
+                events += self.analytics.close(Frame(frame.seq, frame.capture_ts, t, ()))
+                self.resets += 1
+                log.info(
+                    "stream %r: tracker reset (%s)",
+                    self.stream_id,
+                    "resolution changed" if size != self.size else "seq went back",
+                )
+            self.tracker.reset()
+            self.size = size
+            self.analytics = StreamAnalytics(self.config, *size, stream_id=self.stream_id)
+        self.last_seq = frame.seq
+        dets = result.detections
+        boxes = np.array([[d.x1, d.y1, d.x2, d.y2] for d in dets], np.float64).reshape(-1, 4)
+        scores = np.array([d.score for d in dets], np.float64)
+        classes = np.array([d.class_id for d in dets], np.int64)
+        found = self.tracker.update(boxes, scores, classes, t)
+        ids = [int(i) if i >= 0 else None for i in found.track_ids]
+        seen = [
+            Seen(ids[i] or 0, d.label, (d.x1, d.y1, d.x2, d.y2))
+            for i, d in enumerate(dets)
+            if ids[i] is not None and found.confirmed[i]
+        ]
+        more, counts = self.analytics.step(
+            Frame(frame.seq, frame.capture_ts, t, seen, found.born, found.removed)
+        )
+        counts += [(e.label, count_metric(e)) for e in events]  # exits of a reset
+        return dataclasses.replace(
+            result,
+            detections=tuple(
+                dataclasses.replace(d, track_id=i) for d, i in zip(dets, ids, strict=True)
+            ),
+            events=tuple(events + more),
+            counts=tuple(counts),
+        )
+
+
+class TrackingProcessor:
+    """Per-stream trackers in the output stage; configs can change at run time."""
+
+    def __init__(self, configs: dict[str, TrackingConfig] | None = None) -> None:
+        self.configs: dict[str, TrackingConfig] = dict(configs or {})
+        self.streams: dict[str, StreamTracker] = {}
+        self.errors: Counter[str] = Counter()
+
+    def configure(self, stream_id: str, config: TrackingConfig | None) -> None:
+        """Start, change or stop (None) tracking one stream; its tracks start afresh."""
+        self.streams.pop(stream_id, None)
+        if config is None:
+            self.configs.pop(stream_id, None)
+        else:
+            self.configs[stream_id] = config
+
+    def process(self, results: list[FrameResult]) -> list[FrameResult]:
+        return [self._one(r) for r in results]
+
+    def _one(self, result: FrameResult) -> FrameResult:
+        sid = result.frame.stream_id
+        config = self.configs.get(sid)
+        if config is None:
+            return result
+        state = self.streams.get(sid)
+        if state is None:
+            state = self.streams[sid] = StreamTracker(sid, config)
+        try:
+            return state.step(result)
+        except Exception:  # one stream's bad frame must not stop the others' tracking
+            self.errors[sid] += 1
+            if self.errors[sid] == 1:
+                log.exception("stream %r: tracking failed (further failures only counted)", sid)
+            self.streams.pop(sid, None)
+            return result
