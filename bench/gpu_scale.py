@@ -60,6 +60,7 @@ LIMITS = {
     "legacy_1gpu": 420,
     "procs": 420,
     "per_gpu": 420,
+    "diag": 300,
 }
 P99_MS = 250.0
 
@@ -349,6 +350,77 @@ def section_per_gpu(work: Path) -> dict[str, Any]:
                 p.stop()
         log(f"per_gpu {label}: {json.dumps(out[label])[:300]}")
     return out
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def section_diag(work: Path, streams: int = 96) -> dict[str, Any]:
+    """Why 96 streams on one GPU collapse: stream states and errors, every process's CPU
+    share over 10 s, and a py-spy stack dump of each child (``DIR/../diag-*.txt``)."""
+    import collections
+    import logging
+    import multiprocessing
+    import shutil
+
+    import redis
+
+    from visionflow.redis_server import EmbeddedRedis
+    from visionflow.workers.supervisor import Pipeline
+
+    out: dict[str, Any] = {}
+    with EmbeddedRedis() as server:
+        cfg = _config(work, server.url, "diag", streams, [0])
+        p = Pipeline(cfg, server.url, log_level=logging.WARNING)
+        p.start()
+        try:
+            p.wait_ready(300)
+            time.sleep(20)
+            children = {c.pid: c.name for c in multiprocessing.active_children() if c.pid}
+            before = {pid: _proc_cpu(pid) for pid in children}
+            main0, t0 = _cpu(), time.monotonic()
+            spy = shutil.which("py-spy")
+            dumper = threading.Timer(
+                4.0, _dump_stacks, (spy, work, {**children, os.getpid(): "main"})
+            )
+            if spy:
+                dumper.start()  # during the window, not after it
+            window = measured_window(p, redis.Redis.from_url(server.url), "diag", 10)
+            dumper.join()
+            elapsed = time.monotonic() - t0
+            out["window"] = window
+            out["cpu_share"] = {
+                children[pid]: round((_proc_cpu(pid) - before[pid]) / elapsed, 2)
+                for pid in children
+                if Path(f"/proc/{pid}").exists()
+            }
+            out["cpu_share"]["main"] = round((_cpu() - main0) / elapsed, 2)
+            status = p.status()
+            out["states"] = dict(collections.Counter(str(s.state) for s in status.streams))
+            out["errors"] = dict(
+                collections.Counter((s.last_error or "")[:120] for s in status.streams)
+            )
+            out["frames_min_max"] = [
+                min(s.frames for s in status.streams),
+                max(s.frames for s in status.streams),
+            ]
+        finally:
+            p.stop()
+    brief = {k: v for k, v in out.get("window", {}).items() if k != "drops_by_stream"}
+    log(f"diag window: {json.dumps(brief)}")
+    log(f"diag: {json.dumps({k: v for k, v in out.items() if k != 'window'})[:3000]}")
+    return out
+
+
+def _dump_stacks(spy: str | None, work: Path, processes: dict[int, str]) -> None:
+    for pid, name in processes.items():
+        dump = subprocess.run(
+            [spy or "py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30
+        )
+        (work / f"diag-{name}.txt").write_text(dump.stdout + dump.stderr)
 
 
 def section_ramp_1gpu_c256(work: Path) -> dict[str, Any]:
