@@ -133,12 +133,20 @@ def run(
     duration: DurationOpt = 0.0,
     plain: PlainOpt = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log at DEBUG level.")] = False,
+    no_api: Annotated[
+        bool,
+        typer.Option(
+            "--no-api",
+            help="Do not serve the config's api: section (a separate `visionflow api` "
+            "serves it, e.g. the compose file's api service).",
+        ),
+    ] = False,
 ) -> None:
     """Run the pipeline described by a config file, with a live status table."""
     cfg = _load(config)
     setup_logging(logging.DEBUG if verbose else logging.INFO)
     with _redis_for(cfg) as url:
-        _run_pipeline(cfg, url, duration, plain, show_detections=False, config_path=config)
+        _run_pipeline(cfg, url, duration, plain, False, config_path=config, serve_api=not no_api)
 
 
 @app.command()
@@ -438,6 +446,7 @@ def _run_pipeline(
     plain: bool,
     show_detections: bool,
     config_path: Path | None = None,
+    serve_api: bool = True,
 ) -> None:
     from visionflow.workers.reconcile import Reconciler as Reconciler_
     from visionflow.workers.supervisor import Pipeline as Pipeline_
@@ -445,7 +454,7 @@ def _run_pipeline(
     try:
         registry, start_cfg = _open_registry(cfg, url)
         pipeline = Pipeline_(start_cfg, url, log_level=logging.getLogger().level)
-        api = _start_api(cfg, url, pipeline, registry)
+        api = _start_api(cfg, url, pipeline, registry) if serve_api else None
     except ConfigError as exc:
         err_console.print(f"[bold red]invalid config[/]\n{exc}")
         raise typer.Exit(2) from None

@@ -42,9 +42,10 @@ class RedisConfig(_Strict):
     key_prefix: str = Field(
         default="visionflow",
         pattern=r"^[A-Za-z0-9_.\-:]{1,64}$",
-        description="Prefix of every key: <prefix>:detections:<stream_id>, <prefix>:status:<id>, "
-        "<prefix>:streams, <prefix>:worker:<n>. Segments between ':' must be non-empty and "
-        "none may be a key family (streams, status, worker, detections, deadletter), so no "
+        description="Prefix of every key (<prefix>:detections:<stream_id>, "
+        "<prefix>:status:<id>, ...; the layout is visionflow/schema.py). Segments between ':' "
+        "must be non-empty and none may be a key family (a name of KEY_FAMILIES in "
+        "visionflow/streams/config.py: streams, status, detections, registry, ...), so no "
         "prefix's keys fall inside another prefix's families.",
     )
     maxlen: int = Field(

@@ -116,3 +116,34 @@ def test_run_keeps_a_configured_redis_that_is_down_and_delivers_once_it_is_up(
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         reader.join(timeout=5)
+
+
+def test_run_no_api_does_not_serve_the_config_api_section(
+    tmp_path: Path, redis_server: str, redis_client, key_prefix: str
+):
+    """docker/compose.yaml's pipeline services: the api: section is the api service's."""
+    import json
+    import socket
+
+    from tests.conftest import wait_until
+    from tests.integration.helpers import visionflow_cli
+    from visionflow.redis_server import free_port
+    from visionflow.schema import pipeline_key
+
+    port = free_port()
+    path = tmp_path / "site.yaml"
+    cfg = {
+        "streams": [],
+        "redis": {"url": redis_server, "key_prefix": key_prefix, "spool_dir": ""},
+        "api": {"listen": f"127.0.0.1:{port}"},
+    }
+    path.write_text(json.dumps(cfg))
+    with visionflow_cli("run", "-c", str(path), "--plain", "--no-api") as lines:
+        wait_until(
+            lambda: redis_client.exists(pipeline_key(key_prefix)),
+            60,
+            lambda: f"the pipeline never wrote its status: {''.join(lines)[-3000:]}",
+        )
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, "the API is served"
+        assert "Dashboard and API" not in "".join(lines)

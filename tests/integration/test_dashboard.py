@@ -159,12 +159,19 @@ def test_dashboard_shows_streams_turns_a_stopped_camera_red_and_a_new_one_appear
             "backoff_max_s": 0.5,
             "max_retries": 2,
         },
-        "api": {"listen": f"127.0.0.1:{free_port()}", "token": "${VF_API_TOKEN}"},
+        # reads protected: the page gets the token once from ?token= and sends it as a header
+        "api": {
+            "listen": f"127.0.0.1:{free_port()}",
+            "token": "${VF_API_TOKEN}",
+            "protect_reads": True,
+        },
     }
     seed_counts(redis_client, key_prefix, ["gate", "dock"])
     redis_client.set(snapshot_key(key_prefix, "gate"), scene_jpeg(640, 360, seed=3), ex=600)
     with pipeline(cfg, tmp_path) as base:
-        page.goto(base + "/")
+        assert httpx.get(base + "/streams").status_code == 401  # reads need the token
+        page.goto(base + f"/?token={TOKEN}")
+        assert TOKEN not in page.url, "the token stayed in the address bar"
         for sid in ("gate", "dock"):
             wait_dom(page, tile(sid, '[data-state="streaming"]'), f"{sid} never shown streaming")
         wait_dom(page, tile("gate", " img:not([hidden])"), "gate's snapshot never drawn")

@@ -292,8 +292,11 @@ def test_container_config_is_valid_and_listens_on_every_interface(monkeypatch: p
     assert raw["api"]["listen"] == "0.0.0.0:8080", "published ports reach only 0.0.0.0 listeners"
     token = PurePosixPath(raw["api"]["token_file"])
     assert token.parent == PurePosixPath("/run/secrets"), "the token comes from a compose secret"
-    for name in ("api", "pipeline", "pipeline-gpu"):  # every service that serves the API
-        assert token.name in compose()["services"][name]["secrets"], name
+    services = compose()["services"]
+    assert token.name in services["api"]["secrets"]
+    for name in ("pipeline", "pipeline-gpu"):  # the api service alone serves the API
+        assert "--no-api" in services[name]["command"], name
+        assert token.name not in services[name]["secrets"], name
     if "api" not in AppConfig.model_fields:  # the api section lands with the API's branch
         raw.pop("api")
     cfg = parse_config(raw, "docker/visionflow.yaml")

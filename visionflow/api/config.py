@@ -58,6 +58,30 @@ class ApiConfig(BaseModel):
         "status in Redis was last written longer ago than this (the pipeline is gone).",
     )
 
+    redis_timeout_s: float = Field(
+        default=0.5,
+        gt=0,
+        le=30,
+        description="Socket connect/read timeout of the API's own Redis connection, with no "
+        "retry: while Redis is away the data routes answer 503 within about this long "
+        "instead of holding a worker thread for seconds.",
+    )
+    protect_reads: bool | None = Field(
+        default=None,
+        description="Whether the GET routes (streams, detections, snapshots, counts, "
+        "workers, metrics) need the bearer token too; /healthz, /readyz, the dashboard page "
+        "and /docs stay open (the page asks for the token: open it once as /?token=...). "
+        "Default: on when listen is not loopback, off on loopback. On needs token or "
+        "token_file.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names (Host header, port ignored) the API answers besides the "
+        "listen host, localhost, 127.0.0.1 and ::1; other hosts get 400, which stops DNS "
+        "rebinding from a web page. Always checked on a loopback listener; on another "
+        "address only when this list is set (a '*' entry turns the check off).",
+    )
+
     @field_validator("listen")
     @classmethod
     def _valid_listen(cls, listen: str) -> str:
@@ -76,7 +100,24 @@ class ApiConfig(BaseModel):
                 f"listen {self.listen!r} is reachable from other machines: set token or "
                 "token_file (or listen on 127.0.0.1)"
             )
+        if self.protect_reads and self.token is None and self.token_file is None:
+            raise ValueError("protect_reads needs token or token_file")
         return self
+
+    @property
+    def reads_protected(self) -> bool:
+        """``protect_reads``, its default resolved from the listen address."""
+        if self.protect_reads is None:
+            return not is_loopback(self.host)
+        return self.protect_reads
+
+    @property
+    def trusted_hosts(self) -> frozenset[str] | None:
+        """The Host names answered (lower case); None: any (see ``allowed_hosts``)."""
+        if "*" in self.allowed_hosts or (not is_loopback(self.host) and not self.allowed_hosts):
+            return None
+        names = {self.host, "localhost", "127.0.0.1", "::1", *self.allowed_hosts}
+        return frozenset(n.lower() for n in names)
 
     @property
     def host(self) -> str:

@@ -28,10 +28,14 @@ class GpuStats:
 
 
 class GpuProbe:
-    """Reads every GPU and MIG instance of this host at most once per ``max_age_s``."""
+    """Reads every GPU and MIG instance of this host at most once per ``max_age_s``; after
+    an NVML failure (no driver, no pynvml, a transient error) not again for
+    ``retry_after_s`` (no GPU figures meanwhile)."""
 
-    def __init__(self, nvml: Any | None = None, max_age_s: float = 1.0) -> None:
-        self._nvml, self.max_age_s = nvml, max_age_s
+    def __init__(
+        self, nvml: Any | None = None, max_age_s: float = 1.0, retry_after_s: float = 60.0
+    ) -> None:
+        self._nvml, self.max_age_s, self.retry_after_s = nvml, max_age_s, retry_after_s
         self._lock = threading.Lock()
         self._cache: tuple[float, list[GpuStats]] = (0.0, [])
         self._broken = False
@@ -47,13 +51,16 @@ class GpuProbe:
     def devices(self) -> list[GpuStats]:
         with self._lock:
             taken, cached = self._cache
-            if time.monotonic() - taken < self.max_age_s or self._broken:
+            wait = self.retry_after_s if self._broken else self.max_age_s
+            if time.monotonic() - taken < wait:
                 return cached
             try:
                 cached = self._read()
             except Exception as exc:  # no driver, no pynvml, NVML error: no GPU figures
-                log.debug("NVML unavailable: %s", exc)
+                log.debug("NVML unavailable (next try in %.0f s): %s", self.retry_after_s, exc)
                 self._broken, cached = True, []
+            else:
+                self._broken = False
             self._cache = (time.monotonic(), cached)
             return cached
 

@@ -10,6 +10,8 @@ from collections.abc import Callable
 import redis
 import uvicorn
 from fastapi import FastAPI
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from visionflow.api.app import create_app
 from visionflow.api.auth import resolve_token
@@ -49,9 +51,25 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{shown}:{port}/"
 
 
-def _client(url: str, cfg: AppConfig) -> redis.Redis:
-    timeout = cfg.redis.socket_timeout_s
-    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+def _client(url: str, api: ApiConfig) -> redis.Redis:
+    """The API's Redis connection: short timeouts and no retry, so an unreachable Redis
+    costs a request ``api.redis_timeout_s`` at most (then 503), not seconds of backoff."""
+    timeout = api.redis_timeout_s
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def _app(ctx: ApiContext, api: ApiConfig, cfg: AppConfig) -> FastAPI:
+    return create_app(
+        ctx,
+        resolve_token(api, cfg.base_dir),
+        protect_reads=api.reads_protected,
+        trusted_hosts=api.trusted_hosts,
+    )
 
 
 def pipeline_app(
@@ -62,17 +80,17 @@ def pipeline_app(
 ) -> FastAPI:
     """The API of ``visionflow run``: status straight from the pipeline."""
     api = cfg.api or ApiConfig()
-    ctx = ApiContext(PipelineSource(status), _client(redis_url, cfg), cfg.redis.key_prefix, control)
-    return create_app(ctx, resolve_token(api, cfg.base_dir))
+    ctx = ApiContext(PipelineSource(status), _client(redis_url, api), cfg.redis.key_prefix, control)
+    return _app(ctx, api, cfg)
 
 
 def redis_app(cfg: AppConfig, redis_url: str, control: StreamControl | None = None) -> FastAPI:
     """The API of ``visionflow api``: everything read from Redis."""
     api = cfg.api or ApiConfig()
-    client = _client(redis_url, cfg)
+    client = _client(redis_url, api)
     source = RedisSource(client, cfg.redis.key_prefix)
     ctx = ApiContext(source, client, cfg.redis.key_prefix, control, api.status_stale_s)
-    return create_app(ctx, resolve_token(api, cfg.base_dir))
+    return _app(ctx, api, cfg)
 
 
 class ApiServer:

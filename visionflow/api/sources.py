@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -82,12 +83,26 @@ def _latency_of(status: StreamStatus) -> dict[str, StageLatency] | None:
 
 
 class PipelineSource:
-    """The in-process pipeline's board (``Pipeline.status``)."""
+    """The in-process pipeline's board (``Pipeline.status``), taken at most once per
+    ``max_age_s`` (0.5 s): ``Pipeline.status`` takes the scheduler's lock and summarises
+    every stream, and one dashboard poll makes four requests.  Thread-safe: concurrent
+    requests wait for one call instead of each making their own."""
 
-    def __init__(self, status: Callable[[], PipelineStatus]) -> None:
-        self._status = status
+    def __init__(self, status: Callable[[], PipelineStatus], max_age_s: float = 0.5) -> None:
+        self._status, self.max_age_s = status, max_age_s
+        self._lock = threading.Lock()
+        self._cached: tuple[float, Snapshot] | None = None
 
     def snapshot(self) -> Snapshot:
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is not None and now - self._cached[0] < self.max_age_s:
+                return self._cached[1]
+            snap = self._take()
+            self._cached = (now, snap)
+            return snap
+
+    def _take(self) -> Snapshot:
         now = time.time()
         st = self._status()
         return Snapshot(
@@ -195,10 +210,22 @@ def _float(value: str | None) -> float | None:
 
 
 def _json(value: str | None, default: Any) -> Any:
+    """The JSON in ``value``; ``default`` when absent, unreadable or of another type than
+    ``default`` (a hash written by another version or by hand spoils only that field)."""
     try:
-        return json.loads(value) if value else default
+        parsed = json.loads(value) if value else default
     except ValueError:
         return default
+    return parsed if isinstance(parsed, type(default)) else default
+
+
+def _drops(value: str | None) -> dict[str, int]:
+    """The ``drops`` field: reason -> count; entries that are not numbers are left out."""
+    out: dict[str, int] = {}
+    for reason, count in _json(value, {}).items():
+        if isinstance(count, (int, float)) and not isinstance(count, bool):
+            out[str(reason)] = int(count)
+    return out
 
 
 def _state(value: str | None) -> StreamState:
@@ -221,7 +248,7 @@ def parse_stream(stream_id: str, h: dict[str, str]) -> StreamView:
         frames=_int(h.get("frames")),
         published=_int(h.get("published")),
         skipped_fps_cap=_int(h.get("skipped_fps_cap")),
-        drops={str(k): int(v) for k, v in _json(h.get("drops"), {}).items()},
+        drops=_drops(h.get("drops")),
         decode_errors=_int(h.get("decode_errors")),
         reconnects=_int(h.get("reconnects")),
         last_error=redact_text(h["last_error"]) if h.get("last_error") else None,

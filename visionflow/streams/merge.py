@@ -50,6 +50,7 @@ ConflictKind = Literal[
     "unreadable",
 ]
 PATCH_FIELDS: tuple[str, ...] = tuple(StreamPatch.model_fields)
+NOTHING_TO_CHANGE = f"the patch sets none of {', '.join(PATCH_FIELDS)}"
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,8 @@ def record_update(
 ) -> tuple[Record, StreamConfig]:
     """The new record and the stream's new entry."""
     fields = patch_fields(patch)
+    if not fields:
+        raise ConfigError(f"stream {stream_id!r}: nothing to change: {NOTHING_TO_CHANGE}")
     if record is not None and record.kind == "added" and record.stream is not None:
         stream = apply_patch(record.stream, fields)
         return Record("added", record.ts, stream=stream, file_fp=record.file_fp), stream

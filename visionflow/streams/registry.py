@@ -42,7 +42,7 @@ from visionflow.streams.merge import (
     record_remove,
     record_update,
 )
-from visionflow.streams.secrets import UrlSealer, load_key
+from visionflow.streams.secrets import UrlSealer, check_runtime_url, load_key
 from visionflow.streams.urls import redact_text
 
 log = logging.getLogger("visionflow.registry")
@@ -215,12 +215,15 @@ class StreamRegistry:
 
     def desired(self) -> Desired:
         """What the pipeline should run: ``${ENV}`` references resolved (a stream whose
-        variable is not set is left out and reported as ``unreadable``)."""
+        variable is not set, or whose runtime URL breaks ``check_runtime_url``, is left out
+        and reported as ``unreadable``)."""
         version, merged = self._read()
         streams: builtins.list[StreamConfig] = []
         conflicts = [*merged.conflicts]
         for stream in merged.streams:
             try:
+                if not self._from_file(stream):  # also a record written before the rule
+                    check_runtime_url(stream.id, stream.url)
                 url = substitute_env(stream.url, f"stream {stream.id!r} url")
             except ConfigError as exc:
                 conflicts.append(Conflict(stream.id, "unreadable", f"{exc}; left out"))
@@ -228,6 +231,13 @@ class StreamRegistry:
             streams.append(stream if url == stream.url else stream.model_copy(update={"url": url}))
         self._report(conflicts)
         return Desired(version, tuple(streams), tuple(conflicts))
+
+    def _from_file(self, stream: StreamConfig) -> bool:
+        """Whether the stream's URL is the config file's (full ``${ENV}`` support there;
+        a runtime URL follows ``check_runtime_url``)."""
+        with self._lock:
+            file_stream = self._file.get(stream.id)
+        return file_stream is not None and file_stream.url == stream.url
 
     # ---- writing ---------------------------------------------------------------------
     def add(self, stream: StreamConfig) -> None:
@@ -237,6 +247,7 @@ class StreamRegistry:
                 f"stream {stream.id!r}: URL scheme {stream.scheme!r} is not in "
                 f"source.allowed_schemes {list(self.allowed_schemes)}"
             )
+        check_runtime_url(stream.id, stream.url)
         self.sealer.seal(stream.id, stream.url)  # refuse an inline password without a key
         self._write(stream.id, lambda f, r, now: (record_add(stream, f, r, now), None))
         log.info("stream registry: added %s (%s)", stream.id, stream.safe_url)

@@ -17,7 +17,13 @@ pipeline (``visionflow run``) or writes it (the API) needs the same key.
 
 A password written as an ``${ENV}`` reference (``rtsp://admin:${CAM7_PASSWORD}@cam7/live``)
 is not a secret in itself: it is stored as written and resolved from the environment of the
-pipeline that reads the stream.  Without a key, a URL with an inline password is refused
+pipeline that reads the stream.  Whoever adds streams at run time must not be able to read
+the pipeline's environment through a URL (``rtsp://cam/${VISIONFLOW_REGISTRY_KEY}`` would put
+the key into the status), so a runtime URL (:func:`check_runtime_url`) may hold one reference
+only as the whole password, naming a variable whose name starts with ``CAM`` (``CAM7_PASSWORD``,
+``CAM_PASSWORD``, ``CAMERA_PW``); config-file URLs keep full ``${ENV}`` support.
+
+Without a key, a URL with an inline password is refused
 (:class:`~visionflow.errors.ConfigError` saying how to configure a key or use ``${ENV}``).
 """
 
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet, InvalidToken
 
@@ -40,6 +47,40 @@ HOW_TO_KEY = (
     f"registry.secret_key_file / {KEY_FILE_ENV} at a file holding it; or write the password "
     "as an ${ENV_VAR} reference resolved where the pipeline runs"
 )
+
+
+#: A runtime URL's ``${NAME}`` must name a variable starting with this (never VISIONFLOW_*,
+#: which hold the registry key, the Redis URL, ...).
+RUNTIME_ENV_PREFIX = "CAM"
+RUNTIME_URL_RULE = (
+    "a stream added or changed at run time may use an ${ENV} reference only as the whole "
+    f"password of the URL (rtsp://user:${{{RUNTIME_ENV_PREFIX}7_PASSWORD}}@host/...), naming a "
+    f"variable whose name starts with {RUNTIME_ENV_PREFIX!r}"
+)
+
+
+def check_runtime_url(stream_id: str, url: str) -> None:
+    """ConfigError (naming :data:`RUNTIME_URL_RULE`) when ``url``, added at run time, holds
+    ``${`` anywhere but as the whole password, or a password reference to another variable
+    than a ``CAM*`` one: the reference is resolved from the pipeline's environment and the
+    resolved URL goes into the status, so anything else would let a token holder read it."""
+    if "${" not in url:
+        return
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    match = ENV_REF.fullmatch(password or "")
+    rest = url.replace(f":{password}@", ":@", 1) if match else url
+    problem = None
+    if "${" in rest:
+        problem = "it holds '${' outside the password"
+    elif match is not None and match.group("default") is not None:
+        problem = "its password reference has a default value (a password in plain text)"
+    elif match is not None and not match.group("name").startswith(RUNTIME_ENV_PREFIX):
+        problem = f"${{{match.group('name')}}} does not start with {RUNTIME_ENV_PREFIX!r}"
+    if problem:
+        raise ConfigError(f"stream {stream_id!r}: {problem}: {RUNTIME_URL_RULE}")
 
 
 def has_inline_secret(url: str) -> bool:

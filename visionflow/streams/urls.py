@@ -9,7 +9,23 @@ from urllib.parse import urlsplit, urlunsplit
 _USERINFO = re.compile(
     r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]*)@"
 )
-_QUERY_SECRET = re.compile(r"(?i)([?&](?:password|passwd|pwd|token|key|secret)=)([^&\s]*)")
+#: A query parameter is secret when its name contains one of these (case-insensitive):
+#: ``password``, ``apikey``, ``access_token``, ``signature``, ``auth``, ``X-Amz-Credential``...
+#: Loose on purpose: a harmless parameter hidden costs nothing, a secret shown leaks.  The
+#: one rule for redaction (:func:`redact_url`, :func:`redact_text`) and for sealing URLs in
+#: the runtime registry (:func:`url_secrets` -> ``secrets.has_inline_secret``).
+SECRET_NAME_PARTS: tuple[str, ...] = (
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "key",
+    "auth",
+    "sig",
+    "credential",
+)
+_PARTS = "|".join(SECRET_NAME_PARTS)
+_QUERY_SECRET = re.compile(rf"(?i)([?&;][^=&;?#\s]*(?:{_PARTS})[^=&;?#\s]*=)([^&;#\s]*)")
 REDACTED = "***"
 
 

@@ -7,6 +7,7 @@ import time
 import redis
 from fastapi.testclient import TestClient
 
+from tests.conftest import wait_until
 from tests.unit.api.conftest import pipeline_status, stream_status, worker_status, write_status
 from visionflow.api.app import create_app
 from visionflow.api.context import ApiContext
@@ -21,9 +22,10 @@ def test_ready_only_once_a_worker_has_loaded_its_model(pipeline_api):
     answer = api.get("/readyz")
     assert answer.status_code == 503
     assert "worker 0 starting" in answer.json()["reasons"][0]
-    states["w"] = "ready"
-    answer = api.get("/readyz")
-    assert answer.status_code == 200, answer.json()
+    states["w"] = "ready"  # seen once the status snapshot (kept 0.5 s) is taken again
+    answer = wait_until(
+        lambda: (a := api.get("/readyz")).status_code == 200 and a, 10, "never ready"
+    )
     assert answer.json()["workers"] == {"ready": 1, "total": 1}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+from tests.conftest import wait_until
 from tests.unit.api.conftest import (
     PASSWORD_URL,
     pipeline_status,
@@ -67,13 +68,29 @@ def test_latency_is_read_when_the_status_has_it(redis_api, redis_server, redis_c
     assert set(latency) == {"decode", "queue", "inference", "publish", "total"}
 
 
-def test_streams_from_the_pipeline_are_fresh(pipeline_api):
-    frames = iter(range(100, 10_000, 100))
-    api = pipeline_api(lambda: pipeline_status(streams=(stream_status("a", frames=next(frames)),)))
+def test_pipeline_status_is_taken_once_per_half_second(pipeline_api):
+    calls = []
+
+    def status():
+        calls.append(time.monotonic())
+        return pipeline_status(
+            streams=(stream_status("a", frames=100 * len(calls)),), workers=(worker_status(0),)
+        )
+
+    api = pipeline_api(status)
+    started = time.monotonic()
     first = api.get("/streams").json()
-    second = api.get("/streams").json()
+    for path in ("/streams", "/workers", "/snapshots", "/readyz"):  # one dashboard poll
+        assert api.get(path).status_code == 200, path
+    if time.monotonic() - started < 0.5:  # (a loaded machine may take longer)
+        assert len(calls) == 1, f"Pipeline.status called {len(calls)} times in one poll"
     assert first["source"] == "pipeline" and first["model_id"] == "demo-1"
-    assert second["streams"][0]["frames"] > first["streams"][0]["frames"]
+    fresh = wait_until(
+        lambda: (f := api.get("/streams").json()["streams"][0]["frames"]) > 100 and f,
+        10,
+        "the snapshot was never taken again",
+    )
+    assert fresh > first["streams"][0]["frames"] and calls[1] - calls[0] >= 0.5
 
 
 def test_workers_report_placement_load_and_rate(redis_api, redis_server, redis_client, key_prefix):

@@ -247,14 +247,14 @@ def test_encrypted_url_without_the_right_key_is_unreadable(redis_server, key_pre
 def test_env_reference_is_kept_as_written_and_resolved_for_the_pipeline(
     reg, redis_client, key_prefix, monkeypatch
 ):
-    url = "rtsp://admin:${VF_TEST_CAM_PW}@cam-c/live"
+    url = "rtsp://admin:${CAM_VF_TEST_PW}@cam-c/live"
     reg.add(StreamConfig(id="c", url=url))  # no key needed
-    assert "${VF_TEST_CAM_PW}" in all_values(redis_client, key_prefix)
+    assert "${CAM_VF_TEST_PW}" in all_values(redis_client, key_prefix)
     assert reg.get("c").url == url
-    monkeypatch.setenv("VF_TEST_CAM_PW", PASSWORD)
+    monkeypatch.setenv("CAM_VF_TEST_PW", PASSWORD)
     desired = reg.desired()
     assert desired.streams[-1].url == f"rtsp://admin:{PASSWORD}@cam-c/live"
-    monkeypatch.delenv("VF_TEST_CAM_PW")
+    monkeypatch.delenv("CAM_VF_TEST_PW")
     desired = reg.desired()
     assert [s.id for s in desired.streams] == ["a", "b"]
     assert [(c.stream_id, c.kind) for c in desired.conflicts] == [("c", "unreadable")]
@@ -288,3 +288,53 @@ def test_from_config_uses_prefix_file_streams_and_schemes(redis_server, key_pref
     reg.add(StreamConfig(id="f", url="/tmp/clip.mp4"))  # file is allowed here
     assert ids(reg) == ["a", "f"]
     reg.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "rtsp://cam.example/live/${VISIONFLOW_REGISTRY_KEY}",
+        "rtsp://cam.example/live?x=${HOME}",
+        "rtsp://${CAM_HOST}/live",
+        "rtsp://${CAM_USER}:pw@cam/live",
+        "rtsp://admin:${VISIONFLOW_REGISTRY_KEY}@cam/live",
+        "rtsp://admin:${HOME}@cam/live",
+        "rtsp://admin:${CAM_PW:-plain}@cam/live",
+        "rtsp://admin:x${CAM_PW}@cam/live",
+    ],
+)
+def test_runtime_url_cannot_read_the_pipeline_environment(reg, url, monkeypatch):
+    monkeypatch.setenv("VISIONFLOW_REGISTRY_KEY", "the-registry-key")
+    with pytest.raises(ConfigError, match="only as the whole password") as err:
+        reg.add(StreamConfig(id="evil", url=url))
+    assert "the-registry-key" not in str(err.value)
+    assert reg.version() == 0 and "evil" not in ids(reg)
+
+
+def test_record_written_before_the_rule_is_left_out_not_resolved(
+    reg, redis_client, key_prefix, monkeypatch
+):
+    from visionflow.streams.merge import Record
+    from visionflow.streams.registry import encode_record
+
+    monkeypatch.setenv("VISIONFLOW_REGISTRY_KEY", "the-registry-key")
+    stream = StreamConfig(id="evil", url="rtsp://cam/live/${VISIONFLOW_REGISTRY_KEY}")
+    record = Record("added", 1.0, stream=stream)
+    redis_client.hset(registry_key(key_prefix), "evil", encode_record(record, UrlSealer(None)))
+    desired = reg.desired()
+    assert [s.id for s in desired.streams] == ["a", "b"]
+    [conflict] = desired.conflicts
+    assert conflict.kind == "unreadable" and "whole password" in conflict.detail
+    assert "the-registry-key" not in repr(desired)
+
+
+def test_config_file_urls_keep_full_env_support(redis_server, key_prefix, monkeypatch):
+    monkeypatch.setenv("SITE_HOST", "cam-site")
+    file_stream = StreamConfig(id="f", url="rtsp://${SITE_HOST}/live/${SITE_HOST}")
+    registry = make(redis_server, key_prefix, [file_stream])
+    try:
+        registry.update("f", StreamPatch(enabled=False))  # a patched file stream too
+        [stream] = registry.desired().streams
+        assert stream.url == "rtsp://cam-site/live/cam-site" and not stream.enabled
+    finally:
+        registry.close()

@@ -1,8 +1,11 @@
 """``POST /streams``, ``PATCH /streams/{id}``, ``DELETE /streams/{id}``: runtime changes
 through the :class:`~visionflow.streams.control.StreamControl` (bearer token required).
 
-Unknown id -> 404, an id already registered -> 409, anything else the control refuses ->
-400; messages are passed on with credentials redacted.  A URL's password is never answered.
+Unknown id -> 404, an id already registered -> 409 (also when a concurrent POST of the same
+id wins the race), a PATCH that sets nothing -> 400, a runtime URL breaking the ``${ENV}`` rule
+(:func:`~visionflow.streams.secrets.check_runtime_url`) -> 400, anything else the control
+refuses -> 400; messages are passed on with credentials redacted.  A URL's password is
+never answered.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from visionflow.api.context import ApiContext, context
 from visionflow.errors import ConfigError
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.control import StreamControl, StreamPatch
+from visionflow.streams.merge import NOTHING_TO_CHANGE, patch_fields
+from visionflow.streams.secrets import check_runtime_url
 from visionflow.streams.urls import redact_text
 
 Ctx = Depends(context)
@@ -55,12 +60,22 @@ def build_router(guard: Callable[..., None]) -> APIRouter:
         control = _control(ctx)
         if _known(control, stream.id):
             raise HTTPException(409, f"stream {stream.id!r} is already registered")
-        _call(lambda: control.add(stream))
+        _call(lambda: check_runtime_url(stream.id, stream.url))
+        if _known(control, stream.id):
+            raise HTTPException(409, f"stream {stream.id!r} is already registered")
+        try:
+            _call(lambda: control.add(stream))
+        except HTTPException as exc:
+            if exc.status_code == 400 and _known(control, stream.id):  # a concurrent POST won
+                raise HTTPException(409, f"stream {stream.id!r} is already registered") from None
+            raise
         return stream_config_json(stream)
 
     @router.patch("/streams/{stream_id}", summary="Enable/disable, analysis fps, labels")
     def patch_stream(stream_id: str, patch: StreamPatch, ctx: ApiContext = Ctx) -> dict[str, Any]:
         control = _control(ctx)
+        if not patch_fields(patch):
+            raise HTTPException(400, f"nothing to change: {NOTHING_TO_CHANGE}")
         if not _known(control, stream_id):
             raise HTTPException(404, f"no stream {stream_id!r}")
         updated: StreamConfig = _call(lambda: control.update(stream_id, patch))

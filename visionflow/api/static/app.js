@@ -83,9 +83,33 @@ function setAttr(el, name, value) {
 }
 
 // ---- fetching ---------------------------------------------------------------------------
+// With api.protect_reads the data routes need the bearer token: open the page once as
+// /?token=...; the token is kept in sessionStorage (this tab only, gone when it closes),
+// removed from the address bar and sent as an Authorization header with every request.
+const TOKEN_KEY = "visionflow.token";
+const TOKEN = (() => {
+  const params = new URLSearchParams(location.search);
+  const given = params.get("token");
+  if (given) {
+    params.delete("token");
+    const rest = params.toString();
+    history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+  }
+  try {
+    if (given) sessionStorage.setItem(TOKEN_KEY, given);
+    return sessionStorage.getItem(TOKEN_KEY);
+  } catch (err) {                            // storage disabled: this page load only
+    return given;
+  }
+})();
+
+function headers(extra) {
+  return TOKEN ? { ...extra, Authorization: "Bearer " + TOKEN } : { ...extra };
+}
+
 async function getJson(path) {
   try {
-    const r = await fetch(path, { cache: "no-store", headers: { Accept: "application/json" } });
+    const r = await fetch(path, { cache: "no-store", headers: headers({ Accept: "application/json" }) });
     const body = await r.json().catch(() => null);
     return { ok: r.ok, status: r.status, body };
   } catch (err) {
@@ -261,7 +285,7 @@ async function loadSnapshot(t) {
   t.snapAt = performance.now();
   state.snapInFlight += 1;
   try {
-    const r = await fetch(`streams/${encodeURIComponent(t.id)}/snapshot`, { cache: "no-store" });
+    const r = await fetch(`streams/${encodeURIComponent(t.id)}/snapshot`, { cache: "no-store", headers: headers() });
     if (!r.ok) { showPlaceholder(t); return; }
     const url = URL.createObjectURL(await r.blob());
     const img = new Image();
