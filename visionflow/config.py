@@ -20,6 +20,7 @@ from visionflow.api.config import ApiConfig
 from visionflow.engines.ort import OnnxRuntimeConfig
 from visionflow.engines.registry import EngineConfig
 from visionflow.errors import ConfigError
+from visionflow.fleet.config import FleetConfig
 from visionflow.streams.config import KEY_FAMILIES, StreamConfig
 from visionflow.streams.urls import redact_text
 
@@ -454,6 +455,12 @@ class AppConfig(_Strict):
         default=None,
         description="Operator HTTP API served by visionflow run (and visionflow api); "
         "absent: no API.",
+    )
+    fleet: FleetConfig | None = Field(
+        default=None,
+        description="Run as one node of a fleet: processes with the same Redis and key prefix "
+        "share the streams, each read by the one node holding its lease; absent: this process "
+        "reads every stream.",
     )
     base_dir: Path = Field(
         default=Path("."),

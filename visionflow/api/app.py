@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from visionflow.api.auth import token_guard
 from visionflow.api.context import ApiContext
 from visionflow.api.metrics import make_registry
-from visionflow.api.routes import control, data, health, metrics, status
+from visionflow.api.routes import control, data, fleet, health, metrics, status
 from visionflow.streams.urls import redact_text
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -29,7 +29,7 @@ def create_app(ctx: ApiContext, token: str | None) -> FastAPI:
     app.state.ctx = ctx
     app.state.metrics = make_registry(ctx.source.snapshot)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    for router in (status.router, data.router, health.router, metrics.router):
+    for router in (status.router, data.router, health.router, metrics.router, fleet.router):
         app.include_router(router)
     app.include_router(control.build_router(token_guard(token)))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
