@@ -150,9 +150,14 @@ def exit_with_parent(interval_s: float = 0.5) -> threading.Thread:
 
     A pipeline killed with SIGKILL cannot stop its children; without this its ingest
     processes would go on reading cameras that, in a fleet, another node takes over.  The
-    parent's death is seen as a changed ``os.getppid()`` (the orphan is re-parented); polled,
-    not ``PR_SET_PDEATHSIG``, which fires when the *thread* that spawned the child ends."""
-    parent = os.getppid()
+    parent's death is seen as ``os.getppid()`` no longer being the pid multiprocessing
+    started us from (the orphan is re-parented; also when that happened before this call);
+    polled, not ``PR_SET_PDEATHSIG``, which fires when the *thread* that spawned the child
+    ends."""
+    import multiprocessing
+
+    spawner = multiprocessing.parent_process()
+    parent = spawner.pid if spawner is not None and spawner.pid else os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
