@@ -44,6 +44,7 @@ from visionflow.schema import (
     fleet_alive_key,
     fleet_handovers_key,
     fleet_nodes_key,
+    streams_key,
 )
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.registry import StreamRegistry
@@ -358,6 +359,7 @@ class FleetNode:
     # ---- planning and moves ---------------------------------------------------------
     def _plan_and_move(self) -> None:
         desired = [s for s in self.registry.desired().streams]
+        self._unlist_unregistered({s.id for s in desired})
         nodes = self.live_nodes()
         if all(n.node_id != self.node_id for n in nodes):
             return  # our own heartbeat is not visible yet
@@ -381,6 +383,15 @@ class FleetNode:
                 moves.release,
             )
         self._apply_moves(moves, desired, now)
+
+    def _unlist_unregistered(self, registered: set[str]) -> None:
+        """Nodes only add to the shared ``<prefix>:streams`` set; streams no longer
+        registered leave it here."""
+        key = streams_key(self.prefix)
+        listed = {_text(m) for m in self.client.smembers(key)}  # type: ignore[union-attr]
+        gone = listed - registered
+        if gone:
+            self.client.srem(key, *gone)
 
     def _apply_moves(self, moves: Moves, desired: Sequence[StreamConfig], now: float) -> None:
         taken = [sid for sid in moves.acquire if self._take(sid)]

@@ -116,7 +116,8 @@ class Pipeline:
             self.scheduler, self._sched_q, self.pools, self._send, self._broadcast, self._tick
         )
         self.governor = ShareGovernor() if config.source.shed_load else None
-        self.status_writer = RedisStatusWriter(config.redis, redis_url, self.status)
+        shared = config.fleet is not None  # the nodes of a fleet share the streams set
+        self.status_writer = RedisStatusWriter(config.redis, redis_url, self.status, shared)
         self._stop_board = threading.Event()
         self._board_thread = threading.Thread(target=self._board_loop, name="board", daemon=True)
         self.started_at = time.time()
