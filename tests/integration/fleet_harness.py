@@ -50,7 +50,9 @@ class FleetHarness:
         cameras: Mapping[str, str],
         lease_ttl_s: float = 3.0,
         fleet: Mapping[str, Any] | None = None,
+        analyze_duration_s: float | None = 1.0,
     ) -> None:
+        self.analyze_duration_s = analyze_duration_s
         self.workdir, self.redis_url, self.prefix = workdir, redis_url, prefix
         self.cameras, self.lease_ttl_s = dict(cameras), lease_ttl_s
         self.fleet = dict(fleet or {})
@@ -66,7 +68,12 @@ class FleetHarness:
                 "spool_dir": str(self.workdir / f"spool-{node_id}"),
                 "counts_retention_s": 0,
             },
-            "source": {"open_timeout_s": 4, "read_timeout_s": 2, "stall_timeout_s": 3},
+            "source": {
+                "open_timeout_s": 4,
+                "read_timeout_s": 2,
+                "stall_timeout_s": 3,
+                "analyze_duration_s": self.analyze_duration_s,
+            },
             "workers": {"inference_workers": 1, "ingest_processes": 1},
             "output": {"snapshot_interval_s": 0},
             "registry": {"watch_config": False},
