@@ -248,3 +248,9 @@ def fleet_handovers_key(prefix: str) -> str:
     ``cause`` (new|released|expired), ``last_seq`` (newest seq in the detections stream at
     takeover, -1 if none), ``first_seq`` (the new owner's first), ``ts``."""
     return f"{prefix}:fleet:handovers"
+
+
+def fleet_drain_key(prefix: str, node_id: str) -> str:
+    """Set (by ``POST /fleet/nodes/{id}/drain``): the node hands its streams over and takes
+    none until the key is deleted (``DELETE`` of the same route)."""
+    return f"{prefix}:fleet:drain:{node_id}"

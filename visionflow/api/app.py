@@ -32,6 +32,7 @@ def create_app(ctx: ApiContext, token: str | None) -> FastAPI:
     for router in (status.router, data.router, health.router, metrics.router, fleet.router):
         app.include_router(router)
     app.include_router(control.build_router(token_guard(token)))
+    app.include_router(fleet.build_router(token_guard(token)))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -11,7 +11,8 @@ Every tick (a quarter of the lease timeout) the node's thread, in this order:
 4. finishes hand-overs: a stream being given up was disabled (reader stopped); once its
    in-flight frames are written (or after the lease timeout), it is removed from the
    pipeline, its final seq floor recorded and its lease released;
-5. plans (:mod:`visionflow.fleet.plan`): takes free streams, at most ``acquire_per_s``, and
+5. plans (:mod:`visionflow.fleet.plan`) unless draining (SIGTERM, or a drain requested
+   through ``POST /fleet/nodes/{id}/drain``): takes free streams, at most ``acquire_per_s``, and
    gives streams to less loaded nodes, at most ``moves_per_s``.  After Redis restarted (its
    ``run_id`` changed) it takes nothing for one lease timeout: leases of the old instance
    may still be held by nodes that have not yet noticed.
@@ -42,6 +43,7 @@ from visionflow.fleet.plan import Moves, NodeView, plan_moves
 from visionflow.schema import (
     detections_key,
     fleet_alive_key,
+    fleet_drain_key,
     fleet_handovers_key,
     fleet_nodes_key,
     streams_key,
@@ -240,6 +242,7 @@ class FleetNode:
         self._drop_unsafe()
         try:
             self._watch_server()
+            self._follow_drain_request()
             self._renew()
             self._heartbeat()
             self._finish_releases()
@@ -277,6 +280,22 @@ class FleetNode:
             log.warning("fleet: Redis restarted; taking no stream for %.1fs",
                         self.config.lease_ttl_s)  # fmt: skip
         self._run_id = run_id
+
+    def _follow_drain_request(self) -> None:
+        """``POST /fleet/nodes/{id}/drain`` (the drain key): hand every stream over and take
+        none; the key deleted: back to running."""
+        requested = bool(self.client.exists(fleet_drain_key(self.prefix, self.node_id)))
+        if requested and self.state is NodeState.RUNNING:
+            self.state = NodeState.DRAINING
+            deadline = time.monotonic() + self.config.drain_timeout_s
+            with self._lock:
+                for sid in self.leases:
+                    self.releasing.setdefault(sid, deadline)
+            log.warning("fleet: drain requested; handing %d stream(s) over", len(self.leases))
+            self.apply()
+        elif not requested and self.state is NodeState.DRAINING:
+            self.state = NodeState.RUNNING
+            log.info("fleet: drain request withdrawn; taking streams again")
 
     def _floor(self, stream_id: str) -> int:
         first = self.first.get(stream_id, 0)

@@ -43,3 +43,21 @@ def test_fleet_is_503_when_redis_is_unreachable():
     ctx = ApiContext(RedisSource(dead, "x"), dead, "x")
     answer = TestClient(create_app(ctx, None)).get("/fleet")
     assert answer.status_code == 503 and "redis unreachable" in answer.json()["detail"]
+
+
+def test_drain_and_undrain_a_node_need_the_token(redis_api, redis_server, key_prefix):
+    from tests.unit.api.conftest import TOKEN
+    from visionflow.schema import fleet_drain_key
+
+    client = redis.Redis.from_url(redis_server)
+    _node(client, key_prefix, "gpu-1", True)
+    api = redis_api()
+    route = "/fleet/nodes/gpu-1/drain"
+    assert api.post(route).status_code == 401
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert api.post("/fleet/nodes/nope/drain", headers=auth).status_code == 404
+    assert api.post(route, headers=auth).status_code == 202
+    assert client.exists(fleet_drain_key(key_prefix, "gpu-1"))
+    assert api.delete(route, headers=auth).status_code == 204
+    assert not client.exists(fleet_drain_key(key_prefix, "gpu-1"))
+    client.close()

@@ -13,9 +13,9 @@ from tests.conftest import KillableRedis, wait_until
 from tests.unit.api.conftest import pipeline_status, stream_status
 from visionflow.config import AppConfig
 from visionflow.fleet.config import FleetConfig
-from visionflow.fleet.node import FleetNode, OwnedTarget, fleet_client
+from visionflow.fleet.node import FleetNode, NodeState, OwnedTarget, fleet_client
 from visionflow.fleet.view import fleet_view
-from visionflow.schema import fleet_handovers_key, streams_key
+from visionflow.schema import fleet_drain_key, fleet_handovers_key, streams_key
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.registry import StreamRegistry
 from visionflow.streams.state import StreamState
@@ -128,3 +128,23 @@ def test_redis_unreachable_stops_streams_before_their_leases_can_expire(
     wait_until(lambda: not running(node), 10, lambda: f"still running {running(node)}")
     stopped = time.monotonic()
     assert stopped < expiry, f"stopped {stopped - expiry:.2f}s after a lease could expire"
+
+
+def test_a_drain_request_hands_everything_over_and_withdrawing_it_rebalances(
+    nodes, redis_server, redis_client, key_prefix
+):
+    a = make_node(redis_server, key_prefix, "a")
+    b = make_node(redis_server, key_prefix, "b")
+    nodes += [a, b]
+    a.start()
+    b.start()
+    wait_until(lambda: len(running(a)) == 2 and len(running(b)) == 2, 20,
+               lambda: f"a {running(a)} b {running(b)}")  # fmt: skip
+    redis_client.set(fleet_drain_key(key_prefix, "b"), "1")  # what POST .../drain writes
+    wait_until(lambda: len(running(a)) == 4 and not running(b), 20,
+               lambda: f"a {running(a)} b {running(b)}")  # fmt: skip
+    assert b.state == NodeState.DRAINING and b.thread.is_alive()
+    redis_client.delete(fleet_drain_key(key_prefix, "b"))
+    wait_until(lambda: len(running(a)) == 2 and len(running(b)) == 2, 30,
+               lambda: f"a {running(a)} b {running(b)}")  # fmt: skip
+    assert b.state == NodeState.RUNNING
