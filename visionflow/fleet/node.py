@@ -40,6 +40,7 @@ import redis
 from visionflow.fleet.config import FleetConfig
 from visionflow.fleet.leases import Lease, LeaseBook
 from visionflow.fleet.plan import Moves, NodeView, plan_moves
+from visionflow.fleet.view import node_records
 from visionflow.schema import (
     detections_key,
     fleet_alive_key,
@@ -351,26 +352,17 @@ class FleetNode:
 
     # ---- views of the fleet -------------------------------------------------------------
     def live_nodes(self) -> list[NodeView]:
-        raw = self.client.hgetall(fleet_nodes_key(self.prefix))
-        records = {_text(k): json.loads(_text(v)) for k, v in raw.items()}  # type: ignore[union-attr]
-        ids = sorted(records)
-        alive = self.client.mget([fleet_alive_key(self.prefix, nid) for nid in ids]) if ids else []
+        """The nodes alive now (a draining one marked so); records of nodes gone for
+        longer than an hour are dropped."""
         now, views, stale = time.time(), [], []
-        for nid, flag in zip(ids, alive, strict=True):
-            rec = records[nid]
+        for nid, rec, flag in node_records(self.client, self.prefix):
             if flag is None:
                 if now - float(rec.get("heartbeat_ts", 0)) > FORGET_NODE_S:
                     stale.append(nid)
                 continue
-            views.append(
-                NodeView(
-                    nid,
-                    float(rec.get("weight", 1.0)),
-                    rec.get("capacity"),
-                    dict(rec.get("labels", {})),
-                    draining=_text(flag) != str(NodeState.RUNNING),
-                )
-            )
+            weight, capacity = float(rec.get("weight", 1.0)), rec.get("capacity")
+            draining = flag != str(NodeState.RUNNING)
+            views.append(NodeView(nid, weight, capacity, dict(rec.get("labels", {})), draining))
         if stale:
             self.client.hdel(fleet_nodes_key(self.prefix), *stale)
         return views

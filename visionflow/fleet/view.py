@@ -31,23 +31,28 @@ def lease_holders(client: redis.Redis, prefix: str) -> dict[str, str]:
     return holders
 
 
+def node_records(client: redis.Redis, prefix: str) -> list[tuple[str, dict[str, Any], str | None]]:
+    """Every node's last heartbeat record and its alive flag (None: gone), by node id."""
+    raw = client.hgetall(fleet_nodes_key(prefix))
+    records = {_text(k): json.loads(_text(v)) for k, v in raw.items()}  # type: ignore[union-attr]
+    ids = sorted(records)
+    alive = client.mget([fleet_alive_key(prefix, nid) for nid in ids]) if ids else []
+    flags = [None if flag is None else _text(flag) for flag in alive]  # type: ignore[union-attr]
+    return [(nid, records[nid], flag) for nid, flag in zip(ids, flags, strict=True)]
+
+
 def fleet_view(
     client: redis.Redis, prefix: str, streams: list[str] | None = None
 ) -> dict[str, Any]:
     """``{"nodes": [...], "unassigned": [...], "streams": {id: node}}``; each node with
     ``alive``, ``last_heartbeat_ts``, weight, capacity, labels, state, its leased streams
     and ``load`` (leased streams / capacity, or the count when it has no capacity)."""
-    raw = client.hgetall(fleet_nodes_key(prefix))
-    records = {_text(k): json.loads(_text(v)) for k, v in raw.items()}  # type: ignore[union-attr]
-    ids = sorted(records)
-    alive = client.mget([fleet_alive_key(prefix, nid) for nid in ids]) if ids else []
     holders = lease_holders(client, prefix)
     by_node: dict[str, list[str]] = {}
     for sid, node in sorted(holders.items()):
         by_node.setdefault(node, []).append(sid)
     nodes = []
-    for nid, flag in zip(ids, alive, strict=True):  # type: ignore[arg-type]
-        rec = records[nid]
+    for nid, rec, flag in node_records(client, prefix):
         leased = by_node.get(nid, [])
         capacity = rec.get("capacity")
         nodes.append(
