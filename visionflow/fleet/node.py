@@ -370,7 +370,11 @@ class FleetNode:
     # ---- planning and moves ---------------------------------------------------------
     def _plan_and_move(self) -> None:
         desired = [s for s in self.registry.desired().streams]
-        self._unlist_unregistered({s.id for s in desired})
+        registered = {s.id for s in desired}
+        self._unlist_unregistered(registered)
+        with self._lock:  # unregistered: no longer read (the reconciler), so give it back
+            for sid in set(self.leases) - registered:
+                self.releasing.setdefault(sid, 0.0)
         nodes = self.live_nodes()
         if all(n.node_id != self.node_id for n in nodes):
             return  # our own heartbeat is not visible yet

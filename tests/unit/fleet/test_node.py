@@ -148,3 +148,16 @@ def test_a_drain_request_hands_everything_over_and_withdrawing_it_rebalances(
     wait_until(lambda: len(running(a)) == 2 and len(running(b)) == 2, 30,
                lambda: f"a {running(a)} b {running(b)}")  # fmt: skip
     assert b.state == NodeState.RUNNING
+
+
+def test_an_unregistered_stream_is_stopped_and_its_lease_given_back(
+    nodes, redis_server, redis_client, key_prefix
+):
+    a = make_node(redis_server, key_prefix, "a")
+    nodes.append(a)
+    a.start()
+    wait_until(lambda: len(running(a)) == 4, 20, lambda: f"a {running(a)}")
+    a.registry.remove("cam1")  # through the registry, as DELETE /streams/cam1 does
+    wait_until(lambda: "cam1" not in a.pipeline.streams(), 10, "cam1 still in the pipeline")
+    wait_until(lambda: a.book.owners(["cam1"]) == {"cam1": None}, 10, "cam1's lease still held")
+    assert running(a) == {"cam0", "cam2", "cam3"}
