@@ -36,6 +36,7 @@ from visionflow.workers.status import PipelineStatus, StreamStatus
 if TYPE_CHECKING:
     from visionflow.api.server import ApiServer
     from visionflow.consumer import Delivery
+    from visionflow.fleet.node import FleetNode
     from visionflow.streams.registry import StreamRegistry
     from visionflow.workers.reconcile import Reconciler
     from visionflow.workers.supervisor import Pipeline
@@ -387,6 +388,10 @@ def _redis_for(cfg: AppConfig, fallback: bool = False) -> Iterator[str]:
             )
         yield cfg.redis.url
         return
+    if cfg.fleet is not None:  # a private server would make a fleet of one
+        err_console.print("[red]fleet: redis.url must name the fleet's shared Redis, and it "
+                          "is not reachable[/]")  # fmt: skip
+        raise typer.Exit(1)
     if cfg.redis.url:
         err_console.print(
             f"[yellow]Redis at {redact_url(cfg.redis.url)} is not reachable; "
@@ -429,7 +434,8 @@ def _open_registry(cfg: AppConfig, url: str) -> tuple[StreamRegistry, AppConfig]
     (the reconciler applies the registry once it can)."""
     from visionflow.streams.registry import StreamRegistry
 
-    registry = StreamRegistry.from_config(cfg, url)
+    timeout = cfg.fleet.redis_timeout_s if cfg.fleet is not None else None
+    registry = StreamRegistry.from_config(cfg, url, timeout)
     try:
         desired = registry.desired()
     except redis.RedisError as exc:
@@ -453,18 +459,44 @@ def _run_pipeline(
 
     try:
         registry, start_cfg = _open_registry(cfg, url)
+        if cfg.fleet is not None:  # a fleet node reads only the streams it leases
+            start_cfg = start_cfg.model_copy(update={"streams": []})
         pipeline = Pipeline_(start_cfg, url, log_level=logging.getLogger().level)
         api = _start_api(cfg, url, pipeline, registry) if serve_api else None
     except ConfigError as exc:
         err_console.print(f"[bold red]invalid config[/]\n{exc}")
         raise typer.Exit(2) from None
-    reconciler = Reconciler_(pipeline, registry, cfg, config_path)
+    if cfg.fleet is None:
+        node, reconciler = None, Reconciler_(pipeline, registry, cfg, config_path)
+    else:
+        node, reconciler = _fleet_node(cfg, url, pipeline, registry, config_path)
     try:
-        _drive(pipeline, reconciler, cfg, url, duration, plain, show_detections)
+        _drive(pipeline, reconciler, cfg, url, duration, plain, show_detections, node)
     finally:
         if api is not None:
             api.stop()
         registry.close()
+
+
+def _fleet_node(
+    cfg: AppConfig,
+    url: str,
+    pipeline: Pipeline,
+    registry: StreamRegistry,
+    config_path: Path | None,
+) -> tuple[FleetNode, Reconciler]:
+    """This process as a fleet node: the reconciler runs only the streams it leases."""
+    from visionflow.fleet.node import FleetNode, OwnedTarget, fleet_client
+    from visionflow.workers.reconcile import Reconciler as Reconciler_
+
+    assert cfg.fleet is not None
+    client = fleet_client(url, cfg.fleet)
+    node = FleetNode(cfg.fleet, client, cfg.redis.key_prefix, registry, pipeline)
+    target = OwnedTarget(pipeline, node)
+    reconciler = Reconciler_(target, registry, cfg, config_path, scope=node.scope)
+    node.apply = reconciler.rescope
+    console.print(f"fleet node [bold]{node.node_id}[/] (lease timeout {cfg.fleet.lease_ttl_s:g}s)")
+    return node, reconciler
 
 
 def _start_api(
@@ -492,6 +524,7 @@ def _drive(
     duration: float,
     plain: bool,
     show_detections: bool,
+    node: FleetNode | None = None,
 ) -> None:
     signals = _StopSignals()
     stop = signals.stop
@@ -502,6 +535,8 @@ def _drive(
         signals.phase = "waiting"
         if not stop.is_set():
             pipeline.wait_ready()
+        if node is not None and not stop.is_set():
+            node.start()  # takes streams only once the model is loaded
         signals.phase = "running"
         reader = redis.Redis.from_url(url, socket_timeout=1, decode_responses=True)
         deadline = time.monotonic() + duration if duration > 0 else None
@@ -523,6 +558,8 @@ def _drive(
         console.print("stopping...")
         try:
             reconciler.stop()
+            if node is not None:  # hand the streams over before the pipeline goes
+                node.drain()
             pipeline.stop()
         finally:
             signals.restore()

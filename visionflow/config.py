@@ -20,6 +20,7 @@ from visionflow.api.config import ApiConfig
 from visionflow.engines.ort import OnnxRuntimeConfig
 from visionflow.engines.registry import EngineConfig
 from visionflow.errors import ConfigError
+from visionflow.fleet.config import FleetConfig
 from visionflow.streams.config import KEY_FAMILIES, StreamConfig
 from visionflow.streams.urls import redact_text
 
@@ -298,6 +299,16 @@ class SourceConfig(_Strict):
     read_timeout_s: float = Field(
         default=5.0, gt=0, description="A read blocked this long is abandoned (frozen camera)."
     )
+    analyze_duration_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=30,
+        description="How long FFmpeg probes a network stream before reading it (its "
+        "analyzeduration); empty: FFmpeg's default (5 s). 0.5-1 s makes every (re)connect, "
+        "and a fleet hand-over, seconds faster (a 5 fps RTSP camera: 5.4 s -> 1.0 s to the "
+        "first frame); too short for a camera that sends its codec parameters rarely fails "
+        "the open (retried with backoff).",
+    )
     stall_timeout_s: float = Field(
         default=8.0,
         gt=0,
@@ -455,6 +466,12 @@ class AppConfig(_Strict):
         default=None,
         description="Operator HTTP API served by visionflow run (and visionflow api); "
         "absent: no API.",
+    )
+    fleet: FleetConfig | None = Field(
+        default=None,
+        description="Run as one node of a fleet: processes with the same Redis and key prefix "
+        "share the streams, each read by the one node holding its lease; absent: this process "
+        "reads every stream.",
     )
     base_dir: Path = Field(
         default=Path("."),

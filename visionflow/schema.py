@@ -272,3 +272,46 @@ def encode_event(stream_id: str, event: TrackEvent) -> dict[str, str]:
         "direction": event.direction,
         "dwell_s": "" if event.dwell_s is None else f"{event.dwell_s:.3f}",
     }
+
+
+# ---- fleet: nodes sharing the streams through leases (visionflow.fleet) --------------------
+# Family ``fleet``: ``<prefix>:fleet:<kind>`` and ``<prefix>:fleet:<kind>:<id>``; a node or
+# stream id has no ':' and is always the last segment, so these never collide.
+def fleet_nodes_key(prefix: str) -> str:
+    """Hash node id -> JSON of its last heartbeat (weight, capacity, labels, state, owned
+    and running streams, heartbeat_ts); kept after the node died (alive: its alive key)."""
+    return f"{prefix}:fleet:nodes"
+
+
+def fleet_alive_key(prefix: str, node_id: str) -> str:
+    """String with a TTL of one lease timeout, refreshed by every heartbeat of the node."""
+    return f"{prefix}:fleet:alive:{node_id}"
+
+
+def fleet_lease_key(prefix: str, stream_id: str) -> str:
+    """The stream's lease: ``<node_id>/<fence>``, with a PX TTL (redis-py ``Lock``)."""
+    return f"{prefix}:fleet:lease:{stream_id}"
+
+
+def fleet_fence_key(prefix: str) -> str:
+    """Counter: each lease taken gets the next value (a fencing token, in the lease value)."""
+    return f"{prefix}:fleet:fence"
+
+
+def fleet_seq_key(prefix: str) -> str:
+    """Hash stream id -> JSON ``{"floor", "node", "fence", "released", "ts"}``: the lowest
+    ``seq`` the stream's next owner may use, written by its owner with every renewal."""
+    return f"{prefix}:fleet:seq"
+
+
+def fleet_handovers_key(prefix: str) -> str:
+    """Redis stream of ownership changes: ``stream_id``, ``from_node``, ``to_node``,
+    ``cause`` (new|released|expired), ``last_seq`` (newest seq in the detections stream at
+    takeover, -1 if none), ``first_seq`` (the new owner's first), ``ts``."""
+    return f"{prefix}:fleet:handovers"
+
+
+def fleet_drain_key(prefix: str, node_id: str) -> str:
+    """Set (by ``POST /fleet/nodes/{id}/drain``): the node hands its streams over and takes
+    none until the key is deleted (``DELETE`` of the same route)."""
+    return f"{prefix}:fleet:drain:{node_id}"

@@ -15,7 +15,7 @@ from visionflow.api.auth import token_guard
 from visionflow.api.context import ApiContext
 from visionflow.api.metrics import make_registry
 from visionflow.api.protect import HostCheck, OutageLog, redis_unavailable
-from visionflow.api.routes import control, data, health, metrics, status
+from visionflow.api.routes import control, data, fleet, health, metrics, status
 from visionflow.streams.urls import redact_text
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -44,10 +44,11 @@ def create_app(
     app.add_exception_handler(OSError, redis_unavailable)  # ConnectionError, socket errors
     guard = token_guard(token)
     reads = [Depends(guard)] if protect_reads else []
-    for router in (status.router, data.router, metrics.router):
+    for router in (status.router, data.router, metrics.router, fleet.router):
         app.include_router(router, dependencies=reads)
     app.include_router(health.router)
     app.include_router(control.build_router(guard))
+    app.include_router(fleet.build_router(guard))
     if trusted_hosts is not None:
         app.add_middleware(HostCheck, hosts=trusted_hosts)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -133,10 +133,13 @@ class StreamRegistry:
         self.set_file_streams(file_streams)
 
     @classmethod
-    def from_config(cls, config: AppConfig, redis_url: str) -> StreamRegistry:
+    def from_config(
+        cls, config: AppConfig, redis_url: str, timeout: float | None = None
+    ) -> StreamRegistry:
         """The registry of ``config``'s deployment (key prefix, file streams, schemes and
-        the URL key of ``registry.secret_key_file`` / the environment)."""
-        timeout = config.redis.socket_timeout_s
+        the URL key of ``registry.secret_key_file`` / the environment); its Redis calls
+        time out after ``timeout`` (default ``redis.socket_timeout_s``)."""
+        timeout = timeout or config.redis.socket_timeout_s
         client = redis.Redis.from_url(
             redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
         )

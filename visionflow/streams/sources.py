@@ -97,6 +97,9 @@ class VideoSource:
             options.update(rtsp_transport="tcp", timeout=micros)
         elif scheme in ("http", "https"):
             options["rw_timeout"] = micros
+        probe = self.policy.analyze_duration_s
+        if probe is not None and scheme != "file":
+            options["analyzeduration"] = str(int(probe * 1_000_000))
         return options
 
     def _check_caps(self, video: Any) -> None:

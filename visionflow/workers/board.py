@@ -376,9 +376,16 @@ class RedisStatusWriter:
     an unreachable Redis is retried with backoff and never raises into the pipeline."""
 
     def __init__(
-        self, config: RedisConfig, url: str, snapshot: Callable[[], PipelineStatus]
+        self,
+        config: RedisConfig,
+        url: str,
+        snapshot: Callable[[], PipelineStatus],
+        shared: bool = False,
     ) -> None:
-        self.config, self.snapshot = config, snapshot
+        """``shared``: other processes (fleet nodes) list their streams in the same set, so
+        this one only adds its own (a stream it gave up is now another node's; the fleet
+        removes the streams no longer registered, :mod:`visionflow.fleet.node`)."""
+        self.config, self.snapshot, self.shared = config, snapshot, shared
         self.safe_url = redact_url(url)
         self._client = redis.Redis.from_url(
             url,
@@ -411,7 +418,8 @@ class RedisStatusWriter:
         for key, fields in hashes.items():
             pipe.hset(key, mapping=dict(fields))  # type: ignore[arg-type]
         set_key = streams_key(self.config.key_prefix)
-        pipe.delete(set_key)
+        if not self.shared:
+            pipe.delete(set_key)
         if members:
             pipe.sadd(set_key, *members)
         gone = self._written - set(members)  # streams removed since: their hashes go too

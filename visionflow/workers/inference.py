@@ -52,6 +52,7 @@ from visionflow.pipeline.frames import (
 from visionflow.pipeline.postprocess import to_detections
 from visionflow.workers.logs import setup_child_logging
 from visionflow.workers.messages import BatchDone, PoolClosed, WorkerFailed, WorkerReady
+from visionflow.workers.procs import exit_with_parent
 
 log = logging.getLogger("visionflow.inference")
 ENGINE_FAILED_EXIT = 3  # exit code: the engine cannot load (not restarted: it would loop)
@@ -271,6 +272,7 @@ def inference_main(spec: WorkerSpec, queues: WorkerQueues, log_level: int) -> No
     """Entry point of an inference worker process."""
     os.environ.update(dict(spec.env))
     setup_child_logging(log_level)
+    exit_with_parent()
     # a service manager signals the whole process group at once: the pipeline, not the signal,
     # decides when a worker stops (it drains in-flight batches first)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -45,6 +45,7 @@ from visionflow.workers.messages import (
     StreamStats,
     UpdateStream,
 )
+from visionflow.workers.procs import exit_with_parent
 
 log = logging.getLogger("visionflow.ingest")
 HEARTBEAT_S = 0.5
@@ -553,7 +554,7 @@ class IngestProcess:
             if command is None:
                 break
             if isinstance(command, AddStream):
-                self.add(command.stream)
+                self.add(command.stream, command.first_seq)
             elif isinstance(command, RemoveStream):
                 self.remove(command.stream_id)
             elif isinstance(command, UpdateStream):
@@ -602,6 +603,7 @@ def ingest_main(spec: IngestSpec, queues: IngestQueues, log_level: int) -> None:
     plan = spec.plan
     os.environ.update(dict(plan.env))  # before anything touches CUDA
     setup_child_logging(log_level)
+    exit_with_parent()
     process = IngestProcess(
         spec.index,
         spec.run_id,

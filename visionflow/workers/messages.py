@@ -65,9 +65,10 @@ class PoolClosed:
 
 @dataclass(frozen=True)
 class AddStream:
-    """Command: start reading a stream."""
+    """Command: start reading a stream, its first frame numbered ``first_seq``."""
 
     stream: StreamConfig
+    first_seq: int = 0
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from visionflow.tracking.sink import RedisEventSink
 from visionflow.workers.counts import CountsSink
 from visionflow.workers.logs import setup_child_logging
 from visionflow.workers.messages import BatchAbandoned, OutputStats
+from visionflow.workers.procs import exit_with_parent
 from visionflow.workers.sinks import RedisStreamSink, Sink
 from visionflow.workers.snapshots import SnapshotWriter
 
@@ -264,6 +265,7 @@ def serve(stage: OutputStage, inbox: Any, control: Any, flush_timeout: float) ->
 def output_main(spec: OutputSpec, inbox: Any, control: Any, log_level: int) -> None:
     """Entry point of the output process."""
     setup_child_logging(log_level)
+    exit_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pipeline decides when we stop (after
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the workers drained): not a group signal
     log.debug("output process %d started", os.getpid())

@@ -11,6 +11,8 @@ the healthy processes need.  Nothing here knows what the children do.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -141,3 +143,28 @@ class ProcessGroup:
 
     def processes(self, prefix: str = "") -> list[Any]:
         return [c.process for k, c in self.children.items() if k.startswith(prefix) and c.process]
+
+
+def exit_with_parent(interval_s: float = 0.5) -> threading.Thread:
+    """In a child process: end it (exit code 1, no cleanup) once its parent is gone.
+
+    A pipeline killed with SIGKILL cannot stop its children; without this its ingest
+    processes would go on reading cameras that, in a fleet, another node takes over.  The
+    parent's death is seen as ``os.getppid()`` no longer being the pid multiprocessing
+    started us from (the orphan is re-parented; also when that happened before this call);
+    polled, not ``PR_SET_PDEATHSIG``, which fires when the *thread* that spawned the child
+    ends."""
+    import multiprocessing
+
+    spawner = multiprocessing.parent_process()
+    parent = spawner.pid if spawner is not None and spawner.pid else os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        log.error("parent process %d is gone; exiting", parent)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    thread.start()
+    return thread

@@ -1,5 +1,6 @@
 """Keeps a running pipeline's streams equal to the desired set: the runtime registry in Redis
-merged with the config file, which is re-read when it changes (hot reload).
+merged with the config file, which is re-read when it changes (hot reload); in a fleet,
+only the part of it this node holds leases for (``scope``, :mod:`visionflow.fleet.node`).
 
 A thread polls the registry's version counter (one GET every ``registry.poll_interval_s``)
 and the config file's mtime and size (every ``registry.watch_interval_s``).  When either
@@ -33,6 +34,10 @@ from visionflow.streams.registry import StreamRegistry
 from visionflow.streams.urls import redact_text
 
 log = logging.getLogger("visionflow.reconcile")
+
+
+#: the part of the desired streams this process runs (a fleet node: the streams it leases)
+Scope = Callable[[Sequence[StreamConfig]], Sequence[StreamConfig]]
 
 
 class StreamTarget(Protocol):
@@ -137,14 +142,16 @@ class Reconciler:
         registry: StreamRegistry,
         config: AppConfig,
         config_path: Path | None = None,
+        scope: Scope | None = None,
     ) -> None:
-        self.target, self.registry = target, registry
+        self.target, self.registry, self.scope = target, registry, scope
         settings = config.registry
         self.poll_s, self.watch_s = settings.poll_interval_s, settings.watch_interval_s
         watch = config_path is not None and settings.watch_config
         self.watcher = ConfigFileWatcher(config_path, config) if watch and config_path else None
         self.version: int | None = None  # the registry version last applied
         self.applied = 0  # passes that changed something (for tests and status)
+        self._last: tuple[StreamConfig, ...] = ()  # the desired set last read
         self._file_changed = False
         self._backoff = Backoff(0.5, 10.0, 2.0, 0.5)
         self._stop = threading.Event()
@@ -181,8 +188,8 @@ class Reconciler:
             if not due and self.registry.version() == self.version:
                 return StreamChanges()
             desired = self.registry.desired()
-            changes = diff(self.target.streams(), desired.streams)
-            failed = self._apply(changes)
+            self._last = desired.streams
+            failed, changes = self._apply_scoped()
             # a change that failed is tried again on the next pass (the version is not taken
             # as applied), not only when some other write happens to bump the version
             self.version = -1 if failed else desired.version
@@ -192,6 +199,32 @@ class Reconciler:
                 log.info("streams reconciled (registry version %d): %s", desired.version,
                          changes.describe())  # fmt: skip
             return changes
+
+    def rescope(self) -> StreamChanges:
+        """Apply the scope again (a fleet node's leases changed): to the registry's desired
+        set when it can be read, else to the last one read -- a node that lost its leases
+        because Redis is unreachable must still be able to stop those streams."""
+        with self._lock:
+            try:
+                desired = self.registry.desired()
+            except (redis.RedisError, OSError) as exc:
+                log.debug("registry unreachable (%s); scope applied to the last desired set",
+                          redact_text(str(exc)))  # fmt: skip
+            else:
+                self._last, self.version = desired.streams, desired.version
+            failed, changes = self._apply_scoped()
+            if failed:
+                self.version = -1  # the next sync tries again
+            if changes:
+                self.applied += 1
+                log.info("streams reconciled (ownership): %s", changes.describe())
+            return changes
+
+    def _apply_scoped(self) -> tuple[bool, StreamChanges]:
+        """(whether any change failed, the changes) of bringing the pipeline to the scope."""
+        wanted = self._last if self.scope is None else self.scope(self._last)
+        changes = diff(self.target.streams(), wanted)
+        return self._apply(changes), changes
 
     def _apply(self, changes: StreamChanges) -> bool:
         """Removals first, then updates, then additions; one stream's failure is logged and

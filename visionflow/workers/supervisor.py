@@ -117,6 +117,7 @@ class Pipeline:
         # the scheduler thread may respawn an ingest process from the same lists and queues
         self._membership = threading.RLock()
         self._tracking = {s.id: s.tracking for s in config.streams if s.tracking is not None}
+        self._first_seq: dict[str, int] = {}  # streams added to start above a given seq
         self._worker_labels: list[str] = []
         if worker_env is None and config.engine.backend != "onnxruntime":
             from visionflow.gpu.placement import plan_gpu_workers
@@ -129,7 +130,8 @@ class Pipeline:
             self.scheduler, self._sched_q, self.pools, self._send, self._broadcast, self._tick
         )
         self.governor = ShareGovernor() if config.source.shed_load else None
-        self.status_writer = RedisStatusWriter(config.redis, redis_url, self.status)
+        shared = config.fleet is not None  # the nodes of a fleet share the streams set
+        self.status_writer = RedisStatusWriter(config.redis, redis_url, self.status, shared)
         self._stop_board = threading.Event()
         self._board_thread = threading.Thread(target=self._board_loop, name="board", daemon=True)
         self.started_at = time.time()
@@ -315,7 +317,10 @@ class Pipeline:
                 last = {s.id: self.scheduler.ledger.last_seq(s.id) for s in streams}
             for sid in last:  # heartbeats also count frames shed or skipped, never announced
                 last[sid] = max(last[sid], self.board.last_seq(sid))
-            first = tuple((sid, seq + SEQ_MARGIN) for sid, seq in last.items() if seq >= 0)
+            first = tuple(
+                (sid, max(seq + SEQ_MARGIN if seq >= 0 else 0, self._first_seq.get(sid, 0)))
+                for sid, seq in last.items()
+            )
             spec = IngestSpec(
                 index=index,
                 run_id=f"{self.run_id}r{restarts}",
@@ -465,18 +470,22 @@ class Pipeline:
             log.error("inference worker %d failed to start: %s", msg.worker_id, msg.error)
 
     # ---- runtime registration ----------------------------------------------------
-    def add_stream(self, stream: StreamConfig) -> None:
-        """Start reading a new stream (on the ingest process with the fewest streams)."""
+    def add_stream(self, stream: StreamConfig, first_seq: int = 0) -> None:
+        """Start reading a new stream (on the ingest process with the fewest streams); its
+        frames are numbered from ``first_seq`` (a stream taken over from another node of a
+        fleet goes on above the seq the other one reached)."""
         with self._membership:
             if stream.id in self._stream_process:
                 raise ConfigError(f"stream {stream.id!r} is already registered")
+            if first_seq:
+                self._first_seq[stream.id] = first_seq
             index = min(self._ingest_streams, key=lambda i: (len(self._ingest_streams[i]), i))
             self._ingest_streams[index].append(stream)
             self._stream_process[stream.id] = index
             self.board.add_stream(stream, _decode_label(self._ingest_plans[index]))
             with self.loop.lock:
                 self.scheduler.add_stream(stream.id)
-            self._commands[index].put(AddStream(stream))
+            self._commands[index].put(AddStream(stream, first_seq))
             self._set_tracking(stream)
 
     def update_stream(self, stream: StreamConfig) -> None:
@@ -494,6 +503,10 @@ class Pipeline:
             streams[:] = [stream if s.id == stream.id else s for s in streams]
             self._commands[index].put(UpdateStream(stream))
 
+    def last_seq(self, stream_id: str) -> int:
+        """The newest seq a registered stream's reader reported (or its first_seq - 1)."""
+        return max(self.board.last_seq(stream_id), self._first_seq.get(stream_id, 0) - 1)
+
     def streams(self) -> dict[str, StreamConfig]:
         """The entries of the streams registered now (enabled or not), by id."""
         return self.board.configs()
@@ -504,6 +517,7 @@ class Pipeline:
             if stream_id not in self.board.streams:
                 raise ConfigError(f"stream {stream_id!r} is not registered")
             self.board.remove_stream(stream_id)
+            self._first_seq.pop(stream_id, None)
             if self._tracking.pop(stream_id, None) is not None:
                 self._output_q.put(SetTracking(stream_id, None))
             index = self._stream_process.pop(stream_id, None)

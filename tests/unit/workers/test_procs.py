@@ -79,3 +79,47 @@ def test_a_child_told_not_to_restart_stays_down_and_stopping_restarts_nothing():
     group.stopping = True
     other.process.alive = False
     assert group.check() == []
+
+
+_ORPHAN_SCRIPT = """
+import multiprocessing as mp, sys, time
+from visionflow.workers.procs import exit_with_parent
+
+def child():
+    exit_with_parent(0.1)
+    time.sleep(60)
+
+if __name__ == "__main__":
+    p = mp.get_context("spawn").Process(target=child, daemon=True)
+    p.start()
+    print(p.pid, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_child_exits_when_its_parent_is_sigkilled(tmp_path):
+    """A SIGKILLed pipeline cannot stop its children; they must notice and go."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import wait_until
+
+    script = tmp_path / "orphan.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    def gone() -> bool:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return True
+        with open(f"/proc/{child}/stat") as f:  # reaped by init, or a zombie of it
+            return f.read().split()[2] == "Z"
+
+    wait_until(gone, 10, f"orphaned child {child} still running")

@@ -1,0 +1,123 @@
+"""A fleet of ``visionflow run`` node processes sharing cameras through leases in Redis:
+even spread, failover after SIGKILL, a node joining, a node drained by SIGTERM, and a
+Redis restart -- with real Redis, a real RTSP server and the real CLI."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import KillableRedis, RtspServer, wait_until
+from tests.integration.fleet_harness import FleetHarness, seq_report
+
+pytestmark = pytest.mark.integration
+CAMERAS = 12
+TTL = 3.0
+
+
+def _resumed(h: FleetHarness, cams: list[str], since: float) -> bool:
+    """Every camera of ``cams`` has an entry captured after ``since``."""
+    return all(h.entries(c) and h.entries(c)[-1].capture_ts > since for c in cams)
+
+
+def _check_seqs(h: FleetHarness) -> None:
+    handovers = h.handovers()
+    for cam in h.cameras:
+        report = seq_report(h.entries(cam), [x for x in handovers if x["stream_id"] == cam])
+        assert report == {"duplicates": 0, "backwards": 0, "unexplained": 0}, (cam, report)
+
+
+def _longest_unread(h: FleetHarness, until: Callable[[], bool], timeout: float) -> float:
+    """Poll who reads what until ``until()``; the longest time a camera had no reader."""
+    last_read = {cam: time.monotonic() for cam in h.cameras}
+    worst = 0.0
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, f"not rebalanced: {h.holders()}\n{h.outputs()}"
+        now = time.monotonic()
+        readers = h.readers()
+        for cam in h.cameras:
+            if readers.get(cam):
+                worst = max(worst, now - last_read[cam])
+                last_read[cam] = now
+        time.sleep(0.2)
+    return worst
+
+
+def _no_double_reader(h: FleetHarness, seconds: float) -> None:
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        try:
+            doubles = {c: n for c, n in h.readers().items() if len(n) > 1}
+        except Exception:  # Redis still coming back
+            doubles = {}
+        assert not doubles, f"cameras read by two nodes: {doubles}"
+        time.sleep(0.2)
+
+
+def test_fleet_spreads_fails_over_rebalances_drains(
+    rtsp: Callable[..., RtspServer],
+    killable_redis: KillableRedis,
+    tmp_path: Path,
+) -> None:
+    mounts = {f"cam{i:02d}": "test:160x120@5" for i in range(CAMERAS)}
+    server = rtsp(mounts)
+    cams = {m: server.url(m) for m in mounts}
+    h = FleetHarness(tmp_path, killable_redis.url, "fleettest", cams, lease_ttl_s=TTL)
+    try:
+        for node in ("a", "b", "c"):
+            h.start(node)
+        # 1. each camera owned and read by exactly one node, 4 +- 1 each
+        wait_until(
+            lambda: h.balanced(["a", "b", "c"]), 120, lambda: f"{h.holders()}\n{h.outputs()}"
+        )
+        wait_until(lambda: _resumed(h, list(cams), 0), 60, "not every camera writes detections")
+
+        # 2. SIGKILL a node: its cameras are read by the others within TTL + 5 s
+        lost = sorted(c for c, n in h.holders().items() if n == "a")
+        killed = time.time()
+        h.kill("a")
+        took = wait_until(
+            lambda: h.balanced(["b", "c"], slack=CAMERAS) and time.time() - killed,
+            TTL + 5 + 10,
+            lambda: f"{h.holders()}\n{h.outputs()}",
+        )
+        assert took <= TTL + 5, f"cameras of the killed node taken over after {took:.1f}s"
+        wait_until(lambda: _resumed(h, lost, killed), 30, f"{lost} did not write again")
+        _check_seqs(h)
+        moved = [x for x in h.handovers() if x["cause"] == "expired"]
+        assert sorted(x["stream_id"] for x in moved) == lost
+
+        # 3. a fourth node gets cameras; none is left unread longer than one lease period
+        h.start("d")
+        worst = _longest_unread(h, lambda: h.balanced(["b", "c", "d"]), 120)
+        print(f"takeover after SIGKILL {took:.1f}s; longest unread while rebalancing {worst:.1f}s")
+        assert worst <= TTL, f"a camera went unread for {worst:.1f}s while rebalancing"
+        assert any(x["to_node"] == "d" and x["cause"] == "released" for x in h.handovers())
+
+        # 4. SIGTERM drains a node: it hands its cameras over and exits 0
+        settled = time.time()
+        wait_until(lambda: _resumed(h, list(cams), settled), 30, "cameras idle")
+        given = sorted(c for c, n in h.holders().items() if n == "d")
+        drained = time.time()
+        assert h.kill("d", signal.SIGTERM) == 0
+        wait_until(lambda: h.balanced(["b", "c"]), TTL + 10, lambda: f"{h.holders()}")
+        released = {x["stream_id"] for x in h.handovers() if x["from_node"] == "d"}
+        assert released >= set(given)
+        wait_until(lambda: _resumed(h, given, drained), 30, f"{given} not resumed")
+        _check_seqs(h)
+
+        # 5. Redis restarted (empty): no camera ever read by two nodes, all owned again
+        killable_redis.kill()
+        time.sleep(1.0)  # the outage itself (nodes see failures, drop unsafe leases)
+        killable_redis.start()
+        _no_double_reader(h, 3 * TTL)
+        wait_until(lambda: h.balanced(["b", "c"]), 60, lambda: f"{h.holders()}")
+    finally:
+        output = h.outputs()
+        h.stop_all()
+    assert "Traceback" not in output, output

@@ -1,0 +1,163 @@
+"""FleetNode on a real Redis, driving the real reconciler; the pipeline behind it is a
+recording stand-in (the seam: which streams run, their seq, in-flight frames)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.conftest import KillableRedis, wait_until
+from tests.unit.api.conftest import pipeline_status, stream_status
+from visionflow.config import AppConfig
+from visionflow.fleet.config import FleetConfig
+from visionflow.fleet.node import FleetNode, NodeState, OwnedTarget, fleet_client
+from visionflow.fleet.view import fleet_view
+from visionflow.schema import fleet_drain_key, fleet_handovers_key, streams_key
+from visionflow.streams.config import StreamConfig
+from visionflow.streams.registry import StreamRegistry
+from visionflow.streams.state import StreamState
+from visionflow.workers.reconcile import Reconciler
+from visionflow.workers.status import PipelineStatus
+
+CAMS = [StreamConfig(id=f"cam{i}", url=f"rtsp://10.0.0.{i}/live") for i in range(4)]
+
+
+class RecordingPipeline:
+    """Runs nothing: keeps the streams it was given, counts seq up from first_seq."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, StreamConfig] = {}
+        self.first: dict[str, int] = {}
+
+    def streams(self) -> dict[str, StreamConfig]:
+        return dict(self.running)
+
+    def add_stream(self, stream: StreamConfig, first_seq: int = 0) -> None:
+        self.running[stream.id], self.first[stream.id] = stream, first_seq
+
+    def update_stream(self, stream: StreamConfig) -> None:
+        self.running[stream.id] = stream
+
+    def remove_stream(self, stream_id: str) -> None:
+        del self.running[stream_id]
+
+    def last_seq(self, stream_id: str) -> int:
+        return self.first.get(stream_id, 0) + 9 if stream_id in self.running else -1
+
+    def status(self) -> PipelineStatus:
+        states = {True: StreamState.STREAMING, False: StreamState.DISABLED}
+        return pipeline_status(
+            tuple(stream_status(s.id, state=states[s.enabled], in_flight=0)
+                  for s in self.running.values())
+        )  # fmt: skip
+
+
+def make_node(url: str, prefix: str, node_id: str, **fleet: object) -> FleetNode:
+    config = FleetConfig(node_id=node_id, lease_ttl_s=2.0, **fleet)  # type: ignore[arg-type]
+    app = AppConfig(streams=CAMS)
+    registry = StreamRegistry(redis.Redis.from_url(url), prefix, CAMS)
+    pipeline = RecordingPipeline()
+    node = FleetNode(config, fleet_client(url, config), prefix, registry, pipeline)
+    reconciler = Reconciler(OwnedTarget(pipeline, node), registry, app, scope=node.scope)
+    node.apply = reconciler.rescope
+    return node
+
+
+@pytest.fixture
+def nodes(redis_server: str, key_prefix: str) -> Iterator[list[FleetNode]]:
+    made: list[FleetNode] = []
+    yield made
+    for node in made:
+        node.stop_thread()
+
+
+def running(node: FleetNode) -> set[str]:
+    pipeline = node.pipeline
+    assert isinstance(pipeline, RecordingPipeline)
+    return {sid for sid, s in pipeline.running.items() if s.enabled}
+
+
+def test_two_nodes_split_the_streams_then_one_drains_to_the_other(
+    nodes, redis_server, redis_client, key_prefix
+):
+    a = make_node(redis_server, key_prefix, "a")
+    b = make_node(redis_server, key_prefix, "b")
+    nodes += [a, b]
+    redis_client.sadd(streams_key(key_prefix), "unregistered-cam")  # listed by a gone node
+    a.start()
+    b.start()
+    wait_until(lambda: len(running(a)) == 2 and len(running(b)) == 2, 20,
+               lambda: f"a {running(a)} b {running(b)}")  # fmt: skip
+    assert running(a).isdisjoint(running(b))
+    assert "unregistered-cam" not in redis_client.smembers(streams_key(key_prefix))
+    view = fleet_view(redis_client, key_prefix, [c.id for c in CAMS])
+    assert [(n["node_id"], n["alive"], len(n["streams"])) for n in view["nodes"]] == [
+        ("a", True, 2),
+        ("b", True, 2),
+    ]
+    assert view["unassigned"] == []
+    given = running(b)
+    b.drain(timeout=5)
+    assert running(b) == set()
+    wait_until(lambda: running(a) == {c.id for c in CAMS}, 10, lambda: f"a {running(a)}")
+    moves = [f for _, f in redis_client.xrange(fleet_handovers_key(key_prefix))]
+    released = [m for m in moves if m["from_node"] == "b"]
+    assert {m["stream_id"] for m in released} == given
+    assert all(m["cause"] == "released" and m["to_node"] == "a" for m in released)
+    pipeline = a.pipeline
+    assert isinstance(pipeline, RecordingPipeline)
+    for m in released:  # a goes on above what b reached (b's last seq: first + 9)
+        assert pipeline.first[m["stream_id"]] == int(m["first_seq"]) >= 10
+    view = fleet_view(redis_client, key_prefix)
+    assert {n["node_id"]: n["alive"] for n in view["nodes"]} == {"a": True, "b": False}
+
+
+def test_redis_unreachable_stops_streams_before_their_leases_can_expire(
+    nodes, killable_redis: KillableRedis
+):
+    prefix = "vfnode"
+    node = make_node(killable_redis.url, prefix, "a")
+    nodes.append(node)
+    node.start()
+    wait_until(lambda: len(running(node)) == 4, 20, lambda: f"{running(node)}")
+    killable_redis.kill()
+    expiry = max(lease.valid_until for lease in node.leases.values())
+    wait_until(lambda: not running(node), 10, lambda: f"still running {running(node)}")
+    stopped = time.monotonic()
+    assert stopped < expiry, f"stopped {stopped - expiry:.2f}s after a lease could expire"
+
+
+def test_a_drain_request_hands_everything_over_and_withdrawing_it_rebalances(
+    nodes, redis_server, redis_client, key_prefix
+):
+    a = make_node(redis_server, key_prefix, "a")
+    b = make_node(redis_server, key_prefix, "b")
+    nodes += [a, b]
+    a.start()
+    b.start()
+    wait_until(lambda: len(running(a)) == 2 and len(running(b)) == 2, 20,
+               lambda: f"a {running(a)} b {running(b)}")  # fmt: skip
+    redis_client.set(fleet_drain_key(key_prefix, "b"), "1")  # what POST .../drain writes
+    wait_until(lambda: len(running(a)) == 4 and not running(b), 20,
+               lambda: f"a {running(a)} b {running(b)}")  # fmt: skip
+    assert b.state == NodeState.DRAINING and b.thread.is_alive()
+    redis_client.delete(fleet_drain_key(key_prefix, "b"))
+    wait_until(lambda: len(running(a)) == 2 and len(running(b)) == 2, 30,
+               lambda: f"a {running(a)} b {running(b)}")  # fmt: skip
+    assert b.state == NodeState.RUNNING
+
+
+def test_an_unregistered_stream_is_stopped_and_its_lease_given_back(
+    nodes, redis_server, redis_client, key_prefix
+):
+    a = make_node(redis_server, key_prefix, "a")
+    nodes.append(a)
+    a.start()
+    wait_until(lambda: len(running(a)) == 4, 20, lambda: f"a {running(a)}")
+    a.registry.remove("cam1")  # through the registry, as DELETE /streams/cam1 does
+    wait_until(lambda: "cam1" not in a.pipeline.streams(), 10, "cam1 still in the pipeline")
+    wait_until(lambda: a.book.owners(["cam1"]) == {"cam1": None}, 10, "cam1's lease still held")
+    assert running(a) == {"cam0", "cam2", "cam3"}

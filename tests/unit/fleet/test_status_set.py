@@ -1,0 +1,37 @@
+"""Fleet nodes share ``<prefix>:streams``: each lists its own streams, none erases another's."""
+
+from __future__ import annotations
+
+from tests.unit.api.conftest import pipeline_status, stream_status
+from visionflow.config import RedisConfig
+from visionflow.schema import streams_key
+from visionflow.workers.board import RedisStatusWriter
+
+
+def test_shared_writers_keep_each_others_streams(redis_server, redis_client, key_prefix):
+    config = RedisConfig(url=redis_server, key_prefix=key_prefix)
+    mine = {"a": ["cam1", "cam2"], "b": ["cam3"]}
+
+    def writer(node: str) -> RedisStatusWriter:
+        return RedisStatusWriter(
+            config,
+            redis_server,
+            lambda: pipeline_status(tuple(stream_status(s) for s in mine[node])),
+            shared=True,
+        )
+
+    a, b = writer("a"), writer("b")
+    a.write()
+    b.write()
+    assert redis_client.smembers(streams_key(key_prefix)) == {"cam1", "cam2", "cam3"}
+    mine["a"] = ["cam1"]  # cam2 handed over to b
+    mine["b"] = ["cam3", "cam2"]
+    b.write()
+    a.write()
+    assert redis_client.smembers(streams_key(key_prefix)) == {"cam1", "cam2", "cam3"}
+    mine["b"] = ["cam2"]  # cam3 unregistered: the fleet node unlists it, not the writer
+    b.write()
+    assert redis_client.smembers(streams_key(key_prefix)) == {"cam1", "cam2", "cam3"}
+    alone = RedisStatusWriter(config, redis_server, lambda: pipeline_status((stream_status("x"),)))
+    alone.write()  # a single pipeline owns the set
+    assert redis_client.smembers(streams_key(key_prefix)) == {"x"}

@@ -1,0 +1,1 @@
+"""Many ``visionflow run`` processes sharing the streams through leases in Redis."""

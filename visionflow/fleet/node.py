@@ -1,0 +1,493 @@
+"""One ``visionflow run`` as a node of a fleet: it reads only the streams whose lease it holds.
+
+Every tick (a quarter of the lease timeout) the node's thread, in this order:
+
+1. drops leases it can no longer be sure of (Redis unreachable past the point where the
+   lease might expire before the next renewal): those streams stop *before* another node
+   can take them;
+2. renews its leases (one round trip; :mod:`visionflow.fleet.leases`), recording each
+   stream's seq floor; a lease found lost (expired, Redis restarted empty) stops its stream;
+3. writes its heartbeat (``<prefix>:fleet:nodes`` and ``<prefix>:fleet:alive:<id>``);
+4. finishes hand-overs: a stream being given up was disabled (reader stopped); once its
+   in-flight frames are written (or after the lease timeout), it is removed from the
+   pipeline, its final seq floor recorded and its lease released;
+5. plans (:mod:`visionflow.fleet.plan`) unless draining (SIGTERM, or a drain requested
+   through ``POST /fleet/nodes/{id}/drain``): takes free streams, at most ``acquire_per_s``, and
+   gives streams to less loaded nodes, at most ``moves_per_s``.  After Redis restarted (its
+   ``run_id`` changed) it takes nothing for one lease timeout: leases of the old instance
+   may still be held by nodes that have not yet noticed.
+
+A stream taken over starts at ``max(floor, newest seq in its detections stream + 1)``
+and the change is logged in ``<prefix>:fleet:handovers`` (previous newest seq, new first
+seq), so a consumer can account the gap.  The reconciler applies ownership: its desired
+set is :meth:`FleetNode.scope` of the registry's streams.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+import redis
+
+from visionflow.fleet.config import FleetConfig
+from visionflow.fleet.leases import Lease, LeaseBook
+from visionflow.fleet.plan import Moves, NodeView, plan_moves
+from visionflow.fleet.view import node_records
+from visionflow.schema import (
+    detections_key,
+    fleet_alive_key,
+    fleet_drain_key,
+    fleet_handovers_key,
+    fleet_nodes_key,
+    streams_key,
+)
+from visionflow.streams.config import StreamConfig
+from visionflow.streams.registry import StreamRegistry
+from visionflow.streams.state import StreamState
+from visionflow.streams.urls import redact_text
+from visionflow.workers.status import PipelineStatus
+from visionflow.workers.supervisor import SEQ_MARGIN
+
+log = logging.getLogger("visionflow.fleet")
+MAX_FPS = 240  # a stream gives out at most this many seq a second (fps_cap's limit)
+HANDOVERS_MAXLEN = 10_000
+FORGET_NODE_S = 3600.0  # a dead node's record is dropped from the nodes hash after this
+
+
+class NodeState(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class FleetPipeline(Protocol):
+    """What the node reads from the pipeline (:class:`~visionflow.workers.supervisor.Pipeline`)."""
+
+    def status(self) -> PipelineStatus: ...
+
+    def last_seq(self, stream_id: str) -> int: ...
+
+    def streams(self) -> dict[str, StreamConfig]: ...
+
+    def add_stream(self, stream: StreamConfig, first_seq: int = 0) -> None: ...
+
+    def update_stream(self, stream: StreamConfig) -> None: ...
+
+    def remove_stream(self, stream_id: str) -> None: ...
+
+
+class OwnedTarget:
+    """What the reconciler drives in a fleet: the pipeline, each stream taken over starting
+    at the seq its lease said (:class:`~visionflow.workers.reconcile.StreamTarget`)."""
+
+    def __init__(self, pipeline: FleetPipeline, node: FleetNode) -> None:
+        self.pipeline, self.node = pipeline, node
+
+    def streams(self) -> dict[str, StreamConfig]:
+        return self.pipeline.streams()
+
+    def add_stream(self, stream: StreamConfig) -> None:
+        self.pipeline.add_stream(stream, self.node.first_seq(stream.id))
+
+    def update_stream(self, stream: StreamConfig) -> None:
+        self.pipeline.update_stream(stream)
+
+    def remove_stream(self, stream_id: str) -> None:
+        self.pipeline.remove_stream(stream_id)
+
+
+@dataclass
+class _Budget:
+    """A token bucket: ``rate`` moves a second, at most ``max(1, rate)`` saved up."""
+
+    rate: float
+    tokens: float = 1.0
+    at: float = 0.0
+
+    def take_up_to(self, now: float) -> int:
+        if self.at:
+            self.tokens = min(max(1.0, self.rate), self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        return int(self.tokens)
+
+    def spend(self, n: int) -> None:
+        self.tokens -= n
+
+
+def fleet_client(url: str, config: FleetConfig) -> redis.Redis:
+    """A client whose calls fail fast enough to act before a lease can expire."""
+    timeout = config.redis_timeout_s
+    return redis.Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class FleetNode:
+    """Holds this node's leases and tells the reconciler which streams are its own."""
+
+    def __init__(
+        self,
+        config: FleetConfig,
+        client: redis.Redis,
+        prefix: str,
+        registry: StreamRegistry,
+        pipeline: FleetPipeline,
+    ) -> None:
+        self.config, self.client, self.prefix = config, client, prefix
+        self.node_id = config.resolved_node_id()
+        self.registry, self.pipeline = registry, pipeline
+        self.book = LeaseBook(client, prefix, self.node_id, config.lease_ttl_s)
+        self.tick_s = config.renew_interval_s
+        self.margin = SEQ_MARGIN + math.ceil(MAX_FPS * self.tick_s)
+        self.state = NodeState.STARTING
+        self.leases: dict[str, Lease] = {}
+        self.first: dict[str, int] = {}  # first seq of each stream taken
+        self.releasing: dict[str, float] = {}  # stream -> monotonic deadline of its hand-over
+        self.started_ts = time.time()
+        self.apply: Callable[[], object] = lambda: None  # the reconciler's rescope
+        self.handovers = 0
+        self.last_error: str | None = None
+        self._run_id: str | None = None
+        self._quiet_until = 0.0
+        self._acquire = _Budget(config.acquire_per_s)
+        self._release = _Budget(config.moves_per_s)
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="fleet", daemon=True)
+
+    # ---- what the reconciler runs ---------------------------------------------------
+    def scope(self, desired: Sequence[StreamConfig]) -> tuple[StreamConfig, ...]:
+        """Of the desired streams, those whose lease this node holds; one being handed
+        over is kept disabled (its reader stopped) until its lease is released."""
+        with self._lock:
+            owned, releasing = set(self.leases), set(self.releasing)
+        out = []
+        for stream in desired:
+            if stream.id in releasing:
+                out.append(stream.model_copy(update={"enabled": False}))
+            elif stream.id in owned:
+                out.append(stream)
+        return tuple(out)
+
+    def first_seq(self, stream_id: str) -> int:
+        with self._lock:
+            return self.first.get(stream_id, 0)
+
+    # ---- lifecycle ------------------------------------------------------------------
+    def start(self) -> None:
+        self.state = NodeState.RUNNING
+        self.thread.start()
+
+    def stop_thread(self) -> None:
+        self._stop.set()
+        if self.thread.ident is not None:
+            self.thread.join(timeout=self.tick_s * 4 + 5)
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Hand every stream over: readers stopped, in-flight frames written, then the
+        leases released with their final seq floor; the node leaves the fleet."""
+        self.stop_thread()
+        self.state = NodeState.DRAINING
+        deadline = time.monotonic() + (timeout or self.config.drain_timeout_s)
+        with self._lock:
+            for sid in self.leases:
+                self.releasing.setdefault(sid, deadline)
+        self._safely(self._heartbeat)
+        self.apply()
+        while time.monotonic() < deadline:
+            self._safely(self._renew)
+            self._safely(self._finish_releases)
+            with self._lock:
+                if not self.leases:
+                    break
+            time.sleep(0.05)
+        with self._lock:  # past the deadline: give them back as they are
+            for sid in self.releasing:
+                self.releasing[sid] = 0.0
+        self._safely(self._finish_releases)
+        self.state = NodeState.STOPPED
+        self._safely(self._leave)
+
+    def _safely(self, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except redis.RedisError as exc:
+            self.last_error = redact_text(str(exc))
+            log.warning("fleet: Redis unreachable (%s)", self.last_error)
+
+    # ---- the thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.tick()
+            except Exception:
+                log.exception("fleet: tick failed")
+            self._stop.wait(max(0.0, self.tick_s - (time.monotonic() - started)))
+
+    def tick(self) -> None:
+        """One round: safety, renewal, heartbeat, hand-overs, planning."""
+        self._drop_unsafe()
+        try:
+            self._watch_server()
+            self._follow_drain_request()
+            self._renew()
+            self._heartbeat()
+            self._finish_releases()
+            if self.state is NodeState.RUNNING and time.monotonic() >= self._quiet_until:
+                self._plan_and_move()
+            self.last_error = None
+        except redis.RedisError as exc:
+            self.last_error = redact_text(str(exc))
+            log.warning("fleet: Redis unreachable (%s); leases not renewed", self.last_error)
+            self._drop_unsafe()
+
+    def _drop_unsafe(self) -> None:
+        """Stop the streams whose lease might expire before the next renewal completes."""
+        limit = time.monotonic() + self.tick_s + 2 * self.config.redis_timeout_s
+        with self._lock:
+            unsafe = [sid for sid, lease in self.leases.items() if lease.valid_until < limit]
+        if unsafe:
+            log.error("fleet: leases of %s not renewed in time; stopping them (another node "
+                      "may take them)", ", ".join(sorted(unsafe)))  # fmt: skip
+            self._forget(unsafe)
+
+    def _forget(self, stream_ids: Sequence[str]) -> None:
+        with self._lock:
+            for sid in stream_ids:
+                self.leases.pop(sid, None)
+                self.releasing.pop(sid, None)
+                self.first.pop(sid, None)
+        self.apply()
+
+    def _watch_server(self) -> None:
+        """A new Redis ``run_id`` (the server restarted): take nothing for a lease timeout."""
+        run_id = _text(self.client.info("server").get("run_id", ""))
+        if self._run_id is not None and run_id != self._run_id:
+            self._quiet_until = time.monotonic() + self.config.lease_ttl_s
+            log.warning("fleet: Redis restarted; taking no stream for %.1fs",
+                        self.config.lease_ttl_s)  # fmt: skip
+        self._run_id = run_id
+
+    def _follow_drain_request(self) -> None:
+        """``POST /fleet/nodes/{id}/drain`` (the drain key): hand every stream over and take
+        none; the key deleted: back to running."""
+        requested = bool(self.client.exists(fleet_drain_key(self.prefix, self.node_id)))
+        if requested and self.state is NodeState.RUNNING:
+            self.state = NodeState.DRAINING
+            deadline = time.monotonic() + self.config.drain_timeout_s
+            with self._lock:
+                for sid in self.leases:
+                    self.releasing.setdefault(sid, deadline)
+            log.warning("fleet: drain requested; handing %d stream(s) over", len(self.leases))
+            self.apply()
+        elif not requested and self.state is NodeState.DRAINING:
+            self.state = NodeState.RUNNING
+            log.info("fleet: drain request withdrawn; taking streams again")
+
+    def _floor(self, stream_id: str) -> int:
+        first = self.first.get(stream_id, 0)
+        return max(first, self.pipeline.last_seq(stream_id) + 1) + self.margin
+
+    def _renew(self) -> None:
+        with self._lock:
+            leases = list(self.leases.values())
+            floors = {lease.stream_id: self._floor(lease.stream_id) for lease in leases}
+        lost = self.book.renew(leases, floors)
+        if lost:
+            log.error("fleet: lost the leases of %s (expired or Redis restarted); stopping "
+                      "them", ", ".join(sorted(lost)))  # fmt: skip
+            self._forget(lost)
+
+    # ---- heartbeat ------------------------------------------------------------------
+    def record(self) -> dict[str, Any]:
+        """This node as ``GET /fleet`` shows it."""
+        with self._lock:
+            owned, releasing = sorted(self.leases), sorted(self.releasing)
+        running = [sid for sid, s in self.pipeline.streams().items() if s.enabled]
+        return {
+            "node_id": self.node_id,
+            "state": str(self.state),
+            "weight": self.config.weight,
+            "capacity": self.config.capacity,
+            "labels": dict(self.config.labels),
+            "owned": owned,
+            "releasing": releasing,
+            "reading": sorted(sid for sid in running if sid not in releasing),
+            "handovers": self.handovers,
+            "started_ts": round(self.started_ts, 3),
+            "heartbeat_ts": round(time.time(), 3),
+            "lease_ttl_s": self.config.lease_ttl_s,
+            "error": self.last_error,
+        }
+
+    def _heartbeat(self) -> None:
+        payload = json.dumps(self.record(), separators=(",", ":"))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(fleet_nodes_key(self.prefix), self.node_id, payload)
+        pipe.set(fleet_alive_key(self.prefix, self.node_id), str(self.state),
+                 px=int(self.config.lease_ttl_s * 1000))  # fmt: skip
+        pipe.execute()
+
+    def _leave(self) -> None:
+        self.client.delete(fleet_alive_key(self.prefix, self.node_id))
+        self._heartbeat_final()
+
+    def _heartbeat_final(self) -> None:
+        payload = json.dumps(self.record(), separators=(",", ":"))
+        self.client.hset(fleet_nodes_key(self.prefix), self.node_id, payload)
+
+    # ---- views of the fleet -------------------------------------------------------------
+    def live_nodes(self) -> list[NodeView]:
+        """The nodes alive now (a draining one marked so); records of nodes gone for
+        longer than an hour are dropped."""
+        now, views, stale = time.time(), [], []
+        for nid, rec, flag in node_records(self.client, self.prefix):
+            if flag is None:
+                if now - float(rec.get("heartbeat_ts", 0)) > FORGET_NODE_S:
+                    stale.append(nid)
+                continue
+            weight, capacity = float(rec.get("weight", 1.0)), rec.get("capacity")
+            draining = flag != str(NodeState.RUNNING)
+            views.append(NodeView(nid, weight, capacity, dict(rec.get("labels", {})), draining))
+        if stale:
+            self.client.hdel(fleet_nodes_key(self.prefix), *stale)
+        return views
+
+    # ---- planning and moves ---------------------------------------------------------
+    def _plan_and_move(self) -> None:
+        desired = [s for s in self.registry.desired().streams]
+        registered = {s.id for s in desired}
+        self._unlist_unregistered(registered)
+        with self._lock:  # unregistered: no longer read (the reconciler), so give it back
+            for sid in set(self.leases) - registered:
+                self.releasing.setdefault(sid, 0.0)
+        nodes = self.live_nodes()
+        if all(n.node_id != self.node_id for n in nodes):
+            return  # our own heartbeat is not visible yet
+        owners = self.book.owners([s.id for s in desired])
+        now = time.monotonic()
+        with self._lock:
+            for sid in self.releasing:  # already on their way out: not ours to plan
+                owners[sid] = None if owners.get(sid) == self.node_id else owners.get(sid)
+        moves = plan_moves(
+            self.node_id,
+            desired,
+            nodes,
+            owners,
+            self.config.placement_keys,
+            self._acquire.take_up_to(now),
+            self._release.take_up_to(now),
+        )
+        with self._lock:
+            moves = Moves(
+                tuple(s for s in moves.acquire if s not in self.releasing),
+                moves.release,
+            )
+        self._apply_moves(moves, desired, now)
+
+    def _unlist_unregistered(self, registered: set[str]) -> None:
+        """Nodes only add to the shared ``<prefix>:streams`` set; streams no longer
+        registered leave it here."""
+        key = streams_key(self.prefix)
+        listed = {_text(m) for m in self.client.smembers(key)}  # type: ignore[union-attr]
+        gone = listed - registered
+        if gone:
+            self.client.srem(key, *gone)
+
+    def _apply_moves(self, moves: Moves, desired: Sequence[StreamConfig], now: float) -> None:
+        taken = [sid for sid in moves.acquire if self._take(sid)]
+        self._acquire.spend(len(moves.acquire))
+        if moves.release:
+            self._release.spend(len(moves.release))
+            with self._lock:
+                for sid in moves.release:
+                    if sid in self.leases:
+                        self.releasing.setdefault(sid, now + self.config.lease_ttl_s)
+            log.info("fleet: handing over %s", ", ".join(moves.release))
+        if taken or moves.release:
+            self.apply()
+        if taken:
+            log.info("fleet: took %s", ", ".join(taken))
+
+    def _take(self, stream_id: str) -> bool:
+        """Try the stream's lease; on success note where its seq goes on."""
+        lease = self.book.try_acquire(stream_id)
+        if lease is None:
+            return False
+        previous = self.book.floor(stream_id)
+        last = self._last_written(stream_id)
+        first = max(previous.floor if previous else 0, last + 1)
+        cause = "new" if previous is None else "released" if previous.released else "expired"
+        with self._lock:
+            self.leases[stream_id] = lease
+            self.first[stream_id] = first
+        self.book.renew([lease], {stream_id: first + self.margin})
+        self.client.xadd(
+            fleet_handovers_key(self.prefix),
+            {
+                "stream_id": stream_id,
+                "from_node": previous.node if previous else "",
+                "to_node": self.node_id,
+                "cause": cause,
+                "last_seq": str(last),
+                "first_seq": str(first),
+                "fence": str(lease.fence),
+                "ts": f"{time.time():.3f}",
+            },
+            maxlen=HANDOVERS_MAXLEN,
+            approximate=True,
+        )
+        self.handovers += 1
+        return True
+
+    def _last_written(self, stream_id: str) -> int:
+        """The seq of the newest entry in the stream's detections (-1: none)."""
+        newest = self.client.xrevrange(detections_key(self.prefix, stream_id), count=1)
+        if not newest:
+            return -1
+        fields = {_text(k): _text(v) for k, v in newest[0][1].items()}  # type: ignore[index,union-attr]
+        return int(fields.get("seq", -1))
+
+    def _finish_releases(self) -> None:
+        """Release the streams being handed over whose frames are all written (or whose
+        time is up): removed from the pipeline first, then the lease given back."""
+        with self._lock:
+            pending = dict(self.releasing)
+        if not pending:
+            return
+        status = {s.stream_id: s for s in self.pipeline.status().streams}
+        now = time.monotonic()
+        done = []
+        for sid, deadline in pending.items():
+            st = status.get(sid)
+            idle = st is None or (st.state == StreamState.DISABLED and st.in_flight == 0)
+            if idle or now >= deadline:
+                done.append(sid)
+        if not done:
+            return
+        floors = {sid: max(self.pipeline.last_seq(sid), self._last_written(sid)) + 1
+                  for sid in done}  # fmt: skip
+        with self._lock:
+            leases = [self.leases.pop(sid) for sid in done if sid in self.leases]
+            for sid in done:
+                self.releasing.pop(sid, None)
+                self.first.pop(sid, None)
+        self.apply()  # removed from the pipeline before anyone else may take it
+        for lease in leases:
+            if not self.book.release(lease, floors[lease.stream_id]):
+                log.warning("fleet: lease of %s was already gone at release", lease.stream_id)
+        log.info("fleet: released %s", ", ".join(sorted(done)))
