@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
+from urllib.parse import urlparse
 
 import redis
 
 from tests.conftest import wait_until
+from tests.tcp_proxy import TcpProxy
 from visionflow.config import RedisConfig
 from visionflow.counts import bucket_start
 from visionflow.pipeline.frames import BatchResult, Detection, FrameRef, FrameResult
@@ -147,3 +149,40 @@ def test_events_wait_while_redis_is_down_and_arrive_when_it_is_back(killable_red
         client.hget(counts_key("vft", bucket_start(T0)), count_field("a", "car", "line:mid:out"))
         == "1"
     )
+
+
+def test_a_round_whose_reply_timed_out_is_not_written_twice(redis_server, key_prefix):
+    """The round ran in Redis but its reply came after the socket timeout: the resend of the
+    same round must not add the events or the counts a second time."""
+    port = urlparse(redis_server).port or 6379
+    with TcpProxy(port) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        cfg = RedisConfig(url=url, key_prefix=key_prefix, socket_timeout_s=0.3)
+        sink = RedisEventSink(cfg, url, lambda s: 100)
+        proc = TrackingProcessor({"a": TrackingConfig(**LINE), "b": TrackingConfig(**LINE)})
+        sink.start()
+        try:  # stream a through a fast link (the connection is set up), then b's replies late
+            sink.write(proc.process([result("a", s, [100 + 30 * s]) for s in range(12)]))
+            wait_until(lambda: sink.published["a"] == 1, 20, lambda: f"{sink.last_error}")
+            proxy.delay(1.0)
+            sink.write(proc.process([result("b", s, [100 + 30 * s]) for s in range(12)]))
+            wait_until(lambda: sink.last_error, 10, "no write timed out behind the proxy")
+            proxy.passthrough()
+            wait_until(lambda: sink.published["b"] == 1, 20, lambda: f"{sink.last_error}")
+        finally:
+            sink.stop(2)
+    client = redis.Redis.from_url(redis_server, decode_responses=True)
+    assert client.xlen(events_key(key_prefix, "b")) == 1
+    bucket = counts_key(key_prefix, bucket_start(T0))
+    assert client.hget(bucket, count_field("b", "car", "line:mid:out")) == "1"
+    assert client.hget(bucket, count_field("b", "car", "tracks")) == "1"
+    assert 0 < client.ttl(sink.marker) <= 3600
+    client.close()
+
+
+def test_the_events_sink_starts_no_thread_until_there_is_something_to_write(redis_server):
+    sink = RedisEventSink(RedisConfig(url=redis_server), redis_server, lambda s: 100)
+    sink.start()
+    sink.write([result("a", 0, [10])])  # an untracked stream: no events, no counts
+    assert sink.thread.ident is None
+    sink.stop(1)
