@@ -8,7 +8,9 @@ an RTSP session needs.  Modes, switchable at any time and applying to every conn
 - ``pass``: forward as fast as the data comes;
 - ``stall``: stop forwarding in both directions (the connections stay open: a link that went
   silent, not one that was cut); new connections are accepted but hang too;
-- ``throttle``: server-to-client data limited to ``rate`` bytes per second.
+- ``throttle``: server-to-client data limited to ``rate`` bytes per second;
+- ``delay``: server-to-client data held ``delay_s`` seconds before it is forwarded (a slow
+  reply: the request reached the server, its answer comes late).
 
 :meth:`TcpProxy.cut` closes every connection (a link reset).  Used as a context manager.
 """
@@ -32,6 +34,7 @@ class TcpProxy:
         self._cond = threading.Condition()
         self._mode = "pass"
         self._rate = 0.0
+        self._delay_s = 0.0
         self._closed = False
         self._sockets: list[socket.socket] = []
         self.connections = 0
@@ -53,6 +56,10 @@ class TcpProxy:
     def throttle(self, bytes_per_s: float) -> None:
         self._rate = bytes_per_s
         self._set("throttle")
+
+    def delay(self, seconds: float) -> None:
+        self._delay_s = seconds
+        self._set("delay")
 
     def _set(self, mode: str) -> None:
         with self._cond:
@@ -116,6 +123,8 @@ class TcpProxy:
                     return
                 if down and self._mode == "throttle" and self._rate > 0:
                     time.sleep(len(data) / self._rate)  # the link's pace, not a synchronisation
+                if down and self._mode == "delay":
+                    time.sleep(self._delay_s)  # the reply's latency, not a synchronisation
                 dst.sendall(data)
                 if down:
                     self.bytes_down += len(data)

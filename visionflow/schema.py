@@ -14,9 +14,9 @@ width, height  the original frame size; boxes are in these pixels
 model_id       which model produced the detections
 worker         inference worker id; batch_size: frames in its batch
 detections     JSON list of {"label", "class_id", "score", "box": [x1, y1, x2, y2]}, plus
-               "track_id" (int >= 1) on streams with ``tracking`` (see below): the same
-               object keeps its id from frame to frame; a box no track took (a
-               low-score one) has none
+               "track_id" (int >= 1, unique per stream) on streams with ``tracking``
+               (see below): the same object keeps its id from frame to frame; a box
+               no track took (a low-score one) has none
 latency_ms     JSON {"decode", "queue", "inference", "publish", "total"} in milliseconds:
                decode+letterbox, waiting to be batched, batch inference incl. pre/post-
                processing, waiting to be written, and capture -> written
@@ -41,8 +41,10 @@ included), ``publish_errors`` (failed Redis writes), ``spool_entries``, ``spool_
 ``spool_replayed``, ``spool_overflow``, ``ledger_violations``, ``updated_ts``.
 
 Tracking (streams with a ``tracking`` section, :mod:`visionflow.tracking`): track ids are
-unique within a stream for one run of the output process (they count up from 1 and are never
-reused, also across a tracker reset: a reconnect at another resolution or a restart).  A
+unique per stream, not small consecutive integers: a stream's tracker starts at the wall-clock
+ms x 1000 of its creation (~1.8e15, below 2**53) and counts up, also across a tracker reset
+(a reconnect at another resolution), a config change, a restart of the output process or a
+fleet handover, so an id never names two objects.  A
 track survives dropped frames (a ``seq`` gap) up to the stream's ``lost_track_s``.  Events go
 to the Redis stream ``<prefix>:events:<stream_id>`` (``MAXLEN ~ events_maxlen``), one entry
 per event, fields (strings):
@@ -66,6 +68,10 @@ Counts of tracked streams (see the counts layout at the end of this module): ``t
 (new confirmed tracks), ``zone:<z>:enter``, ``zone:<z>:exit``, ``line:<l>:in``,
 ``line:<l>:out``, each counting a track at most once per bucket, so a bucket's numbers are
 unique objects ("cars through the gate"), not boxes.
+
+Each output process's events sink also keeps one string ``<prefix>:events:round-<uuid>``
+(``EX 3600``): the number of its last write round applied, so a round resent after a lost
+reply is not applied twice (:mod:`visionflow.tracking.sink`).  It is no events stream.
 
 Reading them through a consumer group (at least once, XAUTOCLAIM, dead letters, and how
 ``MAXLEN`` trimming meets pending entries): :mod:`visionflow.consumer`, README "Consuming

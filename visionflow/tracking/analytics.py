@@ -147,7 +147,12 @@ class StreamAnalytics:
             events += self._zone_step(zone, frame, points)
         for line in self.lines:
             events += self._line_step(line, frame, points)
-        bucket = int(frame.ts // COUNT_BUCKET_S) * COUNT_BUCKET_S
+        return events, counts + self._count(events, frame.ts)
+
+    def _count(self, events: Sequence[TrackEvent], ts: float) -> list[tuple[str, str]]:
+        """Count increments of ``events`` at time ``ts``: each track and metric once per bucket."""
+        counts: list[tuple[str, str]] = []
+        bucket = int(ts // COUNT_BUCKET_S) * COUNT_BUCKET_S
         if bucket != self._bucket:
             self._bucket, self._counted = bucket, set()
         for event in events:
@@ -155,10 +160,11 @@ class StreamAnalytics:
             if metric and (event.track_id, metric) not in self._counted:
                 self._counted.add((event.track_id, metric))
                 counts.append((event.label, metric))
-        return events, counts
+        return counts
 
-    def close(self, frame: Frame) -> list[TrackEvent]:
-        """Every open zone presence ends (the tracker was reset): exit events."""
+    def close(self, frame: Frame) -> tuple[list[TrackEvent], list[tuple[str, str]]]:
+        """Every open zone presence ends (the tracker was reset): exit events and their
+        counts (under the same once per track and bucket rule as :meth:`step`)."""
         events = []
         for zone in self.zones:
             for track_id, p in zone.presence.items():
@@ -167,7 +173,7 @@ class StreamAnalytics:
             zone.presence.clear()
         for line in self.lines:
             line.sides.clear()
-        return events
+        return events, self._count(events, frame.ts)
 
     def _exit(
         self, zone: _Zone, track_id: int, p: _Presence, frame: Frame, dwell: float

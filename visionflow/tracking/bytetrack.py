@@ -25,6 +25,7 @@ Arrays, not objects: the state of all tracks lives in a few numpy arrays, so one
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,19 @@ Array = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 NEW, TRACKED, LOST = 0, 1, 2
 _FAR = 1e6  # cost of a pair the gate forbids
+
+
+IDS_PER_MS = 1000
+
+
+def seed_id(now: float | None = None) -> int:
+    """A first track id above every id an earlier tracker of this stream could have handed
+    out: wall-clock milliseconds x :data:`IDS_PER_MS` (+1), so a tracker created later (a
+    config change, a restart of the output process, another fleet node) starts above one
+    created earlier unless that one handed out more than 1000 ids per millisecond it lived
+    (or the clocks of two nodes differ by more than that tracker's lifetime).  Below 2**53
+    until the year 2255, so JSON readers in any language read it exactly."""
+    return int((time.time() if now is None else now) * 1000) * IDS_PER_MS + 1
 
 
 @dataclass(frozen=True)
@@ -123,6 +137,13 @@ class ByteTracker:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def idle(self, t: float) -> None:
+        """A frame at time ``t`` with no detections while there is no track: what
+        :meth:`update` would do then (the time moves on, nothing else), without its cost."""
+        if len(self):  # tracks to age: the full update
+            self.update(np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64), t)
+        self.t = t
 
     def update(self, boxes: Array, scores: Array, classes: IntArray, t: float) -> FrameTracks:
         """One frame at time ``t`` (seconds): ``boxes`` ``[N, 4]`` xyxy, scores, class ids."""

@@ -56,8 +56,14 @@ class _Shape(_Strict):
     id: ShapeId = Field(description="Id, unique among the stream's zones (lines).")
     units: Units = Field(default="fraction", description="fraction (0..1 of the frame) or px.")
     labels: list[str] | None = Field(
-        default=None, description="Only objects with these labels; empty: every label."
+        default=None,
+        description="Only objects with these labels; absent, null or []: every label.",
     )
+
+    @field_validator("labels")
+    @classmethod
+    def _empty_is_every_label(cls, labels: list[str] | None) -> list[str] | None:
+        return labels or None  # [] would otherwise match nothing
 
 
 class ZoneConfig(_Shape):
@@ -156,7 +162,10 @@ class TrackingConfig(_Strict):
         "(ByteTrack's second association, through occlusions).",
     )
     new_track_thresh: float = Field(
-        default=0.6, gt=0, le=1, description="Least score of a detection that starts a new track."
+        default=0.6,
+        gt=0,
+        le=1,
+        description="Least score of a detection that starts a new track (at least high_thresh).",
     )
     match_iou: float = Field(
         default=0.2,
@@ -187,6 +196,12 @@ class TrackingConfig(_Strict):
         if self.low_thresh > self.high_thresh:
             raise ValueError(
                 f"low_thresh {self.low_thresh} is above high_thresh {self.high_thresh}"
+            )
+        if self.new_track_thresh < self.high_thresh:
+            raise ValueError(
+                f"new_track_thresh {self.new_track_thresh} is below high_thresh "
+                f"{self.high_thresh}: only detections scoring at least high_thresh can start a "
+                "track, so a lower new_track_thresh would not apply; set it >= high_thresh"
             )
         _unique_ids("zone", [z.id for z in self.zones])
         _unique_ids("line", [ln.id for ln in self.lines])

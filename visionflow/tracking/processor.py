@@ -9,10 +9,16 @@ with ``track_id`` on its detections and the frame's events and count increments 
 untouched.
 
 Time: a stream's track clock advances by the difference of presentation times when they
-increase, else by the difference of capture times (a looped file, a reconnect), so the
-lost-track buffer and dwell times are in the source's seconds.  The tracker is reset (ids
-keep counting up) when a frame comes at another resolution (the camera reconnected with
-other settings) or with a ``seq`` not above the last one (the pipeline restarted).
+increase in step with the capture times, else by the difference of capture times (a looped
+file, a reconnect, a jump of the pts), so the lost-track buffer and dwell times are in the
+source's seconds.  The tracker is reset (ids keep counting up) when a frame comes at another
+resolution (the camera reconnected with other settings) or with a ``seq`` not above the last
+one (the pipeline restarted).
+
+Ids: unique per stream, not small consecutive numbers.  A stream's tracker starts at
+:func:`~visionflow.tracking.bytetrack.seed_id` (wall-clock ms x 1000), and a tracker replaced
+in this process (a config change, an error) also above the last id of the one before, so an
+id never names two objects across a restart, a config change or a fleet handover.
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from visionflow.pipeline.frames import FrameResult, TrackEvent
-from visionflow.tracking.analytics import Frame, Seen, StreamAnalytics, count_metric
-from visionflow.tracking.bytetrack import ByteTracker
+from visionflow.tracking.analytics import Frame, Seen, StreamAnalytics
+from visionflow.tracking.bytetrack import ByteTracker, seed_id
 from visionflow.tracking.config import TrackingConfig
 
 log = logging.getLogger("visionflow.tracking")
+PTS_AGREE_S, PTS_AGREE_FRACTION = 1.0, 0.5
 
 
 @dataclass
@@ -39,10 +46,14 @@ class _Clock:
     now: float = 0.0
 
     def advance(self, pts: float | None, capture: float) -> float:
+        """The clock at this frame: the pts step when it agrees with the capture-time step
+        (within max(1 s, 50 %)), else the capture-time step (a jump of the pts is not time)."""
+        step = max(0.0, capture - self.capture) if self.capture else 0.0
         if self.pts is not None and pts is not None and pts > self.pts:
-            self.now += pts - self.pts
-        else:
-            self.now += max(0.0, capture - self.capture) if self.capture else 0.0
+            by_pts = pts - self.pts
+            if abs(by_pts - step) <= max(PTS_AGREE_S, PTS_AGREE_FRACTION * step):
+                step = by_pts
+        self.now += step
         self.pts, self.capture = pts, capture
         return self.now
 
@@ -50,9 +61,9 @@ class _Clock:
 class StreamTracker:
     """Tracker, clock and zones/lines of one stream."""
 
-    def __init__(self, stream_id: str, config: TrackingConfig) -> None:
+    def __init__(self, stream_id: str, config: TrackingConfig, first_id: int = 1) -> None:
         self.stream_id, self.config = stream_id, config
-        self.tracker = ByteTracker(config.params())
+        self.tracker = ByteTracker(config.params(), first_id)
         self.clock = _Clock()
         self.size: tuple[int, int] | None = None
         self.last_seq = -1
@@ -63,10 +74,11 @@ class StreamTracker:
         frame = result.frame
         size = (frame.letterbox.src_w, frame.letterbox.src_h)
         events: list[TrackEvent] = []
+        closed: list[tuple[str, str]] = []
         t = self.clock.advance(frame.pts, frame.capture_ts)
         if self.analytics is None or size != self.size or frame.seq <= self.last_seq:
             if self.analytics is not None:
-                events += self.analytics.close(Frame(frame.seq, frame.capture_ts, t, ()))
+                events, closed = self.analytics.close(Frame(frame.seq, frame.capture_ts, t, ()))
                 self.resets += 1
                 log.info(
                     "stream %r: tracker reset (%s)",
@@ -78,6 +90,9 @@ class StreamTracker:
             self.analytics = StreamAnalytics(self.config, *size, stream_id=self.stream_id)
         self.last_seq = frame.seq
         dets = result.detections
+        if not dets and not len(self.tracker) and not events:
+            self.tracker.idle(t)  # nothing to match, age or count: only the time moves
+            return result
         boxes = np.array([[d.x1, d.y1, d.x2, d.y2] for d in dets], np.float64).reshape(-1, 4)
         scores = np.array([d.score for d in dets], np.float64)
         classes = np.array([d.class_id for d in dets], np.int64)
@@ -91,7 +106,7 @@ class StreamTracker:
         more, counts = self.analytics.step(
             Frame(frame.seq, frame.capture_ts, t, seen, found.born, found.removed)
         )
-        counts += [(e.label, count_metric(e)) for e in events]  # exits of a reset
+        counts = closed + counts  # the exits of a reset first, as their events
         return dataclasses.replace(
             result,
             detections=tuple(
@@ -109,10 +124,20 @@ class TrackingProcessor:
         self.configs: dict[str, TrackingConfig] = dict(configs or {})
         self.streams: dict[str, StreamTracker] = {}
         self.errors: Counter[str] = Counter()
+        self.next_ids: dict[str, int] = {}  # of trackers given up: a new one starts above
+
+    def _drop(self, stream_id: str) -> None:
+        state = self.streams.pop(stream_id, None)
+        if state is not None:
+            self.next_ids[stream_id] = state.tracker.next_id
+
+    def _first_id(self, stream_id: str) -> int:
+        return max(seed_id(), self.next_ids.get(stream_id, 0))
 
     def configure(self, stream_id: str, config: TrackingConfig | None) -> None:
-        """Start, change or stop (None) tracking one stream; its tracks start afresh."""
-        self.streams.pop(stream_id, None)
+        """Start, change or stop (None) tracking one stream; its tracks start afresh (with
+        ids above every id it had)."""
+        self._drop(stream_id)
         if config is None:
             self.configs.pop(stream_id, None)
         else:
@@ -128,12 +153,12 @@ class TrackingProcessor:
             return result
         state = self.streams.get(sid)
         if state is None:
-            state = self.streams[sid] = StreamTracker(sid, config)
+            state = self.streams[sid] = StreamTracker(sid, config, self._first_id(sid))
         try:
             return state.step(result)
         except Exception:  # one stream's bad frame must not stop the others' tracking
             self.errors[sid] += 1
             if self.errors[sid] == 1:
                 log.exception("stream %r: tracking failed (further failures only counted)", sid)
-            self.streams.pop(sid, None)
+            self._drop(sid)
             return result

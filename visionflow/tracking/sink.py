@@ -1,25 +1,36 @@
 """The events-and-counts sink: tracking's output to Redis, beside the detections sink.
 
 Takes the events and count increments the tracking processor put on each result and writes
-them from a background thread, one ``MULTI``/``EXEC`` per round (``XADD`` to
-``<prefix>:events:<stream_id>`` with ``MAXLEN ~``, ``HINCRBY`` + ``EXPIRE`` on the counts
-buckets through :func:`visionflow.counts.add_counts`), so a failed round is retried whole
-and a count is not applied twice.  While Redis is unreachable events wait in a bounded buffer
-(the oldest dropped and counted beyond it) and counts add up in memory.
+them from a background thread in rounds.  A round is one Lua script (one ``EVALSHA``): it
+checks the sink's round marker ``<prefix>:events:round-<sink uuid>`` (a string holding the
+number of the last round applied, ``EX 3600``) and, only when this round's number is above
+it, stores the number and does the round's ``XADD`` s (to ``<prefix>:events:<stream_id>``
+with ``MAXLEN ~``) and its ``HINCRBY`` + ``EXPIRE`` on the counts buckets (the writes of
+:func:`visionflow.counts.count_writes`).  A round that fails, or whose reply never came (the
+script may have run), is resent unchanged with the same number, so it is applied at most
+once: an event is not added twice and a count is not applied twice.  While Redis is
+unreachable the unsent round waits, new events wait behind it in a bounded buffer (the oldest
+dropped and counted beyond it) and counts add up in memory.
+
+The thread starts with the first result that carries an event or a count, so an output
+process where no stream tracks holds no thread and opens no connection for it (tracking can
+still be turned on for a stream at run time).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import redis
 
 from visionflow.config import RedisConfig
-from visionflow.counts import COUNTS_RETENTION_S, CountKey, add_counts, bucket_start
+from visionflow.counts import COUNTS_RETENTION_S, CountKey, bucket_start, count_writes
 from visionflow.pipeline.frames import FrameResult
 from visionflow.schema import encode_event, events_key
 from visionflow.streams.backoff import Backoff
@@ -28,6 +39,32 @@ from visionflow.workers.sinks import Sink
 
 log = logging.getLogger("visionflow.tracking")
 MAX_EVENTS_PER_ROUND = 512
+ROUND_MARKER_TTL_S = 3600
+
+# KEYS[1]: the round marker; KEYS[2..]: every key the round writes.  ARGV: round number,
+# marker TTL, counts retention, the round as JSON {events: [[key#, maxlen, [f, v, ...]]],
+# incr: [[key#, field, n]], expire: [key#]} (key# indexes KEYS).
+_ROUND_LUA = """
+local round = tonumber(ARGV[1])
+if tonumber(redis.call('GET', KEYS[1]) or '0') >= round then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+local ops = cjson.decode(ARGV[4])
+for _, e in ipairs(ops.events) do
+  redis.call('XADD', KEYS[e[1]], 'MAXLEN', '~', e[2], '*', unpack(e[3]))
+end
+for _, c in ipairs(ops.incr) do redis.call('HINCRBY', KEYS[c[1]], c[2], c[3]) end
+for _, k in ipairs(ops.expire) do redis.call('EXPIRE', KEYS[k], ARGV[3]) end
+return 1
+"""
+
+Event = tuple[str, dict[str, str]]  # (stream id, encoded event)
+
+
+@dataclass(frozen=True)
+class _Round:
+    number: int
+    events: list[Event]
+    counts: Counter[CountKey]
 
 
 class RedisEventSink(Sink):
@@ -45,15 +82,20 @@ class RedisEventSink(Sink):
     ) -> None:
         self.config, self.maxlen_of = config, maxlen_of
         self.retention_s, self.max_buffered = retention_s, max_buffered
-        self._client = redis.Redis.from_url(
+        self._client = redis.Redis.from_url(  # connects on its first command, not here
             url,
             socket_timeout=config.socket_timeout_s,
             socket_connect_timeout=config.socket_timeout_s,
         )
-        self._events: deque[tuple[str, dict[str, str]]] = deque()
+        self._script = self._client.register_script(_ROUND_LUA)
+        self.marker = events_key(config.key_prefix, f"round-{uuid.uuid4().hex}")
+        self._rounds = 0
+        self._unsent: _Round | None = None  # the round to (re)send, same number each time
+        self._events: deque[Event] = deque()
         self._counts: Counter[CountKey] = Counter()
         self._cond = threading.Condition()
         self._stop = threading.Event()
+        self._started = False
         self._backoff = Backoff(0.2, 5.0, 2.0, 0.5)
         self._connected = True
         self._last_error: str | None = None
@@ -74,11 +116,14 @@ class RedisEventSink(Sink):
             while len(self._events) > self.max_buffered:
                 self.dropped[self._events.popleft()[0]] += 1
             if self._events or self._counts:
+                if self._started and self.thread.ident is None and not self._stop.is_set():
+                    self.thread.start()  # the first event or count of this process
                 self._cond.notify()
 
     @property
     def pending(self) -> int:
-        return len(self._events)
+        unsent = self._unsent
+        return len(self._events) + (len(unsent.events) if unsent is not None else 0)
 
     @property
     def connected(self) -> bool:
@@ -89,66 +134,86 @@ class RedisEventSink(Sink):
         return self._last_error
 
     def start(self) -> None:
-        self.thread.start()
+        with self._cond:
+            self._started = True
+            if (self._events or self._counts) and self.thread.ident is None:
+                self.thread.start()
 
     def stop(self, flush_timeout: float = 5.0) -> None:
         self._stop.set()
         with self._cond:
             self._cond.notify()
-        self.thread.join(timeout=flush_timeout + self.config.socket_timeout_s)
+        if self.thread.ident is not None:
+            self.thread.join(timeout=flush_timeout + self.config.socket_timeout_s)
         self._client.close()
 
-    def _take(self) -> tuple[list[tuple[str, dict[str, str]]], Counter[CountKey]]:
+    def _take(self) -> _Round | None:
         with self._cond:
+            if self._unsent is not None:
+                return self._unsent
             if not self._events and not self._counts and not self._stop.is_set():
                 self._cond.wait(timeout=0.25)
+            if not self._events and not self._counts:
+                return None
             n = min(len(self._events), MAX_EVENTS_PER_ROUND)
             events = [self._events.popleft() for _ in range(n)]
             counts, self._counts = self._counts, Counter()
-            return events, counts
-
-    def _put_back(
-        self, events: list[tuple[str, dict[str, str]]], counts: Counter[CountKey]
-    ) -> None:
-        with self._cond:
-            self._events.extendleft(reversed(events))
-            self._counts.update(counts)
+            self._rounds += 1
+            self._unsent = _Round(self._rounds, events, counts)
+            return self._unsent
 
     def _run(self) -> None:
         while True:
             stopping = self._stop.is_set()
-            events, counts = self._take()
-            ok = self._flush(events, counts) if events or counts else True
+            work = self._take()
+            ok = self._flush(work) if work is not None else True
             if stopping and not ok:  # unreachable at stop: what is left is lost, counted
                 with self._cond:
-                    for sid, _ in self._events:
-                        self.dropped[sid] += 1
+                    lost = list(self._events) + (self._unsent.events if self._unsent else [])
+                    self.dropped.update(sid for sid, _ in lost)
                 return
             if stopping and not (self._events or self._counts):
                 return
             if not ok:
                 self._stop.wait(self._backoff.next_delay())
 
-    def _flush(self, events: list[tuple[str, dict[str, str]]], counts: Counter[CountKey]) -> bool:
+    def _payload(self, work: _Round) -> tuple[list[str], str]:
+        keys: dict[str, int] = {self.marker: 1}
+
+        def index(key: str) -> int:
+            return keys.setdefault(key, len(keys) + 1)
+
+        prefix = self.config.key_prefix
+        events = [
+            [index(events_key(prefix, sid)), self.maxlen_of(sid), _flat(fields)]
+            for sid, fields in work.events
+        ]
+        incr: list[list[object]] = []
+        expire: list[int] = []
+        if self.retention_s > 0:  # redis.counts_retention_s: 0 turns every count off
+            incrs, buckets = count_writes(prefix, work.counts)
+            incr = [[index(key), field, n] for key, field, n in incrs]
+            expire = [index(key) for key in buckets]
+        body = json.dumps({"events": events, "incr": incr, "expire": expire})
+        return list(keys), body
+
+    def _flush(self, work: _Round) -> bool:
+        keys, body = self._payload(work)
         try:
-            pipe = self._client.pipeline(transaction=True)
-            prefix = self.config.key_prefix
-            for sid, fields in events:
-                entry: dict[Any, Any] = dict(fields)
-                pipe.xadd(
-                    events_key(prefix, sid), entry, maxlen=self.maxlen_of(sid), approximate=True
-                )
-            if self.retention_s > 0:  # redis.counts_retention_s: 0 turns every count off
-                add_counts(pipe, prefix, counts, self.retention_s)
-            pipe.execute()
+            self._script(keys=keys, args=[work.number, ROUND_MARKER_TTL_S, self.retention_s, body])
         except (redis.RedisError, OSError) as exc:
-            self._put_back(events, counts)
             if self._connected:
                 log.warning("events sink: Redis write failed: %s", redact_text(str(exc)))
             self._connected, self._last_error = False, redact_text(str(exc))
             return False
+        with self._cond:
+            self._unsent = None
         self._connected, self._last_error = True, None
         self._backoff.reset()
-        for sid, _ in events:
+        for sid, _ in work.events:
             self.published[sid] += 1
         return True
+
+
+def _flat(fields: dict[str, str]) -> list[str]:
+    return [item for pair in fields.items() for item in pair]

@@ -4,8 +4,9 @@ Layout (:mod:`visionflow.schema`): hash ``<prefix>:counts:<bucket_start>`` per m
 bucket of each frame's ``capture_ts``), field ``<stream_id>|<label>|boxes`` -> boxes seen in
 that minute.  Buckets with no box have no field (absent = 0).  :class:`CountsSink` adds the
 results it is given to an in-memory tally (``write`` never touches the network) and a thread
-flushes the tally about once a second in one pipeline: ``HINCRBY`` per field, ``EXPIRE
-<retention>`` per bucket key.
+flushes the tally about once a second in one pipeline through
+:func:`visionflow.counts.add_counts` (``HINCRBY`` per field, ``EXPIRE <retention>`` per bucket
+key), the one writer convention every count shares.
 
 Guarantee: at most once, best effort.  A flush that fails (Redis unreachable, a timeout) is
 dropped and counted (``lost_boxes``), never retried, because part of a pipeline may have been
@@ -25,8 +26,8 @@ from collections.abc import Iterable, Sequence
 import redis
 
 from visionflow.config import RedisConfig
+from visionflow.counts import CountKey, add_counts, bucket_start
 from visionflow.pipeline.frames import FrameResult
-from visionflow.schema import COUNT_BUCKET_S, count_field, counts_key
 from visionflow.streams.backoff import Backoff
 from visionflow.streams.urls import redact_text, redact_url
 from visionflow.workers.sinks import Sink, sink_client
@@ -34,16 +35,12 @@ from visionflow.workers.sinks import Sink, sink_client
 log = logging.getLogger("visionflow.counts")
 FLUSH_S = 1.0
 
-Tally = Counter[tuple[int, str]]  # (bucket start, field) -> boxes
-
-
-def bucket_start(ts: float, bucket_s: int = COUNT_BUCKET_S) -> int:
-    """The start (Unix seconds) of the bucket holding ``ts``."""
-    return int(ts // bucket_s) * bucket_s
+Tally = Counter[CountKey]  # (bucket start, stream, label, "boxes") -> boxes
+__all__ = ["CountsSink", "Tally", "bucket_start", "tally"]
 
 
 def tally(results: Iterable[FrameResult], into: Tally | None = None) -> Tally:
-    """Boxes per (bucket, ``stream|label|boxes`` field) of ``results``."""
+    """Boxes per (bucket, stream, label, ``boxes``) of ``results``."""
     counts: Tally = Counter() if into is None else into
     for result in results:
         if not result.detections:
@@ -51,7 +48,7 @@ def tally(results: Iterable[FrameResult], into: Tally | None = None) -> Tally:
         frame = result.frame
         start = bucket_start(frame.capture_ts)
         for det in result.detections:
-            counts[(start, count_field(frame.stream_id, det.label))] += 1
+            counts[(start, frame.stream_id, det.label, "boxes")] += 1
     return counts
 
 
@@ -132,15 +129,8 @@ class CountsSink(Sink):
         return boxes
 
     def _write(self, taken: Tally) -> None:
-        prefix = self.config.key_prefix
         pipe = self._client.pipeline(transaction=False)
-        keys: set[str] = set()
-        for (start, field), n in taken.items():
-            key = counts_key(prefix, start)
-            pipe.hincrby(key, field, n)
-            keys.add(key)
-        for key in sorted(keys):
-            pipe.expire(key, self.retention_s)
+        add_counts(pipe, self.config.key_prefix, taken, self.retention_s)
         pipe.execute()
 
     def _down(self, exc: BaseException) -> None:

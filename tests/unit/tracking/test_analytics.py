@@ -83,5 +83,6 @@ def test_a_removed_track_inside_a_zone_exits_and_close_ends_every_presence():
     events, counts = analytics.step(Frame(1, 5.1, 0.1, [inside[1]], [], removed=[1]))
     assert [(e.kind, e.track_id) for e in events] == [("exit", 1)]
     assert ("car", "zone:door:exit") in counts
-    closed = analytics.close(Frame(2, 5.2, 0.2, []))
+    closed, closed_counts = analytics.close(Frame(2, 5.2, 0.2, []))
     assert [(e.kind, e.track_id) for e in closed] == [("exit", 2)]
+    assert closed_counts == [("car", "zone:door:exit")]

@@ -72,6 +72,11 @@ def test_a_valid_zone_and_line_in_fractions_and_pixels():
             "lines[1]: duplicate line id 'l'",
         ),
         ({"low_thresh": 0.7, "high_thresh": 0.5}, "low_thresh 0.7 is above high_thresh 0.5"),
+        (
+            {"new_track_thresh": 0.4, "high_thresh": 0.5},
+            "new_track_thresh 0.4 is below high_thresh 0.5: only detections scoring at least "
+            "high_thresh can start a track",
+        ),
         ({"zones": [{"id": "z", "points": [[0, 0], [1, 0], [1, 1]], "colour": "red"}]}, "colour"),
     ],
 )
@@ -93,3 +98,19 @@ def test_the_demo_tracks_every_camera_and_has_a_zone_and_a_line_on_one(tmp_path)
     assert all(s.tracking is not None for s in cfg.streams)
     zoned = [s.id for s in cfg.streams if s.tracking and s.tracking.zones and s.tracking.lines]
     assert zoned == ["gate"]
+
+
+def test_an_empty_label_list_means_every_label():
+    from visionflow.tracking.analytics import Frame, Seen, StreamAnalytics
+
+    cfg = load(
+        {
+            "zones": [{"id": "z", "points": [[0, 0], [1, 0], [1, 1], [0, 1]], "labels": []}],
+            "lines": [{"id": "l", "start": [0.5, 0], "end": [0.5, 1], "labels": []}],
+        }
+    )
+    tracking = cfg.streams[0].tracking
+    assert tracking is not None and tracking.zones[0].labels is None
+    analytics = StreamAnalytics(tracking, 640, 480)
+    events, _ = analytics.step(Frame(0, 1.0, 0.0, [Seen(1, "dog", (10, 10, 50, 50))], [1]))
+    assert [(e.kind, e.zone) for e in events] == [("enter", "z")]

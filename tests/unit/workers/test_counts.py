@@ -39,14 +39,14 @@ def test_tally_counts_boxes_per_bucket_stream_and_label() -> None:
     )
     m0, m1 = int(T0), int(T0) + 60
     assert counts == {
-        (m0, "a|car|boxes"): 3,
-        (m0, "a|person|boxes"): 1,
-        (m1, "a|car|boxes"): 1,
-        (m0, "b|person|boxes"): 1,
+        (m0, "a", "car", "boxes"): 3,
+        (m0, "a", "person", "boxes"): 1,
+        (m1, "a", "car", "boxes"): 1,
+        (m0, "b", "person", "boxes"): 1,
     }
     assert sum(counts.values()) == 6  # every box once
     more = tally([result("a", 3, T0 + 5, ["car"])], counts)
-    assert more is counts and counts[(m0, "a|car|boxes")] == 4
+    assert more is counts and counts[(m0, "a", "car", "boxes")] == 4
 
 
 def test_flush_increments_buckets_with_the_retention_ttl(
