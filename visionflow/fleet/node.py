@@ -47,6 +47,7 @@ from visionflow.schema import (
     fleet_drain_key,
     fleet_handovers_key,
     fleet_nodes_key,
+    status_key,
     streams_key,
 )
 from visionflow.streams.config import StreamConfig
@@ -400,13 +401,17 @@ class FleetNode:
         self._apply_moves(moves, desired, now)
 
     def _unlist_unregistered(self, registered: set[str]) -> None:
-        """Nodes only add to the shared ``<prefix>:streams`` set; streams no longer
-        registered leave it here."""
+        """Nodes only add to the shared ``<prefix>:streams`` set and never delete a status
+        hash (the stream may be another node's now); streams no longer registered leave the
+        set here, and their status hashes go with them."""
         key = streams_key(self.prefix)
         listed = {_text(m) for m in self.client.smembers(key)}  # type: ignore[union-attr]
         gone = listed - registered
         if gone:
-            self.client.srem(key, *gone)
+            pipe = self.client.pipeline(transaction=True)
+            pipe.srem(key, *gone)
+            pipe.delete(*(status_key(self.prefix, sid) for sid in gone))
+            pipe.execute()
 
     def _apply_moves(self, moves: Moves, desired: Sequence[StreamConfig], now: float) -> None:
         taken = [sid for sid in moves.acquire if self._take(sid)]

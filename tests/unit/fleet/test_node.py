@@ -15,7 +15,7 @@ from visionflow.config import AppConfig
 from visionflow.fleet.config import FleetConfig
 from visionflow.fleet.node import FleetNode, NodeState, OwnedTarget, fleet_client
 from visionflow.fleet.view import fleet_view
-from visionflow.schema import fleet_drain_key, fleet_handovers_key, streams_key
+from visionflow.schema import fleet_drain_key, fleet_handovers_key, status_key, streams_key
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.registry import StreamRegistry
 from visionflow.streams.state import StreamState
@@ -87,12 +87,14 @@ def test_two_nodes_split_the_streams_then_one_drains_to_the_other(
     b = make_node(redis_server, key_prefix, "b")
     nodes += [a, b]
     redis_client.sadd(streams_key(key_prefix), "unregistered-cam")  # listed by a gone node
+    redis_client.hset(status_key(key_prefix, "unregistered-cam"), "state", "streaming")
     a.start()
     b.start()
     wait_until(lambda: len(running(a)) == 2 and len(running(b)) == 2, 20,
                lambda: f"a {running(a)} b {running(b)}")  # fmt: skip
     assert running(a).isdisjoint(running(b))
     assert "unregistered-cam" not in redis_client.smembers(streams_key(key_prefix))
+    assert not redis_client.exists(status_key(key_prefix, "unregistered-cam"))
     view = fleet_view(redis_client, key_prefix, [c.id for c in CAMS])
     assert [(n["node_id"], n["alive"], len(n["streams"])) for n in view["nodes"]] == [
         ("a", True, 2),
