@@ -10,12 +10,16 @@ Every tick (a quarter of the lease timeout) the node's thread, in this order:
 3. writes its heartbeat (``<prefix>:fleet:nodes`` and ``<prefix>:fleet:alive:<id>``);
 4. finishes hand-overs: a stream being given up was disabled (reader stopped); once its
    in-flight frames are written (or after the lease timeout), it is removed from the
-   pipeline, its final seq floor recorded and its lease released;
+   pipeline and, only once it is gone from it, its final seq floor recorded and its lease
+   released (otherwise the lease is kept and the hand-over tried again next tick);
 5. plans (:mod:`visionflow.fleet.plan`) unless draining (SIGTERM, or a drain requested
    through ``POST /fleet/nodes/{id}/drain``): takes free streams, at most ``acquire_per_s``, and
    gives streams to less loaded nodes, at most ``moves_per_s``.  After Redis restarted (its
-   ``run_id`` changed) it takes nothing for one lease timeout: leases of the old instance
-   may still be held by nodes that have not yet noticed.
+   ``run_id`` changed, or its uptime is below a lease timeout) it takes nothing until a lease
+   timeout has passed: leases of the old instance may still be held by nodes that have not
+   yet noticed;
+6. applies the leases again when the pipeline differs from them (an apply that failed or
+   was skipped heals here, not only when the registry changes).
 
 A stream taken over starts at ``max(floor, newest seq in its detections stream + 1)``
 and the change is logged in ``<prefix>:fleet:handovers`` (previous newest seq, new first
