@@ -174,6 +174,7 @@ class FleetNode:
         self.last_error: str | None = None
         self._run_id: str | None = None
         self._quiet_until = 0.0
+        self._drift = ""  # how the pipeline last differed from the leases
         self._acquire = _Budget(config.acquire_per_s, self.tick_s)
         self._release = _Budget(config.moves_per_s, self.tick_s)
         self._lock = threading.RLock()
@@ -282,11 +283,21 @@ class FleetNode:
         skipped or failed): which streams it has, and which of them read."""
         wanted = {s.id: s.enabled for s in self.scope(desired)}
         actual = {sid: s.enabled for sid, s in self.pipeline.streams().items()}
-        if wanted != actual:
-            drift = sorted(set(wanted.items()) ^ set(actual.items()))
-            text = ", ".join(f"{sid}={'on' if on else 'off'}" for sid, on in drift)
-            log.warning("fleet: pipeline differs from the leases (%s); applying them again", text)
-            self.apply()
+        if wanted == actual:
+            self._drift = ""
+            return
+        parts = {
+            "missing": sorted(set(wanted) - set(actual)),
+            "not leased": sorted(set(actual) - set(wanted)),
+            "reading or not wrongly": sorted(
+                sid for sid in set(wanted) & set(actual) if wanted[sid] != actual[sid]
+            ),
+        }
+        text = "; ".join(f"{k}: {', '.join(v)}" for k, v in parts.items() if v)
+        level = logging.DEBUG if text == self._drift else logging.WARNING  # once per drift
+        log.log(level, "fleet: pipeline differs from the leases (%s); applying them again", text)
+        self._drift = text
+        self.apply()
 
     def _drop_unsafe(self) -> None:
         """Stop the streams whose lease might expire before the next renewal completes."""

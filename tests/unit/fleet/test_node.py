@@ -205,11 +205,12 @@ def test_a_failure_right_after_taking_a_lease_gives_it_back(redis_server, redis_
     wait_until(lambda: ticked(a, lambda: running(a) == ALL), 20, lambda: f"a {running(a)}")
 
 
-def test_a_pipeline_that_drifted_from_the_leases_is_brought_back(redis_server, key_prefix):
+def test_a_pipeline_that_drifted_from_the_leases_is_brought_back(redis_server, key_prefix, caplog):
     a = make_node(redis_server, key_prefix, "a")
     wait_until(lambda: ticked(a, lambda: running(a) == ALL), 20, lambda: f"a {running(a)}")
     a.pipeline.remove_stream("cam0")  # as if an apply had failed or been skipped
     assert ticked(a, lambda: running(a) == ALL), f"a {running(a)}"
+    assert "pipeline differs from the leases (missing: cam0)" in caplog.text
 
 
 def test_a_failed_attempt_costs_no_acquire_budget(redis_server, key_prefix):
