@@ -15,6 +15,7 @@ empty) learns it from the script's 0 and can no longer move the floor.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Sequence
@@ -141,6 +142,12 @@ class LeaseBook:
         except redis.exceptions.LockNotOwnedError:
             return False
         return True
+
+    def give_back(self, lease: Lease) -> None:
+        """Give a lease back without recording a floor (it was taken, nothing read): best
+        effort; when Redis cannot be reached the lease expires on its own."""
+        with contextlib.suppress(redis.RedisError):
+            lease.lock.release()
 
     def floor(self, stream_id: str) -> SeqFloor | None:
         """The seq floor the stream's previous owner left (None: never owned)."""

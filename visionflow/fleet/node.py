@@ -10,12 +10,16 @@ Every tick (a quarter of the lease timeout) the node's thread, in this order:
 3. writes its heartbeat (``<prefix>:fleet:nodes`` and ``<prefix>:fleet:alive:<id>``);
 4. finishes hand-overs: a stream being given up was disabled (reader stopped); once its
    in-flight frames are written (or after the lease timeout), it is removed from the
-   pipeline, its final seq floor recorded and its lease released;
+   pipeline and, only once it is gone from it, its final seq floor recorded and its lease
+   released (otherwise the lease is kept and the hand-over tried again next tick);
 5. plans (:mod:`visionflow.fleet.plan`) unless draining (SIGTERM, or a drain requested
    through ``POST /fleet/nodes/{id}/drain``): takes free streams, at most ``acquire_per_s``, and
    gives streams to less loaded nodes, at most ``moves_per_s``.  After Redis restarted (its
-   ``run_id`` changed) it takes nothing for one lease timeout: leases of the old instance
-   may still be held by nodes that have not yet noticed.
+   ``run_id`` changed, or its uptime is below a lease timeout) it takes nothing until a lease
+   timeout has passed: leases of the old instance may still be held by nodes that have not
+   yet noticed;
+6. applies the leases again when the pipeline differs from them (an apply that failed or
+   was skipped heals here, not only when the registry changes).
 
 A stream taken over starts at ``max(floor, newest seq in its detections stream + 1)``
 and the change is logged in ``<prefix>:fleet:handovers`` (previous newest seq, new first
@@ -47,6 +51,7 @@ from visionflow.schema import (
     fleet_drain_key,
     fleet_handovers_key,
     fleet_nodes_key,
+    status_key,
     streams_key,
 )
 from visionflow.streams.config import StreamConfig
@@ -107,15 +112,22 @@ class OwnedTarget:
 
 @dataclass
 class _Budget:
-    """A token bucket: ``rate`` moves a second, at most ``max(1, rate)`` saved up."""
+    """A token bucket: ``rate`` moves a second.  It is spent once a tick (every ``tick_s``),
+    so it saves up to a tick's worth (at least 1): a smaller cap would cut the real rate
+    to ``cap / tick_s``."""
 
     rate: float
+    tick_s: float
     tokens: float = 1.0
     at: float = 0.0
 
+    @property
+    def cap(self) -> float:
+        return max(1.0, self.rate * self.tick_s)
+
     def take_up_to(self, now: float) -> int:
         if self.at:
-            self.tokens = min(max(1.0, self.rate), self.tokens + (now - self.at) * self.rate)
+            self.tokens = min(self.cap, self.tokens + (now - self.at) * self.rate)
         self.at = now
         return int(self.tokens)
 
@@ -162,8 +174,9 @@ class FleetNode:
         self.last_error: str | None = None
         self._run_id: str | None = None
         self._quiet_until = 0.0
-        self._acquire = _Budget(config.acquire_per_s)
-        self._release = _Budget(config.moves_per_s)
+        self._drift = ""  # how the pipeline last differed from the leases
+        self._acquire = _Budget(config.acquire_per_s, self.tick_s)
+        self._release = _Budget(config.moves_per_s, self.tick_s)
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="fleet", daemon=True)
@@ -239,21 +252,52 @@ class FleetNode:
             self._stop.wait(max(0.0, self.tick_s - (time.monotonic() - started)))
 
     def tick(self) -> None:
-        """One round: safety, renewal, heartbeat, hand-overs, planning."""
+        """One round: safety, renewal, heartbeat, hand-overs, planning, and the pipeline
+        brought back to the leases if it drifted from them."""
         self._drop_unsafe()
+        step = "checking the Redis server"
         try:
             self._watch_server()
+            step = "reading the drain request"
             self._follow_drain_request()
+            step = "renewing the leases"
             self._renew()
+            step = "writing the heartbeat"
             self._heartbeat()
+            step = "finishing hand-overs"
             self._finish_releases()
+            step = "reading the registry"
+            desired = self.registry.desired().streams
             if self.state is NodeState.RUNNING and time.monotonic() >= self._quiet_until:
-                self._plan_and_move()
+                step = "planning and taking streams"
+                self._plan_and_move(desired)
+            self._heal(desired)
             self.last_error = None
         except redis.RedisError as exc:
             self.last_error = redact_text(str(exc))
-            log.warning("fleet: Redis unreachable (%s); leases not renewed", self.last_error)
+            log.warning("fleet: Redis call failed while %s (%s)", step, self.last_error)
             self._drop_unsafe()
+
+    def _heal(self, desired: Sequence[StreamConfig]) -> None:
+        """Apply the scope again when the pipeline is not what the leases say (an apply
+        skipped or failed): which streams it has, and which of them read."""
+        wanted = {s.id: s.enabled for s in self.scope(desired)}
+        actual = {sid: s.enabled for sid, s in self.pipeline.streams().items()}
+        if wanted == actual:
+            self._drift = ""
+            return
+        parts = {
+            "missing": sorted(set(wanted) - set(actual)),
+            "not leased": sorted(set(actual) - set(wanted)),
+            "reading or not wrongly": sorted(
+                sid for sid in set(wanted) & set(actual) if wanted[sid] != actual[sid]
+            ),
+        }
+        text = "; ".join(f"{k}: {', '.join(v)}" for k, v in parts.items() if v)
+        level = logging.DEBUG if text == self._drift else logging.WARNING  # once per drift
+        log.log(level, "fleet: pipeline differs from the leases (%s); applying them again", text)
+        self._drift = text
+        self.apply()
 
     def _drop_unsafe(self) -> None:
         """Stop the streams whose lease might expire before the next renewal completes."""
@@ -274,12 +318,24 @@ class FleetNode:
         self.apply()
 
     def _watch_server(self) -> None:
-        """A new Redis ``run_id`` (the server restarted): take nothing for a lease timeout."""
-        run_id = _text(self.client.info("server").get("run_id", ""))
+        """Redis restarted: a new ``run_id`` (seen by a node already running), or a server
+        up for less than a lease timeout (seen by a node just started): take nothing until
+        a lease timeout has passed since, so leases of the old instance have expired in the
+        minds of their holders."""
+        info = self.client.info("server")
+        run_id = _text(info.get("run_id", ""))
+        ttl = self.config.lease_ttl_s
+        quiet = 0.0
         if self._run_id is not None and run_id != self._run_id:
-            self._quiet_until = time.monotonic() + self.config.lease_ttl_s
-            log.warning("fleet: Redis restarted; taking no stream for %.1fs",
-                        self.config.lease_ttl_s)  # fmt: skip
+            quiet = ttl
+        uptime = float(info.get("uptime_in_seconds", ttl))
+        if uptime < ttl:
+            quiet = max(quiet, ttl - uptime + 1.0)  # uptime is in whole seconds: round up
+        now = time.monotonic()
+        if quiet and now + quiet > self._quiet_until:
+            if self._quiet_until <= now:
+                log.warning("fleet: Redis restarted; taking no stream for %.1fs", quiet)
+            self._quiet_until = now + quiet
         self._run_id = run_id
 
     def _follow_drain_request(self) -> None:
@@ -368,8 +424,7 @@ class FleetNode:
         return views
 
     # ---- planning and moves ---------------------------------------------------------
-    def _plan_and_move(self) -> None:
-        desired = [s for s in self.registry.desired().streams]
+    def _plan_and_move(self, desired: Sequence[StreamConfig]) -> None:
         registered = {s.id for s in desired}
         self._unlist_unregistered(registered)
         with self._lock:  # unregistered: no longer read (the reconciler), so give it back
@@ -400,17 +455,19 @@ class FleetNode:
         self._apply_moves(moves, desired, now)
 
     def _unlist_unregistered(self, registered: set[str]) -> None:
-        """Nodes only add to the shared ``<prefix>:streams`` set; streams no longer
-        registered leave it here."""
+        """Nodes only add to the shared ``<prefix>:streams`` set and never delete a status
+        hash (the stream may be another node's now); streams no longer registered leave the
+        set here, and their status hashes go with them."""
         key = streams_key(self.prefix)
         listed = {_text(m) for m in self.client.smembers(key)}  # type: ignore[union-attr]
         gone = listed - registered
         if gone:
-            self.client.srem(key, *gone)
+            pipe = self.client.pipeline(transaction=True)
+            pipe.srem(key, *gone)
+            pipe.delete(*(status_key(self.prefix, sid) for sid in gone))
+            pipe.execute()
 
     def _apply_moves(self, moves: Moves, desired: Sequence[StreamConfig], now: float) -> None:
-        taken = [sid for sid in moves.acquire if self._take(sid)]
-        self._acquire.spend(len(moves.acquire))
         if moves.release:
             self._release.spend(len(moves.release))
             with self._lock:
@@ -418,16 +475,38 @@ class FleetNode:
                     if sid in self.leases:
                         self.releasing.setdefault(sid, now + self.config.lease_ttl_s)
             log.info("fleet: handing over %s", ", ".join(moves.release))
-        if taken or moves.release:
-            self.apply()
-        if taken:
-            log.info("fleet: took %s", ", ".join(taken))
+        taken: list[str] = []
+        try:
+            for sid in moves.acquire:
+                if self._take(sid):
+                    taken.append(sid)
+        finally:  # what was taken before a failure is read all the same
+            self._acquire.spend(len(taken))  # a lease someone else got first costs nothing
+            if taken or moves.release:
+                self.apply()
+            if taken:
+                log.info("fleet: took %s", ", ".join(taken))
 
     def _take(self, stream_id: str) -> bool:
         """Try the stream's lease; on success note where its seq goes on."""
         lease = self.book.try_acquire(stream_id)
         if lease is None:
             return False
+        try:
+            self._record_take(lease)
+        except redis.RedisError:
+            with self._lock:
+                self.leases.pop(stream_id, None)
+                self.first.pop(stream_id, None)
+            self.book.give_back(lease)
+            raise
+        self.handovers += 1
+        return True
+
+    def _record_take(self, lease: Lease) -> None:
+        """Note the first seq of a stream just leased, in the lease's floor and the
+        hand-over log."""
+        stream_id = lease.stream_id
         previous = self.book.floor(stream_id)
         last = self._last_written(stream_id)
         first = max(previous.floor if previous else 0, last + 1)
@@ -451,8 +530,6 @@ class FleetNode:
             maxlen=HANDOVERS_MAXLEN,
             approximate=True,
         )
-        self.handovers += 1
-        return True
 
     def _last_written(self, stream_id: str) -> int:
         """The seq of the newest entry in the stream's detections (-1: none)."""
@@ -483,11 +560,29 @@ class FleetNode:
                   for sid in done}  # fmt: skip
         with self._lock:
             leases = [self.leases.pop(sid) for sid in done if sid in self.leases]
-            for sid in done:
-                self.releasing.pop(sid, None)
-                self.first.pop(sid, None)
+            kept = {sid: self.releasing.pop(sid) for sid in done if sid in self.releasing}
+            firsts = {sid: self.first.pop(sid) for sid in done if sid in self.first}
         self.apply()  # removed from the pipeline before anyone else may take it
+        present = set(self.pipeline.streams())
+        stuck = sorted(lease.stream_id for lease in leases if lease.stream_id in present)
+        if stuck:  # not removed: keep the lease (renewed) and try again next tick
+            with self._lock:
+                for lease in leases:
+                    sid = lease.stream_id
+                    if sid in present:
+                        self.leases[sid] = lease
+                        self.releasing[sid] = kept.get(sid, 0.0)
+                        if sid in firsts:
+                            self.first[sid] = firsts[sid]
+            log.warning("fleet: %s still in the pipeline; lease kept, release tried again",
+                        ", ".join(stuck))  # fmt: skip
+            self.apply()
+        released = []
         for lease in leases:
+            if lease.stream_id in present:
+                continue
+            released.append(lease.stream_id)
             if not self.book.release(lease, floors[lease.stream_id]):
                 log.warning("fleet: lease of %s was already gone at release", lease.stream_id)
-        log.info("fleet: released %s", ", ".join(sorted(done)))
+        if released:
+            log.info("fleet: released %s", ", ".join(released))

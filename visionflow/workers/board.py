@@ -383,8 +383,9 @@ class RedisStatusWriter:
         shared: bool = False,
     ) -> None:
         """``shared``: other processes (fleet nodes) list their streams in the same set, so
-        this one only adds its own (a stream it gave up is now another node's; the fleet
-        removes the streams no longer registered, :mod:`visionflow.fleet.node`)."""
+        this one only adds its own and deletes no status hash (a stream it gave up is now
+        another node's; the fleet removes the streams no longer registered from the set and
+        their hashes, :mod:`visionflow.fleet.node`)."""
         self.config, self.snapshot, self.shared = config, snapshot, shared
         self.safe_url = redact_url(url)
         self._client = redis.Redis.from_url(
@@ -422,7 +423,10 @@ class RedisStatusWriter:
             pipe.delete(set_key)
         if members:
             pipe.sadd(set_key, *members)
-        gone = self._written - set(members)  # streams removed since: their hashes go too
+        # streams removed since: their hashes go too, unless shared -- a stream this node
+        # gave up is another node's now, and so is its hash (the fleet deletes the hashes
+        # of streams no longer registered)
+        gone = set() if self.shared else self._written - set(members)
         for sid in gone:
             pipe.delete(status_key(self.config.key_prefix, sid))
         pipe.execute()

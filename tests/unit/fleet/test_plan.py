@@ -112,3 +112,31 @@ def test_a_draining_node_releases_everything_and_takes_nothing():
     owners: dict[str, str | None] = {"c00": "a", "c01": "a", "c02": None, "c03": None}
     moves = plan_moves("a", streams, nodes, owners, [], 10, 1)
     assert set(moves.release) == {"c00", "c01"} and not moves.acquire
+
+
+def test_placement_pinned_streams_are_balanced_among_the_nodes_that_may_run_them():
+    north = cams(12, site="north")
+    nodes = [
+        NodeView("a", labels={"site": "north"}),
+        NodeView("b", labels={"site": "north"}),
+        NodeView("c", labels={"site": "south"}),
+    ]
+    owners: dict[str, str | None] = {s.id: "a" if i < 8 else "b" for i, s in enumerate(north)}
+    moves = plan_moves("a", north, nodes, owners, ["site"], 10, 10)
+    assert len(moves.release) == 2 and not moves.acquire  # c may not take them: b gets them
+    assert plan_moves("b", north, nodes, owners, ["site"], 10, 10) == Moves()
+    assert plan_moves("c", north, nodes, owners, ["site"], 10, 10) == Moves()
+
+
+def test_unpinned_streams_fill_the_nodes_the_pins_left_short():
+    streams = cams(12, site="north") + [
+        StreamConfig(id=f"u{i}", url=f"rtsp://h/u{i}") for i in range(6)
+    ]
+    nodes = [
+        NodeView("a", labels={"site": "north"}),
+        NodeView("b", labels={"site": "north"}),
+        NodeView("c", labels={"site": "south"}),
+    ]
+    owners = _settle(streams, nodes, ["site"])
+    assert Counter(owners.values()) == {"a": 6, "b": 6, "c": 6}
+    assert {owners[f"u{i}"] for i in range(6)} == {"c"}

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 from tests.unit.api.conftest import pipeline_status, stream_status
 from visionflow.config import RedisConfig
-from visionflow.schema import streams_key
+from visionflow.schema import status_key, streams_key
 from visionflow.workers.board import RedisStatusWriter
+
+
+def shared_writer(config: RedisConfig, mine: dict[str, list[str]], node: str) -> RedisStatusWriter:
+    """A fleet node's writer: its streams are ``mine[node]`` at each write."""
+    return RedisStatusWriter(
+        config,
+        config.url,
+        lambda: pipeline_status(tuple(stream_status(s) for s in mine[node])),
+        shared=True,
+    )
 
 
 def test_shared_writers_keep_each_others_streams(redis_server, redis_client, key_prefix):
     config = RedisConfig(url=redis_server, key_prefix=key_prefix)
     mine = {"a": ["cam1", "cam2"], "b": ["cam3"]}
-
-    def writer(node: str) -> RedisStatusWriter:
-        return RedisStatusWriter(
-            config,
-            redis_server,
-            lambda: pipeline_status(tuple(stream_status(s) for s in mine[node])),
-            shared=True,
-        )
-
-    a, b = writer("a"), writer("b")
+    a, b = shared_writer(config, mine, "a"), shared_writer(config, mine, "b")
     a.write()
     b.write()
     assert redis_client.smembers(streams_key(key_prefix)) == {"cam1", "cam2", "cam3"}
@@ -35,3 +36,22 @@ def test_shared_writers_keep_each_others_streams(redis_server, redis_client, key
     alone = RedisStatusWriter(config, redis_server, lambda: pipeline_status((stream_status("x"),)))
     alone.write()  # a single pipeline owns the set
     assert redis_client.smembers(streams_key(key_prefix)) == {"x"}
+
+
+def test_a_shared_writer_leaves_the_status_hash_of_a_stream_it_gave_up(
+    redis_server, redis_client, key_prefix
+):
+    config = RedisConfig(url=redis_server, key_prefix=key_prefix)
+    mine = {"a": ["cam1", "cam2"], "b": []}
+    a, b = shared_writer(config, mine, "a"), shared_writer(config, mine, "b")
+    a.write()
+    mine["a"], mine["b"] = ["cam1"], ["cam2"]  # cam2 handed over: b writes its hash first
+    b.write()
+    a.write()  # the old owner's next write must not delete b's hash
+    assert redis_client.exists(status_key(key_prefix, "cam2")) == 1
+    assert redis_client.exists(status_key(key_prefix, "cam1")) == 1
+    alone = RedisStatusWriter(config, redis_server, lambda: pipeline_status((stream_status("x"),)))
+    alone.write()
+    alone.snapshot = lambda: pipeline_status(())
+    alone.write()  # a single pipeline deletes the hash of a stream it removed
+    assert redis_client.exists(status_key(key_prefix, "x")) == 0
