@@ -109,7 +109,11 @@ def test_fleet_spreads_fails_over_rebalances_drains(
         h.start("d")
         worst = _longest_unread(h, lambda: h.balanced(["b", "c", "d"]), 120)
         print(f"takeover after SIGKILL {took:.1f}s; longest unread while rebalancing {worst:.1f}s")
-        assert worst <= TTL, f"a camera went unread for {worst:.1f}s while rebalancing"
+        # readers are seen through heartbeats, written once a tick (TTL / 4) by each node: the
+        # gap measured between the old owner's last one and the new owner's first is up to
+        # two ticks longer than the real one
+        resolution = 2 * TTL / 4
+        assert worst <= TTL + resolution, f"a camera went unread for {worst:.1f}s while rebalancing"
         assert any(x["to_node"] == "d" and x["cause"] == "released" for x in h.handovers())
 
         # 4. SIGTERM drains a node: it hands its cameras over and exits 0
