@@ -99,3 +99,24 @@ def run_sections(
         )
         log(f"{name}: {json.dumps(summary[name], default=str)[:800]}")
     return summary
+
+
+def counting_sink() -> Any:
+    """A sink that only counts what reaches it per stream (benches of the output stage
+    without Redis); imported late so that bench drivers load without the package."""
+    from collections import Counter
+
+    from visionflow.workers.sinks import Sink
+
+    class CountingSink(Sink):
+        name = "count"
+
+        def __init__(self) -> None:
+            self.published: Counter[str] = Counter()
+            self.dropped: Counter[str] = Counter()
+
+        def write(self, results: Any) -> None:
+            for r in results:
+                self.published[r.frame.stream_id] += 1
+
+    return CountingSink()

@@ -185,27 +185,16 @@ def new_worker_main(spec: Any, queues: Any, log_level: int) -> None:
 
 
 def new_output_main(spec: Any, inbox: Any, control: Any, log_level: int) -> None:
-    from collections import Counter
-
+    sys.path.insert(0, str(ROOT))  # a spawned child: main() did not run here
+    from bench.common import counting_sink
     from visionflow.workers.output import OutputStage, serve
-    from visionflow.workers.sinks import Sink
-
-    class CountingSink(Sink):
-        name = "count"
-
-        def __init__(self) -> None:
-            self.published, self.dropped = Counter(), Counter()
-
-        def write(self, results: Any) -> None:
-            for r in results:
-                self.published[r.frame.stream_id] += 1
 
     snapshots = None
     if spec.snapshot_interval_s > 0:  # the real writer: draw, encode; its SET fails (no Redis)
         from visionflow.workers.snapshots import SnapshotWriter
 
         snapshots = SnapshotWriter(spec.redis, spec.redis_url, spec.snapshot_interval_s)
-    stage = OutputStage([CountingSink()], first_batch_id=spec.first_batch_id, snapshots=snapshots)
+    stage = OutputStage([counting_sink()], first_batch_id=spec.first_batch_id, snapshots=snapshots)
     serve(stage, inbox, control, 1.0)
 
 

@@ -33,7 +33,6 @@ import pickle
 import sys
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import table, write_result  # noqa: E402
+from bench.common import counting_sink, table, write_result  # noqa: E402
 from visionflow.scenes.generator import SCENE_KINDS, SceneGenerator, SceneSpec  # noqa: E402
 from visionflow.scenes.tracking_metrics import Predicted, score_tracks  # noqa: E402
 from visionflow.tracking.bytetrack import ByteTracker, TrackerParams  # noqa: E402
@@ -213,17 +212,6 @@ def output_stage(per_frame: int, seconds: float = 3.0) -> list[dict[str, Any]]:
     from visionflow.tracking.config import TrackingConfig
     from visionflow.tracking.processor import TrackingProcessor
     from visionflow.workers.output import OutputStage
-    from visionflow.workers.sinks import Sink
-
-    class Count(Sink):
-        name = "count"
-
-        def __init__(self) -> None:
-            self.published, self.dropped = Counter(), Counter()
-
-        def write(self, results: Any) -> None:
-            for r in results:
-                self.published[r.frame.stream_id] += 1
 
     lb = letterbox_geometry(1280, 720, 320, 320)
     streams = [f"s{i:02d}" for i in range(32)]
@@ -249,7 +237,7 @@ def output_stage(per_frame: int, seconds: float = 3.0) -> list[dict[str, Any]]:
     }
     rows = []
     for name, processors in variants.items():
-        stage = OutputStage([Count()], processors=processors)
+        stage = OutputStage([counting_sink()], processors=processors)
         n, spent, batch_id = 0, 0.0, 1
         while spent < seconds:
             work = batch(batch_id)  # built outside the measured time

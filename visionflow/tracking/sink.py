@@ -125,14 +125,6 @@ class RedisEventSink(Sink):
         unsent = self._unsent
         return len(self._events) + (len(unsent.events) if unsent is not None else 0)
 
-    @property
-    def connected(self) -> bool:
-        return self._connected
-
-    @property
-    def last_error(self) -> str | None:
-        return self._last_error
-
     def start(self) -> None:
         with self._cond:
             self._started = True
