@@ -24,9 +24,10 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from visionflow.config import AppConfig, load_config
-from visionflow.errors import ConfigError, VisionflowError
-from visionflow.redis_server import EmbeddedRedis, reachable
+from visionflow.config import AppConfig, load_config, substitute_env
+from visionflow.errors import ConfigError, PublishError, VisionflowError
+from visionflow.redis_client import connect, explain, probe
+from visionflow.redis_server import EmbeddedRedis
 from visionflow.schema import detections_key
 from visionflow.streams.urls import redact_text
 from visionflow.workers.logs import setup_logging
@@ -47,11 +48,27 @@ DurationOpt = Annotated[
 PlainOpt = Annotated[
     bool, typer.Option("--plain", help="Print status lines instead of a live table.")
 ]
+RedisUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--redis-url",
+        envvar="VISIONFLOW_REDIS_URL",
+        help="Redis URL instead of the config's redis.url (default: $VISIONFLOW_REDIS_URL). "
+        "Keep passwords off the command line: pass '${MY_ENV}' or '${file:/run/secrets/x}' "
+        "(quoted), or set VISIONFLOW_REDIS_URL.",
+        show_envvar=True,
+    ),
+]
 
 
-def _load(path: Path) -> AppConfig:
+def _load(path: Path, redis_url: str | None = None) -> AppConfig:
+    """The config, its redis.url replaced by ``redis_url`` (``${...}`` substituted) if given."""
     try:
-        return load_config(path)
+        cfg = load_config(path)
+        if redis_url:
+            url = substitute_env(redis_url, "--redis-url", cfg.base_dir)
+            cfg = cfg.model_copy(update={"redis": cfg.redis.model_copy(update={"url": url})})
+        return cfg
     except ConfigError as exc:
         err_console.print(f"[bold red]invalid config[/]\n{exc}", highlight=False)
         raise typer.Exit(2) from None
@@ -73,9 +90,10 @@ def run(
     duration: DurationOpt = 0.0,
     plain: PlainOpt = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+    redis_url: RedisUrlOpt = None,
 ) -> None:
     """Run the pipeline described by a config file, with a live status table."""
-    cfg = _load(config)
+    cfg = _load(config, redis_url)
     setup_logging(logging.DEBUG if verbose else logging.INFO)
     with _redis_for(cfg) as url:
         _run_pipeline(cfg, url, duration, plain, show_detections=False)
@@ -85,9 +103,7 @@ def run(
 def demo(
     duration: DurationOpt = 0.0,
     plain: PlainOpt = False,
-    redis_url: Annotated[
-        str | None, typer.Option("--redis-url", help="Use this Redis instead of a private one.")
-    ] = None,
+    redis_url: RedisUrlOpt = None,
     snapshot_dir: Annotated[
         Path | None,
         typer.Option("--snapshot-dir", help="At the end, save an annotated PNG of each stream."),
@@ -99,7 +115,12 @@ def demo(
     setup_logging(logging.WARNING)
     console.print("[bold]visionflow demo[/]: preparing synthetic camera scenes (cached)…")
     clips = demo_clips()
-    cfg = demo_config(redis_url, clips)
+    try:
+        url = substitute_env(redis_url, "--redis-url") if redis_url else None
+    except ConfigError as exc:
+        err_console.print(f"[bold red]invalid --redis-url[/]\n{exc}", highlight=False)
+        raise typer.Exit(2) from None
+    cfg = demo_config(url, clips)
     with _redis_for(cfg) as url:
         _explain_redis(cfg, url)
         _run_pipeline(cfg, url, duration, plain, show_detections=True)
@@ -185,9 +206,7 @@ def consume(
     max_entries: Annotated[
         int, typer.Option("--max", help="Exit after this many entries (0: until Ctrl-C).")
     ] = 0,
-    redis_url: Annotated[
-        str | None, typer.Option("--redis-url", help="Read here instead of the config's redis.url.")
-    ] = None,
+    redis_url: RedisUrlOpt = None,
     claim_idle_ms: Annotated[
         int, typer.Option("--claim-idle-ms", help="Take over entries pending this long.")
     ] = 30_000,
@@ -200,10 +219,11 @@ def consume(
 
     from visionflow.consumer import ConsumerConfig, DetectionConsumer, check_url, describe
 
-    cfg = _load(config)
+    cfg = _load(config, redis_url)
     try:
         settings: dict[str, object] = {
-            "redis_url": check_url(redis_url or cfg.redis.url),
+            "redis_url": check_url(cfg.redis.url),
+            **cfg.redis.model_dump(include={"tls_ca_file", "tls_cert_file", "tls_key_file"}),
             "key_prefix": cfg.redis.key_prefix,
             "group": group,
             "streams": stream or [s.id for s in cfg.streams],
@@ -227,7 +247,10 @@ def consume(
         reader.run(_printer(stop), stop, max_entries or None)
     except KeyboardInterrupt:
         pass
-    except (redis.RedisError, VisionflowError) as exc:
+    except redis.RedisError as exc:
+        err_console.print(f"[red]{explain(exc)}[/]", highlight=False)
+        raise typer.Exit(1) from None
+    except VisionflowError as exc:
         err_console.print(f"[red]{redact_text(str(exc))}[/]", highlight=False)
         raise typer.Exit(1) from None
     finally:
@@ -270,16 +293,23 @@ def _print_delivery(delivery: Delivery) -> None:
 
 @contextlib.contextmanager
 def _redis_for(cfg: AppConfig) -> Iterator[str]:
-    """The configured Redis if reachable; otherwise a private server for this run."""
-    if cfg.redis.url and reachable(cfg.redis.url):
+    """The configured Redis if reachable; otherwise a private server for this run.  One that
+    answers but refuses us (login, ACL, TLS) is an error: a private server would hide it."""
+    try:
+        why = probe(cfg.redis.url, cfg.redis) if cfg.redis.url else "none configured"
+    except PublishError as exc:
+        err_console.print(f"[red]{exc}[/]", highlight=False)
+        raise typer.Exit(1) from None
+    if why is None and cfg.redis.url:
         yield cfg.redis.url
         return
     if cfg.redis.url:
         from visionflow.streams.urls import redact_url
 
         err_console.print(
-            f"[yellow]Redis at {redact_url(cfg.redis.url)} is not reachable; "
-            "starting a private local server instead[/]"
+            f"[yellow]Redis at {redact_url(cfg.redis.url)} is not reachable ({why}); "
+            "starting a private local server instead[/]",
+            highlight=False,
         )
     try:
         server = EmbeddedRedis().start()
@@ -323,7 +353,7 @@ def _run_pipeline(
         if not stop.is_set():
             pipeline.wait_ready()
         signals.phase = "running"
-        reader = redis.Redis.from_url(url, socket_timeout=1, decode_responses=True)
+        reader = connect(url, cfg.redis, socket_timeout=1, decode_responses=True)
         deadline = time.monotonic() + duration if duration > 0 else None
         if plain or not console.is_terminal:
             _plain_loop(pipeline, stop, deadline)
