@@ -107,3 +107,27 @@ def test_readme_documents_the_acl_rules():
     readme = (ROOT / "README.md").read_text()
     for role in ("publisher", "consumer"):
         assert acl_rules(role) in readme, f"README lacks the {role} ACL rules"
+
+
+def test_ffmpeg_log_is_off_and_when_on_goes_through_the_redacting_handler():
+    """PyAV leaves FFmpeg's log off (level None): its messages reach visionflow only inside
+    exceptions, which are redacted where they are caught.  Someone turning it on gets the
+    lines as ``libav.*`` Python records, which the root handler redacts like any other."""
+    import io
+    import logging
+
+    import av.logging
+
+    from visionflow.workers.logs import setup_logging
+
+    assert av.logging.get_level() is None
+    out = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        setup_logging(logging.INFO, stream=out)
+        logging.getLogger("libav.rtsp").error("opening rtsp://viewer:pa55@10.0.0.7/s failed")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert "viewer:***@10.0.0.7" in out.getvalue() and "pa55" not in out.getvalue()
