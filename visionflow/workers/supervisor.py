@@ -46,6 +46,7 @@ from visionflow.workers.messages import (
     AddStream,
     BatchAbandoned,
     IngestHeartbeat,
+    PoolClosed,
     RemoveStream,
     SetAnalysisRates,
     StateChanged,
@@ -329,6 +330,7 @@ class Pipeline:
             for name in names:
                 self.pools.forget(name)
                 del self.loop.pool_owner[name]
+                self._broadcast(PoolClosed(name))  # or every worker keeps the dead pool mapped
         self._unlink_pools(names)
 
     def _spawn(self, target: Any, name: str, *args: Any) -> Any:
