@@ -25,9 +25,10 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from visionflow.config import AppConfig, load_config
-from visionflow.errors import ConfigError, VisionflowError
-from visionflow.redis_server import EmbeddedRedis, reachable
+from visionflow.config import AppConfig, load_config, substitute_env
+from visionflow.errors import ConfigError, PublishError, VisionflowError
+from visionflow.redis_client import connect, explain, probe
+from visionflow.redis_server import EmbeddedRedis
 from visionflow.schema import detections_key, events_key
 from visionflow.streams.urls import redact_text, redact_url
 from visionflow.workers.logs import setup_logging
@@ -52,6 +53,17 @@ DurationOpt = Annotated[
 ]
 PlainOpt = Annotated[
     bool, typer.Option("--plain", help="Print status lines instead of a live table.")
+]
+RedisUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--redis-url",
+        envvar="VISIONFLOW_REDIS_URL",
+        help="Redis URL instead of the config's redis.url (default: $VISIONFLOW_REDIS_URL). "
+        "Keep passwords off the command line: pass '${MY_ENV}' or '${file:/run/secrets/x}' "
+        "(quoted), or set VISIONFLOW_REDIS_URL.",
+        show_envvar=True,
+    ),
 ]
 
 
@@ -84,9 +96,14 @@ def _main(
     """
 
 
-def _load(path: Path) -> AppConfig:
+def _load(path: Path, redis_url: str | None = None) -> AppConfig:
+    """The config, its redis.url replaced by ``redis_url`` (``${...}`` substituted) if given."""
     try:
-        return load_config(path)
+        cfg = load_config(path)
+        if redis_url:
+            url = substitute_env(redis_url, "--redis-url", cfg.base_dir)
+            cfg = cfg.model_copy(update={"redis": cfg.redis.model_copy(update={"url": url})})
+        return cfg
     except ConfigError as exc:
         err_console.print(f"[bold red]invalid config[/]\n{exc}", highlight=False)
         raise typer.Exit(2) from None
@@ -142,9 +159,10 @@ def run(
             "serves it, e.g. the compose file's api service).",
         ),
     ] = False,
+    redis_url: RedisUrlOpt = None,
 ) -> None:
     """Run the pipeline described by a config file, with a live status table."""
-    cfg = _load(config)
+    cfg = _load(config, redis_url)
     setup_logging(logging.DEBUG if verbose else logging.INFO)
     with _redis_for(cfg) as url:
         _run_pipeline(cfg, url, duration, plain, False, config_path=config, serve_api=not no_api)
@@ -154,9 +172,7 @@ def run(
 def demo(
     duration: DurationOpt = 0.0,
     plain: PlainOpt = False,
-    redis_url: Annotated[
-        str | None, typer.Option("--redis-url", help="Use this Redis instead of a private one.")
-    ] = None,
+    redis_url: RedisUrlOpt = None,
     snapshot_dir: Annotated[
         Path | None,
         typer.Option("--snapshot-dir", help="At the end, save an annotated PNG of each stream."),
@@ -168,7 +184,12 @@ def demo(
     setup_logging(logging.WARNING)
     console.print("[bold]visionflow demo[/]: preparing synthetic camera scenes (cached)…")
     clips = demo_clips()
-    cfg = demo_config(redis_url, clips)
+    try:
+        url = substitute_env(redis_url, "--redis-url") if redis_url else None
+    except ConfigError as exc:
+        err_console.print(f"[bold red]invalid --redis-url[/]\n{exc}", highlight=False)
+        raise typer.Exit(2) from None
+    cfg = demo_config(url, clips)
     with _redis_for(cfg, fallback=True) as url:
         _explain_redis(cfg, url)
         _run_pipeline(cfg, url, duration, plain, show_detections=True)
@@ -254,9 +275,7 @@ def consume(
     max_entries: Annotated[
         int, typer.Option("--max", help="Exit after this many entries (0: until Ctrl-C).")
     ] = 0,
-    redis_url: Annotated[
-        str | None, typer.Option("--redis-url", help="Read here instead of the config's redis.url.")
-    ] = None,
+    redis_url: RedisUrlOpt = None,
     claim_idle_ms: Annotated[
         int, typer.Option("--claim-idle-ms", help="Take over entries pending this long.")
     ] = 30_000,
@@ -269,10 +288,11 @@ def consume(
 
     from visionflow.consumer import ConsumerConfig, DetectionConsumer, check_url, describe
 
-    cfg = _load(config)
+    cfg = _load(config, redis_url)
     try:
         settings: dict[str, object] = {
-            "redis_url": check_url(redis_url or cfg.redis.url),
+            "redis_url": check_url(cfg.redis.url),
+            **cfg.redis.model_dump(include={"tls_ca_file", "tls_cert_file", "tls_key_file"}),
             "key_prefix": cfg.redis.key_prefix,
             "group": group,
             "streams": stream or [s.id for s in cfg.streams],
@@ -296,7 +316,10 @@ def consume(
         reader.run(_printer(stop), stop, max_entries or None)
     except KeyboardInterrupt:
         pass
-    except (redis.RedisError, VisionflowError) as exc:
+    except redis.RedisError as exc:
+        err_console.print(f"[red]{explain(exc)}[/]", highlight=False)
+        raise typer.Exit(1) from None
+    except VisionflowError as exc:
         err_console.print(f"[red]{redact_text(str(exc))}[/]", highlight=False)
         raise typer.Exit(1) from None
     finally:
@@ -379,12 +402,19 @@ def _redis_for(cfg: AppConfig, fallback: bool = False) -> Iterator[str]:
     """The configured Redis; a private server for this run when none is configured (or, with
     ``fallback`` -- the demo -- when the configured one is unreachable).  ``visionflow run``
     never swaps a configured Redis for a private one: its consumers would see nothing, and
-    the spool already keeps detections until the configured server is back."""
-    if cfg.redis.url and (not fallback or reachable(cfg.redis.url)):
-        if not fallback and not reachable(cfg.redis.url):
+    the spool already keeps detections until the configured server is back.  One that
+    answers but refuses us (login, ACL, TLS) is an error either way."""
+    try:
+        why = probe(cfg.redis.url, cfg.redis) if cfg.redis.url else "none configured"
+    except PublishError as exc:
+        err_console.print(f"[red]{exc}[/]", highlight=False)
+        raise typer.Exit(1) from None
+    if cfg.redis.url and (why is None or not fallback):
+        if why is not None:
             err_console.print(
-                f"[yellow]Redis at {redact_url(cfg.redis.url)} is not reachable yet; "
-                "detections are spooled until it is[/]"
+                f"[yellow]Redis at {redact_url(cfg.redis.url)} is not reachable yet ({why}); "
+                "detections are spooled until it is[/]",
+                highlight=False,
             )
         yield cfg.redis.url
         return
@@ -394,8 +424,9 @@ def _redis_for(cfg: AppConfig, fallback: bool = False) -> Iterator[str]:
         raise typer.Exit(1)
     if cfg.redis.url:
         err_console.print(
-            f"[yellow]Redis at {redact_url(cfg.redis.url)} is not reachable; "
-            "starting a private local server instead[/]"
+            f"[yellow]Redis at {redact_url(cfg.redis.url)} is not reachable ({why}); "
+            "starting a private local server instead[/]",
+            highlight=False,
         )
     try:
         server = EmbeddedRedis().start()
@@ -490,7 +521,7 @@ def _fleet_node(
     from visionflow.workers.reconcile import Reconciler as Reconciler_
 
     assert cfg.fleet is not None
-    client = fleet_client(url, cfg.fleet)
+    client = fleet_client(url, cfg.fleet, cfg.redis)
     node = FleetNode(cfg.fleet, client, cfg.redis.key_prefix, registry, pipeline)
     target = OwnedTarget(pipeline, node)
     reconciler = Reconciler_(target, registry, cfg, config_path, scope=node.scope)
@@ -538,7 +569,7 @@ def _drive(
         if node is not None and not stop.is_set():
             node.start()  # takes streams only once the model is loaded
         signals.phase = "running"
-        reader = redis.Redis.from_url(url, socket_timeout=1, decode_responses=True)
+        reader = connect(url, cfg.redis, socket_timeout=1, decode_responses=True)
         deadline = time.monotonic() + duration if duration > 0 else None
         if plain or not console.is_terminal:
             _plain_loop(pipeline, stop, deadline)

@@ -1,9 +1,10 @@
 """The whole configuration of a visionflow run, and loading it from YAML.
 
 ``load_config(path)`` reads YAML, substitutes ``${VAR}`` / ``${VAR:-default}`` from the
-environment in every string value, validates with pydantic (``extra="forbid"`` everywhere)
-and raises :class:`~visionflow.errors.ConfigError` whose message names the file, the stream
-id and the field that is wrong.
+environment and ``${file:PATH}`` with a secret file's content in every string value,
+validates with pydantic (``extra="forbid"`` everywhere) and raises
+:class:`~visionflow.errors.ConfigError` whose message names the file, the stream id and the
+field that is wrong.
 """
 
 from __future__ import annotations
@@ -21,24 +22,30 @@ from visionflow.engines.ort import OnnxRuntimeConfig
 from visionflow.engines.registry import EngineConfig
 from visionflow.errors import ConfigError
 from visionflow.fleet.config import FleetConfig
+from visionflow.redis_client import RedisTls
 from visionflow.streams.config import KEY_FAMILIES, StreamConfig
 from visionflow.streams.urls import redact_text
 
 BUILTIN_DEMO_MODEL = "builtin:demo"
-ENV_REF = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+ENV_REF = re.compile(
+    r"\$\{(?:file:(?P<file>[^}]+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?)\}"
+)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class RedisConfig(_Strict):
+class RedisConfig(_Strict, RedisTls):
     """Where detections and status go."""
 
     url: str | None = Field(
         default=None,
-        description="redis:// or rediss:// URL. Empty: start a private local Redis-compatible "
-        "server (valkey-server or redis-server) on a free port.",
+        description="redis:// or rediss:// (TLS) URL, redis[s]://user:password@host:port/db for "
+        "an ACL user; take the password from ${ENV} or ${file:/run/secrets/...}, never write "
+        "it into the file. Empty: start a private local Redis-compatible server "
+        "(valkey-server or redis-server) on a free port. Overridden by --redis-url / "
+        "VISIONFLOW_REDIS_URL.",
     )
     key_prefix: str = Field(
         default="visionflow",
@@ -502,11 +509,15 @@ class AppConfig(_Strict):
         return candidate if candidate.is_absolute() else self.base_dir / candidate
 
 
-def substitute_env(value: Any, where: str = "") -> Any:
-    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string inside ``value``."""
+def substitute_env(value: Any, where: str = "", base_dir: Path | None = None) -> Any:
+    """Replace ``${VAR}``, ``${VAR:-default}`` and ``${file:PATH}`` (a secret file's content,
+    surrounding whitespace stripped; a relative PATH is under ``base_dir``) in every string
+    inside ``value``.  Errors name the variable or file, never a value."""
     if isinstance(value, str):
 
         def repl(match: re.Match[str]) -> str:
+            if match.group("file") is not None:
+                return _read_secret(match.group("file"), where, base_dir)
             name, default = match.group("name"), match.group("default")
             if name in os.environ:
                 return os.environ[name]
@@ -516,10 +527,27 @@ def substitute_env(value: Any, where: str = "") -> Any:
 
         return ENV_REF.sub(repl, value)
     if isinstance(value, dict):
-        return {k: substitute_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        return {
+            k: substitute_env(v, f"{where}.{k}" if where else str(k), base_dir)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [substitute_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [substitute_env(v, f"{where}[{i}]", base_dir) for i, v in enumerate(value)]
     return value
+
+
+def _read_secret(name: str, where: str, base_dir: Path | None) -> str:
+    path = Path(os.path.expanduser(name.strip()))
+    if not path.is_absolute():
+        path = (base_dir or Path(".")) / path
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ConfigError(f"{where or 'config'}: secret file {path}: {reason}") from None
+    if not secret:
+        raise ConfigError(f"{where or 'config'}: secret file {path} is empty")
+    return secret
 
 
 def _describe_location(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
@@ -546,7 +574,7 @@ def parse_config(raw: Any, source: str = "<config>", base_dir: Path | None = Non
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
     try:
-        raw = substitute_env(raw, "")
+        raw = substitute_env(raw, "", base_dir)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     try:
@@ -557,7 +585,20 @@ def parse_config(raw: Any, source: str = "<config>", base_dir: Path | None = Non
             for err in exc.errors()
         ]
         raise ConfigError("\n".join(lines)) from None
-    return config.model_copy(update={"base_dir": base_dir or Path(".")})
+    config = config.model_copy(update={"base_dir": base_dir or Path(".")})
+    return config.model_copy(update={"redis": _absolute_tls(config)})
+
+
+def _absolute_tls(config: AppConfig) -> RedisConfig:
+    """The redis section with relative TLS file paths made absolute against the config's
+    folder (the processes that open them may run elsewhere)."""
+    r = config.redis
+    paths = {
+        field: str(config.resolve(value))
+        for field in ("tls_ca_file", "tls_cert_file", "tls_key_file")
+        if (value := getattr(r, field))
+    }
+    return r.model_copy(update=paths) if paths else r
 
 
 def load_config(path: str | Path) -> AppConfig:

@@ -33,12 +33,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 from redis.typing import EncodableT, FieldT
 
 from visionflow.errors import ConfigError, ConsumerError
+from visionflow.redis_client import RedisTls, connect, explain
 from visionflow.schema import Entry, detections_key, parse_entry, streams_key
-from visionflow.streams.urls import redact_text, redact_url
+from visionflow.streams.urls import redact_url
 
 # redis-py's TimeoutError is not a ConnectionError: a paused or failing-over server raises it
 _UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
@@ -53,7 +54,7 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class ConsumerConfig(BaseModel):
+class ConsumerConfig(RedisTls):
     """Where to read detections and how a consumer group treats them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -177,8 +178,9 @@ class DetectionConsumer:
         ):
             raise ConfigError("DetectionConsumer needs a client with decode_responses=True")
         self.config = config
-        self._client = client or redis.Redis.from_url(
+        self._client = client or connect(
             config.redis_url,
+            config,
             decode_responses=True,
             socket_connect_timeout=config.socket_timeout_s,
             socket_timeout=config.block_ms / 1000 + config.socket_timeout_s,
@@ -486,7 +488,7 @@ class DetectionConsumer:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise ConsumerError(
-                    f"cannot create group {self.config.group} on {key}: {exc}"
+                    f"cannot create group {self.config.group} on {key}: {explain(exc)}"
                 ) from None
         self._history[key] = "0"
         self._cursors.pop(key, None)
@@ -501,7 +503,7 @@ def _stream_replies(reply: Any) -> list[tuple[str, list[tuple[Any, Any]]]]:
 
 
 def _safe(exc: BaseException) -> str:
-    return redact_text(str(exc))
+    return explain(exc)
 
 
 def describe(config: ConsumerConfig) -> str:

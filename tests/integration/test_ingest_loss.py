@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -44,5 +45,14 @@ def test_killed_ingest_process_restarts_and_the_books_balance(
             lambda: all(s.published >= before[s.stream_id] + 15 for s in pipeline.status().streams),
             40,
             lambda: f"streams did not resume: {pipeline.status().streams}",
+        )
+        # the dead process's frame pools are unmapped by every inference worker (a soak found
+        # each ingest restart leaking them: memory and fds of every worker grew)
+        dead = f"/dev/shm/vf-{pipeline.run_id}r0-"
+        workers = [c.process.pid for k, c in pipeline.group.children.items() if "inference" in k]
+        wait_until(
+            lambda: not any(dead in Path(f"/proc/{pid}/maps").read_text() for pid in workers),
+            20,
+            lambda: f"an inference worker still maps the dead ingest's pools ({dead}*)",
         )
     assert_books_balance(pipeline.status(), redis_client, key_prefix)  # seq goes on, never back

@@ -20,6 +20,7 @@ from visionflow.api.context import ApiContext
 from visionflow.api.sources import PipelineSource, RedisSource
 from visionflow.config import AppConfig
 from visionflow.errors import ConfigError
+from visionflow.redis_client import RedisTls, connect
 from visionflow.streams.control import StreamControl
 from visionflow.workers.status import PipelineStatus
 
@@ -51,12 +52,13 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{shown}:{port}/"
 
 
-def _client(url: str, api: ApiConfig) -> redis.Redis:
+def _client(url: str, api: ApiConfig, tls: RedisTls) -> redis.Redis:
     """The API's Redis connection: short timeouts and no retry, so an unreachable Redis
     costs a request ``api.redis_timeout_s`` at most (then 503), not seconds of backoff."""
     timeout = api.redis_timeout_s
-    return redis.Redis.from_url(
+    return connect(  # rediss:// with redis.tls_* of the config
         url,
+        tls,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
@@ -80,14 +82,16 @@ def pipeline_app(
 ) -> FastAPI:
     """The API of ``visionflow run``: status straight from the pipeline."""
     api = cfg.api or ApiConfig()
-    ctx = ApiContext(PipelineSource(status), _client(redis_url, api), cfg.redis.key_prefix, control)
+    ctx = ApiContext(
+        PipelineSource(status), _client(redis_url, api, cfg.redis), cfg.redis.key_prefix, control
+    )
     return _app(ctx, api, cfg)
 
 
 def redis_app(cfg: AppConfig, redis_url: str, control: StreamControl | None = None) -> FastAPI:
     """The API of ``visionflow api``: everything read from Redis."""
     api = cfg.api or ApiConfig()
-    client = _client(redis_url, api)
+    client = _client(redis_url, api, cfg.redis)
     source = RedisSource(client, cfg.redis.key_prefix)
     ctx = ApiContext(source, client, cfg.redis.key_prefix, control, api.status_stale_s)
     return _app(ctx, api, cfg)

@@ -45,6 +45,7 @@ from visionflow.fleet.config import FleetConfig
 from visionflow.fleet.leases import Lease, LeaseBook
 from visionflow.fleet.plan import Moves, NodeView, plan_moves
 from visionflow.fleet.view import node_records
+from visionflow.redis_client import RedisTls, connect
 from visionflow.schema import (
     detections_key,
     fleet_alive_key,
@@ -135,11 +136,11 @@ class _Budget:
         self.tokens -= n
 
 
-def fleet_client(url: str, config: FleetConfig) -> redis.Redis:
+def fleet_client(url: str, config: FleetConfig, tls: RedisTls | None = None) -> redis.Redis:
     """A client whose calls fail fast enough to act before a lease can expire."""
     timeout = config.redis_timeout_s
-    return redis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0
+    return connect(
+        url, tls, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0
     )
 
 

@@ -30,6 +30,7 @@ import redis
 
 from visionflow.config import AppConfig, substitute_env
 from visionflow.errors import ConfigError
+from visionflow.redis_client import connect
 from visionflow.schema import registry_key, registry_version_key
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.control import StreamPatch
@@ -140,8 +141,8 @@ class StreamRegistry:
         the URL key of ``registry.secret_key_file`` / the environment); its Redis calls
         time out after ``timeout`` (default ``redis.socket_timeout_s``)."""
         timeout = timeout or config.redis.socket_timeout_s
-        client = redis.Redis.from_url(
-            redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+        client = connect(
+            redis_url, config.redis, socket_timeout=timeout, socket_connect_timeout=timeout
         )
         return cls(
             client,

@@ -75,6 +75,8 @@ def check_runtime_url(stream_id: str, url: str) -> None:
     problem = None
     if "${" in rest:
         problem = "it holds '${' outside the password"
+    elif match is not None and match.group("file") is not None:
+        problem = "its password is a ${file:...} reference (a file on the pipeline's host)"
     elif match is not None and match.group("default") is not None:
         problem = "its password reference has a default value (a password in plain text)"
     elif match is not None and not match.group("name").startswith(RUNTIME_ENV_PREFIX):

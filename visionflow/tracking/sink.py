@@ -32,6 +32,7 @@ import redis
 from visionflow.config import RedisConfig
 from visionflow.counts import COUNTS_RETENTION_S, CountKey, bucket_start, count_writes
 from visionflow.pipeline.frames import FrameResult
+from visionflow.redis_client import connect
 from visionflow.schema import encode_event, events_key
 from visionflow.streams.backoff import Backoff
 from visionflow.streams.urls import redact_text
@@ -82,8 +83,9 @@ class RedisEventSink(Sink):
     ) -> None:
         self.config, self.maxlen_of = config, maxlen_of
         self.retention_s, self.max_buffered = retention_s, max_buffered
-        self._client = redis.Redis.from_url(  # connects on its first command, not here
+        self._client = connect(  # connects on its first command, not here
             url,
+            config,
             socket_timeout=config.socket_timeout_s,
             socket_connect_timeout=config.socket_timeout_s,
         )

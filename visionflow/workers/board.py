@@ -24,11 +24,12 @@ import redis
 
 from visionflow.config import RedisConfig
 from visionflow.pipeline.ledger import LedgerSnapshot
+from visionflow.redis_client import connect, explain, fatal
 from visionflow.schema import pipeline_key, status_key, streams_key, worker_key
 from visionflow.streams.backoff import Backoff
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.state import StreamState
-from visionflow.streams.urls import redact_text, redact_url
+from visionflow.streams.urls import redact_url
 from visionflow.workers.latency import StageLatency
 from visionflow.workers.messages import (
     IngestHeartbeat,
@@ -388,8 +389,9 @@ class RedisStatusWriter:
         their hashes, :mod:`visionflow.fleet.node`)."""
         self.config, self.snapshot, self.shared = config, snapshot, shared
         self.safe_url = redact_url(url)
-        self._client = redis.Redis.from_url(
+        self._client = connect(
             url,
+            config,
             socket_timeout=config.socket_timeout_s,
             socket_connect_timeout=config.socket_timeout_s,
         )
@@ -408,9 +410,7 @@ class RedisStatusWriter:
         try:
             self.write()
         except (redis.RedisError, OSError) as exc:
-            log.warning(
-                "redis %s: final status not written: %s", self.safe_url, redact_text(str(exc))
-            )
+            log.warning("redis %s: final status not written: %s", self.safe_url, explain(exc))
         self._client.close()
 
     def write(self) -> None:
@@ -433,9 +433,14 @@ class RedisStatusWriter:
         self._written = set(members)
 
     def _run(self) -> None:
+        error: str | None = None  # the last one logged: an outage is logged once
         while not self._stop.wait(self.config.status_interval_s):
             try:
                 self.write()
                 self._backoff.reset()
-            except (redis.RedisError, OSError):
+                error = None
+            except (redis.RedisError, OSError) as exc:
+                if explain(exc) != error and fatal(exc):  # an outage is the sink's to report
+                    log.error("redis %s: status not written: %s", self.safe_url, explain(exc))
+                error = explain(exc)
                 self._stop.wait(self._backoff.next_delay())

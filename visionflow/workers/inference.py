@@ -168,6 +168,8 @@ class WorkerLoop:
 
     def _on_message(self, msg: object) -> None:
         if isinstance(msg, PoolClosed):
+            while self.pending:  # their frames may still be views of the pool: finish first
+                self._finish(self.pending.popleft())
             self.pools.forget(msg.pool)
         elif isinstance(msg, BatchRequest):
             self.pending.append(self._submit(msg))

@@ -37,10 +37,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.exceptions import NoPermissionError
 
 from visionflow.config import RedisConfig
 from visionflow.errors import PublishError
 from visionflow.pipeline.frames import FrameResult
+from visionflow.redis_client import connect, denied, explain, fatal
 from visionflow.schema import (
     StreamId,
     detections_key,
@@ -50,7 +52,7 @@ from visionflow.schema import (
     parse_stream_id,
 )
 from visionflow.streams.backoff import Backoff
-from visionflow.streams.urls import redact_text, redact_url
+from visionflow.streams.urls import redact_url
 from visionflow.workers.latency import LatencyBook
 from visionflow.workers.spool import Spool, SpoolRecord
 from visionflow.workers.status import PublishStats
@@ -99,8 +101,9 @@ class Sink(abc.ABC):
 
 def sink_client(config: RedisConfig, url: str) -> redis.Redis:
     """A client whose calls fail within ``socket_timeout_s`` (a sink thread must not hang)."""
-    return redis.Redis.from_url(
+    return connect(  # rediss:// with the configured CA / client certificate
         url,
+        config,
         socket_timeout=config.socket_timeout_s,
         socket_connect_timeout=config.socket_timeout_s,
         health_check_interval=0,
@@ -431,6 +434,9 @@ class RedisStreamSink(Sink):
         for sid in todo:
             pipe.xinfo_stream(detections_key(self.config.key_prefix, sid))
         for sid, info in zip(todo, pipe.execute(raise_on_error=False), strict=True):
+            key = detections_key(self.config.key_prefix, sid)
+            if isinstance(info, NoPermissionError):
+                raise denied(info, "XINFO STREAM", key)
             if isinstance(info, redis.ResponseError):  # no such key: nothing written yet
                 pass
             elif isinstance(info, Exception):
@@ -461,7 +467,8 @@ class RedisStreamSink(Sink):
             if isinstance(reply, redis.ResponseError) and _TOO_SMALL in str(reply):
                 self._settle_conflict(entry, now)
             elif isinstance(reply, Exception):
-                raise reply
+                key = detections_key(self.config.key_prefix, entry.stream_id)
+                raise denied(reply, "XADD", key)
         return entries, now
 
     def _xadd(self, pipe: Any, entry: _Entry, now: float, entry_id: StreamId | None = None) -> None:
@@ -511,9 +518,11 @@ class RedisStreamSink(Sink):
             self._down_since = None
             self._retry_at = 0.0
         if not ok:
-            message = redact_text(f"{type(exc).__name__}: {exc}")
+            assert exc is not None
+            message = explain(exc)
             if self._connected or message != self._last_error:
-                log.warning("redis %s: unavailable (%s); buffering", self.safe_url, message)
+                level = logging.ERROR if fatal(exc) else logging.WARNING
+                log.log(level, "redis %s: unavailable (%s); buffering", self.safe_url, message)
             self._last_error = message
             if self._down_since is None:
                 self._down_since = time.monotonic()

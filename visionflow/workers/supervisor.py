@@ -48,6 +48,7 @@ from visionflow.workers.messages import (
     AddStream,
     BatchAbandoned,
     IngestHeartbeat,
+    PoolClosed,
     RemoveStream,
     SetAnalysisRates,
     StateChanged,
@@ -357,6 +358,7 @@ class Pipeline:
                 for name in names:
                     self.pools.forget(name)
                     del self.loop.pool_owner[name]
+                    self._broadcast(PoolClosed(name))  # or every worker keeps the dead pool mapped
             self._unlink_pools(names)
 
     def _spawn(self, target: Any, name: str, *args: Any) -> Any:

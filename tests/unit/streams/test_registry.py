@@ -301,6 +301,8 @@ def test_from_config_uses_prefix_file_streams_and_schemes(redis_server, key_pref
         "rtsp://admin:${HOME}@cam/live",
         "rtsp://admin:${CAM_PW:-plain}@cam/live",
         "rtsp://admin:x${CAM_PW}@cam/live",
+        "rtsp://admin:${file:/etc/shadow}@cam/live",
+        "rtsp://cam.example/live/${file:/etc/shadow}",
     ],
 )
 def test_runtime_url_cannot_read_the_pipeline_environment(reg, url, monkeypatch):

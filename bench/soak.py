@@ -1,0 +1,551 @@
+"""Soak (issue #9): N real RTSP cameras through the whole CPU pipeline into a real Redis for a
+long time, with a chaos event every few minutes, then the books.
+
+Not part of the test suite.  Run it in the background and read the table at the end::
+
+    .venv/bin/python bench/soak.py --streams 4 --size 160x120 --fps 5 --minutes 35
+
+Parts: one ``tests/rtsp_server.py`` per camera (so killing one camera touches no other),
+camera 0 behind :class:`tests.tcp_proxy.TcpProxy` (for link stalls), a private
+``redis-server`` with ``appendonly yes`` + ``appendfsync always`` (a SIGKILL loses nothing it
+acknowledged), the :class:`~visionflow.workers.supervisor.Pipeline` in this process with a
+durable spool.  Chaos, in rotation every ``--chaos-every`` seconds after ``--warmup``:
+
+- ``camera_restart``: camera 1's server killed, back after ``--down`` seconds;
+- ``redis_restart``: redis-server SIGKILLed, back after ``--down`` seconds (results spooled);
+- ``worker_kill``: inference worker 0 SIGKILLed (its batches re-sent, it is restarted);
+- ``ingest_kill``: ingest process 0 SIGKILLed (restarted, its cameras reconnect);
+- ``link_stall``: camera 0's link stalled for ``--down`` seconds through the proxy.
+
+Measured: recovery (reconnect) time per affected stream and event, drops by reason, lost
+(published by the pipeline but not in Redis, by per-stream seq: must be 0), duplicates (a seq
+twice in Redis), the accounting identity after the stop, RSS and open-fd growth per process
+per hour after the warm-up (least squares over samples; each incarnation of a restarted
+process separately, the longest-lived one reported), ``/dev/shm`` segments of this run left
+after the stop, CUDA IPC mappings (only where a GPU is present: none on a CPU run), and the
+Redis lag (now minus the newest entry's capture time, streaming streams only), in and out of
+chaos windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+
+from bench.common import table, write_result  # noqa: E402
+from tests.tcp_proxy import TcpProxy  # noqa: E402
+from visionflow.config import AppConfig, parse_config  # noqa: E402
+from visionflow.redis_server import free_port  # noqa: E402
+from visionflow.schema import detections_key, parse_entry  # noqa: E402
+from visionflow.streams.state import StreamState  # noqa: E402
+from visionflow.workers.supervisor import Pipeline  # noqa: E402
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+EVENTS = ("camera_restart", "redis_restart", "worker_kill", "ingest_kill", "link_stall")
+PREFIX = "soak"
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+# ---------------------------------------------------------------------------- parts
+class Camera:
+    """One ``tests/rtsp_server.py`` process serving one live test mount on a fixed port."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec, self.port = spec, free_port()
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        args = [SYSTEM_PYTHON, str(ROOT / "tests" / "rtsp_server.py"), "--port", str(self.port)]
+        self.process = subprocess.Popen(
+            [*args, "--mount", f"cam={self.spec}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if line.startswith("READY"):
+                self.process.stdout.close()  # nothing more is read: never block the server
+                return
+            if not line and self.process.poll() is not None:
+                break
+        raise RuntimeError(f"RTSP server did not start on port {self.port}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+class DurableRedis:
+    """redis-server, ``appendfsync always``, restartable on the same port and directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory, self.port = directory, free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("redis-server is not installed")
+        self.binary = binary
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 30.0) -> None:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory)]
+        args += ["--protected-mode", "no", "--loglevel", "warning"]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError):
+                if client.ping():
+                    client.close()
+                    return
+            time.sleep(0.1)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+def soak_config(urls: list[str], redis_url: str, spool: Path) -> AppConfig:
+    raw: dict[str, Any] = {
+        "streams": [{"id": f"cam{i}", "url": url} for i, url in enumerate(urls)],
+        "redis": {
+            "url": redis_url,
+            "key_prefix": PREFIX,
+            "maxlen": 10_000_000,  # never trimmed: every entry stays to be counted
+            "approximate_trim": False,
+            "spool_dir": str(spool),
+        },
+        "source": {
+            "open_timeout_s": 5,
+            "read_timeout_s": 3,
+            "stall_timeout_s": 4,
+            "backoff_initial_s": 0.5,
+            "backoff_max_s": 4,
+        },
+        "workers": {"ingest_processes": 2, "inference_workers": 2},
+    }
+    return parse_config(raw, "<soak>")
+
+
+# ---------------------------------------------------------------------------- probes
+def proc_sample(pid: int) -> tuple[float, int] | None:
+    """(RSS in MiB, open fds) of a live process."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024, fds
+    return None
+
+
+def slope_per_hour(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, value) points, per hour."""
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    if var == 0:
+        return 0.0
+    cov = sum((t - mean_t) * (v - mean_v) for t, v in points)
+    return cov / var * 3600
+
+
+def cuda_ipc_mappings(pids: list[int]) -> int | None:
+    """Mappings of CUDA IPC handles (``/dev/nvidia*`` shared regions) in the given processes;
+    None where no GPU is present."""
+    if not Path("/dev/nvidiactl").exists():
+        return None
+    count = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            count += sum(
+                1 for line in Path(f"/proc/{pid}/maps").read_text().splitlines() if "nvidia" in line
+            )
+    return count
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# ---------------------------------------------------------------------------- the run
+class Soak:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args, self.work = args, work
+        spec = f"test:{args.size}@{args.fps}"
+        self.cameras = [Camera(spec) for _ in range(args.streams)]
+        self.redis = DurableRedis(work / "redis")
+        (work / "redis").mkdir()
+        self.proxy: TcpProxy | None = None
+        self.pipeline: Pipeline | None = None
+        self.client: redis.Redis | None = None
+        self.samples: dict[tuple[str, int], list[tuple[float, float, int]]] = {}
+        self.events: list[dict[str, Any]] = []
+        self.windows: list[tuple[float, float]] = []  # chaos windows (monotonic)
+        self.lags: list[tuple[float, float]] = []  # (monotonic, lag s)
+        self.shm_peak = 0
+        self.t0 = time.monotonic()
+
+    # ---- helpers -------------------------------------------------------------------
+    @property
+    def p(self) -> Pipeline:
+        assert self.pipeline is not None
+        return self.pipeline
+
+    def status(self) -> Any:
+        return self.p.status()
+
+    def wait(self, predicate: Callable[[], bool], timeout: float) -> float | None:
+        """Seconds until ``predicate`` held (sampling on the way), None past ``timeout``."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if predicate():
+                return time.monotonic() - start
+            self.maybe_sample()
+            time.sleep(0.2)
+        return None
+
+    def streaming_and_publishing(self, stream_ids: list[str], timeout: float) -> float | None:
+        marks = {s.stream_id: s.published for s in self.status().streams}
+
+        def back() -> bool:
+            st = {s.stream_id: s for s in self.status().streams}
+            return all(
+                st[i].state is StreamState.STREAMING and st[i].published > marks[i]
+                for i in stream_ids
+            )
+
+        return self.wait(back, timeout)
+
+    def idle(self, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            self.maybe_sample()
+            time.sleep(min(1.0, max(0.0, until - time.monotonic())))
+
+    # ---- sampling ------------------------------------------------------------------
+    _next_sample = 0.0
+
+    def maybe_sample(self) -> None:
+        now = time.monotonic()
+        if now < self._next_sample:
+            return
+        self._next_sample = now + self.args.sample
+        pids = {"main": os.getpid()}
+        for key, child in list(self.p.group.children.items()):
+            with contextlib.suppress(Exception):
+                if child.alive and child.process.pid:
+                    pids[key] = child.process.pid
+        for role, pid in pids.items():
+            got = proc_sample(pid)
+            if got is not None:
+                self.samples.setdefault((role, pid), []).append((now - self.t0, *got))
+        self.shm_peak = max(self.shm_peak, len(self.shm_segments()))
+        self.sample_lag(now)
+
+    def sample_lag(self, now: float) -> None:
+        if self.client is None:
+            self.client = redis.Redis.from_url(
+                self.redis.url, decode_responses=True, socket_timeout=1, socket_connect_timeout=1
+            )
+        streaming = [s.stream_id for s in self.status().streams if s.state is StreamState.STREAMING]
+        try:
+            for sid in streaming:
+                newest = self.client.xrevrange(detections_key(PREFIX, sid), count=1)
+                if newest:
+                    entry = parse_entry(*newest[0])
+                    self.lags.append((now - self.t0, time.time() - entry.capture_ts))
+        except (redis.RedisError, OSError):
+            pass  # Redis is down: the lag is measured once it is back
+
+    def shm_segments(self) -> list[str]:
+        return sorted(p.name for p in Path("/dev/shm").glob(f"vf-{self.p.run_id}*"))
+
+    # ---- chaos ---------------------------------------------------------------------
+    def chaos(self, kind: str) -> dict[str, Any]:
+        down = self.args.down
+        start = time.monotonic()
+        result: dict[str, Any] = {"event": kind, "at_s": round(start - self.t0, 1)}
+        recovery: dict[str, float | None] = {}
+        if kind == "camera_restart":
+            cam = self.cameras[1 % len(self.cameras)]
+            cam.kill()
+            self.idle(down)
+            cam.start()
+            recovery["cam1"] = self.streaming_and_publishing(["cam1"], 120)
+        elif kind == "redis_restart":
+            self.redis.kill()
+            self.idle(down)
+            self.redis.start()
+            recovery["redis"] = self.wait(lambda: self.status().redis_connected, 120)
+            backlog = 2 * len(self.cameras)  # in steady state a batch or two is on its way
+            drained = self.wait(lambda: self.status().redis_pending <= backlog, 180)
+            result["backlog_drained_s"] = None if drained is None else round(drained, 2)
+        elif kind == "worker_kill":
+            child = self.p.group.children["inference-0"]
+            restarts = self.status().workers[0].restarts
+            os.kill(child.process.pid, signal.SIGKILL)
+            recovery["inference-0"] = self.wait(
+                lambda: (w := self.status().workers[0]).restarts > restarts and w.state == "ready",
+                120,
+            )
+        elif kind == "ingest_kill":
+            child = self.p.group.children["ingest-0"]
+            old = child.process
+            os.kill(old.pid, signal.SIGKILL)
+            self.wait(lambda: child.process is not old and child.alive, 60)
+            ids = [s.id for s in self.p._ingest_streams[0]]
+            for sid in ids:  # the restarted process reconnects each of its cameras
+                recovery[sid] = self.streaming_and_publishing([sid], 120)
+        elif kind == "link_stall":
+            assert self.proxy is not None
+            self.proxy.stall()
+            self.idle(down)
+            self.proxy.passthrough()
+            recovery["cam0"] = self.streaming_and_publishing(["cam0"], 120)
+        result["recovery_s"] = {k: None if v is None else round(v, 2) for k, v in recovery.items()}
+        self.windows.append((start - self.t0, time.monotonic() - self.t0 + 10))
+        return result
+
+    # ---- the whole run -------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        a = self.args
+        for cam in self.cameras:
+            cam.start()
+        self.redis.start()
+        self.proxy = TcpProxy(self.cameras[0].port)
+        urls = [f"rtsp://127.0.0.1:{self.proxy.port}/cam"]
+        urls += [f"rtsp://127.0.0.1:{c.port}/cam" for c in self.cameras[1:]]
+        cfg = soak_config(urls, self.redis.url, self.work / "spool")
+        self.pipeline = Pipeline(cfg, self.redis.url, log_level=logging.WARNING)
+        self.pipeline.start()
+        self.pipeline.wait_ready(120)
+        ids = [s.id for s in cfg.streams]
+        self.t0 = time.monotonic()
+        say(f"pipeline up: {len(ids)} streams {a.size}@{a.fps}; run {a.minutes} min")
+        if self.streaming_and_publishing(ids, 120) is None:
+            raise RuntimeError(f"not every stream came up: {self.status().streams}")
+        end = self.t0 + a.minutes * 60
+        next_chaos, turn = self.t0 + a.warmup, 0
+        while time.monotonic() < end:
+            if time.monotonic() >= next_chaos and end - time.monotonic() > a.down + 60:
+                kind = EVENTS[turn % len(EVENTS)]
+                say(f"chaos: {kind}")
+                event = self.chaos(kind)
+                say(f"  {event}")
+                self.events.append(event)
+                turn += 1
+                next_chaos = time.monotonic() + a.chaos_every
+            self.idle(min(5.0, max(0.0, end - time.monotonic())))
+            st = self.status()
+            say(
+                "published "
+                + " ".join(f"{s.stream_id}={s.published}({s.state})" for s in st.streams)
+                + f" redis={'up' if st.redis_connected else 'down'} pending={st.redis_pending}"
+            )
+        pids = [pid for (_, pid) in self.samples]
+        self.maybe_sample()
+        say("stopping")
+        self.pipeline.stop()
+        return self.books(cuda_ipc_mappings(pids))
+
+    def books(self, cuda_ipc: int | None) -> dict[str, Any]:
+        final = self.status()
+        assert self.client is not None
+        drops: Counter[str] = Counter()
+        streams = []
+        for s in final.streams:
+            drops.update(s.drops)
+            rows = self.client.xrange(detections_key(PREFIX, s.stream_id))
+            seqs = [parse_entry(i, f).seq for i, f in rows]
+            unique = set(seqs)
+            streams.append(
+                {
+                    "stream": s.stream_id,
+                    "frames": s.frames,
+                    "published": s.published,
+                    "in_redis": len(seqs),
+                    "lost": s.published - len(unique),
+                    "duplicates": len(seqs) - len(unique),
+                    "in_order": seqs == sorted(seqs),
+                    "drops": dict(s.drops),
+                    "in_flight": s.in_flight,
+                    "accounted": s.accounted and s.in_flight == 0,
+                    "reconnects": s.reconnects,
+                }
+            )
+        recoveries = [
+            v
+            for e in self.events
+            if e["event"] in ("camera_restart", "ingest_kill", "link_stall")
+            for v in e["recovery_s"].values()
+            if v is not None
+        ]
+        failed = [e for e in self.events if any(v is None for v in e["recovery_s"].values())]
+        in_chaos = lambda t: any(a <= t <= b for a, b in self.windows)  # noqa: E731
+        steady = [lag for t, lag in self.lags if not in_chaos(t)]
+        return {
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
+            "events": self.events,
+            "events_not_recovered": len(failed),
+            "reconnect_s": {
+                "n": len(recoveries),
+                "p50": percentile(recoveries, 0.5),
+                "p99": percentile(recoveries, 0.99),
+                "max": max(recoveries, default=None),
+            },
+            "streams": streams,
+            "drops_by_reason": dict(drops),
+            "lost": sum(r["lost"] for r in streams),
+            "duplicates": sum(r["duplicates"] for r in streams),
+            "accounted": all(r["accounted"] for r in streams),
+            "ledger_violations": final.ledger_violations,
+            "growth": self.growth(),
+            "shm_peak": self.shm_peak,
+            "shm_left": self.shm_segments(),
+            "cuda_ipc_mappings_left": cuda_ipc,
+            "redis_lag_s": {
+                "max_steady": max(steady, default=None),
+                "p99_steady": percentile(steady, 0.99),
+                "max_overall": max((lag for _, lag in self.lags), default=None),
+            },
+        }
+
+    def growth(self) -> list[dict[str, Any]]:
+        """Per role, the longest-lived incarnation's RSS (MiB/h) and fd (/h) slope after the
+        warm-up (needs at least 10 minutes of samples)."""
+        best: dict[str, tuple[str, int, list[tuple[float, float, int]]]] = {}
+        for (role, pid), points in self.samples.items():
+            after = [p for p in points if p[0] >= self.args.warmup]
+            if len(after) >= 3 and after[-1][0] - after[0][0] >= 600:
+                held = best.get(role)
+                if held is None or len(after) > len(held[2]):
+                    best[role] = (role, pid, after)
+        rows = []
+        for role, pid, pts in sorted(best.values()):
+            rows.append(
+                {
+                    "process": role,
+                    "pid": pid,
+                    "minutes": round((pts[-1][0] - pts[0][0]) / 60, 1),
+                    "rss_mib_start": round(pts[0][1], 1),
+                    "rss_mib_end": round(pts[-1][1], 1),
+                    "rss_mib_per_h": round(slope_per_hour([(t, r) for t, r, _ in pts]), 2),
+                    "fds_start": pts[0][2],
+                    "fds_end": pts[-1][2],
+                    "fds_per_h": round(slope_per_hour([(t, float(f)) for t, _, f in pts]), 2),
+                }
+            )
+        return rows
+
+    def close(self) -> None:
+        if self.proxy is not None:
+            self.proxy.close()
+        for cam in self.cameras:
+            cam.kill()
+        self.redis.kill()
+        if self.client is not None:
+            self.client.close()
+
+
+def show(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    print()
+    print(table(rows, columns) if rows else f"(no rows for {', '.join(columns[:2])}...)")
+
+
+STREAM_COLUMNS = ["stream", "frames", "published", "in_redis", "lost", "duplicates", "in_order",
+                  "accounted", "reconnects", "drops"]  # fmt: skip
+GROWTH_COLUMNS = ["process", "minutes", "rss_mib_start", "rss_mib_end", "rss_mib_per_h",
+                  "fds_start", "fds_end", "fds_per_h"]  # fmt: skip
+
+
+def report(result: dict[str, Any]) -> None:
+    show(result["streams"], STREAM_COLUMNS)
+    show(result["events"], ["event", "at_s", "recovery_s", "backlog_drained_s"])
+    show(result["growth"], GROWTH_COLUMNS)
+    rec, lag = result["reconnect_s"], result["redis_lag_s"]
+    print()
+    print(f"reconnect s: n={rec['n']} p50={rec['p50']} p99={rec['p99']} max={rec['max']}")
+    print(f"drops by reason: {result['drops_by_reason']}")
+    print(
+        f"lost={result['lost']} duplicates={result['duplicates']} "
+        f"accounted={result['accounted']} ledger_violations={result['ledger_violations']}"
+    )
+    print(
+        f"/dev/shm left={len(result['shm_left'])} (peak {result['shm_peak']}); "
+        f"CUDA IPC mappings left={result['cuda_ipc_mappings_left']}"
+    )
+    print(
+        f"redis lag s: max steady={lag['max_steady']} p99 steady={lag['p99_steady']} "
+        f"max overall={lag['max_overall']}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--streams", type=int, default=4, help="cameras (at least 2)")
+    ap.add_argument("--size", default="160x120", help="camera resolution WxH")
+    ap.add_argument("--fps", type=int, default=5, help="camera frame rate")
+    ap.add_argument("--minutes", type=float, default=35.0, help="how long to run")
+    ap.add_argument("--warmup", type=float, default=300.0, help="seconds before the first chaos")
+    ap.add_argument("--chaos-every", type=float, default=180.0, help="seconds between events")
+    ap.add_argument("--down", type=float, default=20.0, help="seconds a fault lasts")
+    ap.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
+    ap.add_argument("--out-dir", type=Path, default=None, help="results folder")
+    args = ap.parse_args(argv)
+    if args.streams < 2:
+        ap.error("--streams must be at least 2 (camera 0 is behind the proxy, 1 is restarted)")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    with tempfile.TemporaryDirectory(prefix="vf-soak-") as tmp:
+        soak = Soak(args, Path(tmp))
+        try:
+            result = soak.run()
+        finally:
+            soak.close()
+    path = write_result("soak", result, args.out_dir)  # first: the figures survive any report bug
+    report(result)
+    print(f"\nwrote {path}")
+    ok = result["lost"] == 0 and result["duplicates"] == 0 and result["accounted"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
