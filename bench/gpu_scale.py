@@ -297,7 +297,9 @@ def section_engine(work: Path) -> dict[str, Any]:
     return out
 
 
-def section_procs(work: Path, streams: int = 64) -> dict[str, Any]:
+def one_window(work: Path, prefix: str, streams: int, **config: Any) -> dict[str, Any]:
+    """A pipeline on GPU 0 with ``streams`` streams (``config``: the rest of :func:`_config`'s
+    arguments), 15 s to settle, then one measured 8 s window."""
     import logging
 
     import redis
@@ -305,21 +307,25 @@ def section_procs(work: Path, streams: int = 64) -> dict[str, Any]:
     from visionflow.redis_server import EmbeddedRedis
     from visionflow.workers.supervisor import Pipeline
 
+    with EmbeddedRedis() as server:
+        cfg = _config(work, server.url, prefix, streams, [0], **config)
+        p = Pipeline(cfg, server.url, log_level=logging.WARNING)
+        p.start()
+        try:
+            p.wait_ready(300)
+            time.sleep(15)
+            return measured_window(p, redis.Redis.from_url(server.url), prefix, 8)
+        finally:
+            p.stop()
+
+
+def section_procs(work: Path, streams: int = 64) -> dict[str, Any]:
     out: dict[str, Any] = {}
     runs = ((8, None, "0"), (8, None, "1"), (4, None, "1"), (8, {"nms_candidates": 256}, "1"))
     for procs, engine, fused in runs:
         label = f"{procs}_procs" + ("_c256" if engine else "") + ("_fused" if fused == "1" else "")
         os.environ["VISIONFLOW_FUSED_LETTERBOX"] = fused  # inherited by the ingest processes
-        with EmbeddedRedis() as server:
-            cfg = _config(work, server.url, "procs", streams, [0], engine, procs)
-            p = Pipeline(cfg, server.url, log_level=logging.WARNING)
-            p.start()
-            try:
-                p.wait_ready(300)
-                time.sleep(15)
-                out[label] = measured_window(p, redis.Redis.from_url(server.url), "procs", 8)
-            finally:
-                p.stop()
+        out[label] = one_window(work, "procs", streams, engine=engine, ingest_processes=procs)
         log(f"procs {label}: {json.dumps(out[label])[:300]}")
     return out
 
@@ -328,26 +334,10 @@ def section_per_gpu(work: Path) -> dict[str, Any]:
     """GPU 0, fused kernel: one vs two inference workers on the card at 64 and 96 streams
     (with the fused kernel the card is ~65 % busy at 64 streams, so the worker process is the
     suspect)."""
-    import logging
-
-    import redis
-
-    from visionflow.redis_server import EmbeddedRedis
-    from visionflow.workers.supervisor import Pipeline
-
     out: dict[str, Any] = {}
     for streams, per_gpu in ((64, 1), (64, 2), (96, 2), (96, 3)):
         label = f"{streams}_streams_{per_gpu}_workers"
-        with EmbeddedRedis() as server:
-            cfg = _config(work, server.url, "pergpu", streams, [0], workers_per_gpu=per_gpu)
-            p = Pipeline(cfg, server.url, log_level=logging.WARNING)
-            p.start()
-            try:
-                p.wait_ready(300)
-                time.sleep(15)
-                out[label] = measured_window(p, redis.Redis.from_url(server.url), "pergpu", 8)
-            finally:
-                p.stop()
+        out[label] = one_window(work, "pergpu", streams, workers_per_gpu=per_gpu)
         log(f"per_gpu {label}: {json.dumps(out[label])[:300]}")
     return out
 
