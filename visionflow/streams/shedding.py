@@ -287,6 +287,13 @@ class ShedPolicy:
         self._expire(now)
         return True
 
+    def not_used(self) -> None:
+        """The frame :meth:`frame` just kept was discarded after all (the fps cap, no free
+        slot): it is not counted as analysed (reader thread only)."""
+        if self._used_at:
+            self._used_at.pop()
+            self.used -= 1
+
     def snapshot(self) -> ShedSnapshot:
         return ShedSnapshot(
             mode=self.mode,

@@ -367,11 +367,13 @@ class StreamReader:
         if cap is not None:
             if now < self._next_allowed:
                 self.skipped += 1
+                self.shed.not_used()
                 return
             self._next_allowed = max(self._next_allowed + 1 / cap, now - 0.5 / cap)
         slot = self._acquire_slot()
         if slot is None:
             self.backpressure += 1
+            self.shed.not_used()
             return
         t0 = time.perf_counter()
         letterbox = self._geometry(decoded.width, decoded.height)

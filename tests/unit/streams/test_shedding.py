@@ -174,3 +174,17 @@ def test_prefix_mode_decodes_only_the_frames_it_uses_at_the_start_of_each_gop():
     assert len(steady) == len(used), "every decoded frame is used: none decoded for nothing"
     assert all((t * 25) % 25 < 5 for t in used), "the first five frames of each GOP"
     assert run.broken_refs == 0
+
+
+def test_a_frame_discarded_after_the_gate_is_not_counted_as_analysed():
+    """The fps cap or a full frame pool can still discard a frame the policy kept: the
+    analysed rate must not count it (the demo showed 30 analysed fps beside 15 delivered)."""
+    clock = Clock()
+    policy = ShedPolicy(None, clock=clock)
+    for i in range(250):  # 10 s at 25 fps, every other kept frame discarded afterwards
+        clock.t = 100.0 + i / 25
+        assert policy.frame(i / 25)
+        if i % 2:
+            policy.not_used()
+    assert policy.effective_fps() == pytest.approx(12.5, rel=0.1)
+    assert policy.used == 125
