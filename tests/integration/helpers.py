@@ -70,29 +70,12 @@ def assert_books_balance(status: Any, client: redis.Redis, prefix: str) -> None:
         assert len(seqs) == s.published, s
 
 
-def start_run(path: Path, lines: list[str]) -> tuple[subprocess.Popen[str], threading.Thread]:
-    """``visionflow run -c path --plain`` of this checkout in the background; its output
-    (stdout and stderr) is appended to ``lines`` by the returned thread."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "visionflow", "run", "-c", str(path), "--plain"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stdout is not None
-    stdout = proc.stdout
-    reader = threading.Thread(target=lambda: lines.extend(stdout), daemon=True)
-    reader.start()
-    return proc, reader
-
-
-@contextlib.contextmanager
-def visionflow_cli(*args: str, env: dict[str, str] | None = None) -> Iterator[list[str]]:
-    """``python -m visionflow <args>`` in the background (this worktree's code, ``env`` added
-    to the environment); yields its output lines as they come; SIGTERM at the end, and the
-    process must still have been running then."""
+def start_cli(
+    args: list[str], lines: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], threading.Thread]:
+    """``python -m visionflow <args>`` of this checkout in the background (``env`` added to
+    the environment); its output (stdout and stderr) is appended to ``lines`` by the
+    returned thread."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "visionflow", *args],
         cwd=ROOT,
@@ -101,10 +84,24 @@ def visionflow_cli(*args: str, env: dict[str, str] | None = None) -> Iterator[li
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
-    lines: list[str] = []
     assert proc.stdout is not None
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+    stdout = proc.stdout
+    reader = threading.Thread(target=lambda: lines.extend(stdout), daemon=True)
     reader.start()
+    return proc, reader
+
+
+def start_run(path: Path, lines: list[str]) -> tuple[subprocess.Popen[str], threading.Thread]:
+    """``visionflow run -c path --plain`` in the background (see :func:`start_cli`)."""
+    return start_cli(["run", "-c", str(path), "--plain"], lines)
+
+
+@contextlib.contextmanager
+def visionflow_cli(*args: str, env: dict[str, str] | None = None) -> Iterator[list[str]]:
+    """``python -m visionflow <args>`` in the background; yields its output lines as they
+    come; SIGTERM at the end, and the process must still have been running then."""
+    lines: list[str] = []
+    proc, reader = start_cli(list(args), lines, env)
     try:
         yield lines
         assert proc.poll() is None, "".join(lines)
