@@ -1,6 +1,7 @@
 """Fault injection (issue #9): a site-wide outage against the reconnect limit, a link that
 stalls or is throttled (through :mod:`tests.tcp_proxy`), a camera that comes back with
-another resolution, and one offline for thousands of consecutive failures.
+another resolution, one offline for thousands of consecutive failures, and a camera killed
+for 30 s while another is frozen (SIGSTOP) for 60 s.
 
 Every case checks the accounting identity, a bounded recovery time and, where another stream
 runs beside the faulty one, that the other stream's published fps stayed within ±10% of its
@@ -300,3 +301,62 @@ def test_camera_offline_for_thousands_of_failures_then_back(redis_server, key_pr
         _assert_accounted(pipeline, ("cam", "other"))
     _assert_final_accounting(pipeline, ("cam", "other"))
     assert recovery < 10, f"took {recovery:.1f}s to recover"
+
+
+KILLED_S = 30.0  # the issue's camera outage
+FROZEN_S = 60.0  # the issue's frozen (SIGSTOPped) camera
+LONG_BASELINE_S = 10.0  # a minute-long fault window deserves a longer baseline
+
+
+def test_camera_killed_30s_and_another_frozen_60s(rtsp, redis_server, key_prefix):
+    """(e) Both long camera faults at once, each camera on its own server beside a third:
+    one server killed for 30 s then started again, another SIGSTOPped for 60 s then resumed.
+    The killed camera backs off and streams again within moments of its restart; the frozen
+    one is marked stalled and reopened (its attempts time out against the stopped server),
+    and streams again after the thaw; the third camera's fps over the whole minute stays
+    within ±10% of its rate before; every stream accounted for during and after."""
+    killed, frozen, steady = rtsp({"cam": CAM}), rtsp({"cam": CAM}), rtsp({"other": CAM})
+    streams = [
+        {"id": "killed", "url": killed.url("cam")},
+        {"id": "frozen", "url": frozen.url("cam")},
+        {"id": "other", "url": steady.url("other")},
+    ]
+    ids = ("killed", "frozen", "other")
+    with running(config(streams, redis_server, key_prefix), redis_server) as pipeline:
+        _await_publishing(pipeline, *ids)
+        sampler = Sampler(pipeline, "other")
+        try:
+            time.sleep(2 * WARMUP_S + LONG_BASELINE_S)  # settle, then the baseline window
+            fault, wall = time.monotonic(), time.time()
+            killed.stop()
+            frozen.freeze()
+            try:
+                _await_state(pipeline, "killed", StreamState.BACKOFF, wall)
+                _await_state(pipeline, "frozen", StreamState.STALLED, wall)
+                time.sleep(max(0.0, fault + KILLED_S - time.monotonic()))  # under test
+                killed.start()
+                killed_back = _wait_streaming_again(pipeline, "killed", 20)
+                _assert_accounted(pipeline, ids)
+                time.sleep(max(0.0, fault + FROZEN_S - time.monotonic()))  # under test
+            finally:
+                frozen.thaw()
+            thawed = time.monotonic()
+            frozen_back = _wait_streaming_again(pipeline, "frozen", 30)
+            assert_fps_held(sampler, (fault - LONG_BASELINE_S, fault), (fault, thawed))
+        finally:
+            sampler.stop()
+        states = _since(pipeline, "frozen", wall)
+        assert StreamState.CONNECTING in states[states.index(StreamState.STALLED) :], states
+        assert _status(pipeline, "frozen").reconnects >= 2, "the frozen camera was not retried"
+        _assert_accounted(pipeline, ids)
+    _assert_final_accounting(pipeline, ids)
+    assert killed_back < 15, f"killed camera took {killed_back:.1f}s to stream after restart"
+    assert frozen_back < 20, f"frozen camera took {frozen_back:.1f}s to stream after the thaw"
+
+
+def _await_state(pipeline: Pipeline, stream_id: str, state: StreamState, wall: float) -> None:
+    wait_until(
+        lambda: state in _since(pipeline, stream_id, wall),
+        15,
+        lambda: f"{stream_id} never {state.value}: {pipeline.transitions(stream_id)}",
+    )
