@@ -439,6 +439,7 @@ class Soak:
             "accounted": all(r["accounted"] for r in streams),
             "ledger_violations": final.ledger_violations,
             "growth": self.growth(),
+            "samples": {f"{role}:{pid}": pts for (role, pid), pts in self.samples.items()},
             "shm_peak": self.shm_peak,
             "shm_left": self.shm_segments(),
             "cuda_ipc_mappings_left": cuda_ipc,
@@ -469,6 +470,9 @@ class Soak:
                     "rss_mib_start": round(pts[0][1], 1),
                     "rss_mib_end": round(pts[-1][1], 1),
                     "rss_mib_per_h": round(slope_per_hour([(t, r) for t, r, _ in pts]), 2),
+                    "rss_mib_per_h_2nd_half": round(
+                        slope_per_hour([(t, r) for t, r, _ in pts[len(pts) // 2 :]]), 2
+                    ),
                     "fds_start": pts[0][2],
                     "fds_end": pts[-1][2],
                     "fds_per_h": round(slope_per_hour([(t, float(f)) for t, _, f in pts]), 2),
@@ -494,7 +498,7 @@ def show(rows: list[dict[str, Any]], columns: list[str]) -> None:
 STREAM_COLUMNS = ["stream", "frames", "published", "in_redis", "lost", "duplicates", "in_order",
                   "accounted", "reconnects", "drops"]  # fmt: skip
 GROWTH_COLUMNS = ["process", "minutes", "rss_mib_start", "rss_mib_end", "rss_mib_per_h",
-                  "fds_start", "fds_end", "fds_per_h"]  # fmt: skip
+                  "rss_mib_per_h_2nd_half", "fds_start", "fds_end", "fds_per_h"]  # fmt: skip
 
 
 def report(result: dict[str, Any]) -> None:
