@@ -24,6 +24,7 @@ Sections (each in its own subprocess with a time limit, ``DIR/<section>.json``):
   procs       GPU 0, 64 streams, one window each: 8 ingest processes with the torch letterbox
               and with the fused NV12 kernel, 4 processes fused, 8 fused with 256 NMS
               candidates (each ingest process is its own CUDA context on the GPU)
+  scale       1 GPU vs every GPU, 128 and 160 streams, one window each (published fps ratio)
   legacy_1gpu the pipeline before the rework (``--legacy DIR``, a ``git archive`` of it) on GPU 0,
               same ramp: the baseline in the same call
 
@@ -60,6 +61,7 @@ LIMITS = {
     "legacy_1gpu": 420,
     "procs": 420,
     "per_gpu": 420,
+    "scale": 560,
     "diag": 300,
 }
 P99_MS = 250.0
@@ -297,9 +299,12 @@ def section_engine(work: Path) -> dict[str, Any]:
     return out
 
 
-def one_window(work: Path, prefix: str, streams: int, **config: Any) -> dict[str, Any]:
-    """A pipeline on GPU 0 with ``streams`` streams (``config``: the rest of :func:`_config`'s
-    arguments), 15 s to settle, then one measured 8 s window."""
+def one_window(
+    work: Path, prefix: str, streams: int, gpus: list[int] | None = None, **config: Any
+) -> dict[str, Any]:
+    """A pipeline on ``gpus`` (GPU 0 unless given; ``[]``: every GPU) with ``streams``
+    streams (``config``: the rest of :func:`_config`'s arguments), 15 s to settle, then one
+    measured 8 s window."""
     import logging
 
     import redis
@@ -308,7 +313,8 @@ def one_window(work: Path, prefix: str, streams: int, **config: Any) -> dict[str
     from visionflow.workers.supervisor import Pipeline
 
     with EmbeddedRedis() as server:
-        cfg = _config(work, server.url, prefix, streams, [0], **config)
+        chosen = [0] if gpus is None else (gpus or None)
+        cfg = _config(work, server.url, prefix, streams, chosen, **config)
         p = Pipeline(cfg, server.url, log_level=logging.WARNING)
         p.start()
         try:
@@ -327,6 +333,20 @@ def section_procs(work: Path, streams: int = 64) -> dict[str, Any]:
         os.environ["VISIONFLOW_FUSED_LETTERBOX"] = fused  # inherited by the ingest processes
         out[label] = one_window(work, "procs", streams, engine=engine, ingest_processes=procs)
         log(f"procs {label}: {json.dumps(out[label])[:300]}")
+    return out
+
+
+def section_scale(work: Path) -> dict[str, Any]:
+    """1 GPU vs every GPU in the same call, at stream counts that offer at least twice what
+    one GPU publishes (its peak is ~1,400-1,700 fps: 128 streams offer 3,840): the scaling
+    is the ratio of published fps, not capped by the offered load."""
+    out: dict[str, Any] = {}
+    for streams in (128, 160):
+        one = one_window(work, "scale", streams, gpus=[0])
+        every = one_window(work, "scale", streams, gpus=[])
+        ratio = every["published_fps"] / one["published_fps"] if one["published_fps"] else None
+        out[f"{streams}_streams"] = {"one_gpu": one, "all_gpus": every, "ratio": ratio}
+        log(f"scale {streams}: 1 GPU {one['published_fps']} fps, all {every['published_fps']}")
     return out
 
 
