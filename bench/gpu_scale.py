@@ -356,8 +356,9 @@ def section_scale(work: Path) -> dict[str, Any]:
     is the ratio of published fps, not capped by the offered load."""
     out: dict[str, Any] = {}
     for streams in (128,):
-        one = one_window(work, "scale", streams, gpus=[0])
-        every = one_window(work, "scale", streams, gpus=[])
+        procs = streams // 8  # as if all had been configured at start (added ones are not)
+        one = one_window(work, "scale", streams, gpus=[0], ingest_processes=procs)
+        every = one_window(work, "scale", streams, gpus=[], ingest_processes=procs)
         ratio = every["published_fps"] / one["published_fps"] if one["published_fps"] else None
         out[f"{streams}_streams"] = {"one_gpu": one, "all_gpus": every, "ratio": ratio}
         log(f"scale {streams}: 1 GPU {one['published_fps']} fps, all {every['published_fps']}")
@@ -382,9 +383,12 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def section_diag(work: Path, streams: int = 96) -> dict[str, Any]:
-    """Why 96 streams on one GPU collapse: stream states and errors, every process's CPU
-    share over 10 s, and a py-spy stack dump of each child (``DIR/../diag-*.txt``)."""
+def section_diag(work: Path) -> dict[str, Any]:
+    """Why many streams collapse: stream states and errors, every process's CPU share over
+    10 s, and a py-spy stack dump of each child (``WORK/diag-*.txt``).  ``VF_DIAG_STREAMS``
+    (default 96) streams on ``VF_DIAG_GPUS`` (``0`` by default, ``all``: every GPU)."""
+    streams = int(os.environ.get("VF_DIAG_STREAMS", "96"))
+    gpus = None if os.environ.get("VF_DIAG_GPUS", "0") == "all" else [0]
     import collections
     import logging
     import multiprocessing
@@ -397,11 +401,13 @@ def section_diag(work: Path, streams: int = 96) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     with EmbeddedRedis() as server:
-        cfg = _config(work, server.url, "diag", streams, [0])
+        first = min(streams, START_STREAMS)
+        cfg = _config(work, server.url, "diag", first, gpus)
         p = Pipeline(cfg, server.url, log_level=logging.WARNING)
         p.start()
         try:
             p.wait_ready(300)
+            _add_streams(work, p, first, streams)
             time.sleep(20)
             children = {c.pid: c.name for c in multiprocessing.active_children() if c.pid}
             before = {pid: _proc_cpu(pid) for pid in children}
@@ -413,7 +419,8 @@ def section_diag(work: Path, streams: int = 96) -> dict[str, Any]:
             if spy:
                 dumper.start()  # during the window, not after it
             window = measured_window(p, redis.Redis.from_url(server.url), "diag", 10)
-            dumper.join()
+            if spy:
+                dumper.join()
             elapsed = time.monotonic() - t0
             out["window"] = window
             out["cpu_share"] = {
