@@ -30,15 +30,17 @@ Status: hash ``<prefix>:status:<stream_id>`` with ``state``, ``state_since``, ``
 ``nvdec/device``), ``url`` (password redacted), ``labels`` (JSON), ``latency_ms`` (JSON
 ``{stage: {"p50", "p99", "count", "sum", "buckets": [[le_ms, cumulative], ...]}}`` per stage
 of the entries written, :mod:`visionflow.workers.latency`), ``updated_ts``; set
-``<prefix>:streams`` lists the stream ids; hash ``<prefix>:worker:<id>`` holds each
-inference worker's ``state``, ``batches``, ``frames``, ``mean_batch``, ``inflight``
-(batches queued on it), ``restarts``, ``backend``, ``device``, ``placement``, ``error``,
+``<prefix>:streams`` lists the stream ids; hash ``<prefix>:worker:<id>`` (a fleet node's:
+``<prefix>:worker:<node_id>:<id>``) holds each inference worker's ``state``, ``batches``,
+``frames``, ``mean_batch``, ``inflight`` (batches queued on it), ``restarts``, ``backend``,
+``device``, ``placement``, ``error``,
 ``batch_size_hist`` and ``inference_ms`` (JSON histograms of the frames per batch and of
 the busy ms per batch, same form as one stage of ``latency_ms``; '' before its first
 batch), ``updated_ts``; hash ``<prefix>:pipeline`` holds ``model_id``, ``uptime_s``,
 ``redis_connected``, ``redis_error``, ``redis_pending`` (entries not written yet, spool
 included), ``publish_errors`` (failed Redis writes), ``spool_entries``, ``spool_bytes``,
-``spool_replayed``, ``spool_overflow``, ``ledger_violations``, ``updated_ts``.
+``spool_replayed``, ``spool_overflow``, ``fenced`` (entries the write fence of a fleet node
+refused), ``ledger_violations``, ``updated_ts``.
 
 Tracking (streams with a ``tracking`` section, :mod:`visionflow.tracking`): track ids are
 unique per stream, not small consecutive integers: a stream's tracker starts at the wall-clock
@@ -99,8 +101,12 @@ def streams_key(prefix: str) -> str:
     return f"{prefix}:streams"
 
 
-def worker_key(prefix: str, worker_id: int) -> str:
-    return f"{prefix}:worker:{worker_id}"
+def worker_key(prefix: str, worker_id: int, node_id: str | None = None) -> str:
+    """``<prefix>:worker:<id>``; a fleet node's: ``<prefix>:worker:<node_id>:<id>`` (node ids
+    have no ':', so the two layouts never meet)."""
+    if node_id is None:
+        return f"{prefix}:worker:{worker_id}"
+    return f"{prefix}:worker:{node_id}:{worker_id}"
 
 
 def pipeline_key(prefix: str) -> str:

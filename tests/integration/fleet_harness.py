@@ -59,11 +59,15 @@ class FleetHarness:
         self.nodes: dict[str, Node] = {}
         self.client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
 
-    def config(self, node_id: str) -> Path:
+    def config(
+        self, node_id: str, redis_url: str | None = None, extra: Mapping[str, Any] | None = None
+    ) -> Path:
+        """The node's config: ``redis_url`` instead of the fleet's (a node behind a proxy),
+        ``extra`` top-level sections added (``api``...)."""
         cfg = {
             "streams": [{"id": sid, "url": url} for sid, url in self.cameras.items()],
             "redis": {
-                "url": self.redis_url,
+                "url": redis_url or self.redis_url,
                 "key_prefix": self.prefix,
                 "spool_dir": str(self.workdir / f"spool-{node_id}"),
                 "counts_retention_s": 0,
@@ -83,13 +87,17 @@ class FleetHarness:
                 "moves_per_s": 2,
                 **self.fleet,
             },
+            **(extra or {}),
         }
         path = self.workdir / f"{node_id}.yaml"
         path.write_text(json.dumps(cfg))  # JSON is YAML
         return path
 
-    def start(self, node_id: str) -> Node:
-        node = Node(node_id, *start_run(self.config(node_id), lines := []), lines=lines)
+    def start(
+        self, node_id: str, redis_url: str | None = None, extra: Mapping[str, Any] | None = None
+    ) -> Node:
+        path = self.config(node_id, redis_url, extra)
+        node = Node(node_id, *start_run(path, lines := []), lines=lines)
         self.nodes[node_id] = node
         return node
 

@@ -8,12 +8,16 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from tests.conftest import KillableRedis, RtspServer, wait_until
 from tests.integration.fleet_harness import FleetHarness, seq_report
+from tests.integration.helpers import http_get
+from tests.tcp_proxy import TcpProxy
+from visionflow.redis_server import free_port
 
 pytestmark = pytest.mark.integration
 CAMERAS = 12
@@ -141,4 +145,60 @@ def test_fleet_spreads_fails_over_rebalances_drains(
     finally:
         output = h.outputs()
         h.stop_all()
+    assert "Traceback" not in output, output
+
+
+def _api(base: str, path: str) -> dict[str, Any]:
+    reply = http_get(base, path)
+    return reply.json() if reply is not None and reply.status_code == 200 else {}
+
+
+def test_a_partitioned_node_writes_nothing_after_the_new_owner(
+    rtsp: Callable[..., RtspServer],
+    killable_redis: KillableRedis,
+    tmp_path: Path,
+) -> None:
+    """Node z's Redis link goes silent past its lease; b takes the cameras and writes; the
+    link comes back: what z had buffered and spooled is refused by the write fence (dropped,
+    counted ``fenced``), so no entry of z lands after b's, and z's accounting holds."""
+    mounts = {f"cam{i}": "test:160x120@5" for i in range(2)}
+    server = rtsp(mounts)
+    cams = {m: server.url(m) for m in mounts}
+    h = FleetHarness(tmp_path, killable_redis.url, "fencetest", cams, lease_ttl_s=TTL)
+    port = free_port()
+    z_api = f"http://127.0.0.1:{port}"
+    with TcpProxy(killable_redis.port) as proxy:
+        try:
+            h.start(
+                "z", f"redis://127.0.0.1:{proxy.port}/0", {"api": {"listen": f"127.0.0.1:{port}"}}
+            )
+            wait_until(lambda: set(h.holders().values()) == {"z"} and len(h.holders()) == 2, 90,
+                       lambda: f"{h.holders()}\n{h.outputs()}")  # fmt: skip
+            wait_until(lambda: _resumed(h, list(cams), 0), 60, "z writes no detections")
+            proxy.stall()  # z's link to Redis goes silent: z stops reading before its leases
+            stalled = time.time()  # can expire, but its output still holds unwritten results
+            h.start("b")
+            wait_until(lambda: h.holders() == {c: "b" for c in cams}, TTL + 60,
+                       lambda: f"{h.holders()}\n{h.outputs()}")  # fmt: skip
+            wait_until(lambda: _resumed(h, list(cams), stalled + 1), 60, "b writes nothing")
+            proxy.passthrough()
+            wait_until(lambda: (_api(z_api, "/workers").get("redis") or {}).get("fenced", 0) > 0,
+                       60, lambda: f"{_api(z_api, '/workers')}\n{h.outputs()}")  # fmt: skip
+            wait_until(lambda: (_api(z_api, "/workers").get("redis") or {}).get("pending") == 0,
+                       30, lambda: f"{_api(z_api, '/workers')}")  # fmt: skip
+            time.sleep(TTL)  # z may take a camera again meanwhile: its new lease writes
+            redis_part = _api(z_api, "/workers")["redis"]
+            statuses = _api(z_api, "/streams")["streams"]
+            _check_seqs(h)
+            z_output = h.nodes["z"].output
+        finally:
+            output = h.outputs()
+            h.stop_all()
+    print(f"z refused by the fence: {redis_part['fenced']} entries; z's streams {statuses}")
+    assert redis_part["fenced"] > 0 and redis_part["spool_entries"] == 0
+    assert all(s["frames"] == s["published"] + s["dropped"] + s["in_flight"] for s in statuses), (
+        statuses
+    )
+    assert "refused by the lease fence" in z_output
+    assert "is taken or below the stream's top" not in z_output  # nothing reassigned
     assert "Traceback" not in output, output

@@ -17,11 +17,13 @@ import pytest
 import redis
 
 from tests.conftest import ROOT, wait_until
+from tests.tcp_proxy import TcpProxy
 from visionflow.config import RedisConfig
 from visionflow.pipeline.frames import FrameRef, FrameResult
 from visionflow.pipeline.letterbox import letterbox_geometry
 from visionflow.redis_server import free_port
-from visionflow.schema import detections_key, parse_entry, parse_stream_id
+from visionflow.schema import detections_key, fleet_lease_key, parse_entry, parse_stream_id
+from visionflow.workers.fence import FenceBook
 from visionflow.workers.sinks import RedisStreamSink
 from visionflow.workers.spool import Spool
 
@@ -218,6 +220,53 @@ def test_new_ids_follow_what_redis_holds_even_when_the_clock_is_behind(
     assert all(a < b for a, b in itertools.pairwise(ids))
     assert [i[1] for i in ids] == list(range(20))
     assert total(sink.reassigned) == 0 and total(sink.duplicates_skipped) == 0
+
+
+def test_a_partitioned_fleet_sink_drops_its_spool_as_fenced_once_the_lease_moved(
+    redis_server, redis_client, key_prefix, tmp_path
+):
+    """A fleet node cut off from Redis past its lease: another node takes the stream and
+    writes; when the link comes back the cut-off sink's buffer and spool are refused by the
+    fence (dropped, counted ``fenced``, the spool emptied), never written after the new
+    owner's entries under fresh ids."""
+    lease = fleet_lease_key(key_prefix, "a")
+    redis_client.set(lease, "n1/1")
+    old_book, new_book = FenceBook(), FenceBook()
+    old_book.set("a", "n1/1", 0)
+    new_book.set("a", "n2/2", 100)
+    with TcpProxy(int(redis_server.rsplit(":", 1)[1].split("/")[0])) as proxy:
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        old = RedisStreamSink(config(url, key_prefix, tmp_path / "old"), url, "m1", old_book)
+        old.start()
+        try:
+            old.write(results("a", range(0, 20)))
+            wait_until(lambda: old.published["a"] == 20, 10, lambda: f"{old.published}")
+            proxy.stall()  # the link goes silent (no reset)
+            old.write(results("a", range(20, 60)))
+            wait_until(lambda: old.spooled["a"] == 40, 10, lambda: f"spooled {old.spooled}")
+            redis_client.set(lease, "n2/2")  # the lease expired; another node took it
+            new = RedisStreamSink(
+                config(redis_server, key_prefix, tmp_path / "new"), redis_server, "m1", new_book
+            )
+            new.start()
+            new.write(results("a", range(100, 110)))
+            wait_until(lambda: new.published["a"] == 10, 10, lambda: f"{new.published}")
+            new.stop()
+            proxy.passthrough()
+            wait_until(
+                lambda: old.fenced["a"] == 40 and old.pending == 0,
+                20,
+                lambda: f"fenced {old.fenced} pending {old.pending} error {old.last_error}",
+            )
+        finally:
+            old.stop()
+    assert [seq for _, seq in stored(redis_server, key_prefix, "a")] == [
+        *range(20),
+        *range(100, 110),
+    ]
+    assert old.dropped_fenced["a"] == 40 and total(old.reassigned) == 0
+    assert old.published["a"] + old.dropped_fenced["a"] == 60  # every result accounted once
+    assert total(old.replayed) == 0 and not (tmp_path / "old").exists()  # spool emptied
 
 
 # ---------------------------------------------------------------------------- (d)

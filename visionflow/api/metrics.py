@@ -13,7 +13,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from visionflow.api.sources import Snapshot, age_s
+from visionflow.api.sources import Snapshot, WorkerView, age_s
 from visionflow.streams.state import StreamState
 from visionflow.workers.latency import StageLatency
 from visionflow.workers.status import PublishStats
@@ -96,8 +96,20 @@ def _buckets(lat: StageLatency, scale: float = 1e-3) -> list[tuple[str, float]]:
     return out
 
 
+def _worker_labels(snap: Snapshot) -> list[str]:
+    """A fleet's workers (``visionflow api`` over several nodes) are told apart by ``node``."""
+    fleet = any(view.node is not None for view in snap.workers)
+    return ["worker", "backend", "placement", *(["node"] if fleet else [])]
+
+
+def _worker_key(view: WorkerView, labels: list[str]) -> list[str]:
+    w = view.status
+    key = [str(w.worker_id), w.backend, w.placement or w.device]
+    return [*key, view.node or ""] if len(labels) > len(key) else key
+
+
 def _worker_metrics(snap: Snapshot) -> Iterator[Metric]:
-    labels = ["worker", "backend", "placement"]
+    labels = _worker_labels(snap)
     batches = _counter("worker_batches", "Batches inferred.", labels)
     frames = _counter("worker_frames", "Frames inferred.", labels)
     mean = _gauge("worker_mean_batch_size", "Mean frames per batch.", labels)
@@ -105,8 +117,7 @@ def _worker_metrics(snap: Snapshot) -> Iterator[Metric]:
     restarts = _counter("worker_restarts", "Restarts of the worker process.", labels)
     ready = _gauge("worker_ready", "1 when the worker's engine is loaded.", labels)
     for view in snap.workers:
-        w = view.status
-        key = [str(w.worker_id), w.backend, w.placement or w.device]
+        w, key = view.status, _worker_key(view, labels)
         batches.add_metric(key, w.batches)
         frames.add_metric(key, w.frames)
         mean.add_metric(key, w.mean_batch)
@@ -129,8 +140,7 @@ def _worker_histograms(snap: Snapshot, labels: list[str]) -> Iterator[Metric]:
         labels=labels,
     )
     for view in snap.workers:
-        w = view.status
-        key = [str(w.worker_id), w.backend, w.placement or w.device]
+        w, key = view.status, _worker_key(view, labels)
         if w.batch_size is not None:
             sizes.add_metric(key, _buckets(w.batch_size, 1.0), w.batch_size.sum)
         if w.inference_ms is not None:
@@ -169,7 +179,11 @@ def _publish_metrics(p: PublishStats) -> Iterator[Metric]:
     replayed.add_metric([], p.replayed)
     overflow = _counter("spool_overflow", "Unwritten entries a full spool dropped.", [])
     overflow.add_metric([], p.overflow)
-    yield from (errors, entries, size, replayed, overflow)
+    fenced = _counter(
+        "fenced", "Detections entries the lease fence refused (a fleet node past its lease).", []
+    )
+    fenced.add_metric([], p.fenced)
+    yield from (errors, entries, size, replayed, overflow, fenced)
 
 
 def make_registry(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:

@@ -86,7 +86,10 @@ def pipeline_app(
     """The API of ``visionflow run``: status straight from the pipeline."""
     api = cfg.api or ApiConfig()
     ctx = ApiContext(
-        PipelineSource(status), _client(redis_url, api, cfg.redis), cfg.redis.key_prefix, control
+        PipelineSource(status, node_id=cfg.fleet.resolved_node_id() if cfg.fleet else None),
+        _client(redis_url, api, cfg.redis),
+        cfg.redis.key_prefix,
+        control,
     )
     return _app(ctx, api, cfg)
 

@@ -22,7 +22,13 @@ from typing import Any, Protocol
 
 import redis
 
-from visionflow.schema import pipeline_key, status_key, streams_key, worker_key
+from visionflow.schema import (
+    fleet_nodes_key,
+    pipeline_key,
+    status_key,
+    streams_key,
+    worker_key,
+)
 from visionflow.streams.state import StreamState
 from visionflow.streams.urls import redact_text, redact_url
 from visionflow.workers.latency import StageLatency, parse_latency_json, parse_stage_json
@@ -44,6 +50,7 @@ class StreamView:
 class WorkerView:
     status: WorkerStatus
     updated_ts: float | None
+    node: str | None = None  # the fleet node it belongs to (None: not a fleet)
 
 
 @dataclass(frozen=True)
@@ -88,8 +95,14 @@ class PipelineSource:
     every stream, and one dashboard poll makes four requests.  Thread-safe: concurrent
     requests wait for one call instead of each making their own."""
 
-    def __init__(self, status: Callable[[], PipelineStatus], max_age_s: float = 0.5) -> None:
-        self._status, self.max_age_s = status, max_age_s
+    def __init__(
+        self,
+        status: Callable[[], PipelineStatus],
+        max_age_s: float = 0.5,
+        node_id: str | None = None,
+    ) -> None:
+        """``node_id``: this process is that fleet node (its workers are shown with it)."""
+        self._status, self.max_age_s, self.node_id = status, max_age_s, node_id
         self._lock = threading.Lock()
         self._cached: tuple[float, Snapshot] | None = None
 
@@ -107,7 +120,7 @@ class PipelineSource:
         st = self._status()
         return Snapshot(
             streams=tuple(StreamView(s, _latency_of(s), now) for s in st.streams),
-            workers=tuple(WorkerView(w, now) for w in st.workers),
+            workers=tuple(WorkerView(w, now, self.node_id) for w in st.workers),
             model_id=st.model_id,
             redis_connected=st.redis_connected,
             redis_error=redact_text(st.redis_error) if st.redis_error else None,
@@ -120,33 +133,39 @@ class PipelineSource:
 
 
 class RedisSource:
-    """The status hashes in Redis: two round trips (the streams set, then every hash)."""
+    """The status hashes in Redis: two round trips (the streams set and the fleet's node
+    ids, then every hash).  Workers: the single pipeline's ``<prefix>:worker:<n>`` and every
+    fleet node's ``<prefix>:worker:<node_id>:<n>`` (nodes listed in ``<prefix>:fleet:nodes``)."""
 
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client, self.prefix = client, prefix
 
     def snapshot(self) -> Snapshot:
-        ids = sorted(_text(m) for m in self.client.smembers(streams_key(self.prefix)))  # type: ignore[union-attr]
+        first = self.client.pipeline(transaction=False)
+        first.smembers(streams_key(self.prefix))
+        first.hkeys(fleet_nodes_key(self.prefix))
+        members, node_ids = first.execute()
+        ids = sorted(_text(m) for m in members)
+        nodes: list[str | None] = [None, *sorted(_text(n) for n in node_ids)]
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(pipeline_key(self.prefix))
         for sid in ids:
             pipe.hgetall(status_key(self.prefix, sid))
-        for wid in range(WORKER_CHUNK):
-            pipe.hgetall(worker_key(self.prefix, wid))
+        for node in nodes:
+            for wid in range(WORKER_CHUNK):
+                pipe.hgetall(worker_key(self.prefix, wid, node))
         replies = pipe.execute()
         whole = _texts(replies[0])
         streams = [
             parse_stream(sid, _texts(h))
             for sid, h in zip(ids, replies[1 : len(ids) + 1], strict=True)
         ]
-        worker_hashes = [_texts(h) for h in replies[len(ids) + 1 :]]
-        while worker_hashes and len(worker_hashes) % WORKER_CHUNK == 0 and worker_hashes[-1]:
-            more = self.client.pipeline(transaction=False)
-            start = len(worker_hashes)
-            for wid in range(start, start + WORKER_CHUNK):
-                more.hgetall(worker_key(self.prefix, wid))
-            worker_hashes += [_texts(h) for h in more.execute()]
-        workers = [parse_worker(i, h) for i, h in enumerate(worker_hashes) if h]
+        rest = replies[len(ids) + 1 :]
+        workers = []
+        for i, node in enumerate(nodes):
+            chunk = [_texts(h) for h in rest[i * WORKER_CHUNK : (i + 1) * WORKER_CHUNK]]
+            hashes = self._more_workers(chunk, node)
+            workers += [parse_worker(n, h, node) for n, h in enumerate(hashes) if h]
         stamps = [s.updated_ts for s in streams if s.updated_ts is not None]
         stamps += [w.updated_ts for w in workers if w.updated_ts is not None]
         return _with_pipeline_hash(
@@ -163,6 +182,16 @@ class RedisSource:
             ),
             whole,
         )
+
+    def _more_workers(self, hashes: list[dict[str, str]], node: str | None) -> list[dict[str, str]]:
+        """Read on, a chunk at a time, while the last worker hash read exists."""
+        while hashes and len(hashes) % WORKER_CHUNK == 0 and hashes[-1]:
+            more = self.client.pipeline(transaction=False)
+            start = len(hashes)
+            for wid in range(start, start + WORKER_CHUNK):
+                more.hgetall(worker_key(self.prefix, wid, node))
+            hashes += [_texts(h) for h in more.execute()]
+        return hashes
 
 
 def _with_pipeline_hash(snap: Snapshot, h: dict[str, str]) -> Snapshot:
@@ -183,6 +212,7 @@ def _with_pipeline_hash(snap: Snapshot, h: dict[str, str]) -> Snapshot:
             spool_bytes=_int(h.get("spool_bytes")),
             replayed=_int(h.get("spool_replayed")),
             overflow=_int(h.get("spool_overflow")),
+            fenced=_int(h.get("fenced")),
         ),
     )
 
@@ -267,8 +297,9 @@ def parse_stream(stream_id: str, h: dict[str, str]) -> StreamView:
     return StreamView(status, parse_latency(h.get("latency_ms")), _float(h.get("updated_ts")))
 
 
-def parse_worker(worker_id: int, h: dict[str, str]) -> WorkerView:
-    """A ``<prefix>:worker:<n>`` hash (as :meth:`WorkerStatus.redis_fields` writes it)."""
+def parse_worker(worker_id: int, h: dict[str, str], node: str | None = None) -> WorkerView:
+    """A ``<prefix>:worker:<n>`` hash, or fleet node ``node``'s ``<prefix>:worker:<node>:<n>``
+    (as :meth:`WorkerStatus.redis_fields` writes it)."""
     status = WorkerStatus(
         worker_id=worker_id,
         state=h.get("state", ""),
@@ -283,7 +314,7 @@ def parse_worker(worker_id: int, h: dict[str, str]) -> WorkerView:
         batch_size=parse_stage_json(h.get("batch_size_hist")),
         inference_ms=parse_stage_json(h.get("inference_ms")),
     )
-    return WorkerView(status, _float(h.get("updated_ts")))
+    return WorkerView(status, _float(h.get("updated_ts")), node)
 
 
 def age_s(ts: float | None, now: float | None = None) -> float | None:

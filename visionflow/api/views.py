@@ -69,10 +69,12 @@ def _summary(hist: StageLatency | None) -> dict[str, float | int] | None:
 def worker_json(view: WorkerView, rates: RateMeter, gpus: GpuProbe) -> dict[str, Any]:
     w = view.status
     ts = view.updated_ts
-    batches_per_s = None if ts is None else rates.observe(f"w{w.worker_id}", ts, w.batches)
+    meter = f"w{w.worker_id}" if view.node is None else f"w{view.node}:{w.worker_id}"
+    batches_per_s = None if ts is None else rates.observe(meter, ts, w.batches)
     gpu = gpus.stats_for(w.placement)
     return {
         "id": w.worker_id,
+        "node": view.node,
         "state": w.state,
         "backend": w.backend,
         "device": w.device,

@@ -90,6 +90,10 @@ class FleetPipeline(Protocol):
 
     def remove_stream(self, stream_id: str) -> None: ...
 
+    def set_fence(self, stream_id: str, token: str, first_seq: int) -> None: ...
+
+    def fence(self, stream_id: str) -> str | None: ...
+
 
 class OwnedTarget:
     """What the reconciler drives in a fleet: the pipeline, each stream taken over starting
@@ -102,7 +106,12 @@ class OwnedTarget:
         return self.pipeline.streams()
 
     def add_stream(self, stream: StreamConfig) -> None:
-        self.pipeline.add_stream(stream, self.node.first_seq(stream.id))
+        """Added with its lease value (the output stage's write fence) and first seq."""
+        first = self.node.first_seq(stream.id)
+        token = self.node.token(stream.id)
+        if token is not None:
+            self.pipeline.set_fence(stream.id, token, first)
+        self.pipeline.add_stream(stream, first)
 
     def update_stream(self, stream: StreamConfig) -> None:
         self.pipeline.update_stream(stream)
@@ -200,6 +209,12 @@ class FleetNode:
         with self._lock:
             return self.first.get(stream_id, 0)
 
+    def token(self, stream_id: str) -> str | None:
+        """The value of the stream's lease as this node took it (None: not held)."""
+        with self._lock:
+            lease = self.leases.get(stream_id)
+        return lease.token if lease is not None else None
+
     # ---- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
         self.state = NodeState.RUNNING
@@ -281,7 +296,9 @@ class FleetNode:
 
     def _heal(self, desired: Sequence[StreamConfig]) -> None:
         """Apply the scope again when the pipeline is not what the leases say (an apply
-        skipped or failed): which streams it has, and which of them read."""
+        skipped or failed): which streams it has, and which of them read; and the write
+        fence of a stream taken again while still in the pipeline."""
+        self._heal_fences()
         wanted = {s.id: s.enabled for s in self.scope(desired)}
         actual = {sid: s.enabled for sid, s in self.pipeline.streams().items()}
         if wanted == actual:
@@ -299,6 +316,19 @@ class FleetNode:
         log.log(level, "fleet: pipeline differs from the leases (%s); applying them again", text)
         self._drift = text
         self.apply()
+
+    def _heal_fences(self) -> None:
+        """A stream in the pipeline whose write fence is not its current lease (taken again
+        before it left the pipeline): frames from the lease's first seq on are written
+        under the new value (earlier ones stay fenced by the old one, and are refused)."""
+        present = set(self.pipeline.streams())
+        with self._lock:
+            held = {sid: (lease.token, self.first.get(sid, 0))
+                    for sid, lease in self.leases.items() if sid in present}  # fmt: skip
+        for sid, (token, first) in held.items():
+            if self.pipeline.fence(sid) != token:
+                log.warning("fleet: %s writes under lease %s from seq %d on", sid, token, first)
+                self.pipeline.set_fence(sid, token, first)
 
     def _drop_unsafe(self) -> None:
         """Stop the streams whose lease might expire before the next renewal completes."""

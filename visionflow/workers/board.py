@@ -362,12 +362,13 @@ class StatusBoard:
 
 
 def redis_status(
-    status: PipelineStatus, prefix: str
+    status: PipelineStatus, prefix: str, node_id: str | None = None
 ) -> tuple[dict[str, dict[str, str]], list[str]]:
-    """The status hashes to write (``{key: fields}``) and the members of the streams set."""
+    """The status hashes to write (``{key: fields}``) and the members of the streams set;
+    a fleet node's (``node_id``) worker hashes are its own (``<prefix>:worker:<node>:<n>``)."""
     hashes = {status_key(prefix, s.stream_id): s.redis_fields() for s in status.streams}
     for w in status.workers:
-        hashes[worker_key(prefix, w.worker_id)] = w.redis_fields()
+        hashes[worker_key(prefix, w.worker_id, node_id)] = w.redis_fields()
     hashes[pipeline_key(prefix)] = status.redis_fields()
     return hashes, [s.stream_id for s in status.streams]
 
@@ -382,12 +383,15 @@ class RedisStatusWriter:
         url: str,
         snapshot: Callable[[], PipelineStatus],
         shared: bool = False,
+        node_id: str | None = None,
     ) -> None:
         """``shared``: other processes (fleet nodes) list their streams in the same set, so
         this one only adds its own and deletes no status hash (a stream it gave up is now
         another node's; the fleet removes the streams no longer registered from the set and
-        their hashes, :mod:`visionflow.fleet.node`)."""
+        their hashes, :mod:`visionflow.fleet.node`).  ``node_id``: a fleet node's worker
+        hashes are keyed by it (the nodes' workers are numbered alike)."""
         self.config, self.snapshot, self.shared = config, snapshot, shared
+        self.node_id = node_id
         self.safe_url = redact_url(url)
         self._client = connect(
             url,
@@ -414,7 +418,7 @@ class RedisStatusWriter:
         self._client.close()
 
     def write(self) -> None:
-        hashes, members = redis_status(self.snapshot(), self.config.key_prefix)
+        hashes, members = redis_status(self.snapshot(), self.config.key_prefix, self.node_id)
         pipe = self._client.pipeline(transaction=True)  # the streams set is never seen empty
         for key, fields in hashes.items():
             pipe.hset(key, mapping=dict(fields))  # type: ignore[arg-type]

@@ -34,6 +34,7 @@ from visionflow.tracking.config import TrackingConfig
 from visionflow.tracking.processor import TrackingProcessor
 from visionflow.tracking.sink import RedisEventSink
 from visionflow.workers.counts import CountsSink
+from visionflow.workers.fence import Epochs, FenceBook, SetFence
 from visionflow.workers.logs import setup_child_logging
 from visionflow.workers.messages import BatchAbandoned, OutputStats
 from visionflow.workers.procs import exit_with_parent
@@ -62,11 +63,14 @@ class OutputStage:
         processors: Sequence[Processor] = (),
         first_batch_id: int = 1,
         snapshots: SnapshotWriter | None = None,
+        fences: FenceBook | None = None,
     ) -> None:
+        """``fences``: a fleet node's lease values (:class:`SetFence` messages add to them),
+        shared with the sinks that fence their writes."""
         if not sinks:
             raise ValueError("the output stage needs at least one sink")
         self.sinks, self.processors = list(sinks), list(processors)
-        self.snapshots = snapshots
+        self.snapshots, self.fences = snapshots, fences
         self.reorder: BatchReorder[tuple[FrameResult, ...]] = BatchReorder(first_batch_id)
         self.sink_errors: Counter[str] = Counter()
         self.lost: Counter[tuple[str, str]] = Counter()  # abandoned: (stream, reason) -> frames
@@ -150,7 +154,7 @@ class OutputStage:
 
     def stats(self, final: bool = False) -> OutputStats:
         sink = self.primary
-        dropped = [(sid, "redis_unavailable", n) for sid, n in sink.dropped.items() if n]
+        dropped = sink.drop_counts()
         dropped += [(sid, reason, n) for (sid, reason), n in self.lost.items() if n]
         dropped += [(sid, "filtered", n) for sid, n in self.filtered.items() if n]
         return OutputStats(
@@ -194,6 +198,9 @@ class OutputSpec:
     flush_timeout_s: float = 5.0
     snapshot_interval_s: float = 0.0  # 0: no snapshots
     tracking: tuple[tuple[str, TrackingConfig], ...] = ()  # streams that track, and how
+    # a fleet node's lease values per stream ((first seq, value), ...); None: not a fleet
+    # node, writes are not fenced
+    fences: tuple[tuple[str, Epochs], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -214,7 +221,8 @@ def build_stage(spec: OutputSpec) -> OutputStage:
         config = tracker.configs.get(stream_id)
         return config.events_maxlen if config is not None else 10_000
 
-    sinks: list[Sink] = [RedisStreamSink(spec.redis, spec.redis_url, spec.model_id)]
+    fences = FenceBook(spec.fences) if spec.fences is not None else None
+    sinks: list[Sink] = [RedisStreamSink(spec.redis, spec.redis_url, spec.model_id, fences)]
     if spec.redis.counts_retention_s > 0:
         sinks.append(CountsSink(spec.redis, spec.redis_url))
     sinks.append(
@@ -224,7 +232,11 @@ def build_stage(spec: OutputSpec) -> OutputStage:
     if spec.snapshot_interval_s > 0:
         snapshots = SnapshotWriter(spec.redis, spec.redis_url, spec.snapshot_interval_s)
     return OutputStage(
-        sinks, processors=[tracker], first_batch_id=spec.first_batch_id, snapshots=snapshots
+        sinks,
+        processors=[tracker],
+        first_batch_id=spec.first_batch_id,
+        snapshots=snapshots,
+        fences=fences,
     )
 
 
@@ -257,6 +269,8 @@ def serve(stage: OutputStage, inbox: Any, control: Any, flush_timeout: float) ->
                 stage.on_abandoned(msg.batch_id, msg.frames, msg.reason)
             elif isinstance(msg, SetTracking):
                 _set_tracking(stage, msg)
+            elif isinstance(msg, SetFence) and stage.fences is not None:
+                stage.fences.set(msg.stream_id, msg.token, msg.first_seq)
     finally:
         stage.stop(flush_timeout)
         control.put(stage.stats(final=True))

@@ -21,6 +21,14 @@ under that id: the same ``seq`` and ``capture_ts`` means an earlier attempt got 
 reply or the cursor move was lost), counted ``duplicates_skipped`` and treated as written.
 Anything else under or below that id (another writer, or the entry was trimmed/deleted before
 the replay) gets a fresh id after the stream's last one, counted ``reassigned``.
+
+Fencing (fleet nodes only, :mod:`visionflow.workers.fence`): each entry carries the lease
+value its frame was read under, and is written by one Lua script that ``XADD`` s it only while
+the stream's lease still holds that value.  An entry refused there (the lease expired or
+moved to another node) is not written, not re-ided and not retried: it is counted in
+``fenced`` and, for this sink's own entries, as a drop (reason ``fenced``); a spool replay
+acknowledges it like a written one, so nothing waits behind it.  Without a fence book
+(no ``fleet:`` section) the sink sends plain ``XADD`` s as before.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.exceptions import NoPermissionError
+from redis.exceptions import NoPermissionError, NoScriptError
 
 from visionflow.config import RedisConfig
 from visionflow.errors import PublishError
@@ -47,12 +55,14 @@ from visionflow.schema import (
     StreamId,
     detections_key,
     encode_entry,
+    fleet_lease_key,
     format_stream_id,
     next_entry_id,
     parse_stream_id,
 )
 from visionflow.streams.backoff import Backoff
 from visionflow.streams.urls import redact_url
+from visionflow.workers.fence import FENCED_XADD_LUA, FenceBook
 from visionflow.workers.latency import LatencyBook
 from visionflow.workers.spool import Spool, SpoolRecord
 from visionflow.workers.status import PublishStats
@@ -95,6 +105,11 @@ class Sink(abc.ABC):
         """Failed writes and spool depth (a sink without either: zeros)."""
         return PublishStats()
 
+    def drop_counts(self) -> list[tuple[str, str, int]]:
+        """``(stream, reason, count)`` of the results this sink dropped: ``dropped`` is
+        counted as ``redis_unavailable``."""
+        return [(sid, "redis_unavailable", n) for sid, n in self.dropped.items() if n]
+
     def stop(self, flush_timeout: float = 5.0) -> None:  # noqa: B027 - optional hook
         """Write what is buffered (up to ``flush_timeout``) and release resources."""
 
@@ -125,9 +140,10 @@ class _Entry:
     capture_ts: float
     own: bool = True  # this sink's result (counts as published), not one left by another
     spooled: bool = False  # read back from the spool
+    fence: str | None = None  # the lease value it is written under (fleet; None: not known)
 
     def to_record(self, run: str) -> tuple[str, bytes]:
-        body = {
+        body: dict[str, Any] = {
             "id": format_stream_id(self.entry_id),
             "seq": self.seq,
             "f": self.fields,
@@ -135,6 +151,8 @@ class _Entry:
             "cap": self.capture_ts,
             "run": run,
         }
+        if self.fence is not None:
+            body["fence"] = self.fence
         return self.stream_id, json.dumps(body, separators=(",", ":")).encode()
 
     @staticmethod
@@ -149,6 +167,7 @@ class _Entry:
             capture_ts=float(body["cap"]),
             own=body.get("run") == run,
             spooled=True,
+            fence=body.get("fence"),
         )
 
     def latency(self, now: float) -> dict[str, float]:
@@ -179,10 +198,16 @@ class RedisStreamSink(Sink):
 
     name = "redis"
 
-    def __init__(self, config: RedisConfig, url: str, model_id: str) -> None:
-        self.config, self.model_id = config, model_id
+    def __init__(
+        self, config: RedisConfig, url: str, model_id: str, fences: FenceBook | None = None
+    ) -> None:
+        """``fences``: a fleet node's lease values; each write is then fenced by them."""
+        self.config, self.model_id, self.fences = config, model_id, fences
         self.safe_url = redact_url(url)
         self._client = sink_client(config, url)
+        self._fenced_xadd = (
+            None if fences is None else self._client.register_script(FENCED_XADD_LUA)
+        )
         self._buffer: deque[_Buffered] = deque()
         self._writing: list[_Buffered] = []  # taken out of the buffer, being written
         self._cond = threading.Condition()
@@ -203,6 +228,8 @@ class RedisStreamSink(Sink):
         self.spool_overflow: Counter[str] = Counter()  # unwritten entries a full spool dropped
         self.duplicates_skipped: Counter[str] = Counter()  # already in Redis: not re-added
         self.reassigned: Counter[str] = Counter()  # id taken by another entry: given a new one
+        self.fenced: Counter[str] = Counter()  # refused by the lease fence (any run's entries)
+        self.dropped_fenced: Counter[str] = Counter()  # this sink's own among them: drops
         self.write_errors = 0  # batches Redis did not take (kept and retried, or spooled)
         self._spool_depth = (0, 0)  # (entries, bytes) waiting, noted by the writer thread
         self._latency = self.latency = LatencyBook()  # latency_ms of own entries, once written
@@ -236,7 +263,12 @@ class RedisStreamSink(Sink):
             spool_bytes=size,
             replayed=sum(self.replayed.values()),
             overflow=sum(self.spool_overflow.values()),
+            fenced=sum(self.fenced.values()),
         )
+
+    def drop_counts(self) -> list[tuple[str, str, int]]:
+        fenced = [(sid, "fenced", n) for sid, n in self.dropped_fenced.items() if n]
+        return super().drop_counts() + fenced
 
     def _note_spool(self) -> None:
         """The spool's depth, read where the spool lives (the writer thread)."""
@@ -353,6 +385,7 @@ class RedisStreamSink(Sink):
         frame = item.frame
         entry_id = next_entry_id(frame.capture_ts, frame.seq, self._last_id.get(frame.stream_id))
         self._last_id[frame.stream_id] = entry_id
+        fences = self.fences
         return _Entry(
             stream_id=frame.stream_id,
             seq=frame.seq,
@@ -360,6 +393,7 @@ class RedisStreamSink(Sink):
             fields=encode_entry(item, self.model_id, item.done_ts),
             done_ts=item.done_ts,
             capture_ts=frame.capture_ts,
+            fence=fences.token(frame.stream_id, frame.seq) if fences is not None else None,
         )
 
     def _run(self) -> None:
@@ -398,11 +432,11 @@ class RedisStreamSink(Sink):
             batch = self._take()
         try:
             if batch:
-                entries, written_at = self._write(batch)
-                if records:
+                entries, refused, written_at = self._write(batch)
+                if records:  # refused ones too: they are dropped, never retried
                     assert self.spool is not None
                     self.spool.ack(records[-1].end, len(records))
-                self._commit(entries, written_at)
+                self._commit(entries, refused, written_at)
             elif not self._connected:
                 self._client.ping()
             self._set_connected(True, None)
@@ -414,8 +448,12 @@ class RedisStreamSink(Sink):
             self._set_connected(False, exc)
             self._retry_at = time.monotonic() + self._backoff.next_delay()
 
-    def _commit(self, entries: list[_Entry], now: float) -> None:
+    def _commit(self, entries: list[_Entry], refused: list[_Entry], now: float) -> None:
         with self._cond:
+            for entry in refused:
+                self.fenced[entry.stream_id] += 1
+                if entry.own and self._of_newest_lease(entry):
+                    self.dropped_fenced[entry.stream_id] += 1
             for entry in entries:
                 if entry.own:
                     self.published[entry.stream_id] += 1
@@ -423,6 +461,15 @@ class RedisStreamSink(Sink):
                 if entry.spooled:
                     self.replayed[entry.stream_id] += 1
             self._writing = []
+
+    def _of_newest_lease(self, entry: _Entry) -> bool:
+        """Whether the entry was read under the stream's newest lease here.  A stream taken
+        again was added to the pipeline again, counting from zero: the drops of the frames
+        read under an earlier lease are not its own (they count in ``fenced`` only)."""
+        if self.fences is None:
+            return True
+        token = entry.fence or self.fences.token(entry.stream_id, entry.seq)
+        return token == self.fences.latest(entry.stream_id)
 
     def _sync_ids(self, streams: set[str]) -> None:
         """Read each stream's last id from Redis (once per stream and connection), so that
@@ -450,9 +497,9 @@ class RedisStreamSink(Sink):
         if last is None or entry_id > last:
             self._last_id[sid] = entry_id
 
-    def _write(self, batch: Sequence[_Buffered]) -> tuple[list[_Entry], float]:
-        """XADD every entry (pipelined); returns them, ids fixed, once Redis holds each, and
-        the time their latency_ms was stamped with."""
+    def _write(self, batch: Sequence[_Buffered]) -> tuple[list[_Entry], list[_Entry], float]:
+        """XADD every entry (pipelined); returns the entries Redis holds, ids fixed, those
+        the fence refused (fleet), and the time their latency_ms was stamped with."""
         self._sync_ids({_sid(item) for item in batch if not isinstance(item, _Entry)})
         entries = [self._entry(item) for item in batch]
         with self._cond:
@@ -460,16 +507,78 @@ class RedisStreamSink(Sink):
                 self._writing = list(entries)
         pipe = self._client.pipeline(transaction=False)
         now = time.time()
+        sent: list[_Entry] = []
+        refused: list[_Entry] = []
         for entry in entries:
-            self._xadd(pipe, entry, now)
-        replies = pipe.execute(raise_on_error=False)
-        for entry, reply in zip(entries, replies, strict=True):
-            if isinstance(reply, redis.ResponseError) and _TOO_SMALL in str(reply):
-                self._settle_conflict(entry, now)
+            (sent if self._send(pipe, entry, now) else refused).append(entry)
+        replies = self._load_and_resend(sent, pipe.execute(raise_on_error=False), now)
+        for entry, reply in zip(sent, replies, strict=True):
+            if reply is None and self.fences is not None:
+                refused.append(entry)  # the lease holds another value, or none
+            elif isinstance(reply, redis.ResponseError) and _TOO_SMALL in str(reply):
+                if not self._settle_conflict(entry, now):
+                    refused.append(entry)
             elif isinstance(reply, Exception):
                 key = detections_key(self.config.key_prefix, entry.stream_id)
-                raise denied(reply, "XADD", key)
-        return entries, now
+                raise denied(reply, self._command, key)
+        if refused:
+            self._log_refused(refused)
+        gone = {id(e) for e in refused}
+        return [e for e in entries if id(e) not in gone], refused, now
+
+    @property
+    def _command(self) -> str:
+        return "XADD" if self.fences is None else "EVALSHA (fenced XADD)"
+
+    def _send(self, pipe: Any, entry: _Entry, now: float, entry_id: StreamId | None = None) -> bool:
+        """Queue the entry's write on ``pipe``: a plain XADD, or (fleet) the fenced one; False
+        when no lease value is known for it (refused: nothing queued)."""
+        if self.fences is None:
+            self._xadd(pipe, entry, now, entry_id)
+            return True
+        token = entry.fence or self.fences.token(entry.stream_id, entry.seq)
+        if token is None:
+            return False
+        assert self._fenced_xadd is not None
+        prefix = self.config.key_prefix
+        fields = [item for pair in entry.final_fields(now).items() for item in pair]
+        pipe.evalsha(
+            self._fenced_xadd.sha,
+            2,
+            fleet_lease_key(prefix, entry.stream_id),
+            detections_key(prefix, entry.stream_id),
+            token,
+            format_stream_id(entry_id or entry.entry_id),
+            self.config.maxlen,
+            "~" if self.config.approximate_trim else "=",
+            *fields,
+        )
+        return True
+
+    def _load_and_resend(self, sent: list[_Entry], replies: list[Any], now: float) -> list[Any]:
+        """Fleet: the script is sent by its SHA (no SCRIPT EXISTS per batch); entries that
+        met NOSCRIPT (Redis restarted, scripts flushed) are sent again once it is loaded."""
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if not missing:
+            return replies
+        self._client.script_load(FENCED_XADD_LUA)
+        pipe = self._client.pipeline(transaction=False)
+        for i in missing:
+            self._send(pipe, sent[i], now)
+        out = list(replies)
+        for i, reply in zip(missing, pipe.execute(raise_on_error=False), strict=True):
+            out[i] = reply
+        return out
+
+    def _log_refused(self, refused: list[_Entry]) -> None:
+        by_stream = Counter(e.stream_id for e in refused)
+        log.warning(
+            "redis: %s refused by the lease fence (the lease expired or moved to another "
+            "node): dropped, counted as fenced",
+            ", ".join(
+                f"{n} entr{'y' if n == 1 else 'ies'} of {sid}" for sid, n in by_stream.items()
+            ),
+        )
 
     def _xadd(self, pipe: Any, entry: _Entry, now: float, entry_id: StreamId | None = None) -> None:
         pipe.xadd(
@@ -480,8 +589,9 @@ class RedisStreamSink(Sink):
             approximate=self.config.approximate_trim,
         )
 
-    def _settle_conflict(self, entry: _Entry, now: float) -> None:
-        """Redis holds an id at or above this entry's: is it this very entry?"""
+    def _settle_conflict(self, entry: _Entry, now: float) -> bool:
+        """Redis holds an id at or above this entry's: is it this very entry?  False when
+        the entry, given a fresh id, was refused by the fence (fleet)."""
         key = detections_key(self.config.key_prefix, entry.stream_id)
         text = format_stream_id(entry.entry_id)
         found = self._client.xrange(key, min=text, max=text, count=1)
@@ -491,12 +601,15 @@ class RedisStreamSink(Sink):
                 "capture_ts"
             ) == entry.fields.get("capture_ts"):
                 self.duplicates_skipped[entry.stream_id] += 1
-                return
+                return True
         info = self._client.xinfo_stream(key)
         top = parse_stream_id(_text(info["last-generated-id"]))
         self._raise_last_id(entry.stream_id, top)
         fresh = next_entry_id(entry.capture_ts, entry.seq, self._last_id[entry.stream_id])
         self._last_id[entry.stream_id] = fresh
+        pipe = self._client.pipeline(transaction=False)
+        if not self._send(pipe, entry, now, fresh) or pipe.execute()[0] is None:
+            return False  # fenced: the lease is no longer the entry's
         log.warning(
             "redis: %s id %s is taken or below the stream's top %s (another writer, or trimmed "
             "before a replay); written as %s",
@@ -505,10 +618,8 @@ class RedisStreamSink(Sink):
             format_stream_id(top),
             format_stream_id(fresh),
         )
-        pipe = self._client.pipeline(transaction=False)
-        self._xadd(pipe, entry, now, fresh)
-        pipe.execute()
         self.reassigned[entry.stream_id] += 1
+        return True
 
     def _set_connected(self, ok: bool, exc: BaseException | None) -> None:
         if ok and not self._connected:

@@ -138,6 +138,7 @@ class PublishStats:
     spool_bytes: int = 0  # bytes of those entries on disk
     replayed: int = 0  # spool entries written once Redis was reachable again
     overflow: int = 0  # unwritten entries a full spool dropped
+    fenced: int = 0  # entries the lease fence refused (fleet nodes; any stream, any lease)
 
     def plus(self, base: PublishStats) -> PublishStats:
         """These counts on top of ``base``'s (an output process gone); gauges stay."""
@@ -147,6 +148,7 @@ class PublishStats:
             spool_bytes=self.spool_bytes,
             replayed=base.replayed + self.replayed,
             overflow=base.overflow + self.overflow,
+            fenced=base.fenced + self.fenced,
         )
 
 
@@ -178,6 +180,7 @@ class PipelineStatus:
             "spool_bytes": str(p.spool_bytes),
             "spool_replayed": str(p.replayed),
             "spool_overflow": str(p.overflow),
+            "fenced": str(p.fenced),
             "ledger_violations": str(self.ledger_violations),
             "updated_ts": f"{time.time():.3f}",
         }

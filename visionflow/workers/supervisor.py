@@ -35,6 +35,7 @@ from visionflow.pipeline.scheduler import Scheduler, Send
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.state import StreamState
 from visionflow.workers.board import RedisStatusWriter, StatusBoard, WorkerLoadView
+from visionflow.workers.fence import FenceBook, SetFence
 from visionflow.workers.governor import ShareGovernor
 from visionflow.workers.inference import (
     ENGINE_FAILED_EXIT,
@@ -119,6 +120,8 @@ class Pipeline:
         self._membership = threading.RLock()
         self._tracking = {s.id: s.tracking for s in config.streams if s.tracking is not None}
         self._first_seq: dict[str, int] = {}  # streams added to start above a given seq
+        # a fleet node's lease values, which the output stage fences its writes with
+        self._fences = FenceBook() if config.fleet is not None else None
         self._worker_labels: list[str] = []
         if worker_env is None and config.engine.backend != "onnxruntime":
             from visionflow.gpu.placement import plan_gpu_workers
@@ -131,8 +134,11 @@ class Pipeline:
             self.scheduler, self._sched_q, self.pools, self._send, self._broadcast, self._tick
         )
         self.governor = ShareGovernor() if config.source.shed_load else None
-        shared = config.fleet is not None  # the nodes of a fleet share the streams set
-        self.status_writer = RedisStatusWriter(config.redis, redis_url, self.status, shared)
+        # the nodes of a fleet share the streams set; their worker hashes carry the node id
+        node_id = config.fleet.resolved_node_id() if config.fleet is not None else None
+        self.status_writer = RedisStatusWriter(
+            config.redis, redis_url, self.status, node_id is not None, node_id
+        )
         self._stop_board = threading.Event()
         self._board_thread = threading.Thread(target=self._board_loop, name="board", daemon=True)
         self.started_at = time.time()
@@ -241,6 +247,7 @@ class Pipeline:
             first,
             snapshot_interval_s=self.config.output.snapshot_interval_s,
             tracking=tuple(self._tracking.items()),
+            fences=self._fences.snapshot() if self._fences is not None else None,
         )
         return self._spawn(output_main, "output", spec, self._output_q, self._control_q)
 
@@ -489,6 +496,19 @@ class Pipeline:
                 self.scheduler.add_stream(stream.id)
             self._commands[index].put(AddStream(stream, first_seq))
             self._set_tracking(stream)
+
+    def set_fence(self, stream_id: str, token: str, first_seq: int) -> None:
+        """A fleet node took ``stream_id``'s lease as ``token``: the output stage writes its
+        frames from ``first_seq`` on only while the lease still holds ``token`` (sent before
+        the stream is added, so before any of those frames exists)."""
+        if self._fences is None:
+            raise ConfigError("write fencing needs a fleet: section")
+        self._fences.set(stream_id, token, first_seq)
+        self._output_q.put(SetFence(stream_id, token, first_seq))
+
+    def fence(self, stream_id: str) -> str | None:
+        """The newest lease value set for the stream (None: none, or not a fleet node)."""
+        return self._fences.latest(stream_id) if self._fences is not None else None
 
     def update_stream(self, stream: StreamConfig) -> None:
         """Apply a changed entry of a registered stream (same id) without disturbing the

@@ -101,7 +101,9 @@ def _histograms() -> dict[str, StageLatency]:
 def _busy_status() -> PipelineStatus:
     h = _histograms()
     worker = worker_status(0, batch_size=h["batch_size"], inference_ms=h["inference_ms"])
-    publish = PublishStats(errors=3, spool_entries=12, spool_bytes=6000, replayed=20, overflow=1)
+    publish = PublishStats(
+        errors=3, spool_entries=12, spool_bytes=6000, replayed=20, overflow=1, fenced=7
+    )
     return pipeline_status((stream_status(),), (worker,), redis_pending=12, publish=publish)
 
 
@@ -129,6 +131,7 @@ def _check_worker_and_output_families(text: str) -> None:
         "visionflow_spool_bytes": ("visionflow_spool_bytes", 6000),
         "visionflow_spool_replayed": ("visionflow_spool_replayed_total", 20),
         "visionflow_spool_overflow": ("visionflow_spool_overflow_total", 1),
+        "visionflow_fenced": ("visionflow_fenced_total", 7),
         "visionflow_redis_pending": ("visionflow_redis_pending", 12),
     }
     for family, (sample, value) in single.items():

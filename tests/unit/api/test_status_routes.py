@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import time
 
+import redis
+from fastapi.testclient import TestClient
+
 from tests.conftest import wait_until
 from tests.unit.api.conftest import (
     PASSWORD_URL,
@@ -13,7 +16,13 @@ from tests.unit.api.conftest import (
     worker_status,
     write_status,
 )
+from visionflow.api.app import create_app
+from visionflow.api.context import ApiContext
+from visionflow.api.sources import PipelineSource
+from visionflow.config import RedisConfig
+from visionflow.schema import fleet_nodes_key
 from visionflow.streams.urls import redact_url
+from visionflow.workers.board import RedisStatusWriter
 
 LATENCY = {
     stage: {
@@ -129,3 +138,37 @@ def test_many_workers_are_all_read(redis_api, redis_server, key_prefix):
     workers = tuple(worker_status(i) for i in range(20))  # more than one chunk of hashes
     write_status(redis_server, key_prefix, pipeline_status(workers=workers))
     assert [w["id"] for w in redis_api().get("/workers").json()["workers"]] == list(range(20))
+
+
+def test_every_fleet_nodes_workers_are_listed_with_their_node(
+    redis_api, redis_server, redis_client, key_prefix
+):
+    config = RedisConfig(url=redis_server, key_prefix=key_prefix)
+    for node, workers in (("gpu-a", 2), ("gpu-b", 18)):  # b: more than one chunk of hashes
+        redis_client.hset(fleet_nodes_key(key_prefix), node, "{}")  # its heartbeat record
+        status = pipeline_status(workers=tuple(worker_status(i) for i in range(workers)))
+        writer = RedisStatusWriter(config, redis_server, lambda s=status: s, True, node)
+        writer.write()
+        writer._client.close()
+    # the nodes' worker 0 no longer collide: each has its own hash
+    assert redis_client.exists(f"{key_prefix}:worker:gpu-a:0", f"{key_prefix}:worker:gpu-b:0") == 2
+    assert not redis_client.exists(f"{key_prefix}:worker:0")
+    api = redis_api()
+    listed = [(w["node"], w["id"]) for w in api.get("/workers").json()["workers"]]
+    assert listed == [("gpu-a", 0), ("gpu-a", 1), *(("gpu-b", i) for i in range(18))]
+    metrics = api.get("/metrics").text
+    assert 'visionflow_worker_batches_total{backend="onnxruntime",node="gpu-b",' in metrics
+    write_status(redis_server, key_prefix, pipeline_status(workers=(worker_status(0),)))
+    workers = api.get("/workers").json()["workers"]  # a single pipeline's (no node) too
+    assert (workers[0]["node"], workers[0]["id"]) == (None, 0) and len(workers) == 21
+
+
+def test_a_fleet_nodes_own_api_names_its_node(redis_server, key_prefix):
+    status = pipeline_status(workers=(worker_status(0),))
+    client = redis.Redis.from_url(redis_server)
+    context = ApiContext(PipelineSource(lambda: status, node_id="gpu-a"), client, key_prefix)
+    try:
+        workers = TestClient(create_app(context, None)).get("/workers").json()["workers"]
+    finally:
+        client.close()
+    assert [(w["node"], w["id"]) for w in workers] == [("gpu-a", 0)]

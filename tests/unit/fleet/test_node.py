@@ -17,7 +17,13 @@ from visionflow.fleet.leases import LeaseBook
 from visionflow.fleet.node import FleetNode, NodeState, OwnedTarget, fleet_client
 from visionflow.fleet.plan import Moves
 from visionflow.fleet.view import fleet_view
-from visionflow.schema import fleet_drain_key, fleet_handovers_key, status_key, streams_key
+from visionflow.schema import (
+    fleet_drain_key,
+    fleet_handovers_key,
+    fleet_lease_key,
+    status_key,
+    streams_key,
+)
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.registry import StreamRegistry
 from visionflow.streams.state import StreamState
@@ -33,6 +39,7 @@ class RecordingPipeline:
     def __init__(self) -> None:
         self.running: dict[str, StreamConfig] = {}
         self.first: dict[str, int] = {}
+        self.fences: dict[str, list[tuple[str, int]]] = {}  # stream -> (lease value, first seq)
 
     def streams(self) -> dict[str, StreamConfig]:
         return dict(self.running)
@@ -45,6 +52,12 @@ class RecordingPipeline:
 
     def remove_stream(self, stream_id: str) -> None:
         del self.running[stream_id]
+
+    def set_fence(self, stream_id: str, token: str, first_seq: int) -> None:
+        self.fences.setdefault(stream_id, []).append((token, first_seq))
+
+    def fence(self, stream_id: str) -> str | None:
+        return self.fences[stream_id][-1][0] if stream_id in self.fences else None
 
     def last_seq(self, stream_id: str) -> int:
         return self.first.get(stream_id, 0) + 9 if stream_id in self.running else -1
@@ -131,6 +144,10 @@ def test_two_nodes_split_the_streams_then_one_drains_to_the_other(
     assert isinstance(pipeline, RecordingPipeline)
     for m in released:  # a goes on above what b reached (b's last seq: first + 9)
         assert pipeline.first[m["stream_id"]] == int(m["first_seq"]) >= 10
+    for sid in running(a):  # each stream added with its lease value: its write fence
+        token = redis_client.get(fleet_lease_key(key_prefix, sid))
+        assert token is not None and token.startswith("a/")
+        assert pipeline.fences[sid][-1] == (token, pipeline.first[sid])
     view = fleet_view(redis_client, key_prefix)
     assert {n["node_id"]: n["alive"] for n in view["nodes"]} == {"a": True, "b": False}
 

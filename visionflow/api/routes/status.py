@@ -47,5 +47,6 @@ def list_workers(ctx: ApiContext = Ctx) -> dict[str, Any]:
             "publish_errors": snap.publish.errors if snap.publish else None,
             "spool_entries": snap.publish.spool_entries if snap.publish else None,
             "spool_bytes": snap.publish.spool_bytes if snap.publish else None,
+            "fenced": snap.publish.fenced if snap.publish else None,
         },
     }
