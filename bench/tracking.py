@@ -13,7 +13,13 @@ Sections (one run, one JSON under ``bench/results/tracking-<date>.json``):
   for tuning), the bundled detector run once on every rendered frame, and the same
   detections given to every tracker; IDF1, MOTA and ID switches from ``motmetrics``
   (:mod:`visionflow.scenes.tracking_metrics`).  Trackers: ``visionflow`` (defaults),
-  ``visionflow-plain`` (no match buffer: ByteTrack's plain IoU) and ``trackers-bytetrack``.
+  ``visionflow-recover-reid`` (recovery of lost tracks by position and re-identification at
+  the frame edge on, both off by default), ``visionflow-plain`` (no match buffer: ByteTrack's
+  plain IoU) and ``trackers-bytetrack``.
+- ``truth``: the tracking processor (tracker, the zone and line of
+  ``tests/integration/test_tracking_truth.py``) on the same detections: IDF1, ID switches and
+  the zone/line counts' difference from the truth trajectories' counts, with the defaults,
+  with recovery by position on, and with that and re-identification at the edge on.
 - ``output_stage``: the output stage in-process (32 streams, batches of 32 results, a counting
   sink), µs per result with no processor (the stage before tracking), with the tracking
   processor but every stream untracked (the default), and with every stream tracked.
@@ -43,23 +49,30 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import counting_sink, table, write_result  # noqa: E402
-from visionflow.scenes.generator import SCENE_KINDS, SceneGenerator, SceneSpec  # noqa: E402
-from visionflow.scenes.tracking_metrics import Predicted, score_tracks  # noqa: E402
+from visionflow.scenes.generator import CLASSES, SceneGenerator, SceneSpec  # noqa: E402
+from visionflow.scenes.tracking_metrics import (  # noqa: E402
+    Predicted,
+    score_tracks,
+    truth_counts,
+)
 from visionflow.tracking.bytetrack import ByteTracker, TrackerParams  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench-tracking"
 HELD_OUT = {"crossing": 401, "occlusion": 402, "reenter": 403}
+#: recovery of lost tracks by position and re-identification at the edge on (off by default)
+RECOVER_REID = TrackerParams(recover_dist=1.0, reid_s=3.0)
+SIZE = (640.0, 360.0)  # of the accuracy section's scenes
 Dets = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [N, 4], scores, class ids
 Tracker = Callable[[Dets, float], list[tuple[int, int, tuple[float, float, float, float]]]]
 
 
 # ---- trackers behind one call: (detections, t) -> [(track id, class id, box)] ----------------
-def ours(params: TrackerParams) -> Tracker:
+def ours(params: TrackerParams, size: tuple[float, float] | None = None) -> Tracker:
     tracker = ByteTracker(params)
 
     def step(dets: Dets, t: float) -> list[tuple[int, int, tuple[float, float, float, float]]]:
         boxes, scores, classes = dets
-        out = tracker.update(boxes, scores, classes, t)
+        out = tracker.update(boxes, scores, classes, t, size)
         return [
             (int(i), int(c), (float(b[0]), float(b[1]), float(b[2]), float(b[3])))
             for i, c, b in zip(out.track_ids, classes, boxes, strict=True)
@@ -135,7 +148,12 @@ def speed(have_theirs: bool) -> list[dict[str, Any]]:
     for n in (1, 10, 100):
         frames = synthetic(n, 300)
         row: dict[str, Any] = {"objects": n}
-        row["visionflow_ms"] = round(time_tracker(lambda: ours(TrackerParams()), frames), 3)
+        row["visionflow_ms"] = round(
+            time_tracker(lambda: ours(TrackerParams(), (1920.0, 1080.0)), frames), 3
+        )
+        row["visionflow_recover_reid_ms"] = round(
+            time_tracker(lambda: ours(RECOVER_REID, (1920.0, 1080.0)), frames), 3
+        )
         if have_theirs:
             row["trackers_ms"] = round(time_tracker(lambda: theirs(30.0), frames), 3)
         rows.append(row)
@@ -187,20 +205,98 @@ def score(make: Callable[[], Tracker], data: list[Any], fps: float) -> dict[str,
 
 
 def accuracy(
-    seconds: float, fps: int, have_theirs: bool, seeds: dict[str, int]
+    seconds: float, fps: int, have_theirs: bool, seeds: list[tuple[str, int]]
 ) -> list[dict[str, Any]]:
     contenders: dict[str, Callable[[], Tracker]] = {
-        "visionflow": lambda: ours(TrackerParams()),
-        "visionflow-plain": lambda: ours(TrackerParams(buffer=0.0)),
+        "visionflow": lambda: ours(TrackerParams(), SIZE),
+        "visionflow-recover-reid": lambda: ours(RECOVER_REID, SIZE),
+        "visionflow-plain": lambda: ours(TrackerParams(buffer=0.0), SIZE),
     }
     if have_theirs:
         contenders["trackers-bytetrack"] = lambda: theirs(float(fps))
     rows = []
-    for kind in SCENE_KINDS:
-        data = detections(kind, seeds[kind], seconds, fps)
+    for kind, seed in seeds:
+        data = detections(kind, seed, seconds, fps)
         for name, make in contenders.items():
+            rows.append({"scene": kind, "seed": seed, "tracker": name, **score(make, data, fps)})
+    return rows
+
+
+# ---- the output stage's tracking against the truth: ids and zone/line counts ------------------
+#: the zone and line of tests/integration/test_tracking_truth.py
+TRUTH_SHAPES = {
+    "zones": [{"id": "yard", "points": [[0.6, 0.3], [0.85, 0.3], [0.85, 1], [0.6, 1]]}],
+    "lines": [{"id": "west", "start": [0.3, 0], "end": [0.3, 1]}],
+}
+
+
+def processed(data: list[Any], fps: int, overrides: dict[str, Any]) -> tuple[list[Any], Any]:
+    """The tracking processor (tracker, zones, lines) on one scene's detections: per frame
+    (truth, predictions), and the counts it wrote."""
+    from collections import Counter
+
+    from visionflow.pipeline.frames import Detection, FrameRef, FrameResult
+    from visionflow.pipeline.letterbox import letterbox_geometry
+    from visionflow.tracking.config import TrackingConfig
+    from visionflow.tracking.processor import TrackingProcessor
+
+    proc = TrackingProcessor({"s": TrackingConfig.model_validate({**TRUTH_SHAPES, **overrides})})
+    lb = letterbox_geometry(int(SIZE[0]), int(SIZE[1]), 320, 320)
+    frames, counts = [], Counter[tuple[str, str]]()
+    for i, (truth, (boxes, scores, classes)) in enumerate(data):
+        dets = tuple(
+            Detection(int(c), CLASSES[int(c)], float(sc), *map(float, b))
+            for b, sc, c in zip(boxes, scores, classes, strict=True)
+        )
+        ref = FrameRef("s", i, i / fps, T0 + i / fps, 1.0, "p", 0, lb)
+        out = proc.process([FrameResult(ref, dets, 1.0, 1.0, 1, 0, 0.0)])[0]
+        preds = [
+            Predicted(d.track_id, d.class_id, (d.x1, d.y1, d.x2, d.y2))
+            for d in out.detections
+            if d.track_id is not None
+        ]
+        frames.append((truth, preds))
+        counts.update((label, metric) for label, metric in out.counts if metric != "tracks")
+    return frames, counts
+
+
+T0 = 1_800_000_000.0  # capture time of frame 0: the start of a counts bucket
+
+
+def truth_rows(seconds: float, fps: int, seeds: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    """IDF1 and the zone/line counts' difference from the truth's, as in
+    tests/integration/test_tracking_truth.py but offline (no video coding), defaults vs
+    the tracker without re-identification and recovery."""
+    from visionflow.tracking.config import TrackingConfig
+
+    shapes = TrackingConfig.model_validate(TRUTH_SHAPES)
+    rows = []
+    for kind, seed in seeds:
+        data = detections(kind, seed, seconds, fps)
+        expected = truth_counts(
+            ((i, T0 + i / fps, truth) for i, (truth, _) in enumerate(data)),
+            shapes,
+            int(SIZE[0]),
+            int(SIZE[1]),
+            fps,
+        )
+        variants = (
+            ("defaults", {}),
+            ("recover_dist 1", {"recover_dist": 1.0}),
+            ("recover_dist 1, reid_s 3", {"recover_dist": 1.0, "reid_s": 3.0}),
+        )
+        for name, overrides in variants:
+            frames, got = processed(data, fps, overrides)
+            keys = set(expected) | set(got)
             rows.append(
-                {"scene": kind, "seed": seeds[kind], "tracker": name, **score(make, data, fps)}
+                {
+                    "scene": kind,
+                    "seed": seed,
+                    "tracker": name,
+                    **score_tracks(frames).as_dict(),
+                    "count_diff": sum(abs(expected[k] - got[k]) for k in keys),
+                    "truth_counts": sum(expected[k] for k in keys),
+                }
             )
     return rows
 
@@ -331,13 +427,17 @@ def main() -> None:
     parser.add_argument("--trackers-path", default=None, help="a --target dir holding 'trackers'")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each scene")
     parser.add_argument("--fps", type=int, default=10, help="frame rate of the scenes")
-    parser.add_argument("--seeds", default=",".join(f"{k}:{v}" for k, v in HELD_OUT.items()))
+    parser.add_argument(
+        "--seeds",
+        default=",".join(f"{k}:{v}" for k, v in HELD_OUT.items()),
+        help="scenes as kind:seed, comma-separated (a kind may repeat)",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="pipeline runs per mode")
     parser.add_argument("--pipeline-seconds", type=float, default=10.0)
     parser.add_argument("--streams", type=int, default=8, help="pipeline section's streams")
     parser.add_argument("--skip", default="", help="comma-separated sections to leave out")
     args = parser.parse_args()
-    seeds = {k: int(v) for k, v in (s.split(":") for s in args.seeds.split(","))}
+    seeds = [(k, int(v)) for k, v in (s.split(":") for s in args.seeds.split(","))]
     install = install_cost(args.trackers_path)  # before it is on sys.path
     why_not = trackers_available(args.trackers_path)
     have_theirs = why_not is None
@@ -352,6 +452,10 @@ def main() -> None:
         result["accuracy"] = accuracy(args.seconds, args.fps, have_theirs, seeds)
         columns = ["scene", "seed", "tracker", "idf1", "mota", "id_switches", "frames", "objects"]
         print(table(result["accuracy"], columns))
+    if "truth" not in skip:
+        result["truth"] = truth_rows(args.seconds, args.fps, seeds)
+        columns = ["scene", "seed", "tracker", "idf1", "mota", "id_switches", "count_diff"]
+        print(table(result["truth"], [*columns, "truth_counts"]))
     if "output_stage" not in skip:
         result["output_stage"] = output_stage(0) + output_stage(5)
         print(table(result["output_stage"], list(result["output_stage"][0])))

@@ -6,13 +6,19 @@ entries' track ids are scored with MOT metrics against the generator's object id
 (``seq`` is the frame's index in the clip), and the per-minute counts the pipeline wrote to
 Redis are compared with the counts of the truth trajectories under the same zone/line rules.
 
-Bounds (measured, see README "Tracking"): IDF1 >= 0.9 on the crossing scene, >= 0.85 with
-the pillar (0.80-0.93 over the scenes measured), >= 0.5 for objects that leave and come
-back (no re-identification: a returning object gets a new id).  Counts: the truth counts
-every object, also one crossing while hidden behind another, which the detector cannot see;
-so the counts may miss a few: at most 8 per 100 (measured 3-8), checked over the lines of
-every scene and the zone of the first two (a returning object is one object to the truth
-but two tracks, so its zone counts differ by design).  ``scripts/tracking_mutations.sh``
+Bounds (measured, see README "Tracking"): IDF1 >= 0.9 on the crossing scene (0.96), >= 0.88
+with the pillar (0.93), >= 0.65 for objects that leave and come back (0.70, with re-identification at the
+frame edge and recovery by position on for that stream only, ``reid_s`` 3, ``recover_dist``
+1: both off by default; 0.54-0.58 without them):
+the issue's 0.9 is not reached, as geometry alone (no appearance) misses returns whose box at
+the edge differs too much and cannot tell a return from a look-alike entering.  Counts: the
+truth counts every object, also one crossing while hidden behind another, which the detector
+cannot see; so the counts may miss a few: at most 8 per 100 (measured 2-8, not the issue's
++-1), checked over the lines of every scene and the zone of the first two (a returning object
+that is not re-identified is one object to the truth but two tracks, so its zone counts
+differ).  The counts in Redis are all the pipeline wrote, also of frames after the clip's last
+one if the server loops it before the pipeline stops (a run on a loaded machine once failed
+so, off by 26).  ``scripts/tracking_mutations.sh``
 breaks the ids and the line direction on purpose and shows this test failing.
 """
 
@@ -41,7 +47,14 @@ TRACKING = {
     "zones": [{"id": "yard", "points": [[0.6, 0.3], [0.85, 0.3], [0.85, 1], [0.6, 1]]}],
     "lines": [{"id": "west", "start": [0.3, 0], "end": [0.3, 1]}],
 }
-MIN_IDF1 = {"crossing": 0.9, "occlusion": 0.85, "reenter": 0.5}
+REID = {"reid_s": 3.0, "recover_dist": 1.0}  # on where objects come back (off by default)
+
+
+def tracking_of(kind: str) -> dict[str, object]:
+    return {**TRACKING, **REID} if kind == "reenter" else TRACKING
+
+
+MIN_IDF1 = {"crossing": 0.9, "occlusion": 0.88, "reenter": 0.65}
 MAX_MISCOUNT = 0.08  # of the truth's crossings and zone entries/exits
 
 
@@ -67,7 +80,7 @@ def test_tracks_and_counts_match_the_truth(rtsp, clip_dir, redis_server, redis_c
     server = rtsp({kind: f"file:{path}" for kind, path in clips.items()})
     n_frames = int(SECONDS * FPS)
     cfg = config(
-        [{"id": k, "url": server.url(k), "tracking": TRACKING} for k in SCENES],
+        [{"id": k, "url": server.url(k), "tracking": tracking_of(k)} for k in SCENES],
         redis_server,
         key_prefix,
         batching={"max_batch": 8, "max_delay_ms": 20, "buffer_per_stream": 64},

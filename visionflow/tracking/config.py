@@ -180,6 +180,55 @@ class TrackingConfig(_Strict):
         description="A track unseen this long (also across dropped frames) is given up; until "
         "then it keeps its id when its object is found again.",
     )
+    reid_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=600,
+        description="Re-identification at the frame edge: a track lost at an edge keeps its id "
+        "this long after it was last seen, and a new object appearing at the same edge with "
+        "the same label, a similar size and place along the edge takes that id back (an "
+        "object that left and came back); 0: off (the default: with geometry alone, a new "
+        "object entering where a similar one just left would take its id; turn it on where "
+        "objects do come back, e.g. 3 s).",
+    )
+    edge: float = Field(
+        default=0.02,
+        ge=0,
+        le=0.25,
+        description="A box this close to a border of the frame (fraction of the frame's width "
+        "or height) is at that edge, for re-identification.",
+    )
+    reid_size: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="Re-identification: the most the size of the object coming back may differ "
+        "from the one that left (|difference| / the larger; the height at a left or right "
+        "edge, the width at the top or bottom).",
+    )
+    size_tolerance: float = Field(
+        default=0.3,
+        gt=0,
+        le=1,
+        description="Recovery of lost tracks by position: the most the height may differ "
+        "(|difference| / the larger), also the most the foot line may move, in heights.",
+    )
+    reid_offset: float = Field(
+        default=0.25,
+        ge=0,
+        le=5,
+        description="Re-identification: the most an object may come back shifted along the "
+        "edge it left by, in its heights (widths at the top or bottom edge).",
+    )
+    recover_dist: float = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description="A detection that would start a new track goes to a lost track of its "
+        "label whose predicted centre is at most this many of the track's sizes away (with a "
+        "similar height and foot line), e.g. an object coming out from behind a pillar where "
+        "its predicted box does not overlap it; 0: off (the default; 1 turns it on).",
+    )
     anchor: Anchor = Field(
         default="bottom_center",
         description="The point of a box that is in a zone or crosses a line: bottom_center "
@@ -214,4 +263,10 @@ class TrackingConfig(_Strict):
             new_track_thresh=self.new_track_thresh,
             match_iou=self.match_iou,
             lost_track_s=self.lost_track_s,
+            reid_s=self.reid_s,
+            edge=self.edge,
+            reid_size=self.reid_size,
+            size_tolerance=self.size_tolerance,
+            reid_offset=self.reid_offset,
+            recover_dist=self.recover_dist,
         )

@@ -91,12 +91,12 @@ class StreamTracker:
         self.last_seq = frame.seq
         dets = result.detections
         if not dets and not len(self.tracker) and not events:
-            self.tracker.idle(t)  # nothing to match, age or count: only the time moves
+            self.tracker.idle(t, size)  # nothing to match, age or count: only the time moves
             return result
         boxes = np.array([[d.x1, d.y1, d.x2, d.y2] for d in dets], np.float64).reshape(-1, 4)
         scores = np.array([d.score for d in dets], np.float64)
         classes = np.array([d.class_id for d in dets], np.int64)
-        found = self.tracker.update(boxes, scores, classes, t)
+        found = self.tracker.update(boxes, scores, classes, t, size)
         ids = [int(i) if i >= 0 else None for i in found.track_ids]
         seen = [
             Seen(ids[i] or 0, d.label, (d.x1, d.y1, d.x2, d.y2))

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from visionflow.tracking.bytetrack import ByteTracker, TrackerParams
+from visionflow.tracking.bytetrack import ByteTracker, TrackerParams, edge_mask
 
 
 def step(tracker, boxes, t, scores=None, classes=None):
@@ -69,3 +70,100 @@ def test_reset_forgets_tracks_but_ids_keep_counting():
     tracker.reset()
     out = step(tracker, [box(100)], 0.1)
     assert list(out.track_ids) == [3]
+
+
+# ---- re-identification at the frame edge and recovery of lost tracks --------------------------
+SIZE = (640.0, 360.0)
+
+
+def leave_left_and_return(tracker, gone_s, back=None, classes=(0, 0)):
+    """An object walks left out of a 640x360 frame (10 fps), is gone ``gone_s`` seconds after
+    its last detection, and comes back through the left edge; the returning frames' outputs."""
+    for i in range(10):  # x1 from 90 down to 0: the last boxes touch the left edge
+        x = max(0, 90 - 10 * i)
+        tracker.update(
+            np.array([[x, 200, x + 40, 280]], np.float64),
+            np.array([0.9]),
+            np.array([classes[0]]),
+            i / 10,
+            SIZE,
+        )
+    t0 = 0.9 + gone_s
+    outs = []
+    for k in range(5):
+        b = back or [0, 200, 20 + 10 * k, 280]
+        outs.append(
+            tracker.update(
+                np.array([b], np.float64),
+                np.array([0.9]),
+                np.array([classes[1]]),
+                t0 + k / 10,
+                SIZE,
+            )
+        )
+    return outs
+
+
+def test_an_object_coming_back_through_the_edge_it_left_by_gets_its_id_back():
+    tracker = ByteTracker(TrackerParams(lost_track_s=1.0, reid_s=3.0))
+    outs = leave_left_and_return(tracker, 1.5)  # past lost_track_s: reported removed first
+    assert outs[0].removed == [1]
+    assert [list(o.track_ids) for o in outs] == [[1]] * 5
+    assert outs[0].confirmed[0] and all(o.born == [] for o in outs)  # not a new object
+
+
+def test_without_reid_or_frame_size_or_after_reid_s_the_returning_object_is_new():
+    outs = leave_left_and_return(ByteTracker(), 1.5)  # reid is off by default
+    assert list(outs[-1].track_ids) == [2]
+    outs = leave_left_and_return(ByteTracker(TrackerParams(reid_s=3.0)), 3.5)
+    assert list(outs[-1].track_ids) == [2]
+    tracker = ByteTracker(TrackerParams(reid_s=3.0))
+    for i in range(10):
+        x = max(0, 90 - 10 * i)
+        step(tracker, [[x, 200, x + 40, 280]], i / 10)  # no frame size: no edges known
+    assert list(step(tracker, [[0, 200, 20, 280]], 2.4).track_ids) == [2]
+
+
+@pytest.mark.parametrize(
+    ("back", "classes"),
+    [
+        ([0, 250, 20, 330], (0, 0)),  # feet 50 px (0.6 heights) lower
+        ([0, 220, 20, 280], (0, 0)),  # 60 px high instead of 80
+        ([0, 200, 20, 280], (0, 1)),  # another class
+        ([620, 200, 640, 280], (0, 0)),  # at the other edge
+    ],
+)
+def test_another_object_at_the_edge_does_not_take_the_id(back, classes):
+    outs = leave_left_and_return(
+        ByteTracker(TrackerParams(reid_s=3.0)), 1.5, back=back, classes=classes
+    )
+    assert 1 not in outs[0].track_ids
+
+
+def test_edge_mask_names_the_borders_a_box_touches():
+    boxes = np.array(
+        [[0, 100, 50, 200], [600, 0, 640, 50], [300, 300, 340, 360], [300, 100, 340, 200]],
+        np.float64,
+    )
+    assert list(edge_mask(boxes, SIZE, 0.02)) == [1, 2 | 4, 8, 0]
+    assert list(edge_mask(boxes, None, 0.02)) == [0, 0, 0, 0]
+
+
+def behind_a_pillar(tracker):
+    """An object walks right behind a pillar (x 200-260): its box shrinks against the pillar,
+    it is unseen for 0.6 s, then comes out beyond the pillar; the id of the box out there."""
+    t = 0.0
+    for i in range(12):  # x1 = 40 .. 150, then only the part left of the pillar is seen
+        x = 40 + 10 * i
+        step(tracker, [[x, 200, min(x + 40, 200), 280]], t)
+        t += 0.1
+    for _ in range(6):
+        step(tracker, [], t)
+        t += 0.1
+    out = step(tracker, [[262, 200, 300, 280]], t)
+    return int(out.track_ids[0])
+
+
+def test_a_lost_track_takes_the_detection_where_its_object_comes_out_from_behind_a_pillar():
+    assert behind_a_pillar(ByteTracker()) == 2  # IoU alone (the default)
+    assert behind_a_pillar(ByteTracker(TrackerParams(recover_dist=1.0))) == 1
