@@ -224,7 +224,8 @@ class WorkersConfig(_Strict):
         ge=0,
         le=256,
         description="Decode processes (several streams each); 0: one per 8 streams, at most "
-        "the number of CPU cores.",
+        "the number of CPU cores, also for streams added at run time (a new process once "
+        "every one has 8).",
     )
     inference_workers: int = Field(
         default=1,

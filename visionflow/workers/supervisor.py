@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import queue
 import threading
 import time
@@ -59,7 +60,7 @@ from visionflow.workers.messages import (
     WorkerReady,
 )
 from visionflow.workers.output import OutputSpec, SetTracking, output_main
-from visionflow.workers.plan import plan_ingest, resolve_decode
+from visionflow.workers.plan import STREAMS_PER_PROCESS, plan_ingest, resolve_decode
 from visionflow.workers.procs import Child, ProcessGroup
 from visionflow.workers.scheduling import SchedulerLoop
 from visionflow.workers.status import PipelineStatus
@@ -488,7 +489,7 @@ class Pipeline:
                 raise ConfigError(f"stream {stream.id!r} is already registered")
             if first_seq:
                 self._first_seq[stream.id] = first_seq
-            index = min(self._ingest_streams, key=lambda i: (len(self._ingest_streams[i]), i))
+            index = self._ingest_for_new_stream()
             self._ingest_streams[index].append(stream)
             self._stream_process[stream.id] = index
             self.board.add_stream(stream, _decode_label(self._ingest_plans[index]))
@@ -496,6 +497,21 @@ class Pipeline:
                 self.scheduler.add_stream(stream.id)
             self._commands[index].put(AddStream(stream, first_seq))
             self._set_tracking(stream)
+
+    def _ingest_for_new_stream(self) -> int:
+        """The ingest process with the fewest streams; when every process already has its
+        share (``STREAMS_PER_PROCESS``) and the count is automatic (``ingest_processes: 0``),
+        a new one (same decode plan, at most one per CPU core), so streams added at run time
+        get processes as those configured at start do."""
+        index = min(self._ingest_streams, key=lambda i: (len(self._ingest_streams[i]), i))
+        full = len(self._ingest_streams[index]) >= STREAMS_PER_PROCESS
+        room = len(self._ingest_streams) < (os.cpu_count() or 1)
+        if not full or not room or self.config.workers.ingest_processes:
+            return index
+        new = max(self._ingest_streams) + 1
+        self._add_ingest(new, [], self._ingest_plans[index])
+        log.info("ingest-%d started for streams added at run time", new)
+        return new
 
     def set_fence(self, stream_id: str, token: str, first_seq: int) -> None:
         """A fleet node took ``stream_id``'s lease as ``token``: the output stage writes its
