@@ -303,7 +303,12 @@ def section_engine(work: Path) -> dict[str, Any]:
 
 
 def one_window(
-    work: Path, prefix: str, streams: int, gpus: list[int] | None = None, **config: Any
+    work: Path,
+    prefix: str,
+    streams: int,
+    gpus: list[int] | None = None,
+    settle_s: float = 15.0,
+    **config: Any,
 ) -> dict[str, Any]:
     """A pipeline on ``gpus`` (GPU 0 unless given; ``[]``: every GPU) with ``streams``
     streams (``config``: the rest of :func:`_config`'s arguments), 15 s to settle, then one
@@ -324,8 +329,12 @@ def one_window(
         try:
             p.wait_ready(300)
             _add_streams(work, p, first, streams)
-            time.sleep(15)
-            return measured_window(p, redis.Redis.from_url(server.url), prefix, 8)
+            time.sleep(settle_s)
+            r = measured_window(p, redis.Redis.from_url(server.url), prefix, 8)
+            states = [str(s.state) for s in p.status().streams]
+            r["states"] = {state: states.count(state) for state in set(states)}
+            r["ingest_processes"] = len(list(p.group.processes("ingest")))
+            return r
         finally:
             p.stop()
 
@@ -356,9 +365,9 @@ def section_scale(work: Path) -> dict[str, Any]:
     is the ratio of published fps, not capped by the offered load."""
     out: dict[str, Any] = {}
     for streams in (128,):
-        procs = streams // 8  # as if all had been configured at start (added ones are not)
-        one = one_window(work, "scale", streams, gpus=[0], ingest_processes=procs)
-        every = one_window(work, "scale", streams, gpus=[], ingest_processes=procs)
+        # 96 streams added after start: give them time to open (15 s left some starting)
+        one = one_window(work, "scale", streams, gpus=[0], settle_s=45)
+        every = one_window(work, "scale", streams, gpus=[], settle_s=45)
         ratio = every["published_fps"] / one["published_fps"] if one["published_fps"] else None
         out[f"{streams}_streams"] = {"one_gpu": one, "all_gpus": every, "ratio": ratio}
         log(f"scale {streams}: 1 GPU {one['published_fps']} fps, all {every['published_fps']}")
