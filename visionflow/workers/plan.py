@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from visionflow.config import AppConfig
@@ -82,6 +82,30 @@ def _process_count(config: AppConfig, share: int, total: int) -> int:
     if configured:
         return max(1, round(configured * share / max(1, total)))
     return max(1, min(os.cpu_count() or 1, math.ceil(share / STREAMS_PER_PROCESS)))
+
+
+def place_added_stream(
+    loads: Mapping[int, int],
+    plans: Mapping[int, IngestPlan],
+    *,
+    grow: bool,
+    max_processes: int,
+) -> tuple[int, IngestPlan, bool]:
+    """Where a stream added at run time goes: ``(process index, its plan, new process?)``.
+
+    The decode plan (GPU) whose processes read the fewest streams in all, so streams spread
+    over the GPUs as the start-up plan spreads them; in it, the process with the fewest
+    streams; when that one already has ``STREAMS_PER_PROCESS`` and ``grow`` (the automatic
+    count) allows, a new process with that plan (at most ``max_processes`` in all), so
+    streams added later get processes as those configured at start do."""
+    totals: dict[IngestPlan, int] = {}
+    for index in sorted(plans):
+        totals[plans[index]] = totals.get(plans[index], 0) + loads.get(index, 0)
+    plan = min(totals, key=lambda p: totals[p])  # ties: the plan of the lowest index
+    index = min((i for i in plans if plans[i] == plan), key=lambda i: (loads.get(i, 0), i))
+    if grow and loads.get(index, 0) >= STREAMS_PER_PROCESS and len(plans) < max_processes:
+        return max(plans) + 1, plan, True
+    return index, plan, False
 
 
 def plan_ingest(

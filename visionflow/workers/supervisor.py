@@ -60,7 +60,7 @@ from visionflow.workers.messages import (
     WorkerReady,
 )
 from visionflow.workers.output import OutputSpec, SetTracking, output_main
-from visionflow.workers.plan import STREAMS_PER_PROCESS, plan_ingest, resolve_decode
+from visionflow.workers.plan import place_added_stream, plan_ingest, resolve_decode
 from visionflow.workers.procs import Child, ProcessGroup
 from visionflow.workers.scheduling import SchedulerLoop
 from visionflow.workers.status import PipelineStatus
@@ -499,19 +499,18 @@ class Pipeline:
             self._set_tracking(stream)
 
     def _ingest_for_new_stream(self) -> int:
-        """The ingest process with the fewest streams; when every process already has its
-        share (``STREAMS_PER_PROCESS``) and the count is automatic (``ingest_processes: 0``),
-        a new one (same decode plan, at most one per CPU core), so streams added at run time
-        get processes as those configured at start do."""
-        index = min(self._ingest_streams, key=lambda i: (len(self._ingest_streams[i]), i))
-        full = len(self._ingest_streams[index]) >= STREAMS_PER_PROCESS
-        room = len(self._ingest_streams) < (os.cpu_count() or 1)
-        if not full or not room or self.config.workers.ingest_processes:
-            return index
-        new = max(self._ingest_streams) + 1
-        self._add_ingest(new, [], self._ingest_plans[index])
-        log.info("ingest-%d started for streams added at run time", new)
-        return new
+        """The ingest process a stream added at run time goes to (started here if new)."""
+        loads = {i: len(streams) for i, streams in self._ingest_streams.items()}
+        index, plan, new = place_added_stream(
+            loads,
+            self._ingest_plans,
+            grow=not self.config.workers.ingest_processes,
+            max_processes=os.cpu_count() or 1,
+        )
+        if new:
+            self._add_ingest(index, [], plan)
+            log.info("ingest-%d started for streams added at run time", index)
+        return index
 
     def set_fence(self, stream_id: str, token: str, first_seq: int) -> None:
         """A fleet node took ``stream_id``'s lease as ``token``: the output stage writes its

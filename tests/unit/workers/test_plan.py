@@ -123,3 +123,33 @@ def test_decoder_choice_rule():
     assert choose([cpu, DecoderFigures("nvdec", error="no NVDEC"), dali]).decoder == "dali"
     slow = choose([cpu, DecoderFigures("nvdec", 60.0, 2.0)])
     assert slow.decoder == "cpu" and "keeps up" in slow.reason and "60 fps" in slow.reason
+
+
+def test_added_streams_fill_the_least_loaded_gpu_then_start_processes_there():
+    from visionflow.workers.ingest import IngestPlan
+    from visionflow.workers.plan import STREAMS_PER_PROCESS, place_added_stream
+
+    gpu0 = IngestPlan("nvdec", (("CUDA_VISIBLE_DEVICES", "0"),), True)
+    gpu1 = IngestPlan("nvdec", (("CUDA_VISIBLE_DEVICES", "1"),), True)
+    plans = {0: gpu0, 1: gpu1}
+    full = STREAMS_PER_PROCESS
+    # the GPU with fewer streams in all, its least-loaded process
+    assert place_added_stream({0: 3, 1: 2}, plans, grow=True, max_processes=8) == (1, gpu1, False)
+    # both full: a new process, on the GPU with fewer streams (not always the first one)
+    loads = {0: full, 1: full, 2: full}
+    three = {**plans, 2: gpu0}
+    assert place_added_stream(loads, three, grow=True, max_processes=8) == (3, gpu1, True)
+    # a configured count, or no core left: the least-loaded process takes it anyway
+    assert place_added_stream(loads, three, grow=False, max_processes=8) == (1, gpu1, False)
+    assert place_added_stream(loads, three, grow=True, max_processes=3) == (1, gpu1, False)
+
+
+def test_added_streams_on_the_cpu_get_a_new_process_once_each_has_its_share():
+    from visionflow.workers.ingest import IngestPlan
+    from visionflow.workers.plan import STREAMS_PER_PROCESS, place_added_stream
+
+    cpu = IngestPlan()
+    loads = {0: STREAMS_PER_PROCESS - 1}
+    assert place_added_stream(loads, {0: cpu}, grow=True, max_processes=2) == (0, cpu, False)
+    loads = {0: STREAMS_PER_PROCESS}
+    assert place_added_stream(loads, {0: cpu}, grow=True, max_processes=2) == (1, cpu, True)
