@@ -364,7 +364,7 @@ class ByteTracker:
         p = self.params
         if p.reid_s <= 0 or size is None or not len(starters):
             return np.zeros(0, np.int64), starters
-        lost = (self.state == LOST) | (self.state == EXITED)
+        lost = ((self.state == LOST) | (self.state == EXITED)) & self._free(det_track)
         old_edges = edge_mask(self.last_box, size, p.edge)
         rows = np.flatnonzero(lost & (old_edges > 0) & (t - self.last_seen <= p.reid_s))
         new_edges = edge_mask(boxes[starters], size, p.edge)
@@ -391,13 +391,20 @@ class ByteTracker:
         """Give detections that would start a track to lost tracks near which they are
         (:func:`recover_cost`); the detections left."""
         p = self.params
-        rows = np.flatnonzero(self.state == LOST)
+        rows = np.flatnonzero((self.state == LOST) & self._free(det_track))
         if p.recover_dist <= 0 or not len(rows) or not len(starters):
             return starters
         cost = recover_cost(self.last_box[rows], predicted[rows], boxes[starters], p)
         cost[self.cls[rows][:, None] != classes[starters][None, :]] = _FAR
         self._pair(assign_cost(cost), rows, starters, det_track)
         return starters[det_track[starters] < 0]
+
+    def _free(self, det_track: IntArray) -> npt.NDArray[np.bool_]:
+        """Track rows no detection of this frame is paired with yet (a lost track matched by
+        IoU this frame is still LOST until the update: it must not take a second box)."""
+        free = np.ones(len(self), bool)
+        free[det_track[det_track >= 0]] = False
+        return free
 
     def _keep(self, keep: npt.NDArray[np.bool_]) -> None:
         self.mean, self.cov = self.mean[keep], self.cov[keep]

@@ -167,3 +167,27 @@ def behind_a_pillar(tracker):
 def test_a_lost_track_takes_the_detection_where_its_object_comes_out_from_behind_a_pillar():
     assert behind_a_pillar(ByteTracker()) == 2  # IoU alone (the default)
     assert behind_a_pillar(ByteTracker(TrackerParams(recover_dist=1.0))) == 1
+
+
+@pytest.mark.parametrize(
+    ("params", "x", "second"),
+    [
+        (TrackerParams(recover_dist=1.0), 100, box(150)),  # recovery: a neighbour
+        (TrackerParams(reid_s=3.0), 0, box(0, y=110)),  # re-identification: same edge
+    ],
+)
+def test_a_lost_track_matched_this_frame_does_not_also_take_a_second_box(params, x, second):
+    """A lost track that IoU matching pairs this frame is still LOST until the update:
+    recovery and re-identification must not hand it a second, nearby detection."""
+    tracker, size = ByteTracker(params), (640, 360)
+    for i in range(3):
+        first = tracker.update(*_arrays([box(x)]), 0.1 * i, size)
+    tracker.update(*_arrays([]), 0.3, size)  # missed once: LOST
+    out = tracker.update(*_arrays([box(x), second]), 0.4, size)
+    ids = [int(i) for i in out.track_ids]
+    assert ids[0] == int(first.track_ids[0]) and ids[1] != ids[0], ids
+
+
+def _arrays(boxes):
+    b = np.array(boxes, np.float64).reshape(-1, 4)
+    return b, np.full(len(b), 0.9), np.zeros(len(b), np.int64)
