@@ -16,10 +16,12 @@ truth counts every object, also one crossing while hidden behind another, which 
 cannot see; so the counts may miss a few: at most 8 per 100 (measured 2-8, not the issue's
 +-1), checked over the lines of every scene and the zone of the first two (a returning object
 that is not re-identified is one object to the truth but two tracks, so its zone counts
-differ).  The counts in Redis are all the pipeline wrote, also of frames after the clip's last
-one if the server loops it before the pipeline stops (a run on a loaded machine once failed
-so, off by 26).  ``scripts/tracking_mutations.sh``
-breaks the ids and the line direction on purpose and shows this test failing.
+differ).  The counts in Redis are all the pipeline wrote, so the clip must be read once:
+the server streams it once per session, and the stream's reconnect after its end is put off
+(20 s backoff) past the pipeline's stop (a run on a loaded machine once failed with counts
+off by 26: a stream that ended first reconnected and counted a second pass while another was
+still finishing).  ``scripts/tracking_mutations.sh`` breaks the ids and the line direction on
+purpose and shows this test failing.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def test_tracks_and_counts_match_the_truth(rtsp, clip_dir, redis_server, redis_c
         key_prefix,
         batching={"max_batch": 8, "max_delay_ms": 20, "buffer_per_stream": 64},
         workers={"slots_per_stream": 64},
+        source={"backoff_initial_s": 20, "backoff_max_s": 20},  # one pass of each clip
     )
     with running(cfg, redis_server) as pipeline:
         wait_until(
