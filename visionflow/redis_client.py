@@ -140,8 +140,9 @@ _PUBLISHER = (
     # duplicate check and id recovery; XREVRANGE for the CLI's live "latest detection" column
     "~{p}:detections:* +xadd +xtrim +xrange +xrevrange +xinfo|stream",
     # status board: per-stream and per-worker hashes, the pipeline hash, the stream id set
-    # (DEL + SADD in MULTI; a removed stream's hash is deleted)
-    "(~{p}:status:* ~{p}:worker:* ~{p}:pipeline ~{p}:streams +hset +del +sadd)",
+    # (DEL + SADD in MULTI; a removed stream's hash is deleted; a fleet node's worker hashes
+    # expire: PEXPIRE)
+    "(~{p}:status:* ~{p}:worker:* ~{p}:pipeline ~{p}:streams +hset +del +sadd +pexpire)",
     # per-minute counts buckets (HINCRBY, EXPIRE) and annotated snapshots (SET with a TTL)
     "(~{p}:counts:* +hincrby +expire)",
     "(~{p}:snapshot:* +set +expire)",
@@ -151,6 +152,10 @@ _PUBLISHER = (
     # the runtime stream registry, read by the reconciler (the API writes it: its own user)
     "(~{p}:registry ~{p}:registry:* +hgetall +hget +get)",
 )
+# a fleet node's fenced detections writes (visionflow.workers.fence): EVALSHA of a script
+# whose two keys are the stream's lease and its detections (both must match one selector),
+# which GETs the lease and XADDs / XRANGEs the detections (the first part of _PUBLISHER)
+_FENCED = ("(~{p}:detections:* ~{p}:fleet:lease:* +evalsha)", "(~{p}:fleet:lease:* +get)")
 _CONSUMER = (
     # the group: created on demand (MKSTREAM), read, acknowledged, reclaimed, inspected
     "~{p}:detections:* ~{p}:streams +xreadgroup +xack +xautoclaim +xpending +xgroup|create "
@@ -161,9 +166,13 @@ _CONSUMER = (
 
 
 def acl_rules(role: str, prefix: str = "visionflow") -> str:
-    """The ACL rules for a ``publisher`` (the pipeline) or a ``consumer``
-    (:mod:`visionflow.consumer`) of ``prefix``'s keys, to follow ``user <name> reset on
-    #<sha256 of the password>`` in an ACL file or ``ACL SETUSER``."""
+    """The ACL rules for a ``publisher`` (the pipeline), the extra rules of a fleet node's
+    publisher (``fenced``: its write-fenced detections; the rest of a fleet node's keys need
+    rules of their own) or a ``consumer`` (:mod:`visionflow.consumer`) of ``prefix``'s keys,
+    to follow ``user <name> reset on #<sha256 of the password>`` in an ACL file or
+    ``ACL SETUSER``."""
+    if role == "fenced":
+        return " ".join(_FENCED).format(p=prefix)
     parts = {"publisher": _PUBLISHER, "consumer": _CONSUMER}.get(role)
     if parts is None:
         raise ValueError(f"unknown ACL role {role!r}: 'publisher' or 'consumer'")

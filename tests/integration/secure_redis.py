@@ -33,6 +33,7 @@ PASSWORDS = {
     "vf-publisher": "pub-Pw-93k",
     "vf-consumer": "con-Pw-27q",
     "vf-noxadd": "nox-Pw-58z",
+    "vf-fleet": "flt-Pw-16m",
 }
 
 
@@ -68,6 +69,7 @@ def acl_file(path: Path) -> Path:
         user("vf-publisher", acl_rules("publisher", PREFIX)),
         user("vf-consumer", acl_rules("consumer", PREFIX)),
         user("vf-noxadd", no_xadd),
+        user("vf-fleet", f"{acl_rules('publisher', PREFIX)} {acl_rules('fenced', PREFIX)}"),
     ]
     path.write_text("\n".join(lines) + "\n")
     return path

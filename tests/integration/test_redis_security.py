@@ -27,7 +27,11 @@ from visionflow.config import RedisConfig
 from visionflow.consumer import DetectionConsumer
 from visionflow.errors import PublishError
 from visionflow.redis_client import explain, probe
+from visionflow.schema import fleet_lease_key, worker_key
+from visionflow.workers.board import RedisStatusWriter
+from visionflow.workers.fence import FenceBook
 from visionflow.workers.sinks import RedisStreamSink
+from visionflow.workers.status import PipelineStatus, WorkerStatus
 
 pytestmark = pytest.mark.integration
 
@@ -112,6 +116,38 @@ def test_consumer_user_dead_letters_over_tls(tls_redis, tmp_path):
 
 
 # ---------------------------------------------------------------------------- refusals
+def test_a_fleet_publisher_writes_fenced_with_the_documented_rules(tls_redis, tmp_path):
+    """The publisher's rules plus the fenced write's (README): the script is loaded and
+    run, it writes while the lease holds the entry's value, refuses once it moved, and a
+    fleet node's worker hashes get their expiry."""
+    server = tls_redis()
+    admin = redis.Redis.from_url(server.url("admin"), ssl_ca_certs=server.ca)
+    lease = fleet_lease_key(PREFIX, "cam")
+    admin.set(lease, "n1/1")
+    book = FenceBook()
+    book.set("cam", "n1/1", 0, 1)
+    cfg = sink_config(server, tmp_path)
+    sink = RedisStreamSink(cfg, server.url("vf-fleet"), "m", book)
+    sink.start()
+    try:
+        sink.write(results("cam", range(5)))
+        wait_until(lambda: sink.published["cam"] == 5, 15, lambda: f"{sink.last_error}")
+        admin.set(lease, "n2/2")
+        sink.write(results("cam", range(5, 8)))
+        wait_until(lambda: sink.fenced["cam"] == 3, 15, lambda: f"{sink.last_error}")
+    finally:
+        sink.stop(flush_timeout=0.5)
+    assert sink.write_errors == 0 and admin.xlen(f"{PREFIX}:detections:cam") == 5
+    status = PipelineStatus((), (WorkerStatus(0, "ready", "cpu", "cpu", 0, 0, 0, 0, None),), True, None,
+                            0, "m", 1.0)  # fmt: skip
+    writer = RedisStatusWriter(cfg, server.url("vf-fleet"), lambda: status, True, "n1")
+    writer.write()
+    assert 0 < admin.pttl(worker_key(PREFIX, 0, "n1")) <= 5000 * cfg.status_interval_s
+    writer.write(final=True)  # the node left: its worker hashes go
+    assert not admin.exists(worker_key(PREFIX, 0, "n1"))
+    admin.close()
+
+
 def test_acl_refusals_name_the_missing_permission(tls_redis, tmp_path, caplog):
     server = tls_redis()
     caplog.set_level(logging.ERROR, logger="visionflow.sinks")

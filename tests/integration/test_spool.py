@@ -232,8 +232,8 @@ def test_a_partitioned_fleet_sink_drops_its_spool_as_fenced_once_the_lease_moved
     lease = fleet_lease_key(key_prefix, "a")
     redis_client.set(lease, "n1/1")
     old_book, new_book = FenceBook(), FenceBook()
-    old_book.set("a", "n1/1", 0)
-    new_book.set("a", "n2/2", 100)
+    old_book.set("a", "n1/1", 0, 1)
+    new_book.set("a", "n2/2", 100, 1)
     with TcpProxy(int(redis_server.rsplit(":", 1)[1].split("/")[0])) as proxy:
         url = f"redis://127.0.0.1:{proxy.port}/0"
         old = RedisStreamSink(config(url, key_prefix, tmp_path / "old"), url, "m1", old_book)
@@ -264,8 +264,9 @@ def test_a_partitioned_fleet_sink_drops_its_spool_as_fenced_once_the_lease_moved
         *range(20),
         *range(100, 110),
     ]
-    assert old.dropped_fenced["a"] == 40 and total(old.reassigned) == 0
-    assert old.published["a"] + old.dropped_fenced["a"] == 60  # every result accounted once
+    assert old.fenced_drops() == [("a", 1, 40)] and total(old.reassigned) == 0
+    # every result handed to the sink accounted once
+    assert old.accepted == old.published["a"] + old.dropped_fenced[("a", 1)] == 60
     assert total(old.replayed) == 0 and not (tmp_path / "old").exists()  # spool emptied
 
 

@@ -105,7 +105,7 @@ def test_acl_denials_are_explained_with_command_and_key():
 
 def test_readme_documents_the_acl_rules():
     readme = (ROOT / "README.md").read_text()
-    for role in ("publisher", "consumer"):
+    for role in ("publisher", "consumer", "fenced"):
         assert acl_rules(role) in readme, f"README lacks the {role} ACL rules"
 
 

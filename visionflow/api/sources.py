@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import redis
 
 from visionflow.schema import (
+    fleet_alive_key,
     fleet_nodes_key,
     pipeline_key,
     status_key,
@@ -133,9 +134,11 @@ class PipelineSource:
 
 
 class RedisSource:
-    """The status hashes in Redis: two round trips (the streams set and the fleet's node
-    ids, then every hash).  Workers: the single pipeline's ``<prefix>:worker:<n>`` and every
-    fleet node's ``<prefix>:worker:<node_id>:<n>`` (nodes listed in ``<prefix>:fleet:nodes``)."""
+    """The status hashes in Redis: two round trips, three in a fleet (the streams set and the
+    fleet's node ids, which of those nodes are alive, then every hash).  Workers: the single
+    pipeline's ``<prefix>:worker:<n>`` and every live fleet node's
+    ``<prefix>:worker:<node_id>:<n>`` (nodes listed in ``<prefix>:fleet:nodes`` whose
+    ``<prefix>:fleet:alive:<node_id>`` exists)."""
 
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client, self.prefix = client, prefix
@@ -146,7 +149,7 @@ class RedisSource:
         first.hkeys(fleet_nodes_key(self.prefix))
         members, node_ids = first.execute()
         ids = sorted(_text(m) for m in members)
-        nodes: list[str | None] = [None, *sorted(_text(n) for n in node_ids)]
+        nodes: list[str | None] = [None, *self._alive(sorted(_text(n) for n in node_ids))]
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(pipeline_key(self.prefix))
         for sid in ids:
@@ -183,6 +186,16 @@ class RedisSource:
             whole,
         )
 
+    def _alive(self, node_ids: list[str]) -> list[str]:
+        """The fleet nodes alive now (their liveness key exists): the workers of a node
+        that left or died are not listed."""
+        if not node_ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for node in node_ids:
+            pipe.exists(fleet_alive_key(self.prefix, node))
+        return [n for n, alive in zip(node_ids, pipe.execute(), strict=True) if alive]
+
     def _more_workers(self, hashes: list[dict[str, str]], node: str | None) -> list[dict[str, str]]:
         """Read on, a chunk at a time, while the last worker hash read exists."""
         while hashes and len(hashes) % WORKER_CHUNK == 0 and hashes[-1]:
@@ -213,6 +226,9 @@ def _with_pipeline_hash(snap: Snapshot, h: dict[str, str]) -> Snapshot:
             replayed=_int(h.get("spool_replayed")),
             overflow=_int(h.get("spool_overflow")),
             fenced=_int(h.get("fenced")),
+            accepted=_int(h.get("sink_accepted")),
+            published=_int(h.get("sink_published")),
+            duplicates=_int(h.get("duplicates")),
         ),
     )
 

@@ -177,6 +177,10 @@ class FleetNode:
         self.state = NodeState.STARTING
         self.leases: dict[str, Lease] = {}
         self.first: dict[str, int] = {}  # first seq of each stream taken
+        # per stream ever held, a seq above every one this node read of it (kept when the
+        # lease goes): taken again, it goes on above them even if Redis lost the floor and
+        # the detections, so no seq of an earlier lease is read again under a later one
+        self.own_floor: dict[str, int] = {}
         self.releasing: dict[str, float] = {}  # stream -> monotonic deadline of its hand-over
         self.started_ts = time.time()
         self.apply: Callable[[], object] = lambda: None  # the reconciler's rescope
@@ -320,7 +324,8 @@ class FleetNode:
     def _heal_fences(self) -> None:
         """A stream in the pipeline whose write fence is not its current lease (taken again
         before it left the pipeline): frames from the lease's first seq on are written
-        under the new value (earlier ones stay fenced by the old one, and are refused)."""
+        under the new value (earlier ones stay fenced by the old one, and are refused: drops
+        of the stream's registration, which stays the same, so its in-flight count settles)."""
         present = set(self.pipeline.streams())
         with self._lock:
             held = {sid: (lease.token, self.first.get(sid, 0))
@@ -393,11 +398,16 @@ class FleetNode:
         with self._lock:
             leases = list(self.leases.values())
             floors = {lease.stream_id: self._floor(lease.stream_id) for lease in leases}
+            self._raise_own_floors(floors)
         lost = self.book.renew(leases, floors)
         if lost:
             log.error("fleet: lost the leases of %s (expired or Redis restarted); stopping "
                       "them", ", ".join(sorted(lost)))  # fmt: skip
             self._forget(lost)
+
+    def _raise_own_floors(self, floors: dict[str, int]) -> None:
+        for sid, floor in floors.items():
+            self.own_floor[sid] = max(self.own_floor.get(sid, 0), floor)
 
     # ---- heartbeat ------------------------------------------------------------------
     def record(self) -> dict[str, Any]:
@@ -540,11 +550,14 @@ class FleetNode:
         stream_id = lease.stream_id
         previous = self.book.floor(stream_id)
         last = self._last_written(stream_id)
-        first = max(previous.floor if previous else 0, last + 1)
+        with self._lock:
+            own = self.own_floor.get(stream_id, 0)
+        first = max(previous.floor if previous else 0, last + 1, own)
         cause = "new" if previous is None else "released" if previous.released else "expired"
         with self._lock:
             self.leases[stream_id] = lease
             self.first[stream_id] = first
+            self._raise_own_floors({stream_id: first + self.margin})
         self.book.renew([lease], {stream_id: first + self.margin})
         self.client.xadd(
             fleet_handovers_key(self.prefix),
@@ -590,6 +603,7 @@ class FleetNode:
         floors = {sid: max(self.pipeline.last_seq(sid), self._last_written(sid)) + 1
                   for sid in done}  # fmt: skip
         with self._lock:
+            self._raise_own_floors(floors)
             leases = [self.leases.pop(sid) for sid in done if sid in self.leases]
             kept = {sid: self.releasing.pop(sid) for sid in done if sid in self.releasing}
             firsts = {sid: self.first.pop(sid) for sid in done if sid in self.first}

@@ -9,6 +9,13 @@ Accounting per stream (frames skipped on purpose -- fps cap, analysis rate -- ar
 apart)::
 
     frames == published + sum(drops.values()) + in_flight
+
+per registration of the stream: a stream removed and added again (or a fleet node's stream
+taken again) starts from zero; drops of results the lease fence refused are charged by the
+registration (generation) their lease value was set for, so a late refusal of an earlier
+registration's frame never lands on a later one, and one of the current registration's
+frames read under an earlier lease (the stream taken again while it stayed in the pipeline)
+is its drop (its in-flight count settles).
 """
 
 from __future__ import annotations
@@ -42,6 +49,9 @@ from visionflow.workers.messages import (
 from visionflow.workers.status import PipelineStatus, PublishStats, StreamStatus, WorkerStatus
 
 log = logging.getLogger("visionflow.board")
+# a fleet node's worker hashes expire after this many status intervals without a write (a
+# node that died leaves none behind for long); one leaving deletes them
+WORKER_TTL_INTERVALS = 5
 
 
 @dataclass
@@ -57,6 +67,7 @@ class StreamView:
     last_frames: tuple[float, int] | None = None
     base: Counter[str] = field(default_factory=Counter)  # counts of ingest processes gone
     base_last_seq: int = -1
+    generation: int = 0  # the registration (fenced drops of another one are not its own)
     history: deque[StateChanged] = field(default_factory=lambda: deque(maxlen=64))
 
 
@@ -100,15 +111,19 @@ class StatusBoard:
         self._base_published: Counter[str] = Counter()  # counts of output processes gone
         self._base_drops: dict[str, Counter[str]] = {}
         self._base_publish = PublishStats()
+        self._fenced: Counter[tuple[str, int]] = Counter()  # (stream, generation): this process
+        self._base_fenced: Counter[tuple[str, int]] = Counter()  # ... of output processes gone
         # output-side totals of a stream id when it was (re-)registered: a stream removed and
         # added again under the same id starts from zero instead of inheriting the old counts
         self._origin: dict[str, tuple[int, Counter[str]]] = {}
         self._lock = threading.Lock()
 
     # ---- membership ----------------------------------------------------------------
-    def add_stream(self, config: StreamConfig, decode: str = "cpu") -> None:
+    def add_stream(self, config: StreamConfig, decode: str = "cpu", generation: int = 0) -> None:
+        """``generation``: the registration's number (the pipeline's; fenced drops carry
+        it)."""
         with self._lock:
-            self.streams[config.id] = StreamView(config, decode)
+            self.streams[config.id] = StreamView(config, decode, generation=generation)
             self._origin[config.id] = self._output_totals(config.id)
 
     def _output_totals(self, sid: str) -> tuple[int, Counter[str]]:
@@ -171,7 +186,9 @@ class StatusBoard:
             for sid, reasons in self._output_drops.items():
                 self._base_drops.setdefault(sid, Counter()).update(reasons)
             self._base_publish = self.output.publish.plus(self._base_publish)
+            self._base_fenced.update(self._fenced)
         self._output_pid = msg.pid
+        self._fenced = Counter({(sid, gen): n for sid, gen, n in msg.fenced})
         self.output = msg
         self._published = Counter(dict(msg.published))
         self._latency = {sid: dict(stages) for sid, stages in msg.latency}
@@ -305,6 +322,10 @@ class StatusBoard:
         origin_published, origin_drops = self._origin.get(sid, (0, Counter()))
         published -= origin_published
         out_drops.subtract(origin_drops)
+        key = (sid, view.generation)
+        fenced = self._base_fenced[key] + self._fenced[key]
+        if fenced:
+            out_drops["fenced"] += fenced
         drops.update(+out_drops)
         announced = max(base["frames"] + (stats.frames if stats else 0), led.announced)
         frames = announced + backpressure
@@ -408,20 +429,32 @@ class RedisStatusWriter:
         self.thread.start()
 
     def stop(self) -> None:
-        """Stop the thread and write the final snapshot (stopped states, final counts)."""
+        """Stop the thread and write the final snapshot (stopped states, final counts); a
+        fleet node's worker hashes are deleted (it left the fleet)."""
         self._stop.set()
         self.thread.join(timeout=self.config.socket_timeout_s + 2)
         try:
-            self.write()
+            self.write(final=True)
         except (redis.RedisError, OSError) as exc:
             log.warning("redis %s: final status not written: %s", self.safe_url, explain(exc))
         self._client.close()
 
-    def write(self) -> None:
-        hashes, members = redis_status(self.snapshot(), self.config.key_prefix, self.node_id)
+    def write(self, final: bool = False) -> None:
+        """One snapshot to Redis in one transaction; ``final``: the last one (a fleet node's
+        worker hashes are deleted instead)."""
+        snapshot = self.snapshot()
+        hashes, members = redis_status(snapshot, self.config.key_prefix, self.node_id)
+        workers = {worker_key(self.config.key_prefix, w.worker_id, self.node_id)
+                   for w in snapshot.workers} if self.node_id is not None else set()  # fmt: skip
+        ttl_ms = int(WORKER_TTL_INTERVALS * self.config.status_interval_s * 1000)
         pipe = self._client.pipeline(transaction=True)  # the streams set is never seen empty
         for key, fields in hashes.items():
+            if key in workers and final:
+                pipe.delete(key)
+                continue
             pipe.hset(key, mapping=dict(fields))  # type: ignore[arg-type]
+            if key in workers:
+                pipe.pexpire(key, max(ttl_ms, 1000))
         set_key = streams_key(self.config.key_prefix)
         if not self.shared:
             pipe.delete(set_key)

@@ -158,6 +158,9 @@ class OutputStats:
     held_batches: int = 0  # batches waiting for an earlier one in the reorder buffer
     latency: tuple[tuple[str, StreamLatency], ...] = ()  # per stream, per stage (written ones)
     publish: PublishStats = field(default_factory=PublishStats)  # Redis errors, spool depth
+    # results the lease fence refused, by (stream, registration generation, count): drops
+    # (reason "fenced") of that registration only (fleet nodes)
+    fenced: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from visionflow.tracking.config import TrackingConfig
 from visionflow.tracking.processor import TrackingProcessor
 from visionflow.tracking.sink import RedisEventSink
 from visionflow.workers.counts import CountsSink
-from visionflow.workers.fence import Epochs, FenceBook, SetFence
+from visionflow.workers.fence import Epochs, FenceBook, ForgetFence, SetFence
 from visionflow.workers.logs import setup_child_logging
 from visionflow.workers.messages import BatchAbandoned, OutputStats
 from visionflow.workers.procs import exit_with_parent
@@ -169,6 +169,7 @@ class OutputStage:
             held_batches=self.reorder.held,
             latency=sink.latency.snapshot() if sink.latency is not None else (),
             publish=sink.publish_stats(),
+            fenced=tuple(sink.fenced_drops()),
         )
 
     def start(self) -> None:
@@ -198,8 +199,9 @@ class OutputSpec:
     flush_timeout_s: float = 5.0
     snapshot_interval_s: float = 0.0  # 0: no snapshots
     tracking: tuple[tuple[str, TrackingConfig], ...] = ()  # streams that track, and how
-    # a fleet node's lease values per stream ((first seq, value), ...); None: not a fleet
-    # node, writes are not fenced
+    # a fleet node's lease values per stream ((first seq, value, generation), ...) of the
+    # streams in its pipeline (forgotten when they leave it); None: not a fleet node, writes
+    # are not fenced
     fences: tuple[tuple[str, Epochs], ...] | None = None
 
 
@@ -270,7 +272,9 @@ def serve(stage: OutputStage, inbox: Any, control: Any, flush_timeout: float) ->
             elif isinstance(msg, SetTracking):
                 _set_tracking(stage, msg)
             elif isinstance(msg, SetFence) and stage.fences is not None:
-                stage.fences.set(msg.stream_id, msg.token, msg.first_seq)
+                stage.fences.set(msg.stream_id, msg.token, msg.first_seq, msg.generation)
+            elif isinstance(msg, ForgetFence) and stage.fences is not None:
+                stage.fences.forget(msg.stream_id)
     finally:
         stage.stop(flush_timeout)
         control.put(stage.stats(final=True))

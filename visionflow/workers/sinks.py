@@ -23,11 +23,15 @@ Anything else under or below that id (another writer, or the entry was trimmed/d
 the replay) gets a fresh id after the stream's last one, counted ``reassigned``.
 
 Fencing (fleet nodes only, :mod:`visionflow.workers.fence`): each entry carries the lease
-value its frame was read under, and is written by one Lua script that ``XADD`` s it only while
-the stream's lease still holds that value.  An entry refused there (the lease expired or
-moved to another node) is not written, not re-ided and not retried: it is counted in
-``fenced`` and, for this sink's own entries, as a drop (reason ``fenced``); a spool replay
-acknowledges it like a written one, so nothing waits behind it.  Without a fence book
+value its frame was read under (bound when the result enters the sink), and is written by
+one Lua script that ``XADD`` s it only while the stream's lease still holds that value.  An
+entry refused there (the lease expired or moved to another node) is not written, not re-ided
+and not retried: it is counted in ``fenced`` and, for this sink's own entries, as a drop
+(reason ``fenced``) of the stream's registration the value belongs to
+(:meth:`RedisStreamSink.fenced_drops`); a spool replay acknowledges it like a written one, so
+nothing waits behind it.  An entry the script finds already written under its id (a retry
+whose first reply was lost) is counted ``duplicates_skipped`` and as written.  The script is
+loaded (``SCRIPT LOAD``) on every connection and then sent by its SHA.  Without a fence book
 (no ``fleet:`` section) the sink sends plain ``XADD`` s as before.
 """
 
@@ -62,7 +66,7 @@ from visionflow.schema import (
 )
 from visionflow.streams.backoff import Backoff
 from visionflow.streams.urls import redact_url
-from visionflow.workers.fence import FENCED_XADD_LUA, FenceBook
+from visionflow.workers.fence import DUPLICATE, FENCED_XADD_LUA, Fence, FenceBook
 from visionflow.workers.latency import LatencyBook
 from visionflow.workers.spool import Spool, SpoolRecord
 from visionflow.workers.status import PublishStats
@@ -110,6 +114,11 @@ class Sink(abc.ABC):
         counted as ``redis_unavailable``."""
         return [(sid, "redis_unavailable", n) for sid, n in self.dropped.items() if n]
 
+    def fenced_drops(self) -> list[tuple[str, int, int]]:
+        """``(stream, registration generation, count)`` of its results the lease fence
+        refused (a sink without a fence: none)."""
+        return []
+
     def stop(self, flush_timeout: float = 5.0) -> None:  # noqa: B027 - optional hook
         """Write what is buffered (up to ``flush_timeout``) and release resources."""
 
@@ -141,6 +150,7 @@ class _Entry:
     own: bool = True  # this sink's result (counts as published), not one left by another
     spooled: bool = False  # read back from the spool
     fence: str | None = None  # the lease value it is written under (fleet; None: not known)
+    generation: int = 0  # the stream's registration that value belongs to (fleet)
 
     def to_record(self, run: str) -> tuple[str, bytes]:
         body: dict[str, Any] = {
@@ -152,7 +162,7 @@ class _Entry:
             "run": run,
         }
         if self.fence is not None:
-            body["fence"] = self.fence
+            body["fence"], body["gen"] = self.fence, self.generation
         return self.stream_id, json.dumps(body, separators=(",", ":")).encode()
 
     @staticmethod
@@ -168,6 +178,7 @@ class _Entry:
             own=body.get("run") == run,
             spooled=True,
             fence=body.get("fence"),
+            generation=int(body.get("gen", 0)),
         )
 
     def latency(self, now: float) -> dict[str, float]:
@@ -182,10 +193,21 @@ class _Entry:
         return {**self.fields, "latency_ms": latency}
 
 
-_Buffered = FrameResult | _Entry
+@dataclass(frozen=True)
+class _Bound:
+    """A fleet node's result with the lease value it was read under, bound when it entered
+    the sink (a later lease of the stream never re-binds it)."""
+
+    result: FrameResult
+    fence: Fence | None
+
+
+_Buffered = FrameResult | _Bound | _Entry
 
 
 def _sid(item: _Buffered) -> str:
+    if isinstance(item, _Bound):
+        return item.result.frame.stream_id
     return item.frame.stream_id if isinstance(item, FrameResult) else item.stream_id
 
 
@@ -208,6 +230,7 @@ class RedisStreamSink(Sink):
         self._fenced_xadd = (
             None if fences is None else self._client.register_script(FENCED_XADD_LUA)
         )
+        self._script_loaded = False  # SCRIPT LOAD done on this connection
         self._buffer: deque[_Buffered] = deque()
         self._writing: list[_Buffered] = []  # taken out of the buffer, being written
         self._cond = threading.Condition()
@@ -229,7 +252,9 @@ class RedisStreamSink(Sink):
         self.duplicates_skipped: Counter[str] = Counter()  # already in Redis: not re-added
         self.reassigned: Counter[str] = Counter()  # id taken by another entry: given a new one
         self.fenced: Counter[str] = Counter()  # refused by the lease fence (any run's entries)
-        self.dropped_fenced: Counter[str] = Counter()  # this sink's own among them: drops
+        # this sink's own among them, by (stream, registration generation): drops
+        self.dropped_fenced: Counter[tuple[str, int]] = Counter()
+        self.accepted = 0  # results handed to write()
         self.write_errors = 0  # batches Redis did not take (kept and retried, or spooled)
         self._spool_depth = (0, 0)  # (entries, bytes) waiting, noted by the writer thread
         self._latency = self.latency = LatencyBook()  # latency_ms of own entries, once written
@@ -238,8 +263,13 @@ class RedisStreamSink(Sink):
     # ---- producer side ------------------------------------------------------------
     def write(self, results: Sequence[FrameResult]) -> None:
         """Queue results for writing (never blocks; drops the oldest when full)."""
+        fences = self.fences
+        items: Sequence[_Buffered] = results
+        if fences is not None:  # bound now: a lease taken later does not apply to them
+            items = [_Bound(r, fences.lookup(r.frame.stream_id, r.frame.seq)) for r in results]
         with self._cond:
-            self._buffer.extend(results)
+            self.accepted += len(results)
+            self._buffer.extend(items)
             self._trim()
             self._cond.notify()
 
@@ -264,11 +294,13 @@ class RedisStreamSink(Sink):
             replayed=sum(self.replayed.values()),
             overflow=sum(self.spool_overflow.values()),
             fenced=sum(self.fenced.values()),
+            accepted=self.accepted,
+            published=sum(self.published.values()),
+            duplicates=sum(self.duplicates_skipped.values()),
         )
 
-    def drop_counts(self) -> list[tuple[str, str, int]]:
-        fenced = [(sid, "fenced", n) for sid, n in self.dropped_fenced.items() if n]
-        return super().drop_counts() + fenced
+    def fenced_drops(self) -> list[tuple[str, int, int]]:
+        return [(sid, gen, n) for (sid, gen), n in self.dropped_fenced.items() if n]
 
     def _note_spool(self) -> None:
         """The spool's depth, read where the spool lives (the writer thread)."""
@@ -382,18 +414,19 @@ class RedisStreamSink(Sink):
         """Fix a result's id (once: an entry keeps the one it has)."""
         if isinstance(item, _Entry):
             return item
-        frame = item.frame
+        result, fence = (item.result, item.fence) if isinstance(item, _Bound) else (item, None)
+        frame = result.frame
         entry_id = next_entry_id(frame.capture_ts, frame.seq, self._last_id.get(frame.stream_id))
         self._last_id[frame.stream_id] = entry_id
-        fences = self.fences
         return _Entry(
             stream_id=frame.stream_id,
             seq=frame.seq,
             entry_id=entry_id,
-            fields=encode_entry(item, self.model_id, item.done_ts),
-            done_ts=item.done_ts,
+            fields=encode_entry(result, self.model_id, result.done_ts),
+            done_ts=result.done_ts,
             capture_ts=frame.capture_ts,
-            fence=fences.token(frame.stream_id, frame.seq) if fences is not None else None,
+            fence=fence.token if fence is not None else None,
+            generation=fence.generation if fence is not None else 0,
         )
 
     def _run(self) -> None:
@@ -452,8 +485,8 @@ class RedisStreamSink(Sink):
         with self._cond:
             for entry in refused:
                 self.fenced[entry.stream_id] += 1
-                if entry.own and self._of_newest_lease(entry):
-                    self.dropped_fenced[entry.stream_id] += 1
+                if entry.own:
+                    self.dropped_fenced[(entry.stream_id, entry.generation)] += 1
             for entry in entries:
                 if entry.own:
                     self.published[entry.stream_id] += 1
@@ -461,15 +494,6 @@ class RedisStreamSink(Sink):
                 if entry.spooled:
                     self.replayed[entry.stream_id] += 1
             self._writing = []
-
-    def _of_newest_lease(self, entry: _Entry) -> bool:
-        """Whether the entry was read under the stream's newest lease here.  A stream taken
-        again was added to the pipeline again, counting from zero: the drops of the frames
-        read under an earlier lease are not its own (they count in ``fenced`` only)."""
-        if self.fences is None:
-            return True
-        token = entry.fence or self.fences.token(entry.stream_id, entry.seq)
-        return token == self.fences.latest(entry.stream_id)
 
     def _sync_ids(self, streams: set[str]) -> None:
         """Read each stream's last id from Redis (once per stream and connection), so that
@@ -501,6 +525,7 @@ class RedisStreamSink(Sink):
         """XADD every entry (pipelined); returns the entries Redis holds, ids fixed, those
         the fence refused (fleet), and the time their latency_ms was stamped with."""
         self._sync_ids({_sid(item) for item in batch if not isinstance(item, _Entry)})
+        self._load_script()
         entries = [self._entry(item) for item in batch]
         with self._cond:
             if batch is self._writing:  # from memory: a failure puts them back with their ids
@@ -515,6 +540,8 @@ class RedisStreamSink(Sink):
         for entry, reply in zip(sent, replies, strict=True):
             if reply is None and self.fences is not None:
                 refused.append(entry)  # the lease holds another value, or none
+            elif _text(reply) == DUPLICATE and self.fences is not None:
+                self.duplicates_skipped[entry.stream_id] += 1  # there already: written
             elif isinstance(reply, redis.ResponseError) and _TOO_SMALL in str(reply):
                 if not self._settle_conflict(entry, now):
                     refused.append(entry)
@@ -530,13 +557,20 @@ class RedisStreamSink(Sink):
     def _command(self) -> str:
         return "XADD" if self.fences is None else "EVALSHA (fenced XADD)"
 
+    def _load_script(self) -> None:
+        """Fleet: load the fenced write's script once per connection (it is sent by its
+        SHA; without this the first batch after every start met NOSCRIPT)."""
+        if self.fences is not None and not self._script_loaded:
+            self._client.script_load(FENCED_XADD_LUA)
+            self._script_loaded = True
+
     def _send(self, pipe: Any, entry: _Entry, now: float, entry_id: StreamId | None = None) -> bool:
         """Queue the entry's write on ``pipe``: a plain XADD, or (fleet) the fenced one; False
-        when no lease value is known for it (refused: nothing queued)."""
+        when no lease value is bound to it (refused: nothing queued)."""
         if self.fences is None:
             self._xadd(pipe, entry, now, entry_id)
             return True
-        token = entry.fence or self.fences.token(entry.stream_id, entry.seq)
+        token = entry.fence
         if token is None:
             return False
         assert self._fenced_xadd is not None
@@ -562,12 +596,18 @@ class RedisStreamSink(Sink):
         if not missing:
             return replies
         self._client.script_load(FENCED_XADD_LUA)
+        self._script_loaded = True
         pipe = self._client.pipeline(transaction=False)
-        for i in missing:
-            self._send(pipe, sent[i], now)
         out = list(replies)
-        for i, reply in zip(missing, pipe.execute(raise_on_error=False), strict=True):
-            out[i] = reply
+        resent = []
+        for i in missing:
+            if self._send(pipe, sent[i], now):
+                resent.append(i)
+            else:  # nothing queued for it (no lease value): refused, like a nil reply
+                out[i] = None
+        if resent:
+            for i, reply in zip(resent, pipe.execute(raise_on_error=False), strict=True):
+                out[i] = reply
         return out
 
     def _log_refused(self, refused: list[_Entry]) -> None:
@@ -608,8 +648,14 @@ class RedisStreamSink(Sink):
         fresh = next_entry_id(entry.capture_ts, entry.seq, self._last_id[entry.stream_id])
         self._last_id[entry.stream_id] = fresh
         pipe = self._client.pipeline(transaction=False)
-        if not self._send(pipe, entry, now, fresh) or pipe.execute()[0] is None:
+        if not self._send(pipe, entry, now, fresh):
+            return False  # no lease value: refused
+        reply = pipe.execute()[0]
+        if reply is None:
             return False  # fenced: the lease is no longer the entry's
+        if self.fences is not None and _text(reply) == DUPLICATE:
+            self.duplicates_skipped[entry.stream_id] += 1
+            return True
         log.warning(
             "redis: %s id %s is taken or below the stream's top %s (another writer, or trimmed "
             "before a replay); written as %s",
@@ -638,4 +684,5 @@ class RedisStreamSink(Sink):
             if self._down_since is None:
                 self._down_since = time.monotonic()
             self._synced.clear()  # the server may come back with other data
+            self._script_loaded = False  # ... and without the script
         self._connected = ok

@@ -139,6 +139,9 @@ class PublishStats:
     replayed: int = 0  # spool entries written once Redis was reachable again
     overflow: int = 0  # unwritten entries a full spool dropped
     fenced: int = 0  # entries the lease fence refused (fleet nodes; any stream, any lease)
+    accepted: int = 0  # results handed to the sink (its own: each published, dropped or pending)
+    published: int = 0  # of those, written (found there already included)
+    duplicates: int = 0  # entries found already written under their id (any run's)
 
     def plus(self, base: PublishStats) -> PublishStats:
         """These counts on top of ``base``'s (an output process gone); gauges stay."""
@@ -149,6 +152,9 @@ class PublishStats:
             replayed=base.replayed + self.replayed,
             overflow=base.overflow + self.overflow,
             fenced=base.fenced + self.fenced,
+            accepted=base.accepted + self.accepted,
+            published=base.published + self.published,
+            duplicates=base.duplicates + self.duplicates,
         )
 
 
@@ -181,6 +187,9 @@ class PipelineStatus:
             "spool_replayed": str(p.replayed),
             "spool_overflow": str(p.overflow),
             "fenced": str(p.fenced),
+            "sink_accepted": str(p.accepted),
+            "sink_published": str(p.published),
+            "duplicates": str(p.duplicates),
             "ledger_violations": str(self.ledger_violations),
             "updated_ts": f"{time.time():.3f}",
         }

@@ -17,6 +17,7 @@ restart), :class:`~visionflow.workers.scheduling.SchedulerLoop` around the pure
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing as mp
 import os
@@ -36,7 +37,7 @@ from visionflow.pipeline.scheduler import Scheduler, Send
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.state import StreamState
 from visionflow.workers.board import RedisStatusWriter, StatusBoard, WorkerLoadView
-from visionflow.workers.fence import FenceBook, SetFence
+from visionflow.workers.fence import FenceBook, ForgetFence, SetFence
 from visionflow.workers.governor import ShareGovernor
 from visionflow.workers.inference import (
     ENGINE_FAILED_EXIT,
@@ -123,6 +124,11 @@ class Pipeline:
         self._first_seq: dict[str, int] = {}  # streams added to start above a given seq
         # a fleet node's lease values, which the output stage fences its writes with
         self._fences = FenceBook() if config.fleet is not None else None
+        # each registration of a stream has its own number (a lease value set before the
+        # stream is added reserves the one its registration gets): the status board charges
+        # a fenced drop to the registration it names
+        self._generations = itertools.count(1)
+        self._generation: dict[str, int] = {}
         self._worker_labels: list[str] = []
         if worker_env is None and config.engine.backend != "onnxruntime":
             from visionflow.gpu.placement import plan_gpu_workers
@@ -312,7 +318,7 @@ class Pipeline:
         self._ingest_streams[index], self._ingest_plans[index] = streams, plan
         for stream in streams:
             self._stream_process[stream.id] = index
-            self.board.add_stream(stream, _decode_label(plan))
+            self.board.add_stream(stream, _decode_label(plan), self._generation_of(stream.id))
             self.scheduler.add_stream(stream.id)
         timeout = max(10.0, self.config.source.read_timeout_s * 2 + 2)
         self.group.add(
@@ -492,7 +498,8 @@ class Pipeline:
             index = self._ingest_for_new_stream()
             self._ingest_streams[index].append(stream)
             self._stream_process[stream.id] = index
-            self.board.add_stream(stream, _decode_label(self._ingest_plans[index]))
+            label = _decode_label(self._ingest_plans[index])
+            self.board.add_stream(stream, label, self._generation_of(stream.id))
             with self.loop.lock:
                 self.scheduler.add_stream(stream.id)
             self._commands[index].put(AddStream(stream, first_seq))
@@ -512,14 +519,25 @@ class Pipeline:
             log.info("ingest-%d started for streams added at run time", index)
         return index
 
+    def _generation_of(self, stream_id: str) -> int:
+        """The number of the stream's registration now (or, not registered, of its next)."""
+        found = self._generation.get(stream_id)
+        if found is None:
+            found = self._generation[stream_id] = next(self._generations)
+        return found
+
     def set_fence(self, stream_id: str, token: str, first_seq: int) -> None:
         """A fleet node took ``stream_id``'s lease as ``token``: the output stage writes its
         frames from ``first_seq`` on only while the lease still holds ``token`` (sent before
-        the stream is added, so before any of those frames exists)."""
+        the stream is added, so before any of those frames exists).  One lock around the
+        book and the message: the reconciler's and the fleet's threads both call it, and
+        the output stage must see the values in the order the book took them."""
         if self._fences is None:
             raise ConfigError("write fencing needs a fleet: section")
-        self._fences.set(stream_id, token, first_seq)
-        self._output_q.put(SetFence(stream_id, token, first_seq))
+        with self._membership:
+            generation = self._generation_of(stream_id)
+            self._fences.set(stream_id, token, first_seq, generation)
+            self._output_q.put(SetFence(stream_id, token, first_seq, generation))
 
     def fence(self, stream_id: str) -> str | None:
         """The newest lease value set for the stream (None: none, or not a fleet node)."""
@@ -555,6 +573,10 @@ class Pipeline:
                 raise ConfigError(f"stream {stream_id!r} is not registered")
             self.board.remove_stream(stream_id)
             self._first_seq.pop(stream_id, None)
+            self._generation.pop(stream_id, None)  # added again: a new registration
+            if self._fences is not None:  # what the sink holds of it carries its own value;
+                self._fences.forget(stream_id)  # a frame of it still in a worker is refused
+                self._output_q.put(ForgetFence(stream_id))
             if self._tracking.pop(stream_id, None) is not None:
                 self._output_q.put(SetTracking(stream_id, None))
             index = self._stream_process.pop(stream_id, None)

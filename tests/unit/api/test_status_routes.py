@@ -20,7 +20,7 @@ from visionflow.api.app import create_app
 from visionflow.api.context import ApiContext
 from visionflow.api.sources import PipelineSource
 from visionflow.config import RedisConfig
-from visionflow.schema import fleet_nodes_key
+from visionflow.schema import fleet_alive_key, fleet_nodes_key
 from visionflow.streams.urls import redact_url
 from visionflow.workers.board import RedisStatusWriter
 
@@ -144,18 +144,27 @@ def test_every_fleet_nodes_workers_are_listed_with_their_node(
     redis_api, redis_server, redis_client, key_prefix
 ):
     config = RedisConfig(url=redis_server, key_prefix=key_prefix)
-    for node, workers in (("gpu-a", 2), ("gpu-b", 18)):  # b: more than one chunk of hashes
+    writers = {}
+    for node, workers in (("gpu-a", 2), ("gpu-b", 18), ("gpu-c", 1)):  # b: > one chunk
         redis_client.hset(fleet_nodes_key(key_prefix), node, "{}")  # its heartbeat record
+        if node != "gpu-c":  # c's liveness key expired: it died, its record stays a while
+            redis_client.set(fleet_alive_key(key_prefix, node), "running")
         status = pipeline_status(workers=tuple(worker_status(i) for i in range(workers)))
-        writer = RedisStatusWriter(config, redis_server, lambda s=status: s, True, node)
-        writer.write()
-        writer._client.close()
-    # the nodes' worker 0 no longer collide: each has its own hash
+        writers[node] = RedisStatusWriter(config, redis_server, lambda s=status: s, True, node)
+        writers[node].write()
+    # the nodes' worker 0 no longer collide: each has its own hash, which expires unless
+    # written again within a few status intervals
     assert redis_client.exists(f"{key_prefix}:worker:gpu-a:0", f"{key_prefix}:worker:gpu-b:0") == 2
+    ttl_ms = redis_client.pttl(f"{key_prefix}:worker:gpu-b:17")
+    assert 0 < ttl_ms <= 5 * config.status_interval_s * 1000, ttl_ms
     assert not redis_client.exists(f"{key_prefix}:worker:0")
     api = redis_api()
     listed = [(w["node"], w["id"]) for w in api.get("/workers").json()["workers"]]
     assert listed == [("gpu-a", 0), ("gpu-a", 1), *(("gpu-b", i) for i in range(18))]
+    writers["gpu-c"].write(final=True)  # a node leaving deletes its worker hashes
+    assert not redis_client.exists(f"{key_prefix}:worker:gpu-c:0")
+    for writer in writers.values():
+        writer._client.close()
     metrics = api.get("/metrics").text
     assert 'visionflow_worker_batches_total{backend="onnxruntime",node="gpu-b",' in metrics
     write_status(redis_server, key_prefix, pipeline_status(workers=(worker_status(0),)))

@@ -269,3 +269,26 @@ def test_a_node_meeting_a_just_restarted_redis_takes_nothing_for_a_lease_timeout
     )  # the server has been up for less than 30 s: old leases may still be believed
     assert a.leases == {} and running(a) == set()
     assert a._quiet_until - time.monotonic() > 20
+
+
+def test_a_stream_taken_again_after_redis_lost_its_data_goes_on_above_its_own_seq(
+    redis_server, redis_client, key_prefix
+):
+    """Redis lost the leases, floors and detections: the node stops its streams and takes
+    them again; each goes on above every seq the node read of it (so no frame of the earlier
+    lease, still buffered, shares a seq with the new one's)."""
+    pipeline = RecordingPipeline()
+    a = make_node(redis_server, key_prefix, "a", pipeline)
+    wait_until(lambda: ticked(a, lambda: running(a) == ALL), 20, lambda: f"a {running(a)}")
+    before = {sid: (pipeline.first[sid],) for sid in ALL}
+    read = {sid: pipeline.last_seq(sid) for sid in ALL}
+    redis_client.delete(*redis_client.keys(f"{key_prefix}:*"))  # as after a restart, empty
+
+    def taken_again() -> bool:  # (the fence counter restarted too: the values may repeat)
+        fresh = all(pipeline.first.get(sid) != before[sid][0] for sid in ALL)
+        return fresh and running(a) == ALL
+
+    wait_until(lambda: ticked(a, taken_again), 20, lambda: f"a {running(a)} {a.leases}")
+    for sid in ALL:
+        assert pipeline.first[sid] > read[sid] >= before[sid][0], (sid, pipeline.first, read)
+        assert pipeline.fences[sid][-1] == (a.token(sid), pipeline.first[sid])

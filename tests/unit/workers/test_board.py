@@ -139,3 +139,29 @@ def test_the_status_writer_deletes_the_hash_of_a_removed_stream(
     assert redis_client.exists(f"{key_prefix}:status:b") == 0, "a removed stream's hash stays"
     assert redis_client.exists(f"{key_prefix}:status:a") == 1
     assert redis_client.smembers(f"{key_prefix}:streams") == {"a"}
+
+
+def test_fenced_drops_are_charged_to_the_registration_their_lease_value_names():
+    """A stream taken again while it stayed in the pipeline: its frames read under the old
+    lease and refused are drops of the same registration, so in-flight settles to zero.  A
+    refusal of an earlier registration that arrives after the stream was added again (even
+    in a later OutputStats) is not charged to the new one."""
+    board = StatusBoard("m")
+    board.add_stream(StreamConfig(id="a", url="rtsp://cam/1"), generation=1)
+    board.apply(IngestHeartbeat(0, time.time(), (stats(50),)))
+    fenced = (("a", 1, 10),)
+    board.apply(OutputStats(time.time(), (("a", 40),), (), 0, True, None, pid=6, fenced=fenced))
+    s = board.snapshot({"a": LedgerSnapshot(50, 50, {}, 0)}, {}).stream("a")
+    assert (s.published, s.drops, s.in_flight, s.unaccounted) == (40, {"fenced": 10}, 0, 0), s
+    board.remove_stream("a")
+    board.add_stream(StreamConfig(id="a", url="rtsp://cam/1"), generation=2)
+    board.apply(IngestHeartbeat(0, time.time(), (stats(0),)))
+    # late refusals of registration 1 and a first one of registration 2
+    late = (("a", 1, 25), ("a", 2, 3))
+    board.apply(OutputStats(time.time(), (("a", 45),), (), 0, True, None, pid=6, fenced=late))
+    s = board.snapshot({"a": LedgerSnapshot(10, 10, {}, 0)}, {}).stream("a")
+    assert (s.published, s.drops, s.in_flight, s.unaccounted) == (5, {"fenced": 3}, 2, 0), s
+    # an output process restarted: the dead one's refusals stay charged
+    board.apply(OutputStats(time.time(), (), (), 0, True, None, pid=7, fenced=(("a", 2, 1),)))
+    s = board.snapshot({"a": LedgerSnapshot(10, 10, {}, 0)}, {}).stream("a")
+    assert s.drops == {"fenced": 4} and s.accounted, s

@@ -48,5 +48,8 @@ def list_workers(ctx: ApiContext = Ctx) -> dict[str, Any]:
             "spool_entries": snap.publish.spool_entries if snap.publish else None,
             "spool_bytes": snap.publish.spool_bytes if snap.publish else None,
             "fenced": snap.publish.fenced if snap.publish else None,
+            "accepted": snap.publish.accepted if snap.publish else None,
+            "published": snap.publish.published if snap.publish else None,
+            "duplicates": snap.publish.duplicates if snap.publish else None,
         },
     }
