@@ -301,7 +301,7 @@ def fleet_alive_key(prefix: str, node_id: str) -> str:
 
 
 def fleet_lease_key(prefix: str, stream_id: str) -> str:
-    """The stream's lease: ``<node_id>/<fence>``, with a PX TTL (redis-py ``Lock``)."""
+    """The stream's lease: ``<node_id>/<fence>.<nonce>``, with a PX TTL (redis-py ``Lock``)."""
     return f"{prefix}:fleet:lease:{stream_id}"
 
 

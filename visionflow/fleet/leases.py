@@ -3,8 +3,10 @@
 A lease is redis-py's :class:`redis.lock.Lock` on ``<prefix>:fleet:lease:<stream_id>``
 (``SET NX PX`` to take it, its compare-and-delete Lua script to give it back): a well-kept,
 widely used primitive whose value is a token only its holder knows.  Our token is
-``<node_id>/<fence>``, ``fence`` a counter bumped for every lease taken (a fencing token:
-a later owner always has a higher one), so the holder is readable with one GET.
+``<node_id>/<fence>.<nonce>``, ``fence`` a counter bumped for every lease taken (a fencing
+token: a later owner always has a higher one) and ``nonce`` 8 random hex digits (a Redis that
+restarted without its data restarts the counter too: the nonce keeps a new lease's value from
+repeating an old one, which the write fence compares), so the holder is readable with one GET.
 
 Renewal is one Lua script per lease, all of a node's leases in one pipelined round trip:
 the compare-and-extend of ``Lock.extend`` (PEXPIRE only while the value is still our token)
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,7 +65,7 @@ class SeqFloor:
 
 
 def owner_of(token: str | bytes | None) -> str | None:
-    """The node id in a lease value (``<node_id>/<fence>``)."""
+    """The node id in a lease value (``<node_id>/<fence>.<nonce>``)."""
     if token is None:
         return None
     return _text(token).rsplit("/", 1)[0]
@@ -91,7 +94,7 @@ class LeaseBook:
     def try_acquire(self, stream_id: str) -> Lease | None:
         """The stream's lease, or None when another node holds it."""
         fence = int(self.client.incr(fleet_fence_key(self.prefix)))  # type: ignore[arg-type]
-        token = f"{self.node_id}/{fence}"
+        token = f"{self.node_id}/{fence}.{secrets.token_hex(4)}"
         lock = Lock(
             self.client, fleet_lease_key(self.prefix, stream_id), timeout=self.ttl_s,
             thread_local=False,

@@ -1,7 +1,7 @@
 """Write fencing of a fleet node: which lease value each detections entry is written under.
 
 A fleet node writes a stream's detections only while ``<prefix>:fleet:lease:<stream_id>``
-still holds the lease value it took (``<node_id>/<fence>``, :mod:`visionflow.fleet.leases`):
+still holds the lease value it took (``<node_id>/<fence>.<nonce>``, :mod:`visionflow.fleet.leases`):
 the Redis sink sends each entry through :data:`FENCED_XADD_LUA`, which compares the lease key
 with the entry's lease value and only then ``XADD`` s, in one atomic step.  An entry refused
 there is dropped and counted (reason ``fenced``), never written elsewhere or re-ided.

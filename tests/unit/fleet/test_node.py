@@ -282,9 +282,10 @@ def test_a_stream_taken_again_after_redis_lost_its_data_goes_on_above_its_own_se
     wait_until(lambda: ticked(a, lambda: running(a) == ALL), 20, lambda: f"a {running(a)}")
     before = {sid: (pipeline.first[sid],) for sid in ALL}
     read = {sid: pipeline.last_seq(sid) for sid in ALL}
+    tokens = {sid: a.token(sid) for sid in ALL}
     redis_client.delete(*redis_client.keys(f"{key_prefix}:*"))  # as after a restart, empty
 
-    def taken_again() -> bool:  # (the fence counter restarted too: the values may repeat)
+    def taken_again() -> bool:  # (the fence counter restarted too; the nonce did not)
         fresh = all(pipeline.first.get(sid) != before[sid][0] for sid in ALL)
         return fresh and running(a) == ALL
 
@@ -292,3 +293,4 @@ def test_a_stream_taken_again_after_redis_lost_its_data_goes_on_above_its_own_se
     for sid in ALL:
         assert pipeline.first[sid] > read[sid] >= before[sid][0], (sid, pipeline.first, read)
         assert pipeline.fences[sid][-1] == (a.token(sid), pipeline.first[sid])
+        assert a.token(sid) != tokens[sid], "a lease value repeated after Redis lost its data"
