@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 import redis
 
+from visionflow.errors import VisionflowError
 from visionflow.fleet.config import FleetConfig
 from visionflow.fleet.leases import Lease, LeaseBook
 from visionflow.fleet.plan import Moves, NodeView, plan_moves
@@ -109,8 +110,9 @@ class OwnedTarget:
         """Added with its lease value (the output stage's write fence) and first seq."""
         first = self.node.first_seq(stream.id)
         token = self.node.token(stream.id)
-        if token is not None:
-            self.pipeline.set_fence(stream.id, token, first)
+        if token is None:  # the lease was lost since the scope was read: not ours to read
+            raise VisionflowError(f"stream {stream.id!r}: its lease was lost; not added")
+        self.pipeline.set_fence(stream.id, token, first)
         self.pipeline.add_stream(stream, first)
 
     def update_stream(self, stream: StreamConfig) -> None:

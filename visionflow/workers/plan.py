@@ -77,11 +77,20 @@ def _split(streams: list[StreamConfig], processes: int) -> list[list[StreamConfi
     return groups
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (affinity and cpusets, as in a container; not the
+    host's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity on this platform
+        return os.cpu_count() or 1
+
+
 def _process_count(config: AppConfig, share: int, total: int) -> int:
     configured = config.workers.ingest_processes
     if configured:
         return max(1, round(configured * share / max(1, total)))
-    return max(1, min(os.cpu_count() or 1, math.ceil(share / STREAMS_PER_PROCESS)))
+    return max(1, min(usable_cores(), math.ceil(share / STREAMS_PER_PROCESS)))
 
 
 def place_added_stream(
@@ -90,22 +99,52 @@ def place_added_stream(
     *,
     grow: bool,
     max_processes: int,
+    candidates: Sequence[IngestPlan] = (),
 ) -> tuple[int, IngestPlan, bool]:
     """Where a stream added at run time goes: ``(process index, its plan, new process?)``.
 
-    The decode plan (GPU) whose processes read the fewest streams in all, so streams spread
-    over the GPUs as the start-up plan spreads them; in it, the process with the fewest
-    streams; when that one already has ``STREAMS_PER_PROCESS`` and ``grow`` (the automatic
-    count) allows, a new process with that plan (at most ``max_processes`` in all), so
-    streams added later get processes as those configured at start do."""
+    The decode plan (GPU) whose processes read the fewest streams in all -- with ``grow``
+    (the automatic count) also each of ``candidates`` (:func:`decode_plans`: every decode
+    slot, those without a process yet counting 0), so streams spread over the GPUs even when
+    the start-up config had none there (a fleet node starts with no streams); in it, the
+    process with the fewest streams; when that one already has ``STREAMS_PER_PROCESS`` (or
+    the plan has no process yet) and ``grow`` allows, a new process with that plan (at most
+    ``max_processes`` in all), so streams added later get processes as those configured at
+    start do."""
+    room = grow and len(plans) < max_processes
     totals: dict[IngestPlan, int] = {}
     for index in sorted(plans):
         totals[plans[index]] = totals.get(plans[index], 0) + loads.get(index, 0)
-    plan = min(totals, key=lambda p: totals[p])  # ties: the plan of the lowest index
-    index = min((i for i in plans if plans[i] == plan), key=lambda i: (loads.get(i, 0), i))
-    if grow and loads.get(index, 0) >= STREAMS_PER_PROCESS and len(plans) < max_processes:
+    for plan in candidates if room else ():
+        totals.setdefault(plan, 0)
+    plan = min(totals, key=lambda p: totals[p])  # ties: existing plans first, in index order
+    members = [i for i in sorted(plans) if plans[i] == plan]
+    if not members:  # a decode slot without a process yet (only offered with room)
+        return max(plans) + 1, plan, True
+    index = min(members, key=lambda i: (loads.get(i, 0), i))
+    if room and loads.get(index, 0) >= STREAMS_PER_PROCESS:
         return max(plans) + 1, plan, True
     return index, plan, False
+
+
+def decode_plans(
+    config: AppConfig, decode: str, slots: Sequence[InferenceSlot] | None = None
+) -> list[IngestPlan]:
+    """The plan of an ingest process on each decode slot (a GPU or MIG instance with NVDEC),
+    in order; the CPU plan when decoding is on the CPU or no slot has NVDEC."""
+    if decode == "cpu":
+        return [IngestPlan()]
+    if slots is None:
+        from visionflow.gpu.discovery import discover
+
+        slots = discover(gpus=config.workers.gpus)
+    plans = [_slot_plan(config, decode, slot) for slot in slots if slot.nvdecs > 0]
+    return list(dict.fromkeys(plans)) or [IngestPlan()]
+
+
+def _slot_plan(config: AppConfig, decode: str, slot: InferenceSlot) -> IngestPlan:
+    env = (("CUDA_VISIBLE_DEVICES", slot.uuid),)
+    return IngestPlan(decode, env, device_frames(config, decode, slot))
 
 
 def plan_ingest(
@@ -138,8 +177,7 @@ def plan_ingest(
             log.warning("no NVDEC found: %d stream(s) decode on the CPU", len(members))
             plan = IngestPlan()
         else:
-            env = (("CUDA_VISIBLE_DEVICES", slot.uuid),)
-            plan = IngestPlan(decode, env, device_frames(config, decode, slot))
+            plan = _slot_plan(config, decode, slot)
         for group in _split(members, _process_count(config, len(members), len(streams))):
             groups.append(IngestGroup(plan, tuple(group)))
     return groups

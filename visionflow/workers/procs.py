@@ -84,10 +84,13 @@ class ProcessGroup:
         return child
 
     def _start(self, child: Child) -> None:
+        # the grace first: a check() on another thread (children are added at run time too)
+        # must not find the new process with the last beat of nobody and call it silent
+        child.last_beat = self.clock() + self.start_grace_s
+        child.restart_at = None
         child.process = child.spawn(child.restarts)
         child.started = self.clock()
         child.last_beat = child.started + self.start_grace_s
-        child.restart_at = None
 
     def beat(self, key: str) -> None:
         child = self.children.get(key)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing as mp
-import os
 import queue
 import threading
 import time
@@ -61,7 +60,13 @@ from visionflow.workers.messages import (
     WorkerReady,
 )
 from visionflow.workers.output import OutputSpec, SetTracking, output_main
-from visionflow.workers.plan import place_added_stream, plan_ingest, resolve_decode
+from visionflow.workers.plan import (
+    decode_plans,
+    place_added_stream,
+    plan_ingest,
+    resolve_decode,
+    usable_cores,
+)
 from visionflow.workers.procs import Child, ProcessGroup
 from visionflow.workers.scheduling import SchedulerLoop
 from visionflow.workers.status import PipelineStatus
@@ -150,6 +155,7 @@ class Pipeline:
         self._board_thread = threading.Thread(target=self._board_loop, name="board", daemon=True)
         self.started_at = time.time()
         self.decode = "cpu"
+        self._decode_plans: list[IngestPlan] = [IngestPlan()]  # set by start()
 
     # ---- start / stop ------------------------------------------------------------
     def start(self) -> None:
@@ -159,6 +165,7 @@ class Pipeline:
             self._add_worker(worker_id)
         self.decode = resolve_decode(self.config)
         # disabled streams get a reader too, sitting in state 'disabled' until enabled
+        self._decode_plans = decode_plans(self.config, self.decode)
         for index, group in enumerate(plan_ingest(self.config, self.config.streams, self.decode)):
             self._add_ingest(index, list(group.streams), group.plan)
         self._board_thread.start()
@@ -512,12 +519,23 @@ class Pipeline:
             loads,
             self._ingest_plans,
             grow=not self.config.workers.ingest_processes,
-            max_processes=os.cpu_count() or 1,
+            max_processes=usable_cores(),
+            candidates=self._decode_plans,
         )
         if new:
-            self._add_ingest(index, [], plan)
+            try:
+                self._add_ingest(index, [], plan)
+            except Exception:  # could not start (EMFILE, ENOMEM): leave no dead slot behind
+                self._drop_ingest_slot(index)
+                raise
             log.info("ingest-%d started for streams added at run time", index)
         return index
+
+    def _drop_ingest_slot(self, index: int) -> None:
+        self._ingest_streams.pop(index, None)
+        self._ingest_plans.pop(index, None)
+        self._commands.pop(index, None)
+        self.group.children.pop(f"ingest-{index}", None)
 
     def _generation_of(self, stream_id: str) -> int:
         """The number of the stream's registration now (or, not registered, of its next)."""

@@ -153,3 +153,27 @@ def test_added_streams_on_the_cpu_get_a_new_process_once_each_has_its_share():
     assert place_added_stream(loads, {0: cpu}, grow=True, max_processes=2) == (0, cpu, False)
     loads = {0: STREAMS_PER_PROCESS}
     assert place_added_stream(loads, {0: cpu}, grow=True, max_processes=2) == (1, cpu, True)
+
+
+def test_a_node_started_without_streams_spreads_added_ones_over_every_gpu():
+    """A fleet node starts with one process on the first GPU and no streams; the decode
+    slots' plans are offered as candidates, so added streams reach the other GPU too."""
+    from visionflow.workers.ingest import IngestPlan
+    from visionflow.workers.plan import place_added_stream
+
+    gpu0 = IngestPlan("nvdec", (("CUDA_VISIBLE_DEVICES", "0"),), True)
+    gpu1 = IngestPlan("nvdec", (("CUDA_VISIBLE_DEVICES", "1"),), True)
+    plans, loads = {0: gpu0}, {0: 0}
+    placed = []
+    for _ in range(4):
+        index, plan, new = place_added_stream(
+            loads, plans, grow=True, max_processes=8, candidates=[gpu0, gpu1]
+        )
+        if new:
+            plans[index] = plan
+        loads[index] = loads.get(index, 0) + 1
+        placed.append((index, plan is gpu1, new))
+    assert placed == [(0, False, False), (1, True, True), (0, False, False), (1, True, False)]
+    # a configured process count (no growth): the candidates are not offered
+    assert place_added_stream({0: 0}, {0: gpu0}, grow=False, max_processes=8,
+                              candidates=[gpu0, gpu1]) == (0, gpu0, False)  # fmt: skip
