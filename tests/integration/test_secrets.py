@@ -61,8 +61,9 @@ def redis_text(admin: redis.Redis) -> str:
             text += repr(admin.xrange(key))
         elif kind == "set":
             text += repr(admin.smembers(key))
-        elif kind == "string":
-            text += repr(admin.get(key))
+        elif kind == "string":  # raw: a snapshot is a JPEG, not UTF-8
+            raw = admin.execute_command("GET", key, NEVER_DECODE=True)
+            text += raw.decode("latin-1") if raw is not None else ""
     return text
 
 
