@@ -125,7 +125,9 @@ SINK_CHILD = textwrap.dedent(
     from tests.integration.test_spool import config, results
     from visionflow.workers.sinks import RedisStreamSink
     from pathlib import Path
-    sink = RedisStreamSink(config({url!r}, {prefix!r}, Path({spool!r})), {url!r}, "m1")
+    sink = RedisStreamSink(
+        config({url!r}, {prefix!r}, Path({spool!r})), {url!r}, "m1", run_id={run!r}
+    )
     sink.start()
     sink.write(results("a", range(120)) + results("b", range(80)))
     while sum(sink.spooled.values()) < 200:
@@ -136,12 +138,18 @@ SINK_CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.parametrize("same_run", [False, True])
 def test_sink_killed_while_redis_down_next_sink_replays_its_spool(
-    killable_redis, key_prefix, tmp_path
+    killable_redis, key_prefix, tmp_path, same_run
 ):
+    """The next sink replays a killed one's spool; a sink of the same pipeline run (an
+    output process restarted) counts those entries as its own published ones, a sink of
+    another run (the pipeline restarted) as replayed only."""
     url, spool_dir = killable_redis.url, tmp_path / "spool"
     killable_redis.kill()
-    code = SINK_CHILD.format(root=str(ROOT), url=url, prefix=key_prefix, spool=str(spool_dir))
+    code = SINK_CHILD.format(
+        root=str(ROOT), url=url, prefix=key_prefix, spool=str(spool_dir), run="run-1"
+    )
     child = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT
     )
@@ -156,18 +164,21 @@ def test_sink_killed_while_redis_down_next_sink_replays_its_spool(
     left.close()
 
     killable_redis.start()
-    sink = RedisStreamSink(config(url, key_prefix, spool_dir), url, "m1")
+    run = "run-1" if same_run else "run-2"
+    sink = RedisStreamSink(config(url, key_prefix, spool_dir), url, "m1", run_id=run)
     sink.start()
+    own = 120 if same_run else 0
     try:
         sink.write(results("a", range(120, 130)))
         wait_until(
-            lambda: sink.replayed == {"a": 120, "b": 80} and sink.published["a"] == 10,
+            lambda: sink.replayed == {"a": 120, "b": 80} and sink.published["a"] == 10 + own,
             20,
             lambda: f"replayed {sink.replayed} published {sink.published}",
         )
     finally:
         sink.stop()
-    assert total(sink.published) == 10  # the dead sink's entries are replayed, not 'published'
+    # another run's entries are replayed, not 'published'; the same run's are its own
+    assert total(sink.published) == 10 + (200 if same_run else 0)
     assert_in_order_once(stored(url, key_prefix, "a"), list(range(130)))
     assert_in_order_once(stored(url, key_prefix, "b"), list(range(80)))
 

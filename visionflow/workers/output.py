@@ -203,6 +203,9 @@ class OutputSpec:
     # streams in its pipeline (forgotten when they leave it); None: not a fleet node, writes
     # are not fenced
     fences: tuple[tuple[str, Epochs], ...] | None = None
+    # the pipeline's run: tags the spool records, so a restarted output process counts
+    # the entries its predecessor spooled as its own (published when written), not foreign
+    run_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -224,7 +227,9 @@ def build_stage(spec: OutputSpec) -> OutputStage:
         return config.events_maxlen if config is not None else 10_000
 
     fences = FenceBook(spec.fences) if spec.fences is not None else None
-    sinks: list[Sink] = [RedisStreamSink(spec.redis, spec.redis_url, spec.model_id, fences)]
+    sinks: list[Sink] = [
+        RedisStreamSink(spec.redis, spec.redis_url, spec.model_id, fences, spec.run_id)
+    ]
     if spec.redis.counts_retention_s > 0:
         sinks.append(CountsSink(spec.redis, spec.redis_url))
     sinks.append(

@@ -221,9 +221,17 @@ class RedisStreamSink(Sink):
     name = "redis"
 
     def __init__(
-        self, config: RedisConfig, url: str, model_id: str, fences: FenceBook | None = None
+        self,
+        config: RedisConfig,
+        url: str,
+        model_id: str,
+        fences: FenceBook | None = None,
+        run_id: str | None = None,
     ) -> None:
-        """``fences``: a fleet node's lease values; each write is then fenced by them."""
+        """``fences``: a fleet node's lease values; each write is then fenced by them.
+        ``run_id``: tags this sink's spool records (the pipeline's run: an output process
+        restarted in the same run takes its predecessor's records as its own; random
+        without one)."""
         self.config, self.model_id, self.fences = config, model_id, fences
         self.safe_url = redact_url(url)
         self._client = sink_client(config, url)
@@ -240,7 +248,7 @@ class RedisStreamSink(Sink):
         self._down_since: float | None = None
         self._retry_at = 0.0
         self._last_error: str | None = None
-        self._run_id = os.urandom(8).hex()  # tags this sink's records in the spool
+        self._run_id = run_id or os.urandom(8).hex()  # tags this sink's records in the spool
         self._last_id: dict[str, StreamId] = {}  # per stream: the newest id given out
         self._synced: set[str] = set()  # streams whose last id was read from Redis
         self.spool: Spool | None = None

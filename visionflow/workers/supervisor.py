@@ -262,6 +262,7 @@ class Pipeline:
             snapshot_interval_s=self.config.output.snapshot_interval_s,
             tracking=tuple(self._tracking.items()),
             fences=self._fences.snapshot() if self._fences is not None else None,
+            run_id=self.run_id,
         )
         return self._spawn(output_main, "output", spec, self._output_q, self._control_q)
 
