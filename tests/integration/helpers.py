@@ -106,13 +106,18 @@ def visionflow_cli(*args: str, env: dict[str, str] | None = None) -> Iterator[li
         yield lines
         assert proc.poll() is None, "".join(lines)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, signal.SIGTERM, 40)
         reader.join(timeout=5)
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int, timeout: float) -> None:
+    """Send ``sig``; SIGKILL the process if it has not exited within ``timeout`` s."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def http_get(base: str, path: str, **kwargs: Any) -> httpx.Response | None:

@@ -15,6 +15,7 @@ import redis
 import yaml
 
 from tests.conftest import ROOT, wait_until
+from tests.integration.helpers import stop_process
 from tests.integration.secure_redis import PASSWORDS, PREFIX, publish, sink_config
 
 pytestmark = pytest.mark.integration
@@ -114,11 +115,7 @@ def test_secrets_stay_out_of_argv_titles_logs_and_redis(rtsp, tls_redis, tmp_pat
             for secret in secrets:
                 assert secret not in title, f"process {pid} shows a password: {title}"
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, signal.SIGINT, 60)
         log.close()
     logs = (tmp_path / "run.log").read_text()
     assert "401" in logs or "Unauthorized" in logs, logs[-3000:]  # FFmpeg's refusal, redacted
