@@ -24,7 +24,16 @@ Sections (each in its own subprocess with a time limit, ``DIR/<section>.json``):
   procs       GPU 0, 64 streams, one window each: 8 ingest processes with the torch letterbox
               and with the fused NV12 kernel, 4 processes fused, 8 fused with 256 NMS
               candidates (each ingest process is its own CUDA context on the GPU)
-  scale       1 GPU vs every GPU, 128 streams, one window each (published fps ratio)
+  scale       1 GPU vs every GPU, ``VF_SCALE_STREAMS`` (160) streams, one window each
+              (published fps ratio)
+  procs_n     ``VF_PROCS_STREAMS`` (96) streams on GPU 0 with each ingest process count in
+              ``VF_PROCS`` (``1,2,4``)
+  nvdec_gil   does PyNvVideoCodec's ``Decode`` hold the GIL: N decoding threads of one
+              process vs one, beside a pure-Python counting thread
+  profile     ``py-spy record`` (GIL-holding samples, and all active ones) of the ingest
+              processes and the worker at ``VF_DIAG_STREAMS`` streams, ``VF_DIAG_PROCS``
+              ingest processes
+  diag        stream states, CPU share per process and py-spy stack dumps at many streams
   legacy_1gpu the pipeline before the rework (``--legacy DIR``, a ``git archive`` of it) on GPU 0,
               same ramp: the baseline in the same call
 
@@ -63,6 +72,9 @@ LIMITS = {
     "per_gpu": 420,
     "scale": 560,
     "diag": 300,
+    "nvdec_gil": 120,
+    "procs_n": 560,
+    "profile": 240,
 }
 P99_MS = 250.0
 # streams a pipeline starts with before the rest are added (as the ramps do): 128 streams
@@ -373,19 +385,19 @@ def section_procs(work: Path, streams: int = 64) -> dict[str, Any]:
 
 
 def section_scale(work: Path) -> dict[str, Any]:
-    """1 GPU vs every GPU in the same call, at stream counts that offer at least twice what
-    one GPU publishes (its peak is ~1,400-1,700 fps: 128 streams offer 3,840): the scaling
-    is the ratio of published fps, not capped by the offered load -- provided each window's
-    ``all_streaming_after_s`` is not None (on 2 x H100 on 2026-11-26 it was not: ingest
-    processes restarted for silence and every stream was reconnecting; no ratio measured)."""
+    """1 GPU vs every GPU in the same call, at a stream count that offers more than twice
+    what one GPU decodes (NVDEC: ~2,340 fps of this clip on one H100, i.e. ~78 streams; 160
+    streams offer 4,800): the scaling is the ratio of published fps, not capped by the offered
+    load, provided each window's ``all_streaming_after_s`` is not None."""
     out: dict[str, Any] = {}
-    for streams in (128,):
-        # 96 streams added after start: give them time to open (15 s left some starting)
-        one = one_window(work, "scale", streams, gpus=[0], settle_s=45)
-        every = one_window(work, "scale", streams, gpus=[], settle_s=45)
-        ratio = every["published_fps"] / one["published_fps"] if one["published_fps"] else None
-        out[f"{streams}_streams"] = {"one_gpu": one, "all_gpus": every, "ratio": ratio}
-        log(f"scale {streams}: 1 GPU {one['published_fps']} fps, all {every['published_fps']}")
+    streams = int(os.environ.get("VF_SCALE_STREAMS", "160"))
+    one = one_window(work, "scale", streams, gpus=[0], settle_s=20)
+    log(f"scale {streams} on GPU 0: {json.dumps(one)[:500]}")
+    every = one_window(work, "scale", streams, gpus=[], settle_s=20)
+    log(f"scale {streams} on every GPU: {json.dumps(every)[:500]}")
+    ratio = every["published_fps"] / one["published_fps"] if one["published_fps"] else None
+    out[f"{streams}_streams"] = {"one_gpu": one, "all_gpus": every, "ratio": ratio}
+    log(f"scale {streams}: 1 GPU {one['published_fps']} fps, all {every['published_fps']}")
     return out
 
 
@@ -398,6 +410,92 @@ def section_per_gpu(work: Path) -> dict[str, Any]:
         label = f"{streams}_streams_{per_gpu}_workers"
         out[label] = one_window(work, "pergpu", streams, workers_per_gpu=per_gpu)
         log(f"per_gpu {label}: {json.dumps(out[label])[:300]}")
+    return out
+
+
+def _packets(annexb: Path) -> list[bytes]:
+    import av
+
+    with av.open(str(annexb), format="h264") as c:
+        return [bytes(p) for p in c.demux(video=0) if p.size]
+
+
+def _decode_loop(packets: list[bytes], until: float, counts: list[int], i: int) -> None:
+    import numpy as np
+    import PyNvVideoCodec as nvc
+
+    dec = nvc.CreateDecoder(
+        gpuid=0,
+        codec=nvc.cudaVideoCodec.H264,
+        usedevicememory=True,
+        latency=nvc.DisplayDecodeLatencyType.LOW,
+    )
+    arrays = [np.frombuffer(b, np.uint8) for b in packets]
+    while time.monotonic() < until:
+        for a in arrays:
+            pd = nvc.PacketData()
+            pd.bsl_data, pd.bsl = a.ctypes.data, a.size
+            pd.decode_flag = nvc.VideoPacketFlag.ENDOFPICTURE
+            counts[i] += len(dec.Decode(pd))
+            if time.monotonic() >= until:
+                break
+
+
+def _ticker(until: float, out: list[int]) -> None:
+    n = 0
+    while time.monotonic() < until:
+        for _ in range(1000):
+            n += 1
+    out.append(n)
+
+
+def section_nvdec_gil(work: Path) -> dict[str, Any]:
+    """Does ``Decoder.Decode`` hold the GIL?  N threads of one process, each with its own
+    decoder, decoding the 1080p clip flat out for 5 s (aggregate fps vs 1 thread), beside a
+    pure-Python counting thread (its loop rate vs alone: the GIL left to other threads)."""
+    import threading
+
+    from bench.gpu_bench import clip_paths
+
+    _, annexb = clip_paths(work)
+    packets = _packets(annexb)
+    alone: list[int] = []
+    _ticker(time.monotonic() + 2, alone)
+    out: dict[str, Any] = {"ticks_per_s_alone": alone[0] / 2, "runs": []}
+    for n in (1, 2, 4, 8, 16):
+        counts = [0] * n
+        until = time.monotonic() + 5
+        ticks: list[int] = []
+        threads = [
+            threading.Thread(target=_decode_loop, args=(packets, until, counts, i))
+            for i in range(n)
+        ] + [threading.Thread(target=_ticker, args=(until, ticks))]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.monotonic() - t0
+        run = {
+            "threads": n,
+            "fps": round(sum(counts) / 5, 1),
+            "ticks_vs_alone": round(ticks[0] / 5 / out["ticks_per_s_alone"], 3),
+            "wall_s": round(wall, 1),
+        }
+        out["runs"].append(run)
+        log(f"nvdec_gil {run}")
+    return out
+
+
+def section_procs_n(work: Path) -> dict[str, Any]:
+    """``VF_PROCS_STREAMS`` streams (default 96) on GPU 0 with each count of ingest processes
+    in ``VF_PROCS`` (default ``1,2,4``): fewer processes, fewer CUDA contexts on the card."""
+    streams = int(os.environ.get("VF_PROCS_STREAMS", "96"))
+    out: dict[str, Any] = {"streams": streams}
+    for procs in (int(n) for n in os.environ.get("VF_PROCS", "1,2,4").split(",")):
+        r = one_window(work, f"p{streams}", streams, settle_s=20, ingest_processes=procs)
+        out[f"{procs}_procs"] = r
+        log(f"procs_n {streams} streams, {procs} procs: {json.dumps(r)[:500]}")
     return out
 
 
@@ -470,6 +568,72 @@ def section_diag(work: Path) -> dict[str, Any]:
     return out
 
 
+def section_profile(work: Path) -> dict[str, Any]:
+    """Where one ingest process's time goes at ``VF_DIAG_STREAMS`` streams (default 96) with
+    ``VF_DIAG_PROCS`` ingest processes (default 1): ``py-spy record`` for 8 s of each ingest
+    process and the inference worker, once counting only samples holding the GIL and once
+    every active thread (collapsed stacks in ``WORK/profile-<name>-{gil,active}.txt``)."""
+    import logging
+    import multiprocessing
+    import shutil
+
+    import redis
+
+    from visionflow.redis_server import EmbeddedRedis
+    from visionflow.workers.supervisor import Pipeline
+
+    streams = int(os.environ.get("VF_DIAG_STREAMS", "96"))
+    procs = int(os.environ.get("VF_DIAG_PROCS", "1"))
+    spy = shutil.which("py-spy") or "py-spy"
+    with EmbeddedRedis() as server:
+        first = min(streams, START_STREAMS)
+        cfg = _config(work, server.url, "prof", first, [0], ingest_processes=procs)
+        p = Pipeline(cfg, server.url, log_level=logging.WARNING)
+        p.start()
+        try:
+            p.wait_ready(300)
+            _add_streams(work, p, first, streams)
+            _await_streaming(p, 60)
+            time.sleep(10)
+            children = {
+                c.pid: c.name
+                for c in multiprocessing.active_children()
+                if c.pid and ("ingest" in c.name or "inference" in c.name)
+            }
+            spies = [
+                subprocess.Popen(
+                    [
+                        spy,
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--duration",
+                        "8",
+                        "--rate",
+                        "200",
+                        "--nonblocking",
+                        "--format",
+                        "raw",
+                        *flags,
+                        "--output",
+                        str(work / f"profile-{name}-{kind}.txt"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                for pid, name in children.items()
+                for kind, flags in (("gil", ["--gil"]), ("active", []))
+            ]
+            window = measured_window(p, redis.Redis.from_url(server.url), "prof", 8)
+            for proc in spies:
+                proc.wait(timeout=60)
+        finally:
+            p.stop()
+    brief = {k: v for k, v in window.items() if k != "drops_by_stream"}
+    log(f"profile window: {json.dumps(brief)[:800]}")
+    return {"window": brief, "processes": sorted(children.values())}
+
+
 def _dump_stacks(spy: str | None, work: Path, processes: dict[int, str]) -> None:
     for pid, name in processes.items():
         dump = subprocess.run(
@@ -490,7 +654,8 @@ def section_clips(work: Path) -> dict[str, Any]:
 
 
 def section_ramp_1gpu(work: Path) -> dict[str, Any]:
-    return ramp(work, [0], [32, 64, 96, 112, 128, 144, 160])
+    # NVDEC decodes ~2,340 fps of this clip on one H100 (~78 streams): steps around that
+    return ramp(work, [0], [32, 48, 64, 72, 80, 96])
 
 
 def section_ramp_all(work: Path) -> dict[str, Any]:
@@ -505,8 +670,9 @@ def section_kill(work: Path, streams: int = 64) -> dict[str, Any]:
     from visionflow.redis_server import EmbeddedRedis
     from visionflow.workers.supervisor import Pipeline
 
+    per_gpu = int(os.environ.get("VF_KILL_WORKERS_PER_GPU", "1"))  # 2: a kill on one GPU
     with EmbeddedRedis() as server:
-        cfg = _config(work, server.url, "kill", streams, None)
+        cfg = _config(work, server.url, "kill", streams, None, workers_per_gpu=per_gpu)
         client = redis.Redis.from_url(server.url)
         p = Pipeline(cfg, server.url, log_level=logging.WARNING)
         p.start()

@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -223,6 +224,9 @@ class Soak:
         self.lags: list[tuple[float, float]] = []  # (monotonic, lag s)
         self.shm_peak = 0
         self.t0 = time.monotonic()
+        self.heap_base: tracemalloc.Snapshot | None = None
+        self.heap_reports: list[dict[str, Any]] = []
+        self._next_heap = 0.0
 
     # ---- helpers -------------------------------------------------------------------
     @property
@@ -280,6 +284,77 @@ class Soak:
                 self.samples.setdefault((role, pid), []).append((now - self.t0, *got))
         self.shm_peak = max(self.shm_peak, len(self.shm_segments()))
         self.sample_lag(now)
+        self.maybe_heap(now)
+
+    def maybe_heap(self, now: float) -> None:
+        """With ``--tracemalloc S``: every S seconds after the warm-up, the Python allocations
+        of this process that grew most since the first snapshot (by line), printed and kept."""
+        every = self.args.tracemalloc
+        if not every or now - self.t0 < self.args.warmup or now < self._next_heap:
+            return
+        self._next_heap = now + every
+        snap = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(False, tracemalloc.__file__)]
+        )
+        if self.heap_base is None:
+            self.heap_base = snap
+            return
+        top = snap.compare_to(self.heap_base, "lineno")[:15]
+        rows = [
+            {
+                "where": str(d.traceback[0]),
+                "kib": round(d.size_diff / 1024, 1),
+                "count": d.count_diff,
+            }
+            for d in top
+        ]
+        grown = self.grown_containers()
+        self.heap_reports.append({"t_s": round(now - self.t0), "top": rows, "containers": grown})
+        say(f"heap growth since the first snapshot ({round(now - self.t0)} s):")
+        for r in rows:
+            say(f"  {r['kib']:>9} KiB {r['count']:>7}  {r['where']}")
+        for c in grown:
+            say(f"  container +{c['grew']} (now {c['len']}): {c['what']}")
+        for stat in snap.compare_to(self.heap_base, "traceback")[:3]:
+            say(f"  {stat.size_diff / 1024:.1f} KiB allocated at:")
+            for line in stat.traceback.format()[-16:]:
+                say(f"    {line}")
+
+    _lens: dict[int, int] | None = None
+
+    def grown_containers(self) -> list[dict[str, Any]]:
+        """Lists, dicts, sets and deques that grew most since the last call, each with what
+        holds it (a leak's holder, not only where its items were allocated)."""
+        import collections
+        import gc
+
+        kinds = (list, dict, set, collections.deque)
+        lens = {id(o): len(o) for o in gc.get_objects() if isinstance(o, kinds)}
+        before, self._lens = self._lens, lens
+        if before is None:
+            return []
+        grew = sorted(
+            ((n - before.get(i, 0), i) for i, n in lens.items() if n - before.get(i, 0) > 20),
+            reverse=True,
+        )[:5]
+        by_id = {id(o): o for o in gc.get_objects() if id(o) in {i for _, i in grew}}
+        out = []
+        for delta, i in grew:
+            obj = by_id.get(i)
+            holders = [
+                type(r).__name__ + (f" keys={list(r)[:6]}" if isinstance(r, dict) else "")
+                for r in gc.get_referrers(obj)[:4]
+                if r is not by_id and not isinstance(r, type(sys._getframe()))
+            ]
+            sample = repr(list(obj)[:2] if not isinstance(obj, dict) else list(obj.items())[:2])
+            out.append(
+                {
+                    "grew": delta,
+                    "len": lens[i],
+                    "what": f"{type(obj).__name__} {sample[:160]} held by {holders}",
+                }
+            )
+        return out
 
     def sample_lag(self, now: float) -> None:
         if self.client is None:
@@ -440,6 +515,7 @@ class Soak:
             "ledger_violations": final.ledger_violations,
             "growth": self.growth(),
             "samples": {f"{role}:{pid}": pts for (role, pid), pts in self.samples.items()},
+            "heap_growth": self.heap_reports,
             "shm_peak": self.shm_peak,
             "shm_left": self.shm_segments(),
             "cuda_ipc_mappings_left": cuda_ipc,
@@ -534,7 +610,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--down", type=float, default=20.0, help="seconds a fault lasts")
     ap.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
     ap.add_argument("--out-dir", type=Path, default=None, help="results folder")
+    ap.add_argument(
+        "--tracemalloc",
+        type=float,
+        default=0.0,
+        help="seconds between heap snapshots of this process (0: off; costs CPU and memory)",
+    )
     args = ap.parse_args(argv)
+    if args.tracemalloc:
+        tracemalloc.start(16)
     if args.streams < 2:
         ap.error("--streams must be at least 2 (camera 0 is behind the proxy, 1 is restarted)")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")

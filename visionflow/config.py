@@ -223,9 +223,10 @@ class WorkersConfig(_Strict):
         default=0,
         ge=0,
         le=256,
-        description="Decode processes (several streams each); 0: one per 8 streams, at most "
-        "the number of CPU cores, also for streams added at run time (a new process once "
-        "every one has 8).",
+        description="Decode processes (several streams each); 0: automatic, also for streams "
+        "added at run time: one per 8 streams decoded on the CPU, one per 128 streams per GPU "
+        "for GPU decode (each process is one more CUDA context on the card), at most the "
+        "number of CPU cores.",
     )
     inference_workers: int = Field(
         default=1,

@@ -74,14 +74,18 @@ class EmbeddedRedis:
             "--loglevel",
             "warning",
         ]
-        self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-        )
+        # its messages go to a file, not a pipe: a pipe nobody reads fills up after 64 KiB
+        # of warnings and then blocks the server on its next log line
+        log_path = Path(self._dir.name) / "server.log"
+        with log_path.open("wb") as log_file:
+            self.process = subprocess.Popen(
+                args, stdout=subprocess.DEVNULL, stderr=log_file, start_new_session=True
+            )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                err = log_path.read_text(errors="replace")
                 raise ServerError(f"{self.binary} exited at start: {err.strip()[:300]}")
             try:
                 if client.ping():

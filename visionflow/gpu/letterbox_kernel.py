@@ -16,6 +16,9 @@ API on the caller's CUDA stream.
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
 import threading
 from typing import Any
 
@@ -87,21 +90,60 @@ def grid(letterbox: Letterbox) -> tuple[int, int]:
     return (letterbox.dst_w + bx - 1) // bx, (letterbox.dst_h + by - 1) // by
 
 
-def kernel_args(
-    y_plane: int, uv_plane: int, pitch: int, letterbox: Letterbox, out: int, pad_value: int
-) -> list[np.ndarray[Any, Any]]:
-    """The kernel's arguments in order, each a one-element array the driver reads by address."""
-    lb = letterbox
-    ints = (lb.src_w, lb.src_h)
-    tail = (lb.dst_w, lb.dst_h, lb.pad_x, lb.pad_y, lb.scaled_w, lb.scaled_h, pad_value)
-    return [
-        np.array([y_plane], np.uint64),
-        np.array([uv_plane], np.uint64),
-        np.array([pitch], np.int32),
-        *(np.array([v], np.int32) for v in ints),
-        np.array([out], np.uint64),
-        *(np.array([v], np.int32) for v in tail),
-    ]
+_POINTERS = frozenset({0, 1, 5})  # argument positions that are 8-byte pointers; the rest int32
+
+
+class KernelArgs:
+    """The kernel's 13 arguments in one preallocated buffer (8 bytes a slot; an int32 in the
+    low half) and the array of their addresses that ``cuLaunchKernel`` reads: filled in place
+    for each launch.  One per thread; building 13 small arrays per frame instead cost an
+    ingest process ~10 % of its GIL time at 96 streams."""
+
+    COUNT = 13
+
+    def __init__(self) -> None:
+        self.slots = np.zeros(self.COUNT, np.uint64)
+        self._ints = self.slots.view(np.int32)  # little-endian: slot i's low half is 2 * i
+        base = self.slots.ctypes.data
+        self.addresses = np.array([base + 8 * i for i in range(self.COUNT)], np.uint64)
+
+    def fill(
+        self, y_plane: int, uv_plane: int, pitch: int, lb: Letterbox, out: int, pad_value: int
+    ) -> int:
+        """Write the arguments in kernel order; returns the address of the address array."""
+        ordered = (y_plane, uv_plane, pitch, lb.src_w, lb.src_h, out, lb.dst_w, lb.dst_h,
+                   lb.pad_x, lb.pad_y, lb.scaled_w, lb.scaled_h, pad_value)  # fmt: skip
+        for i, value in enumerate(ordered):
+            if i in _POINTERS:
+                self.slots[i] = value
+            else:
+                self._ints[2 * i] = value
+        return int(self.addresses.ctypes.data)
+
+    def values(self) -> list[int]:
+        """The arguments as the kernel will read them (for tests)."""
+        return [
+            int(self.slots[i]) if i in _POINTERS else int(self._ints[2 * i])
+            for i in range(self.COUNT)
+        ]
+
+
+@functools.cache
+def _ctypes_launch() -> Any:
+    """``cuLaunchKernel`` from the driver library through ctypes, which releases the GIL for
+    the call (an ingest process launches from 100+ reader threads at once: through
+    cuda-python the launch was a fifth of the process's GIL time at 128 streams); None where
+    the library cannot be loaded (cuda-python's binding is used then)."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    fn = lib.cuLaunchKernel
+    uint = ctypes.c_uint
+    fn.argtypes = [ctypes.c_void_p, uint, uint, uint, uint, uint, uint, uint,
+                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]  # fmt: skip
+    fn.restype = ctypes.c_int
+    return fn
 
 
 def compile_letterbox_cubin(major: int, minor: int) -> bytes:
@@ -128,15 +170,23 @@ class LetterboxKernel:
         self._function = check(
             driver.cuModuleGetFunction(self._module, KERNEL_NAME), "cuModuleGetFunction"
         )
+        self._function_ptr = int(self._function)
+        self._c_launch = (
+            None if os.environ.get("VISIONFLOW_LAUNCH") == "cuda-python" else (_ctypes_launch())
+        )
 
-    def _bind_context(self) -> None:
-        """Make the kernel's context current on the calling thread (once per thread)."""
-        if getattr(self._bound, "done", False):
-            return
+    def _bind_context(self) -> Any:
+        """Make the kernel's context current on the calling thread (once per thread); the
+        thread's argument buffer and stream handle."""
+        bound = self._bound
+        if getattr(bound, "done", False):
+            return bound
         current = check(self._driver.cuCtxGetCurrent(), "cuCtxGetCurrent")
         if current is None or int(current) != int(self._context):
             check(self._driver.cuCtxSetCurrent(self._context), "cuCtxSetCurrent")
-        self._bound.done = True
+        bound.args, bound.stream, bound.stream_handle = KernelArgs(), None, None
+        bound.done = True
+        return bound
 
     def launch(
         self,
@@ -150,10 +200,16 @@ class LetterboxKernel:
     ) -> None:
         if pitch < letterbox.src_w:
             raise EngineError(f"NV12 pitch {pitch} is narrower than the frame ({letterbox.src_w})")
-        self._bind_context()
-        values = kernel_args(y_plane, uv_plane, pitch, letterbox, out, pad_value)
-        args = np.array([v.ctypes.data for v in values], np.uint64)
+        bound = self._bind_context()
+        args = bound.args.fill(y_plane, uv_plane, pitch, letterbox, out, pad_value)
         gx, gy = grid(letterbox)
+        if self._c_launch is not None:  # ctypes lets the GIL go for the driver call
+            rc = self._c_launch(self._function_ptr, gx, gy, 1, *BLOCK, 1, 0, stream, args, None)
+            if rc != 0:
+                raise EngineError(f"cuLaunchKernel failed: CUresult {rc}")
+            return
+        if bound.stream_handle != stream:
+            bound.stream, bound.stream_handle = self._driver.CUstream(stream), stream
         check(
             self._driver.cuLaunchKernel(
                 self._function,
@@ -164,8 +220,8 @@ class LetterboxKernel:
                 BLOCK[1],
                 1,
                 0,
-                self._driver.CUstream(stream),
-                args.ctypes.data,
+                bound.stream,
+                args,
                 0,
             ),
             "cuLaunchKernel",

@@ -9,6 +9,11 @@ GPU, straight into the stream's frame slot: a device slot (CUDA IPC, the default
 inference worker is on the same GPU) keeps the frame on the GPU all the way into the engine;
 a host slot (MIG, or an engine that reads host memory) costs one device-to-host copy of the
 network-size image.
+
+Each source decodes and letterboxes on a CUDA stream of its own (handed to the decoder with
+the process's primary context), so the readers of one process never wait for each other:
+on the legacy default stream every reader's synchronise waited for every other reader's
+work, which capped one process at ~500 decoded frames/s (bench/README.md, ``procs_96``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class NvdecSource(VideoSource):
 
     gpu = 0
     supports_skip = False  # NVDEC gets every packet; only the "used or not" gate applies
+    _decoder_key: tuple[str, int, int] | None = None  # codec and size of the kept decoder
 
     def open(self) -> None:
         super().open()
@@ -54,17 +60,37 @@ class NvdecSource(VideoSource):
         self._bsf = None
         if not any(f in fmt for f in ("h264", "hevc", "rtsp", "mpegts")):
             self._bsf = av.BitStreamFilterContext(_ANNEXB[name], video)
-        self._decoder = nvc.CreateDecoder(
-            gpuid=self.gpu,
-            codec=codecs[name],
-            usedevicememory=True,
-            latency=nvc.DisplayDecodeLatencyType.LOW,
-        )
+        key = (name, video.codec_context.width, video.codec_context.height)
+        if self._decoder_key != key or not all(key[1:]):
+            self._new_decoder(codecs[name])
+            self._decoder_key = key
         self._size = (video.codec_context.width, video.codec_context.height)
         self._pending: deque[int | None] = deque()
         self._time_base = video.time_base
 
+    def _new_decoder(self, codec: Any) -> None:
+        """A decoder on a CUDA stream of its own.  It is kept across reopenings of the same
+        codec and size (a looping file, a camera back after a drop): creating one takes tens
+        of milliseconds and holds the GIL, stalling every other reader of the process."""
+        self._decoder_key = None
+        self._stream = self._torch.cuda.Stream(device=self.gpu)  # non-blocking
+        self._decoder = self._nvc.CreateDecoder(
+            gpuid=self.gpu,
+            codec=codec,
+            cudacontext=_primary_context(self.gpu),
+            cudastream=self._stream.cuda_stream,
+            usedevicememory=True,
+            latency=self._nvc.DisplayDecodeLatencyType.LOW,
+        )
+
     def _decode_packet(self, packet: Any) -> list[Any]:
+        try:
+            return self._decode_annexb(packet)
+        except Exception:
+            self._decoder_key = None  # never reuse a decoder that failed
+            raise
+
+    def _decode_annexb(self, packet: Any) -> list[Any]:
         nvc = self._nvc
         frames: list[Any] = []
         pts = packet.pts  # read before filtering: the bitstream filter takes the packet over
@@ -87,14 +113,95 @@ class NvdecSource(VideoSource):
         return DecodedFrame(surface, seconds, decode_ms, self._size[0], self._size[1])
 
     def write_letterboxed(self, decoded: DecodedFrame, dst: Any, letterbox: Letterbox) -> None:
-        write_device_image(self._torch.from_dlpack(decoded.frame), dst, letterbox)
+        stream = self._stream  # the decoder's: ordered after its copy of the frame
+        if _fused_from_planes(decoded.frame, dst, letterbox, stream):
+            stream.synchronize()
+            return
+        torch = self._torch
+        with torch.cuda.stream(stream):
+            write_device_image(torch.from_dlpack(decoded.frame), dst, letterbox)
+
+
+def nv12_planes(frame: Any) -> tuple[int, int, int, int, int] | None:
+    """``(y, uv, pitch, width, rows)`` of a decoded NV12 frame read from its CUDA array
+    interface (no DLPack round trip through torch: that cost ~15 % of an ingest process's GIL
+    time at 96 streams); None when the frame does not describe itself that way."""
+    cai = getattr(frame, "__cuda_array_interface__", None)
+    if cai is None and callable(getattr(frame, "cuda", None)):
+        return _planes_of(frame.cuda())
+    if not isinstance(cai, dict) or cai.get("typestr") != "|u1" or len(cai["shape"]) != 2:
+        return None
+    height, width = (int(n) for n in cai["shape"])
+    pitch = int(cai["strides"][0]) if cai.get("strides") else width
+    rows = height * 2 // 3  # decoder surfaces may pad the height (360 -> 368)
+    y = int(cai["data"][0])
+    return y, y + rows * pitch, pitch, width, rows
+
+
+def _planes_of(planes: Any) -> tuple[int, int, int, int, int] | None:
+    """The same from a list of per-plane arrays (luma ``[H, W]``, then interleaved chroma)."""
+    if not isinstance(planes, (list, tuple)) or len(planes) != 2:
+        return None
+    luma, chroma = (getattr(p, "__cuda_array_interface__", None) for p in planes)
+    if not isinstance(luma, dict) or not isinstance(chroma, dict) or luma.get("typestr") != "|u1":
+        return None
+    rows, width = (int(n) for n in luma["shape"][:2])
+    pitch = int(luma["strides"][0]) if luma.get("strides") else width
+    return int(luma["data"][0]), int(chroma["data"][0]), pitch, width, rows
+
+
+def _fused_from_planes(frame: Any, dst: Any, lb: Letterbox, stream: Any) -> bool:
+    """The fused kernel straight from the frame's planes into a device slot (False: not a
+    device slot, no plane description, or no kernel: the caller takes the torch path)."""
+    if not hasattr(dst, "__cuda_array_interface__"):
+        return False
+    planes = nv12_planes(frame)
+    if planes is None:
+        return False
+    y, uv, pitch, width, rows = planes
+    if width < lb.src_w or rows < lb.src_h:
+        return False
+    return _launch(stream.device, y, uv, pitch, lb, dst, stream.cuda_stream)
+
+
+def _launch(device: Any, y: int, uv: int, pitch: int, lb: Letterbox, dst: Any, stream: int) -> bool:
+    """The fused kernel from NV12 planes into the device slot ``dst`` on ``stream``; False when
+    it cannot load here or its launch fails (then torch from now on in this process: never lose
+    the stream over the fast path)."""
+    kernel = _letterbox_kernel(device)
+    if kernel is None:
+        return False
+    out = int(dst.__cuda_array_interface__["data"][0])
+    try:
+        kernel.launch(y, uv, pitch, lb, out, PAD_VALUE, stream)
+    except EngineError as exc:
+        log.warning("fused NV12 letterbox kernel failed (%s); using torch in this process", exc)
+        with _KERNEL_LOCK:
+            _KERNELS[_device_index(device)] = None
+        return False
+    return True
+
+
+def _primary_context(gpu: int) -> int:
+    """The handle of the device's primary context (torch's), made current on this thread:
+    PyNvVideoCodec takes a stream only together with the context it belongs to."""
+    import torch
+    from cuda.bindings import driver
+
+    torch.cuda.set_device(gpu)
+    torch.cuda.current_stream(gpu)  # makes torch's (primary) context current here
+    err, ctx = driver.cuCtxGetCurrent()
+    if err != driver.CUresult.CUDA_SUCCESS or not int(ctx):
+        raise EngineError(f"no current CUDA context on GPU {gpu} ({err})")
+    return int(ctx)
 
 
 def write_device_image(surface: Any, dst: Any, letterbox: Letterbox) -> None:
-    """Letterbox a device frame into ``dst``: a device slot (written in place, then the stream
-    synchronised, so the frame is complete before anyone hears of it) or a host array.  An
-    NV12 surface into a device slot takes one fused kernel (:mod:`visionflow.gpu.
-    letterbox_kernel`); anything else, or a kernel that cannot load here, the torch path."""
+    """Letterbox a device frame into ``dst``: a device slot (written in place on the current
+    stream, then that stream synchronised, so the frame is complete before anyone hears of
+    it) or a host array.  An NV12 surface into a device slot takes one fused kernel
+    (:mod:`visionflow.gpu.letterbox_kernel`); anything else, or a kernel that cannot load
+    here, the torch path."""
     import torch
 
     if hasattr(dst, "__cuda_array_interface__"):
@@ -135,21 +242,10 @@ def _fused_letterbox(surface: Any, dst: Any, lb: Letterbox, stream: Any) -> bool
     """One kernel from an NV12 surface ``[rows * 3/2, pitch-strided W]`` into the device slot."""
     if surface.ndim != 2 or surface.dtype.itemsize != 1 or surface.stride(1) != 1:
         return False
-    kernel = _letterbox_kernel(surface.device)
-    if kernel is None:
-        return False
     pitch = int(surface.stride(0))
     rows = surface.shape[0] * 2 // 3  # decoder surfaces may pad the height (360 -> 368)
     base = int(surface.data_ptr())
-    out = int(dst.__cuda_array_interface__["data"][0])
-    try:
-        kernel.launch(base, base + rows * pitch, pitch, lb, out, PAD_VALUE, stream.cuda_stream)
-    except EngineError as exc:  # never lose the stream over the fast path: torch from now on
-        log.warning("fused NV12 letterbox kernel failed (%s); using torch in this process", exc)
-        with _KERNEL_LOCK:
-            _KERNELS[_device_index(surface.device)] = None
-        return False
-    return True
+    return _launch(surface.device, base, base + rows * pitch, pitch, lb, dst, stream.cuda_stream)
 
 
 def _device_index(device: Any) -> int:

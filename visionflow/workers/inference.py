@@ -33,7 +33,7 @@ import signal
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ from visionflow.pipeline.frames import (
     FrameResult,
 )
 from visionflow.pipeline.postprocess import to_detections
+from visionflow.workers.channels import ChannelWriter
+from visionflow.workers.heap import HeapTrimmer
 from visionflow.workers.logs import setup_child_logging
 from visionflow.workers.messages import BatchDone, PoolClosed, WorkerFailed, WorkerReady
 from visionflow.workers.procs import exit_with_parent
@@ -145,7 +147,9 @@ class WorkerLoop:
         self._bad_pools: set[str] = set()
 
     def run(self) -> None:
+        heap = HeapTrimmer()
         while True:
+            heap.maybe_trim()
             if len(self.pending) < self.depth:
                 msg = self._next_task()
                 if msg is None:
@@ -286,6 +290,7 @@ def inference_main(spec: WorkerSpec, queues: WorkerQueues, log_level: int) -> No
         queues.control.close()
         queues.control.join_thread()  # the message is out before the exit code says why
         sys.exit(ENGINE_FAILED_EXIT)
+    queues = replace(queues, output=ChannelWriter(queues.output))  # the pipe, written by a thread
     queues.control.put(WorkerReady(spec.worker_id, engine.info, os.getpid()))
     pools = PoolCache(spec.input_size[1], spec.input_size[0], spec.slots)
     try:

@@ -32,6 +32,7 @@ from visionflow.streams.shedding import ShedPolicy
 from visionflow.streams.sources import DecodedFrame, VideoSource
 from visionflow.streams.state import StreamState, StreamStateMachine, Transition
 from visionflow.streams.urls import redact_text
+from visionflow.workers.heap import HeapTrimmer
 from visionflow.workers.logs import setup_child_logging
 from visionflow.workers.messages import (
     AddStream,
@@ -49,6 +50,9 @@ from visionflow.workers.procs import exit_with_parent
 
 log = logging.getLogger("visionflow.ingest")
 HEARTBEAT_S = 0.5
+# a command (adding a stream allocates its frame pool: on a GPU shared by many processes that
+# can take seconds) that runs longer than this stops the heartbeat: the process is restarted
+COMMAND_DEADLINE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -472,8 +476,12 @@ class IngestProcess:
         self.announcer = Announcer(index, queues.frames, announce_interval_s)
         self.readers: dict[str, StreamReader] = {}
         self._final: dict[str, StreamStats] = {}  # removed streams' last counts, sent once
+        self._final_lock = threading.Lock()
         self._pools = 0
         self.stopping = threading.Event()
+        self._busy_since: float | None = None  # when the running command started
+        self._beating = threading.Event()
+        self._beat_thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         limit = policy.max_reconnects_per_s
         self.limiter = None if limit is None else ReconnectLimiter(limit)
 
@@ -507,7 +515,8 @@ class IngestProcess:
         self.announcer.flush()  # its frames travel before the pool is declared closed
         self.queues.frames.put(PoolClosed(reader.pool.name))
         reader.pool.close()
-        self._final[stream_id] = reader.stats()
+        with self._final_lock:
+            self._final[stream_id] = reader.stats()
 
     def update(self, stream: StreamConfig) -> None:
         """A changed entry of one of this process's streams (:meth:`StreamReader.reconfigure`)."""
@@ -520,8 +529,63 @@ class IngestProcess:
 
     def heartbeat(self) -> None:
         stats = tuple(s for r in list(self.readers.values()) if (s := self._stats(r)))
-        final, self._final = tuple(self._final.values()), {}
+        with self._final_lock:
+            final, self._final = tuple(self._final.values()), {}
         self.queues.control.put(IngestHeartbeat(self.index, time.time(), stats + final))
+
+    def start_heartbeat(self) -> None:
+        """Beat from a thread of its own, every ``HEARTBEAT_S``, from now on: a process
+        busy opening streams (CUDA context, frame pools, decoders) is alive, not silent."""
+        self._beating.set()
+        self._beat_thread.start()
+
+    def stop_heartbeat(self) -> None:
+        self._beating.clear()
+        if self._beat_thread.is_alive():
+            self._beat_thread.join(timeout=2 * HEARTBEAT_S + 1)
+
+    def _beat(self) -> None:
+        heap = HeapTrimmer()
+        while self._beating.is_set():
+            heap.maybe_trim()
+            if self.command_stuck(time.monotonic()):
+                log.error(
+                    "ingest-%d: a command has run > %.0fs; heartbeat withheld",
+                    self.index,
+                    COMMAND_DEADLINE_S,
+                )
+            else:
+                self.heartbeat()
+            time.sleep(HEARTBEAT_S)
+
+    def command_stuck(self, now: float) -> bool:
+        """The command loop has been inside one command longer than ``COMMAND_DEADLINE_S``
+        (the watchdog then finds the process silent and restarts it)."""
+        busy = self._busy_since
+        return busy is not None and now - busy > COMMAND_DEADLINE_S
+
+    def run_command(self, command: object) -> None:
+        """Carry out one command, timed for :meth:`command_stuck`."""
+        self._busy_since = time.monotonic()
+        try:
+            self._dispatch(command)
+        finally:
+            self._busy_since = None
+
+    def _dispatch(self, command: object) -> None:
+        if isinstance(command, AddStream):
+            self.add(command.stream, command.first_seq)
+        elif isinstance(command, RemoveStream):
+            self.remove(command.stream_id)
+        elif isinstance(command, UpdateStream):
+            self.update(command.stream)
+        elif isinstance(command, StopReading):
+            self.stop_reading()
+        elif isinstance(command, SetAnalysisRates):
+            for stream_id, fps in command.rates:
+                reader = self.readers.get(stream_id)
+                if reader is not None:
+                    reader.set_share(fps)
 
     @staticmethod
     def _stats(reader: StreamReader) -> StreamStats | None:
@@ -543,35 +607,23 @@ class IngestProcess:
         self.heartbeat()
 
     def serve(self) -> None:
+        """Carry out commands until told to stop (heartbeats: :meth:`start_heartbeat`)."""
         self.announcer.start()
-        next_beat = 0.0
+        if not self._beating.is_set():
+            self.start_heartbeat()
         while not self.stopping.is_set():
-            if time.monotonic() >= next_beat:
-                self.heartbeat()
-                next_beat = time.monotonic() + HEARTBEAT_S
             try:
                 command = self.queues.commands.get(timeout=HEARTBEAT_S / 2)
             except queue.Empty:
                 continue
             if command is None:
                 break
-            if isinstance(command, AddStream):
-                self.add(command.stream, command.first_seq)
-            elif isinstance(command, RemoveStream):
-                self.remove(command.stream_id)
-            elif isinstance(command, UpdateStream):
-                self.update(command.stream)
-            elif isinstance(command, StopReading):
-                self.stop_reading()
-            elif isinstance(command, SetAnalysisRates):
-                for stream_id, fps in command.rates:
-                    reader = self.readers.get(stream_id)
-                    if reader is not None:
-                        reader.set_share(fps)
+            self.run_command(command)
         for stream_id in list(self.readers):
             self.remove(stream_id)
         self.announcer.stop()
-        self.heartbeat()  # the final counts of every stream
+        self.stop_heartbeat()
+        self.heartbeat()  # the final counts of every stream, after every other beat
 
 
 @dataclass(frozen=True)
@@ -620,7 +672,8 @@ def ingest_main(spec: IngestSpec, queues: IngestQueues, log_level: int) -> None:
     )
     signal.signal(signal.SIGTERM, lambda *_: process.stopping.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    process.start_heartbeat()  # before the streams open: opening them can take a while
     first = dict(spec.first_seqs)
     for stream in spec.streams:
-        process.add(stream, first.get(stream.id, 0))
+        process.run_command(AddStream(stream, first.get(stream.id, 0)))
     process.serve()

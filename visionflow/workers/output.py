@@ -33,8 +33,10 @@ from visionflow.pipeline.ordering import BatchReorder
 from visionflow.tracking.config import TrackingConfig
 from visionflow.tracking.processor import TrackingProcessor
 from visionflow.tracking.sink import RedisEventSink
+from visionflow.workers.channels import ChannelReaders, ResultsChannel
 from visionflow.workers.counts import CountsSink
 from visionflow.workers.fence import Epochs, FenceBook, ForgetFence, SetFence
+from visionflow.workers.heap import HeapTrimmer
 from visionflow.workers.logs import setup_child_logging
 from visionflow.workers.messages import BatchAbandoned, OutputStats
 from visionflow.workers.procs import exit_with_parent
@@ -257,32 +259,44 @@ def serve(stage: OutputStage, inbox: Any, control: Any, flush_timeout: float) ->
     """Move messages from ``inbox`` through ``stage`` until ``None`` arrives."""
     stage.start()
     next_stats = 0.0
+    heap = HeapTrimmer()
+    readers = ChannelReaders(inbox)
     try:
         while True:
+            heap.maybe_trim()
             if time.monotonic() >= next_stats:
                 control.put(stage.stats())
                 next_stats = time.monotonic() + STATS_S
             stage.skip_stale()
             try:
-                msg = inbox.get(timeout=STATS_S / 2)
+                msg = readers.get(timeout=STATS_S / 2)
             except queue.Empty:
                 continue
-            if msg is None:
+            if msg is None:  # the workers have exited: their channels hold the last results
+                for last in readers.drain():
+                    _handle(stage, readers, last)
                 stage.skip_stale(0.0)  # stopping: what waits behind a missing batch is written
                 break
-            if isinstance(msg, BatchResult):
-                stage.on_result(msg)
-            elif isinstance(msg, BatchAbandoned):
-                stage.on_abandoned(msg.batch_id, msg.frames, msg.reason)
-            elif isinstance(msg, SetTracking):
-                _set_tracking(stage, msg)
-            elif isinstance(msg, SetFence) and stage.fences is not None:
-                stage.fences.set(msg.stream_id, msg.token, msg.first_seq, msg.generation)
-            elif isinstance(msg, ForgetFence) and stage.fences is not None:
-                stage.fences.forget(msg.stream_id)
+            _handle(stage, readers, msg)
     finally:
         stage.stop(flush_timeout)
         control.put(stage.stats(final=True))
+
+
+def _handle(stage: OutputStage, readers: ChannelReaders, msg: object) -> None:
+    """One message from the inbox or a results channel."""
+    if isinstance(msg, BatchResult):
+        stage.on_result(msg)
+    elif isinstance(msg, BatchAbandoned):
+        stage.on_abandoned(msg.batch_id, msg.frames, msg.reason)
+    elif isinstance(msg, SetTracking):
+        _set_tracking(stage, msg)
+    elif isinstance(msg, SetFence) and stage.fences is not None:
+        stage.fences.set(msg.stream_id, msg.token, msg.first_seq, msg.generation)
+    elif isinstance(msg, ForgetFence) and stage.fences is not None:
+        stage.fences.forget(msg.stream_id)
+    elif isinstance(msg, ResultsChannel):
+        readers.add(msg.channel_id, msg.conn)
 
 
 def output_main(spec: OutputSpec, inbox: Any, control: Any, log_level: int) -> None:

@@ -31,7 +31,17 @@ from visionflow.workers.ingest import IngestPlan
 
 log = logging.getLogger("visionflow.plan")
 DEVICE_FRAME_BACKENDS = frozenset({"torch-cuda", "tensorrt"})
-STREAMS_PER_PROCESS = 8
+STREAMS_PER_PROCESS = 8  # CPU decode: each process's cores do the decoding
+# GPU decode: the work is on the card, and every ingest process is one more CUDA context the
+# card time-slices with the inference worker's, so one process per GPU reads up to this many
+# streams (on one H100, 128 streams: 1 process 2,310 published fps at 0 drops, 2-3 processes
+# 2,130-2,180 with drops, 16 processes collapsed: bench/README.md, ``procs_n``)
+GPU_STREAMS_PER_PROCESS = 128
+
+
+def streams_per_process(plan: IngestPlan) -> int:
+    """How many streams one automatically planned process of ``plan`` reads."""
+    return STREAMS_PER_PROCESS if plan.decode == "cpu" else GPU_STREAMS_PER_PROCESS
 
 
 @dataclass(frozen=True)
@@ -86,11 +96,11 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _process_count(config: AppConfig, share: int, total: int) -> int:
+def _process_count(config: AppConfig, share: int, total: int, per_process: int) -> int:
     configured = config.workers.ingest_processes
     if configured:
         return max(1, round(configured * share / max(1, total)))
-    return max(1, min(usable_cores(), math.ceil(share / STREAMS_PER_PROCESS)))
+    return max(1, min(usable_cores(), math.ceil(share / per_process)))
 
 
 def place_added_stream(
@@ -107,7 +117,7 @@ def place_added_stream(
     (the automatic count) also each of ``candidates`` (:func:`decode_plans`: every decode
     slot, those without a process yet counting 0), so streams spread over the GPUs even when
     the start-up config had none there (a fleet node starts with no streams); in it, the
-    process with the fewest streams; when that one already has ``STREAMS_PER_PROCESS`` (or
+    process with the fewest streams; when that one already has :func:`streams_per_process` (or
     the plan has no process yet) and ``grow`` allows, a new process with that plan (at most
     ``max_processes`` in all), so streams added later get processes as those configured at
     start do."""
@@ -122,7 +132,7 @@ def place_added_stream(
     if not members:  # a decode slot without a process yet (only offered with room)
         return max(plans) + 1, plan, True
     index = min(members, key=lambda i: (loads.get(i, 0), i))
-    if room and loads.get(index, 0) >= STREAMS_PER_PROCESS:
+    if room and loads.get(index, 0) >= streams_per_process(plan):
         return max(plans) + 1, plan, True
     return index, plan, False
 
@@ -155,7 +165,7 @@ def plan_ingest(
 ) -> list[IngestGroup]:
     """Ingest processes for ``streams`` (at least one, so streams can be added later)."""
     if decode == "cpu":
-        count = _process_count(config, len(streams), len(streams))
+        count = _process_count(config, len(streams), len(streams), STREAMS_PER_PROCESS)
         return [IngestGroup(IngestPlan(), tuple(g)) for g in _split(list(streams), count)]
     if slots is None:
         from visionflow.gpu.discovery import discover
@@ -178,6 +188,7 @@ def plan_ingest(
             plan = IngestPlan()
         else:
             plan = _slot_plan(config, decode, slot)
-        for group in _split(members, _process_count(config, len(members), len(streams))):
+        count = _process_count(config, len(members), len(streams), streams_per_process(plan))
+        for group in _split(members, count):
             groups.append(IngestGroup(plan, tuple(group)))
     return groups

@@ -36,8 +36,10 @@ from visionflow.pipeline.scheduler import Scheduler, Send
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.state import StreamState
 from visionflow.workers.board import RedisStatusWriter, StatusBoard, WorkerLoadView
+from visionflow.workers.channels import ResultsChannel
 from visionflow.workers.fence import FenceBook, ForgetFence, SetFence
 from visionflow.workers.governor import ShareGovernor
+from visionflow.workers.heap import HeapTrimmer
 from visionflow.workers.inference import (
     ENGINE_FAILED_EXIT,
     WorkerQueues,
@@ -117,6 +119,9 @@ class Pipeline:
         self._sched_q: Any = _CTX.Queue()
         self._control_q: Any = _CTX.Queue()
         self._output_q: Any = _CTX.Queue()
+        self._channels: dict[int, ResultsChannel] = {}  # worker id -> its results pipe
+        self._retired_channels: list[Any] = []  # replaced read ends, closed at stop
+        self._channel_seq = 0
         self._tasks: dict[int, Any] = {}
         self._commands: dict[int, Any] = {}
         self._ingest_streams: dict[int, list[StreamConfig]] = {}
@@ -213,6 +218,8 @@ class Pipeline:
         self._drain_control()
         self.status_writer.stop()
         self.pools.close()
+        for conn in [*(c.conn for c in self._channels.values()), *self._retired_channels]:
+            conn.close()
         self._unlink_pools(sorted(self.loop.pool_owner))
 
     def _abandon_the_rest(self) -> None:
@@ -264,7 +271,10 @@ class Pipeline:
             fences=self._fences.snapshot() if self._fences is not None else None,
             run_id=self.run_id,
         )
-        return self._spawn(output_main, "output", spec, self._output_q, self._control_q)
+        process = self._spawn(output_main, "output", spec, self._output_q, self._control_q)
+        for channel in self._channels.values():  # a restarted output process reads them too
+            self._output_q.put(channel)
+        return process
 
     def _output_exited(self, child: Child, reason: str) -> None:
         log.error("output process %s: results not yet written were lost", reason)
@@ -297,8 +307,18 @@ class Pipeline:
             env=tuple(env.items()),
         )
         tasks = self._tasks[worker_id] = _CTX.Queue()
-        queues = WorkerQueues(tasks, self._output_q, self._sched_q, self._control_q)
-        return self._spawn(inference_main, f"inference-{worker_id}", spec, queues)
+        reader, writer = _CTX.Pipe(duplex=False)  # its results channel (see channels.py)
+        queues = WorkerQueues(tasks, writer, self._sched_q, self._control_q)
+        process = self._spawn(inference_main, f"inference-{worker_id}", spec, queues)
+        writer.close()  # the worker's copy is the only one: its exit ends the channel
+        self._channel_seq += 1
+        old = self._channels.get(worker_id)
+        self._channels[worker_id] = ResultsChannel(self._channel_seq, worker_id, reader)
+        self._output_q.put(self._channels[worker_id])
+        if old is not None:
+            # the output process holds its own copy by now (sent before this one); ours goes
+            self._retired_channels.append(old.conn)
+        return process
 
     def _worker_exited(self, child: Child, reason: str) -> None:
         worker_id = int(child.key.rsplit("-", 1)[1])
@@ -457,7 +477,9 @@ class Pipeline:
 
     # ---- the status board's thread -------------------------------------------------
     def _board_loop(self) -> None:
+        heap = HeapTrimmer()  # this thread runs for the pipeline's life: it trims for it
         while not self._stop_board.is_set():
+            heap.maybe_trim()
             try:
                 self._on_control(self._control_q.get(timeout=0.1))
             except queue.Empty:

@@ -3,6 +3,7 @@ compilation (no GPU needed) and its pixels against the torch path it replaces (G
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 
 import numpy as np
@@ -12,9 +13,9 @@ from visionflow.gpu.kernels import arch_option
 from visionflow.gpu.letterbox_kernel import (
     BLOCK,
     KERNEL_SOURCE,
+    KernelArgs,
     compile_letterbox_cubin,
     grid,
-    kernel_args,
 )
 from visionflow.pipeline.letterbox import PAD_VALUE, letterbox_geometry
 
@@ -28,11 +29,21 @@ def test_one_thread_per_output_pixel_and_arguments_in_kernel_order():
     lb = letterbox_geometry(1920, 1080, 640, 640)
     gx, gy = grid(lb)
     assert gx * BLOCK[0] >= 640 > (gx - 1) * BLOCK[0] and gy * BLOCK[1] >= 640
-    args = kernel_args(0x1000, 0x2000, 2048, lb, 0x9000, PAD_VALUE)
-    values = [int(a[0]) for a in args]
-    assert values == [0x1000, 0x2000, 2048, 1920, 1080, 0x9000, 640, 640, lb.pad_x, lb.pad_y,
-                      lb.scaled_w, lb.scaled_h, PAD_VALUE]  # fmt: skip
-    assert [a.dtype for a in args].count(np.dtype(np.uint64)) == 3  # the three pointers
+    args = KernelArgs()
+    address = args.fill(0x1000, 0x2000, 2048, lb, 0x9000, PAD_VALUE)
+    expected = [0x1000, 0x2000, 2048, 1920, 1080, 0x9000, 640, 640, lb.pad_x, lb.pad_y,
+                lb.scaled_w, lb.scaled_h, PAD_VALUE]  # fmt: skip
+    assert args.values() == expected
+    # the driver reads argument i at the i-th address: 8 bytes for pointers, 4 for ints
+    table = np.ctypeslib.as_array((ctypes.c_uint64 * 13).from_address(address))
+    read = [
+        ctypes.c_uint64.from_address(int(a)).value if i in (0, 1, 5)
+        else ctypes.c_int32.from_address(int(a)).value
+        for i, a in enumerate(table)
+    ]  # fmt: skip
+    assert read == expected
+    args.fill(0x3000, 0x4000, 4096, lb, 0xA000, PAD_VALUE)  # refilled in place
+    assert args.values()[:3] == [0x3000, 0x4000, 4096] and int(table[0]) == int(args.addresses[0])
     assert KERNEL_SOURCE.count("int ") >= 10
 
 

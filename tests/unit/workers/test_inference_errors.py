@@ -197,12 +197,15 @@ def _sticky_worker(spec: WorkerSpec, queues: WorkerQueues) -> None:
 
 def test_the_worker_process_exits_with_the_restartable_code_after_reporting():
     ctx = multiprocessing.get_context("fork")
-    queues = WorkerQueues(ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Queue())
+    results, results_end = ctx.Pipe(duplex=False)  # the worker's results channel
+    queues = WorkerQueues(ctx.Queue(), results_end, ctx.Queue(), ctx.Queue())
     queues.tasks.put(_request(7))
     proc = ctx.Process(target=_sticky_worker, args=(_spec(), queues))
     proc.start()
+    results_end.close()
     proc.join(timeout=30)
     assert proc.exitcode == STICKY_CUDA_EXIT
     done = queues.done.get(timeout=5)
     assert done.batch_id == 7 and "device-side assert" in done.error
-    assert queues.output.get(timeout=5).error
+    # the failed batch's result went out through the channel before the exit
+    assert results.poll(5) and results.recv().error

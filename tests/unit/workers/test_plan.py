@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from tests.unit.gpu.recorded_nvml import (
@@ -42,7 +40,7 @@ def _config(n: int, backend: str = "torch-cuda", **workers: object):
 def test_gpu_decode_on_a_whole_gpu_keeps_frames_on_the_device():
     cfg = _config(20)
     groups = plan_ingest(cfg, cfg.streams, "nvdec", discover(H100_FULL))
-    assert len(groups) == min(3, os.cpu_count() or 1)  # 8 streams per process, <= cores
+    assert len(groups) == 1  # one CUDA context per GPU for decoding (up to 128 streams)
     assert sum(len(g.streams) for g in groups) == 20
     for g in groups:
         assert g.plan.decode == "nvdec" and g.plan.device_frames
@@ -127,12 +125,12 @@ def test_decoder_choice_rule():
 
 def test_added_streams_fill_the_least_loaded_gpu_then_start_processes_there():
     from visionflow.workers.ingest import IngestPlan
-    from visionflow.workers.plan import STREAMS_PER_PROCESS, place_added_stream
+    from visionflow.workers.plan import GPU_STREAMS_PER_PROCESS, place_added_stream
 
     gpu0 = IngestPlan("nvdec", (("CUDA_VISIBLE_DEVICES", "0"),), True)
     gpu1 = IngestPlan("nvdec", (("CUDA_VISIBLE_DEVICES", "1"),), True)
     plans = {0: gpu0, 1: gpu1}
-    full = STREAMS_PER_PROCESS
+    full = GPU_STREAMS_PER_PROCESS
     # the GPU with fewer streams in all, its least-loaded process
     assert place_added_stream({0: 3, 1: 2}, plans, grow=True, max_processes=8) == (1, gpu1, False)
     # both full: a new process, on the GPU with fewer streams (not always the first one)
@@ -153,6 +151,20 @@ def test_added_streams_on_the_cpu_get_a_new_process_once_each_has_its_share():
     assert place_added_stream(loads, {0: cpu}, grow=True, max_processes=2) == (0, cpu, False)
     loads = {0: STREAMS_PER_PROCESS}
     assert place_added_stream(loads, {0: cpu}, grow=True, max_processes=2) == (1, cpu, True)
+
+
+def test_gpu_decode_reads_many_streams_per_process_cpu_decode_few(monkeypatch):
+    """Each GPU ingest process is a CUDA context the card time-slices with the worker's:
+    128 streams on one GPU take one process; on the CPU they take one per 8 (up to the cores)."""
+    from visionflow.workers import plan as planning
+
+    monkeypatch.setattr(planning, "usable_cores", lambda: 16)
+    cfg = _config(130)
+    one_gpu = discover(H100_FULL)
+    groups = planning.plan_ingest(cfg, cfg.streams[:128], "nvdec", one_gpu)
+    assert [len(g.streams) for g in groups] == [128]
+    assert len(planning.plan_ingest(cfg, cfg.streams, "nvdec", one_gpu)) == 2  # past 128
+    assert len(planning.plan_ingest(cfg, cfg.streams[:128], "cpu")) == 16
 
 
 def test_a_node_started_without_streams_spreads_added_ones_over_every_gpu():
