@@ -225,7 +225,7 @@ class WorkersConfig(_Strict):
         le=256,
         description="Decode processes (several streams each); 0: automatic, also for streams "
         "added at run time: one per 8 streams decoded on the CPU, one per 128 streams per GPU "
-        "for GPU decode (each process is one more CUDA context on the card), at most the "
+        "for NVDEC decode (each process is one more CUDA context on the card), at most the "
         "number of CPU cores.",
     )
     inference_workers: int = Field(

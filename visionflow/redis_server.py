@@ -78,8 +78,8 @@ class EmbeddedRedis:
         # of warnings and then blocks the server on its next log line
         log_path = Path(self._dir.name) / "server.log"
         with log_path.open("wb") as log_file:
-            self.process = subprocess.Popen(
-                args, stdout=subprocess.DEVNULL, stderr=log_file, start_new_session=True
+            self.process = subprocess.Popen(  # it logs to stdout (no logfile set)
+                args, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
             )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout

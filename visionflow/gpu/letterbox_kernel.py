@@ -106,6 +106,7 @@ class KernelArgs:
         self._ints = self.slots.view(np.int32)  # little-endian: slot i's low half is 2 * i
         base = self.slots.ctypes.data
         self.addresses = np.array([base + 8 * i for i in range(self.COUNT)], np.uint64)
+        self._table = int(self.addresses.ctypes.data)
 
     def fill(
         self, y_plane: int, uv_plane: int, pitch: int, lb: Letterbox, out: int, pad_value: int
@@ -118,7 +119,7 @@ class KernelArgs:
                 self.slots[i] = value
             else:
                 self._ints[2 * i] = value
-        return int(self.addresses.ctypes.data)
+        return self._table
 
     def values(self) -> list[int]:
         """The arguments as the kernel will read them (for tests)."""

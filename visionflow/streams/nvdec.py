@@ -10,10 +10,11 @@ inference worker is on the same GPU) keeps the frame on the GPU all the way into
 a host slot (MIG, or an engine that reads host memory) costs one device-to-host copy of the
 network-size image.
 
-Each source decodes and letterboxes on a CUDA stream of its own (handed to the decoder with
-the process's primary context), so the readers of one process never wait for each other:
-on the legacy default stream every reader's synchronise waited for every other reader's
-work, which capped one process at ~500 decoded frames/s (bench/README.md, ``procs_96``).
+Each source decodes and letterboxes on a non-blocking CUDA stream from torch's pool (handed to
+the decoder with the process's primary context; the pool has 32 per device, so past 32
+readers a few share one): on the legacy default stream every reader's synchronise waited for
+every other reader's work, which capped one process at ~500 decoded frames/s
+(bench/README.md, ``procs_96``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class NvdecSource(VideoSource):
 
     gpu = 0
     supports_skip = False  # NVDEC gets every packet; only the "used or not" gate applies
-    _decoder_key: tuple[str, int, int] | None = None  # codec and size of the kept decoder
+    _decoder_key: tuple[str, int, int, str] | None = None  # codec, size, format of the decoder
+    _drained = False  # the last session ended at the end of a file with every frame out
 
     def open(self) -> None:
         super().open()
@@ -60,20 +62,26 @@ class NvdecSource(VideoSource):
         self._bsf = None
         if not any(f in fmt for f in ("h264", "hevc", "rtsp", "mpegts")):
             self._bsf = av.BitStreamFilterContext(_ANNEXB[name], video)
-        key = (name, video.codec_context.width, video.codec_context.height)
-        if self._decoder_key != key or not all(key[1:]):
+        ctx = video.codec_context
+        key = (name, ctx.width, ctx.height, str(ctx.pix_fmt))
+        if not (self._drained and self._decoder_key == key and ctx.width and ctx.height):
             self._new_decoder(codecs[name])
             self._decoder_key = key
-        self._size = (video.codec_context.width, video.codec_context.height)
+        self._drained = False
+        self._size = (ctx.width, ctx.height)
         self._pending: deque[int | None] = deque()
         self._time_base = video.time_base
 
     def _new_decoder(self, codec: Any) -> None:
-        """A decoder on a CUDA stream of its own.  It is kept across reopenings of the same
-        codec and size (a looping file, a camera back after a drop): creating one takes tens
-        of milliseconds and holds the GIL, stalling every other reader of the process."""
+        """A decoder on a CUDA stream from torch's pool (non-blocking; 32 per device, so past
+        32 readers a process's readers share them).  It is kept when a file loops -- the
+        last session read the file to its end with every frame out of the decoder, and the
+        codec, size and pixel format are the same -- since creating one takes tens of
+        milliseconds and holds the GIL, stalling every other reader of the process.  A camera
+        that reconnects gets a new one (its stream may resume mid-GOP: the old decoder's
+        reference frames would be wrong)."""
         self._decoder_key = None
-        self._stream = self._torch.cuda.Stream(device=self.gpu)  # non-blocking
+        self._stream = self._torch.cuda.Stream(device=self.gpu)
         self._decoder = self._nvc.CreateDecoder(
             gpuid=self.gpu,
             codec=codec,
@@ -84,11 +92,15 @@ class NvdecSource(VideoSource):
         )
 
     def _decode_packet(self, packet: Any) -> list[Any]:
-        try:
-            return self._decode_annexb(packet)
+        end = packet.size == 0 and packet.dts is None  # the demuxer's final flush (read before
+        try:  # the bitstream filter takes the packet over)
+            frames = self._decode_annexb(packet)
         except Exception:
             self._decoder_key = None  # never reuse a decoder that failed
             raise
+        if end:  # end of file: reusable if every frame came out
+            self._drained = self.stream.is_file and not self._pending
+        return frames
 
     def _decode_annexb(self, packet: Any) -> list[Any]:
         nvc = self._nvc
@@ -113,6 +125,13 @@ class NvdecSource(VideoSource):
         return DecodedFrame(surface, seconds, decode_ms, self._size[0], self._size[1])
 
     def write_letterboxed(self, decoded: DecodedFrame, dst: Any, letterbox: Letterbox) -> None:
+        try:
+            self._write(decoded, dst, letterbox)
+        except Exception:
+            self._decoder_key = None  # a CUDA error here may concern the decoder's stream too
+            raise
+
+    def _write(self, decoded: DecodedFrame, dst: Any, letterbox: Letterbox) -> None:
         stream = self._stream  # the decoder's: ordered after its copy of the frame
         if _fused_from_planes(decoded.frame, dst, letterbox, stream):
             stream.synchronize()
@@ -127,7 +146,8 @@ def nv12_planes(frame: Any) -> tuple[int, int, int, int, int] | None:
     interface (no DLPack round trip through torch: that cost ~15 % of an ingest process's GIL
     time at 96 streams); None when the frame does not describe itself that way."""
     cai = getattr(frame, "__cuda_array_interface__", None)
-    if cai is None and callable(getattr(frame, "cuda", None)):
+    from_decoder = type(frame).__module__.startswith("PyNvVideoCodec")
+    if cai is None and from_decoder and callable(getattr(frame, "cuda", None)):
         return _planes_of(frame.cuda())
     if not isinstance(cai, dict) or cai.get("typestr") != "|u1" or len(cai["shape"]) != 2:
         return None
@@ -143,10 +163,15 @@ def _planes_of(planes: Any) -> tuple[int, int, int, int, int] | None:
     if not isinstance(planes, (list, tuple)) or len(planes) != 2:
         return None
     luma, chroma = (getattr(p, "__cuda_array_interface__", None) for p in planes)
-    if not isinstance(luma, dict) or not isinstance(chroma, dict) or luma.get("typestr") != "|u1":
+    if not isinstance(luma, dict) or not isinstance(chroma, dict):
+        return None
+    if luma.get("typestr") != "|u1" or chroma.get("typestr") != "|u1":
         return None
     rows, width = (int(n) for n in luma["shape"][:2])
     pitch = int(luma["strides"][0]) if luma.get("strides") else width
+    chroma_pitch = int(chroma["strides"][0]) if chroma.get("strides") else width
+    if chroma_pitch != pitch:  # the kernel reads both planes with one pitch
+        return None
     return int(luma["data"][0]), int(chroma["data"][0]), pitch, width, rows
 
 

@@ -4,25 +4,33 @@ A ``multiprocessing.Queue`` shared by several writer processes is wedged for goo
 them is SIGKILLed while writing: the queue's write lock stays taken (every other writer blocks
 on it) and half a message is left in the pipe.  A batch's results are large (up to hundreds of
 KB with many streams), so a worker killed mid-batch was likely to be caught writing: on a
-2-GPU machine nothing reached Redis for 8 s after one worker was killed (bench/README.md), and
-a test of a shared queue with a writer killed mid-write wedged 11 times in 12
-(``tests/unit/workers/test_channels.py`` keeps the comparison).
+2-GPU machine nothing reached Redis for 8 s after one worker was killed (bench/README.md); in a
+CPU experiment a shared queue whose writer was killed mid-message (5 MB messages) wedged in 11
+trials of 12.
 
 So each worker writes its results into a pipe of its own (:class:`ChannelWriter`: a sender
-thread, so ``put`` never blocks the worker, as a queue's feeder thread did).  The pipeline
-keeps the read end and hands it to the output process (:class:`~visionflow.workers.messages.
-ResultsChannel`, sent through the output's inbox, again after an output restart).  The
-output process reads its inbox and every channel at once (:class:`ChannelReaders`); when a
-worker dies its pipe ends (EOF, possibly after a partial message) and only that channel is
-dropped: the others and the inbox go on.  The dead worker's batches are re-sent or abandoned
-by the scheduler as before.
+thread, so ``put`` never blocks the worker, as a queue's feeder thread did; flushed before the
+worker exits).  The pipeline keeps the read end and hands it to the output process
+(:class:`ResultsChannel`, through the output's inbox).  The output process reads its inbox and
+every channel at once (:class:`ChannelReaders`, one message from each ready source in turn);
+when a worker dies its pipe ends (EOF, possibly after a partial message) and only that channel
+is dropped: the others and the inbox go on.  The dead worker's batches are re-sent or abandoned
+by the scheduler as before; the output stage reads every channel dry before it applies an
+abandonment, so a result the worker sent before it died is never overtaken by the abandonment
+of its batch.  An output process that dies may have been cut in the middle of reading a
+message, which leaves that pipe's framing unreadable: the pipeline then restarts the workers
+too (new pipes), rather than hand a torn pipe to the new output process.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import pickle
 import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -59,85 +67,105 @@ class ChannelWriter:
         """No more messages: what was put is still sent, then the pipe is closed."""
         self._pending.put(_CLOSE)
 
-    def join_thread(self) -> None:
-        self._thread.join()
+    def join_thread(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
 
     def _send_all(self) -> None:
         while (message := self._pending.get()) is not _CLOSE:
             try:
-                self._conn.send(message)
-            except OSError as exc:  # the output process is gone: it is restarted, we are not
-                log.error("results channel closed (%s); results dropped until restart", exc)
-                return
+                payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+            except Exception:  # one unpicklable result costs that message, not the channel
+                log.exception("result not sent: it cannot be pickled")
+                continue
+            try:
+                self._conn.send_bytes(payload)
+            except OSError as exc:  # no reader at all any more: exit, the pipeline restarts us
+                log.error("results channel broken (%s); exiting to be restarted", exc)
+                os._exit(1)
         self._conn.close()
 
 
 class ChannelReaders:
     """The output process's side: its inbox (a ``multiprocessing.Queue``) and one pipe per
-    worker, read as one stream of messages."""
+    worker, read as one stream of messages, one message from each ready source in turn."""
 
     def __init__(self, inbox: Any) -> None:
         self.inbox = inbox
         self.channels: dict[int, Connection] = {}  # channel id -> read end
         self.dropped = 0  # channels that ended (a worker stopped or died)
+        self._ready: deque[tuple[bool, object]] = deque()  # (from a channel?, message)
 
     def add(self, channel_id: int, conn: Connection) -> None:
-        """Read ``conn`` from now on (a restarted worker gets a new channel; its old one is
-        read until it ends)."""
+        """Read ``conn`` from now on (a restarted worker gets a new channel)."""
         self.channels[channel_id] = conn
 
     def get(self, timeout: float) -> object:
         """The next message from the inbox or any channel; raises ``queue.Empty`` after
         ``timeout`` seconds without one."""
-        for message in self._ready(timeout):
-            return message
-        raise queue.Empty
+        if not self._ready:
+            self._fill(timeout)
+        if not self._ready:
+            raise queue.Empty
+        return self._ready.popleft()[1]
 
     def drain(self) -> Iterator[object]:
-        """Everything the channels still hold, until each has ended or is empty (stopping:
-        the workers have exited, their pipes are complete)."""
+        """Every complete result the channels hold now, including those already taken from
+        them but not handed out (read before an abandonment is applied, and at stop once the
+        workers have exited); inbox messages keep their place."""
+        kept = deque(item for item in self._ready if not item[0])
+        taken = [message for from_channel, message in self._ready if from_channel]
+        self._ready = kept
+        yield from taken
         for channel_id in list(self.channels):
             conn = self.channels[channel_id]
-            while True:
-                message = self._recv(channel_id, conn, block=False)
-                if message is None:
-                    break
-                yield message
+            while channel_id in self.channels and self._poll(channel_id, conn):
+                message = self._recv(channel_id, conn)
+                if message is not None:
+                    yield message
 
-    def _ready(self, timeout: float) -> Iterator[object]:
+    def _fill(self, timeout: float) -> None:
+        """One message from each source that is ready within ``timeout``."""
         # the inbox's pipe end: multiprocessing offers no public way to wait on a queue
         # together with connections
         inbox_reader = self.inbox._reader
-        ready = wait([inbox_reader, *self.channels.values()], timeout)
-        for conn in ready:
+        for conn in wait([inbox_reader, *self.channels.values()], timeout):
             if conn is inbox_reader:
                 try:
-                    yield self.inbox.get_nowait()
-                except queue.Empty:  # another reader took it (there is none) or a spurious wake
-                    continue
+                    self._ready.append((False, self.inbox.get_nowait()))
+                except queue.Empty:  # readable but its lock is held (a reader died in get):
+                    time.sleep(0.05)  # never spin on it
                 continue
-            channel_id = next((w for w, c in self.channels.items() if c is conn), None)
+            channel_id = next((c for c, r in self.channels.items() if r is conn), None)
             if channel_id is None:
                 continue
-            message = self._recv(channel_id, conn, block=True)
+            message = self._recv(channel_id, self.channels[channel_id])
             if message is not None:
-                yield message
+                self._ready.append((True, message))
 
-    def _recv(self, channel_id: int, conn: Any, block: bool) -> object | None:
-        """One message from ``conn``; None when it has none ready (``block=False``) or ended
-        (then it is dropped: EOF after its worker exited, or a message cut by a kill)."""
+    def _poll(self, channel_id: int, conn: Connection) -> bool:
         try:
-            if not block and not conn.poll(0):
-                return None
-            message: object = conn.recv()
-            return message
+            return conn.poll(0)
         except (EOFError, OSError) as exc:
             self._drop(channel_id, conn, exc)
-        except Exception as exc:  # a message cut short and followed by nothing parseable
-            self._drop(channel_id, conn, exc)
-        return None
+            return False
 
-    def _drop(self, channel_id: int, conn: Any, exc: BaseException) -> None:
+    def _recv(self, channel_id: int, conn: Connection) -> object | None:
+        """One message from ``conn``; None when it ended (EOF after its worker exited, or a
+        message cut by a kill: the channel is dropped) or held an unreadable payload (that
+        message is skipped, the framing is intact)."""
+        try:
+            payload = conn.recv_bytes()
+        except (EOFError, OSError) as exc:
+            self._drop(channel_id, conn, exc)
+            return None
+        try:
+            message: object = pickle.loads(payload)
+        except Exception:
+            log.exception("results channel %d: a message could not be read; skipped", channel_id)
+            return None
+        return message
+
+    def _drop(self, channel_id: int, conn: Connection, exc: BaseException) -> None:
         if self.channels.get(channel_id) is conn:
             del self.channels[channel_id]
         self.dropped += 1

@@ -57,6 +57,7 @@ from visionflow.workers.messages import BatchDone, PoolClosed, WorkerFailed, Wor
 from visionflow.workers.procs import exit_with_parent
 
 log = logging.getLogger("visionflow.inference")
+RESULTS_FLUSH_S = 4.0  # within the pipeline's 5 s wait for workers to end
 ENGINE_FAILED_EXIT = 3  # exit code: the engine cannot load (not restarted: it would loop)
 STICKY_CUDA_EXIT = 4  # exit code: a sticky CUDA error poisoned the context (restarted)
 # Errors after which a CUDA context cannot be used again (CUDA runtime / driver API names,
@@ -299,8 +300,16 @@ def inference_main(spec: WorkerSpec, queues: WorkerQueues, log_level: int) -> No
         log.error("%s; exiting to be restarted with a fresh CUDA context", exc)
         _exit_after_sending(queues, STICKY_CUDA_EXIT)  # never returns: no cleanup below
     finally:
+        _flush_results(queues.output)
         pools.close()
         engine.close()
+
+
+def _flush_results(output: ChannelWriter) -> None:
+    """The results already put go out before the process ends (a daemon sender thread would
+    be cut off mid-send at exit, and those batches are already counted done)."""
+    output.close()
+    output.join_thread(timeout=RESULTS_FLUSH_S)
 
 
 def _exit_after_sending(queues: WorkerQueues, code: int) -> None:

@@ -111,6 +111,10 @@ class Announcer:
             self._stop.wait(self.interval_s)  # let more frames join this message
             self.flush()
 
+    @property
+    def started(self) -> bool:
+        return self.thread.is_alive() or self._stop.is_set()
+
     def start(self) -> None:
         self.thread.start()
 
@@ -608,7 +612,8 @@ class IngestProcess:
 
     def serve(self) -> None:
         """Carry out commands until told to stop (heartbeats: :meth:`start_heartbeat`)."""
-        self.announcer.start()
+        if not self.announcer.started:
+            self.announcer.start()
         if not self._beating.is_set():
             self.start_heartbeat()
         while not self.stopping.is_set():
@@ -673,6 +678,7 @@ def ingest_main(spec: IngestSpec, queues: IngestQueues, log_level: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: process.stopping.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     process.start_heartbeat()  # before the streams open: opening them can take a while
+    process.announcer.start()  # the first streams' frames go out while the others open
     first = dict(spec.first_seqs)
     for stream in spec.streams:
         process.run_command(AddStream(stream, first.get(stream.id, 0)))

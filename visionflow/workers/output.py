@@ -288,6 +288,10 @@ def _handle(stage: OutputStage, readers: ChannelReaders, msg: object) -> None:
     if isinstance(msg, BatchResult):
         stage.on_result(msg)
     elif isinstance(msg, BatchAbandoned):
+        # a result its worker sent before dying travels on another channel than this
+        # message: read them all first, so the result, not the abandonment, decides
+        for result in readers.drain():
+            _handle(stage, readers, result)
         stage.on_abandoned(msg.batch_id, msg.frames, msg.reason)
     elif isinstance(msg, SetTracking):
         _set_tracking(stage, msg)

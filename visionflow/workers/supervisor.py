@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -120,7 +120,7 @@ class Pipeline:
         self._control_q: Any = _CTX.Queue()
         self._output_q: Any = _CTX.Queue()
         self._channels: dict[int, ResultsChannel] = {}  # worker id -> its results pipe
-        self._retired_channels: list[Any] = []  # replaced read ends, closed at stop
+        self._retired_channels: deque[tuple[float, Any]] = deque()  # (when, replaced read end)
         self._channel_seq = 0
         self._tasks: dict[int, Any] = {}
         self._commands: dict[int, Any] = {}
@@ -218,7 +218,10 @@ class Pipeline:
         self._drain_control()
         self.status_writer.stop()
         self.pools.close()
-        for conn in [*(c.conn for c in self._channels.values()), *self._retired_channels]:
+        for conn in [
+            *(c.conn for c in self._channels.values()),
+            *(c for _, c in self._retired_channels),
+        ]:
             conn.close()
         self._unlink_pools(sorted(self.loop.pool_owner))
 
@@ -271,13 +274,19 @@ class Pipeline:
             fences=self._fences.snapshot() if self._fences is not None else None,
             run_id=self.run_id,
         )
-        process = self._spawn(output_main, "output", spec, self._output_q, self._control_q)
-        for channel in self._channels.values():  # a restarted output process reads them too
-            self._output_q.put(channel)
-        return process
+        # the workers' channels reach it through its inbox (sent at each worker's spawn); after
+        # an output restart the workers are restarted too (see _output_exited)
+        return self._spawn(output_main, "output", spec, self._output_q, self._control_q)
 
     def _output_exited(self, child: Child, reason: str) -> None:
         log.error("output process %s: results not yet written were lost", reason)
+        if self.group.stopping:
+            return
+        # it may have died in the middle of reading a worker's message: that pipe's framing
+        # is lost, so every worker restarts with a new pipe (their batches are re-sent)
+        for key, worker in self.group.children.items():
+            if key.startswith("inference-") and worker.alive:
+                worker.process.kill()
 
     def _add_worker(self, worker_id: int) -> None:
         self.scheduler.add_worker(worker_id, self.config.batching.max_inflight_per_worker)
@@ -315,10 +324,17 @@ class Pipeline:
         old = self._channels.get(worker_id)
         self._channels[worker_id] = ResultsChannel(self._channel_seq, worker_id, reader)
         self._output_q.put(self._channels[worker_id])
-        if old is not None:
-            # the output process holds its own copy by now (sent before this one); ours goes
-            self._retired_channels.append(old.conn)
+        self._retire_channel(old)
         return process
+
+    def _retire_channel(self, old: ResultsChannel | None) -> None:
+        """Close read ends replaced long enough ago that the output's inbox has long passed
+        them on (the queue pickles a connection in its feeder thread, later than ``put``)."""
+        now = time.monotonic()
+        if old is not None:
+            self._retired_channels.append((now, old.conn))
+        while self._retired_channels and now - self._retired_channels[0][0] > 30.0:
+            self._retired_channels.popleft()[1].close()
 
     def _worker_exited(self, child: Child, reason: str) -> None:
         worker_id = int(child.key.rsplit("-", 1)[1])

@@ -91,11 +91,16 @@ class _Plane:
 
 
 class _Frame:
+    """Stands in for PyNvVideoCodec's decoded frame (its planes are asked for only there)."""
+
     def __init__(self, planes: list[_Plane]) -> None:
         self._planes = planes
 
     def cuda(self) -> list[_Plane]:
         return self._planes
+
+
+_Frame.__module__ = "PyNvVideoCodec._fake"
 
 
 def test_nv12_planes_from_one_array_or_from_two_planes():
@@ -112,6 +117,9 @@ def test_nv12_planes_from_one_array_or_from_two_planes():
     assert nv12_planes(rgb) is None
     assert nv12_planes(_Frame([_Plane((360, 640), 0x1000)])) is None
     assert nv12_planes(object()) is None
+    # planes of different pitches cannot go through the one-pitch kernel
+    skew = _Frame([_Plane((360, 640), 0x20000, 1024), _Plane((180, 320, 2), 0x90000, 768)])
+    assert nv12_planes(skew) is None
 
 
 @pytest.mark.gpu

@@ -90,3 +90,51 @@ def test_drain_reads_what_stopped_writers_left_then_the_channels_end() -> None:
     readers.add(7, r)
     assert [m for m in readers.drain()] == [("result", i) for i in range(5)]
     assert list(readers.drain()) == []
+
+
+def _put_and_return(conn) -> None:  # type: ignore[no-untyped-def]
+    writer = ChannelWriter(conn)
+    writer.put(b"y" * BIG)
+    writer.close()
+    writer.join_thread(timeout=30)  # what the worker does before it exits
+
+
+def test_a_worker_that_exits_right_after_putting_still_delivers() -> None:
+    readers = ChannelReaders(CTX.Queue())
+    r, w = CTX.Pipe(duplex=False)
+    proc = CTX.Process(target=_put_and_return, args=(w,), daemon=True)
+    proc.start()
+    w.close()
+    readers.add(1, r)
+    got = readers.get(timeout=30)  # the sender thread finished before the process ended
+    assert isinstance(got, bytes) and len(got) == BIG
+    proc.join(30)
+
+
+class _Stage:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def on_result(self, msg) -> None:  # type: ignore[no-untyped-def]
+        self.calls.append(("result", msg.batch_id))
+
+    def on_abandoned(self, batch_id, frames, reason) -> None:  # type: ignore[no-untyped-def]
+        self.calls.append(("abandoned", batch_id))
+
+
+def test_an_abandonment_never_overtakes_a_result_already_in_a_channel() -> None:
+    """The worker wrote batch 5's result, then died; the pipeline's abandonment of batch 5
+    comes through the inbox, another channel, and is read first: the output stage still
+    takes the result first, so the frames count published, not lost."""
+    from visionflow.pipeline.frames import BatchResult
+    from visionflow.workers.messages import BatchAbandoned
+    from visionflow.workers.output import _handle
+
+    readers = ChannelReaders(CTX.Queue())
+    r, w = CTX.Pipe(duplex=False)
+    readers.add(1, r)
+    w.send(BatchResult(5, 0, ()))
+    w.close()
+    stage = _Stage()
+    _handle(stage, readers, BatchAbandoned(5, (("cam", 4),)))  # type: ignore[arg-type]
+    assert stage.calls == [("result", 5), ("abandoned", 5)]
