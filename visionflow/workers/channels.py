@@ -92,7 +92,6 @@ class ChannelReaders:
     def __init__(self, inbox: Any) -> None:
         self.inbox = inbox
         self.channels: dict[int, Connection] = {}  # channel id -> read end
-        self.dropped = 0  # channels that ended (a worker stopped or died)
         self._ready: deque[tuple[bool, object]] = deque()  # (from a channel?, message)
 
     def add(self, channel_id: int, conn: Connection) -> None:
@@ -168,7 +167,6 @@ class ChannelReaders:
     def _drop(self, channel_id: int, conn: Connection, exc: BaseException) -> None:
         if self.channels.get(channel_id) is conn:
             del self.channels[channel_id]
-        self.dropped += 1
         conn.close()
         level = logging.DEBUG if isinstance(exc, EOFError) else logging.WARNING
         log.log(level, "results channel %d ended (%s)", channel_id, type(exc).__name__)

@@ -113,7 +113,7 @@ class Announcer:
 
     @property
     def started(self) -> bool:
-        return self.thread.is_alive() or self._stop.is_set()
+        return self.thread.ident is not None
 
     def start(self) -> None:
         self.thread.start()
