@@ -26,6 +26,8 @@ Sections (each in its own subprocess with a time limit, ``DIR/<section>.json``):
               candidates (each ingest process is its own CUDA context on the GPU)
   scale       1 GPU vs every GPU, ``VF_SCALE_STREAMS`` (160) streams, one window each
               (published fps ratio)
+  variants    ``VF_VARIANT_STREAMS`` (128) streams on GPU 0, one window per config variant
+              of ``VF_VARIANTS`` (``name=batching.max_inflight_per_worker:4,...;...``)
   procs_n     ``VF_PROCS_STREAMS`` (96) streams on GPU 0 with each ingest process count in
               ``VF_PROCS`` (``1,2,4``)
   nvdec_gil   does PyNvVideoCodec's ``Decode`` hold the GIL: N decoding threads of one
@@ -74,6 +76,7 @@ LIMITS = {
     "diag": 300,
     "nvdec_gil": 120,
     "procs_n": 560,
+    "variants": 580,
     "profile": 240,
 }
 P99_MS = 250.0
@@ -172,11 +175,12 @@ def _config(
     engine: dict[str, Any] | None = None,
     ingest_processes: int = 0,
     workers_per_gpu: int = 1,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> Any:
-    from bench.gpu_bench import _model, clip_paths
+    from bench.gpu_bench import _model
     from visionflow.config import parse_config
 
-    mp4, _ = clip_paths(work)
+    mp4 = live_clip(work)
     workers: dict[str, Any] = {
         "ingest_processes": ingest_processes,
         "frame_transport": "auto",
@@ -184,18 +188,49 @@ def _config(
     }
     if gpus is not None:
         workers["gpus"] = gpus
-    return parse_config(
-        {
-            "streams": [stream(mp4, i) for i in range(n)],
-            "redis": {"url": url, "key_prefix": prefix, "maxlen": 5000},
-            "source": {"allowed_schemes": ["file"]},
-            "model": {"path": str(_model(work)), "conf_threshold": 0.5, "max_detections": 50},
-            "engine": {"backend": "torch-cuda", "precision": "fp16", **(engine or {})},
-            "batching": {"max_batch": 64, "max_delay_ms": 15, "buffer_per_stream": 8},
-            "decode": "nvdec",
-            "workers": workers,
-        }
-    )
+    config: dict[str, Any] = {
+        "streams": [stream(mp4, i) for i in range(n)],
+        "redis": {"url": url, "key_prefix": prefix, "maxlen": 5000},
+        "source": {"allowed_schemes": ["file"]},
+        "model": {"path": str(_model(work)), "conf_threshold": 0.5, "max_detections": 50},
+        "engine": {"backend": "torch-cuda", "precision": "fp16", **(engine or {})},
+        "batching": {"max_batch": 64, "max_delay_ms": 15, "buffer_per_stream": 8},
+        "decode": "nvdec",
+        "workers": workers,
+    }
+    for section, values in (overrides or {}).items():
+        config[section] = {**config[section], **values}
+    return parse_config(config)
+
+
+def live_clip(work: Path) -> Path:
+    """The clip every stream loops: the mp4 (default; NVDEC readers turn its packets into
+    Annex B with FFmpeg's bitstream filter) or, with ``VF_CLIP=ts``, the same packets in MPEG-TS,
+    which arrive in Annex B as an RTSP camera's do (no filter on the reader's thread)."""
+    from bench.gpu_bench import clip_paths
+
+    mp4, _ = clip_paths(work)
+    if os.environ.get("VF_CLIP", "mp4") != "ts":
+        return mp4
+    ts = mp4.with_suffix(".ts")
+    if not ts.is_file():
+        _remux(mp4, ts)
+    return ts
+
+
+def _remux(src: Path, dst: Path) -> None:
+    """``src``'s video packets into an MPEG-TS file (no re-encoding; the muxer inserts the
+    Annex B filter itself)."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format="mpegts") as out:
+        video = inp.streams.video[0]
+        st = out.add_stream_from_template(video)
+        for packet in inp.demux(video):
+            if packet.dts is None:
+                continue
+            packet.stream = st
+            out.mux(packet)
 
 
 def stream(mp4: Path, i: int) -> dict[str, Any]:
@@ -214,12 +249,11 @@ def ramp(
 
     import redis
 
-    from bench.gpu_bench import clip_paths
     from visionflow.redis_server import EmbeddedRedis
     from visionflow.streams.config import StreamConfig
     from visionflow.workers.supervisor import Pipeline
 
-    mp4, _ = clip_paths(work)
+    mp4 = live_clip(work)
     runs: list[dict[str, Any]] = []
     with EmbeddedRedis() as server:
         prefix = "scale"
@@ -365,10 +399,9 @@ def _await_streaming(p: Any, timeout: float) -> float | None:
 
 
 def _add_streams(work: Path, p: Any, first: int, streams: int) -> None:
-    from bench.gpu_bench import clip_paths
     from visionflow.streams.config import StreamConfig
 
-    mp4, _ = clip_paths(work)
+    mp4 = live_clip(work)
     for i in range(first, streams):
         p.add_stream(StreamConfig.model_validate(stream(mp4, i)))
 
@@ -484,6 +517,38 @@ def section_nvdec_gil(work: Path) -> dict[str, Any]:
         }
         out["runs"].append(run)
         log(f"nvdec_gil {run}")
+    return out
+
+
+def parse_variants(spec: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """``name=section.key:value,...;name2=...`` -> {name: {section: {key: value}}} (values are
+    JSON when they parse as JSON, else strings)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for item in filter(None, (v.strip() for v in spec.split(";"))):
+        name, _, body = item.partition("=")
+        overrides: dict[str, dict[str, Any]] = {}
+        for pair in filter(None, body.split(",")):
+            dotted, _, raw = pair.partition(":")
+            section, _, key = dotted.partition(".")
+            try:
+                value: Any = json.loads(raw)
+            except ValueError:
+                value = raw
+            overrides.setdefault(section, {})[key] = value
+        out[name] = overrides
+    return out
+
+
+def section_variants(work: Path) -> dict[str, Any]:
+    """``VF_VARIANT_STREAMS`` (128) streams on GPU 0, one window per config variant in
+    ``VF_VARIANTS`` (``name=section.key:value,...;...``; an empty body is the defaults), in
+    the order given: knobs compared in the same call."""
+    streams = int(os.environ.get("VF_VARIANT_STREAMS", "128"))
+    out: dict[str, Any] = {"streams": streams}
+    for name, overrides in parse_variants(os.environ.get("VF_VARIANTS", "defaults=")).items():
+        r = one_window(work, f"v{len(out)}", streams, settle_s=20, overrides=overrides)
+        out[name] = {"overrides": overrides, **r}
+        log(f"variant {name} {overrides}: {json.dumps(r)[:600]}")
     return out
 
 
@@ -655,7 +720,8 @@ def section_clips(work: Path) -> dict[str, Any]:
 
 def section_ramp_1gpu(work: Path) -> dict[str, Any]:
     # NVDEC decodes ~2,340 fps of this clip on one H100 (~78 streams): steps around that
-    return ramp(work, [0], [32, 48, 64, 72, 80, 96])
+    levels = os.environ.get("VF_RAMP_LEVELS", "32,48,64,72,80,96")
+    return ramp(work, [0], [int(n) for n in levels.split(",")])
 
 
 def section_ramp_all(work: Path) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from visionflow.api.config import ApiConfig
+from visionflow.engines.base import EngineConfigBase
 from visionflow.engines.ort import OnnxRuntimeConfig
 from visionflow.engines.registry import EngineConfig
 from visionflow.errors import ConfigError
@@ -203,9 +204,22 @@ class BatchingConfig(_Strict):
         description="Frames waiting per stream; when full the oldest is dropped "
         "(reason 'inference_behind').",
     )
-    max_inflight_per_worker: int = Field(
-        default=2, ge=1, le=64, description="Batches queued on one inference worker at once."
+    max_inflight_per_worker: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Batches queued on one inference worker at once. Unset: twice the batches "
+        "its engine runs at once (torch-cuda: 2 x inflight, tensorrt: 2 x contexts, "
+        "onnxruntime: 2), so a worker's next batches are already with it when one finishes "
+        "instead of a round trip to the scheduler away (bench/README.md, issue 12).",
     )
+
+    def worker_capacity(self, engine: EngineConfigBase) -> int:
+        """Batches the scheduler keeps queued on one worker of ``engine``."""
+        if self.max_inflight_per_worker is not None:
+            return self.max_inflight_per_worker
+        return 2 * engine.batches_at_once()
+
     batch_deadline_s: float = Field(
         default=30.0,
         gt=0,

@@ -93,3 +93,19 @@ def test_the_shipped_example_is_valid(monkeypatch):
     monkeypatch.setenv("CAM_PASSWORD", "x")
     cfg = load_config(Path(__file__).resolve().parents[2] / "examples" / "cameras.yaml")
     assert [s.id for s in cfg.streams] == ["entrance", "loading-dock", "recorded"]
+
+
+def test_batches_queued_per_worker_follow_the_engine_unless_set() -> None:
+    """Unset, a worker is kept two engine depths deep (its next batches already with it when one
+    finishes); set, the setting wins."""
+    from visionflow.config import BatchingConfig
+    from visionflow.engines.ort import OnnxRuntimeConfig
+    from visionflow.engines.torch_cuda import TorchCudaConfig
+    from visionflow.engines.trt import TensorRTConfig
+
+    auto = BatchingConfig()
+    assert auto.worker_capacity(OnnxRuntimeConfig()) == 2
+    assert auto.worker_capacity(TorchCudaConfig()) == 4
+    assert auto.worker_capacity(TorchCudaConfig(inflight=3)) == 6
+    assert auto.worker_capacity(TensorRTConfig(contexts=3)) == 6
+    assert BatchingConfig(max_inflight_per_worker=1).worker_capacity(TorchCudaConfig()) == 1

@@ -42,6 +42,10 @@ class EngineConfigBase(BaseModel):
 
     backend: str
 
+    def batches_at_once(self) -> int:
+        """How many batches an engine of this config runs at once (its in-flight depth)."""
+        return 1
+
 
 @dataclass(frozen=True)
 class EngineInfo:

@@ -72,6 +72,10 @@ class TorchCudaConfig(EngineConfigBase):
         description="Best-scoring boxes per image that enter the GPU NMS (its mask takes "
         "batch x candidates^2 bytes); boxes beyond them are dropped.",
     )
+
+    def batches_at_once(self) -> int:
+        return self.inflight
+
     device: int = Field(default=0, ge=0, description="CUDA device ordinal inside the worker.")
 
 

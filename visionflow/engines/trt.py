@@ -127,6 +127,9 @@ class TensorRTConfig(EngineConfigBase):
     )
     device: int = Field(default=0, ge=0, description="CUDA device ordinal inside the worker.")
 
+    def batches_at_once(self) -> int:
+        return self.contexts
+
 
 # ---------------------------------------------------------------------------- pure logic
 def decode_in_engine_nms(

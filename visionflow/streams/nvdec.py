@@ -146,8 +146,9 @@ def nv12_planes(frame: Any) -> tuple[int, int, int, int, int] | None:
     interface (no DLPack round trip through torch: that cost ~15 % of an ingest process's GIL
     time at 96 streams); None when the frame does not describe itself that way."""
     cai = getattr(frame, "__cuda_array_interface__", None)
-    if cai is None:  # per-plane arrays, asked of PyNvVideoCodec's frames only
-        if type(frame).__module__.startswith("PyNvVideoCodec") and hasattr(frame, "cuda"):
+    if cai is None:  # per-plane arrays, asked of PyNvVideoCodec's frames only (their class
+        # lives in its extension module, ``_PyNvVideoCodec``)
+        if "PyNvVideoCodec" in type(frame).__module__ and hasattr(frame, "cuda"):
             return _planes_of(frame.cuda())
         return None
     if not isinstance(cai, dict) or cai.get("typestr") != "|u1" or len(cai["shape"]) != 2:

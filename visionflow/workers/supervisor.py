@@ -289,7 +289,8 @@ class Pipeline:
                 worker.process.kill()
 
     def _add_worker(self, worker_id: int) -> None:
-        self.scheduler.add_worker(worker_id, self.config.batching.max_inflight_per_worker)
+        capacity = self.config.batching.worker_capacity(self.config.engine)
+        self.scheduler.add_worker(worker_id, capacity)
         env = self._worker_env[worker_id] if worker_id < len(self._worker_env) else {}
         labels = self._worker_labels
         placement = labels[worker_id] if worker_id < len(labels) else ""

@@ -100,7 +100,7 @@ class _Frame:
         return self._planes
 
 
-_Frame.__module__ = "PyNvVideoCodec._fake"
+_Frame.__module__ = "_PyNvVideoCodec"  # as the real class reports it
 
 
 def test_nv12_planes_from_one_array_or_from_two_planes():
