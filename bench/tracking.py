@@ -9,17 +9,23 @@ Sections (one run, one JSON under ``bench/results/tracking-<date>.json``):
 - ``speed``: visionflow's tracker (:class:`~visionflow.tracking.bytetrack.ByteTracker`), ms per
   frame with 1, 10 and 100 objects moving in a 1920x1080 frame (noisy boxes, 300 frames),
   and Roboflow ``trackers``' ByteTrack on the same boxes when it can be imported.
+- ``descriptor``: CPU µs of the appearance descriptors (re-identification by appearance) of
+  1, 5 and 20 boxes on a 320x320 network input, beside ``to_detections`` on the same boxes.
 - ``accuracy``: synthetic scenes of each kind (crossing, occlusion, reenter; seeds not used
   for tuning), the bundled detector run once on every rendered frame, and the same
   detections given to every tracker; IDF1, MOTA and ID switches from ``motmetrics``
-  (:mod:`visionflow.scenes.tracking_metrics`).  Trackers: ``visionflow`` (defaults),
+  (:mod:`visionflow.scenes.tracking_metrics`); with each detection its appearance
+  descriptor, computed on the network input as the inference worker does
+  (:mod:`visionflow.pipeline.appearance`).  Trackers: ``visionflow`` (defaults),
   ``visionflow-recover-reid`` (recovery of lost tracks by position and re-identification at
-  the frame edge on, both off by default), ``visionflow-plain`` (no match buffer: ByteTrack's
-  plain IoU) and ``trackers-bytetrack``.
+  the frame edge on, both off by default), ``visionflow-appearance`` (re-identification by
+  appearance on, ``appearance_s`` 3, off by default), ``visionflow-plain`` (no match
+  buffer: ByteTrack's plain IoU) and ``trackers-bytetrack``.
 - ``truth``: the tracking processor (tracker, the zone and line of
   ``tests/integration/test_tracking_truth.py``) on the same detections: IDF1, ID switches and
   the zone/line counts' difference from the truth trajectories' counts, with the defaults,
-  with recovery by position on, and with that and re-identification at the edge on.
+  with recovery by position on, with that and re-identification at the edge on, and with
+  re-identification by appearance on (with and without its gate on the IoU matching).
 - ``output_stage``: the output stage in-process (32 streams, batches of 32 results, a counting
   sink), µs per result with no processor (the stage before tracking), with the tracking
   processor but every stream untracked (the default), and with every stream tracked.
@@ -49,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import counting_sink, table, write_result  # noqa: E402
+from visionflow.pipeline.appearance import DIMS, decode  # noqa: E402
 from visionflow.scenes.generator import CLASSES, SceneGenerator, SceneSpec  # noqa: E402
 from visionflow.scenes.tracking_metrics import (  # noqa: E402
     Predicted,
@@ -61,8 +68,11 @@ CACHE = ROOT / ".cache" / "bench-tracking"
 HELD_OUT = {"crossing": 401, "occlusion": 402, "reenter": 403}
 #: recovery of lost tracks by position and re-identification at the edge on (off by default)
 RECOVER_REID = TrackerParams(recover_dist=1.0, reid_s=3.0)
+#: re-identification by appearance on (off by default)
+APPEARANCE = TrackerParams(appearance_s=3.0)
 SIZE = (640.0, 360.0)  # of the accuracy section's scenes
-Dets = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [N, 4], scores, class ids
+#: boxes [N, 4], scores, class ids, appearance descriptors [N, 24] (zeros: none)
+Dets = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 Tracker = Callable[[Dets, float], list[tuple[int, int, tuple[float, float, float, float]]]]
 
 
@@ -71,8 +81,8 @@ def ours(params: TrackerParams, size: tuple[float, float] | None = None) -> Trac
     tracker = ByteTracker(params)
 
     def step(dets: Dets, t: float) -> list[tuple[int, int, tuple[float, float, float, float]]]:
-        boxes, scores, classes = dets
-        out = tracker.update(boxes, scores, classes, t, size)
+        boxes, scores, classes, feats = dets
+        out = tracker.update(boxes, scores, classes, t, size, feats)
         return [
             (int(i), int(c), (float(b[0]), float(b[1]), float(b[2]), float(b[3])))
             for i, c, b in zip(out.track_ids, classes, boxes, strict=True)
@@ -89,7 +99,7 @@ def theirs(fps: float) -> Tracker:
     tracker = ByteTrackTracker(frame_rate=fps)
 
     def step(dets: Dets, t: float) -> list[tuple[int, int, tuple[float, float, float, float]]]:
-        boxes, scores, classes = dets
+        boxes, scores, classes, _ = dets
         det = sv.Detections(
             xyxy=boxes.astype(np.float32),
             confidence=scores.astype(np.float32),
@@ -124,11 +134,13 @@ def synthetic(n: int, frames: int, seed: int = 0) -> list[Dets]:
     pos = rng.uniform([0, 0], [1800, 960], (n, 2))
     vel = rng.normal(0, 4, (n, 2))
     size = rng.uniform([30, 60], [120, 200], (n, 2))
+    looks = rng.normal(0, 1, (n, DIMS))  # one look per object (used only with appearance on)
+    looks /= np.linalg.norm(looks, axis=1, keepdims=True)
     out = []
     for _ in range(frames):
         pos = (pos + vel) % [1800, 960]
         boxes = np.concatenate([pos, pos + size], axis=1) + rng.normal(0, 1.5, (n, 4))
-        out.append((boxes, rng.uniform(0.3, 0.95, n), rng.integers(0, 3, n)))
+        out.append((boxes, rng.uniform(0.3, 0.95, n), rng.integers(0, 3, n), looks))
     return out
 
 
@@ -154,9 +166,50 @@ def speed(have_theirs: bool) -> list[dict[str, Any]]:
         row["visionflow_recover_reid_ms"] = round(
             time_tracker(lambda: ours(RECOVER_REID, (1920.0, 1080.0)), frames), 3
         )
+        row["visionflow_appearance_ms"] = round(
+            time_tracker(lambda: ours(APPEARANCE, (1920.0, 1080.0)), frames), 3
+        )
         if have_theirs:
             row["trackers_ms"] = round(time_tracker(lambda: theirs(30.0), frames), 3)
         rows.append(row)
+    return rows
+
+
+def descriptor_cost(repeats: int = 5) -> list[dict[str, Any]]:
+    """CPU µs of the appearance descriptors of 1 / 5 / 20 boxes on a 320x320 network input
+    (what the inference worker adds on a stream with ``appearance_s``), beside
+    ``to_detections`` on the same boxes; best of ``repeats``."""
+    from visionflow.pipeline.appearance import describe
+    from visionflow.pipeline.letterbox import letterbox_geometry
+    from visionflow.pipeline.postprocess import to_detections
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (320, 320, 3), dtype=np.uint8)
+    lb = letterbox_geometry(640, 360, 320, 320)
+    rows = []
+    for k in (1, 5, 20):
+        xy, wh = rng.uniform(0, 250, (k, 2)), rng.uniform(10, 70, (k, 2))
+        boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+        decoded = (boxes, np.full(k, 0.9, np.float32), np.zeros(k, np.intp))
+        n = 400 // k
+        best = {"describe": 1e9, "to_detections": 1e9}
+        for _ in range(repeats):
+            for name, call in (
+                ("describe", lambda b=boxes: describe(image, b)),
+                ("to_detections", lambda d=decoded: to_detections(d, lb, ["a"])),
+            ):
+                start = time.process_time()
+                for _ in range(n):
+                    call()
+                best[name] = min(best[name], (time.process_time() - start) / n)
+        rows.append(
+            {
+                "boxes": k,
+                "describe_us": round(best["describe"] * 1e6, 1),
+                "describe_us_per_box": round(best["describe"] / k * 1e6, 1),
+                "to_detections_us": round(best["to_detections"] * 1e6, 1),
+            }
+        )
     return rows
 
 
@@ -164,15 +217,17 @@ def speed(have_theirs: bool) -> list[dict[str, Any]]:
 def detections(
     kind: str, seed: int, seconds: float, fps: int, width: int = 640, height: int = 360
 ) -> list[Any]:
-    """(truth, detections) per frame: the bundled detector on the rendered frames (cached)."""
-    path = CACHE / f"{kind}-{seed}-{seconds}s-{fps}fps-{width}x{height}.pkl"
+    """(truth, detections) per frame: the bundled detector on the rendered frames, with the
+    appearance descriptors the inference worker would compute (cached)."""
+    path = CACHE / f"{kind}-{seed}-{seconds}s-{fps}fps-{width}x{height}-app.pkl"
     if path.is_file():
         return list(pickle.loads(path.read_bytes()))
     from visionflow.config import parse_config
     from visionflow.engines import create_engine
     from visionflow.models import resolve_model
+    from visionflow.pipeline.appearance import describe
     from visionflow.pipeline.letterbox import letterbox_image, to_network_input
-    from visionflow.pipeline.postprocess import detections_for_frame
+    from visionflow.pipeline.postprocess import decode_output, to_detections
 
     cfg = parse_config({}, "<bench>")
     model = resolve_model(cfg)
@@ -183,13 +238,17 @@ def detections(
             image, truth = gen.render(index)
             canvas, lb = letterbox_image(image, *model.input_size)
             raw = engine.infer(to_network_input(canvas[None], engine.info.input_dtype))
-            dets = detections_for_frame(
-                raw[0], lb, model.class_names, model.conf_threshold, cfg.model.iou_threshold, 300
-            )
+            decoded = decode_output(raw[0], model.conf_threshold, cfg.model.iou_threshold, 300)
+            looks = describe(canvas, decoded[0])  # what the worker does, on the network input
+            dets = to_detections(decoded, lb, model.class_names, looks)
             boxes = np.array([[d.x1, d.y1, d.x2, d.y2] for d in dets], np.float64).reshape(-1, 4)
             scores = np.array([d.score for d in dets], np.float64)
             classes = np.array([d.class_id for d in dets], np.int64)
-            out.append((truth, (boxes, scores, classes)))
+            feats = np.zeros((len(dets), DIMS))
+            for i, d in enumerate(dets):
+                if d.appearance is not None:
+                    feats[i] = decode(d.appearance)
+            out.append((truth, (boxes, scores, classes, feats)))
     CACHE.mkdir(parents=True, exist_ok=True)
     path.write_bytes(pickle.dumps(out))
     return out
@@ -210,6 +269,7 @@ def accuracy(
     contenders: dict[str, Callable[[], Tracker]] = {
         "visionflow": lambda: ours(TrackerParams(), SIZE),
         "visionflow-recover-reid": lambda: ours(RECOVER_REID, SIZE),
+        "visionflow-appearance": lambda: ours(APPEARANCE, SIZE),
         "visionflow-plain": lambda: ours(TrackerParams(buffer=0.0), SIZE),
     }
     if have_theirs:
@@ -243,10 +303,10 @@ def processed(data: list[Any], fps: int, overrides: dict[str, Any]) -> tuple[lis
     proc = TrackingProcessor({"s": TrackingConfig.model_validate({**TRUTH_SHAPES, **overrides})})
     lb = letterbox_geometry(int(SIZE[0]), int(SIZE[1]), 320, 320)
     frames, counts = [], Counter[tuple[str, str]]()
-    for i, (truth, (boxes, scores, classes)) in enumerate(data):
+    for i, (truth, (boxes, scores, classes, feats)) in enumerate(data):
         dets = tuple(
-            Detection(int(c), CLASSES[int(c)], float(sc), *map(float, b))
-            for b, sc, c in zip(boxes, scores, classes, strict=True)
+            Detection(int(c), CLASSES[int(c)], float(sc), *map(float, b), appearance=as_bytes(look))
+            for b, sc, c, look in zip(boxes, scores, classes, feats, strict=True)
         )
         ref = FrameRef("s", i, i / fps, T0 + i / fps, 1.0, "p", 0, lb)
         out = proc.process([FrameResult(ref, dets, 1.0, 1.0, 1, 0, 0.0)])[0]
@@ -258,6 +318,11 @@ def processed(data: list[Any], fps: int, overrides: dict[str, Any]) -> tuple[lis
         frames.append((truth, preds))
         counts.update((label, metric) for label, metric in out.counts if metric != "tracks")
     return frames, counts
+
+
+def as_bytes(look: np.ndarray) -> bytes | None:
+    """A descriptor as a Detection carries it (float16 bytes), None for a row of zeros."""
+    return look.astype(np.float16).tobytes() if look.any() else None
 
 
 T0 = 1_800_000_000.0  # capture time of frame 0: the start of a counts bucket
@@ -284,6 +349,8 @@ def truth_rows(seconds: float, fps: int, seeds: list[tuple[str, int]]) -> list[d
             ("defaults", {}),
             ("recover_dist 1", {"recover_dist": 1.0}),
             ("recover_dist 1, reid_s 3", {"recover_dist": 1.0, "reid_s": 3.0}),
+            ("appearance_s 3, no gate", {"appearance_s": 3.0, "appearance_gate": 0.0}),
+            ("appearance_s 3", {"appearance_s": 3.0}),
         )
         for name, overrides in variants:
             frames, got = processed(data, fps, overrides)
@@ -448,6 +515,9 @@ def main() -> None:
     if "speed" not in skip:
         result["speed"] = speed(have_theirs)
         print(table(result["speed"], list(result["speed"][0])))
+    if "descriptor" not in skip:
+        result["descriptor"] = descriptor_cost()
+        print(table(result["descriptor"], list(result["descriptor"][0])))
     if "accuracy" not in skip:
         result["accuracy"] = accuracy(args.seconds, args.fps, have_theirs, seeds)
         columns = ["scene", "seed", "tracker", "idf1", "mota", "id_switches", "frames", "objects"]

@@ -7,11 +7,13 @@ entries' track ids are scored with MOT metrics against the generator's object id
 Redis are compared with the counts of the truth trajectories under the same zone/line rules.
 
 Bounds (measured, see README "Tracking"): IDF1 >= 0.9 on the crossing scene (0.96), >= 0.88
-with the pillar (0.93), >= 0.65 for objects that leave and come back (0.70, with re-identification at the
-frame edge and recovery by position on for that stream only, ``reid_s`` 3, ``recover_dist``
-1: both off by default; 0.54-0.58 without them):
-the issue's 0.9 is not reached, as geometry alone (no appearance) misses returns whose box at
-the edge differs too much and cannot tell a return from a look-alike entering.  Counts: the
+with the pillar (0.93), >= 0.72 for objects that leave and come back (0.77, with
+re-identification by appearance on for that stream only, ``appearance_s`` 3, off by default;
+0.70 with the geometry-only ``reid_s`` 3 and ``recover_dist`` 1 instead, 0.54-0.58 with
+neither): the issue's 0.9 is not reached, as a colour layout cannot tell a return from a
+look-alike entering, and some returns come back looking different (partly hidden).
+``VF_TRUTH_APPEARANCE=all`` turns appearance on for every stream (to measure it: crossing
+then falls to 0.92 and the counts go past the bound, hence off by default).  Counts: the
 truth counts every object, also one crossing while hidden behind another, which the detector
 cannot see; so the counts may miss a few: at most 8 per 100 (measured 2-8, not the issue's
 +-1), checked over the lines of every scene and the zone of the first two (a returning object
@@ -27,6 +29,7 @@ purpose and shows this test failing.
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -49,14 +52,16 @@ TRACKING = {
     "zones": [{"id": "yard", "points": [[0.6, 0.3], [0.85, 0.3], [0.85, 1], [0.6, 1]]}],
     "lines": [{"id": "west", "start": [0.3, 0], "end": [0.3, 1]}],
 }
-REID = {"reid_s": 3.0, "recover_dist": 1.0}  # on where objects come back (off by default)
+REID = {"appearance_s": 3.0}  # on where objects come back (off by default)
+#: VF_TRUTH_APPEARANCE=all: every stream re-identifies by appearance (for measuring it)
+ALL = os.environ.get("VF_TRUTH_APPEARANCE") == "all"
 
 
 def tracking_of(kind: str) -> dict[str, object]:
-    return {**TRACKING, **REID} if kind == "reenter" else TRACKING
+    return {**TRACKING, **REID} if kind == "reenter" or ALL else TRACKING
 
 
-MIN_IDF1 = {"crossing": 0.9, "occlusion": 0.88, "reenter": 0.65}
+MIN_IDF1 = {"crossing": 0.9, "occlusion": 0.88, "reenter": 0.72}
 MAX_MISCOUNT = 0.08  # of the truth's crossings and zone entries/exits
 
 
@@ -129,6 +134,6 @@ def test_tracks_and_counts_match_the_truth(rtsp, clip_dir, redis_server, redis_c
         total_diff += sum(abs(expected[k] - got[k]) for k in checked)
         total_crossings += sum(expected[k] for k in checked)
         assert sum(expected[k] for k in lines) >= 5, f"{kind}: too few crossings to check"
-    print("tracking truth:", report)
+    print("tracking truth:", report, f"counts off by {total_diff} of {total_crossings}")
     allowed = max(2, math.ceil(total_crossings * MAX_MISCOUNT))
     assert total_diff <= allowed, f"counts differ by {total_diff} (> {allowed}): {report}"

@@ -165,12 +165,16 @@ def to_detections(
     decoded: Decoded,
     letterbox: Letterbox,
     class_names: Sequence[str],
+    appearance: Sequence[bytes | None] | None = None,
 ) -> tuple[Detection, ...]:
-    """Decoded boxes in network-input pixels -> :class:`Detection` in frame pixels."""
+    """Decoded boxes in network-input pixels -> :class:`Detection` in frame pixels;
+    ``appearance``, when given, one descriptor (or None) per decoded box
+    (:mod:`visionflow.pipeline.appearance`)."""
     boxes, scores, class_ids = decoded
     if not len(boxes):  # most frames of most cameras: skip ~20 us of numpy on nothing
         return ()
     boxes = unletterbox_boxes(boxes, letterbox)
+    looks = appearance if appearance is not None else [None] * len(boxes)
     return tuple(
         Detection(
             class_id=int(c),
@@ -180,7 +184,8 @@ def to_detections(
             y1=round(float(b[1]), 1),
             x2=round(float(b[2]), 1),
             y2=round(float(b[3]), 1),
+            appearance=a,
         )
-        for b, s, c in zip(boxes, scores, class_ids, strict=True)
+        for b, s, c, a in zip(boxes, scores, class_ids, looks, strict=True)
         if b[2] > b[0] and b[3] > b[1]
     )

@@ -229,6 +229,42 @@ class TrackingConfig(_Strict):
         "similar height and foot line), e.g. an object coming out from behind a pillar where "
         "its predicted box does not overlap it; 0: off (the default; 1 turns it on).",
     )
+    appearance_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=600,
+        description="Re-identification by appearance: a track lost or given up keeps its id "
+        "this long after it was last seen, and a detection that would start a new track takes "
+        "it back when it has the same label, a similar height (appearance_size) and a colour "
+        "layout within appearance_dist (a 2x4 grid of mean colours of the box, computed by "
+        "the inference worker for this stream only); the edge re-identification and the "
+        "recovery by position then also need the looks to agree.  0: off (the default: "
+        "colour alone cannot tell a look-alike entering where another object left; the "
+        "descriptor costs the worker 50-100 us per detection); e.g. 3 where objects leave "
+        "and come back.",
+    )
+    appearance_dist: float = Field(
+        default=0.2,
+        gt=0,
+        le=2,
+        description="Re-identification by appearance: the largest cosine distance between "
+        "the track's descriptor (a moving average of its detections') and the detection's.",
+    )
+    appearance_size: float = Field(
+        default=0.3,
+        gt=0,
+        le=1,
+        description="Re-identification by appearance: the most the height may differ "
+        "(|difference| / the larger).",
+    )
+    appearance_gate: float = Field(
+        default=0.5,
+        ge=0,
+        le=2,
+        description="With appearance_s: a detection may not continue a track whose "
+        "descriptor is farther than this (cosine distance) in the IoU matching either, so "
+        "two overlapping objects of unlike colours do not swap ids; 0: off.",
+    )
     anchor: Anchor = Field(
         default="bottom_center",
         description="The point of a box that is in a zone or crosses a line: bottom_center "
@@ -269,4 +305,8 @@ class TrackingConfig(_Strict):
             size_tolerance=self.size_tolerance,
             reid_offset=self.reid_offset,
             recover_dist=self.recover_dist,
+            appearance_s=self.appearance_s,
+            appearance_dist=self.appearance_dist,
+            appearance_size=self.appearance_size,
+            appearance_gate=self.appearance_gate,
         )

@@ -29,8 +29,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from visionflow.pipeline.frames import FrameResult, TrackEvent
+from visionflow.pipeline.appearance import DESCRIPTOR_BYTES, DIMS, decode
+from visionflow.pipeline.frames import Detection, FrameResult, TrackEvent
 from visionflow.tracking.analytics import Frame, Seen, StreamAnalytics
 from visionflow.tracking.bytetrack import ByteTracker, seed_id
 from visionflow.tracking.config import TrackingConfig
@@ -56,6 +58,18 @@ class _Clock:
         self.now += step
         self.pts, self.capture = pts, capture
         return self.now
+
+
+def descriptors(dets: tuple[Detection, ...]) -> npt.NDArray[np.float64] | None:
+    """The detections' appearance descriptors ``[N, DIMS]`` (zeros for one without), or None
+    when none has one (a frame described before its stream asked, a worker that could not)."""
+    if not any(d.appearance is not None for d in dets):
+        return None
+    out = np.zeros((len(dets), DIMS))
+    for i, d in enumerate(dets):
+        if d.appearance is not None and len(d.appearance) == DESCRIPTOR_BYTES:
+            out[i] = decode(d.appearance)
+    return out
 
 
 class StreamTracker:
@@ -96,7 +110,8 @@ class StreamTracker:
         boxes = np.array([[d.x1, d.y1, d.x2, d.y2] for d in dets], np.float64).reshape(-1, 4)
         scores = np.array([d.score for d in dets], np.float64)
         classes = np.array([d.class_id for d in dets], np.int64)
-        found = self.tracker.update(boxes, scores, classes, t, size)
+        features = descriptors(dets) if self.config.appearance_s > 0 else None
+        found = self.tracker.update(boxes, scores, classes, t, size, features)
         ids = [int(i) if i >= 0 else None for i in found.track_ids]
         seen = [
             Seen(ids[i] or 0, d.label, (d.x1, d.y1, d.x2, d.y2))

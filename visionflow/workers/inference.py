@@ -40,6 +40,7 @@ from typing import Any
 from visionflow.engines import EngineConfig, create_engine
 from visionflow.engines.base import Engine, PendingBatch, Thresholds
 from visionflow.errors import DeviceLostError
+from visionflow.pipeline.appearance import AppearanceHook
 from visionflow.pipeline.crop import copy_content
 from visionflow.pipeline.framepool import PoolCache
 from visionflow.pipeline.frames import (
@@ -53,7 +54,13 @@ from visionflow.pipeline.postprocess import to_detections
 from visionflow.workers.channels import ChannelWriter
 from visionflow.workers.heap import HeapTrimmer
 from visionflow.workers.logs import setup_child_logging
-from visionflow.workers.messages import BatchDone, PoolClosed, WorkerFailed, WorkerReady
+from visionflow.workers.messages import (
+    AppearanceStreams,
+    BatchDone,
+    PoolClosed,
+    WorkerFailed,
+    WorkerReady,
+)
 from visionflow.workers.procs import exit_with_parent
 
 log = logging.getLogger("visionflow.inference")
@@ -111,6 +118,7 @@ class WorkerSpec:
     iou_threshold: float
     max_detections: int
     env: tuple[tuple[str, str], ...] = ()
+    appearance_streams: frozenset[str] = frozenset()  # descriptors for these (AppearanceHook)
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,7 @@ class WorkerLoop:
         self.pending: deque[_Pending] = deque()
         self._last_done = time.perf_counter()
         self._bad_pools: set[str] = set()
+        self.appearance = AppearanceHook(spec.appearance_streams, spec.worker_id)
 
     def run(self) -> None:
         heap = HeapTrimmer()
@@ -178,6 +187,8 @@ class WorkerLoop:
             self.pools.forget(msg.pool)
         elif isinstance(msg, BatchRequest):
             self.pending.append(self._submit(msg))
+        elif isinstance(msg, AppearanceStreams):
+            self.appearance.streams = msg.stream_ids
 
     def _submit(self, request: BatchRequest) -> _Pending:
         started = time.time()
@@ -250,7 +261,10 @@ class WorkerLoop:
     def _results(self, item: _Pending, decoded: list[Any]) -> tuple[FrameResult, ...]:
         names = self.spec.class_names
         detections = [
-            to_detections(decoded[i], f.letterbox, names) for i, f in enumerate(item.frames)
+            to_detections(
+                decoded[i], f.letterbox, names, self.appearance.of(self.pools, f, decoded[i][0])
+            )
+            for i, f in enumerate(item.frames)
         ]
         inference_ms = round((time.perf_counter() - item.submitted) * 1000, 3)
         done = time.time()

@@ -64,6 +64,16 @@ class PoolClosed:
 
 
 @dataclass(frozen=True)
+class AppearanceStreams:
+    """To every inference worker: the streams whose detections get appearance descriptors
+    (their tracking re-identifies by appearance, ``tracking.appearance_s``); all of them,
+    replacing the set sent before, from the next batch the worker finishes (a frame described
+    or not around a change is harmless: the tracker takes frames with or without)."""
+
+    stream_ids: frozenset[str]
+
+
+@dataclass(frozen=True)
 class AddStream:
     """Command: start reading a stream, its first frame numbered ``first_seq``."""
 

@@ -50,6 +50,7 @@ from visionflow.workers.ingest import IngestPlan, IngestQueues, IngestSpec, inge
 from visionflow.workers.latency import StageLatency, StreamLatency
 from visionflow.workers.messages import (
     AddStream,
+    AppearanceStreams,
     BatchAbandoned,
     IngestHeartbeat,
     PoolClosed,
@@ -131,6 +132,7 @@ class Pipeline:
         # the scheduler thread may respawn an ingest process from the same lists and queues
         self._membership = threading.RLock()
         self._tracking = {s.id: s.tracking for s in config.streams if s.tracking is not None}
+        self._appearance = self._appearance_streams()  # the set the workers were last sent
         self._first_seq: dict[str, int] = {}  # streams added to start above a given seq
         # a fleet node's lease values, which the output stage fences its writes with
         self._fences = FenceBook() if config.fleet is not None else None
@@ -315,6 +317,7 @@ class Pipeline:
             iou_threshold=self.config.model.iou_threshold,
             max_detections=self.config.model.max_detections,
             env=tuple(env.items()),
+            appearance_streams=self._appearance,
         )
         tasks = self._tasks[worker_id] = _CTX.Queue()
         reader, writer = _CTX.Pipe(duplex=False)  # its results channel (see channels.py)
@@ -637,6 +640,7 @@ class Pipeline:
                 self._output_q.put(ForgetFence(stream_id))
             if self._tracking.pop(stream_id, None) is not None:
                 self._output_q.put(SetTracking(stream_id, None))
+                self._send_appearance()
             index = self._stream_process.pop(stream_id, None)
             with self.loop.lock:
                 self.loop.free(self.scheduler.remove_stream(stream_id))
@@ -655,6 +659,21 @@ class Pipeline:
         else:
             self._tracking[stream.id] = stream.tracking
         self._output_q.put(SetTracking(stream.id, stream.tracking))
+        self._send_appearance()
+
+    def _appearance_streams(self) -> frozenset[str]:
+        """The streams whose tracking re-identifies by appearance (their detections need
+        descriptors from the inference workers)."""
+        return frozenset(sid for sid, t in self._tracking.items() if t.appearance_s > 0)
+
+    def _send_appearance(self) -> None:
+        """Tell every worker when that set changed (a worker started later gets it in its
+        spec)."""
+        streams = self._appearance_streams()
+        if streams != self._appearance:
+            self._appearance = streams
+            for tasks in list(self._tasks.values()):
+                tasks.put(AppearanceStreams(streams))
 
     # ---- status ------------------------------------------------------------------
     def transitions(self, stream_id: str) -> list[StateChanged]:

@@ -114,3 +114,30 @@ def test_an_empty_label_list_means_every_label():
     analytics = StreamAnalytics(tracking, 640, 480)
     events, _ = analytics.step(Frame(0, 1.0, 0.0, [Seen(1, "dog", (10, 10, 50, 50))], [1]))
     assert [(e.kind, e.zone) for e in events] == [("enter", "z")]
+
+
+@pytest.mark.parametrize(
+    ("tracking", "field"),
+    [
+        ({"appearance_s": -1}, "appearance_s"),
+        ({"appearance_s": 601}, "appearance_s"),
+        ({"appearance_dist": 0}, "appearance_dist"),
+        ({"appearance_dist": 2.5}, "appearance_dist"),
+        ({"appearance_size": 0}, "appearance_size"),
+        ({"appearance_gate": -0.1}, "appearance_gate"),
+        ({"appearance": True}, "appearance"),  # not a field: a typo must not pass silently
+    ],
+)
+def test_invalid_appearance_settings_are_refused(tracking, field):
+    assert field in error(tracking)
+
+
+def test_appearance_settings_reach_the_tracker_and_are_off_by_default():
+    default = load({}).streams[0].tracking
+    assert default is not None and default.params().appearance_s == 0.0
+    cfg = load({"appearance_s": 3, "appearance_dist": 0.15, "appearance_gate": 0.4})
+    tracking = cfg.streams[0].tracking
+    assert tracking is not None
+    params = tracking.params()
+    assert (params.appearance_s, params.appearance_dist, params.appearance_gate) == (3, 0.15, 0.4)
+    assert params.appearance_size == 0.3

@@ -1,0 +1,184 @@
+"""Re-identification by appearance: a returning object gets its id back, a look-alike of
+other colours does not, and unlike looks do not swap ids where boxes overlap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from visionflow.pipeline.appearance import DIMS, GRID_ROWS
+from visionflow.pipeline.frames import Detection, FrameRef, FrameResult
+from visionflow.pipeline.letterbox import letterbox_geometry
+from visionflow.tracking.bytetrack import ByteTracker, TrackerParams, appearance_distance
+from visionflow.tracking.config import TrackingConfig
+from visionflow.tracking.processor import TrackingProcessor, descriptors
+
+SIZE = (640.0, 360.0)
+APPEARANCE = TrackerParams(appearance_s=3.0)
+
+
+def look(*rows: tuple[int, int, int]) -> np.ndarray:
+    """A unit descriptor of cell rows of these colours (top to bottom; one colour: all)."""
+    colours = list(rows) * (GRID_ROWS // len(rows))
+    raw = np.array(colours, np.float64).reshape(-1) / 127.5 - 1.0
+    return raw / np.linalg.norm(raw)
+
+
+RED_OVER_BLUE = look((200, 30, 30), (200, 30, 30), (30, 30, 200), (30, 30, 200))
+GREEN_OVER_GREY = look((30, 200, 30), (30, 200, 30), (90, 90, 90), (90, 90, 90))
+
+
+def update(tracker, boxes, t, looks=None, classes=None):
+    b = np.array(boxes, np.float64).reshape(-1, 4)
+    c = np.zeros(len(b), np.int64) if classes is None else np.array(classes, np.int64)
+    f = None if looks is None else np.array(looks, np.float64).reshape(len(b), DIMS)
+    return tracker.update(b, np.full(len(b), 0.9), c, t, SIZE, f)
+
+
+def leave_and_return(tracker, gone_s, back_look, back_box=(0, 230, 30, 330), cls=(0, 0)):
+    """An object (red over blue, 100 px high) walks left out of the frame, is unseen for
+    ``gone_s`` s, and something comes back in at the left edge; the ids of the returning
+    frames."""
+    for i in range(10):
+        x = max(0, 90 - 10 * i)
+        update(tracker, [[x, 200, x + 40, 300]], i / 10, [RED_OVER_BLUE], [cls[0]])
+    for k in range(1, round(gone_s * 10)):  # frames keep coming while it is away
+        update(tracker, [], 0.9 + k / 10)
+    ids = []
+    for k in range(4):
+        b = [back_box[0], back_box[1], back_box[2] + 10 * k, back_box[3]]
+        out = update(tracker, [b], 0.9 + gone_s + k / 10, [back_look], [cls[1]])
+        ids.append(int(out.track_ids[0]))
+    return ids
+
+
+def test_an_object_coming_back_with_its_colours_gets_its_id_even_where_geometry_differs():
+    # it comes back 30 px lower than it left: the edge re-identification's foot-line gate
+    # (0.25 heights) would refuse it, appearance does not care where
+    ids = leave_and_return(ByteTracker(APPEARANCE), 1.5, RED_OVER_BLUE)
+    assert ids == [1, 1, 1, 1]
+    geometry = leave_and_return(ByteTracker(TrackerParams(reid_s=3.0)), 1.5, RED_OVER_BLUE)
+    assert geometry[0] != 1
+
+
+def test_within_lost_track_s_the_returning_object_is_taken_back_too():
+    assert leave_and_return(ByteTracker(APPEARANCE), 0.5, RED_OVER_BLUE) == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize(
+    ("back_look", "back_box", "cls"),
+    [
+        (GREEN_OVER_GREY, (0, 200, 30, 300), (0, 0)),  # another look, same place and size
+        (
+            look((30, 30, 200), (30, 30, 200), (200, 30, 30), (200, 30, 30)),
+            (0, 200, 30, 300),
+            (0, 0),
+        ),
+        (RED_OVER_BLUE, (0, 200, 30, 300), (0, 1)),  # another class
+        (RED_OVER_BLUE, (0, 250, 30, 300), (0, 0)),  # half the height
+    ],
+)
+def test_a_look_alike_that_differs_does_not_take_the_id(back_look, back_box, cls):
+    ids = leave_and_return(ByteTracker(APPEARANCE), 1.5, back_look, back_box, cls)
+    assert 1 not in ids
+
+
+def test_off_without_appearance_s_or_descriptors_or_after_appearance_s():
+    assert leave_and_return(ByteTracker(), 1.5, RED_OVER_BLUE)[0] == 2  # off by default
+    assert leave_and_return(ByteTracker(APPEARANCE), 3.5, RED_OVER_BLUE)[0] == 2  # too late
+    tracker = ByteTracker(APPEARANCE)
+    for i in range(10):
+        x = max(0, 90 - 10 * i)
+        update(tracker, [[x, 200, x + 40, 300]], i / 10)  # no descriptors at all
+    assert int(update(tracker, [[0, 230, 30, 330]], 2.4).track_ids[0]) == 2
+
+
+def test_edge_reid_also_needs_the_looks_to_agree_when_both_have_them():
+    params = TrackerParams(reid_s=3.0, appearance_s=3.0)
+    ids = leave_and_return(ByteTracker(params), 1.5, GREEN_OVER_GREY, (0, 200, 30, 300))
+    assert 1 not in ids
+    assert (
+        leave_and_return(
+            ByteTracker(TrackerParams(reid_s=3.0)), 1.5, GREEN_OVER_GREY, (0, 200, 30, 300)
+        )[0]
+        == 1
+    )
+
+
+def swap_where_boxes_overlap(params: TrackerParams) -> list[tuple[int, int]]:
+    """Two objects of unlike colours walk towards each other on one row; as they meet the
+    detector's boxes come in the other order (A's box where B's track predicts, and the
+    other way): the ids each look ends with, per frame."""
+    tracker = ByteTracker(params)
+    out = []
+    for i in range(8):
+        a, b = 100 + 12 * i, 260 - 12 * i
+        r = update(tracker, [[a, 200, a + 40, 300], [b, 200, b + 40, 300]], i / 10,
+                   [RED_OVER_BLUE, GREEN_OVER_GREY])  # fmt: skip
+        out.append((int(r.track_ids[0]), int(r.track_ids[1])))
+    # frame 8: A (red) is detected at B's predicted place and B at A's
+    a_pred, b_pred = 100 + 12 * 8, 260 - 12 * 8
+    r = update(tracker, [[b_pred, 200, b_pred + 40, 300], [a_pred, 200, a_pred + 40, 300]], 0.8,
+               [RED_OVER_BLUE, GREEN_OVER_GREY])  # fmt: skip
+    out.append((int(r.track_ids[0]), int(r.track_ids[1])))
+    return out
+
+
+def test_the_appearance_gate_keeps_unlike_objects_from_swapping_ids():
+    gated = swap_where_boxes_overlap(APPEARANCE)
+    assert gated[-1][0] == gated[0][0] and gated[-1][1] == gated[0][1]  # red keeps red's id
+    plain = swap_where_boxes_overlap(TrackerParams(appearance_s=3.0, appearance_gate=0.0))
+    assert plain[-1] == (plain[0][1], plain[0][0])  # IoU alone swaps them
+
+
+def test_a_tracks_look_follows_its_detections_slowly():
+    tracker = ByteTracker(APPEARANCE)
+    update(tracker, [[100, 200, 140, 300]], 0.0, [RED_OVER_BLUE])
+    darker = look((170, 30, 30), (170, 30, 30), (30, 30, 150), (30, 30, 150))  # in the shade
+    start = appearance_distance(tracker.feat, darker[None])[0, 0]
+    gaps = []
+    for i in range(1, 4):
+        update(tracker, [[100 + i, 200, 140 + i, 300]], i / 10, [darker])
+        gaps.append(appearance_distance(tracker.feat, darker[None])[0, 0])
+    assert start > gaps[0] > gaps[1] > gaps[2] > 0  # towards it, a step at a time
+    assert np.linalg.norm(tracker.feat[0]) == pytest.approx(1.0)
+
+
+def test_appearance_distance_ignores_missing_descriptors():
+    feats = np.stack([RED_OVER_BLUE, np.zeros(DIMS)])
+    d = appearance_distance(feats, np.stack([GREEN_OVER_GREY, RED_OVER_BLUE]))
+    assert d[0, 0] > 0.2 and d[0, 1] == pytest.approx(0.0, abs=1e-9)
+    assert d[1, 0] == 0.0 and d[1, 1] == 0.0
+
+
+# ---- through the tracking processor, descriptors on the detections ---------------------------
+def test_the_processor_reads_the_detections_descriptors():
+    proc = TrackingProcessor({"door": TrackingConfig(appearance_s=3.0)})
+    lb = letterbox_geometry(640, 360, 320, 320)
+
+    def frame(i: int, box: list[float], colours: np.ndarray) -> int:
+        det = Detection(0, "person", 0.9, *box, appearance=colours.astype(np.float16).tobytes())
+        ref = FrameRef("door", i, i / 10, 1e9 + i / 10, 1.0, "p", 0, lb)
+        out = proc.process([FrameResult(ref, (det,), 1.0, 1.0, 1, 0, 0.0)])[0]
+        track_id = out.detections[0].track_id
+        assert track_id is not None
+        return track_id
+
+    first = [
+        frame(i, [max(0, 90 - 10 * i), 200, max(0, 90 - 10 * i) + 40, 300], RED_OVER_BLUE)
+        for i in range(10)
+    ]
+    back = frame(25, [0, 230, 30, 330], RED_OVER_BLUE)
+    other = frame(26, [300, 20, 340, 120], GREEN_OVER_GREY)
+    assert back == first[-1] and other != back
+
+
+def test_descriptors_of_a_frame_without_any_are_none():
+    plain = (Detection(0, "person", 0.9, 1.0, 2.0, 3.0, 4.0),)
+    assert descriptors(plain) is None
+    one = (
+        *plain,
+        Detection(0, "p", 0.9, 1, 2, 3, 4, appearance=RED_OVER_BLUE.astype(np.float16).tobytes()),
+    )
+    got = descriptors(one)
+    assert got is not None and not got[0].any() and got[1] == pytest.approx(RED_OVER_BLUE, abs=2e-3)
