@@ -6,10 +6,14 @@ Not part of the test suite.  Run it in the background and read the table at the 
     .venv/bin/python bench/soak.py --streams 4 --size 160x120 --fps 5 --minutes 35
 
 Parts: one ``tests/rtsp_server.py`` per camera (so killing one camera touches no other),
-camera 0 behind :class:`tests.tcp_proxy.TcpProxy` (for link stalls), a private
-``redis-server`` with ``appendonly yes`` + ``appendfsync always`` (a SIGKILL loses nothing it
-acknowledged), the :class:`~visionflow.workers.supervisor.Pipeline` in this process with a
-durable spool.  Chaos, in rotation every ``--chaos-every`` seconds after ``--warmup``:
+camera 0 behind :class:`tests.tcp_proxy.TcpProxy` (for link stalls; in a child process of its
+own), a private ``redis-server`` with ``appendonly yes`` + ``appendfsync always`` (a SIGKILL
+loses nothing it acknowledged), the :class:`~visionflow.workers.supervisor.Pipeline` in this
+process with a durable spool.  This process is the pipeline's main process, the one whose RSS
+is measured as ``main``: what the soak itself keeps lives elsewhere (samples and Redis lags
+are appended to files and read back after the stop, the proxy's threads and the video bytes
+they carry are in the proxy's process), so its growth is the pipeline's.  Chaos, in rotation
+every ``--chaos-every`` seconds after ``--warmup``:
 
 - ``camera_restart``: camera 1's server killed, back after ``--down`` seconds;
 - ``redis_restart``: redis-server SIGKILLed, back after ``--down`` seconds (results spooled);
@@ -19,18 +23,22 @@ durable spool.  Chaos, in rotation every ``--chaos-every`` seconds after ``--war
 
 Measured: recovery (reconnect) time per affected stream and event, drops by reason, lost
 (published by the pipeline but not in Redis, by per-stream seq: must be 0), duplicates (a seq
-twice in Redis), the accounting identity after the stop, RSS and open-fd growth per process
-per hour after the warm-up (least squares over samples; each incarnation of a restarted
-process separately, the longest-lived one reported), ``/dev/shm`` segments of this run left
-after the stop, CUDA IPC mappings (only where a GPU is present: none on a CPU run), and the
-Redis lag (now minus the newest entry's capture time, streaming streams only), in and out of
-chaos windows.
-"""
+twice in Redis), the accounting identity after the stop, RSS (and its anonymous part: the
+heap) and open-fd growth per process per hour after the warm-up (least squares over samples;
+each incarnation of a restarted process separately, the longest-lived one reported),
+``/dev/shm`` segments of this run left after the stop, CUDA IPC mappings (only where a GPU is
+present: none on a CPU run), and the Redis lag (now minus the newest entry's capture time,
+streaming streams only), in and out of chaos windows.  ``--probe S`` adds what this process's
+memory is made of every S seconds (glibc, pymalloc, threads, objects by type)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import functools
+import gc
+import json
 import logging
 import os
 import shutil
@@ -38,6 +46,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
 from collections import Counter
@@ -61,6 +70,8 @@ from visionflow.workers.supervisor import Pipeline  # noqa: E402
 SYSTEM_PYTHON = "/usr/bin/python3"
 EVENTS = ("camera_restart", "redis_restart", "worker_kill", "ingest_kill", "link_stall")
 PREFIX = "soak"
+Sample = tuple[float, float, int, float, float]  # (s, RSS MiB, fds, anon MiB, file MiB)
+HEAP_PARTS = ("visionflow", "redis", "multiprocessing")  # whose allocations --tracemalloc follows
 
 
 def say(text: str) -> None:
@@ -99,6 +110,64 @@ class Camera:
             self.process.kill()
             self.process.wait(timeout=10)
         self.process = None
+
+
+class ProxyProcess:
+    """:class:`tests.tcp_proxy.TcpProxy` in a child process (``soak.py --proxy-child PORT``):
+    its pump threads, new ones at each reconnect, and the video bytes they carry must not
+    live in the process the soak measures (that one hosts the pipeline's main process).
+    Commands ``stall`` / ``pass`` go through the child's stdin, each answered ``OK``."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--proxy-child", str(upstream_port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().split()
+        if len(line) != 2 or line[0] != "PORT":
+            raise RuntimeError(f"proxy child did not start: {line}")
+        self.port = int(line[1])
+
+    def _command(self, what: str) -> None:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(what + "\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline().strip()
+        if answer != "OK":
+            raise RuntimeError(f"proxy child answered {answer!r} to {what!r}")
+
+    def stall(self) -> None:
+        self._command("stall")
+
+    def passthrough(self) -> None:
+        self._command("pass")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            assert self.process.stdin is not None
+            self.process.stdin.close()  # EOF: the child closes the proxy and exits
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def proxy_child(upstream_port: int) -> int:
+    """The child side of :class:`ProxyProcess`."""
+    with TcpProxy(upstream_port) as proxy:
+        print(f"PORT {proxy.port}", flush=True)
+        for line in sys.stdin:
+            command = line.strip()
+            if command == "stall":
+                proxy.stall()
+            elif command == "pass":
+                proxy.passthrough()
+            print("OK" if command in ("stall", "pass") else f"unknown {command}", flush=True)
+    return 0
 
 
 class DurableRedis:
@@ -161,17 +230,23 @@ def soak_config(urls: list[str], redis_url: str, spool: Path) -> AppConfig:
 
 
 # ---------------------------------------------------------------------------- probes
-def proc_sample(pid: int) -> tuple[float, int] | None:
-    """(RSS in MiB, open fds) of a live process."""
+def proc_sample(pid: int) -> tuple[float, int, float, float] | None:
+    """(RSS in MiB, open fds, anonymous RSS in MiB, file-backed RSS in MiB) of a live process:
+    heap growth shows in the anonymous part; the file-backed part (shared libraries' pages
+    faulted in as code paths first run) settles."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
         fds = len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return None
+    kib = {}
     for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024, fds
-    return None
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            kib[key] = int(value.split()[0])
+    if "VmRSS" not in kib:
+        return None
+    return kib["VmRSS"] / 1024, fds, kib.get("RssAnon", 0) / 1024, kib.get("RssFile", 0) / 1024
 
 
 def slope_per_hour(points: list[tuple[float, float]]) -> float:
@@ -200,6 +275,132 @@ def cuda_ipc_mappings(pids: list[int]) -> int | None:
     return count
 
 
+class SampleLog:
+    """Rows of numbers (and names) appended to a tab-separated file as they come, read back
+    once at the end: a long run's samples cost the measured process a file buffer, not a list
+    that grows for hours."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = path.open("a", buffering=1)
+
+    def write(self, *values: object) -> None:
+        self._file.write("\t".join(map(str, values)) + "\n")
+
+    def read(self) -> list[tuple[Any, ...]]:
+        self._file.flush()
+        rows = []
+        for line in self.path.read_text().splitlines():
+            rows.append(tuple(_number(v) for v in line.split("\t")))
+        return rows
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _number(text: str) -> Any:
+    for kind in (int, float):
+        with contextlib.suppress(ValueError):
+            return kind(text)
+    return text
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                     "uordblks", "fordblks", "keepcost")
+    ]  # fmt: skip
+
+
+@functools.cache
+def _libc() -> Any:
+    libc = ctypes.CDLL(None)
+    with contextlib.suppress(AttributeError):
+        libc.mallinfo2.restype = _Mallinfo2
+    libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p] * 2
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    return libc
+
+
+def pymalloc_stats() -> dict[str, int]:
+    """CPython's small-object allocator: arenas (1 MiB each) and bytes in live blocks, free
+    blocks and empty pools (``sys._debugmallocstats``, which writes to fd 2: captured for an
+    instant, so a line another thread writes to stderr then is lost: diagnosis only)."""
+    keys = {
+        "# arenas allocated current": "arenas",
+        "# bytes in allocated blocks": "live_bytes",
+        "# bytes in available blocks": "free_block_bytes",
+        "unused pools": "unused_pool_bytes",
+    }
+    with tempfile.TemporaryFile("w+") as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(tmp.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        text = tmp.read()
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        for key, name in keys.items():
+            if line.startswith(key) or (name == "unused_pool_bytes" and key in line):
+                with contextlib.suppress(ValueError):
+                    out[name] = int(line.rsplit("=", 1)[1].replace(",", "").strip())
+    return out
+
+
+def heap_probe(collect: bool = False) -> dict[str, Any]:
+    """What this process's memory is made of, for ``--probe``: glibc's totals (``mallinfo2``:
+    bytes in use, free inside the heaps, mmapped), its arenas (``malloc_info``), pymalloc's
+    arenas, the resident size of ``[heap]`` and of anonymous mappings, threads, pymalloc
+    blocks and objects by type."""
+    out: dict[str, Any] = {}
+    libc = _libc()
+    with contextlib.suppress(AttributeError):
+        mi = libc.mallinfo2()
+        out["malloc"] = {
+            "in_use_kib": mi.uordblks // 1024,
+            "free_kib": mi.fordblks // 1024,
+            "arena_kib": mi.arena // 1024,
+            "mmapped_kib": mi.hblkhd // 1024,
+            "top_pad_kib": mi.keepcost // 1024,
+        }
+    with tempfile.NamedTemporaryFile("r", suffix=".xml") as xml, contextlib.suppress(Exception):
+        f = libc.fopen(xml.name.encode(), b"w")
+        libc.malloc_info(0, f)
+        libc.fclose(f)
+        out["arenas"] = xml.read().count("<heap nr=")
+    out["pymalloc"] = pymalloc_stats()
+    heap = anon = anon_n = 0
+    name = ""
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 5:
+            name = fields[5] if len(fields) > 5 else ""
+            anon_n += name == ""
+        elif fields and fields[0] == "Rss:":
+            kib = int(fields[1])
+            heap += kib if name == "[heap]" else 0
+            anon += kib if name == "" else 0
+    out["heap_rss_kib"], out["anon_rss_kib"], out["anon_maps"] = heap, anon, anon_n
+    out["threads"] = len(os.listdir("/proc/self/task"))
+    out["thread_names"] = dict(Counter(t.name.rstrip("0123456789-") for t in threading.enumerate()))
+    out["pymalloc_blocks"] = sys.getallocatedblocks()
+    out["gc_counts"] = gc.get_count()
+    out["gc_collections"] = [g["collections"] for g in gc.get_stats()]
+    out["types"] = dict(Counter(type(o).__name__ for o in gc.get_objects()))
+    if collect:  # what of the above was cyclic garbage not yet collected
+        out["gc_freed"] = gc.collect()
+        out["pymalloc_after_gc"] = pymalloc_stats()
+        out["pymalloc_blocks_after_gc"] = sys.getallocatedblocks()
+    return out
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -215,17 +416,23 @@ class Soak:
         self.cameras = [Camera(spec) for _ in range(args.streams)]
         self.redis = DurableRedis(work / "redis")
         (work / "redis").mkdir()
-        self.proxy: TcpProxy | None = None
+        self.proxy: ProxyProcess | None = None
         self.pipeline: Pipeline | None = None
         self.client: redis.Redis | None = None
-        self.samples: dict[tuple[str, int], list[tuple[float, float, int]]] = {}
+        # the samples go to files, read back after the stop: the driver's bookkeeping must not
+        # grow the heap of the process it measures (it hosts the pipeline's main process)
+        self.sample_log = SampleLog(work / "samples.tsv")
+        self.lag_log = SampleLog(work / "lags.tsv")
+        self.probe_log = (work / "probe.jsonl").open("a", buffering=1) if args.probe else None
+        self._next_probe = 0.0
+        self._probe_prev: dict[str, Any] | None = None
         self.events: list[dict[str, Any]] = []
         self.windows: list[tuple[float, float]] = []  # chaos windows (monotonic)
-        self.lags: list[tuple[float, float]] = []  # (monotonic, lag s)
         self.shm_peak = 0
         self.t0 = time.monotonic()
         self.heap_base: tracemalloc.Snapshot | None = None
         self.heap_reports: list[dict[str, Any]] = []
+        self._heap_prev: tracemalloc.Snapshot | None = None
         self._next_heap = 0.0
 
     # ---- helpers -------------------------------------------------------------------
@@ -281,10 +488,12 @@ class Soak:
         for role, pid in pids.items():
             got = proc_sample(pid)
             if got is not None:
-                self.samples.setdefault((role, pid), []).append((now - self.t0, *got))
+                rss, fds, anon, file = got
+                self.sample_log.write(role, pid, round(now - self.t0, 2), rss, fds, anon, file)
         self.shm_peak = max(self.shm_peak, len(self.shm_segments()))
         self.sample_lag(now)
         self.maybe_heap(now)
+        self.maybe_probe(now)
 
     def maybe_heap(self, now: float) -> None:
         """With ``--tracemalloc S``: every S seconds after the warm-up, the Python allocations
@@ -315,10 +524,60 @@ class Soak:
             say(f"  {r['kib']:>9} KiB {r['count']:>7}  {r['where']}")
         for c in grown:
             say(f"  container +{c['grew']} (now {c['len']}): {c['what']}")
-        for stat in snap.compare_to(self.heap_base, "traceback")[:3]:
-            say(f"  {stat.size_diff / 1024:.1f} KiB allocated at:")
-            for line in stat.traceback.format()[-16:]:
-                say(f"    {line}")
+        # late against late: what grew since the previous snapshot, by whole traceback, among
+        # allocations made under visionflow, redis-py or multiprocessing
+        ours = snap.filter_traces(
+            [tracemalloc.Filter(True, f"*{part}*", all_frames=True) for part in HEAP_PARTS]
+        )
+        if self._heap_prev is not None:
+            grew = ours.compare_to(self._heap_prev, "traceback")[:5]
+            self.heap_reports[-1]["since_previous"] = [
+                {
+                    "kib": round(stat.size_diff / 1024, 1),
+                    "count": stat.count_diff,
+                    "traceback": stat.traceback.format()[-20:],
+                }
+                for stat in grew
+            ]
+            for stat in grew:
+                kib = stat.size_diff / 1024
+                say(f"  {kib:.1f} KiB ({stat.count_diff:+}) since the previous, at:")
+                for line in stat.traceback.format()[-20:]:
+                    say(f"    {line}")
+        self._heap_prev = ours
+
+    def probes(self) -> list[dict[str, Any]]:
+        if self.probe_log is None:
+            return []
+        self.probe_log.flush()
+        text = (self.work / "probe.jsonl").read_text()
+        return [json.loads(line) for line in text.splitlines()]
+
+    def maybe_probe(self, now: float) -> None:
+        """With ``--probe S``: every S seconds, :func:`heap_probe` of this process as one line
+        of ``probe.jsonl`` (object counts as the change since the previous line)."""
+        if self.probe_log is None or now < self._next_probe:
+            return
+        self._next_probe = now + self.args.probe
+        got = heap_probe(self.args.probe_gc)
+        got["t_s"] = round(now - self.t0)
+        got["rss_kib"] = round((proc_sample(os.getpid()) or (0.0,))[0] * 1024)
+        types = got.pop("types")
+        if self._probe_prev is not None:
+            delta = {k: n - self._probe_prev.get(k, 0) for k, n in types.items()}
+            got["types_delta"] = dict(sorted(delta.items(), key=lambda kv: -abs(kv[1]))[:12])
+        self._probe_prev = types
+        if tracemalloc.is_tracing():
+            got["traced_kib"] = tracemalloc.get_traced_memory()[0] // 1024
+        self.probe_log.write(json.dumps(got) + "\n")
+        say(
+            f"probe rss={got['rss_kib']} KiB malloc={got.get('malloc')} arenas={got.get('arenas')}"
+            f" heap_rss={got['heap_rss_kib']} anon_rss={got['anon_rss_kib']}"
+            f" threads={got['threads']} blocks={got['pymalloc_blocks']} pymalloc={got['pymalloc']}"
+            f" gc={got['gc_counts']} {got['gc_collections']} freed={got.get('gc_freed')}"
+            f" after={got.get('pymalloc_after_gc')}"
+            f" types={got.get('types_delta')}"
+        )
 
     _lens: dict[int, int] | None = None
 
@@ -367,7 +626,7 @@ class Soak:
                 newest = self.client.xrevrange(detections_key(PREFIX, sid), count=1)
                 if newest:
                     entry = parse_entry(*newest[0])
-                    self.lags.append((now - self.t0, time.time() - entry.capture_ts))
+                    self.lag_log.write(round(now - self.t0, 2), time.time() - entry.capture_ts)
         except (redis.RedisError, OSError):
             pass  # Redis is down: the lag is measured once it is back
 
@@ -426,7 +685,7 @@ class Soak:
         for cam in self.cameras:
             cam.start()
         self.redis.start()
-        self.proxy = TcpProxy(self.cameras[0].port)
+        self.proxy = ProxyProcess(self.cameras[0].port)
         urls = [f"rtsp://127.0.0.1:{self.proxy.port}/cam"]
         urls += [f"rtsp://127.0.0.1:{c.port}/cam" for c in self.cameras[1:]]
         cfg = soak_config(urls, self.redis.url, self.work / "spool")
@@ -456,13 +715,17 @@ class Soak:
                 + " ".join(f"{s.stream_id}={s.published}({s.state})" for s in st.streams)
                 + f" redis={'up' if st.redis_connected else 'down'} pending={st.redis_pending}"
             )
-        pids = [pid for (_, pid) in self.samples]
         self.maybe_sample()
+        pids = sorted({pid for _, pid, *_ in self.sample_log.read()})
         say("stopping")
         self.pipeline.stop()
         return self.books(cuda_ipc_mappings(pids))
 
     def books(self, cuda_ipc: int | None) -> dict[str, Any]:
+        samples: dict[tuple[str, int], list[Sample]] = {}
+        for role, pid, t, rss, fds, anon, file in self.sample_log.read():
+            samples.setdefault((str(role), int(pid)), []).append((t, rss, int(fds), anon, file))
+        lags = [(t, lag) for t, lag in self.lag_log.read()]
         final = self.status()
         assert self.client is not None
         drops: Counter[str] = Counter()
@@ -496,7 +759,7 @@ class Soak:
         ]
         failed = [e for e in self.events if any(v is None for v in e["recovery_s"].values())]
         in_chaos = lambda t: any(a <= t <= b for a, b in self.windows)  # noqa: E731
-        steady = [lag for t, lag in self.lags if not in_chaos(t)]
+        steady = [lag for t, lag in lags if not in_chaos(t)]
         return {
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
             "events": self.events,
@@ -513,24 +776,25 @@ class Soak:
             "duplicates": sum(r["duplicates"] for r in streams),
             "accounted": all(r["accounted"] for r in streams),
             "ledger_violations": final.ledger_violations,
-            "growth": self.growth(),
-            "samples": {f"{role}:{pid}": pts for (role, pid), pts in self.samples.items()},
+            "growth": self.growth(samples),
+            "samples": {f"{role}:{pid}": pts for (role, pid), pts in samples.items()},
             "heap_growth": self.heap_reports,
+            "probes": self.probes(),
             "shm_peak": self.shm_peak,
             "shm_left": self.shm_segments(),
             "cuda_ipc_mappings_left": cuda_ipc,
             "redis_lag_s": {
                 "max_steady": max(steady, default=None),
                 "p99_steady": percentile(steady, 0.99),
-                "max_overall": max((lag for _, lag in self.lags), default=None),
+                "max_overall": max((lag for _, lag in lags), default=None),
             },
         }
 
-    def growth(self) -> list[dict[str, Any]]:
-        """Per role, the longest-lived incarnation's RSS (MiB/h) and fd (/h) slope after the
-        warm-up (needs at least 10 minutes of samples)."""
-        best: dict[str, tuple[str, int, list[tuple[float, float, int]]]] = {}
-        for (role, pid), points in self.samples.items():
+    def growth(self, samples: dict[tuple[str, int], list[Sample]]) -> list[dict[str, Any]]:
+        """Per role, the longest-lived incarnation's RSS (MiB/h; its anonymous part too) and fd
+        (/h) slope after the warm-up (needs at least 10 minutes of samples)."""
+        best: dict[str, tuple[str, int, list[Sample]]] = {}
+        for (role, pid), points in samples.items():
             after = [p for p in points if p[0] >= self.args.warmup]
             if len(after) >= 3 and after[-1][0] - after[0][0] >= 600:
                 held = best.get(role)
@@ -545,18 +809,27 @@ class Soak:
                     "minutes": round((pts[-1][0] - pts[0][0]) / 60, 1),
                     "rss_mib_start": round(pts[0][1], 1),
                     "rss_mib_end": round(pts[-1][1], 1),
-                    "rss_mib_per_h": round(slope_per_hour([(t, r) for t, r, _ in pts]), 2),
+                    "rss_mib_per_h": round(slope_per_hour([(p[0], p[1]) for p in pts]), 2),
                     "rss_mib_per_h_2nd_half": round(
-                        slope_per_hour([(t, r) for t, r, _ in pts[len(pts) // 2 :]]), 2
+                        slope_per_hour([(p[0], p[1]) for p in pts[len(pts) // 2 :]]), 2
                     ),
+                    "anon_mib_per_h_2nd_half": round(
+                        slope_per_hour([(p[0], p[3]) for p in pts[len(pts) // 2 :]]), 2
+                    ),
+                    "file_mib_start": round(pts[0][4], 1),
+                    "file_mib_end": round(pts[-1][4], 1),
                     "fds_start": pts[0][2],
                     "fds_end": pts[-1][2],
-                    "fds_per_h": round(slope_per_hour([(t, float(f)) for t, _, f in pts]), 2),
+                    "fds_per_h": round(slope_per_hour([(p[0], float(p[2])) for p in pts]), 2),
                 }
             )
         return rows
 
     def close(self) -> None:
+        self.sample_log.close()
+        self.lag_log.close()
+        if self.probe_log is not None:
+            self.probe_log.close()
         if self.proxy is not None:
             self.proxy.close()
         for cam in self.cameras:
@@ -574,7 +847,8 @@ def show(rows: list[dict[str, Any]], columns: list[str]) -> None:
 STREAM_COLUMNS = ["stream", "frames", "published", "in_redis", "lost", "duplicates", "in_order",
                   "accounted", "reconnects", "drops"]  # fmt: skip
 GROWTH_COLUMNS = ["process", "minutes", "rss_mib_start", "rss_mib_end", "rss_mib_per_h",
-                  "rss_mib_per_h_2nd_half", "fds_start", "fds_end", "fds_per_h"]  # fmt: skip
+                  "rss_mib_per_h_2nd_half", "anon_mib_per_h_2nd_half", "file_mib_start",
+                  "file_mib_end", "fds_start", "fds_end", "fds_per_h"]  # fmt: skip
 
 
 def report(result: dict[str, Any]) -> None:
@@ -600,6 +874,9 @@ def report(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["--proxy-child"]:
+        return proxy_child(int(args_in[1]))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--streams", type=int, default=4, help="cameras (at least 2)")
     ap.add_argument("--size", default="160x120", help="camera resolution WxH")
@@ -615,6 +892,19 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="seconds between heap snapshots of this process (0: off; costs CPU and memory)",
+    )
+    ap.add_argument(
+        "--probe",
+        type=float,
+        default=0.0,
+        help="seconds between probes of this process's heap (glibc totals and arenas, pymalloc,"
+        " threads, objects by type), kept under 'probes' in the result (0: off)",
+    )
+    ap.add_argument(
+        "--probe-gc",
+        action="store_true",
+        help="with --probe: also run a full garbage collection at each probe and record what"
+        " it freed (changes what it measures: diagnosis only)",
     )
     args = ap.parse_args(argv)
     if args.tracemalloc:

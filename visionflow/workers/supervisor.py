@@ -39,7 +39,7 @@ from visionflow.workers.board import RedisStatusWriter, StatusBoard, WorkerLoadV
 from visionflow.workers.channels import ResultsChannel
 from visionflow.workers.fence import FenceBook, ForgetFence, SetFence
 from visionflow.workers.governor import ShareGovernor
-from visionflow.workers.heap import HeapTrimmer
+from visionflow.workers.heap import MAIN_COLLECT_EVERY, HeapTrimmer
 from visionflow.workers.inference import (
     ENGINE_FAILED_EXIT,
     WorkerQueues,
@@ -497,7 +497,8 @@ class Pipeline:
 
     # ---- the status board's thread -------------------------------------------------
     def _board_loop(self) -> None:
-        heap = HeapTrimmer()  # this thread runs for the pipeline's life: it trims for it
+        # this thread runs for the pipeline's life: it trims (and collects) for the process
+        heap = HeapTrimmer(collect_every=MAIN_COLLECT_EVERY)
         while not self._stop_board.is_set():
             heap.maybe_trim()
             try:
