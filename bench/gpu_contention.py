@@ -175,7 +175,8 @@ def _model_main(model: str, annexb: str, conn: Any) -> None:
             conn.send("ok")
         elif msg == "count":
             decoded = sum(own.counts) if own is not None else 0
-            conn.send((time.monotonic(), m.images, decoded))
+            errors = own.errors[:3] if own is not None else []
+            conn.send((time.monotonic(), m.images, decoded, errors))
         elif msg == "stop":
             m.stop.set()
             conn.send("stopped")
@@ -222,12 +223,12 @@ def scenario(
     _ask(model_conn, ("run", False))
     if own is not None:
         _ask(model_conn, ("undecode", None))
-    errors = [e for _, _, errs in ends for e in errs]
+    errors = [e for _, _, errs in ends for e in errs] + list(m1[3])
     for p, conn in procs:
         _ask(conn, "stop", 30)
         p.join(timeout=30)
     wall = m1[0] - m0[0]
-    decoded = sum(e[1] - s[1] for s, e in zip(starts, ends, strict=True)) / seconds
+    decoded = sum((e[1] - s[1]) / (e[0] - s[0]) for s, e in zip(starts, ends, strict=True))
     decoded += (m1[2] - m0[2]) / wall
     row = {
         "scenario": name,
