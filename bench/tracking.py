@@ -219,7 +219,8 @@ def detections(
 ) -> list[Any]:
     """(truth, detections) per frame: the bundled detector on the rendered frames, with the
     appearance descriptors the inference worker would compute (cached)."""
-    path = CACHE / f"{kind}-{seed}-{seconds}s-{fps}fps-{width}x{height}-app.pkl"
+    # -app3: descriptors of near-grey boxes dropped, large boxes sampled (a new cache)
+    path = CACHE / f"{kind}-{seed}-{seconds}s-{fps}fps-{width}x{height}-app3.pkl"
     if path.is_file():
         return list(pickle.loads(path.read_bytes()))
     from visionflow.config import parse_config

@@ -490,15 +490,16 @@ class ByteTracker:
         det_track: IntArray,
     ) -> tuple[IntArray, IntArray]:
         """Give detections that would start a track the id of a lost (or given-up) track of
-        their class that looks alike (cosine distance at most ``appearance_dist``, height
-        within ``appearance_size``), one to one by least distance; the rows revived, the
-        detections left."""
+        their class last seen at most ``appearance_s`` ago that looks alike (cosine distance
+        at most ``appearance_dist``, height within ``appearance_size``), one to one by least
+        distance, wherever in the frame it appears; the rows revived, the detections left."""
         p = self.params
         none = np.zeros(0, np.int64)
         if feats is None or not len(starters) or not len(self):
             return none, starters
         lost = (self.state == LOST) | (self.state == EXITED)
-        rows = np.flatnonzero(lost & self._free(det_track) & has_descriptor(self.feat))
+        recent = (self.t or 0.0) - self.last_seen <= p.appearance_s  # kept longer for other reasons
+        rows = np.flatnonzero(lost & recent & self._free(det_track) & has_descriptor(self.feat))
         dets = starters[has_descriptor(feats[starters])]
         if not len(rows) or not len(dets):
             return none, starters

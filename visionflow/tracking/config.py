@@ -236,12 +236,12 @@ class TrackingConfig(_Strict):
         description="Re-identification by appearance: a track lost or given up keeps its id "
         "this long after it was last seen, and a detection that would start a new track takes "
         "it back when it has the same label, a similar height (appearance_size) and a colour "
-        "layout within appearance_dist (a 2x4 grid of mean colours of the box, computed by "
-        "the inference worker for this stream only); the edge re-identification and the "
+        "layout within appearance_dist (the mean colours of 4 bands of the box, top to "
+        "bottom, computed by the inference worker for this stream only; a box near mid-grey "
+        "has none), wherever in the frame it reappears; the edge re-identification and the "
         "recovery by position then also need the looks to agree.  0: off (the default: "
-        "colour alone cannot tell a look-alike entering where another object left; the "
-        "descriptor costs the worker 50-100 us per detection); e.g. 3 where objects leave "
-        "and come back.",
+        "colour alone cannot tell a look-alike entering anywhere while another object is "
+        "lost); e.g. 3 where objects leave and come back.",
     )
     appearance_dist: float = Field(
         default=0.2,

@@ -125,7 +125,8 @@ class StreamTracker:
         return dataclasses.replace(
             result,
             detections=tuple(
-                dataclasses.replace(d, track_id=i) for d, i in zip(dets, ids, strict=True)
+                dataclasses.replace(d, track_id=i, appearance=None)  # its look stays here
+                for d, i in zip(dets, ids, strict=True)
             ),
             events=tuple(events + more),
             counts=tuple(counts),

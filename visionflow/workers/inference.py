@@ -259,12 +259,10 @@ class WorkerLoop:
         return tuple(images)
 
     def _results(self, item: _Pending, decoded: list[Any]) -> tuple[FrameResult, ...]:
-        names = self.spec.class_names
+        names, frames = self.spec.class_names, item.frames
+        looks = self.appearance.for_batch(self.pools, frames, [d[0] for d in decoded])
         detections = [
-            to_detections(
-                decoded[i], f.letterbox, names, self.appearance.of(self.pools, f, decoded[i][0])
-            )
-            for i, f in enumerate(item.frames)
+            to_detections(decoded[i], f.letterbox, names, looks[i]) for i, f in enumerate(frames)
         ]
         inference_ms = round((time.perf_counter() - item.submitted) * 1000, 3)
         done = time.time()

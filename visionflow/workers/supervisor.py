@@ -304,6 +304,12 @@ class Pipeline:
         )
 
     def _spawn_worker(self, worker_id: int, env: dict[str, str]) -> Any:
+        # under the membership lock: a change of the appearance set (API thread) either sees
+        # the new task queue or happened before the spec read it, never between the two
+        with self._membership:
+            return self._spawn_worker_locked(worker_id, env)
+
+    def _spawn_worker_locked(self, worker_id: int, env: dict[str, str]) -> Any:
         m = self.model
         spec = WorkerSpec(
             worker_id=worker_id,

@@ -158,16 +158,26 @@ def test_a_failing_descriptor_costs_the_descriptors_not_the_frame(caplog):
     assert len(warnings) == 1
 
 
+def coloured_noise(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """Random pixels whose means are far from mid-grey (uniform noise averages to grey, which
+    has no descriptor): a red-heavy, green-light image."""
+    red = rng.integers(150, 256, size)
+    green = rng.integers(0, 100, size)
+    blue = rng.integers(0, 256, size)
+    return np.stack([red, green, blue], axis=-1).astype(np.uint8)
+
+
 def test_the_torch_path_matches_numpy():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(3)
-    image = rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    image = coloured_noise(rng, (64, 80))
     boxes = np.array(
         [[3.5, 2, 40, 50], [70, 30, 95, 70], [10, 10, 10, 20], [0, 0, 1, 1], [-5, 50, 5, 90]],
         np.float32,
     )
     want = appearance.describe_host(image, boxes)
     got = appearance.describe_device(torch.from_numpy(image), boxes)
+    assert want[:2].any(axis=1).all()  # descriptors to compare, not zeros
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
@@ -180,13 +190,67 @@ def test_a_slot_in_gpu_memory_gives_the_host_descriptors():
     from visionflow.gpu.ipc import DeviceArray
 
     rng = np.random.default_rng(5)
-    image = rng.integers(0, 256, (640, 640, 3), dtype=np.uint8)
+    image = coloured_noise(rng, (640, 640))
     on_device = torch.from_numpy(image).cuda()
     slot = DeviceArray(on_device.data_ptr(), tuple(on_device.shape))
-    boxes = np.array([[3.5, 2, 40, 50], [600, 300, 660, 700], [100, 100, 100, 120]], np.float32)
+    # small enough for the host path to average every pixel (a large box's is a sample)
+    boxes = np.array([[3.5, 2, 40, 50], [620, 600, 660, 650], [100, 100, 100, 120]], np.float32)
     got = appearance.describe(slot, boxes)
     want = appearance.describe(image, boxes)
     assert got[2] is None and want[2] is None  # no pixel: no descriptor
     for g, w in zip(got[:2], want[:2], strict=True):
         assert g is not None and w is not None
         np.testing.assert_allclose(appearance.decode(g), appearance.decode(w), atol=2e-3)
+
+
+def test_a_near_grey_box_has_no_descriptor_and_a_coloured_one_is_stable_under_noise():
+    """Around mid-grey a vector's direction is the noise's: no descriptor there, so the gate
+    never splits a grey object's track; a coloured box moves by little under the same noise."""
+    rng = np.random.default_rng(11)
+    boxes = np.array([[0, 0, 40, 80]], np.float32)
+
+    def noisy(colour: tuple[int, int, int]) -> np.ndarray:
+        base = np.broadcast_to(np.array(colour, np.int16), (80, 40, 3))
+        return np.clip(base + rng.integers(-3, 4, base.shape), 0, 255).astype(np.uint8)
+
+    assert appearance.describe(noisy((132, 128, 124)), boxes) == [None]
+    a, b = (appearance.describe(noisy((200, 60, 40)), boxes)[0] for _ in range(2))
+    assert a is not None and b is not None
+    assert float(appearance.decode(a) @ appearance.decode(b)) > 0.99
+
+
+def test_a_large_box_costs_a_sample_of_its_pixels_and_keeps_its_colours():
+    image = np.zeros((640, 640, 3), np.uint8)
+    image[:320] = (220, 40, 40)  # red top half, blue bottom half
+    image[320:] = (40, 40, 220)
+    got = appearance.describe_host(image, np.array([[0, 0, 640, 640]], np.float32))[0]
+    want = appearance.normalise(np.array([[220, 40, 40] * 2 + [40, 40, 220] * 2], np.float64))[0]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_a_batch_of_device_slots_gives_each_frame_its_host_descriptors():
+    """The worker describes a batch's device frames together (one copy back): each frame's
+    boxes get that frame's descriptors, a frame without boxes none."""
+    import torch
+
+    from visionflow.gpu.ipc import DeviceArray
+
+    rng = np.random.default_rng(6)
+    images = [coloured_noise(rng, (96, 128)) for _ in range(3)]
+    tensors = [torch.from_numpy(i).cuda() for i in images]
+    slots = [DeviceArray(t.data_ptr(), tuple(t.shape)) for t in tensors]
+    boxes = [
+        np.array([[3, 2, 40, 50], [100, 60, 140, 100]], np.float32),
+        np.zeros((0, 4), np.float32),
+        np.array([[10, 10, 30, 90]], np.float32),
+    ]
+    got = appearance.describe_batch(slots, boxes)
+    want = [appearance.describe(i, b) for i, b in zip(images, boxes, strict=True)]
+    assert [len(g) for g in got] == [2, 0, 1]
+    assert all(g is not None for frame in got for g in frame)
+    for g_frame, w_frame in zip(got, want, strict=True):
+        for g, w in zip(g_frame, w_frame, strict=True):
+            assert (g is None) == (w is None)
+            if g is not None and w is not None:
+                np.testing.assert_allclose(appearance.decode(g), appearance.decode(w), atol=2e-3)

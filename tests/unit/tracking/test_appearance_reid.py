@@ -182,3 +182,12 @@ def test_descriptors_of_a_frame_without_any_are_none():
     )
     got = descriptors(one)
     assert got is not None and not got[0].any() and got[1] == pytest.approx(RED_OVER_BLUE, abs=2e-3)
+
+
+def test_appearance_takes_back_only_tracks_lost_within_appearance_s():
+    """A track kept longer for another reason (edge re-identification's ``reid_s``) is not
+    reclaimed by its looks after ``appearance_s``: gone 4 s, it comes back in mid-frame."""
+    params = TrackerParams(appearance_s=3.0, reid_s=10.0)
+    mid = (300, 200, 340, 300)
+    assert leave_and_return(ByteTracker(params), 2.0, RED_OVER_BLUE, mid)[0] == 1
+    assert leave_and_return(ByteTracker(params), 4.0, RED_OVER_BLUE, mid)[0] != 1
