@@ -34,18 +34,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.gpu_scale import _packets  # noqa: E402
+
 BATCH = 64
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def _packets(annexb: Path) -> list[bytes]:
-    import av
-
-    with av.open(str(annexb), format="h264") as c:
-        return [bytes(p) for p in c.demux(video=0) if p.size]
 
 
 class Decoders:

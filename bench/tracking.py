@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import counting_sink, table, write_result  # noqa: E402
-from visionflow.pipeline.appearance import DIMS, decode  # noqa: E402
+from visionflow.pipeline.appearance import DIMS  # noqa: E402
 from visionflow.scenes.generator import CLASSES, SceneGenerator, SceneSpec  # noqa: E402
 from visionflow.scenes.tracking_metrics import (  # noqa: E402
     Predicted,
@@ -63,6 +63,7 @@ from visionflow.scenes.tracking_metrics import (  # noqa: E402
     truth_counts,
 )
 from visionflow.tracking.bytetrack import ByteTracker, TrackerParams  # noqa: E402
+from visionflow.tracking.processor import descriptors  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench-tracking"
 HELD_OUT = {"crossing": 401, "occlusion": 402, "reenter": 403}
@@ -245,10 +246,9 @@ def detections(
             boxes = np.array([[d.x1, d.y1, d.x2, d.y2] for d in dets], np.float64).reshape(-1, 4)
             scores = np.array([d.score for d in dets], np.float64)
             classes = np.array([d.class_id for d in dets], np.int64)
-            feats = np.zeros((len(dets), DIMS))
-            for i, d in enumerate(dets):
-                if d.appearance is not None:
-                    feats[i] = decode(d.appearance)
+            feats = descriptors(dets)  # as the output stage reads them
+            if feats is None:
+                feats = np.zeros((len(dets), DIMS))
             out.append((truth, (boxes, scores, classes, feats)))
     CACHE.mkdir(parents=True, exist_ok=True)
     path.write_bytes(pickle.dumps(out))
