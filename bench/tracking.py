@@ -72,7 +72,7 @@ RECOVER_REID = TrackerParams(recover_dist=1.0, reid_s=3.0)
 #: re-identification by appearance on (off by default)
 APPEARANCE = TrackerParams(appearance_s=3.0)
 SIZE = (640.0, 360.0)  # of the accuracy section's scenes
-#: boxes [N, 4], scores, class ids, appearance descriptors [N, 24] (zeros: none)
+#: boxes [N, 4], scores, class ids, appearance descriptors [N, DIMS] (zeros: none)
 Dets = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 Tracker = Callable[[Dets, float], list[tuple[int, int, tuple[float, float, float, float]]]]
 
@@ -220,8 +220,8 @@ def detections(
 ) -> list[Any]:
     """(truth, detections) per frame: the bundled detector on the rendered frames, with the
     appearance descriptors the inference worker would compute (cached)."""
-    # -app3: descriptors of near-grey boxes dropped, large boxes sampled (a new cache)
-    path = CACHE / f"{kind}-{seed}-{seconds}s-{fps}fps-{width}x{height}-app3.pkl"
+    # -app4: colour histograms with the surroundings taken out (a new cache)
+    path = CACHE / f"{kind}-{seed}-{seconds}s-{fps}fps-{width}x{height}-app4.pkl"
     if path.is_file():
         return list(pickle.loads(path.read_bytes()))
     from visionflow.config import parse_config

@@ -235,10 +235,10 @@ class TrackingConfig(_Strict):
         le=600,
         description="Re-identification by appearance: a track lost or given up keeps its id "
         "this long after it was last seen, and a detection that would start a new track takes "
-        "it back when it has the same label, a similar height (appearance_size) and a colour "
-        "layout within appearance_dist (the mean colours of 4 bands of the box, top to "
-        "bottom, computed by the inference worker for this stream only; a box near mid-grey "
-        "has none), wherever in the frame it reappears; the edge re-identification and the "
+        "it back when it has the same label, a similar height (appearance_size) and colours "
+        "within appearance_dist (a colour histogram of the box with its surroundings taken "
+        "out, computed by the inference worker for this stream only), wherever in the frame "
+        "it reappears; the edge re-identification and the "
         "recovery by position then also need the looks to agree.  0: off (the default: "
         "colour alone cannot tell a look-alike entering anywhere while another object is "
         "lost); e.g. 3 where objects leave and come back.",
@@ -258,7 +258,7 @@ class TrackingConfig(_Strict):
         "(|difference| / the larger).",
     )
     appearance_gate: float = Field(
-        default=0.5,
+        default=0.3,
         ge=0,
         le=2,
         description="With appearance_s: a detection may not continue a track whose "

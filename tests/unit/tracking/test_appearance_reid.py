@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from visionflow.pipeline.appearance import DIMS, GRID_ROWS
+from visionflow.pipeline.appearance import DIMS, describe_host
 from visionflow.pipeline.frames import Detection, FrameRef, FrameResult
 from visionflow.pipeline.letterbox import letterbox_geometry
 from visionflow.tracking.bytetrack import ByteTracker, TrackerParams, appearance_distance
@@ -18,10 +18,13 @@ APPEARANCE = TrackerParams(appearance_s=3.0)
 
 
 def look(*rows: tuple[int, int, int]) -> np.ndarray:
-    """A unit descriptor of cell rows of these colours (top to bottom; one colour: all)."""
-    colours = list(rows) * (GRID_ROWS // len(rows))
-    raw = np.array(colours, np.float64).reshape(-1) / 127.5 - 1.0
-    return raw / np.linalg.norm(raw)
+    """The descriptor of a box painted in bands of these colours (top to bottom; one
+    colour: all) on a mid-grey background."""
+    image = np.full((60, 40, 3), 128, np.uint8)
+    colours = list(rows) * (4 // len(rows))
+    for i, colour in enumerate(colours):
+        image[10 + 10 * i : 20 + 10 * i, 10:30] = colour
+    return describe_host(image, np.array([[10, 10, 30, 50]], np.float32))[0].astype(np.float64)
 
 
 RED_OVER_BLUE = look((200, 30, 30), (200, 30, 30), (30, 30, 200), (30, 30, 200))
@@ -69,8 +72,9 @@ def test_within_lost_track_s_the_returning_object_is_taken_back_too():
     ("back_look", "back_box", "cls"),
     [
         (GREEN_OVER_GREY, (0, 200, 30, 300), (0, 0)),  # another look, same place and size
-        (
-            look((30, 30, 200), (30, 30, 200), (200, 30, 30), (200, 30, 30)),
+        (  # one colour shared, the other not (a histogram has no layout: blue over red
+            # would pass for red over blue)
+            look((200, 200, 30), (200, 200, 30), (30, 30, 200), (30, 30, 200)),
             (0, 200, 30, 300),
             (0, 0),
         ),
@@ -147,7 +151,7 @@ def test_a_tracks_look_follows_its_detections_slowly():
 def test_appearance_distance_ignores_missing_descriptors():
     feats = np.stack([RED_OVER_BLUE, np.zeros(DIMS)])
     d = appearance_distance(feats, np.stack([GREEN_OVER_GREY, RED_OVER_BLUE]))
-    assert d[0, 0] > 0.2 and d[0, 1] == pytest.approx(0.0, abs=1e-9)
+    assert d[0, 0] > 0.2 and d[0, 1] == pytest.approx(0.0, abs=1e-6)
     assert d[1, 0] == 0.0 and d[1, 1] == 0.0
 
 
