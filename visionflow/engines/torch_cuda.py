@@ -16,6 +16,7 @@ TensorRT.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from visionflow.engines.base import (
 )
 from visionflow.engines.inflight import InflightRing, SlotBatch
 from visionflow.engines.registry import Backend
+from visionflow.engines.torch_fusion import fuse_silu
 from visionflow.errors import EngineError, EngineUnavailableError, ModelError
 from visionflow.pipeline.layouts import OutputLayout, detect_layout
 
@@ -64,6 +66,19 @@ class TorchCudaConfig(EngineConfigBase):
         description="Batches in flight at once, each on its own CUDA stream with its own "
         "buffers and CUDA graphs (GPU memory for activations grows with it): the host side of "
         "one batch overlaps the GPU work of the next.",
+    )
+    fuse_activations: bool = Field(
+        default=True,
+        description="Rewrite each x * sigmoid(x) of the converted model (how ONNX spells SiLU) "
+        "as one silu kernel: same result, less memory traffic; off only to compare.",
+    )
+    compile: bool = Field(
+        default=False,
+        description="Compile each batch bucket's module with torch.compile (inductor) before "
+        "its CUDA graph is captured: about twice the images/s of the plain conversion for a "
+        "YOLOv8n-size model on an H100 (model alone), at the price of minutes of compiling "
+        "at each worker start (kernels are cached on disk for later starts); if compiling "
+        "fails the worker logs why and runs the module as converted.",
     )
     nms_candidates: int = Field(
         default=1024,
@@ -406,12 +421,16 @@ class TorchCudaEngine(Engine):
         dims = proto.graph.input[0].type.tensor_type.shape.dim
         self._shape = (dims[2].dim_value or 640, dims[3].dim_value or 640)
         self._convert = convert
+        self._fuse = config.fuse_activations
         self.buckets = batch_buckets(max_batch)
         self.graph_error: str | None = None
         self._use_graphs = config.cuda_graphs
         self._modules = {
             size: self._load(fix_batch(proto, size), model_path, size) for size in self.buckets
         }
+        self.compile_error: str | None = None
+        if config.compile:
+            self._compile_all()
         self._ring = InflightRing([self._make_slot() for _ in range(config.inflight)])
         if self._use_graphs:  # capture every bucket now: no stall when a new size first comes
             self._capture_all()
@@ -420,6 +439,8 @@ class TorchCudaEngine(Engine):
             probe = self._forward_static(self._ring.slots[0], 1)
         torch.cuda.synchronize(self.device)
         mode = "CUDA graphs" if self._use_graphs else "eager"
+        if config.compile and self.compile_error is None:
+            mode = f"compiled, {mode}"
         self._layout = detect_layout(tuple(probe.shape))
         self.capabilities = EngineCapabilities(
             host_frames=True, device_frames=True, nms_in_engine=False, max_inflight=config.inflight
@@ -442,6 +463,7 @@ class TorchCudaEngine(Engine):
             module = self._convert(fold_constants(proto))
         except Exception as exc:
             raise ModelError(f"{where}: onnx2torch cannot convert it: {exc}") from exc
+        fused = fuse_silu(module) if self._fuse else 0
         module = module.eval().to(self.device)
         if self.fp16:
             module = module.half()
@@ -453,8 +475,36 @@ class TorchCudaEngine(Engine):
             frozen = 0
         static_shape_ops(module)
         moved = host_constants(module)
-        log.debug("batch %d: %d values frozen, %d constants on the host", size, frozen, len(moved))
+        log.debug(
+            "batch %d: %d SiLUs fused, %d values frozen, %d constants on the host",
+            size,
+            fused,
+            frozen,
+            len(moved),
+        )
         return module
+
+    def _compile_all(self) -> None:
+        """``torch.compile`` every bucket's module and run it once (compiling is lazy: a
+        failure shows at the first call); on any failure every bucket stays as converted."""
+        torch = self._torch
+        compiled = {}
+        started = time.monotonic()
+        _allow_recompiles(torch, 8 * len(self._modules))
+        log.info("compiling %d batch buckets (a first start takes minutes)", len(self._modules))
+        try:
+            for size, module in self._modules.items():
+                fast = torch.compile(module, dynamic=False)
+                with torch.inference_mode():
+                    fast(self._new_input(size))
+                compiled[size] = fast
+        except Exception as exc:
+            self.compile_error = f"{type(exc).__name__}: {exc}"
+            log.warning("torch.compile failed (%s); running the converted model", exc)
+            return
+        torch.cuda.synchronize(self.device)
+        self._modules = compiled
+        log.info("compiled in %.0f s", time.monotonic() - started)
 
     def _new_input(self, size: int) -> Any:
         torch = self._torch
@@ -632,6 +682,17 @@ class TorchCudaEngine(Engine):
         self._ring.slots.clear()
         self._modules.clear()
         self._torch.cuda.empty_cache()
+
+
+def _allow_recompiles(torch: Any, at_least: int) -> None:
+    """Raise dynamo's per-frame recompile limit (8 by default, named ``recompile_limit``,
+    formerly ``cache_size_limit``): the buckets' modules share submodule code, and past the
+    limit dynamo quietly runs what is left uncompiled."""
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(int(getattr(config, name)), at_least))
+            return
 
 
 class CandidateNms:

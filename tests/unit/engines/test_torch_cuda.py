@@ -47,10 +47,11 @@ def test_gpu_backend_matches_onnxruntime_and_nms_matches_cpu(precision):
     x = to_network_input(images)
     with (
         create_engine(OnnxRuntimeConfig(), DEMO_MODEL, 8) as ref,
-        create_engine(TorchCudaConfig(precision=precision), DEMO_MODEL, 8) as gpu,
+        create_engine(TorchCudaConfig(precision=precision, compile=True), DEMO_MODEL, 8) as gpu,
     ):
         expected, got = ref.infer(x), gpu.infer(x)  # 5 -> bucket 8: padding must not leak
         assert gpu.info.backend == "torch-cuda" and gpu.info.num_classes == 3
+        assert gpu.compile_error is None and "compiled" in gpu.info.device, gpu.compile_error
         tol = 2e-2 if precision == "fp16" else 1e-3
         assert np.abs(expected[:, 4:] - got[:, 4:]).max() < tol
         t = Thresholds(0.5, 0.45, 100)
@@ -73,7 +74,7 @@ def test_cuda_graphs_replay_what_eager_computes_and_device_frames_match_host():
     scene = SceneGenerator(SceneSpec(640, 360, seed=9), horizon_s=30)
     images = np.stack([letterbox_image(scene.render(i * 30)[0], 320, 320)[0] for i in range(6)])
     with (
-        create_engine(TorchCudaConfig(cuda_graphs=False), DEMO_MODEL, 8) as eager,
+        create_engine(TorchCudaConfig(cuda_graphs=False, compile=False), DEMO_MODEL, 8) as eager,
         create_engine(TorchCudaConfig(cuda_graphs=True), DEMO_MODEL, 8) as graphs,
     ):
         assert graphs.graph_error is None, graphs.graph_error
@@ -101,6 +102,29 @@ def test_cuda_graphs_replay_what_eager_computes_and_device_frames_match_host():
     for other in (frames, mixed, inflight):
         for (hb, hs, hc), (db, ds, dc) in zip(host, other, strict=True):
             assert np.array_equal(hc, dc) and np.allclose(hb, db) and np.allclose(hs, ds)
+
+
+@pytest.mark.gpu
+def test_a_model_that_cannot_be_compiled_runs_as_converted(monkeypatch):
+    import torch
+
+    def broken(module, **_):
+        def run(*args):
+            raise RuntimeError("inductor says no")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    x = np.random.default_rng(3).random((2, 3, 320, 320), dtype=np.float32)
+    with (
+        create_engine(OnnxRuntimeConfig(), DEMO_MODEL, 2) as ref,
+        create_engine(TorchCudaConfig(precision="fp32", compile=True), DEMO_MODEL, 2) as gpu,
+    ):
+        assert gpu.compile_error == "RuntimeError: inductor says no"
+        assert "compiled" not in gpu.info.device and gpu.graph_error is None
+        expected, got = ref.infer(x), gpu.infer(x)
+        assert np.abs(expected[:, 4:] - got[:, 4:]).max() < 1e-3  # scores
+        assert np.allclose(expected[:, :4], got[:, :4], rtol=1e-3, atol=0.05)  # boxes, pixels
 
 
 def _random_output(rng: np.random.Generator, n: int, classes: int, anchors: int) -> np.ndarray:
