@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import sys
 import time
@@ -48,6 +49,9 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+# as in the pipeline's processes (visionflow/workers/procs.py: CHILD_ENV), set before numpy loads
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from visionflow.workers.procs import ProcessGroup, restart_delay
+import multiprocessing as mp
+import os
+from typing import Any
+
+from visionflow.workers.procs import ProcessGroup, child_environment, restart_delay
 
 
 class Proc:
@@ -123,3 +127,32 @@ def test_a_child_exits_when_its_parent_is_sigkilled(tmp_path):
             return f.read().split()[2] == "Z"
 
     wait_until(gone, 10, f"orphaned child {child} still running")
+
+
+def _report_blas_threads(queue: Any) -> None:
+    queue.put(os.environ.get("OPENBLAS_NUM_THREADS"))
+
+
+def test_children_start_with_one_blas_thread_and_the_parent_environment_is_left_alone(
+    monkeypatch: Any,
+) -> None:
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    child = ProcessGroup().add(
+        "blas", lambda _: _start(ctx.Process(target=_report_blas_threads, args=(queue,)))
+    )
+    try:
+        assert queue.get(timeout=60) == "1"
+    finally:
+        child.process.join(timeout=30)
+    assert "OPENBLAS_NUM_THREADS" not in os.environ  # only the child saw it
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    with child_environment():
+        assert os.environ["OPENBLAS_NUM_THREADS"] == "3"  # the user's choice wins
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "3"
+
+
+def _start(process: Any) -> Any:
+    process.start()
+    return process
