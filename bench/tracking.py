@@ -28,9 +28,12 @@ Sections (one run, one JSON under ``bench/results/tracking-<date>.json``):
   re-identification by appearance on (with and without its gate on the IoU matching).
 - ``output_stage``: the output stage in-process (32 streams, batches of 32 results, a counting
   sink), µs per result with no processor (the stage before tracking), with the tracking
-  processor but every stream untracked (the default), and with every stream tracked.
+  processor but every stream untracked (the default), with every stream tracked, and with
+  every stream tracked with re-identification by appearance (each detection carrying a
+  descriptor, as the inference worker sends them).
 - ``pipeline``: ``bench/cpu_pipeline.py``'s visionflow run (8 clips read flat out, the
-  bundled detector, Redis), no stream tracked vs every stream tracked with a zone and a line,
+  bundled detector, Redis), no stream tracked vs every stream tracked with a zone and a line
+  vs that with ``appearance_s`` 3 (the inference worker describes every box as well),
   alternating: frames/s and CPU ms per frame (the data-plane figures).
 - ``install``: what ``trackers`` (with ``supervision``) would add to the environment.
 
@@ -46,7 +49,7 @@ import pickle
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -219,30 +222,76 @@ def descriptor_cost(repeats: int = 5) -> list[dict[str, Any]]:
 
 
 # ---- accuracy ----------------------------------------------------------------------------------
+def coded_frames(
+    spec: SceneSpec, seconds: float, input_size: tuple[int, int]
+) -> Iterator[tuple[np.ndarray, Any, list[Any]]]:
+    """(network input, letterbox, truth) per frame of the scene encoded as
+    tests/integration/test_tracking_truth.py serves it (``write_clip``: H.264, yuv420p, crf
+    23) and decoded and letterboxed as ingest does (``scale_frame_into``)."""
+    import av
+
+    from visionflow.pipeline.letterbox import letterbox_geometry, scale_frame_into
+    from visionflow.scenes.clips import load_truth, write_clip
+
+    path = CACHE / f"{spec.kind}-{spec.seed}-{seconds}s-{spec.fps}fps.mp4"
+    if not path.is_file():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        write_clip(spec, path, seconds)
+    truth = load_truth(path)
+    width, height = input_size
+    with av.open(str(path)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            lb = letterbox_geometry(frame.width, frame.height, width, height)
+            canvas = np.empty((height, width, 3), np.uint8)
+            scale_frame_into(frame, canvas, lb)
+            yield canvas, lb, truth[index]
+
+
+def rendered_frames(
+    spec: SceneSpec, seconds: float, input_size: tuple[int, int]
+) -> Iterator[tuple[np.ndarray, Any, list[Any]]]:
+    """(network input, letterbox, truth) per rendered frame (no video coding)."""
+    from visionflow.pipeline.letterbox import letterbox_image
+
+    gen = SceneGenerator(spec, seconds + 1)
+    for index in range(gen.frame_count(seconds)):
+        image, truth = gen.render(index)
+        canvas, lb = letterbox_image(image, *input_size)
+        yield canvas, lb, truth
+
+
 def detections(
-    kind: str, seed: int, seconds: float, fps: int, width: int = 640, height: int = 360
+    kind: str,
+    seed: int,
+    seconds: float,
+    fps: int,
+    width: int = 640,
+    height: int = 360,
+    coded: bool = False,
 ) -> list[Any]:
-    """(truth, detections) per frame: the bundled detector on the rendered frames, with the
-    appearance descriptors the inference worker would compute (cached)."""
+    """(truth, detections) per frame: the bundled detector on the rendered frames (or, with
+    ``coded``, on the frames of the H.264 clip the pipeline's truth test serves, decoded as
+    ingest does), with the appearance descriptors the inference worker would compute
+    (cached)."""
     # -app4: colour histograms with the surroundings taken out (a new cache)
-    path = CACHE / f"{kind}-{seed}-{seconds}s-{fps}fps-{width}x{height}-app4.pkl"
+    video = "-h264" if coded else ""
+    path = CACHE / f"{kind}-{seed}-{seconds}s-{fps}fps-{width}x{height}{video}-app4.pkl"
     if path.is_file():
         return list(pickle.loads(path.read_bytes()))
     from visionflow.config import parse_config
     from visionflow.engines import create_engine
     from visionflow.models import resolve_model
     from visionflow.pipeline.appearance import describe
-    from visionflow.pipeline.letterbox import letterbox_image, to_network_input
+    from visionflow.pipeline.letterbox import to_network_input
     from visionflow.pipeline.postprocess import decode_output, to_detections
 
     cfg = parse_config({}, "<bench>")
     model = resolve_model(cfg)
-    gen = SceneGenerator(SceneSpec(width, height, fps=fps, seed=seed, kind=kind), seconds + 1)  # type: ignore[arg-type]
+    spec = SceneSpec(width, height, fps=fps, seed=seed, kind=kind)  # type: ignore[arg-type]
+    frames = coded_frames if coded else rendered_frames
     out = []
     with create_engine(cfg.engine, model.path, 1) as engine:
-        for index in range(gen.frame_count(seconds)):
-            image, truth = gen.render(index)
-            canvas, lb = letterbox_image(image, *model.input_size)
+        for canvas, lb, truth in frames(spec, seconds, model.input_size):
             raw = engine.infer(to_network_input(canvas[None], engine.info.input_dtype))
             decoded = decode_output(raw[0], model.conf_threshold, cfg.model.iou_threshold, 300)
             looks = describe(canvas, decoded[0])  # what the worker does, on the network input
@@ -325,6 +374,12 @@ def processed(data: list[Any], fps: int, overrides: dict[str, Any]) -> tuple[lis
     return frames, counts
 
 
+def unit(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1."""
+    out: np.ndarray = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return out
+
+
 def as_bytes(look: np.ndarray) -> bytes | None:
     """A descriptor as a Detection carries it (float16 bytes), None for a row of zeros."""
     return look.astype(np.float16).tobytes() if look.any() else None
@@ -333,16 +388,18 @@ def as_bytes(look: np.ndarray) -> bytes | None:
 T0 = 1_800_000_000.0  # capture time of frame 0: the start of a counts bucket
 
 
-def truth_rows(seconds: float, fps: int, seeds: list[tuple[str, int]]) -> list[dict[str, Any]]:
+def truth_rows(
+    seconds: float, fps: int, seeds: list[tuple[str, int]], coded: bool = False
+) -> list[dict[str, Any]]:
     """IDF1 and the zone/line counts' difference from the truth's, as in
-    tests/integration/test_tracking_truth.py but offline (no video coding), defaults vs
-    the tracker without re-identification and recovery."""
+    tests/integration/test_tracking_truth.py but offline (no video coding unless ``coded``),
+    defaults vs the tracker without re-identification and recovery."""
     from visionflow.tracking.config import TrackingConfig
 
     shapes = TrackingConfig.model_validate(TRUTH_SHAPES)
     rows = []
     for kind, seed in seeds:
-        data = detections(kind, seed, seconds, fps)
+        data = detections(kind, seed, seconds, fps, coded=coded)
         expected = truth_counts(
             ((i, T0 + i / fps, truth) for i, (truth, _) in enumerate(data)),
             shapes,
@@ -364,6 +421,7 @@ def truth_rows(seconds: float, fps: int, seeds: list[tuple[str, int]]) -> list[d
                 {
                     "scene": kind,
                     "seed": seed,
+                    "video": "h264" if coded else "rendered",
                     "tracker": name,
                     **score_tracks(frames).as_dict(),
                     "count_diff": sum(abs(expected[k] - got[k]) for k in keys),
@@ -385,30 +443,49 @@ def output_stage(per_frame: int, seconds: float = 3.0) -> list[dict[str, Any]]:
     streams = [f"s{i:02d}" for i in range(32)]
     rng = np.random.default_rng(1)
     x0 = rng.uniform(0, 1000, (len(streams), per_frame))
+    # one look per object (what the worker sends on a stream with appearance_s)
+    looks = [[as_bytes(v) for v in unit(rng.uniform(0, 1, (per_frame, DIMS)))] for _ in streams]
 
-    def batch(batch_id: int) -> BatchResult:
+    def batch(batch_id: int, with_looks: bool = False) -> BatchResult:
         seq = batch_id
         results = []
         for s, sid in enumerate(streams):
             dets = tuple(
-                Detection(0, "person", 0.9, x + 3 * seq % 200, 100.0, x + 3 * seq % 200 + 60, 260.0)
-                for x in x0[s]
+                Detection(
+                    0,
+                    "person",
+                    0.9,
+                    x + 3 * seq % 200,
+                    100.0,
+                    x + 3 * seq % 200 + 60,
+                    260.0,
+                    appearance=looks[s][j] if with_looks else None,
+                )
+                for j, x in enumerate(x0[s])
             )
             ref = FrameRef(sid, seq, None, 1e9 + seq / 10, 1.0, "p", 0, lb)
             results.append(FrameResult(ref, dets, 1.0, 1.0, 32, 0, 1e9))
         return BatchResult(batch_id, 0, tuple(results))
 
-    variants: dict[str, list[Any]] = {
-        "no processor (before tracking)": [],
-        "tracking processor, no stream tracked (default)": [TrackingProcessor({})],
-        "every stream tracked": [TrackingProcessor({s: TrackingConfig() for s in streams})],
+    looked = TrackingConfig(appearance_s=3.0)
+    variants: dict[str, tuple[list[Any], bool]] = {
+        "no processor (before tracking)": ([], False),
+        "tracking processor, no stream tracked (default)": ([TrackingProcessor({})], False),
+        "every stream tracked": (
+            [TrackingProcessor({s: TrackingConfig() for s in streams})],
+            False,
+        ),
+        "every stream tracked, appearance_s 3": (
+            [TrackingProcessor({s: looked for s in streams})],
+            True,
+        ),
     }
     rows = []
-    for name, processors in variants.items():
+    for name, (processors, with_looks) in variants.items():
         stage = OutputStage([counting_sink()], processors=processors)
         n, spent, batch_id = 0, 0.0, 1
         while spent < seconds:
-            work = batch(batch_id)  # built outside the measured time
+            work = batch(batch_id, with_looks)  # built outside the measured time
             start = time.process_time()
             n += stage.on_result(work)
             spent += time.process_time() - start
@@ -436,10 +513,12 @@ def pipeline(rounds: int, seconds: float, streams: int) -> list[dict[str, Any]]:
         "zones": [{"id": "z", "points": [[0.6, 0.3], [0.9, 0.3], [0.9, 1], [0.6, 1]]}],
         "lines": [{"id": "l", "start": [0.3, 0], "end": [0.3, 1]}],
     }
+    appearance = {**tracking, "appearance_s": 3.0}  # the workers describe every box too
     rows = []
     with EmbeddedRedis() as server:
         for r in range(rounds):
-            for name, section in (("off", None), ("on", tracking)):
+            modes = (("off", None), ("on", tracking), ("appearance", appearance))
+            for name, section in modes:
                 out = run_visionflow(clips, seconds, server.url, 8, tracking=section)
                 rows.append(
                     {
@@ -462,6 +541,10 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
         "fps_ratio_on_off": round(mean("fps", "on") / mean("fps", "off"), 3),
         "cpu_per_frame_ratio_on_off": round(
             mean("cpu_ms_per_frame", "on") / mean("cpu_ms_per_frame", "off"), 3
+        ),
+        "fps_ratio_appearance_off": round(mean("fps", "appearance") / mean("fps", "off"), 3),
+        "cpu_per_frame_ratio_appearance_off": round(
+            mean("cpu_ms_per_frame", "appearance") / mean("cpu_ms_per_frame", "off"), 3
         ),
     }
 
@@ -508,6 +591,12 @@ def main() -> None:
     parser.add_argument("--pipeline-seconds", type=float, default=10.0)
     parser.add_argument("--streams", type=int, default=8, help="pipeline section's streams")
     parser.add_argument("--skip", default="", help="comma-separated sections to leave out")
+    parser.add_argument(
+        "--coded",
+        action="store_true",
+        help="truth section: also on the scenes encoded (H.264) and decoded as the "
+        "pipeline's truth test serves and ingest reads them",
+    )
     args = parser.parse_args()
     seeds = [(k, int(v)) for k, v in (s.split(":") for s in args.seeds.split(","))]
     install = install_cost(args.trackers_path)  # before it is on sys.path
@@ -529,7 +618,10 @@ def main() -> None:
         print(table(result["accuracy"], columns))
     if "truth" not in skip:
         result["truth"] = truth_rows(args.seconds, args.fps, seeds)
-        columns = ["scene", "seed", "tracker", "idf1", "mota", "id_switches", "count_diff"]
+        if args.coded:
+            result["truth"] += truth_rows(args.seconds, args.fps, seeds, coded=True)
+        columns = ["scene", "seed", "video", "tracker", "idf1", "mota", "id_switches"]
+        columns.append("count_diff")
         print(table(result["truth"], [*columns, "truth_counts"]))
     if "output_stage" not in skip:
         result["output_stage"] = output_stage(0) + output_stage(5)
