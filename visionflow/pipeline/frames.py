@@ -71,7 +71,7 @@ class Detection:
     x2: float
     y2: float
     track_id: int | None = None  # set by the tracker (output stage) on tracked streams
-    # appearance descriptor (visionflow.pipeline.appearance: 12 float16, 24 bytes), only on
+    # appearance descriptor (visionflow.pipeline.appearance: 64 float16, 128 bytes), only on
     # streams whose tracking re-identifies by appearance; internal, never written to Redis
     appearance: bytes | None = None
 
