@@ -52,11 +52,11 @@ def _rate(torch: Any, run: Any, batch: int, seconds: float) -> float:
 
 
 def _engine_variant(
-    torch: Any, model: Path, fuse: bool, compile: bool, seconds: float
+    torch: Any, model: Path, fuse: bool, compiled: bool, seconds: float
 ) -> dict[int, Any]:
     from visionflow.engines.torch_cuda import TorchCudaConfig, TorchCudaEngine
 
-    config = TorchCudaConfig(fuse_activations=fuse, compile=compile)
+    config = TorchCudaConfig(fuse_activations=fuse, compile=compiled)
     started = time.perf_counter()
     engine = TorchCudaEngine(config, model, max(BATCHES))
     built = f"built in {time.perf_counter() - started:.0f} s"
@@ -67,7 +67,8 @@ def _engine_variant(
         torch.manual_seed(0)
         bucket.static_in.copy_(torch.rand_like(bucket.static_in))
         rate = _rate(torch, lambda b=batch: engine._forward_static(slot, b), batch, seconds)
-        out[batch] = (rate, engine.graph_error or engine.compile_error or built)
+        failed = engine.compile_error and f"NOT COMPILED: {engine.compile_error}"
+        out[batch] = (rate, engine.graph_error or failed or built)
     engine.close()
     return out
 
@@ -90,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     model = _model(args.work)
     variants: dict[str, dict[int, Any]] = {}
-    for name, fuse, compile in VARIANTS:
-        variants[name] = _engine_variant(torch, model, fuse, compile, args.seconds)
+    for name, fuse, compiled in VARIANTS:
+        variants[name] = _engine_variant(torch, model, fuse, compiled, args.seconds)
         _progress(name, variants)
     rows = []
     for name, by_batch in variants.items():

@@ -109,3 +109,16 @@ def test_batches_queued_per_worker_follow_the_engine_unless_set() -> None:
     assert auto.worker_capacity(TorchCudaConfig(inflight=3)) == 6
     assert auto.worker_capacity(TensorRTConfig(contexts=3)) == 6
     assert BatchingConfig(max_inflight_per_worker=1).worker_capacity(TorchCudaConfig()) == 1
+
+
+def test_wait_ready_waits_as_long_as_an_engine_may_take_to_load() -> None:
+    """Compiling (torch-cuda ``compile``) or building (TensorRT) takes minutes at a first
+    start: the default readiness wait must not give up after the 60 s a plain load needs."""
+    from visionflow.engines.ort import OnnxRuntimeConfig
+    from visionflow.engines.torch_cuda import TorchCudaConfig
+    from visionflow.engines.trt import TensorRTConfig
+
+    assert OnnxRuntimeConfig().load_timeout_s() == 60.0
+    assert TorchCudaConfig().load_timeout_s() == 60.0
+    assert TorchCudaConfig(compile=True).load_timeout_s() >= 600.0
+    assert TensorRTConfig().load_timeout_s() >= 600.0

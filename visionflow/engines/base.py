@@ -46,6 +46,11 @@ class EngineConfigBase(BaseModel):
         """How many batches an engine of this config runs at once (its in-flight depth)."""
         return 1
 
+    def load_timeout_s(self) -> float:
+        """How long a worker may take to load an engine of this config before
+        :meth:`~visionflow.workers.supervisor.Pipeline.wait_ready` gives up."""
+        return 60.0
+
 
 @dataclass(frozen=True)
 class EngineInfo:

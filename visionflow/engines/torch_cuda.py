@@ -15,9 +15,10 @@ TensorRT.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -90,6 +91,9 @@ class TorchCudaConfig(EngineConfigBase):
 
     def batches_at_once(self) -> int:
         return self.inflight
+
+    def load_timeout_s(self) -> float:
+        return 900.0 if self.compile else 60.0  # compiling: ~3 min for 7 buckets, cold cache
 
     device: int = Field(default=0, ge=0, description="CUDA device ordinal inside the worker.")
 
@@ -493,11 +497,12 @@ class TorchCudaEngine(Engine):
         _allow_recompiles(torch, 8 * len(self._modules))
         log.info("compiling %d batch buckets (a first start takes minutes)", len(self._modules))
         try:
-            for size, module in self._modules.items():
-                fast = torch.compile(module, dynamic=False)
-                with torch.inference_mode():
-                    fast(self._new_input(size))
-                compiled[size] = fast
+            with _strict_dynamo(torch):
+                for size, module in self._modules.items():
+                    fast = torch.compile(module, dynamic=False)
+                    with torch.inference_mode():
+                        fast(self._new_input(size))
+                    compiled[size] = fast
         except Exception as exc:
             self.compile_error = f"{type(exc).__name__}: {exc}"
             log.warning("torch.compile failed (%s); running the converted model", exc)
@@ -682,6 +687,22 @@ class TorchCudaEngine(Engine):
         self._ring.slots.clear()
         self._modules.clear()
         self._torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def _strict_dynamo(torch: Any) -> Iterator[None]:
+    """While the buckets compile: a failure raises (so the engine falls back to the converted
+    model as a whole) instead of dynamo quietly running a frame uncompiled."""
+    config = torch._dynamo.config
+    wanted = {"fail_on_recompile_limit_hit": True, "suppress_errors": False}
+    saved = {name: getattr(config, name) for name in wanted if hasattr(config, name)}
+    for name in saved:
+        setattr(config, name, wanted[name])
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(config, name, value)
 
 
 def _allow_recompiles(torch: Any, at_least: int) -> None:

@@ -49,8 +49,11 @@ def _is_plain_mul(module: Any, node: Any) -> bool:
 def fuse_silu(module: Any) -> int:
     """Rewrite every ``x * sigmoid(x)`` of an fx ``GraphModule`` as ``silu(x)``, in place.
 
-    A sigmoid still read elsewhere (a class score, say) is kept for that reader.  Returns how
-    many products were rewritten.
+    A sigmoid still read elsewhere (a class score, say) is kept for that reader.  Matched:
+    the module and function forms (``nn.Sigmoid``/``torch.sigmoid`` times onnx2torch's ``Mul``,
+    ``torch.mul`` or ``*``), not the method forms (``x.sigmoid()``), which onnx2torch does not
+    emit.  When anything is fused, dead nodes anywhere in the graph are removed too.  Returns
+    how many products were rewritten.
     """
     import torch
 

@@ -130,6 +130,9 @@ class TensorRTConfig(EngineConfigBase):
     def batches_at_once(self) -> int:
         return self.contexts
 
+    def load_timeout_s(self) -> float:
+        return 1800.0  # a first start builds the engine (INT8: calibrates too): minutes
+
 
 # ---------------------------------------------------------------------------- pure logic
 def decode_in_engine_nms(

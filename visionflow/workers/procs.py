@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,22 +37,48 @@ HEALTHY_LIFE_S = 30.0  # a child that lived longer starts the schedule again
 # product in the tracker: 60 us on one thread, 3.7 ms with OpenBLAS's threads on a busy
 # 2-core machine).  Children start with one BLAS thread unless the user's environment says
 # otherwise; spawned children read it when they import numpy.
-CHILD_ENV = {"OPENBLAS_NUM_THREADS": "1"}
-_ENV_LOCK = threading.Lock()
+CHILD_ENV: Mapping[str, str] = {"OPENBLAS_NUM_THREADS": "1"}
+
+
+class _ChildEnvironment:
+    """Counts the spawns in progress; the first sets the values (where not set already), the
+    last removes them.  The lock is held only to count, never across a spawn: a spawn takes
+    the pipeline's own locks, which another thread may hold while it starts a child."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.added: list[str] = []
+
+    def enter(self, values: Mapping[str, str]) -> None:
+        with self.lock:
+            if self.users == 0:
+                self.added = [k for k in values if k not in os.environ]
+                for key in self.added:
+                    os.environ[key] = values[key]
+            self.users += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users == 0:
+                for key in self.added:
+                    os.environ.pop(key, None)
+                self.added = []
+
+
+_CHILD_ENVIRONMENT = _ChildEnvironment()
 
 
 @contextlib.contextmanager
-def child_environment(values: dict[str, str] = CHILD_ENV) -> Iterator[None]:
-    """``values`` in ``os.environ`` (where not set already) while a child is spawned."""
-    with _ENV_LOCK:
-        added = [k for k in values if k not in os.environ]
-        for key in added:
-            os.environ[key] = values[key]
-        try:
-            yield
-        finally:
-            for key in added:
-                os.environ.pop(key, None)
+def child_environment(values: Mapping[str, str] = CHILD_ENV) -> Iterator[None]:
+    """``values`` in ``os.environ`` (where not set already) while a child is spawned; safe
+    to nest and to enter from several threads at once."""
+    _CHILD_ENVIRONMENT.enter(values)
+    try:
+        yield
+    finally:
+        _CHILD_ENVIRONMENT.leave()
 
 
 def restart_delay(lived_s: float, restarts: int) -> float:

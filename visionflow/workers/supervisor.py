@@ -183,8 +183,12 @@ class Pipeline:
         """One per placement for GPU backends, ``inference_workers`` otherwise."""
         return len(self._worker_env) or self.config.workers.inference_workers
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Block until every inference worker loaded its engine (raises on failure)."""
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until every inference worker loaded its engine (raises on failure); by
+        default as long as the engine may take to load (``load_timeout_s``: 60 s, longer for
+        a ``torch-cuda`` engine that compiles)."""
+        if timeout is None:
+            timeout = self.config.engine.load_timeout_s()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             workers = self.board.worker_states()

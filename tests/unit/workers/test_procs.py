@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
 from typing import Any
 
 from visionflow.workers.procs import ProcessGroup, child_environment, restart_delay
@@ -156,3 +157,32 @@ def test_children_start_with_one_blas_thread_and_the_parent_environment_is_left_
 def _start(process: Any) -> Any:
     process.start()
     return process
+
+
+def test_spawns_on_two_threads_do_not_wait_for_each_other(monkeypatch: Any) -> None:
+    # a spawn takes the pipeline's locks; another thread holding one of them may be starting a
+    # child too: the environment must never make one spawn wait for another
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    inside = threading.Event()
+    pipeline_lock = threading.Lock()
+
+    def slow_spawn(_: int) -> Any:
+        inside.set()
+        with pipeline_lock:  # held by the main thread below
+            pass
+        return Proc()
+
+    group = ProcessGroup()
+    thread = threading.Thread(target=lambda: group.add("a", slow_spawn), daemon=True)
+    with pipeline_lock:
+        thread.start()
+        assert inside.wait(10), "the first spawn never started"
+        second = threading.Thread(target=lambda: group.add("b", lambda _: Proc()), daemon=True)
+        second.start()
+        second.join(10)
+        assert not second.is_alive(), "a spawn waited for another thread's spawn"
+        assert os.environ.get("OPENBLAS_NUM_THREADS") == "1"  # the first is still spawning
+    thread.join(10)
+    assert not thread.is_alive(), "the first spawn never finished"
+    assert set(group.children) == {"a", "b"}
+    assert "OPENBLAS_NUM_THREADS" not in os.environ  # the last one out removed it
