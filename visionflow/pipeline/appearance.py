@@ -13,20 +13,25 @@ histogram of :data:`BINS` x :data:`BINS` x :data:`BINS` RGB bins; the ring's sha
 from the box's (clipped at 0), what is left is the object's colours (a box with almost nothing
 left keeps its own histogram); the square roots of the bins, L2-normalised, make :data:`DIMS`
 (64) numbers, sent as float16 bytes (128 bytes per detection), so the cosine of two is their
-Bhattacharyya coefficient.  Measured on the tuning scenes (seeds 11-18, ``bench/tracking.py``):
-the share of other objects' descriptors of a class nearer than the 90th percentile of the same
-object's fell from 0.10 to 0.01 for bicycles (a box mostly background, where the mean colours
-of 4 bands, the descriptor before this one, were mostly the background's), 0.05 to 0.001 for
-cars and 0.003 to 0 for people, and the tracker's mean IDF1 with re-identification by
-appearance rose from 0.944 / 0.880 / 0.888 to 0.970 / 0.913 / 0.915 (crossing / occlusion /
-re-entering) with half the ID switches.  It has no layout: a red shirt over blue trousers and
+Bhattacharyya coefficient (no bin is negative: their cosine distance is 0..1).  Ad-hoc
+diagnostics on the tuning scenes (seeds 11-18; scratch scripts not in the repository, no
+results file): the share of other objects' descriptors of a class nearer than the 90th
+percentile of the same object's fell from 0.10 to 0.01 for bicycles (a box mostly background,
+where the mean colours of 4 bands, the descriptor before this one, were mostly the
+background's), 0.05 to 0.001 for cars and 0.003 to 0 for people, and the tracker's mean IDF1
+with re-identification by appearance rose from 0.944 / 0.880 / 0.888 to 0.970 / 0.913 / 0.915
+(crossing / occlusion / re-entering) with half the ID switches; held-out figures:
+``bench/tracking.py`` (README, issue 11).  It has no layout: a red shirt over blue trousers and
 a blue shirt over red trousers look alike; nor does it tell two objects of the same colours,
 and it moves with the light.  A CNN re-id embedding is far stronger and far dearer.  It is
 internal: never published to Redis.
 
 The sampling gathers a fixed number of pixels per box whatever its size (``bench/tracking.py``
 ``descriptor``: about 0.2 / 0.3 / 0.5 ms of CPU for a frame's 1 / 5 / 20 boxes on a busy
-2-core VM, 0.7-0.8x of the first version of this histogram, with bit-identical output);
+2-core VM; in an ad-hoc interleaved comparison 0.66 / 0.69 / 0.78x of the first version of
+this histogram with 1 / 5 / 20 boxes, 0.87x with 50, with the same output: the unit tests
+compare with that version's stored descriptors); a box with a NaN or infinite coordinate,
+empty, inverted or outside the image gets no descriptor and never reaches index arithmetic;
 host frames (CPU / ONNX Runtime engines) are sampled with numpy, frames in GPU memory with
 torch, a whole batch at once (one gather, one copy of ``K x 240`` pixels to the host), and
 the histograms are made on the host in both cases (the same code).
@@ -58,20 +63,27 @@ DTYPE = np.float16  # of the bytes a Detection carries
 DESCRIPTOR_BYTES = DIMS * np.dtype(DTYPE).itemsize
 Descriptor = bytes
 IntArray = npt.NDArray[np.int64]
+#: what a box with no descriptor (NaN, infinite, empty, inverted, outside the image) is
+#: sampled as: a finite box, so that no index is worked out from a NaN or an infinity
+_HARMLESS = np.array([0.0, 0.0, 1.0, 1.0])
 
 
 def pixel_bounds(
     boxes: npt.NDArray[np.floating], width: int, height: int
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
     """``[K, 4]`` float xyxy boxes -> integer pixel bounds ``[K, 4]`` (x0, y0, x1, y1; x1, y1
-    exclusive) clipped to the image, and which boxes keep at least one pixel."""
+    exclusive) clipped to the image, and which boxes keep at least one pixel.  A box with a
+    NaN or infinite coordinate keeps none: its bounds are those of :data:`_HARMLESS` (every
+    row's bounds are indices into the image, whatever came in)."""
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    finite: npt.NDArray[np.bool_] = np.asarray(np.isfinite(b).all(axis=1))
+    b = np.where(finite[:, None], b, _HARMLESS)
     x0 = np.clip(np.floor(b[:, 0]), 0, width)
     y0 = np.clip(np.floor(b[:, 1]), 0, height)
     x1 = np.clip(np.ceil(b[:, 2]), 0, width)
     y1 = np.clip(np.ceil(b[:, 3]), 0, height)
     bounds = np.stack([x0, y0, x1, y1], axis=1).astype(np.int64)
-    valid = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]) & (x1 > x0) & (y1 > y0)
+    valid = finite & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]) & (x1 > x0) & (y1 > y0)
     return bounds, valid
 
 
@@ -112,6 +124,11 @@ def sample_points(
     grid inside it (clipped to the image); rows and columns ``[K, RING]`` of the ring around
     it (the box grown by :data:`RING_GROW` of its size each way; clamped into the image) and
     which ring points really are inside the image; which boxes have a pixel in the image.
+    Every index is in the image (given one of at least a pixel) whatever the boxes: a box
+    with a NaN or infinite coordinate, empty, inverted or outside the image is not valid
+    and is sampled as :data:`_HARMLESS` (its descriptor is zeros), and ring points that do
+    not come out finite are outside (on the device an index out of range is a device-side
+    assert that takes the worker's CUDA context with it).
 
     The ring layout is worked out once (:data:`_RING_LAYOUT`); a point on a side that does
     not move along an axis takes that side's coordinate exactly, one that moves takes
@@ -119,21 +136,25 @@ def sample_points(
     side with ``np.select``, at a fraction of the cost for the few boxes of a frame)."""
     bounds, valid = pixel_bounds(boxes, width, height)
     x0, y0, x1, y1 = (bounds[:, i : i + 1].astype(np.float64) for i in range(4))
-    ys = np.clip(np.floor(y0 + _GRID_FY * (y1 - y0)), 0, height - 1).astype(np.int64)
-    xs = np.clip(np.floor(x0 + _GRID_FX * (x1 - x0)), 0, width - 1).astype(np.int64)
-    b = np.asarray(boxes, np.float64).reshape(-1, 4)
-    gx = RING_GROW * (b[:, 2] - b[:, 0])[:, None]
-    gy = RING_GROW * (b[:, 3] - b[:, 1])[:, None]
-    left, top = b[:, 0:1] - gx, b[:, 1:2] - gy
-    right, bottom = b[:, 2:3] + gx, b[:, 3:4] + gy
-    ring = _RING_LAYOUT
-    start_x = np.where(ring.from_left, left, right)
-    start_y = np.where(ring.from_top, top, bottom)
-    rx = np.where(ring.x_moves, start_x + ring.x_step * (right - left), start_x)
-    ry = np.where(ring.y_moves, start_y + ring.y_step * (bottom - top), start_y)
-    inside = (rx >= 0) & (rx < width) & (ry >= 0) & (ry < height)
-    ring_y = np.clip(np.floor(ry), 0, height - 1).astype(np.int64)
-    ring_x = np.clip(np.floor(rx), 0, width - 1).astype(np.int64)
+    ys = np.clip(np.floor(y0 + _GRID_FY * (y1 - y0)), 0, max(height - 1, 0)).astype(np.int64)
+    xs = np.clip(np.floor(x0 + _GRID_FX * (x1 - x0)), 0, max(width - 1, 0)).astype(np.int64)
+    b = np.where(valid[:, None], np.asarray(boxes, np.float64).reshape(-1, 4), _HARMLESS)
+    with np.errstate(over="ignore", invalid="ignore"):  # a huge box: see below
+        gx = RING_GROW * (b[:, 2] - b[:, 0])[:, None]
+        gy = RING_GROW * (b[:, 3] - b[:, 1])[:, None]
+        left, top = b[:, 0:1] - gx, b[:, 1:2] - gy
+        right, bottom = b[:, 2:3] + gx, b[:, 3:4] + gy
+        ring = _RING_LAYOUT
+        start_x = np.where(ring.from_left, left, right)
+        start_y = np.where(ring.from_top, top, bottom)
+        rx = np.where(ring.x_moves, start_x + ring.x_step * (right - left), start_x)
+        ry = np.where(ring.y_moves, start_y + ring.y_step * (bottom - top), start_y)
+    # a box so large that its ring overflows (inf - inf): those points are not in the image
+    finite = np.isfinite(rx) & np.isfinite(ry)
+    rx, ry = np.where(finite, rx, 0.0), np.where(finite, ry, 0.0)
+    inside = finite & (rx >= 0) & (rx < width) & (ry >= 0) & (ry < height)
+    ring_y = np.clip(np.floor(ry), 0, max(height - 1, 0)).astype(np.int64)
+    ring_x = np.clip(np.floor(rx), 0, max(width - 1, 0)).astype(np.int64)
     return ys, xs, ring_y, ring_x, inside, valid
 
 
@@ -192,9 +213,12 @@ def describe_host(
     image: npt.NDArray[np.uint8], boxes: npt.NDArray[np.floating]
 ) -> npt.NDArray[np.float32]:
     """Descriptors ``[K, DIMS]`` of ``boxes`` (xyxy, image pixels) on an ``[H, W, 3]`` uint8
-    image; rows of zeros for boxes with no pixel inside the image."""
+    image; rows of zeros for boxes with no pixel inside the image (empty, inverted, outside,
+    or with a NaN or infinite coordinate)."""
     height, width = int(image.shape[0]), int(image.shape[1])
     ys, xs, ring_y, ring_x, inside, valid = sample_points(boxes, width, height)
+    if not valid.any():
+        return np.zeros((len(valid), DIMS), np.float32)
     inner = image[ys[:, :, None], xs[:, None, :]]
     return from_samples(inner, image[ring_y, ring_x], inside, valid)
 
