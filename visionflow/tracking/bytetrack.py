@@ -244,9 +244,10 @@ def unit_rows(features: Array) -> Array:
 
 
 def appearance_distance(a: Array, b: Array) -> Array:
-    """Cosine distance ``[len(a), len(b)]`` of unit descriptors (0: same direction, 2:
-    opposite); 0 where either has none (a row of zeros), so a missing descriptor never
-    forbids a pair: callers decide by :func:`has_descriptor`."""
+    """Cosine distance ``[len(a), len(b)]`` of unit descriptors (0: same direction; at most
+    1 for the non-negative histograms of :mod:`visionflow.pipeline.appearance`, 2 for
+    opposite vectors in general); 0 where either has none (a row of zeros), so a missing
+    descriptor never forbids a pair: callers decide by :func:`has_descriptor`."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
     both = has_descriptor(a)[:, None] & has_descriptor(b)[None, :]

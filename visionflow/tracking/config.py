@@ -246,9 +246,12 @@ class TrackingConfig(_Strict):
     appearance_dist: float = Field(
         default=0.2,
         gt=0,
-        le=2,
+        le=1,
         description="Re-identification by appearance: the largest cosine distance between "
-        "the track's descriptor (a moving average of its detections') and the detection's.",
+        "the track's descriptor (a moving average of its detections') and the detection's; "
+        "the descriptors are square-rooted colour histograms (no negative bin), so the "
+        "distance is 0..1.  0.2 was chosen (0.1-0.3 tried) for the descriptor before this "
+        "one (mean colours of 4 bands) and not re-tuned for the histogram.",
     )
     appearance_size: float = Field(
         default=0.3,
@@ -260,10 +263,11 @@ class TrackingConfig(_Strict):
     appearance_gate: float = Field(
         default=0.3,
         ge=0,
-        le=2,
+        le=1,
         description="With appearance_s: a detection may not continue a track whose "
-        "descriptor is farther than this (cosine distance) in the IoU matching either, so "
-        "two overlapping objects of unlike colours do not swap ids; 0: off.",
+        "descriptor is farther than this (cosine distance, 0..1 for these histograms) in the "
+        "IoU matching either, so two overlapping objects of unlike colours do not swap ids; "
+        "0: off.",
     )
     anchor: Anchor = Field(
         default="bottom_center",

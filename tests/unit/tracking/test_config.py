@@ -122,7 +122,8 @@ def test_an_empty_label_list_means_every_label():
         ({"appearance_s": -1}, "appearance_s"),
         ({"appearance_s": 601}, "appearance_s"),
         ({"appearance_dist": 0}, "appearance_dist"),
-        ({"appearance_dist": 2.5}, "appearance_dist"),
+        ({"appearance_dist": 1.5}, "appearance_dist"),  # the histograms' distance is 0..1
+        ({"appearance_gate": 1.2}, "appearance_gate"),
         ({"appearance_size": 0}, "appearance_size"),
         ({"appearance_gate": -0.1}, "appearance_gate"),
         ({"appearance": True}, "appearance"),  # not a field: a typo must not pass silently
