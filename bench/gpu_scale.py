@@ -12,7 +12,10 @@ Sections (each in its own subprocess with a time limit, ``DIR/<section>.json``):
   clips       the 1080p30 clip (bench/gpu_bench.py's renderer)
   ramp_1gpu   ``workers.gpus: [0]``: streams added in steps until a window shows drops or p99 >
               250 ms, then straight to 2x the sustained count (published fps there vs the peak,
-              slowest stream vs the fair share, p99)
+              slowest stream vs the fair share, p99); ``VF_RAMP_LEVELS`` the steps,
+              ``VF_RAMP_ENGINE`` engine settings as JSON (``{"compile": true}``),
+              ``VF_RAMP_INGEST`` ingest processes (default 0: automatic),
+              ``VF_RAMP_OVERRIDES`` other settings by section as JSON
   ramp_all    the same over every GPU (``workers.gpus`` unset)
   kill        every GPU, a fixed stream count; one inference worker is SIGKILLed mid-run:
               batches per worker before/after, drops by reason, ledger violations, and the
@@ -244,6 +247,8 @@ def ramp(
     settle_s: float = 15.0,
     window_s: float = 8.0,
     engine: dict[str, Any] | None = None,
+    ingest_processes: int = 0,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     import logging
 
@@ -257,7 +262,9 @@ def ramp(
     runs: list[dict[str, Any]] = []
     with EmbeddedRedis() as server:
         prefix = "scale"
-        cfg = _config(work, server.url, prefix, levels[0], gpus, engine)
+        cfg = _config(
+            work, server.url, prefix, levels[0], gpus, engine, ingest_processes, overrides=overrides
+        )
         client = redis.Redis.from_url(server.url)
         p = Pipeline(cfg, server.url, log_level=logging.WARNING)
         p.start()
@@ -287,6 +294,8 @@ def ramp(
     return {
         "gpus": gpus,
         "engine": engine or {},
+        "ingest_processes": ingest_processes or "auto",
+        "overrides": overrides or {},
         "runs": runs,
         "sustained_streams": best,
         "peak_published_fps": peak,
@@ -721,7 +730,17 @@ def section_clips(work: Path) -> dict[str, Any]:
 def section_ramp_1gpu(work: Path) -> dict[str, Any]:
     # NVDEC decodes ~2,340 fps of this clip on one H100 (~78 streams): steps around that
     levels = os.environ.get("VF_RAMP_LEVELS", "32,48,64,72,80,96")
-    return ramp(work, [0], [int(n) for n in levels.split(",")])
+    engine = json.loads(os.environ.get("VF_RAMP_ENGINE", "{}"))  # e.g. {"compile": true}
+    procs = int(os.environ.get("VF_RAMP_INGEST", "0"))  # ingest processes (0: automatic)
+    overrides = json.loads(os.environ.get("VF_RAMP_OVERRIDES", "{}"))  # {"batching": {...}}
+    return ramp(
+        work,
+        [0],
+        [int(n) for n in levels.split(",")],
+        engine=engine,
+        ingest_processes=procs,
+        overrides=overrides,
+    )
 
 
 def section_ramp_all(work: Path) -> dict[str, Any]:

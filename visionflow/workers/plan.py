@@ -37,12 +37,24 @@ STREAMS_PER_PROCESS = 8  # CPU decode: each process's cores do the decoding
 # streams (on one H100, 128 streams: 1 process 2,310 published fps at 0 drops, 2-3 processes
 # 2,130-2,180 with drops, 16 processes collapsed: bench/README.md, ``procs_n``)
 GPU_STREAMS_PER_PROCESS = 128
+# ...unless the model leaves the card time to spare: with ``engine.compile`` (torch-cuda, twice
+# the images/s) one process's readers became the limit near 2,600 decoded fps and two
+# processes per GPU sustained 96 streams against 80 (one H200, bench/README.md, "the compiled
+# engine end to end")
+GPU_STREAMS_PER_PROCESS_FAST_ENGINE = 64
 
 
-def streams_per_process(plan: IngestPlan) -> int:
-    """How many streams one automatically planned process of ``plan`` reads (DALI, not
-    measured that way, keeps the CPU figure)."""
-    return GPU_STREAMS_PER_PROCESS if plan.decode == "nvdec" else STREAMS_PER_PROCESS
+def gpu_streams_per_process(config: AppConfig) -> int:
+    """How many NVDEC streams one automatically planned process reads with this engine."""
+    fast = bool(getattr(config.engine, "compile", False))
+    return GPU_STREAMS_PER_PROCESS_FAST_ENGINE if fast else GPU_STREAMS_PER_PROCESS
+
+
+def streams_per_process(plan: IngestPlan, gpu: int = GPU_STREAMS_PER_PROCESS) -> int:
+    """How many streams one automatically planned process of ``plan`` reads: ``gpu``
+    (:func:`gpu_streams_per_process`) for NVDEC; DALI, not measured that way, keeps the CPU
+    figure."""
+    return gpu if plan.decode == "nvdec" else STREAMS_PER_PROCESS
 
 
 @dataclass(frozen=True)
@@ -111,6 +123,7 @@ def place_added_stream(
     grow: bool,
     max_processes: int,
     candidates: Sequence[IngestPlan] = (),
+    gpu_per_process: int = GPU_STREAMS_PER_PROCESS,
 ) -> tuple[int, IngestPlan, bool]:
     """Where a stream added at run time goes: ``(process index, its plan, new process?)``.
 
@@ -121,7 +134,7 @@ def place_added_stream(
     process with the fewest streams; when that one already has :func:`streams_per_process` (or
     the plan has no process yet) and ``grow`` allows, a new process with that plan (at most
     ``max_processes`` in all), so streams added later get processes as those configured at
-    start do."""
+    start do (``gpu_per_process``: :func:`gpu_streams_per_process`)."""
     room = grow and len(plans) < max_processes
     totals: dict[IngestPlan, int] = {}
     for index in sorted(plans):
@@ -133,7 +146,7 @@ def place_added_stream(
     if not members:  # a decode slot without a process yet (only offered with room)
         return max(plans) + 1, plan, True
     index = min(members, key=lambda i: (loads.get(i, 0), i))
-    if room and loads.get(index, 0) >= streams_per_process(plan):
+    if room and loads.get(index, 0) >= streams_per_process(plan, gpu_per_process):
         return max(plans) + 1, plan, True
     return index, plan, False
 
@@ -189,7 +202,8 @@ def plan_ingest(
             plan = IngestPlan()
         else:
             plan = _slot_plan(config, decode, slot)
-        count = _process_count(config, len(members), len(streams), streams_per_process(plan))
+        per_process = streams_per_process(plan, gpu_streams_per_process(config))
+        count = _process_count(config, len(members), len(streams), per_process)
         for group in _split(members, count):
             groups.append(IngestGroup(plan, tuple(group)))
     return groups

@@ -167,6 +167,40 @@ def test_gpu_decode_reads_many_streams_per_process_cpu_decode_few(monkeypatch):
     assert len(planning.plan_ingest(cfg, cfg.streams[:128], "cpu")) == 16
 
 
+def test_a_compiled_engine_gets_a_second_gpu_ingest_process_past_64_streams(monkeypatch):
+    """With ``engine.compile`` the card has time to spare and one process's readers limit
+    (one H200: 80 streams sustained with one process, 96 with two)."""
+    from visionflow.config import parse_config
+    from visionflow.workers import plan as planning
+    from visionflow.workers.ingest import IngestPlan
+
+    monkeypatch.setattr(planning, "usable_cores", lambda: 16)
+    streams = [{"id": f"c{i}", "url": f"rtsp://cam{i}/s"} for i in range(96)]
+    compiled = parse_config(
+        {"streams": streams, "engine": {"backend": "torch-cuda", "compile": True}}
+    )
+    one_gpu = discover(H100_FULL)
+    assert planning.gpu_streams_per_process(compiled) == 64
+    groups = planning.plan_ingest(compiled, compiled.streams, "nvdec", one_gpu)
+    assert [len(g.streams) for g in groups] == [48, 48]
+    assert len(planning.plan_ingest(compiled, compiled.streams[:64], "nvdec", one_gpu)) == 1
+    assert planning.gpu_streams_per_process(_config(1)) == 128  # not compiled
+    assert planning.gpu_streams_per_process(_config(1, backend="onnxruntime")) == 128
+    # streams added at run time: a new process once the one there reads 64
+    gpu0 = IngestPlan("nvdec", (("CUDA_VISIBLE_DEVICES", "0"),), True)
+    place = planning.place_added_stream
+    assert place({0: 63}, {0: gpu0}, grow=True, max_processes=8, gpu_per_process=64) == (
+        0,
+        gpu0,
+        False,
+    )
+    assert place({0: 64}, {0: gpu0}, grow=True, max_processes=8, gpu_per_process=64) == (
+        1,
+        gpu0,
+        True,
+    )
+
+
 def test_a_node_started_without_streams_spreads_added_ones_over_every_gpu():
     """A fleet node starts with one process on the first GPU and no streams; the decode
     slots' plans are offered as candidates, so added streams reach the other GPU too."""
