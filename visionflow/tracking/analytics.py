@@ -5,6 +5,12 @@ returns :class:`~visionflow.pipeline.frames.TrackEvent` s (enter, exit, loiter, 
 count increments ``(label, metric)``: ``tracks`` once per new track, ``zone:<z>:enter``,
 ``zone:<z>:exit``, ``line:<l>:in``, ``line:<l>:out`` once per track and bucket, so the
 counts in :data:`visionflow.schema.COUNT_BUCKET_S` buckets are unique tracks.
+
+A track the tracker gives up keeps its side of each line aside while the tracker may still
+give its id back (``reid_s`` / ``appearance_s``: an object that left and came back, or was
+hidden longer than ``lost_track_s``); when the id comes back it takes that side again, so a
+line the object crossed while unseen is counted when it is seen on the other side (as the
+truth counts it), instead of the id starting afresh with no side.
 """
 
 from __future__ import annotations
@@ -100,6 +106,8 @@ class _Line:
     end: tuple[float, float]
     margin_px: float
     sides: dict[int, _Side] = field(default_factory=dict)
+    #: sides of tracks given up, with the track clock then, while their id may come back
+    given_up: dict[int, tuple[_Side, float]] = field(default_factory=dict)
 
 
 class StreamAnalytics:
@@ -135,6 +143,8 @@ class StreamAnalytics:
                 )
         self._bucket = -1
         self._counted: set[tuple[int, str]] = set()
+        #: how long the tracker may give a removed track's id back (re-identification)
+        self._comeback_s = max(config.reid_s, config.appearance_s)
 
     def step(self, frame: Frame) -> tuple[list[TrackEvent], list[tuple[str, str]]]:
         events: list[TrackEvent] = []
@@ -173,6 +183,7 @@ class StreamAnalytics:
             zone.presence.clear()
         for line in self.lines:
             line.sides.clear()
+            line.given_up.clear()
         return events, self._count(events, frame.ts)
 
     def _exit(
@@ -249,7 +260,10 @@ class StreamAnalytics:
             if abs(distance) < max(line.margin_px, 1e-9):
                 continue
             side = 1 if distance > 0 else -1
-            state = line.sides.setdefault(seen.track_id, _Side())
+            state = line.sides.get(seen.track_id)
+            if state is None:  # a new track, or an id given up and re-identified: its side back
+                kept = line.given_up.pop(seen.track_id, None)
+                state = line.sides[seen.track_id] = kept[0] if kept else _Side()
             if (
                 state.side
                 and side != state.side
@@ -259,5 +273,11 @@ class StreamAnalytics:
                 events.append(_event("cross", seen, frame, line=cfg.id, direction=direction))
             state.side, state.point = side, point
         for track_id in frame.removed:
-            line.sides.pop(track_id, None)
+            gone = line.sides.pop(track_id, None)
+            if gone is not None and gone.side and self._comeback_s > 0:
+                line.given_up[track_id] = (gone, frame.clock)
+        if line.given_up:  # forget those whose id can no longer come back
+            late = frame.clock - self._comeback_s
+            for track_id in [i for i, (_, t) in line.given_up.items() if t < late]:
+                del line.given_up[track_id]
         return events

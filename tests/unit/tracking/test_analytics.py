@@ -86,3 +86,40 @@ def test_a_removed_track_inside_a_zone_exits_and_close_ends_every_presence():
     closed, closed_counts = analytics.close(Frame(2, 5.2, 0.2, []))
     assert [(e.kind, e.track_id) for e in closed] == [("exit", 2)]
     assert closed_counts == [("car", "zone:door:exit")]
+
+
+def play(config, frames, removed, t0=1_000_000_020.0, fps=10):
+    """Feed frames of [(track_id, x, y), ...] (anchor points, boxes 20x40 above them),
+    ``removed``: seq -> ids the tracker gave up then; collect events and counts."""
+    analytics = StreamAnalytics(TrackingConfig.model_validate(config), W, H)
+    events, counts, known = [], [], set()
+    for i, tracks in enumerate(frames):
+        seen = [Seen(t, "person", (x - 10, y - 40, x + 10, y)) for t, x, y in tracks]
+        born = [t for t, _, _ in tracks if t not in known]
+        known.update(born)
+        ev, co = analytics.step(Frame(i, t0 + i / fps, i / fps, seen, born, removed.get(i, [])))
+        events += ev
+        counts += co
+    return events, counts, analytics
+
+
+def test_an_id_given_up_and_re_identified_takes_its_line_side_back():
+    # walks right across the line (x 200) while unseen (frames 4-13), given up at frame 12,
+    # seen again with its old id (the tracker re-identified it) on the other side
+    path = [[] if 4 <= i < 14 else [(1, 100 + 20 * i, 100)] for i in range(16)]
+    for reid in ({"reid_s": 3.0}, {"appearance_s": 3.0}):
+        events, counts, analytics = play({"lines": [LINE], **reid}, path, {12: [1]})
+        assert [(e.kind, e.track_id, e.direction) for e in events] == [("cross", 1, "out")]
+        assert counts.count(("person", "line:mid:out")) == 1
+        assert analytics.lines[0].given_up == {}  # taken back
+    # without re-identification a given-up id never comes back: nothing is kept for it
+    _, _, analytics = play({"lines": [LINE]}, path[:13], {12: [1]})
+    assert analytics.lines[0].given_up == {} and analytics.lines[0].sides == {}
+
+
+def test_a_given_up_side_is_forgotten_once_its_id_cannot_come_back():
+    path = [[(1, 100, 100)], [(1, 120, 100)]] + [[]] * 9 + [[(2, 300, 100)]] * 30
+    _, _, analytics = play({"lines": [LINE], "reid_s": 2.0}, path, {10: [1]})
+    assert analytics.lines[0].given_up == {}  # 2 s after it was given up
+    _, _, analytics = play({"lines": [LINE], "reid_s": 2.0}, path[:25], {10: [1]})
+    assert list(analytics.lines[0].given_up) == [1]
