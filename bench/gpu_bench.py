@@ -548,26 +548,33 @@ def section_letterbox_gpu(work: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- end to end
 def _latency(
     client: Any, prefix: str, ids: list[str], since: float
-) -> tuple[float, float, int, dict[str, float]]:
-    """p50/p99 of capture→publish, sample count, and the p50 of each latency component
-    (decode, queue, inference, publish) to show where the time goes."""
+) -> tuple[float, float, int, dict[str, float], dict[str, float]]:
+    """p50/p99 of capture→publish, sample count, the p50 of each latency component (decode,
+    queue, inference, publish) to show where the time goes, and the mean of each component
+    over the slowest 1 % of entries (those at or above p99: where the tail comes from)."""
     import numpy as np
 
     from visionflow.schema import detections_key, parse_entry
 
-    parts: dict[str, list[float]] = {}
+    rows: list[dict[str, float]] = []
     for sid in ids:
         for eid, fields in client.xrange(detections_key(prefix, sid)):
             e = parse_entry(eid, fields)
-            if e.capture_ts >= since:
-                for k, v in e.latency_ms.items():
-                    parts.setdefault(k, []).append(v)
-    totals = parts.pop("total", [])
-    if not totals:
-        return 0.0, 0.0, 0, {}
-    medians = {k: round(float(np.percentile(v, 50)), 1) for k, v in parts.items()}
+            if e.capture_ts >= since and "total" in e.latency_ms:
+                rows.append(dict(e.latency_ms))
+    if not rows:
+        return 0.0, 0.0, 0, {}, {}
+    totals = [r["total"] for r in rows]
     p50, p99 = float(np.percentile(totals, 50)), float(np.percentile(totals, 99))
-    return p50, p99, len(totals), medians
+    keys = sorted({k for r in rows for k in r} - {"total"})
+    medians = {k: round(float(np.percentile([r[k] for r in rows if k in r], 50)), 1) for k in keys}
+    tail = [r for r in rows if r["total"] >= p99]
+    tail_means = {
+        k: round(float(np.mean([r[k] for r in tail if k in r])), 1)
+        for k in keys
+        if any(k in r for r in tail)
+    }
+    return p50, p99, len(totals), medians, tail_means
 
 
 def _window(p: Any, client: Any, prefix: str, seconds: float) -> dict[str, Any]:
@@ -582,7 +589,7 @@ def _window(p: Any, client: Any, prefix: str, seconds: float) -> dict[str, Any]:
     frames = sum(s.frames - before.get(s.stream_id, (0, 0, 0))[0] for s in after.streams)
     drops = sum(s.total_drops - before.get(s.stream_id, (0, 0, 0))[1] for s in after.streams)
     published = sum(s.published - before.get(s.stream_id, (0, 0, 0))[2] for s in after.streams)
-    p50, p99, counted, parts = _latency(client, prefix, ids, t0)
+    p50, p99, counted, parts, tail = _latency(client, prefix, ids, t0)
     batches_before = {w.worker_id: w.batches for w in before_workers}
     reasons: dict[str, int] = {}
     for s in after.streams:
@@ -614,6 +621,7 @@ def _window(p: Any, client: Any, prefix: str, seconds: float) -> dict[str, Any]:
         "p99_ms": round(p99, 1),
         "latency_samples": counted,
         "p50_parts_ms": parts,
+        "p99_tail_parts_ms": tail,
         "batches_per_worker": [
             w.batches - batches_before.get(w.worker_id, 0) for w in after.workers
         ],

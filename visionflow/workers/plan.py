@@ -122,8 +122,8 @@ def place_added_stream(
     *,
     grow: bool,
     max_processes: int,
+    gpu_per_process: int,
     candidates: Sequence[IngestPlan] = (),
-    gpu_per_process: int = GPU_STREAMS_PER_PROCESS,
 ) -> tuple[int, IngestPlan, bool]:
     """Where a stream added at run time goes: ``(process index, its plan, new process?)``.
 

@@ -65,6 +65,7 @@ from visionflow.workers.messages import (
 from visionflow.workers.output import OutputSpec, SetTracking, output_main
 from visionflow.workers.plan import (
     decode_plans,
+    gpu_streams_per_process,
     place_added_stream,
     plan_ingest,
     resolve_decode,
@@ -575,6 +576,7 @@ class Pipeline:
             grow=not self.config.workers.ingest_processes,
             max_processes=usable_cores(),
             candidates=self._decode_plans,
+            gpu_per_process=gpu_streams_per_process(self.config),
         )
         if new:
             try:

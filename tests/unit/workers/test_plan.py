@@ -132,14 +132,28 @@ def test_added_streams_fill_the_least_loaded_gpu_then_start_processes_there():
     plans = {0: gpu0, 1: gpu1}
     full = GPU_STREAMS_PER_PROCESS
     # the GPU with fewer streams in all, its least-loaded process
-    assert place_added_stream({0: 3, 1: 2}, plans, grow=True, max_processes=8) == (1, gpu1, False)
+    assert place_added_stream(
+        {0: 3, 1: 2}, plans, grow=True, max_processes=8, gpu_per_process=full
+    ) == (1, gpu1, False)
     # both full: a new process, on the GPU with fewer streams (not always the first one)
     loads = {0: full, 1: full, 2: full}
     three = {**plans, 2: gpu0}
-    assert place_added_stream(loads, three, grow=True, max_processes=8) == (3, gpu1, True)
+    assert place_added_stream(loads, three, grow=True, max_processes=8, gpu_per_process=full) == (
+        3,
+        gpu1,
+        True,
+    )
     # a configured count, or no core left: the least-loaded process takes it anyway
-    assert place_added_stream(loads, three, grow=False, max_processes=8) == (1, gpu1, False)
-    assert place_added_stream(loads, three, grow=True, max_processes=3) == (1, gpu1, False)
+    assert place_added_stream(loads, three, grow=False, max_processes=8, gpu_per_process=full) == (
+        1,
+        gpu1,
+        False,
+    )
+    assert place_added_stream(loads, three, grow=True, max_processes=3, gpu_per_process=full) == (
+        1,
+        gpu1,
+        False,
+    )
 
 
 def test_added_streams_on_the_cpu_get_a_new_process_once_each_has_its_share():
@@ -148,9 +162,17 @@ def test_added_streams_on_the_cpu_get_a_new_process_once_each_has_its_share():
 
     cpu = IngestPlan()
     loads = {0: STREAMS_PER_PROCESS - 1}
-    assert place_added_stream(loads, {0: cpu}, grow=True, max_processes=2) == (0, cpu, False)
+    assert place_added_stream(loads, {0: cpu}, grow=True, max_processes=2, gpu_per_process=128) == (
+        0,
+        cpu,
+        False,
+    )
     loads = {0: STREAMS_PER_PROCESS}
-    assert place_added_stream(loads, {0: cpu}, grow=True, max_processes=2) == (1, cpu, True)
+    assert place_added_stream(loads, {0: cpu}, grow=True, max_processes=2, gpu_per_process=128) == (
+        1,
+        cpu,
+        True,
+    )
 
 
 def test_gpu_decode_reads_many_streams_per_process_cpu_decode_few(monkeypatch):
@@ -213,7 +235,7 @@ def test_a_node_started_without_streams_spreads_added_ones_over_every_gpu():
     placed = []
     for _ in range(4):
         index, plan, new = place_added_stream(
-            loads, plans, grow=True, max_processes=8, candidates=[gpu0, gpu1]
+            loads, plans, grow=True, max_processes=8, gpu_per_process=128, candidates=[gpu0, gpu1]
         )
         if new:
             plans[index] = plan
@@ -222,4 +244,4 @@ def test_a_node_started_without_streams_spreads_added_ones_over_every_gpu():
     assert placed == [(0, False, False), (1, True, True), (0, False, False), (1, True, False)]
     # a configured process count (no growth): the candidates are not offered
     assert place_added_stream({0: 0}, {0: gpu0}, grow=False, max_processes=8,
-                              candidates=[gpu0, gpu1]) == (0, gpu0, False)  # fmt: skip
+                              gpu_per_process=128, candidates=[gpu0, gpu1]) == (0, gpu0, False)  # fmt: skip
