@@ -83,6 +83,11 @@ class OnnxRuntimeEngine(SyncEngine):
             max_batch=max_batch,
             num_classes=out_shape[1] - 4 if self.layout is OutputLayout.ANCHORS else 0,
         )
+        # ONNX Runtime's CPU arena grows to the largest batch it has run and never shrinks:
+        # run that batch now, so a long-running worker's memory does not step up (hours
+        # later, the first time an overload fills a batch) and the first full batch is not
+        # slower than the rest
+        self.infer(np.zeros((max_batch, 3, height, width), self._dtype))
 
     def infer(self, batch: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
         feed = {self._input_name: np.ascontiguousarray(batch, dtype=self._dtype)}
