@@ -68,14 +68,27 @@ def redis_client(redis_server: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-@pytest.fixture
-def key_prefix(redis_client: redis.Redis) -> Iterator[str]:
+def _own_prefix(client: redis.Redis) -> Iterator[str]:
+    """A fresh key prefix; its keys deleted afterwards."""
     prefix = f"vftest-{uuid.uuid4().hex[:8]}"
     yield prefix
     with contextlib.suppress(redis.RedisError):
-        keys = list(redis_client.scan_iter(f"{prefix}:*"))
+        keys = list(client.scan_iter(f"{prefix}:*"))
         if keys:
-            redis_client.delete(*keys)
+            client.delete(*keys)
+
+
+@pytest.fixture
+def key_prefix(redis_client: redis.Redis) -> Iterator[str]:
+    yield from _own_prefix(redis_client)
+
+
+@pytest.fixture(scope="module")
+def module_key_prefix(redis_server: str) -> Iterator[str]:
+    """A key prefix shared by a module's tests (for a module-scoped pipeline)."""
+    client = redis.Redis.from_url(redis_server, decode_responses=True)
+    yield from _own_prefix(client)
+    client.close()
 
 
 class KillableRedis:
@@ -177,6 +190,16 @@ class RtspServer:
 @pytest.fixture
 def rtsp() -> Iterator[Callable[..., RtspServer]]:
     """Factory: ``rtsp({"cam": "test:640x360@30"}, auth=None)`` -> a started server."""
+    yield from _rtsp_servers()
+
+
+@pytest.fixture(scope="class")
+def class_rtsp() -> Iterator[Callable[..., RtspServer]]:
+    """:func:`rtsp` whose servers serve all of a test class's tests (stopped after the last)."""
+    yield from _rtsp_servers()
+
+
+def _rtsp_servers() -> Iterator[Callable[..., RtspServer]]:
     reason = _rtsp_available()
     if reason:
         pytest.skip(reason)

@@ -48,12 +48,24 @@ def cache_dir() -> Path:
     return Path(base)
 
 
+def demo_folder(cache: Path | None = None) -> Path:
+    """Where the demo keeps its rendered scenes (under ``cache``, default :func:`cache_dir`)."""
+    return (cache or cache_dir()) / "demo"
+
+
+def demo_clip_path(folder: Path, scene: tuple[str, int, int, str, int]) -> Path:
+    """The cached clip of one of :data:`DEMO_SCENES` in ``folder``."""
+    stream_id, width, height, codec, seed = scene
+    return folder / f"{stream_id}-{width}x{height}-{codec}-s{seed}.mp4"
+
+
 def demo_clips(folder: Path | None = None) -> list[tuple[str, Path]]:
     """Render the demo scenes once (cached) and return ``(stream id, clip path)``."""
-    folder = folder or cache_dir() / "demo"
+    folder = folder or demo_folder()
     clips = []
-    for stream_id, width, height, codec, seed in DEMO_SCENES:
-        path = folder / f"{stream_id}-{width}x{height}-{codec}-s{seed}.mp4"
+    for scene in DEMO_SCENES:
+        stream_id, width, height, codec, seed = scene
+        path = demo_clip_path(folder, scene)
         if not path.is_file():
             write_clip(SceneSpec(width, height, seed=seed), path, DEMO_SECONDS, codec)  # type: ignore[arg-type]
         clips.append((stream_id, path))

@@ -16,15 +16,9 @@ from typing import Any
 
 import redis
 
-from tests.integration.helpers import start_run
+from tests.integration.helpers import entries, last_entry, start_run
 from visionflow.fleet.view import lease_holders
-from visionflow.schema import (
-    Entry,
-    detections_key,
-    fleet_handovers_key,
-    fleet_nodes_key,
-    parse_entry,
-)
+from visionflow.schema import Entry, fleet_handovers_key, fleet_nodes_key
 
 
 @dataclass
@@ -149,8 +143,11 @@ class FleetHarness:
         return max(counts) - min(counts) <= slack
 
     def entries(self, stream_id: str) -> list[Entry]:
-        key = detections_key(self.prefix, stream_id)
-        return [parse_entry(i, f) for i, f in self.client.xrange(key)]
+        return entries(self.client, self.prefix, stream_id)
+
+    def last_entry(self, stream_id: str) -> Entry | None:
+        """The camera's newest detections entry (cheap to poll)."""
+        return last_entry(self.client, self.prefix, stream_id)
 
     def handovers(self) -> list[dict[str, str]]:
         return [f for _, f in self.client.xrange(fleet_handovers_key(self.prefix))]

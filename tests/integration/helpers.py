@@ -33,6 +33,10 @@ def config(streams: list[dict[str, Any]], redis_url: str, prefix: str, **extra: 
             "stall_timeout_s": 3,
             "backoff_initial_s": 0.3,
             "backoff_max_s": 2,
+            # FFmpeg's default probing (up to 5 s) adds ~1.5 s to every open and reconnect
+            # of a 10-15 fps test camera; the CLI tests (configs of their own) and
+            # test_end_to_end's four cameras keep it
+            "analyze_duration_s": 1,
             "allowed_schemes": ["rtsp", "rtsps", "file"],
         },
     }
@@ -57,6 +61,19 @@ def running(cfg: AppConfig, redis_url: str) -> Iterator[Pipeline]:
 
 def entries(client: redis.Redis, prefix: str, stream_id: str) -> list[Entry]:
     return [parse_entry(i, f) for i, f in client.xrange(detections_key(prefix, stream_id))]
+
+
+def entry_count(client: redis.Redis, prefix: str, stream_id: str) -> int:
+    """``len(entries(...))`` without reading them (XLEN): cheap enough to poll."""
+    return int(client.xlen(detections_key(prefix, stream_id)))
+
+
+def last_entry(client: redis.Redis, prefix: str, stream_id: str) -> Entry | None:
+    """``entries(...)[-1]`` without reading the others (XREVRANGE COUNT 1); None while the
+    stream is empty.  Polling this instead of every entry keeps a waiting test from taking
+    the CPU the pipeline under test needs."""
+    newest = client.xrevrange(detections_key(prefix, stream_id), count=1)
+    return parse_entry(*newest[0]) if newest else None
 
 
 def assert_books_balance(status: Any, client: redis.Redis, prefix: str) -> None:

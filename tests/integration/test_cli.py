@@ -50,7 +50,26 @@ def test_run_with_a_missing_model_exits_2(tmp_path: Path):
     assert result.returncode == 2 and "nowhere.onnx" in result.stderr, result
 
 
+#: the demo scene the demo renders itself in the test; the others are found in its cache
+RENDERED_BY_DEMO = "gate"
+#: the demo loops its clips; its --snapshot-dir PNGs are taken 60 frames (2 s) into them
+CACHED_SECONDS = 3.0
+
+
 def test_demo_runs_publishes_and_writes_snapshots(tmp_path: Path):
+    """The demo renders a scene missing from its cache and uses the cached ones as they are
+    (rendering all four 12 s scenes took most of this test's minute and a half)."""
+    from visionflow.demo import DEMO_SCENES, demo_clip_path, demo_folder
+    from visionflow.scenes.clips import write_clip
+    from visionflow.scenes.generator import SceneSpec
+
+    cache = tmp_path / "cache"
+    paths = {scene[0]: demo_clip_path(demo_folder(cache), scene) for scene in DEMO_SCENES}
+    cached = {}
+    for sid, w, h, codec, seed in DEMO_SCENES:
+        if sid != RENDERED_BY_DEMO:
+            write_clip(SceneSpec(w, h, seed=seed), paths[sid], CACHED_SECONDS, codec)  # type: ignore[arg-type]
+            cached[sid] = paths[sid].stat().st_mtime_ns
     snaps = tmp_path / "snaps"
     result = visionflow(
         "demo",
@@ -59,10 +78,12 @@ def test_demo_runs_publishes_and_writes_snapshots(tmp_path: Path):
         "--plain",
         "--snapshot-dir",
         str(snaps),
-        env={"VISIONFLOW_CACHE": str(tmp_path / "cache")},
+        env={"VISIONFLOW_CACHE": str(cache)},
         timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert {sid: paths[sid].stat().st_mtime_ns for sid in cached} == cached, "re-rendered"
+    assert paths[RENDERED_BY_DEMO].is_file(), "the missing scene was not rendered"
     assert (
         "redis-cli -p" in result.stdout and "XREVRANGE visionflow:detections:lobby" in result.stdout
     )

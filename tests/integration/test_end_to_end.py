@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import wait_until
-from tests.integration.helpers import config, entries, running
+from tests.integration.helpers import config, entries, entry_count, running
 
 pytestmark = pytest.mark.integration
 
@@ -22,10 +22,13 @@ def test_four_rtsp_streams_publish_well_formed_entries(
         }
     )
     sizes = {"a": (640, 360), "b": (1280, 720), "c": (320, 240), "d": (800, 600)}
-    cfg = config([{"id": m, "url": server.url(m)} for m in sizes], redis_server, key_prefix)
+    streams = [{"id": m, "url": server.url(m)} for m in sizes]
+    # FFmpeg's own probing (the other integration tests shorten it to 1 s)
+    cfg = config(streams, redis_server, key_prefix, source={"analyze_duration_s": None})
+    assert cfg.source.analyze_duration_s is None
     with running(cfg, redis_server) as pipeline:
         wait_until(
-            lambda: all(len(entries(redis_client, key_prefix, m)) >= 150 for m in sizes),
+            lambda: all(entry_count(redis_client, key_prefix, m) >= 150 for m in sizes),
             40,
             lambda: (
                 f"not every stream published 150 entries: {[(s.stream_id, s.state, s.published, s.last_error) for s in pipeline.status().streams]}"

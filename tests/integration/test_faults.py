@@ -12,9 +12,9 @@ one spans the fault).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
 
 import pytest
 import redis
@@ -133,28 +133,64 @@ def assert_fps_held(sampler: Sampler, before: tuple[float, float], during: tuple
     )
 
 
-@contextmanager
-def camera_behind_proxy(
-    rtsp: Any, redis_server: str, key_prefix: str, **extra: Any
-) -> Iterator[tuple[Pipeline, TcpProxy, RtspServer, Sampler]]:
-    """Stream ``cam`` through a :class:`TcpProxy`, ``other`` straight from its own server;
-    yields once both publish and the baseline window is over (its end: ``sampler.baseline``)."""
-    camera = rtsp({"cam": CAM})
-    steady = rtsp({"other": CAM})
+@dataclass
+class LinkRig:
+    """``cam`` streamed through a :class:`TcpProxy` from ``camera``, ``other`` straight from
+    its own server, one pipeline reading both (its keys under ``prefix``)."""
+
+    pipeline: Pipeline
+    proxy: TcpProxy
+    camera: RtspServer
+    prefix: str
+
+
+@pytest.fixture(scope="class")
+def link_rig(
+    class_rtsp: Callable[..., RtspServer], redis_server: str, module_key_prefix: str
+) -> Iterator[LinkRig]:
+    """One rig for the link and camera faults (a)-(c): each test starts from both streams
+    publishing and leaves ``cam`` streaming again (a pipeline and two servers fewer to start
+    and stop per test).  After the last one and the pipeline's stop: every frame accounted
+    with nothing in flight, and Redis holds each stream's entries with seq strictly rising
+    (those written while the stop drained included)."""
+    camera = class_rtsp({"cam": CAM})
+    steady = class_rtsp({"other": CAM})
     with TcpProxy(camera.port) as proxy:
         url = f"rtsp://127.0.0.1:{proxy.port}/cam"
         streams = [{"id": "cam", "url": url}, {"id": "other", "url": steady.url("other")}]
-        cfg = config(streams, redis_server, key_prefix, **extra)
+        cfg = config(streams, redis_server, module_key_prefix)
         with running(cfg, redis_server) as pipeline:
             _await_publishing(pipeline, "cam", "other")
-            sampler = Sampler(pipeline, "other")
-            try:
-                time.sleep(WARMUP_S + BASELINE_S)  # settle, then the baseline window
-                yield pipeline, proxy, camera, sampler
-            finally:
-                sampler.stop()
-            _assert_accounted(pipeline, ("cam", "other"))
+            yield LinkRig(pipeline, proxy, camera, module_key_prefix)
         _assert_final_accounting(pipeline, ("cam", "other"))
+    client = redis.Redis.from_url(redis_server, decode_responses=True)
+    try:
+        for sid in ("cam", "other"):
+            seqs = [e.seq for e in entries(client, module_key_prefix, sid)]
+            assert seqs and seqs == sorted(set(seqs)), f"{sid}: seq went back or repeated"
+    finally:
+        client.close()
+
+
+@contextmanager
+def camera_behind_proxy(rig: LinkRig) -> Iterator[tuple[Pipeline, TcpProxy, RtspServer, Sampler]]:
+    """Yields once both streams publish (again, after an earlier test's fault) and the
+    settling and baseline windows are over; every frame accounted for afterwards."""
+    pipeline = rig.pipeline
+    for sid in ("cam", "other"):
+        _wait_streaming_again(pipeline, sid, 30)
+    sampler = Sampler(pipeline, "other")
+    try:
+        time.sleep(WARMUP_S + BASELINE_S)  # settle, then the baseline window
+        yield pipeline, rig.proxy, rig.camera, sampler
+    except BaseException:
+        # a test that failed mid-fault leaves no dead or throttled link (nor its backlog)
+        rig.proxy.passthrough()
+        rig.proxy.cut()
+        raise
+    finally:
+        sampler.stop()
+    _assert_accounted(pipeline, ("cam", "other"))
 
 
 def _assert_final_accounting(pipeline: Pipeline, stream_ids: Iterable[str]) -> None:
@@ -185,85 +221,91 @@ def _since(pipeline: Pipeline, stream_id: str, wall: float) -> list[StreamState]
 
 
 # ---------------------------------------------------------------------------- cases
-def test_link_stalled_10s_then_resumed(rtsp, redis_server, key_prefix):
-    """(a) The link goes silent (connections open, nothing forwarded): the watchdog marks
-    the stream stalled and it reconnects (attempts time out while the link is dead); once
-    the link forwards again the stream streams again within the backoff cap + an open."""
-    with camera_behind_proxy(rtsp, redis_server, key_prefix) as (pipeline, proxy, _, sampler):
-        proxy.stall()
-        fault, wall = time.monotonic(), time.time()
-        wait_until(
-            lambda: StreamState.STALLED in _since(pipeline, "cam", wall),
-            10,
-            lambda: f"never marked stalled: {pipeline.transitions('cam')}",
-        )
-        time.sleep(max(0.0, fault + 10 - time.monotonic()))  # the stall is under test
-        proxy.passthrough()
-        resumed = time.monotonic()
-        recovery = _wait_streaming_again(pipeline, "cam", 20)
-        assert_fps_held(sampler, (fault - BASELINE_S, fault), (fault, resumed))
-        states = _since(pipeline, "cam", wall)
-        assert StreamState.CONNECTING in states[states.index(StreamState.STALLED) :], states
-    assert recovery < 15, f"took {recovery:.1f}s to recover"
+class TestOneRig:
+    """(a)-(c) share :func:`link_rig` (the class scope ends it before (d) and (e) run)."""
 
-
-def test_link_throttled_below_the_bitrate_degrades_only_that_stream(rtsp, redis_server, key_prefix):
-    """(b) The link carries a small fraction of the stream's bitrate: the stream degrades
-    (its fps collapses, or the watchdog marks it stalled); the other stream is untouched; a
-    normal link brings it back."""
-    with camera_behind_proxy(rtsp, redis_server, key_prefix) as (pipeline, proxy, _, sampler):
-        cam = Sampler(pipeline, "cam")
-        try:
-            sent_before, t0 = proxy.bytes_down, time.monotonic()
-            time.sleep(2.0)  # measure the stream's own bitrate through the proxy
-            bitrate = (proxy.bytes_down - sent_before) / (time.monotonic() - t0)
-            proxy.throttle(max(200.0, bitrate / 50))
+    def test_link_stalled_10s_then_resumed(self, link_rig: LinkRig) -> None:
+        """(a) The link goes silent (connections open, nothing forwarded): the watchdog marks
+        the stream stalled and it reconnects (attempts time out while the link is dead); once
+        the link forwards again the stream streams again within the backoff cap + an open."""
+        with camera_behind_proxy(link_rig) as (pipeline, proxy, _, sampler):
+            proxy.stall()
             fault, wall = time.monotonic(), time.time()
-            time.sleep(10)  # the throttled link is under test
-            stalled = {StreamState.STALLED, StreamState.BACKOFF} & set(
-                _since(pipeline, "cam", wall)
+            wait_until(
+                lambda: StreamState.STALLED in _since(pipeline, "cam", wall),
+                10,
+                lambda: f"never marked stalled: {pipeline.transitions('cam')}",
             )
-            cam_base, cam_rate = cam.rate(fault - 2, fault), cam.rate(fault + 3, fault + 10)
+            time.sleep(max(0.0, fault + 10 - time.monotonic()))  # the stall is under test
             proxy.passthrough()
-            proxy.cut()  # drop the connections still carrying the backlog
             resumed = time.monotonic()
             recovery = _wait_streaming_again(pipeline, "cam", 20)
-        finally:
-            cam.stop()
-        assert_fps_held(sampler, (fault - BASELINE_S, fault), (fault, resumed))
-    assert stalled or cam_rate < cam_base / 3, (
-        f"not degraded: {cam_rate:.1f} fps throttled vs {cam_base:.1f} ({bitrate:.0f} B/s)"
-    )
-    assert recovery < 15, f"took {recovery:.1f}s to recover"
+            assert_fps_held(sampler, (fault - BASELINE_S, fault), (fault, resumed))
+            states = _since(pipeline, "cam", wall)
+            assert StreamState.CONNECTING in states[states.index(StreamState.STALLED) :], states
+        assert recovery < 15, f"took {recovery:.1f}s to recover"
 
-
-def test_camera_back_with_another_resolution_and_reset_timestamps(
-    rtsp, redis_server, redis_client, key_prefix
-):
-    """(c) The camera restarts with another frame size (and its RTP timestamps start over):
-    the stream reconnects, entries carry the new width/height, seq keeps increasing."""
-    with camera_behind_proxy(rtsp, redis_server, key_prefix) as (pipeline, _, camera, sampler):
-        camera.stop()
-        fault = time.monotonic()
-        camera.mounts = {"cam": "test:240x136@10"}
-        camera.start()
-        recovery = _wait_streaming_again(pipeline, "cam", 20)
-        end = time.monotonic()
-        wait_until(
-            lambda: (_status(pipeline, "cam").width, _status(pipeline, "cam").height) == (240, 136),
-            10,
-            lambda: f"status still shows the old size: {_status(pipeline, 'cam')}",
+    def test_link_throttled_below_the_bitrate_degrades_only_that_stream(
+        self, link_rig: LinkRig
+    ) -> None:
+        """(b) The link carries a small fraction of the stream's bitrate: the stream degrades
+        (its fps collapses, or the watchdog marks it stalled); the other stream is untouched; a
+        normal link brings it back."""
+        with camera_behind_proxy(link_rig) as (pipeline, proxy, _, sampler):
+            cam = Sampler(pipeline, "cam")
+            try:
+                sent_before, t0 = proxy.bytes_down, time.monotonic()
+                time.sleep(2.0)  # measure the stream's own bitrate through the proxy
+                bitrate = (proxy.bytes_down - sent_before) / (time.monotonic() - t0)
+                proxy.throttle(max(200.0, bitrate / 50))
+                fault, wall = time.monotonic(), time.time()
+                time.sleep(10)  # the throttled link is under test
+                stalled = {StreamState.STALLED, StreamState.BACKOFF} & set(
+                    _since(pipeline, "cam", wall)
+                )
+                cam_base, cam_rate = cam.rate(fault - 2, fault), cam.rate(fault + 3, fault + 10)
+                proxy.passthrough()
+                proxy.cut()  # drop the connections still carrying the backlog
+                resumed = time.monotonic()
+                recovery = _wait_streaming_again(pipeline, "cam", 20)
+            finally:
+                cam.stop()
+            assert_fps_held(sampler, (fault - BASELINE_S, fault), (fault, resumed))
+        assert stalled or cam_rate < cam_base / 3, (
+            f"not degraded: {cam_rate:.1f} fps throttled vs {cam_base:.1f} ({bitrate:.0f} B/s)"
         )
-        assert_fps_held(sampler, (fault - BASELINE_S, fault), (fault, end))
-        assert all(w.state == "ready" for w in pipeline.status().workers)
-    got = entries(redis_client, key_prefix, "cam")
-    sizes = [(e.width, e.height) for e in got]
-    assert (160, 120) in sizes and sizes[-1] == (240, 136)
-    first_new = sizes.index((240, 136))
-    assert set(sizes[first_new:]) == {(240, 136)}, "old and new sizes interleaved"
-    seqs = [e.seq for e in got]
-    assert seqs == sorted(set(seqs)), "seq went back or repeated across the restart"
-    assert recovery < 15, f"took {recovery:.1f}s to recover"
+        assert recovery < 15, f"took {recovery:.1f}s to recover"
+
+    def test_camera_back_with_another_resolution_and_reset_timestamps(
+        self, link_rig: LinkRig, redis_client: redis.Redis
+    ) -> None:
+        """(c) The camera restarts with another frame size (and its RTP timestamps start over):
+        the stream reconnects, entries carry the new width/height, seq keeps increasing.
+        Last of the class: the camera keeps the new size until the rig ends."""
+        with camera_behind_proxy(link_rig) as (pipeline, _, camera, sampler):
+            camera.stop()
+            fault = time.monotonic()
+            camera.mounts = {"cam": "test:240x136@10"}
+            camera.start()
+            recovery = _wait_streaming_again(pipeline, "cam", 20)
+            end = time.monotonic()
+            wait_until(
+                lambda: (
+                    (_status(pipeline, "cam").width, _status(pipeline, "cam").height) == (240, 136)
+                ),
+                10,
+                lambda: f"status still shows the old size: {_status(pipeline, 'cam')}",
+            )
+            assert_fps_held(sampler, (fault - BASELINE_S, fault), (fault, end))
+            assert all(w.state == "ready" for w in pipeline.status().workers)
+        got = entries(redis_client, link_rig.prefix, "cam")
+        sizes = [(e.width, e.height) for e in got]
+        assert (160, 120) in sizes and sizes[-1] == (240, 136)
+        first_new = sizes.index((240, 136))
+        assert set(sizes[first_new:]) == {(240, 136)}, "old and new sizes interleaved"
+        seqs = [e.seq for e in got]
+        assert seqs == sorted(set(seqs)), "seq went back or repeated across the restart"
+        assert recovery < 15, f"took {recovery:.1f}s to recover"
 
 
 def test_camera_offline_for_thousands_of_failures_then_back(redis_server, key_prefix, rtsp):

@@ -26,7 +26,7 @@ TTL = 3.0
 
 def _resumed(h: FleetHarness, cams: list[str], since: float) -> bool:
     """Every camera of ``cams`` has an entry captured after ``since``."""
-    return all(h.entries(c) and h.entries(c)[-1].capture_ts > since for c in cams)
+    return all((last := h.last_entry(c)) and last.capture_ts > since for c in cams)
 
 
 def _check_seqs(h: FleetHarness) -> None:

@@ -13,7 +13,7 @@ import pytest
 import redis as redis_lib
 
 from tests.conftest import wait_until
-from tests.integration.helpers import config, entries, running
+from tests.integration.helpers import config, entries, entry_count, last_entry, running
 from visionflow.pipeline.letterbox import letterbox_geometry
 from visionflow.schema import snapshot_key, status_key
 from visionflow.workers.counts import bucket_start
@@ -84,7 +84,9 @@ def test_latency_counts_and_snapshots_from_a_running_pipeline(
         finally:
             raw_client.close()
         wait_until(
-            lambda: any(e.seq >= n_frames - 3 for e in entries(redis_client, key_prefix, "scene")),
+            lambda: (
+                (last := last_entry(redis_client, key_prefix, "scene")) and last.seq >= n_frames - 3
+            ),
             SECONDS + 40,
             lambda: f"clip not fully processed: {pipeline.status().stream('scene')}",
         )
@@ -132,7 +134,7 @@ def test_counts_failing_in_redis_never_hold_detections_back(rtsp, killable_redis
         client.execute_command("ACL", "SETUSER", "default", "-hincrby")
         with running(cfg, killable_redis.url) as pipeline:
             wait_until(
-                lambda: len(entries(client, key_prefix, "cam")) >= 60,
+                lambda: entry_count(client, key_prefix, "cam") >= 60,
                 40,
                 lambda: f"detections stopped flowing: {pipeline.status().stream('cam')}",
             )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_until
-from tests.integration.helpers import config, entries, running
+from tests.integration.helpers import config, entries, entry_count, running
 from visionflow.streams.state import StreamState
 
 pytestmark = pytest.mark.integration
@@ -65,7 +65,7 @@ def test_redis_killed_mid_run_pipeline_survives_and_resumes(rtsp, killable_redis
     cfg = config([{"id": "cam", "url": server.url("cam")}], killable_redis.url, key_prefix)
     client = redis_lib.Redis.from_url(killable_redis.url, decode_responses=True)
     with running(cfg, killable_redis.url) as pipeline:
-        wait_until(lambda: len(entries(client, key_prefix, "cam")) > 10, 20, "no entries")
+        wait_until(lambda: entry_count(client, key_prefix, "cam") > 10, 20, "no entries")
         killable_redis.kill()
         killed_at = time.time()
         wait_until(lambda: not pipeline.status().redis_connected, 10, "outage not noticed")
@@ -79,7 +79,7 @@ def test_redis_killed_mid_run_pipeline_survives_and_resumes(rtsp, killable_redis
         restarted_at = time.time()
         killable_redis.start()  # empty again: nothing was persisted
         wait_until(lambda: pipeline.status().redis_connected, 15, "never reconnected")
-        wait_until(lambda: len(entries(client, key_prefix, "cam")) > 20, 15, "no entries after")
+        wait_until(lambda: entry_count(client, key_prefix, "cam") > 20, 15, "no entries after")
         seqs = [e.seq for e in entries(client, key_prefix, "cam")]
         assert seqs == sorted(seqs)
         during = [

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from tests.conftest import wait_until
-from tests.integration.helpers import config, entries, running
+from tests.integration.helpers import config, entries, entry_count, running
 from visionflow.workers.status import StreamStatus
 from visionflow.workers.supervisor import Pipeline
 
@@ -37,9 +37,9 @@ def test_analysis_fps_1_decodes_keyframes_only_and_publishes_one_frame_a_second(
             30,
             lambda: f"never went nonkey: {ingest_stats(pipeline, 'slow')}",
         )
-        start = len(entries(redis_client, key_prefix, "slow"))
+        start = entry_count(redis_client, key_prefix, "slow")
         wait_until(
-            lambda: len(entries(redis_client, key_prefix, "slow")) >= start + 8,
+            lambda: entry_count(redis_client, key_prefix, "slow") >= start + 8,
             30,
             lambda: f"too few entries: {pipeline.status().stream('slow')}",
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import wait_until
-from tests.integration.helpers import config, entries, running
+from tests.integration.helpers import config, entries, last_entry, running
 from visionflow.scenes.clips import load_truth
 from visionflow.scenes.metrics import Scored, Truth, iou, precision_recall
 
@@ -71,7 +71,7 @@ def test_detections_match_ground_truth_per_stream(
     with running(cfg, redis_server) as pipeline:
         wait_until(
             lambda: all(
-                any(e.seq >= n_frames - 3 for e in entries(redis_client, key_prefix, sid))
+                (last := last_entry(redis_client, key_prefix, sid)) and last.seq >= n_frames - 3
                 for sid in SCENES
             ),
             SECONDS + 40,
