@@ -15,6 +15,7 @@ from visionflow.errors import EngineUnavailableError, ModelError
 from visionflow.pipeline.layouts import OutputLayout, detect_layout
 
 _DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
+WARM_UP_MAX_BATCH = 64  # frames run once at load (see OnnxRuntimeEngine._warm_up)
 
 
 class OnnxRuntimeConfig(EngineConfigBase):
@@ -62,6 +63,12 @@ class OnnxRuntimeEngine(SyncEngine):
         shape = inputs[0].shape
         if len(shape) != 4 or shape[1] != 3:
             raise ModelError(f"{model_path}: input must be [N, 3, H, W], got {shape}")
+        if isinstance(shape[0], int) and shape[0] < max_batch:
+            raise ModelError(
+                f"{model_path}: the model takes batches of exactly {shape[0]} but "
+                f"batching.max_batch is {max_batch}: set batching.max_batch to {shape[0]} or "
+                "export the model with a dynamic batch dimension"
+            )
         self._input_name = inputs[0].name
         self._dtype = np.dtype(_DTYPES.get(inputs[0].type, "float32"))
         height = shape[2] if isinstance(shape[2], int) else 640
@@ -83,11 +90,18 @@ class OnnxRuntimeEngine(SyncEngine):
             max_batch=max_batch,
             num_classes=out_shape[1] - 4 if self.layout is OutputLayout.ANCHORS else 0,
         )
-        # ONNX Runtime's CPU arena grows to the largest batch it has run and never shrinks:
-        # run that batch now, so a long-running worker's memory does not step up (hours
-        # later, the first time an overload fills a batch) and the first full batch is not
-        # slower than the rest
-        self.infer(np.zeros((max_batch, 3, height, width), self._dtype))
+        self._warm_up(model_path, min(max_batch, WARM_UP_MAX_BATCH), height, width)
+
+    def _warm_up(self, model_path: Path, batch: int, height: int, width: int) -> None:
+        """ONNX Runtime's CPU arena grows to the largest batch it has run and never shrinks:
+        run a full batch now, so a long-running worker's memory does not step up (hours
+        later, the first time an overload fills a batch) and the first full batch is not
+        slower than the rest.  Capped at :data:`WARM_UP_MAX_BATCH` frames (the time and
+        memory of a larger one at every worker start are not worth it)."""
+        try:
+            self.infer(np.zeros((batch, 3, height, width), self._dtype))
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelError(f"{model_path}: a batch of {batch} does not run: {exc}") from exc
 
     def infer(self, batch: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
         feed = {self._input_name: np.ascontiguousarray(batch, dtype=self._dtype)}

@@ -276,8 +276,10 @@ class StreamAnalytics:
             gone = line.sides.pop(track_id, None)
             if gone is not None and gone.side and self._comeback_s > 0:
                 line.given_up[track_id] = (gone, frame.clock)
-        if line.given_up:  # forget those whose id can no longer come back
-            late = frame.clock - self._comeback_s
-            for track_id in [i for i, (_, t) in line.given_up.items() if t < late]:
-                del line.given_up[track_id]
+        late = frame.clock - self._comeback_s
+        while line.given_up:  # forget those whose id can no longer come back (oldest first:
+            oldest = next(iter(line.given_up))  # kept in the order given up, clock rising)
+            if line.given_up[oldest][1] >= late:
+                break
+            del line.given_up[oldest]
         return events

@@ -133,3 +133,13 @@ def test_a_bad_layout_is_refused_at_start_up_naming_shape_and_layouts(tmp_path):
 def test_output_layout_is_validated_by_the_config():
     with pytest.raises(ConfigError, match="output_layout"):
         parse_config({"model": {"output_layout": "nms"}})
+
+
+def test_a_fixed_batch_smaller_than_max_batch_is_a_clear_error_at_load(tmp_path):
+    """The engine runs a full batch at load (ONNX Runtime's arena sized once): a model
+    exported for batches of exactly 1 with max_batch 8 fails there, naming the setting."""
+    path = tiny_model(tmp_path / "b1.onnx", end2end_output())
+    with pytest.raises(ModelError, match=r"exactly 1 but batching\.max_batch is 8"):
+        create_engine(OnnxRuntimeConfig(), path, 8)
+    with create_engine(OnnxRuntimeConfig(), path, 1) as engine:  # what the error says to do
+        assert engine.info.max_batch == 1
