@@ -50,7 +50,7 @@ def gpu_streams_per_process(config: AppConfig) -> int:
     return GPU_STREAMS_PER_PROCESS_FAST_ENGINE if fast else GPU_STREAMS_PER_PROCESS
 
 
-def streams_per_process(plan: IngestPlan, gpu: int = GPU_STREAMS_PER_PROCESS) -> int:
+def streams_per_process(plan: IngestPlan, gpu: int) -> int:
     """How many streams one automatically planned process of ``plan`` reads: ``gpu``
     (:func:`gpu_streams_per_process`) for NVDEC; DALI, not measured that way, keeps the CPU
     figure."""
