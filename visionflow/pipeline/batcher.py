@@ -69,27 +69,37 @@ class DynamicBatcher:
         return max(0.0, oldest + self.max_delay_s - now)
 
     def take(self) -> tuple[FrameRef, ...]:
-        """Form one batch round-robin (call when due)."""
+        """Form one batch round-robin (call when due).
+
+        The next batch starts with the stream after the last one this batch served, so a
+        backlog larger than one batch is served in turn: when more streams wait than a batch
+        holds, each waits at most ``ceil(streams / max_batch)`` batches, and a hiccup's
+        backlog is spread over every stream instead of piling up on the streams a rotation
+        advancing by one stream per batch keeps reaching last (bench/README.md, issue 12).
+        """
         batch: list[FrameRef] = []
         streams = self._order
         if not streams or not self._waiting:
             return ()
         start = self._start % len(streams)
-        rotation = [sid for sid in streams[start:] + streams[:start] if sid in self._busy]
+        order = streams[start:] + streams[:start]
+        rotation = [(offset, sid) for offset, sid in enumerate(order) if sid in self._busy]
+        last = 0
         while len(batch) < self.max_batch and rotation:
             still = []
-            for stream_id in rotation:
+            for offset, stream_id in rotation:
                 if len(batch) >= self.max_batch:
                     break
                 queue = self._queues[stream_id]
                 batch.append(queue.popleft()[1])
+                last = offset
                 if queue:
-                    still.append(stream_id)
+                    still.append((offset, stream_id))
                 else:
                     self._busy.discard(stream_id)
             rotation = still
         self._waiting -= len(batch)
-        self._start = start + 1
+        self._start = start + last + 1
         return tuple(batch)
 
     def remove_stream(self, stream_id: str) -> list[FrameRef]:

@@ -72,3 +72,28 @@ def test_lossless_frames_are_never_dropped():
     for i in range(5):
         assert b.add(replace(frame("file", i), lossless=True), 0.0) is None
     assert [f.seq for f in b.take()] == [0, 1, 2, 3, 4]
+
+
+def test_a_backlog_larger_than_a_batch_is_served_in_turn():
+    """Six streams with a backlog, batches of four: the second batch starts where the first
+    stopped, so no stream waits more than two batches for its next frame."""
+    b = DynamicBatcher(max_batch=4, max_delay_s=0, buffer_per_stream=10)
+    streams = [f"s{i}" for i in range(6)]
+    for seq in range(3):
+        for s in streams:
+            b.add(frame(s, seq), now=0.0)
+    served = [[f.stream_id for f in b.take()] for _ in range(3)]
+    assert served == [
+        ["s0", "s1", "s2", "s3"],
+        ["s4", "s5", "s0", "s1"],
+        ["s2", "s3", "s4", "s5"],
+    ]
+
+
+def test_a_batch_of_several_passes_resumes_after_its_last_frame():
+    b = DynamicBatcher(max_batch=5, max_delay_s=0, buffer_per_stream=10)
+    for seq in range(4):
+        for s in ("a", "b", "c"):
+            b.add(frame(s, seq), now=0.0)
+    assert [f.stream_id for f in b.take()] == ["a", "b", "c", "a", "b"]
+    assert [f.stream_id for f in b.take()][:1] == ["c"]
