@@ -26,6 +26,7 @@ import numpy as np
 from visionflow.pipeline.frames import Letterbox
 from visionflow.pipeline.letterbox import PAD_VALUE, letterbox_geometry
 from visionflow.streams.nvdec import copy_device_image
+from visionflow.streams.shedding import NO_MODES
 from visionflow.streams.sources import DecodedFrame, VideoSource
 
 
@@ -94,7 +95,8 @@ class DaliSource(VideoSource):
 
     gpu = 0
     pace_packets = True  # a file read in real time must feed packets like a camera
-    supports_skip = False  # whole GOPs are remuxed and decoded; only "used or not" applies
+    decode_modes = NO_MODES  # whole GOPs are remuxed and decoded; only "used or not" applies
+    uses_skip_frame = False
 
     def open(self) -> None:
         super().open()

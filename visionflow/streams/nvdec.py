@@ -30,6 +30,7 @@ import numpy as np
 from visionflow.errors import EngineError, SourceOpenError
 from visionflow.pipeline.frames import Letterbox
 from visionflow.pipeline.letterbox import PAD_VALUE
+from visionflow.streams.shedding import PACKET_MODES
 from visionflow.streams.sources import DecodedFrame, VideoSource
 
 _ANNEXB = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
@@ -40,7 +41,10 @@ class NvdecSource(VideoSource):
     """A :class:`VideoSource` whose frames are decoded by NVDEC on GPU ``gpu``."""
 
     gpu = 0
-    supports_skip = False  # NVDEC gets every packet; only the "used or not" gate applies
+    # fed packet by packet: the rest of a GOP can be kept from NVDEC (prefix, nonkey), but
+    # FFmpeg's skip_frame (nonref) does not apply
+    decode_modes = PACKET_MODES
+    uses_skip_frame = False
     _decoder_key: tuple[str, int, int, str] | None = None  # codec, size, format of the decoder
     _drained = False  # the last session ended at the end of a file with every frame out
 

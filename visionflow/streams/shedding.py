@@ -31,9 +31,12 @@ policy stops paying for frames that would be thrown away:
   target rate; frames it does not keep are discarded before the RGB conversion and letterbox.
 
 Times are media seconds (pts) when the source has them, else the injected clock, so a file
-read faster than real time is thinned in video time.  Decoders without skip modes (NVDEC,
-DALI) use the policy with ``skip_modes=False``: every packet is decoded and only the
-"used or not" gate applies.
+read faster than real time is thinned in video time.  Which modes a decoder can take is its
+``modes``: PyAV all four (:data:`ALL_MODES`); NVDEC, fed packet by packet but without FFmpeg's
+``skip_frame``, the packet-level ones (:data:`PACKET_MODES`: ``prefix``, ``nonkey`` and the
+GOP prefix, so a decode-bound GPU sheds before NVDEC rather than after it); DALI, which decodes
+whole GOPs, none (:data:`NO_MODES`: every packet is decoded and only the "used or not" gate
+applies).
 
 The policy is pure (no I/O, injected clock) and runs on the stream's reader thread;
 :meth:`ShedPolicy.set_share` may be called from another thread (a float assignment).
@@ -56,6 +59,13 @@ SKIP_FRAME: dict[DecodeMode, str] = {
     "prefix": "DEFAULT",
     "nonkey": "NONKEY",
 }
+
+#: every mode: decoders with FFmpeg's skip_frame (PyAV)
+ALL_MODES: frozenset[DecodeMode] = frozenset(("all", "nonref", "prefix", "nonkey"))
+#: decoders fed packet by packet without skip_frame (NVDEC): the modes that only gate packets
+PACKET_MODES: frozenset[DecodeMode] = frozenset(("all", "prefix", "nonkey"))
+#: decoders that take whole GOPs (DALI), or shedding before decode turned off
+NO_MODES: frozenset[DecodeMode] = frozenset(("all",))
 
 _PACKET_WINDOW = 64  # packets used to measure the source's frame rate
 _KEY_WINDOW = 5  # keyframes used to measure the keyframe rate
@@ -83,7 +93,7 @@ class ShedPolicy:
         self,
         analysis_fps: float | None = None,
         *,
-        skip_modes: bool = True,
+        modes: frozenset[DecodeMode] = ALL_MODES,
         clock: Callable[[], float] = time.monotonic,
         key_margin: float = 1.2,
         hysteresis: float = 0.25,
@@ -94,7 +104,8 @@ class ShedPolicy:
         if analysis_fps is not None and analysis_fps <= 0:
             raise ValueError(f"analysis_fps must be > 0, got {analysis_fps}")
         self.analysis_fps = analysis_fps
-        self.skip_modes = skip_modes
+        self.modes = modes
+        self.gates_packets = modes != NO_MODES  # packets may be kept from the decoder
         self._clock = clock
         self.key_margin, self.hysteresis = key_margin, hysteresis
         self.min_dwell_s, self.window_s = min_dwell_s, window_s
@@ -178,19 +189,19 @@ class ShedPolicy:
     def desired_mode(self) -> DecodeMode:
         """The mode the current target and measurements call for, with hysteresis."""
         target, src = self.target, self.source_fps
-        if not self.skip_modes or target is None or src is None or target >= src:
+        if not self.gates_packets or target is None or src is None or target >= src:
             return "all"
         keys = self.key_rate
-        if keys is not None:
+        if keys is not None and "nonkey" in self.modes:
             limit = keys * self.key_margin * (1 + self.hysteresis if self.mode == "nonkey" else 1)
             if target <= limit:
                 return "nonkey"
         b = self.b_fraction
-        if b > 0.05:
+        if b > 0.05 and "nonref" in self.modes:
             limit = src * (1 - b) / (1 + self.hysteresis if self.mode != "nonref" else 1)
             if target <= limit:
                 return "nonref"
-        if keys is not None and self.prefix_ratio > 0:
+        if keys is not None and self.prefix_ratio > 0 and "prefix" in self.modes:
             scale = 1 + self.hysteresis if self.mode == "prefix" else 1
             if target <= src * self.prefix_ratio * scale:
                 return "prefix"
@@ -229,7 +240,7 @@ class ShedPolicy:
         if keyframe:
             self._keys.append(t)
             self._switch_mode()
-        shedding = self.skip_modes and self.target is not None
+        shedding = self.gates_packets and self.target is not None
         if keyframe:
             # a keyframe needs no reference: the GOP opens unless nonkey's bucket skips it
             self._gop_open = not (shedding and self.mode == "nonkey" and not self._due(t))
@@ -269,7 +280,7 @@ class ShedPolicy:
             self._b_frames += b_frame
         t = pts if pts is not None else self._time(None)
         target = self.target
-        if self.mode == "prefix" and self.skip_modes and target is not None:
+        if self.mode == "prefix" and target is not None:
             target = None  # only the GOP's prefix was decoded: use all of it
         if target is not None and not self._due(t):
             self.skipped += 1

@@ -30,7 +30,7 @@ from visionflow.errors import (
 )
 from visionflow.pipeline.letterbox import scale_frame_into
 from visionflow.streams.config import StreamConfig
-from visionflow.streams.shedding import SKIP_FRAME, DecodeMode, ShedPolicy
+from visionflow.streams.shedding import ALL_MODES, SKIP_FRAME, DecodeMode, ShedPolicy
 from visionflow.streams.urls import PROTOCOL_WHITELIST, redact_text, source_scheme
 
 MAX_CONSECUTIVE_DECODE_ERRORS = 30
@@ -55,9 +55,10 @@ class VideoSource:
     pace_packets = False
     #: the network input size ``(width, height)``, for sources that letterbox while decoding
     target_size: tuple[int, int] | None = None
-    #: FFmpeg's skip_frame modes and packet gating apply (PyAV on the CPU); GPU decoders
-    #: get every packet and only the "used or not" gate of the shedding policy
-    supports_skip = True
+    #: the shedding modes this decoder can take (PyAV on the CPU: all of them)
+    decode_modes: frozenset[DecodeMode] = ALL_MODES
+    #: the decoder is FFmpeg's: a mode is also set as its ``skip_frame``
+    uses_skip_frame = True
     #: the stream's load-shedding policy (set by its reader); None: every frame is used
     shed: ShedPolicy | None = None
 
@@ -254,7 +255,7 @@ class VideoSource:
         pts = float(packet.pts * packet.time_base) if packet.pts is not None else None
         decode = shed.packet(pts, bool(packet.is_keyframe))
         if decode and shed.mode != self._mode:
-            if self.supports_skip:
+            if self.uses_skip_frame:
                 video.codec_context.skip_frame = SKIP_FRAME[shed.mode]
             self._mode = shed.mode
         return decode
@@ -262,7 +263,7 @@ class VideoSource:
     def _drain(self, video: Any) -> list[Any]:
         """Keyframes only: take the frame out now instead of after the decoder's frame-thread
         delay (several keyframes, i.e. seconds); the decoder is then ready for the next one."""
-        if not self.supports_skip or self._mode != "nonkey":
+        if not self.uses_skip_frame or self._mode != "nonkey":
             return []
         codec = video.codec_context
         frames = list(codec.decode(None))

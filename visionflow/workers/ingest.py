@@ -28,7 +28,7 @@ from visionflow.pipeline.letterbox import letterbox_geometry
 from visionflow.streams.backoff import Backoff, ReconnectLimiter
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.nvdec import NvdecSource
-from visionflow.streams.shedding import ShedPolicy
+from visionflow.streams.shedding import NO_MODES, ShedPolicy
 from visionflow.streams.sources import DecodedFrame, VideoSource
 from visionflow.streams.state import StreamState, StreamStateMachine, Transition
 from visionflow.streams.urls import redact_text
@@ -172,7 +172,7 @@ class StreamReader:
         self.source = make_source(stream, policy, self.stop_event, decode)
         self.shed = ShedPolicy(
             stream.analysis_fps,
-            skip_modes=policy.shed_load and self.source.supports_skip,
+            modes=self.source.decode_modes if policy.shed_load else NO_MODES,
             prefix_ratio=0.5 if policy.shed_gop_prefix else 0.0,
         )
         self._attach(self.source)

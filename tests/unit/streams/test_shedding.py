@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from visionflow.streams.shedding import ShedPolicy
+from visionflow.streams.shedding import NO_MODES, PACKET_MODES, ShedPolicy
 
 
 class Clock:
@@ -138,13 +138,28 @@ def test_modes_follow_the_share_down_and_up_with_a_dwell():
     assert run.broken_refs == 0
 
 
-def test_without_skip_modes_every_packet_is_decoded_but_the_frame_gate_applies():
+def test_without_decode_modes_every_packet_is_decoded_but_the_frame_gate_applies():
     clock = Clock()
-    policy = ShedPolicy(2.0, skip_modes=False, clock=clock)
+    policy = ShedPolicy(2.0, modes=NO_MODES, clock=clock)
     run = feed(policy, clock, 10)
     assert len(run.decoded) == 250 and run.modes == ["all"]
     assert rate(run.used, 3) == pytest.approx(2.0, rel=0.05)
     assert policy.skipped == 250 - len(run.used)
+
+
+def test_packet_modes_shed_before_the_decoder_without_skip_frame():
+    """NVDEC's modes: half the source rate decodes each GOP's prefix, never cutting a
+    reference chain; a B-frame stream never gets ``nonref`` (it needs FFmpeg's skip_frame)."""
+    clock = Clock()
+    policy = ShedPolicy(12.0, modes=PACKET_MODES, clock=clock)
+    run = feed(policy, clock, 20)
+    assert run.modes[-1] == "prefix"
+    steady = [t for t in run.decoded if t >= 8]
+    assert len(steady) / 12 == pytest.approx(12.0, rel=0.1), "decode follows the target"
+    assert rate(run.used, 8) == pytest.approx(12.0, rel=0.1)
+    assert run.broken_refs == 0
+    b_stream = ShedPolicy(6.0, modes=PACKET_MODES, clock=clock)
+    assert "nonref" not in feed(b_stream, clock, 20, b_every=2, start=1000.0).modes
 
 
 def test_a_pts_jump_restarts_the_measurements():
