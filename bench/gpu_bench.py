@@ -37,6 +37,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -547,20 +548,27 @@ def section_letterbox_gpu(work: Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- end to end
 def _latency(
-    client: Any, prefix: str, ids: list[str], since: float
+    client: Any, prefix: str, ids: list[str], since: float, until: float
 ) -> tuple[float, float, int, dict[str, float], dict[str, float]]:
-    """p50/p99 of capture→publish, sample count, the p50 of each latency component (decode,
-    queue, inference, publish) to show where the time goes, and the mean of each component
-    over the slowest 1 % of entries (those at or above p99: where the tail comes from)."""
+    """p50/p99 of capture→publish over the entries captured in ``[since, until)``, sample
+    count, the p50 of each latency component (decode, queue, inference, publish) to show where
+    the time goes, and the mean of each component over the slowest 1 % of entries (those at or
+    above p99: where the tail comes from).
+
+    Only the window's entries: reading and parsing every entry takes seconds of the GIL of
+    this process, which is the pipeline's scheduling process, so frames captured while it
+    runs wait for their batch (before this bound, those frames made the queue tail)."""
     import numpy as np
 
     from visionflow.schema import detections_key, parse_entry
 
     rows: list[dict[str, float]] = []
     for sid in ids:
-        for eid, fields in client.xrange(detections_key(prefix, sid)):
+        # entry ids are capture milliseconds: read the window's entries only
+        window = client.xrange(detections_key(prefix, sid), int(since * 1000), int(until * 1000))
+        for eid, fields in window:
             e = parse_entry(eid, fields)
-            if e.capture_ts >= since and "total" in e.latency_ms:
+            if since <= e.capture_ts < until and "total" in e.latency_ms:
                 rows.append(dict(e.latency_ms))
     if not rows:
         return 0.0, 0.0, 0, {}, {}
@@ -577,19 +585,34 @@ def _latency(
     return p50, p99, len(totals), medians, tail_means
 
 
-def _window(p: Any, client: Any, prefix: str, seconds: float) -> dict[str, Any]:
-    """Counters over one measuring window of a running pipeline."""
+LATENCY_GRACE_S = 1.5  # after a window, before reading its entries: its last frames land
+
+
+def _window(
+    p: Any,
+    client: Any,
+    prefix: str,
+    seconds: float,
+    at_end: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Counters over one measuring window of a running pipeline.  ``at_end`` is called when
+    the window closes, before its entries are read (what this process does then is the
+    measurement's, not the pipeline's)."""
     first = p.status()
     before = {s.stream_id: (s.frames, s.total_drops, s.published) for s in first.streams}
     before_workers = first.workers
     t0 = time.time()
     time.sleep(seconds)
     after = p.status()
+    t1 = time.time()
+    if at_end is not None:
+        at_end()
+    time.sleep(LATENCY_GRACE_S)
     ids = [s.stream_id for s in after.streams]
     frames = sum(s.frames - before.get(s.stream_id, (0, 0, 0))[0] for s in after.streams)
     drops = sum(s.total_drops - before.get(s.stream_id, (0, 0, 0))[1] for s in after.streams)
     published = sum(s.published - before.get(s.stream_id, (0, 0, 0))[2] for s in after.streams)
-    p50, p99, counted, parts, tail = _latency(client, prefix, ids, t0)
+    p50, p99, counted, parts, tail = _latency(client, prefix, ids, t0, t1)
     batches_before = {w.worker_id: w.batches for w in before_workers}
     reasons: dict[str, int] = {}
     for s in after.streams:

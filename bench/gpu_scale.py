@@ -15,7 +15,10 @@ Sections (each in its own subprocess with a time limit, ``DIR/<section>.json``):
               slowest stream vs the fair share, p99); ``VF_RAMP_LEVELS`` the steps,
               ``VF_RAMP_ENGINE`` engine settings as JSON (``{"compile": true}``),
               ``VF_RAMP_INGEST`` ingest processes (default 0: automatic),
-              ``VF_RAMP_OVERRIDES`` other settings by section as JSON
+              ``VF_RAMP_OVERRIDES`` other settings by section as JSON,
+              ``VF_RAMP_STAGGER_S`` spreads each step's new streams over that many seconds
+              (default 0: all at once, every stream's clip in phase; 1.0: one GOP, keyframes
+              and frame times spread as unsynchronised cameras' are)
   ramp_all    the same over every GPU (``workers.gpus`` unset)
   kill        every GPU, a fixed stream count; one inference worker is SIGKILLed mid-run:
               batches per worker before/after, drops by reason, ledger violations, and the
@@ -152,9 +155,16 @@ def measured_window(p: Any, client: Any, prefix: str, seconds: float) -> dict[st
     from bench.gpu_bench import _window
 
     c0, t0 = _cpu(), time.monotonic()
-    with NvmlSampler() as nv:
-        r = _window(p, client, prefix, seconds)
-    r["scheduler_cpu_share"] = round((_cpu() - c0) / (time.monotonic() - t0), 2)
+    share: list[float] = []
+    nv = NvmlSampler()
+
+    def window_closed() -> None:  # before the window's entries are read in this process
+        nv.__exit__()
+        share.append(round((_cpu() - c0) / (time.monotonic() - t0), 2))
+
+    with nv:
+        r = _window(p, client, prefix, seconds, at_end=window_closed)
+    r["scheduler_cpu_share"] = share[0] if share else None
     r.update(nv.summary())
     status = p.status()
     r["ledger_violations"] = getattr(status, "ledger_violations", None)
@@ -249,6 +259,7 @@ def ramp(
     engine: dict[str, Any] | None = None,
     ingest_processes: int = 0,
     overrides: dict[str, dict[str, Any]] | None = None,
+    stagger_s: float = 0.0,
 ) -> dict[str, Any]:
     import logging
 
@@ -262,8 +273,9 @@ def ramp(
     runs: list[dict[str, Any]] = []
     with EmbeddedRedis() as server:
         prefix = "scale"
+        first = 1 if stagger_s > 0 else levels[0]  # staggered: the rest are added spread out
         cfg = _config(
-            work, server.url, prefix, levels[0], gpus, engine, ingest_processes, overrides=overrides
+            work, server.url, prefix, first, gpus, engine, ingest_processes, overrides=overrides
         )
         client = redis.Redis.from_url(server.url)
         p = Pipeline(cfg, server.url, log_level=logging.WARNING)
@@ -274,8 +286,11 @@ def ramp(
             plan = list(levels)
             while plan:
                 level = plan.pop(0)
-                for i in range(len(p.status().streams), level):
+                have = len(p.status().streams)
+                for i in range(have, level):
                     p.add_stream(StreamConfig.model_validate(stream(mp4, i)))
+                    if stagger_s > 0:
+                        time.sleep(stagger_s / (level - have))
                 time.sleep(settle_s)
                 r = measured_window(p, client, prefix, window_s)
                 r["sustained"] = ok(r)
@@ -296,6 +311,7 @@ def ramp(
         "engine": engine or {},
         "ingest_processes": ingest_processes or "auto",
         "overrides": overrides or {},
+        "stagger_s": stagger_s,
         "runs": runs,
         "sustained_streams": best,
         "peak_published_fps": peak,
@@ -433,14 +449,25 @@ def section_scale(work: Path) -> dict[str, Any]:
     load, provided each window's ``all_streaming_after_s`` is not None."""
     out: dict[str, Any] = {}
     streams = int(os.environ.get("VF_SCALE_STREAMS", "160"))
-    one = one_window(work, "scale", streams, gpus=[0], settle_s=20)
+    per_gpu = int(os.environ.get("VF_SCALE_INGEST_PER_GPU", "0"))  # 0: the automatic plan
+    gpus = _gpu_count()
+    one = one_window(work, "scale", streams, gpus=[0], settle_s=20, ingest_processes=per_gpu)
     log(f"scale {streams} on GPU 0: {json.dumps(one)[:500]}")
-    every = one_window(work, "scale", streams, gpus=[], settle_s=20)
+    every = one_window(
+        work, "scale", streams, gpus=[], settle_s=20, ingest_processes=per_gpu * gpus
+    )
     log(f"scale {streams} on every GPU: {json.dumps(every)[:500]}")
     ratio = every["published_fps"] / one["published_fps"] if one["published_fps"] else None
-    out[f"{streams}_streams"] = {"one_gpu": one, "all_gpus": every, "ratio": ratio}
+    key = f"{streams}_streams" + (f"_{per_gpu}_ingest_per_gpu" if per_gpu else "")
+    out[key] = {"one_gpu": one, "all_gpus": every, "ratio": ratio}
     log(f"scale {streams}: 1 GPU {one['published_fps']} fps, all {every['published_fps']}")
     return out
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return int(torch.cuda.device_count())
 
 
 def section_per_gpu(work: Path) -> dict[str, Any]:
@@ -733,6 +760,7 @@ def section_ramp_1gpu(work: Path) -> dict[str, Any]:
     engine = json.loads(os.environ.get("VF_RAMP_ENGINE", "{}"))  # e.g. {"compile": true}
     procs = int(os.environ.get("VF_RAMP_INGEST", "0"))  # ingest processes (0: automatic)
     overrides = json.loads(os.environ.get("VF_RAMP_OVERRIDES", "{}"))  # {"batching": {...}}
+    stagger = float(os.environ.get("VF_RAMP_STAGGER_S", "0"))
     return ramp(
         work,
         [0],
@@ -740,6 +768,7 @@ def section_ramp_1gpu(work: Path) -> dict[str, Any]:
         engine=engine,
         ingest_processes=procs,
         overrides=overrides,
+        stagger_s=stagger,
     )
 
 
