@@ -42,7 +42,9 @@ class NvdecSource(VideoSource):
 
     gpu = 0
     # fed packet by packet: the rest of a GOP can be kept from NVDEC (prefix, nonkey), but
-    # FFmpeg's skip_frame (nonref) does not apply
+    # FFmpeg's skip_frame (nonref) does not apply.  A frame NVDEC returns one packet late
+    # (see _decode_annexb) then comes out with the next packet fed, i.e. the next keyframe
+    # (not measured on a GPU yet: it would show as that frame's lateness, not as decode_ms)
     decode_modes = PACKET_MODES
     uses_skip_frame = False
     _decoder_key: tuple[str, int, int, str] | None = None  # codec, size, format of the decoder
