@@ -45,7 +45,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -151,6 +151,8 @@ class _Entry:
     spooled: bool = False  # read back from the spool
     fence: str | None = None  # the lease value it is written under (fleet; None: not known)
     generation: int = 0  # the stream's registration that value belongs to (fleet)
+    # ``latency_ms`` of ``fields`` as a dict (None: read from ``fields`` when needed)
+    stages: dict[str, float] | None = field(default=None, compare=False, repr=False)
 
     def to_record(self, run: str) -> tuple[str, bytes]:
         body: dict[str, Any] = {
@@ -183,10 +185,14 @@ class _Entry:
 
     def latency(self, now: float) -> dict[str, float]:
         """``latency_ms`` as written at ``now`` (publish and total end then)."""
-        latency: dict[str, float] = json.loads(self.fields.get("latency_ms", "{}"))
-        latency["publish"] = round(max(0.0, (now - self.done_ts) * 1000), 2)
-        latency["total"] = round((now - self.capture_ts) * 1000, 2)
-        return latency
+        stages = self.stages
+        if stages is None:
+            stages = json.loads(self.fields.get("latency_ms", "{}"))
+        return {
+            **stages,
+            "publish": round(max(0.0, (now - self.done_ts) * 1000), 2),
+            "total": round((now - self.capture_ts) * 1000, 2),
+        }
 
     def final_fields(self, now: float) -> dict[str, str]:
         latency = json.dumps(self.latency(now), separators=(",", ":"))
@@ -194,21 +200,22 @@ class _Entry:
 
 
 @dataclass(frozen=True)
-class _Bound:
-    """A fleet node's result with the lease value it was read under, bound when it entered
-    the sink (a later lease of the stream never re-binds it)."""
+class _Encoded:
+    """A result as it entered the sink: its fields encoded at once (a backlog of strings costs
+    the garbage collector nothing, one of detections a full collection of them all), its id
+    not fixed yet, and (fleet) the lease value it was read under: a later lease of the
+    stream never re-binds it."""
 
-    result: FrameResult
-    fence: Fence | None
+    stream_id: str
+    seq: int
+    fields: dict[str, str]
+    done_ts: float
+    capture_ts: float
+    stages: dict[str, float]  # ``latency_ms`` of ``fields``, as a dict
+    fence: Fence | None = None
 
 
-_Buffered = FrameResult | _Bound | _Entry
-
-
-def _sid(item: _Buffered) -> str:
-    if isinstance(item, _Bound):
-        return item.result.frame.stream_id
-    return item.frame.stream_id if isinstance(item, FrameResult) else item.stream_id
+_Buffered = _Encoded | _Entry
 
 
 def _text(value: Any) -> str:
@@ -271,10 +278,16 @@ class RedisStreamSink(Sink):
     # ---- producer side ------------------------------------------------------------
     def write(self, results: Sequence[FrameResult]) -> None:
         """Queue results for writing (never blocks; drops the oldest when full)."""
-        fences = self.fences
-        items: Sequence[_Buffered] = results
-        if fences is not None:  # bound now: a lease taken later does not apply to them
-            items = [_Bound(r, fences.lookup(r.frame.stream_id, r.frame.seq)) for r in results]
+        items, failed = [], 0
+        for result in results:
+            try:
+                items.append(self._encode(result))
+            except Exception:  # counted as dropped, as a batch the writer cannot write
+                failed += 1
+                if failed == 1:
+                    log.exception("redis sink: a result could not be encoded; dropped")
+                with self._cond:
+                    self.dropped[result.frame.stream_id] += 1
         with self._cond:
             self.accepted += len(results)
             self._buffer.extend(items)
@@ -286,7 +299,7 @@ class RedisStreamSink(Sink):
         for _ in range(max(0, overflow)):
             item = self._buffer.popleft()
             if not isinstance(item, _Entry) or item.own:
-                self.dropped[_sid(item)] += 1
+                self.dropped[item.stream_id] += 1
 
     @property
     def pending(self) -> int:
@@ -418,23 +431,37 @@ class RedisStreamSink(Sink):
             if entry.own:
                 self.dropped[entry.stream_id] += 1
 
+    def _encode(self, result: FrameResult) -> _Encoded:
+        frame = result.frame
+        fields = encode_entry(result, self.model_id, result.done_ts)
+        fences = self.fences  # bound now: a lease taken later does not apply to it
+        return _Encoded(
+            stream_id=frame.stream_id,
+            seq=frame.seq,
+            fields=fields,
+            done_ts=result.done_ts,
+            capture_ts=frame.capture_ts,
+            stages=json.loads(fields["latency_ms"]),
+            fence=fences.lookup(frame.stream_id, frame.seq) if fences is not None else None,
+        )
+
     def _entry(self, item: _Buffered) -> _Entry:
         """Fix a result's id (once: an entry keeps the one it has)."""
         if isinstance(item, _Entry):
             return item
-        result, fence = (item.result, item.fence) if isinstance(item, _Bound) else (item, None)
-        frame = result.frame
-        entry_id = next_entry_id(frame.capture_ts, frame.seq, self._last_id.get(frame.stream_id))
-        self._last_id[frame.stream_id] = entry_id
+        sid, fence = item.stream_id, item.fence
+        entry_id = next_entry_id(item.capture_ts, item.seq, self._last_id.get(sid))
+        self._last_id[sid] = entry_id
         return _Entry(
-            stream_id=frame.stream_id,
-            seq=frame.seq,
+            stream_id=sid,
+            seq=item.seq,
             entry_id=entry_id,
-            fields=encode_entry(result, self.model_id, result.done_ts),
-            done_ts=result.done_ts,
-            capture_ts=frame.capture_ts,
+            fields=item.fields,
+            done_ts=item.done_ts,
+            capture_ts=item.capture_ts,
             fence=fence.token if fence is not None else None,
             generation=fence.generation if fence is not None else 0,
+            stages=item.stages,
         )
 
     def _run(self) -> None:
@@ -450,7 +477,7 @@ class RedisStreamSink(Sink):
     def _drop_writing(self) -> None:
         with self._cond:
             for item in self._writing:
-                self.dropped[_sid(item)] += 1
+                self.dropped[item.stream_id] += 1
             self._writing = []
 
     def _step(self) -> None:
@@ -532,7 +559,7 @@ class RedisStreamSink(Sink):
     def _write(self, batch: Sequence[_Buffered]) -> tuple[list[_Entry], list[_Entry], float]:
         """XADD every entry (pipelined); returns the entries Redis holds, ids fixed, those
         the fence refused (fleet), and the time their latency_ms was stamped with."""
-        self._sync_ids({_sid(item) for item in batch if not isinstance(item, _Entry)})
+        self._sync_ids({item.stream_id for item in batch if not isinstance(item, _Entry)})
         self._load_script()
         entries = [self._entry(item) for item in batch]
         with self._cond:
@@ -548,7 +575,7 @@ class RedisStreamSink(Sink):
         for entry, reply in zip(sent, replies, strict=True):
             if reply is None and self.fences is not None:
                 refused.append(entry)  # the lease holds another value, or none
-            elif _text(reply) == DUPLICATE and self.fences is not None:
+            elif self.fences is not None and _text(reply) == DUPLICATE:
                 self.duplicates_skipped[entry.stream_id] += 1  # there already: written
             elif isinstance(reply, redis.ResponseError) and _TOO_SMALL in str(reply):
                 if not self._settle_conflict(entry, now):

@@ -4,7 +4,7 @@ import json
 
 from visionflow.pipeline.frames import Detection, FrameRef, FrameResult
 from visionflow.pipeline.letterbox import letterbox_geometry
-from visionflow.schema import detections_key, encode_entry, parse_entry
+from visionflow.schema import _detection, detections_json, detections_key, encode_entry, parse_entry
 
 
 def test_entry_round_trip_and_latency_breakdown():
@@ -25,3 +25,16 @@ def test_entry_round_trip_and_latency_breakdown():
         {"label": "person", "class_id": 0, "score": 0.91, "box": [10.0, 20.0, 110.0, 220.0]}
     ]
     assert detections_key("vf", "cam-1") == "vf:detections:cam-1"
+
+
+def test_detections_are_written_as_json_dumps_writes_them():
+    """The detections field is written directly, not through json.dumps: the same text, for
+    tracked and untracked boxes, any label, ints, and json's NaN / Infinity."""
+    dets = [
+        Detection(0, "person", 0.91, 10.0, 20.0, 110.5, 220.25),
+        Detection(3, 'a "quoted" \\ läbel', 0.5, 0, 1, 2, 3, track_id=1800000000000001),
+        Detection(7, "car", 1e-05, 1234.5, 0.1, 1920.0, 1080.0, track_id=2),
+    ]
+    for case in ([], dets, [*dets, Detection(1, "x", float("nan"), 0.0, float("inf"), 1.0, 2.0)]):
+        expected = json.dumps([_detection(d) for d in case], separators=(",", ":"))
+        assert detections_json(case) == expected
