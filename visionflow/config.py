@@ -112,7 +112,7 @@ class RedisConfig(_Strict, RedisTls):
         ge=0,
         description="Spill the in-memory buffer to the spool once Redis has been unreachable "
         "this long (or sooner, when the buffer is more than half full): a shorter blip costs no "
-        "disk I/O.",
+        "disk I/O. While Redis answers, a backlog is written, never spilled.",
     )
     spool_fsync: Literal["always", "interval", "never"] = Field(
         default="interval",

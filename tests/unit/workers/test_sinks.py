@@ -44,6 +44,30 @@ def test_entries_are_written_trimmed_and_in_order(redis_server, redis_client, ke
 
 
 @pytest.mark.integration
+def test_a_backlog_while_redis_answers_is_written_not_spilled(
+    redis_server, redis_client, key_prefix, tmp_path
+):
+    """80 results wait before the writer starts, more than half of a 100-entry buffer:
+    Redis is up, so they are written straight from memory, none goes through the spool."""
+    cfg = RedisConfig(
+        url=redis_server,
+        key_prefix=key_prefix,
+        buffer_max_entries=100,
+        spool_dir=str(tmp_path / "spool"),
+    )
+    pub = RedisStreamSink(cfg, redis_server, "m1")
+    pub.write(results("a", range(80)))
+    pub.start()
+    try:
+        wait_until(lambda: pub.published["a"] == 80, 10, lambda: f"published {pub.published}")
+    finally:
+        pub.stop()
+    assert sum(pub.spooled.values()) == 0 and not pub.dropped
+    rows = redis_client.xrange(detections_key(key_prefix, "a"))
+    assert [parse_entry(i, f).seq for i, f in rows] == list(range(80))
+
+
+@pytest.mark.integration
 def test_unreachable_redis_buffers_bounded_and_counts_drops(killable_redis, key_prefix):
     killable_redis.kill()
     cfg = RedisConfig(
