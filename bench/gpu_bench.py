@@ -643,6 +643,9 @@ def _window(
         "p50_ms": round(p50, 1),
         "p99_ms": round(p99, 1),
         "latency_samples": counted,
+        # entries of the window's frames in Redis when read (1.5 s after it): below 1, the
+        # latest are missing and p50/p99 are lower bounds
+        "latency_coverage": round(counted / published, 2) if published else None,
         "p50_parts_ms": parts,
         "p99_tail_parts_ms": tail,
         "batches_per_worker": [

@@ -112,7 +112,8 @@ class RedisConfig(_Strict, RedisTls):
         ge=0,
         description="Spill the in-memory buffer to the spool once Redis has been unreachable "
         "this long (or sooner, when the buffer is more than half full): a shorter blip costs no "
-        "disk I/O. While Redis answers, a backlog is written, never spilled.",
+        "disk I/O. While Redis answers, a backlog is written from memory (spilled only while the "
+        "spool is still being replayed and the buffer is more than half full).",
     )
     spool_fsync: Literal["always", "interval", "never"] = Field(
         default="interval",
@@ -355,8 +356,9 @@ class SourceConfig(_Strict):
     )
     shed_load: bool = Field(
         default=True,
-        description="Shed load before decode (CPU decoder): below a stream's frame rate "
-        "(analysis_fps or its fair share under overload) decode only keyframes or skip "
+        description="Shed load before decode (PyAV; NVDEC by packet, without nonref): below a "
+        "stream's frame rate (analysis_fps or its fair share under overload) decode only "
+        "keyframes or skip "
         "B-frames and the unused rest of each GOP. False: decode every frame and only "
         "discard unused frames after decode (the decode-everything baseline).",
     )

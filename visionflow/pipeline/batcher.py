@@ -106,6 +106,9 @@ class DynamicBatcher:
         """Forget a stream; return its waiting frames so their slots can be freed."""
         queue = self._queues.pop(stream_id, deque())
         if stream_id in self._order:
+            index = self._order.index(stream_id)
+            if index < self._start % len(self._order):
+                self._start -= 1  # the streams after it move up: the rotation stays on its next
             self._order.remove(stream_id)
         self._busy.discard(stream_id)
         self._waiting -= len(queue)

@@ -1,13 +1,14 @@
 """GPU decode with NVDEC: PyAV demuxes, PyNvVideoCodec decodes packet by packet.
 
-The live path: every packet PyAV reads (RTSP, files; mp4/mkv packets are turned into Annex-B
-by FFmpeg's ``*_mp4toannexb`` bitstream filter) goes straight to an NVDEC decoder in low-latency
-mode, so a frame is out ~2 ms after its packet (bench/README.md), instead of after a whole GOP
-as with DALI's clip decoders.  Colour conversion (NV12 -> RGB, BT.601 limited range like
-swscale's default, so the model sees what the CPU path gives it), scaling and padding run on the
-GPU, straight into the stream's frame slot: a device slot (CUDA IPC, the default when the
-inference worker is on the same GPU) keeps the frame on the GPU all the way into the engine;
-a host slot (MIG, or an engine that reads host memory) costs one device-to-host copy of the
+The live path: every packet PyAV reads (RTSP, files; mp4/mkv packets are turned into Annex-B by
+FFmpeg's ``*_mp4toannexb`` bitstream filter) that the stream's shedding policy keeps (under a
+fair share, the rest of a GOP can be kept from the decoder) goes to an NVDEC decoder in
+low-latency mode, so a frame is out ~2 ms after its packet (bench/README.md), instead of after a
+whole GOP as with DALI's clip decoders. Colour conversion (NV12 -> RGB, BT.601 limited range
+like swscale's default, so the model sees what the CPU path gives it), scaling and padding run
+on the GPU, straight into the stream's frame slot: a device slot (CUDA IPC, the default when the
+inference worker is on the same GPU) keeps the frame on the GPU all the way into the engine; a
+host slot (MIG, or an engine that reads host memory) costs one device-to-host copy of the
 network-size image.
 
 Each source decodes and letterboxes on a non-blocking CUDA stream from torch's pool (handed to

@@ -233,7 +233,9 @@ class ShedPolicy:
         """
         t = self._time(pts)
         if self._last_t is not None and not (self._last_t - 1.0 <= t <= self._last_t + _JUMP_S):
+            gop_open = self._gop_open  # a jump mid-GOP does not bring back skipped references
             self.reset()
+            self._gop_open = gop_open
             t = self._time(pts)
         self._last_t = t
         self._packets.append(t)

@@ -7,7 +7,8 @@ bounded buffer; a thread writes them in pipelined batches (``XADD <key> MAXLEN ~
 with explicit, idempotent entry ids (:func:`visionflow.schema.next_entry_id`).  When Redis
 is unreachable the thread keeps the batch it could not write and retries with jittered
 backoff; after ``spool_after_s`` of outage, or once the buffer is more than half full during
-one, the buffer is spilled to a durable on-disk spool (:mod:`visionflow.workers.spool`), replayed in
+one or while the spool is still being replayed (:func:`spill_due`), the buffer is spilled
+to a durable on-disk spool (:mod:`visionflow.workers.spool`), replayed in
 order before anything newer when Redis is back, also by the next sink started on the same
 directory.  Without a spool (``spool_dir: ''``) the buffer drops its oldest entries beyond
 ``buffer_max_entries``, counting each drop by stream (reason ``redis_unavailable``); a full
@@ -197,6 +198,25 @@ class _Entry:
     def final_fields(self, now: float) -> dict[str, str]:
         latency = json.dumps(self.latency(now), separators=(",", ":"))
         return {**self.fields, "latency_ms": latency}
+
+
+def spill_due(
+    buffered: int, buffer_max: int, down_for_s: float | None, spooled: int, spool_after_s: float
+) -> bool:
+    """Should the memory buffer (``buffered`` entries) go to the spool now?
+
+    During an outage (``down_for_s``: seconds Redis has been unreachable), after
+    ``spool_after_s`` or once the buffer is more than half full.  With Redis answering, only
+    while the spool still holds entries (``spooled``) and the buffer is more than half full:
+    the buffer must wait behind them anyway, and the spool keeps it from overflowing meanwhile.
+    A backlog with Redis answering and the spool empty is written from memory: spilled, it
+    would cost a disk write and read per entry for nothing (a SIGKILL loses a memory backlog
+    below half the buffer either way).
+    """
+    half_full = buffered * 2 > buffer_max
+    if down_for_s is not None:
+        return half_full or down_for_s >= spool_after_s
+    return half_full and spooled > 0
 
 
 @dataclass(frozen=True)
@@ -398,15 +418,16 @@ class RedisStreamSink(Sink):
             self._trim()
 
     def _spill_due(self) -> bool:
-        """During an outage only: a backlog while Redis answers is written, never spilled
-        (spilling and replaying costs far more than the writes it would spare: a sink that
-        spilled a 10,000-entry backlog fell to ~40 entries/s, bench/output_stage.py)."""
-        down = self._down_since
-        if self.spool is None or not self._buffer or down is None:
+        if self.spool is None or not self._buffer:
             return False
-        if len(self._buffer) * 2 > self.config.buffer_max_entries:
-            return True
-        return time.monotonic() - down >= self.config.spool_after_s
+        down = self._down_since
+        return spill_due(
+            len(self._buffer),
+            self.config.buffer_max_entries,
+            None if down is None else time.monotonic() - down,
+            self.spool.pending,
+            self.config.spool_after_s,
+        )
 
     def _spill(self, force: bool = False) -> None:
         """Move the whole memory buffer to the end of the spool (so it stays after what is

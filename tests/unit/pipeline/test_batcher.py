@@ -97,3 +97,12 @@ def test_a_batch_of_several_passes_resumes_after_its_last_frame():
             b.add(frame(s, seq), now=0.0)
     assert [f.stream_id for f in b.take()] == ["a", "b", "c", "a", "b"]
     assert [f.stream_id for f in b.take()][:1] == ["c"]
+
+
+def test_removing_a_stream_before_the_rotation_point_skips_nobody():
+    b = DynamicBatcher(max_batch=2, max_delay_s=0, buffer_per_stream=10)
+    for s in "abcde":
+        b.add(frame(s, 0), now=0.0)
+    assert [f.stream_id for f in b.take()] == ["a", "b"]  # the next batch starts at c
+    b.remove_stream("a")
+    assert [f.stream_id for f in b.take()] == ["c", "d"]

@@ -162,6 +162,22 @@ def test_packet_modes_shed_before_the_decoder_without_skip_frame():
     assert "nonref" not in feed(b_stream, clock, 20, b_every=2, start=1000.0).modes
 
 
+def test_a_pts_jump_mid_gop_keeps_a_closed_gop_closed():
+    """Prefix mode closed the GOP; its timestamps then jump: the rest of that GOP (whose
+    references were skipped) still never reaches the decoder, the next keyframe opens."""
+    clock = Clock()
+    policy = ShedPolicy(12.0, modes=PACKET_MODES, clock=clock)
+    feed(policy, clock, 20, fps=30, gop=30)
+    assert policy.mode == "prefix"
+    t = 20.0
+    for i in range(20):  # a GOP: its keyframe and prefix fed, then the gate closes
+        clock.t = 100.0 + t + i / 30
+        policy.packet(t + i / 30, i == 0)
+    fed_after_jump = [policy.packet(1000.0 + i / 30, False) for i in range(10)]
+    assert not any(fed_after_jump)
+    assert policy.packet(1000.0 + 10 / 30, True), "a keyframe opens the next GOP"
+
+
 def test_a_pts_jump_restarts_the_measurements():
     clock = Clock()
     policy = ShedPolicy(1.0, clock=clock)

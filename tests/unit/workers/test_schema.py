@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
+
 from visionflow.pipeline.frames import Detection, FrameRef, FrameResult
 from visionflow.pipeline.letterbox import letterbox_geometry
 from visionflow.schema import _detection, detections_json, detections_key, encode_entry, parse_entry
@@ -35,6 +38,14 @@ def test_detections_are_written_as_json_dumps_writes_them():
         Detection(3, 'a "quoted" \\ läbel', 0.5, 0, 1, 2, 3, track_id=1800000000000001),
         Detection(7, "car", 1e-05, 1234.5, 0.1, 1920.0, 1080.0, track_id=2),
     ]
-    for case in ([], dets, [*dets, Detection(1, "x", float("nan"), 0.0, float("inf"), 1.0, 2.0)]):
+    odd = [
+        Detection(1, "x", float("nan"), 0.0, float("inf"), 1.0, 2.0),
+        Detection(True, "x", 0.5, True, 1.0, 2.0, 3.0, track_id=True),  # type: ignore[arg-type]
+        Detection(None, "x", 0.5, 1.0, 1.0, 2.0, 3.0),  # type: ignore[arg-type]
+        Detection(2, "x", np.float64(0.25), 1.0, 1.0, 2.0, 3.0),
+    ]
+    for case in ([], dets, *([*dets, o] for o in odd)):
         expected = json.dumps([_detection(d) for d in case], separators=(",", ":"))
         assert detections_json(case) == expected
+    with pytest.raises(TypeError):  # json cannot write it, and neither does the direct path
+        detections_json([Detection(2, "x", np.float32(0.25), 1.0, 1.0, 2.0, 3.0)])

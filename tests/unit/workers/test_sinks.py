@@ -10,7 +10,7 @@ from visionflow.config import RedisConfig
 from visionflow.pipeline.frames import FrameRef, FrameResult
 from visionflow.pipeline.letterbox import letterbox_geometry
 from visionflow.schema import detections_key, parse_entry
-from visionflow.workers.sinks import RedisStreamSink
+from visionflow.workers.sinks import RedisStreamSink, spill_due
 from visionflow.workers.status import PublishStats
 
 LB = letterbox_geometry(640, 480, 320, 320)
@@ -125,3 +125,19 @@ def test_failed_writes_spool_depth_and_replays_are_reported(killable_redis, key_
         assert up.spool_bytes == 0
     finally:
         pub.stop()
+
+
+@pytest.mark.parametrize(
+    ("buffered", "down_for", "spooled", "due"),
+    [
+        (10, None, 0, False),  # Redis answers, a small backlog
+        (80, None, 0, False),  # Redis answers, a large backlog, nothing spooled: written
+        (80, None, 500, True),  # after an outage, the spool replaying: the buffer joins it
+        (10, None, 500, False),  # replaying, little waiting: stays in memory
+        (10, 0.5, 0, False),  # a blip shorter than spool_after_s
+        (10, 2.0, 0, True),  # an outage of spool_after_s
+        (80, 0.1, 0, True),  # an outage, the buffer more than half full
+    ],
+)
+def test_spill_policy(buffered, down_for, spooled, due):
+    assert spill_due(buffered, 100, down_for, spooled, spool_after_s=2.0) is due
