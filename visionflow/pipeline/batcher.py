@@ -99,7 +99,7 @@ class DynamicBatcher:
                     self._busy.discard(stream_id)
             rotation = still
         self._waiting -= len(batch)
-        self._start = start + last + 1
+        self._start = (start + last + 1) % len(streams)
         return tuple(batch)
 
     def remove_stream(self, stream_id: str) -> list[FrameRef]:
@@ -107,7 +107,7 @@ class DynamicBatcher:
         queue = self._queues.pop(stream_id, deque())
         if stream_id in self._order:
             index = self._order.index(stream_id)
-            if index < self._start % len(self._order):
+            if index < self._start:
                 self._start -= 1  # the streams after it move up: the rotation stays on its next
             self._order.remove(stream_id)
         self._busy.discard(stream_id)

@@ -106,3 +106,17 @@ def test_removing_a_stream_before_the_rotation_point_skips_nobody():
     assert [f.stream_id for f in b.take()] == ["a", "b"]  # the next batch starts at c
     b.remove_stream("a")
     assert [f.stream_id for f in b.take()] == ["c", "d"]
+
+
+def test_removing_a_stream_after_a_batch_served_them_all_keeps_the_rotation():
+    b = DynamicBatcher(max_batch=8, max_delay_s=0, buffer_per_stream=10)
+    for seq in range(2):
+        for s in "abcde":
+            b.add(frame(s, seq), now=0.0)
+    assert [f.stream_id for f in b.take()] == [*"abcde", "a", "b", "c"]  # next: d
+    b.remove_stream("e")  # the last stream, after the rotation point
+    assert [f.stream_id for f in b.take()] == ["d"]
+    for s in "abcd":
+        b.add(frame(s, 9), now=0.0)
+    b.remove_stream("a")  # before it
+    assert [f.stream_id for f in b.take()][:1] == ["b"]
