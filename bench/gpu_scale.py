@@ -129,6 +129,10 @@ class NvmlSampler:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop sampling (again: nothing more)."""
         self._stop.set()
         self._thread.join(timeout=2)
 
@@ -159,7 +163,7 @@ def measured_window(p: Any, client: Any, prefix: str, seconds: float) -> dict[st
     nv = NvmlSampler()
 
     def window_closed() -> None:  # before the window's entries are read in this process
-        nv.__exit__()
+        nv.stop()
         share.append(round((_cpu() - c0) / (time.monotonic() - t0), 2))
 
     with nv:

@@ -116,17 +116,29 @@ def pipeline_key(prefix: str) -> str:
     return f"{prefix}:pipeline"
 
 
-def encode_entry(result: FrameResult, model_id: str, publish_ts: float) -> dict[str, str]:
-    """The fields of one detections entry."""
+def entry_latency(result: FrameResult, publish_ts: float) -> dict[str, float]:
+    """An entry's ``latency_ms`` (ms per stage, rounded) if it is written at ``publish_ts``."""
     frame = result.frame
-    publish_ms = max(0.0, (publish_ts - result.done_ts) * 1000)
-    latency = {
+    return {
         "decode": round(frame.decode_ms, 2),
         "queue": round(result.queue_ms, 2),
         "inference": round(result.inference_ms, 2),
-        "publish": round(publish_ms, 2),
+        "publish": round(max(0.0, (publish_ts - result.done_ts) * 1000), 2),
         "total": round((publish_ts - frame.capture_ts) * 1000, 2),
     }
+
+
+def encode_entry(
+    result: FrameResult,
+    model_id: str,
+    publish_ts: float,
+    latency: dict[str, float] | None = None,
+) -> dict[str, str]:
+    """The fields of one detections entry (``latency``: :func:`entry_latency`'s, when the
+    caller has it already)."""
+    frame = result.frame
+    if latency is None:
+        latency = entry_latency(result, publish_ts)
     return {
         "stream_id": frame.stream_id,
         "seq": str(frame.seq),

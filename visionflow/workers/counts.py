@@ -47,8 +47,8 @@ def tally(results: Iterable[FrameResult], into: Tally | None = None) -> Tally:
             continue
         frame = result.frame
         start = bucket_start(frame.capture_ts)
-        for label, n in Counter([det.label for det in result.detections]).items():
-            counts[(start, frame.stream_id, label, "boxes")] += n
+        for det in result.detections:
+            counts[(start, frame.stream_id, det.label, "boxes")] += 1
     return counts
 
 

@@ -60,6 +60,7 @@ from visionflow.schema import (
     StreamId,
     detections_key,
     encode_entry,
+    entry_latency,
     fleet_lease_key,
     format_stream_id,
     next_entry_id,
@@ -457,15 +458,15 @@ class RedisStreamSink(Sink):
 
     def _encode(self, result: FrameResult) -> _Encoded:
         frame = result.frame
-        fields = encode_entry(result, self.model_id, result.done_ts)
+        stages = entry_latency(result, result.done_ts)  # kept as a dict: never parsed back
         fences = self.fences  # bound now: a lease taken later does not apply to it
         return _Encoded(
             stream_id=frame.stream_id,
             seq=frame.seq,
-            fields=fields,
+            fields=encode_entry(result, self.model_id, result.done_ts, stages),
             done_ts=result.done_ts,
             capture_ts=frame.capture_ts,
-            stages=json.loads(fields["latency_ms"]),
+            stages=stages,
             fence=fences.lookup(frame.stream_id, frame.seq) if fences is not None else None,
         )
 
