@@ -25,7 +25,8 @@ Measured: recovery (reconnect) time per affected stream and event, drops by reas
 (published by the pipeline but not in Redis, by per-stream seq: must be 0), duplicates (a seq
 twice in Redis), the accounting identity after the stop, RSS (and its anonymous part: the
 heap) and open-fd growth per process per hour after the warm-up (least squares over samples;
-each incarnation of a restarted process separately, the longest-lived one reported),
+each incarnation of a restarted process separately, the longest-lived one reported; also
+after one full rotation of the chaos events, once each fault has been met),
 ``/dev/shm`` segments of this run left after the stop, CUDA IPC mappings (only where a GPU is
 present: none on a CPU run), and the Redis lag (now minus the newest entry's capture time,
 streaming streams only), in and out of chaos windows.  ``--probe S`` adds what this process's
@@ -816,6 +817,7 @@ class Soak:
                     "anon_mib_per_h_2nd_half": round(
                         slope_per_hour([(p[0], p[3]) for p in pts[len(pts) // 2 :]]), 2
                     ),
+                    "rss_mib_per_h_after_cycle": self.after_cycle_slope(pts),
                     "file_mib_start": round(pts[0][4], 1),
                     "file_mib_end": round(pts[-1][4], 1),
                     "fds_start": pts[0][2],
@@ -824,6 +826,16 @@ class Soak:
                 }
             )
         return rows
+
+    def after_cycle_slope(self, pts: list[Sample]) -> float | None:
+        """RSS slope (MiB/h) after one full rotation of the chaos events: what a process keeps
+        growing once each fault has been met once (a high-water mark such as a buffer sized for
+        the first Redis outage is paid in that first rotation); None under 10 minutes left."""
+        start = self.args.warmup + len(EVENTS) * self.args.chaos_every
+        after = [(p[0], p[1]) for p in pts if p[0] >= start]
+        if len(after) < 3 or after[-1][0] - after[0][0] < 600:
+            return None
+        return round(slope_per_hour(after), 2)
 
     def close(self) -> None:
         self.sample_log.close()
@@ -847,7 +859,8 @@ def show(rows: list[dict[str, Any]], columns: list[str]) -> None:
 STREAM_COLUMNS = ["stream", "frames", "published", "in_redis", "lost", "duplicates", "in_order",
                   "accounted", "reconnects", "drops"]  # fmt: skip
 GROWTH_COLUMNS = ["process", "minutes", "rss_mib_start", "rss_mib_end", "rss_mib_per_h",
-                  "rss_mib_per_h_2nd_half", "anon_mib_per_h_2nd_half", "file_mib_start",
+                  "rss_mib_per_h_2nd_half", "anon_mib_per_h_2nd_half",
+                  "rss_mib_per_h_after_cycle", "file_mib_start",
                   "file_mib_end", "fds_start", "fds_end", "fds_per_h"]  # fmt: skip
 
 
