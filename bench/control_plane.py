@@ -173,14 +173,20 @@ class NullEngine:
 
 
 def new_worker_main(spec: Any, queues: Any, log_level: int) -> None:
+    from dataclasses import replace
+
     from visionflow.pipeline.framepool import PoolCache
+    from visionflow.workers.channels import ShardedWriter
     from visionflow.workers.inference import WorkerLoop
     from visionflow.workers.messages import WorkerReady
 
+    queues = replace(queues, output=ShardedWriter(queues.output))  # its results pipes
     engine = NullEngine()
     queues.control.put(WorkerReady(spec.worker_id, engine.info, os.getpid()))
     pools = PoolCache(spec.input_size[1], spec.input_size[0], spec.slots)
     WorkerLoop(engine, pools, spec, queues).run()  # type: ignore[arg-type]
+    queues.output.close()
+    queues.output.join_thread(5.0)
     pools.close()
 
 
@@ -201,7 +207,7 @@ def new_output_main(spec: Any, inbox: Any, control: Any, log_level: int) -> None
 def run_new(args: argparse.Namespace) -> dict[str, Any]:
     from visionflow.workers import board, supervisor
 
-    board.RedisStatusWriter.write = lambda self: None  # type: ignore[method-assign]
+    board.RedisStatusWriter.write = lambda self, final=False: None  # type: ignore[method-assign]
 
     class BenchPipeline(supervisor.Pipeline):
         def _spawn(self, target: Any, name: str, *a: Any) -> Any:

@@ -444,7 +444,7 @@ class RegistryConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    """What the output stage makes besides detections."""
+    """The output stage: its processes, and what it makes besides detections."""
 
     snapshot_interval_s: float = Field(
         default=2.0,
@@ -455,6 +455,27 @@ class OutputConfig(_Strict):
         "input without its padding, e.g. 640x360 for a 16:9 camera and a 640 model). 0 turns "
         "snapshots off.",
     )
+    processes: int | Literal["auto"] = Field(
+        default="auto",
+        description="Output processes (reorder, tracking, sinks), each writing a fixed part of "
+        "the streams (by a hash of the stream id): one writes a few thousand entries a second, "
+        "so a busy GPU needs more than one. 'auto': two per inference worker, at most one per "
+        "eight CPU cores (one on a machine with fewer than 16).",
+    )
+
+    @field_validator("processes")
+    @classmethod
+    def _processes_in_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 64:
+            raise ValueError(f"output.processes must be 'auto' or 1..64, not {value}")
+        return value
+
+    def resolved_processes(self, inference_workers: int, cpus: int | None = None) -> int:
+        """How many output processes run, given the inference workers and CPU cores."""
+        if isinstance(self.processes, int):
+            return self.processes
+        cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+        return max(1, min(2 * inference_workers, cpus // 8))
 
 
 class AppConfig(_Strict):
@@ -478,7 +499,8 @@ class AppConfig(_Strict):
         description="Runtime stream registry in Redis and hot reload of this file.",
     )
     output: OutputConfig = Field(
-        default_factory=OutputConfig, description="Snapshots made by the output stage."
+        default_factory=OutputConfig,
+        description="The output stage: how many processes, and the snapshots it makes.",
     )
     decode: Literal["auto", "cpu", "dali", "nvdec"] = Field(
         default="auto",

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Any
 
 import pytest
 
 from tests.conftest import wait_until
 from tests.integration.helpers import assert_books_balance, config, running
+from visionflow.workers.supervisor import Pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -17,6 +19,24 @@ pytestmark = pytest.mark.integration
 def test_killed_worker_loses_nothing_unaccounted_and_comes_back(
     rtsp, redis_server, redis_client, key_prefix
 ):
+    kill_a_worker(rtsp, redis_server, redis_client, key_prefix, output_processes=1)
+
+
+def test_with_two_output_processes_each_writes_its_streams_and_a_killed_worker_loses_nothing(
+    rtsp, redis_server, redis_client, key_prefix
+):
+    """Results split by stream over two output processes: every stream still arrives whole
+    and in order, and a worker killed mid-run (its batches abandoned or re-sent to both
+    processes) leaves the books balanced."""
+    pipeline = kill_a_worker(rtsp, redis_server, redis_client, key_prefix, output_processes=2)
+    assert {"output-0", "output-1"} <= set(pipeline.group.children), pipeline.group.children
+    shards = dict(pipeline._shards.items())
+    assert sorted(shards.values()) == [0, 0, 1, 1], shards  # two streams each
+
+
+def kill_a_worker(
+    rtsp: Any, redis_server: str, redis_client: Any, key_prefix: str, output_processes: int
+) -> Pipeline:
     cams = {f"cam{i}": "test:320x240@15" for i in range(4)}
     server = rtsp(cams)
     cfg = config(
@@ -25,6 +45,7 @@ def test_killed_worker_loses_nothing_unaccounted_and_comes_back(
         key_prefix,
         workers={"inference_workers": 2},
         batching={"max_batch": 4, "max_delay_ms": 10, "max_inflight_per_worker": 2},
+        output={"processes": output_processes},
     )
     with running(cfg, redis_server) as pipeline:
         wait_until(
@@ -54,3 +75,4 @@ def test_killed_worker_loses_nothing_unaccounted_and_comes_back(
     assert_books_balance(final, redis_client, key_prefix)
     for s in final.streams:
         assert set(s.drops) <= {"worker_lost", "inference_behind", "backpressure"}, s.drops
+    return pipeline

@@ -46,7 +46,8 @@ from visionflow.workers.messages import (
     WorkerFailed,
     WorkerReady,
 )
-from visionflow.workers.status import PipelineStatus, PublishStats, StreamStatus, WorkerStatus
+from visionflow.workers.output_book import OutputBook
+from visionflow.workers.status import PipelineStatus, StreamStatus, WorkerStatus
 
 log = logging.getLogger("visionflow.board")
 # a fleet node's worker hashes expire after this many status intervals without a write (a
@@ -102,17 +103,8 @@ class StatusBoard:
         self.model_id = model_id
         self.streams: dict[str, StreamView] = {}
         self.workers: dict[int, WorkerView] = {}
-        self.output = OutputStats(time.time(), (), (), 0, False, None)
         self.started_at = time.time()
-        self._published: Counter[str] = Counter()
-        self._output_drops: dict[str, Counter[str]] = {}
-        self._output_pid = 0
-        self._latency: dict[str, dict[str, StageLatency]] = {}  # of the current output process
-        self._base_published: Counter[str] = Counter()  # counts of output processes gone
-        self._base_drops: dict[str, Counter[str]] = {}
-        self._base_publish = PublishStats()
-        self._fenced: Counter[tuple[str, int]] = Counter()  # (stream, generation): this process
-        self._base_fenced: Counter[tuple[str, int]] = Counter()  # ... of output processes gone
+        self.outputs = OutputBook()  # what the output processes published and dropped
         # output-side totals of a stream id when it was (re-)registered: a stream removed and
         # added again under the same id starts from zero instead of inheriting the old counts
         self._origin: dict[str, tuple[int, Counter[str]]] = {}
@@ -128,9 +120,7 @@ class StatusBoard:
 
     def _output_totals(self, sid: str) -> tuple[int, Counter[str]]:
         """Published and output-side drops of ``sid`` since the board started."""
-        drops = Counter(self._base_drops.get(sid, {}))
-        drops.update(self._output_drops.get(sid, {}))
-        return self._base_published[sid] + self._published[sid], drops
+        return self.outputs.totals(sid)
 
     def remove_stream(self, stream_id: str) -> None:
         with self._lock:
@@ -165,7 +155,7 @@ class StatusBoard:
                     view.state, view.state_since = msg.target, msg.at
                     view.history.append(msg)
             elif isinstance(msg, OutputStats):
-                self._on_output(msg)
+                self.outputs.apply(msg)
             elif isinstance(msg, WorkerReady):
                 w = self.workers.setdefault(msg.worker_id, WorkerView(msg.worker_id))
                 w.state, w.backend, w.device, w.error = (
@@ -177,24 +167,6 @@ class StatusBoard:
             elif isinstance(msg, WorkerFailed):
                 w = self.workers.setdefault(msg.worker_id, WorkerView(msg.worker_id))
                 w.state, w.error = "failed", msg.error
-
-    def _on_output(self, msg: OutputStats) -> None:
-        """Counts are cumulative per output process; a restarted one starts from zero, so
-        what the dead one reported last is kept as a base."""
-        if msg.pid != self._output_pid and self._output_pid:
-            self._base_published.update(self._published)
-            for sid, reasons in self._output_drops.items():
-                self._base_drops.setdefault(sid, Counter()).update(reasons)
-            self._base_publish = self.output.publish.plus(self._base_publish)
-            self._base_fenced.update(self._fenced)
-        self._output_pid = msg.pid
-        self._fenced = Counter({(sid, gen): n for sid, gen, n in msg.fenced})
-        self.output = msg
-        self._published = Counter(dict(msg.published))
-        self._latency = {sid: dict(stages) for sid, stages in msg.latency}
-        self._output_drops = {}
-        for sid, reason, n in msg.dropped:
-            self._output_drops.setdefault(sid, Counter())[reason] += n
 
     def _on_heartbeat(self, beat: IngestHeartbeat) -> None:
         for stats in beat.streams:
@@ -292,8 +264,8 @@ class StatusBoard:
             workers = tuple(
                 self._worker_status(w, loads.get(i)) for i, w in sorted(self.workers.items())
             )
-            out = self.output
-            publish = out.publish.plus(self._base_publish)
+            out = self.outputs.combined()
+            publish = out.publish
         return PipelineStatus(
             streams=streams,
             workers=workers,
@@ -323,7 +295,7 @@ class StatusBoard:
         published -= origin_published
         out_drops.subtract(origin_drops)
         key = (sid, view.generation)
-        fenced = self._base_fenced[key] + self._fenced[key]
+        fenced = self.outputs.fenced(key)
         if fenced:
             out_drops["fenced"] += fenced
         drops.update(+out_drops)
@@ -361,7 +333,7 @@ class StatusBoard:
             skipped_analysis=base["skipped_analysis"] + (stats.skipped_analysis if stats else 0),
             target_fps=stats.target_fps if stats else None,
             source_fps=stats.source_fps if stats else None,
-            latency=self._latency.get(sid, {}),
+            latency=self.outputs.latency(sid),
         )
 
     @staticmethod

@@ -1,4 +1,4 @@
-"""Result channels: one pipe per inference worker into the output process.
+"""Result channels: one pipe per inference worker into each output process.
 
 A ``multiprocessing.Queue`` shared by several writer processes is wedged for good when one of
 them is SIGKILLed while writing: the queue's write lock stays taken (every other writer blocks
@@ -14,12 +14,14 @@ worker exits).  The pipeline keeps the read end and hands it to the output proce
 (:class:`ResultsChannel`, through the output's inbox).  The output process reads its inbox and
 every channel at once (:class:`ChannelReaders`, one message from each ready source in turn);
 when a worker dies its pipe ends (EOF, possibly after a partial message) and only that channel
-is dropped: the others and the inbox go on.  The dead worker's batches are re-sent or abandoned
-by the scheduler as before; the output stage reads every channel dry before it applies an
-abandonment, so a result the worker sent before it died is never overtaken by the abandonment
-of its batch.  An output process that dies may have been cut in the middle of reading a
-message, which leaves that pipe's framing unreadable: the pipeline then restarts the workers
-too (new pipes), rather than hand a torn pipe to the new output process.
+is dropped: the others and the inbox go on.  With several output processes a worker has a
+pipe to each (:class:`ShardedWriter`) and sends each its streams' part of every batch.  The
+dead worker's batches are re-sent or abandoned by the scheduler as before; the output stage
+reads every channel dry before it applies an abandonment, so a result the worker sent before it
+died is never overtaken by the abandonment of its batch.  An output process that dies may have
+been cut in the middle of reading a message, which leaves that pipe's framing unreadable: the
+pipeline then restarts the workers too (new pipes), rather than hand a torn pipe to the new
+output process.
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
+
+from visionflow.pipeline.frames import BatchResult
+from visionflow.workers.shards import ShardMap, split_result
 
 log = logging.getLogger("visionflow.channels")
 _CLOSE = object()
@@ -83,6 +88,39 @@ class ChannelWriter:
                 log.error("results channel broken (%s); exiting to be restarted", exc)
                 os._exit(1)
         self._conn.close()
+
+
+class ShardedWriter:
+    """A worker's pipes, one per output process: a :class:`BatchResult` is split by its
+    streams' shards (:func:`~visionflow.workers.shards.split_result`; the assignments arrive
+    with the spec and as :class:`~visionflow.workers.messages.OutputShards`), any other
+    message goes to every pipe.  The same surface as one :class:`ChannelWriter`."""
+
+    def __init__(
+        self, conns: Sequence[Connection], assigned: Iterable[tuple[str, int]] = ()
+    ) -> None:
+        if not conns:
+            raise ValueError("a worker needs at least one results channel")
+        self.writers = [ChannelWriter(conn) for conn in conns]
+        self.shards = ShardMap(len(conns), assigned)
+
+    def put(self, message: object) -> None:
+        if isinstance(message, BatchResult):
+            for writer, part in zip(self.writers, split_result(message, self.shards), strict=True):
+                writer.put(part)
+        else:
+            for writer in self.writers:
+                writer.put(message)
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+
+    def join_thread(self, timeout: float | None = None) -> None:
+        """Every sender done, or ``timeout`` for them all together."""
+        until = None if timeout is None else time.monotonic() + timeout
+        for writer in self.writers:
+            writer.join_thread(None if until is None else max(0.0, until - time.monotonic()))
 
 
 class ChannelReaders:

@@ -51,12 +51,13 @@ from visionflow.pipeline.frames import (
     FrameResult,
 )
 from visionflow.pipeline.postprocess import to_detections
-from visionflow.workers.channels import ChannelWriter
+from visionflow.workers.channels import ShardedWriter
 from visionflow.workers.heap import HeapTrimmer
 from visionflow.workers.logs import setup_child_logging
 from visionflow.workers.messages import (
     AppearanceStreams,
     BatchDone,
+    OutputShards,
     PoolClosed,
     WorkerFailed,
     WorkerReady,
@@ -119,6 +120,7 @@ class WorkerSpec:
     max_detections: int
     env: tuple[tuple[str, str], ...] = ()
     appearance_streams: frozenset[str] = frozenset()  # descriptors for these (AppearanceHook)
+    output_shards: tuple[tuple[str, int], ...] = ()  # stream -> output process (shards.py)
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,8 @@ class WorkerLoop:
             self.pending.append(self._submit(msg))
         elif isinstance(msg, AppearanceStreams):
             self.appearance.streams = msg.stream_ids
+        elif isinstance(msg, OutputShards) and isinstance(self.queues.output, ShardedWriter):
+            self.queues.output.shards.update(msg.assigned)
 
     def _submit(self, request: BatchRequest) -> _Pending:
         started = time.time()
@@ -303,7 +307,8 @@ def inference_main(spec: WorkerSpec, queues: WorkerQueues, log_level: int) -> No
         queues.control.close()
         queues.control.join_thread()  # the message is out before the exit code says why
         sys.exit(ENGINE_FAILED_EXIT)
-    queues = replace(queues, output=ChannelWriter(queues.output))  # the pipe, written by a thread
+    # the pipes (one per output process), each written by a thread
+    queues = replace(queues, output=ShardedWriter(queues.output, spec.output_shards))
     queues.control.put(WorkerReady(spec.worker_id, engine.info, os.getpid()))
     pools = PoolCache(spec.input_size[1], spec.input_size[0], spec.slots)
     try:
@@ -317,7 +322,7 @@ def inference_main(spec: WorkerSpec, queues: WorkerQueues, log_level: int) -> No
         engine.close()
 
 
-def _flush_results(output: ChannelWriter) -> None:
+def _flush_results(output: ShardedWriter) -> None:
     """The results already put go out before the process ends (a daemon sender thread would
     be cut off mid-send at exit, and those batches are already counted done)."""
     output.close()

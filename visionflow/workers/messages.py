@@ -154,6 +154,14 @@ class BatchAbandoned:
 
 
 @dataclass(frozen=True)
+class OutputShards:
+    """Task-queue message to the inference workers: streams' output shards (new assignments;
+    sent before any frame of those streams; see :mod:`visionflow.workers.shards`)."""
+
+    assigned: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
 class OutputStats:
     """The output stage's counters per stream (sent twice a second and at exit)."""
 
@@ -171,6 +179,7 @@ class OutputStats:
     # results the lease fence refused, by (stream, registration generation, count): drops
     # (reason "fenced") of that registration only (fleet nodes)
     fenced: tuple[tuple[str, int, int], ...] = ()
+    shard: int = 0  # which output process (its streams: visionflow.workers.shards)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The output stage: reorder by batch (so by seq) -> processors -> sinks, in its own process.
+"""The output stage: reorder by batch (so by seq) -> processors -> sinks, in its own process
+(or several, each writing its own streams: :mod:`visionflow.workers.shards`).
 
 ::
 
@@ -67,13 +68,15 @@ class OutputStage:
         first_batch_id: int = 1,
         snapshots: SnapshotWriter | None = None,
         fences: FenceBook | None = None,
+        shard: int = 0,
     ) -> None:
         """``fences``: a fleet node's lease values (:class:`SetFence` messages add to them),
-        shared with the sinks that fence their writes."""
+        shared with the sinks that fence their writes; ``shard``: which output process this
+        is (its counters are that shard's)."""
         if not sinks:
             raise ValueError("the output stage needs at least one sink")
         self.sinks, self.processors = list(sinks), list(processors)
-        self.snapshots, self.fences = snapshots, fences
+        self.snapshots, self.fences, self.shard = snapshots, fences, shard
         self.reorder: BatchReorder[tuple[FrameResult, ...]] = BatchReorder(first_batch_id)
         self.sink_errors: Counter[str] = Counter()
         self.lost: Counter[tuple[str, str]] = Counter()  # abandoned: (stream, reason) -> frames
@@ -173,6 +176,7 @@ class OutputStage:
             latency=sink.latency.snapshot() if sink.latency is not None else (),
             publish=sink.publish_stats(),
             fenced=tuple(sink.fenced_drops()),
+            shard=self.shard,
         )
 
     def start(self) -> None:
@@ -209,6 +213,9 @@ class OutputSpec:
     # the pipeline's run: tags the spool records, so a restarted output process counts
     # the entries its predecessor spooled as its own (published when written), not foreign
     run_id: str | None = None
+    # which output process this is (visionflow.workers.shards): it gets the results of the
+    # streams whose shard this is, and tells the status board so
+    shard: int = 0
 
 
 @dataclass(frozen=True)
@@ -247,6 +254,7 @@ def build_stage(spec: OutputSpec) -> OutputStage:
         first_batch_id=spec.first_batch_id,
         snapshots=snapshots,
         fences=fences,
+        shard=spec.shard,
     )
 
 

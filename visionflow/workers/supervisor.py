@@ -17,6 +17,7 @@ restart), :class:`~visionflow.workers.scheduling.SchedulerLoop` around the pure
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import multiprocessing as mp
@@ -28,10 +29,11 @@ from collections import Counter, deque
 from collections.abc import Mapping
 from typing import Any
 
-from visionflow.config import AppConfig
+from visionflow.config import AppConfig, RedisConfig
 from visionflow.errors import ConfigError, EngineError
 from visionflow.models import ResolvedModel, resolve_model
 from visionflow.pipeline.framepool import PoolCache
+from visionflow.pipeline.frames import BatchRequest
 from visionflow.pipeline.scheduler import Scheduler, Send
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.state import StreamState
@@ -53,6 +55,7 @@ from visionflow.workers.messages import (
     AppearanceStreams,
     BatchAbandoned,
     IngestHeartbeat,
+    OutputShards,
     PoolClosed,
     RemoveStream,
     SetAnalysisRates,
@@ -73,6 +76,7 @@ from visionflow.workers.plan import (
 )
 from visionflow.workers.procs import Child, ProcessGroup
 from visionflow.workers.scheduling import SchedulerLoop
+from visionflow.workers.shards import ShardMap, split
 from visionflow.workers.status import PipelineStatus
 
 log = logging.getLogger("visionflow.supervisor")
@@ -120,8 +124,9 @@ class Pipeline:
         self.group = ProcessGroup()
         self._sched_q: Any = _CTX.Queue()
         self._control_q: Any = _CTX.Queue()
-        self._output_q: Any = _CTX.Queue()
-        self._channels: dict[int, ResultsChannel] = {}  # worker id -> its results pipe
+        self._output_qs: list[Any] = []  # one inbox per output process (set by start())
+        self._shards = ShardMap(1)  # stream -> output process (set by start())
+        self._channels: dict[int, list[ResultsChannel]] = {}  # worker id -> a pipe per shard
         self._retired_channels: deque[tuple[float, Any]] = deque()  # (when, replaced read end)
         self._channel_seq = 0
         self._tasks: dict[int, Any] = {}
@@ -168,7 +173,15 @@ class Pipeline:
     # ---- start / stop ------------------------------------------------------------
     def start(self) -> None:
         """Start the output process, workers, ingest processes and the threads."""
-        self.group.add("output", self._spawn_output, self._output_exited)
+        shards = self.config.output.resolved_processes(self._worker_count())
+        self._output_qs = [_CTX.Queue() for _ in range(shards)]
+        self._shards = ShardMap(shards)
+        for shard in range(shards):
+            self.group.add(
+                _output_name(shard, shards),
+                functools.partial(self._spawn_output, shard),
+                self._output_exited,
+            )
         for worker_id in range(self._worker_count()):
             self._add_worker(worker_id)
         self.decode = resolve_decode(self.config)
@@ -218,7 +231,8 @@ class Pipeline:
         self.loop.stop()
         self.loop.drain_inbox()
         self._abandon_the_rest()
-        self._output_q.put(None)
+        for inbox in self._output_qs:
+            inbox.put(None)
         self._join("output", 2 * flush_timeout + self.config.redis.socket_timeout_s + 2)
         self._stop_board.set()
         self._board_thread.join(timeout=5)
@@ -226,7 +240,7 @@ class Pipeline:
         self.status_writer.stop()
         self.pools.close()
         for conn in [
-            *(c.conn for c in self._channels.values()),
+            *(c.conn for channels in self._channels.values() for c in channels),
             *(c for _, c in self._retired_channels),
         ]:
             conn.close()
@@ -238,9 +252,7 @@ class Pipeline:
         with self.loop.lock:
             self.loop.free(self.scheduler.drain())
             for request in self.scheduler.all_inflight():
-                counts = Counter(f.stream_id for f in request.frames)
-                abandoned = BatchAbandoned(request.batch_id, tuple(counts.items()), "shutdown")
-                self._output_q.put(abandoned)
+                self._abandon(request, "shutdown")
             self.loop.free(self.scheduler.abandon_all())
 
     def _await_readers_stopped(self, timeout: float) -> None:
@@ -267,23 +279,43 @@ class Pipeline:
                 proc.kill()
 
     # ---- children ----------------------------------------------------------------
-    def _spawn_output(self, restarts: int) -> Any:
+    def _abandon(self, request: BatchRequest, reason: str = "worker_lost") -> None:
+        """Tell every output process that no worker will deliver ``request`` (each its own
+        streams' frames: an empty part too, so its reorder buffer stops waiting for it)."""
+        counts = Counter(f.stream_id for f in request.frames)
+        parts = split(counts.items(), lambda item: self._shards(item[0]), len(self._output_qs))
+        for inbox, part in zip(self._output_qs, parts, strict=True):
+            inbox.put(BatchAbandoned(request.batch_id, tuple(part), reason))
+
+    def _to_output(self, stream_id: str, message: object) -> None:
+        """A message about one stream, to the output process that writes it."""
+        self._output_qs[self._shards(stream_id)].put(message)
+
+    def _spawn_output(self, shard: int, restarts: int = 0) -> Any:
         with self.loop.lock:
             inflight = [b for w in self.scheduler.dispatcher.workers.values() for b in w.inflight]
             first = min(inflight, default=self.scheduler.last_batch_id + 1)
+        shards = len(self._output_qs)
+
+        def mine(stream_id: str) -> bool:
+            return self._shards(stream_id) == shard
+
+        fences = self._fences.snapshot() if self._fences is not None else None
         spec = OutputSpec(
-            self.config.redis,
+            _shard_redis(self.config.redis, shard),
             self.redis_url,
             self.model.model_id,
             first,
             snapshot_interval_s=self.config.output.snapshot_interval_s,
-            tracking=tuple(self._tracking.items()),
-            fences=self._fences.snapshot() if self._fences is not None else None,
+            tracking=tuple(item for item in self._tracking.items() if mine(item[0])),
+            fences=None if fences is None else tuple(f for f in fences if mine(f[0])),
             run_id=self.run_id,
+            shard=shard,
         )
         # the workers' channels reach it through its inbox (sent at each worker's spawn); after
         # an output restart the workers are restarted too (see _output_exited)
-        return self._spawn(output_main, "output", spec, self._output_q, self._control_q)
+        name = _output_name(shard, shards)
+        return self._spawn(output_main, name, spec, self._output_qs[shard], self._control_q)
 
     def _output_exited(self, child: Child, reason: str) -> None:
         log.error("output process %s: results not yet written were lost", reason)
@@ -329,25 +361,31 @@ class Pipeline:
             max_detections=self.config.model.max_detections,
             env=tuple(env.items()),
             appearance_streams=self._appearance,
+            output_shards=self._shards.items(),
         )
         tasks = self._tasks[worker_id] = _CTX.Queue()
-        reader, writer = _CTX.Pipe(duplex=False)  # its results channel (see channels.py)
-        queues = WorkerQueues(tasks, writer, self._sched_q, self._control_q)
+        # its results channels, one per output process (see channels.py)
+        pipes = [_CTX.Pipe(duplex=False) for _ in self._output_qs]
+        writers = tuple(writer for _, writer in pipes)
+        queues = WorkerQueues(tasks, writers, self._sched_q, self._control_q)
         process = self._spawn(inference_main, f"inference-{worker_id}", spec, queues)
-        writer.close()  # the worker's copy is the only one: its exit ends the channel
-        self._channel_seq += 1
-        old = self._channels.get(worker_id)
-        self._channels[worker_id] = ResultsChannel(self._channel_seq, worker_id, reader)
-        self._output_q.put(self._channels[worker_id])
-        self._retire_channel(old)
+        for writer in writers:  # the worker's copies are the only ones: its exit ends them
+            writer.close()
+        channels = []
+        for (reader, _), inbox in zip(pipes, self._output_qs, strict=True):
+            self._channel_seq += 1
+            channels.append(ResultsChannel(self._channel_seq, worker_id, reader))
+            inbox.put(channels[-1])
+        old = self._channels.get(worker_id, [])
+        self._channels[worker_id] = channels
+        self._retire_channels(old)
         return process
 
-    def _retire_channel(self, old: ResultsChannel | None) -> None:
-        """Close read ends replaced long enough ago that the output's inbox has long passed
-        them on (the queue pickles a connection in its feeder thread, later than ``put``)."""
+    def _retire_channels(self, old: list[ResultsChannel]) -> None:
+        """Close read ends replaced long enough ago that the outputs' inboxes have long passed
+        them on (a queue pickles a connection in its feeder thread, later than ``put``)."""
         now = time.monotonic()
-        if old is not None:
-            self._retired_channels.append((now, old.conn))
+        self._retired_channels.extend((now, channel.conn) for channel in old)
         while self._retired_channels and now - self._retired_channels[0][0] > 30.0:
             self._retired_channels.popleft()[1].close()
 
@@ -362,8 +400,7 @@ class Pipeline:
             for send in lost.resend:
                 self._send(send)
             for request in lost.abandoned:
-                counts = Counter(f.stream_id for f in request.frames)
-                self._output_q.put(BatchAbandoned(request.batch_id, tuple(counts.items())))
+                self._abandon(request)
             self.loop.free(lost.free)
         log.error(
             "inference worker %d %s; %d batch(es) re-sent, %d abandoned",
@@ -375,6 +412,7 @@ class Pipeline:
 
     def _add_ingest(self, index: int, streams: list[StreamConfig], plan: IngestPlan) -> None:
         self._ingest_streams[index], self._ingest_plans[index] = streams, plan
+        self._assign_shards([s.id for s in streams])
         for stream in streams:
             self._stream_process[stream.id] = index
             self.board.add_stream(stream, _decode_label(plan), self._generation_of(stream.id))
@@ -558,6 +596,7 @@ class Pipeline:
             if first_seq:
                 self._first_seq[stream.id] = first_seq
             index = self._ingest_for_new_stream()
+            self._assign_shards([stream.id])
             self._ingest_streams[index].append(stream)
             self._stream_process[stream.id] = index
             label = _decode_label(self._ingest_plans[index])
@@ -566,6 +605,16 @@ class Pipeline:
                 self.scheduler.add_stream(stream.id)
             self._commands[index].put(AddStream(stream, first_seq))
             self._set_tracking(stream)
+
+    def _assign_shards(self, stream_ids: list[str]) -> None:
+        """Give each stream an output process and tell the workers, before any of its
+        frames can reach them (the message is ahead of its batches on their task queues)."""
+        if not stream_ids:
+            return
+        with self._membership:
+            assigned = tuple((sid, self._shards.assign(sid)) for sid in stream_ids)
+            if len(self._output_qs) > 1:
+                self._broadcast(OutputShards(assigned))
 
     def _ingest_for_new_stream(self) -> int:
         """The ingest process a stream added at run time goes to (started here if new)."""
@@ -611,7 +660,7 @@ class Pipeline:
         with self._membership:
             generation = self._generation_of(stream_id)
             self._fences.set(stream_id, token, first_seq, generation)
-            self._output_q.put(SetFence(stream_id, token, first_seq, generation))
+            self._to_output(stream_id, SetFence(stream_id, token, first_seq, generation))
 
     def fence(self, stream_id: str) -> str | None:
         """The newest lease value set for the stream (None: none, or not a fleet node)."""
@@ -648,11 +697,12 @@ class Pipeline:
             self.board.remove_stream(stream_id)
             self._first_seq.pop(stream_id, None)
             self._generation.pop(stream_id, None)  # added again: a new registration
+            self._shards.release(stream_id)
             if self._fences is not None:  # what the sink holds of it carries its own value;
                 self._fences.forget(stream_id)  # a frame of it still in a worker is refused
-                self._output_q.put(ForgetFence(stream_id))
+                self._to_output(stream_id, ForgetFence(stream_id))
             if self._tracking.pop(stream_id, None) is not None:
-                self._output_q.put(SetTracking(stream_id, None))
+                self._to_output(stream_id, SetTracking(stream_id, None))
                 self._send_appearance()
             index = self._stream_process.pop(stream_id, None)
             with self.loop.lock:
@@ -671,7 +721,7 @@ class Pipeline:
             self._tracking.pop(stream.id, None)
         else:
             self._tracking[stream.id] = stream.tracking
-        self._output_q.put(SetTracking(stream.id, stream.tracking))
+        self._to_output(stream.id, SetTracking(stream.id, stream.tracking))
         self._send_appearance()
 
     def _appearance_streams(self) -> frozenset[str]:
@@ -706,3 +756,17 @@ class Pipeline:
             }
             violations = self.scheduler.ledger.violations
         return self.board.snapshot(ledger, loads, violations)
+
+
+def _output_name(shard: int, shards: int) -> str:
+    """``output`` alone, ``output-<shard>`` when there are several."""
+    return "output" if shards == 1 else f"output-{shard}"
+
+
+def _shard_redis(redis: RedisConfig, shard: int) -> RedisConfig:
+    """Each output process has a spool of its own (one writer per spool): shard 0 keeps the
+    configured directory, shard k a ``shard-k`` folder inside it."""
+    base = redis.spool_path()
+    if shard == 0 or base is None:
+        return redis
+    return redis.model_copy(update={"spool_dir": str(base / f"shard-{shard}")})

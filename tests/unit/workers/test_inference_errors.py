@@ -198,7 +198,7 @@ def _sticky_worker(spec: WorkerSpec, queues: WorkerQueues) -> None:
 def test_the_worker_process_exits_with_the_restartable_code_after_reporting():
     ctx = multiprocessing.get_context("fork")
     results, results_end = ctx.Pipe(duplex=False)  # the worker's results channel
-    queues = WorkerQueues(ctx.Queue(), results_end, ctx.Queue(), ctx.Queue())
+    queues = WorkerQueues(ctx.Queue(), (results_end,), ctx.Queue(), ctx.Queue())
     queues.tasks.put(_request(7))
     proc = ctx.Process(target=_sticky_worker, args=(_spec(), queues))
     proc.start()
