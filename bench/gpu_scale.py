@@ -216,7 +216,7 @@ def _config(
         "workers": workers,
     }
     for section, values in (overrides or {}).items():
-        config[section] = {**config[section], **values}
+        config[section] = {**config.get(section, {}), **values}
     return parse_config(config)
 
 

@@ -88,3 +88,64 @@ def test_redis_killed_mid_run_pipeline_survives_and_resumes(rtsp, killable_redis
         assert len(during) >= 20, "frames captured during the outage were not written afterwards"
         assert pipeline.status().stream("cam").drops.get("redis_unavailable", 0) == 0
     client.close()
+
+
+def test_two_output_processes_each_spool_their_streams_and_replay_them(
+    rtsp, killable_redis, key_prefix, tmp_path
+):
+    """Redis down under two output processes: each spools its own streams in its own folder
+    (shard 1 in ``shard-1`` inside the configured one) and writes them when Redis is back."""
+    import redis as redis_lib
+
+    cams = ("a", "b")
+    server = rtsp({c: "test:320x240@15" for c in cams})
+    spool = tmp_path / "spool"
+    cfg = config(
+        [{"id": c, "url": server.url(c)} for c in cams],
+        killable_redis.url,
+        key_prefix,
+        redis={
+            "url": killable_redis.url,
+            "key_prefix": key_prefix,
+            "spool_dir": str(spool),
+            "spool_after_s": 0.5,
+        },
+        output={"processes": 2},
+    )
+    client = redis_lib.Redis.from_url(killable_redis.url, decode_responses=True)
+    with running(cfg, killable_redis.url) as pipeline:
+        assert sorted(dict(pipeline._shards.items()).values()) == [0, 1]
+        for c in cams:
+            wait_until(lambda c=c: entry_count(client, key_prefix, c) > 10, 20, f"no {c} entries")
+        killable_redis.kill()
+        killed_at = time.time()
+        wait_until(lambda: not pipeline.status().redis_connected, 10, "outage not noticed")
+        wait_until(
+            lambda: pipeline.status().publish.spool_entries >= 40,
+            15,
+            lambda: f"the two processes did not spool: {pipeline.status().publish}",
+        )
+        segments = {p.parent.name for p in spool.rglob("*.log")}
+        assert segments == {"spool", "shard-1"}, segments  # each process its own folder
+        restarted_at = time.time()
+        killable_redis.start()
+        wait_until(lambda: pipeline.status().redis_connected, 15, "never reconnected")
+        for c in cams:
+            wait_until(
+                lambda c=c: (
+                    sum(
+                        killed_at < e.capture_ts < restarted_at
+                        for e in entries(client, key_prefix, c)
+                    )
+                    >= 10
+                ),
+                20,
+                f"{c}: frames captured during the outage were not written afterwards",
+            )
+    final = pipeline.status()
+    for s in final.streams:
+        seqs = [e.seq for e in entries(client, key_prefix, s.stream_id)]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), s.stream_id
+        assert s.in_flight == 0 and s.unaccounted == 0, s
+        assert s.drops.get("redis_unavailable", 0) == 0 and "spool_overflow" not in s.drops
+    client.close()
