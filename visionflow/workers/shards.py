@@ -24,6 +24,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from pathlib import Path
 from typing import TypeVar
 
 from visionflow.pipeline.frames import BatchResult
@@ -98,3 +99,17 @@ def split_result(result: BatchResult, shard_of: ShardMap) -> list[BatchResult]:
         replace(result, results=tuple(part), images=tuple(pixels))
         for part, pixels in zip(results, images, strict=True)
     ]
+
+
+def stranded_spools(base: Path | None, shards: int) -> list[Path]:
+    """Spool folders of shards this run does not have (``shard-k`` with k ≥ ``shards``) that
+    still hold segments: entries an earlier run with more output processes could not write.
+    Nothing reads them until a run has that many processes again."""
+    if base is None or not base.is_dir():
+        return []
+    found = []
+    for folder in sorted(base.glob("shard-*")):
+        digits = folder.name.removeprefix("shard-")
+        if digits.isdigit() and int(digits) >= shards and any(folder.glob("seg-*.log")):
+            found.append(folder)
+    return found

@@ -76,7 +76,7 @@ from visionflow.workers.plan import (
 )
 from visionflow.workers.procs import Child, ProcessGroup
 from visionflow.workers.scheduling import SchedulerLoop
-from visionflow.workers.shards import ShardMap, split
+from visionflow.workers.shards import ShardMap, split, stranded_spools
 from visionflow.workers.status import PipelineStatus
 
 log = logging.getLogger("visionflow.supervisor")
@@ -176,6 +176,12 @@ class Pipeline:
         shards = self.config.output.resolved_processes(self._worker_count())
         self._output_qs = [_CTX.Queue() for _ in range(shards)]
         self._shards = ShardMap(shards)
+        for folder in stranded_spools(self.config.redis.spool_path(), shards):
+            log.warning(
+                "spool %s holds entries of an output process this run does not have "
+                "(output.processes is %d): they are written when a run has %s again",
+                folder, shards, folder.name.removeprefix("shard-"),
+            )  # fmt: skip
         for shard in range(shards):
             self.group.add(
                 _output_name(shard, shards),

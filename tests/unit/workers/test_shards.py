@@ -17,7 +17,7 @@ from visionflow.pipeline.letterbox import letterbox_geometry
 from visionflow.workers.channels import ShardedWriter
 from visionflow.workers.messages import OutputStats
 from visionflow.workers.output_book import OutputBook
-from visionflow.workers.shards import ShardMap, hashed_shard, split_result
+from visionflow.workers.shards import ShardMap, hashed_shard, split_result, stranded_spools
 from visionflow.workers.status import PublishStats
 
 LB = letterbox_geometry(64, 48, 64, 64)
@@ -107,3 +107,13 @@ def test_output_processes_auto_is_two_per_worker_within_the_cores():
     assert OutputConfig(processes=3).resolved_processes(inference_workers=1, cpus=2) == 3
     with pytest.raises(ValueError, match=r"output\.processes"):
         OutputConfig(processes=0)
+
+
+def test_spool_folders_of_shards_this_run_lacks_are_named_when_they_hold_segments(tmp_path):
+    for k in (1, 2, 3):
+        (tmp_path / f"shard-{k}").mkdir()
+    (tmp_path / "shard-2" / "seg-00000001.log").write_bytes(b"x")
+    (tmp_path / "shard-1" / "seg-00000001.log").write_bytes(b"x")
+    assert stranded_spools(tmp_path, 2) == [tmp_path / "shard-2"]  # shard-3 is empty
+    assert stranded_spools(tmp_path, 4) == []
+    assert stranded_spools(None, 1) == [] and stranded_spools(tmp_path / "none", 1) == []
