@@ -282,14 +282,17 @@ def run_legacy(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---- both ------------------------------------------------------------------------------------
 def _config(args: argparse.Namespace) -> Any:
-    from visionflow.config import parse_config
+    from visionflow.config import OutputConfig, parse_config
 
     streams = [{"id": f"s{i:03d}", "url": f"rtsp://synthetic/{i}"} for i in range(args.streams)]
+    output: dict[str, Any] = {"snapshot_interval_s": args.snapshot_interval}
+    if "processes" in OutputConfig.model_fields:  # one output process: its stand-in below
+        output["processes"] = 1  # reports as shard 0 (the legacy tree has one, no setting)
     return parse_config(
         {
             "streams": streams,
             "redis": {"url": "redis://127.0.0.1:1/0"},
-            "output": {"snapshot_interval_s": args.snapshot_interval},
+            "output": output,
             "batching": {"max_batch": args.max_batch, "max_delay_ms": 5, "buffer_per_stream": 8},
             "workers": {
                 "ingest_processes": args.ingest,

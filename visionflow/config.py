@@ -66,8 +66,8 @@ class RedisConfig(_Strict, RedisTls):
     buffer_max_entries: int = Field(
         default=20_000,
         ge=1,
-        description="Entries kept in memory while Redis is unreachable; the oldest are dropped "
-        "(and counted) beyond this.",
+        description="Entries kept in memory while Redis is unreachable, per output process; the "
+        "oldest are dropped (and counted) beyond this.",
     )
     pipeline_max_entries: int = Field(
         default=256, ge=1, description="Most entries sent to Redis in one pipelined round trip."
@@ -104,8 +104,8 @@ class RedisConfig(_Strict, RedisTls):
     spool_max_mb: float = Field(
         default=256.0,
         gt=0,
-        description="Most disk space the spool uses; beyond it the oldest segment (about an "
-        "eighth) is dropped and its entries counted as spool_overflow.",
+        description="Most disk space the spool uses, per output process; beyond it the oldest "
+        "segment (about an eighth) is dropped and its entries counted as spool_overflow.",
     )
     spool_after_s: float = Field(
         default=2.0,
@@ -458,9 +458,12 @@ class OutputConfig(_Strict):
     processes: int | Literal["auto"] = Field(
         default="auto",
         description="Output processes (reorder, tracking, sinks), each writing a fixed part of "
-        "the streams (by a hash of the stream id): one writes a few thousand entries a second, "
-        "so a busy GPU needs more than one. 'auto': two per inference worker, at most one per "
-        "eight CPU cores (one on a machine with fewer than 16).",
+        "the streams (each stream goes to the one with the fewest streams when it is "
+        "registered, and stays there): one writes a few thousand entries a second, so a busy "
+        "GPU needs more than one. Each has its own Redis buffer and spool (the folder "
+        "shard-k inside spool_dir for process k > 0), so those limits apply per process. "
+        "'auto': two per inference worker, at most one per eight CPU cores (one on a machine "
+        "with fewer than 16).",
     )
 
     @field_validator("processes")

@@ -52,3 +52,27 @@ def test_streams_added_at_run_time_get_an_ingest_process_of_their_own(
             lambda: f"the added stream never published: {pipeline.status().stream('late')}",
         )
         assert all(s.published > 0 for s in pipeline.status().streams)
+
+
+def test_config_streams_track_on_whichever_of_two_output_processes_writes_them(
+    make_clip, redis_server, redis_client, key_prefix
+):
+    """Streams in the config file with tracking, two output processes: each process gets the
+    tracking of the streams it writes (assigned before it starts), so every stream's entries
+    carry track ids."""
+    clip = make_clip(640, 360, 6.0, "h264", 41, 10)
+    streams = [{"id": f"t{i}", "url": str(clip), "loop": True, "tracking": {}} for i in range(4)]
+    cfg = config(streams, redis_server, key_prefix, output={"processes": 2})
+    with running(cfg, redis_server) as pipeline:
+        assert sorted(dict(pipeline._shards.items()).values()) == [0, 0, 1, 1]
+
+        def tracked(sid: str) -> bool:
+            rows = entries(redis_client, key_prefix, sid)
+            return any("track_id" in d for e in rows for d in e.detections)
+
+        for s in streams:
+            wait_until(
+                lambda sid=s["id"]: tracked(sid),
+                40,
+                lambda sid=s["id"]: f"{sid}: no track ids: {pipeline.status().stream(sid)}",
+            )

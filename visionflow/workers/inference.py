@@ -25,6 +25,7 @@ the worker goes on with the next.  Two kinds of error end the worker instead:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -238,10 +239,15 @@ class WorkerLoop:
         self._last_done = now
         batch_id, wid = item.request.batch_id, self.spec.worker_id
         images = self._images(item) if results else ()
-        self.queues.output.put(BatchResult(batch_id, wid, results, error, images))
+        result = BatchResult(batch_id, wid, results, error, images)
         n = len(item.request.frames)
         done = BatchDone(batch_id, wid, n, round(busy_ms, 3), error, item.skipped)
-        self.queues.done.put(done)
+        output = self.queues.output
+        if isinstance(output, ShardedWriter):  # BatchDone once the results are written
+            output.put(result, after=functools.partial(self.queues.done.put, done))
+        else:
+            output.put(result)
+            self.queues.done.put(done)
         if sticky:
             raise DeviceLostError(f"worker {wid}: sticky CUDA error in batch {batch_id}: {error}")
 

@@ -125,6 +125,8 @@ class OutputStage:
         if not batches:
             return 0
         results = [r for batch in batches for r in batch]
+        if not results:  # batches of other output processes' streams only
+            return 0
         for processor in self.processors:
             results = self._process(processor, results)
         for sink in self.sinks:

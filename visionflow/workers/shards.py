@@ -9,7 +9,11 @@ order and its tracker sees every frame.
 The pipeline assigns each stream a shard when it is registered (:class:`ShardMap`: the shard
 with the fewest streams, so 160 cameras on two processes are 80 + 80, where a hash of the id
 gave 92 + 68) and keeps it for the run (a stream removed and added again goes back to its
-shard).  The inference workers learn the assignments before any frame of the stream reaches
+shard).  The assignments are saved beside the spools and a run with the same number of output
+processes starts from them: a stream's spooled entries are replayed by the process that writes
+it, before anything newer (a run with another number, or a stream that moved, may see its old
+entries written after newer ones, under new ids; the pipeline warns when a spool holds
+entries then).  The inference workers learn the assignments before any frame of the stream reaches
 them (:class:`~visionflow.workers.messages.OutputShards`, on their task queue ahead of the
 stream's batches; a restarted worker gets them all in its spec).  Every worker splits each
 batch's results by shard and sends each shard its part (:func:`split_result`), an empty part
@@ -21,7 +25,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections import Counter
+import json
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -49,23 +54,24 @@ class ShardMap:
         if shards < 1:
             raise ValueError(f"shards must be at least 1, not {shards}")
         self.shards = shards
-        self._of: dict[str, int] = dict(assigned)
-        self._active: Counter[int] = Counter()  # registered streams per shard
+        self._of: dict[str, int] = {sid: k for sid, k in assigned if 0 <= k < shards}
+        self._registered: list[set[str]] = [set() for _ in range(shards)]
 
     def assign(self, stream_id: str) -> int:
-        """The stream's shard (its earlier one if it had one), counted as registered."""
+        """The stream's shard (its earlier one if it had one), counted as registered until
+        :meth:`release` (idempotent: a fence set before the stream is added assigns it too)."""
         shard = self._of.get(stream_id)
         if shard is None:
-            shard = min(range(self.shards), key=lambda k: (self._active[k], k))
+            shard = min(range(self.shards), key=lambda k: (len(self._registered[k]), k))
             self._of[stream_id] = shard
-        self._active[shard] += 1
+        self._registered[shard].add(stream_id)
         return shard
 
     def release(self, stream_id: str) -> None:
         """The stream left (its shard is kept for a later return)."""
         shard = self._of.get(stream_id)
-        if shard is not None and self._active[shard] > 0:
-            self._active[shard] -= 1
+        if shard is not None:
+            self._registered[shard].discard(stream_id)
 
     def __call__(self, stream_id: str) -> int:
         """The stream's shard (hashed when it has none: only a stream never registered)."""
@@ -78,6 +84,36 @@ class ShardMap:
     def update(self, assigned: Iterable[tuple[str, int]]) -> None:
         """Assignments made elsewhere (a worker told by the pipeline)."""
         self._of.update(assigned)
+
+
+ASSIGNMENTS_FILE = "shards.json"
+
+
+def load_assignments(base: Path | None, shards: int) -> list[tuple[str, int]]:
+    """The assignments the last run with the same number of output processes saved in the
+    spool folder (so a stream's spooled entries are replayed by the process that writes it
+    now, before anything newer); none when the count differs, the file is missing or bad."""
+    if base is None:
+        return []
+    try:
+        saved = json.loads((base / ASSIGNMENTS_FILE).read_text())
+        if saved.get("shards") != shards:
+            return []
+        return [(str(sid), int(k)) for sid, k in saved["streams"].items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
+def save_assignments(base: Path | None, shard_map: ShardMap) -> None:
+    """Keep the assignments beside the spools for the next run (atomic replace; a failure is
+    logged by the caller, never fatal)."""
+    if base is None:
+        return
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = base / f".{ASSIGNMENTS_FILE}.tmp"
+    body = {"shards": shard_map.shards, "streams": dict(shard_map.items())}
+    tmp.write_text(json.dumps(body, sort_keys=True))
+    os.replace(tmp, base / ASSIGNMENTS_FILE)
 
 
 def split(items: Iterable[T], shard: Callable[[T], int], shards: int) -> list[list[T]]:
@@ -101,15 +137,16 @@ def split_result(result: BatchResult, shard_of: ShardMap) -> list[BatchResult]:
     ]
 
 
-def stranded_spools(base: Path | None, shards: int) -> list[Path]:
-    """Spool folders of shards this run does not have (``shard-k`` with k ≥ ``shards``) that
-    still hold segments: entries an earlier run with more output processes could not write.
-    Nothing reads them until a run has that many processes again."""
+def spool_shard(folder: Path, base: Path) -> int:
+    """The shard whose spool ``folder`` is (``base`` itself: 0; ``base/shard-k``: k)."""
+    return 0 if folder == base else int(folder.name.removeprefix("shard-"))
+
+
+def pending_spools(base: Path | None) -> list[Path]:
+    """Spool folders (``base`` and its ``shard-k`` folders) that hold segments: entries an
+    earlier run could not write yet."""
     if base is None or not base.is_dir():
         return []
-    found = []
-    for folder in sorted(base.glob("shard-*")):
-        digits = folder.name.removeprefix("shard-")
-        if digits.isdigit() and int(digits) >= shards and any(folder.glob("seg-*.log")):
-            found.append(folder)
-    return found
+    shards = sorted(f for f in base.glob("shard-*") if f.name.removeprefix("shard-").isdigit())
+    folders = [base, *shards]
+    return [f for f in folders if any(f.glob("seg-*.log"))]

@@ -76,7 +76,14 @@ from visionflow.workers.plan import (
 )
 from visionflow.workers.procs import Child, ProcessGroup
 from visionflow.workers.scheduling import SchedulerLoop
-from visionflow.workers.shards import ShardMap, split, stranded_spools
+from visionflow.workers.shards import (
+    ShardMap,
+    load_assignments,
+    pending_spools,
+    save_assignments,
+    split,
+    spool_shard,
+)
 from visionflow.workers.status import PipelineStatus
 
 log = logging.getLogger("visionflow.supervisor")
@@ -172,16 +179,14 @@ class Pipeline:
 
     # ---- start / stop ------------------------------------------------------------
     def start(self) -> None:
-        """Start the output process, workers, ingest processes and the threads."""
-        shards = self.config.output.resolved_processes(self._worker_count())
+        """Start the output processes, workers, ingest processes and the threads."""
+        shards = self.config.output.resolved_processes(self._worker_count(), usable_cores())
         self._output_qs = [_CTX.Queue() for _ in range(shards)]
-        self._shards = ShardMap(shards)
-        for folder in stranded_spools(self.config.redis.spool_path(), shards):
-            log.warning(
-                "spool %s holds entries of an output process this run does not have "
-                "(output.processes is %d): they are written when a run has %s again",
-                folder, shards, folder.name.removeprefix("shard-"),
-            )  # fmt: skip
+        self._shards = self._shard_map(shards)
+        for stream in self.config.streams:  # before the output processes read their share
+            self._shards.assign(stream.id)
+        if shards > 1:
+            self._save_shards()
         for shard in range(shards):
             self.group.add(
                 _output_name(shard, shards),
@@ -285,6 +290,35 @@ class Pipeline:
                 proc.kill()
 
     # ---- children ----------------------------------------------------------------
+    def _shard_map(self, shards: int) -> ShardMap:
+        """The last run's assignments when it had as many output processes (its spooled
+        entries are then replayed by the process that writes their stream); warnings for
+        spooled entries that may not be."""
+        base = self.config.redis.spool_path()
+        saved = load_assignments(base, shards)
+        for folder in pending_spools(base):
+            shard = spool_shard(folder, base) if base is not None else 0
+            if shard >= shards:
+                log.warning(
+                    "spool %s holds entries of output process %d, which this run does not "
+                    "have (output.processes is %d): they are written by a run with %d or more",
+                    folder, shard, shards, shard + 1,
+                )  # fmt: skip
+            elif shards > 1 and not saved:
+                log.warning(
+                    "spool %s holds entries spooled with another number of output processes: "
+                    "those of a stream another process writes now may be written after newer "
+                    "ones (under new ids)",
+                    folder,
+                )
+        return ShardMap(shards, saved)
+
+    def _save_shards(self) -> None:
+        try:
+            save_assignments(self.config.redis.spool_path(), self._shards)
+        except OSError as exc:
+            log.warning("output process assignments not saved beside the spool: %s", exc)
+
     def _abandon(self, request: BatchRequest, reason: str = "worker_lost") -> None:
         """Tell every output process that no worker will deliver ``request`` (each its own
         streams' frames: an empty part too, so its reorder buffer stops waiting for it)."""
@@ -298,6 +332,10 @@ class Pipeline:
         self._output_qs[self._shards(stream_id)].put(message)
 
     def _spawn_output(self, shard: int, restarts: int = 0) -> Any:
+        with self._membership:  # the tracking and fence sets do not change meanwhile
+            return self._spawn_output_locked(shard)
+
+    def _spawn_output_locked(self, shard: int) -> Any:
         with self.loop.lock:
             inflight = [b for w in self.scheduler.dispatcher.workers.values() for b in w.inflight]
             first = min(inflight, default=self.scheduler.last_batch_id + 1)
@@ -621,6 +659,7 @@ class Pipeline:
             assigned = tuple((sid, self._shards.assign(sid)) for sid in stream_ids)
             if len(self._output_qs) > 1:
                 self._broadcast(OutputShards(assigned))
+                self._save_shards()
 
     def _ingest_for_new_stream(self) -> int:
         """The ingest process a stream added at run time goes to (started here if new)."""
@@ -665,6 +704,7 @@ class Pipeline:
             raise ConfigError("write fencing needs a fleet: section")
         with self._membership:
             generation = self._generation_of(stream_id)
+            self._shards.assign(stream_id)  # before the stream is added: routes the fence
             self._fences.set(stream_id, token, first_seq, generation)
             self._to_output(stream_id, SetFence(stream_id, token, first_seq, generation))
 

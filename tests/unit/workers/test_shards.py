@@ -4,6 +4,7 @@ every batch id, and the status board's account over several output processes."""
 from __future__ import annotations
 
 import multiprocessing
+import queue
 import time
 from dataclasses import replace
 from typing import Any
@@ -15,9 +16,18 @@ from visionflow.config import OutputConfig
 from visionflow.pipeline.frames import BatchResult, FrameImage, FrameRef, FrameResult
 from visionflow.pipeline.letterbox import letterbox_geometry
 from visionflow.workers.channels import ShardedWriter
-from visionflow.workers.messages import OutputStats
+from visionflow.workers.inference import WorkerLoop, WorkerQueues
+from visionflow.workers.messages import OutputShards, OutputStats
 from visionflow.workers.output_book import OutputBook
-from visionflow.workers.shards import ShardMap, hashed_shard, split_result, stranded_spools
+from visionflow.workers.shards import (
+    ShardMap,
+    hashed_shard,
+    load_assignments,
+    pending_spools,
+    save_assignments,
+    split_result,
+    spool_shard,
+)
 from visionflow.workers.status import PublishStats
 
 LB = letterbox_geometry(64, 48, 64, 64)
@@ -32,10 +42,36 @@ def test_streams_are_spread_evenly_and_keep_their_shard_when_they_come_back():
     shards = ShardMap(2)
     got = [shards.assign(f"cam-{i:03d}") for i in range(160)]
     assert got.count(0) == got.count(1) == 80  # a hash of these ids gave 92 + 68
+    assert shards.assign("cam-000") == 0  # assigning again counts nothing twice
     shards.release("cam-000")
     shards.release("cam-002")  # shard 0 now has 78 registered: the next new stream goes there
     assert shards.assign("new") == 0
-    assert shards.assign("cam-002") == 0  # back: its old shard, whatever the loads
+    shards.release("cam-001")  # 79 and 79: least-loaded would now pick shard 0
+    assert shards.assign("cam-001") == 1  # back: its old shard
+
+
+def test_assignments_saved_beside_the_spool_seed_a_run_with_as_many_processes(tmp_path):
+    shards = ShardMap(2)
+    for sid in ("a", "b", "c"):
+        shards.assign(sid)
+    save_assignments(tmp_path, shards)
+    assert load_assignments(tmp_path, 2) == [("a", 0), ("b", 1), ("c", 0)]
+    assert load_assignments(tmp_path, 3) == []  # another count: not used
+    seeded = ShardMap(2, load_assignments(tmp_path, 2))
+    assert seeded.assign("x") == 0 and seeded.assign("b") == 1  # b kept, x least-loaded
+    (tmp_path / "shards.json").write_text("{not json")
+    assert load_assignments(tmp_path, 2) == [] and load_assignments(None, 2) == []
+
+
+def test_spool_folders_holding_segments_are_found_with_their_shard(tmp_path):
+    for k in (1, 2, 3):
+        (tmp_path / f"shard-{k}").mkdir()
+    (tmp_path / "shard-2" / "seg-00000001.log").write_bytes(b"x")
+    (tmp_path / "seg-00000001.log").write_bytes(b"x")
+    found = pending_spools(tmp_path)
+    assert found == [tmp_path, tmp_path / "shard-2"]  # shard-1 and shard-3 are empty
+    assert [spool_shard(f, tmp_path) for f in found] == [0, 2]
+    assert pending_spools(None) == [] and pending_spools(tmp_path / "none") == []
 
 
 def test_a_stream_never_registered_falls_back_to_a_hash_of_its_id():
@@ -67,10 +103,13 @@ def test_the_worker_s_writer_sends_each_pipe_its_part_and_learns_new_assignments
     pipes = [ctx.Pipe(duplex=False) for _ in range(2)]
     writer = ShardedWriter([w for _, w in pipes], [("a", 0)])
     writer.shards.update([("b", 1)])  # an OutputShards message, as the worker applies it
-    writer.put(BatchResult(3, 0, (_result("a", 1), _result("b", 1)), None))
+    done: list[str] = []
+    batch = BatchResult(3, 0, (_result("a", 1), _result("b", 1)), None)
+    writer.put(batch, after=lambda: done.append("once both parts are written"))
     writer.put("to every pipe")
     writer.close()
     writer.join_thread(5)
+    assert done == ["once both parts are written"]
     got = [[r.recv(), r.recv()] for r, _ in pipes]
     assert [[x.frame.stream_id for x in got[k][0].results] for k in range(2)] == [["a"], ["b"]]
     assert got[0][1] == got[1][1] == "to every pipe"
@@ -109,11 +148,47 @@ def test_output_processes_auto_is_two_per_worker_within_the_cores():
         OutputConfig(processes=0)
 
 
-def test_spool_folders_of_shards_this_run_lacks_are_named_when_they_hold_segments(tmp_path):
-    for k in (1, 2, 3):
-        (tmp_path / f"shard-{k}").mkdir()
-    (tmp_path / "shard-2" / "seg-00000001.log").write_bytes(b"x")
-    (tmp_path / "shard-1" / "seg-00000001.log").write_bytes(b"x")
-    assert stranded_spools(tmp_path, 2) == [tmp_path / "shard-2"]  # shard-3 is empty
-    assert stranded_spools(tmp_path, 4) == []
-    assert stranded_spools(None, 1) == [] and stranded_spools(tmp_path / "none", 1) == []
+def test_a_worker_splits_its_batches_by_the_assignments_it_is_sent():
+    from tests.unit.workers.test_inference_appearance import BoxEngine, ColourPools, _batch
+    from tests.unit.workers.test_inference_errors import _spec
+
+    ctx = multiprocessing.get_context("fork")
+    pipes = [ctx.Pipe(duplex=False) for _ in range(2)]
+    tasks: queue.Queue[object] = queue.Queue()
+    for msg in (OutputShards((("door", 1), ("street", 0))), _batch(1), None):
+        tasks.put(msg)
+    writer = ShardedWriter([w for _, w in pipes])
+    queues = WorkerQueues(tasks, writer, queue.Queue(), queue.Queue())
+    WorkerLoop(BoxEngine({}), ColourPools(), _spec(), queues).run()  # type: ignore[arg-type]
+    writer.close()
+    writer.join_thread(5)
+    parts = [reader.recv() for reader, _ in pipes]
+    assert [p.batch_id for p in parts] == [1, 1]
+    assert [[r.frame.stream_id for r in p.results] for p in parts] == [["street"], ["door"]]
+
+
+def test_a_fleet_fence_set_before_its_stream_is_added_reaches_the_process_that_writes_it():
+    """A fleet node sets a stream's lease value before adding it: the fence must go to the
+    output process the stream is then assigned, not to a hashed guess."""
+    from visionflow.config import parse_config
+    from visionflow.workers.fence import SetFence
+    from visionflow.workers.supervisor import Pipeline
+
+    cfg = parse_config({"redis": {"url": "redis://127.0.0.1:1/0"}, "fleet": {"node_id": "n1"}})
+    pipeline = Pipeline(cfg, "redis://127.0.0.1:1/0")
+    inboxes: list[queue.Queue[object]] = [queue.Queue(), queue.Queue()]
+    pipeline._output_qs, pipeline._shards = inboxes, ShardMap(2)
+    ids = ["a", "b"]
+    assert [hashed_shard(sid, 2) for sid in ids] == [1, 1]  # a hashed guess sends both to 1
+    for sid in ids:
+        pipeline.set_fence(sid, f"token-{sid}", 0)
+    fenced = [[m.stream_id for m in _drain_all(q) if isinstance(m, SetFence)] for q in inboxes]
+    assert fenced == [["a"], ["b"]]
+    assert [pipeline._shards.assign(sid) for sid in ids] == [0, 1]  # adding keeps them
+
+
+def _drain_all(q: queue.Queue[object]) -> list[Any]:
+    out = []
+    while not q.empty():
+        out.append(q.get_nowait())
+    return out
