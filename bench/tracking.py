@@ -27,7 +27,8 @@ Sections (one run, one JSON under ``bench/results/tracking-<date>.json``):
   every count; ``count_diff_test_keys`` over those the truth test checks: the lines', and the
   zones' except on ``reenter``), with the defaults,
   with recovery by position on, with that and re-identification at the edge on, and with
-  re-identification by appearance on (with and without its gate on the IoU matching).
+  re-identification by appearance on (with and without its gate on the IoU matching, and
+  with the edge re-identification on as well).
 - ``output_stage``: the output stage in-process (32 streams, batches of 32 results, a counting
   sink), µs per result with no processor (the stage before tracking), with the tracking
   processor but every stream untracked (the default), with every stream tracked, and with
@@ -426,6 +427,7 @@ def truth_rows(
             ("recover_dist 1, reid_s 3", {"recover_dist": 1.0, "reid_s": 3.0}),
             ("appearance_s 3, no gate", {"appearance_s": 3.0, "appearance_gate": 0.0}),
             ("appearance_s 3", {"appearance_s": 3.0}),
+            ("appearance_s 3, reid_s 3", {"appearance_s": 3.0, "reid_s": 3.0}),
         )
         for name, overrides in variants:
             frames, got = processed(data, fps, overrides)

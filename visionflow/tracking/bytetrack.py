@@ -43,13 +43,18 @@ README "Tracking"):
   that ask), and each track keeps an exponential moving average of its detections'
   (``appearance_momentum``).  A lost track, or one given up less than ``appearance_s`` ago,
   gives its id to a detection that would start a new track if it is of its class, of a
-  similar height (``appearance_size``) and looks alike (cosine distance at most
-  ``appearance_dist``), one to one by least distance (before the edge re-identification and
-  the recovery, which then also need the looks to agree); and in the IoU stages a detection
-  may not continue a track whose look is farther than ``appearance_gate`` (0.3, tuned on
-  seeds 11-18), so two overlapping objects of unlike colours do not swap ids.  On held-out
-  scenes (``bench/tracking.py``, 4 seeds a kind) it gives mean IDF1 0.952 / 0.846 / 0.880
-  (crossing / occlusion / re-entering) against 0.901 / 0.813 / 0.563 without; off by
+  similar height (``appearance_size``, against the height of the box it was last seen in or
+  its smoothed height: the last box of an object leaving through a border or going behind
+  something is often cut short) and looks alike (cosine distance at most
+  ``appearance_dist``), one to one by least distance, but not a track last seen at one border
+  of the frame to a detection at another (an object comes back through the border it left by;
+  a look-alike entering elsewhere does not take its id); this runs before the edge
+  re-identification and the recovery, which then also need the looks to agree, within
+  ``appearance_gate`` (their geometry already agrees, as in the IoU stages); and in the IoU
+  stages a detection may not continue a track whose look is farther than ``appearance_gate``
+  (0.3, tuned on seeds 11-18), so two overlapping objects of unlike colours do not swap ids.
+  On held-out scenes (``bench/tracking.py``, 4 seeds a kind) it gives mean IDF1 0.952 /
+  0.853 / 0.880 (crossing / occlusion / re-entering) against 0.901 / 0.813 / 0.563 without; off by
   default because the inference worker then describes every box of the stream (tens to a few
   hundred us of CPU a frame) and a look-alike can still take a lost object's id.
 
@@ -72,6 +77,7 @@ Array = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 NEW, TRACKED, LOST, EXITED = 0, 1, 2, 3  # EXITED: given up at an edge, id kept for reid
 _FAR = 1e6  # cost of a pair the gate forbids
+HEIGHT_MOMENTUM = 0.8  # a track's smoothed height: this x old + (1 - this) x new
 
 
 IDS_PER_MS = 1000
@@ -228,6 +234,12 @@ def recover_cost(last: Array, predicted: Array, new: Array, p: TrackerParams) ->
     return out
 
 
+def _heights(boxes: Array) -> Array:
+    """Heights of xyxy boxes."""
+    out: Array = boxes[:, 3] - boxes[:, 1]
+    return out
+
+
 def assign_cost(cost: Array) -> list[tuple[int, int]]:
     """Optimal one-to-one pairs (row, col) of a cost matrix, leaving out :data:`_FAR` ones."""
     if cost.size == 0:
@@ -278,6 +290,7 @@ class ByteTracker:
         self.state: IntArray = np.zeros(0, np.int64)
         self.last_seen: Array = np.zeros(0)
         self.last_box: Array = np.zeros((0, 4))  # the box it was last matched to
+        self.height: Array = np.zeros(0)  # its boxes' heights, smoothed
         self.feat: Array = np.zeros((0, 0))  # appearance (unit rows; zeros: none yet)
         self.t: float | None = None
 
@@ -350,7 +363,7 @@ class ByteTracker:
         starters = (
             left_high[scores[left_high] >= p.new_track_thresh] if len(left_high) else left_high
         )
-        seen_again, starters = self._by_appearance(boxes, classes, feats, starters, det_track)
+        seen_again, starters = self._by_appearance(boxes, classes, feats, starters, det_track, size)
         revived, starters = self._reidentify(boxes, classes, starters, det_track, t, size, feats)
         revived = np.concatenate([seen_again, revived])
         starters = self._recover(boxes, classes, predicted, starters, det_track, feats)
@@ -366,6 +379,8 @@ class ByteTracker:
             self.state[rows] = TRACKED
             self.last_seen[rows] = t
             self.last_box[rows] = boxes[matched]
+            hm = HEIGHT_MOMENTUM
+            self.height[rows] = hm * self.height[rows] + (1 - hm) * _heights(boxes[matched])
             if feats is not None:
                 self._blend(rows, feats[matched])
         if len(revived):  # the object may come back another way: its motion starts afresh
@@ -476,12 +491,16 @@ class ByteTracker:
 
     def _unlike(self, rows: IntArray, dets: IntArray, feats: Array | None) -> npt.NDArray[np.bool_]:
         """Pairs (track row, detection) that both have a descriptor and differ by more than
-        ``appearance_dist``: never the same object (all False without descriptors)."""
+        the geometric stages allow: never the same object (all False without descriptors).
+        Where the geometry already agrees (the edge re-identification's same edge, size and
+        foot line; the recovery's predicted place) the looks need only pass the IoU stages'
+        ``appearance_gate`` (or ``appearance_dist`` where that is larger, or the gate is
+        off), not the ``appearance_dist`` that must carry a re-identification alone."""
         if feats is None:
             return np.zeros((len(rows), len(dets)), bool)
-        out: npt.NDArray[np.bool_] = (
-            appearance_distance(self.feat[rows], feats[dets]) > self.params.appearance_dist
-        )
+        p = self.params
+        limit = max(p.appearance_gate, p.appearance_dist)
+        out: npt.NDArray[np.bool_] = appearance_distance(self.feat[rows], feats[dets]) > limit
         return out
 
     def _by_appearance(
@@ -491,11 +510,14 @@ class ByteTracker:
         feats: Array | None,
         starters: IntArray,
         det_track: IntArray,
+        size: tuple[float, float] | None = None,
     ) -> tuple[IntArray, IntArray]:
         """Give detections that would start a track the id of a lost (or given-up) track of
         their class last seen at most ``appearance_s`` ago that looks alike (cosine distance
         at most ``appearance_dist``, height within ``appearance_size``), one to one by least
-        distance, wherever in the frame it appears; the rows revived, the detections left."""
+        distance, wherever in the frame it appears, except that a track last seen at a
+        border of the frame (``size`` known) is not given to a detection at another border;
+        the rows revived, the detections left."""
         p = self.params
         none = np.zeros(0, np.int64)
         if feats is None or not len(starters) or not len(self):
@@ -507,11 +529,20 @@ class ByteTracker:
         if not len(rows) or not len(dets):
             return none, starters
         dist = appearance_distance(self.feat[rows], feats[dets])
-        heights = _rel(
-            self.last_box[rows, 3] - self.last_box[rows, 1], boxes[dets, 3] - boxes[dets, 1]
+        # the height of the box it was last seen in, or its smoothed height: the last box of
+        # an object leaving through a border or going behind something is often cut short
+        new_h = _heights(boxes[dets])
+        heights = np.minimum(
+            _rel(_heights(self.last_box[rows]), new_h), _rel(self.height[rows], new_h)
         )
         ok = (dist <= p.appearance_dist) & (heights <= p.appearance_size)
         ok &= self.cls[rows][:, None] == classes[dets][None, :]
+        # an object that left through one border of the frame comes back through that one:
+        # not a look-alike entering at another border (a track lost in mid-frame, or a
+        # detection in mid-frame, is not held to this)
+        old_edges = edge_mask(self.last_box[rows], size, p.edge)[:, None]
+        new_edges = edge_mask(boxes[dets], size, p.edge)[None, :]
+        ok &= (old_edges == 0) | (new_edges == 0) | ((old_edges & new_edges) > 0)
         pairs = assign_cost(np.where(ok, dist, _FAR))
         self._pair(pairs, rows, dets, det_track)
         revived = np.array([rows[r] for r, _ in pairs], np.int64)
@@ -539,6 +570,7 @@ class ByteTracker:
         self.ids, self.cls = self.ids[keep], self.cls[keep]
         self.state, self.last_seen = self.state[keep], self.last_seen[keep]
         self.last_box = self.last_box[keep]
+        self.height = self.height[keep]
         self.feat = self.feat[keep]
 
     def _add(
@@ -561,3 +593,4 @@ class ByteTracker:
         self.state = np.concatenate([self.state, np.full(len(ids), state, np.int64)])
         self.last_seen = np.concatenate([self.last_seen, np.full(len(ids), t)])
         self.last_box = np.concatenate([self.last_box, boxes])
+        self.height = np.concatenate([self.height, _heights(boxes)])

@@ -238,8 +238,10 @@ class TrackingConfig(_Strict):
         "it back when it has the same label, a similar height (appearance_size) and colours "
         "within appearance_dist (a colour histogram of the box with its surroundings taken "
         "out, computed by the inference worker for this stream only), wherever in the frame "
-        "it reappears; the edge re-identification and the "
-        "recovery by position then also need the looks to agree.  0: off (the default: "
+        "it reappears, except that a track last seen at one border of the frame is not taken "
+        "by a detection at another border (objects come back by the border they left by); "
+        "the edge re-identification and the recovery by position then also need the looks "
+        "to agree (within appearance_gate).  0: off (the default: "
         "colour alone cannot tell a look-alike entering anywhere while another object is "
         "lost); e.g. 3 where objects leave and come back.",
     )
@@ -258,7 +260,9 @@ class TrackingConfig(_Strict):
         gt=0,
         le=1,
         description="Re-identification by appearance: the most the height may differ "
-        "(|difference| / the larger).",
+        "(|difference| / the larger) from the height of the box the track was last seen in "
+        "or from its smoothed height (the last box of an object leaving through a border or "
+        "going behind something is often cut short).",
     )
     appearance_gate: float = Field(
         default=0.3,
@@ -267,7 +271,9 @@ class TrackingConfig(_Strict):
         description="With appearance_s: a detection may not continue a track whose "
         "descriptor is farther than this (cosine distance, 0..1 for these histograms) in the "
         "IoU matching either, so two overlapping objects of unlike colours do not swap ids; "
-        "0: off.",
+        "also the most the looks may differ where the geometry already agrees in the edge "
+        "re-identification (reid_s) and the recovery by position (recover_dist; the larger "
+        "of this and appearance_dist); 0: off (those then use appearance_dist).",
     )
     anchor: Anchor = Field(
         default="bottom_center",

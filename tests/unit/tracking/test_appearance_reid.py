@@ -195,3 +195,61 @@ def test_appearance_takes_back_only_tracks_lost_within_appearance_s():
     mid = (300, 200, 340, 300)
     assert leave_and_return(ByteTracker(params), 2.0, RED_OVER_BLUE, mid)[0] == 1
     assert leave_and_return(ByteTracker(params), 4.0, RED_OVER_BLUE, mid)[0] != 1
+
+
+def test_a_track_that_left_by_one_border_is_not_taken_at_another():
+    """Red over blue leaves through the left border; the same look entering at the right
+    border is a look-alike, not the object coming back (it comes back by the border it left
+    by, and mid-frame after an occlusion: both still taken, above and below)."""
+    right = (610, 200, 640, 300)
+    assert 1 not in leave_and_return(ByteTracker(APPEARANCE), 1.5, RED_OVER_BLUE, right)
+    assert leave_and_return(ByteTracker(APPEARANCE), 1.5, RED_OVER_BLUE)[0] == 1  # left again
+    mid = (300, 200, 340, 300)
+    assert leave_and_return(ByteTracker(APPEARANCE), 1.5, RED_OVER_BLUE, mid)[0] == 1
+
+
+def at_distance(base: np.ndarray, other: np.ndarray, distance: float) -> np.ndarray:
+    """A unit descriptor at this cosine distance from ``base`` (towards ``other``)."""
+    v = base / np.linalg.norm(base)
+    u = other - (other @ v) * v
+    u /= np.linalg.norm(u)
+    cos = 1.0 - distance
+    return cos * v + np.sqrt(1.0 - cos**2) * u
+
+
+def test_edge_reid_needs_the_looks_within_the_gate_not_the_appearance_distance():
+    """Coming back at the border it left by, with its height and foot line, the object's look
+    need only pass ``appearance_gate`` (0.3: the geometry agrees, as in the IoU stages); by
+    its looks alone it needs ``appearance_dist`` (0.2)."""
+    back = (0, 200, 30, 300)
+    near = at_distance(RED_OVER_BLUE, GREEN_OVER_GREY, 0.25)
+    assert appearance_distance(RED_OVER_BLUE[None] / np.linalg.norm(RED_OVER_BLUE), near[None])[
+        0, 0
+    ] == pytest.approx(0.25)
+    both = TrackerParams(reid_s=3.0, appearance_s=3.0)
+    assert leave_and_return(ByteTracker(both), 1.5, near, back)[0] == 1
+    assert 1 not in leave_and_return(ByteTracker(APPEARANCE), 1.5, near, back)  # looks alone
+    far = at_distance(RED_OVER_BLUE, GREEN_OVER_GREY, 0.35)
+    assert 1 not in leave_and_return(ByteTracker(both), 1.5, far, back)
+
+
+def test_appearance_compares_the_height_with_the_tracks_smoothed_height():
+    """An object whose last boxes were cut short (60 px of its 100, half behind something)
+    comes back in full: 0.4 off the last box's height (more than ``appearance_size``) but
+    within it of the track's smoothed height, so it is taken back; one of 40 px is not."""
+
+    def returns_with(height: int) -> int:
+        tracker = ByteTracker(APPEARANCE)
+        for i in range(8):
+            x = 100 + 10 * i
+            update(tracker, [[x, 200, x + 40, 300]], i / 10, [RED_OVER_BLUE])
+        for i in range(8, 10):
+            x = 100 + 10 * i
+            update(tracker, [[x, 240, x + 40, 300]], i / 10, [RED_OVER_BLUE])
+        for k in range(1, 15):
+            update(tracker, [], 0.9 + k / 10)
+        out = update(tracker, [[400, 300 - height, 440, 300]], 2.4, [RED_OVER_BLUE])
+        return int(out.track_ids[0])
+
+    assert returns_with(100) == 1
+    assert returns_with(40) != 1
