@@ -55,14 +55,15 @@ def test_streams_added_at_run_time_get_an_ingest_process_of_their_own(
 
 
 def test_config_streams_track_on_whichever_of_two_output_processes_writes_them(
-    make_clip, redis_server, redis_client, key_prefix
+    make_clip, redis_server, redis_client, key_prefix, tmp_path
 ):
     """Streams in the config file with tracking, two output processes: each process gets the
     tracking of the streams it writes (assigned before it starts), so every stream's entries
     carry track ids."""
     clip = make_clip(640, 360, 6.0, "h264", 41, 10)
     streams = [{"id": f"t{i}", "url": str(clip), "loop": True, "tracking": {}} for i in range(4)]
-    cfg = config(streams, redis_server, key_prefix, output={"processes": 2})
+    redis = {"url": redis_server, "key_prefix": key_prefix, "spool_dir": str(tmp_path)}
+    cfg = config(streams, redis_server, key_prefix, output={"processes": 2}, redis=redis)
     with running(cfg, redis_server) as pipeline:
         assert sorted(dict(pipeline._shards.items()).values()) == [0, 0, 1, 1]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,25 +18,32 @@ pytestmark = pytest.mark.integration
 
 
 def test_killed_worker_loses_nothing_unaccounted_and_comes_back(
-    rtsp, redis_server, redis_client, key_prefix
+    rtsp, redis_server, redis_client, key_prefix, tmp_path
 ):
-    kill_a_worker(rtsp, redis_server, redis_client, key_prefix, output_processes=1)
+    kill_a_worker(rtsp, redis_server, redis_client, key_prefix, tmp_path, output_processes=1)
 
 
 def test_with_two_output_processes_each_writes_its_streams_and_a_killed_worker_loses_nothing(
-    rtsp, redis_server, redis_client, key_prefix
+    rtsp, redis_server, redis_client, key_prefix, tmp_path
 ):
     """Results split by stream over two output processes: every stream still arrives whole
     and in order, and a worker killed mid-run (its batches abandoned or re-sent to both
     processes) leaves the books balanced."""
-    pipeline = kill_a_worker(rtsp, redis_server, redis_client, key_prefix, output_processes=2)
+    pipeline = kill_a_worker(
+        rtsp, redis_server, redis_client, key_prefix, tmp_path, output_processes=2
+    )
     assert {"output-0", "output-1"} <= set(pipeline.group.children), pipeline.group.children
     shards = dict(pipeline._shards.items())
     assert sorted(shards.values()) == [0, 0, 1, 1], shards  # two streams each
 
 
 def kill_a_worker(
-    rtsp: Any, redis_server: str, redis_client: Any, key_prefix: str, output_processes: int
+    rtsp: Any,
+    redis_server: str,
+    redis_client: Any,
+    key_prefix: str,
+    spool: Path,
+    output_processes: int,
 ) -> Pipeline:
     cams = {f"cam{i}": "test:320x240@15" for i in range(4)}
     server = rtsp(cams)
@@ -46,6 +54,7 @@ def kill_a_worker(
         workers={"inference_workers": 2},
         batching={"max_batch": 4, "max_delay_ms": 10, "max_inflight_per_worker": 2},
         output={"processes": output_processes},
+        redis={"url": redis_server, "key_prefix": key_prefix, "spool_dir": str(spool)},
     )
     with running(cfg, redis_server) as pipeline:
         wait_until(

@@ -34,7 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -89,7 +89,11 @@ class ChannelWriter:
             payload = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
         except Exception:  # one unpicklable result costs that message, not the channel
             log.exception("result not sent: it cannot be pickled")
-            return
+            if not isinstance(message, BatchResult):
+                return
+            # its batch id still goes: the output's reorder buffer does not wait for it
+            empty = replace(message, results=(), images=(), error="results not picklable")
+            payload = pickle.dumps(empty, pickle.HIGHEST_PROTOCOL)
         try:
             self._conn.send_bytes(payload)
         except OSError as exc:  # no reader at all any more: exit, the pipeline restarts us

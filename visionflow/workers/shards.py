@@ -57,13 +57,19 @@ class ShardMap:
         self._of: dict[str, int] = {sid: k for sid, k in assigned if 0 <= k < shards}
         self._registered: list[set[str]] = [set() for _ in range(shards)]
 
-    def assign(self, stream_id: str) -> int:
-        """The stream's shard (its earlier one if it had one), counted as registered until
-        :meth:`release` (idempotent: a fence set before the stream is added assigns it too)."""
+    def place(self, stream_id: str) -> int:
+        """The stream's shard (its earlier one if it had one, else the one with the fewest
+        registered streams), not yet counted as registered (a fleet fence set just before the
+        stream is added)."""
         shard = self._of.get(stream_id)
         if shard is None:
             shard = min(range(self.shards), key=lambda k: (len(self._registered[k]), k))
             self._of[stream_id] = shard
+        return shard
+
+    def assign(self, stream_id: str) -> int:
+        """:meth:`place`, counted as registered until :meth:`release` (idempotent)."""
+        shard = self.place(stream_id)
         self._registered[shard].add(stream_id)
         return shard
 
@@ -79,7 +85,12 @@ class ShardMap:
         return shard if shard is not None else hashed_shard(stream_id, self.shards)
 
     def items(self) -> tuple[tuple[str, int], ...]:
+        """Every assignment of the run (a worker needs them all)."""
         return tuple(self._of.items())
+
+    def registered(self) -> dict[str, int]:
+        """The assignments of the streams registered now (what the next run starts from)."""
+        return {sid: k for k, sids in enumerate(self._registered) for sid in sids}
 
     def update(self, assigned: Iterable[tuple[str, int]]) -> None:
         """Assignments made elsewhere (a worker told by the pipeline)."""
@@ -105,13 +116,18 @@ def load_assignments(base: Path | None, shards: int) -> list[tuple[str, int]]:
 
 
 def save_assignments(base: Path | None, shard_map: ShardMap) -> None:
-    """Keep the assignments beside the spools for the next run (atomic replace; a failure is
-    logged by the caller, never fatal)."""
+    """Keep the registered streams' assignments beside the spools for the next run (atomic
+    replace; a failure is logged by the caller, never fatal).  With one output process there
+    is nothing to keep: an older file is removed, so a later run with several does not trust
+    assignments older than what this run spooled."""
     if base is None:
+        return
+    if shard_map.shards == 1:
+        (base / ASSIGNMENTS_FILE).unlink(missing_ok=True)
         return
     base.mkdir(parents=True, exist_ok=True)
     tmp = base / f".{ASSIGNMENTS_FILE}.tmp"
-    body = {"shards": shard_map.shards, "streams": dict(shard_map.items())}
+    body = {"shards": shard_map.shards, "streams": shard_map.registered()}
     tmp.write_text(json.dumps(body, sort_keys=True))
     os.replace(tmp, base / ASSIGNMENTS_FILE)
 

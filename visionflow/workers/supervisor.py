@@ -185,8 +185,7 @@ class Pipeline:
         self._shards = self._shard_map(shards)
         for stream in self.config.streams:  # before the output processes read their share
             self._shards.assign(stream.id)
-        if shards > 1:
-            self._save_shards()
+        self._save_shards()
         for shard in range(shards):
             self.group.add(
                 _output_name(shard, shards),
@@ -704,7 +703,7 @@ class Pipeline:
             raise ConfigError("write fencing needs a fleet: section")
         with self._membership:
             generation = self._generation_of(stream_id)
-            self._shards.assign(stream_id)  # before the stream is added: routes the fence
+            self._shards.place(stream_id)  # before the stream is added: routes the fence
             self._fences.set(stream_id, token, first_seq, generation)
             self._to_output(stream_id, SetFence(stream_id, token, first_seq, generation))
 

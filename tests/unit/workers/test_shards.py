@@ -59,6 +59,11 @@ def test_assignments_saved_beside_the_spool_seed_a_run_with_as_many_processes(tm
     assert load_assignments(tmp_path, 3) == []  # another count: not used
     seeded = ShardMap(2, load_assignments(tmp_path, 2))
     assert seeded.assign("x") == 0 and seeded.assign("b") == 1  # b kept, x least-loaded
+    shards.release("c")
+    save_assignments(tmp_path, shards)  # only what is registered now
+    assert load_assignments(tmp_path, 2) == [("a", 0), ("b", 1)]
+    save_assignments(tmp_path, ShardMap(1))  # one process: the older file would mislead
+    assert not (tmp_path / "shards.json").exists()
     (tmp_path / "shards.json").write_text("{not json")
     assert load_assignments(tmp_path, 2) == [] and load_assignments(None, 2) == []
 
@@ -180,11 +185,14 @@ def test_a_fleet_fence_set_before_its_stream_is_added_reaches_the_process_that_w
     pipeline._output_qs, pipeline._shards = inboxes, ShardMap(2)
     ids = ["a", "b"]
     assert [hashed_shard(sid, 2) for sid in ids] == [1, 1]  # a hashed guess sends both to 1
-    for sid in ids:
+    added = []
+    for sid in ids:  # as a fleet node takes a stream: its fence, then the stream
         pipeline.set_fence(sid, f"token-{sid}", 0)
+        added.append(pipeline._shards.assign(sid))  # what add_stream does first
     fenced = [[m.stream_id for m in _drain_all(q) if isinstance(m, SetFence)] for q in inboxes]
-    assert fenced == [["a"], ["b"]]
-    assert [pipeline._shards.assign(sid) for sid in ids] == [0, 1]  # adding keeps them
+    assert fenced == [["a"], ["b"]] and added == [0, 1]
+    assert pipeline._shards.place("c") == 0  # a fence alone is not counted as registered
+    assert pipeline._shards.place("d") == 0
 
 
 def _drain_all(q: queue.Queue[object]) -> list[Any]:
