@@ -33,7 +33,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -65,9 +65,8 @@ class ChannelWriter:
         self._thread = threading.Thread(target=self._send_all, name="results-sender", daemon=True)
         self._thread.start()
 
-    def put(self, message: object, after: Callable[[], None] | None = None) -> None:
-        """Send ``message``; ``after`` runs once it is written (or found unpicklable)."""
-        self._pending.put(message if after is None else _Then(message, after))
+    def put(self, message: object) -> None:
+        self._pending.put(message)
 
     def close(self) -> None:
         """No more messages: what was put is still sent, then the pipe is closed."""
@@ -77,11 +76,8 @@ class ChannelWriter:
         self._thread.join(timeout)
 
     def _send_all(self) -> None:
-        while (item := self._pending.get()) is not _CLOSE:
-            then = item if isinstance(item, _Then) else None
-            self._send(then.message if then is not None else item)
-            if then is not None:
-                then.after()
+        while (message := self._pending.get()) is not _CLOSE:
+            self._send(message)
         self._conn.close()
 
     def _send(self, message: object) -> None:
@@ -101,14 +97,6 @@ class ChannelWriter:
             os._exit(1)
 
 
-@dataclass(frozen=True)
-class _Then:
-    """A message and what to do once it is written."""
-
-    message: object
-    after: Callable[[], None]
-
-
 class ShardedWriter:
     """A worker's pipes, one per output process: a :class:`BatchResult` is split by its
     streams' shards (:func:`~visionflow.workers.shards.split_result`; the assignments arrive
@@ -123,19 +111,19 @@ class ShardedWriter:
         self.writers = [ChannelWriter(conn) for conn in conns]
         self.shards = ShardMap(len(conns), assigned)
 
-    def put(self, message: object, after: Callable[[], None] | None = None) -> None:
-        """Send ``message`` (split when it is a batch's results); ``after`` runs once every
-        pipe has written its part: the worker's ``BatchDone`` goes to the scheduler only then,
-        so a worker killed before its results are out has the batch re-sent or abandoned, never
-        counted done with a result missing."""
+    def put(self, message: object) -> None:
+        """Send ``message`` (split when it is a batch's results).  The worker reports the
+        batch done right after handing its results here, not once they are written: waiting
+        for the pipes (64 KB each, a batch's results often more) tied the scheduler to the
+        output processes' pace, and one H100 at 256 streams fell from ~3,700 to 547 published
+        fps with the GPU 29 % busy (bench/results/h100-20261127b)."""
         parts = (
             split_result(message, self.shards)
             if isinstance(message, BatchResult)
             else [message] * len(self.writers)
         )
-        done = None if after is None else _AfterAll(len(parts), after)
         for writer, part in zip(self.writers, parts, strict=True):
-            writer.put(part, None if done is None else done.one)
+            writer.put(part)
 
     def close(self) -> None:
         for writer in self.writers:
@@ -146,20 +134,6 @@ class ShardedWriter:
         until = None if timeout is None else time.monotonic() + timeout
         for writer in self.writers:
             writer.join_thread(None if until is None else max(0.0, until - time.monotonic()))
-
-
-class _AfterAll:
-    """Runs ``after`` once ``n`` sender threads each reported their part written."""
-
-    def __init__(self, n: int, after: Callable[[], None]) -> None:
-        self._left, self._after, self._lock = n, after, threading.Lock()
-
-    def one(self) -> None:
-        with self._lock:
-            self._left -= 1
-            last = self._left == 0
-        if last:
-            self._after()
 
 
 class ChannelReaders:

@@ -25,7 +25,6 @@ the worker goes on with the next.  Two kinds of error end the worker instead:
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import queue
@@ -242,12 +241,8 @@ class WorkerLoop:
         result = BatchResult(batch_id, wid, results, error, images)
         n = len(item.request.frames)
         done = BatchDone(batch_id, wid, n, round(busy_ms, 3), error, item.skipped)
-        output = self.queues.output
-        if isinstance(output, ShardedWriter):  # BatchDone once the results are written
-            output.put(result, after=functools.partial(self.queues.done.put, done))
-        else:
-            output.put(result)
-            self.queues.done.put(done)
+        self.queues.output.put(result)
+        self.queues.done.put(done)
         if sticky:
             raise DeviceLostError(f"worker {wid}: sticky CUDA error in batch {batch_id}: {error}")
 

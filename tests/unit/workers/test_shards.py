@@ -108,13 +108,10 @@ def test_the_worker_s_writer_sends_each_pipe_its_part_and_learns_new_assignments
     pipes = [ctx.Pipe(duplex=False) for _ in range(2)]
     writer = ShardedWriter([w for _, w in pipes], [("a", 0)])
     writer.shards.update([("b", 1)])  # an OutputShards message, as the worker applies it
-    done: list[str] = []
-    batch = BatchResult(3, 0, (_result("a", 1), _result("b", 1)), None)
-    writer.put(batch, after=lambda: done.append("once both parts are written"))
+    writer.put(BatchResult(3, 0, (_result("a", 1), _result("b", 1)), None))
     writer.put("to every pipe")
     writer.close()
     writer.join_thread(5)
-    assert done == ["once both parts are written"]
     got = [[r.recv(), r.recv()] for r, _ in pipes]
     assert [[x.frame.stream_id for x in got[k][0].results] for k in range(2)] == [["a"], ["b"]]
     assert got[0][1] == got[1][1] == "to every pipe"
