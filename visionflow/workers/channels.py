@@ -113,10 +113,11 @@ class ShardedWriter:
 
     def put(self, message: object) -> None:
         """Send ``message`` (split when it is a batch's results).  The worker reports the
-        batch done right after handing its results here, not once they are written: waiting
-        for the pipes (64 KB each, a batch's results often more) tied the scheduler to the
-        output processes' pace, and one H100 at 256 streams fell from ~3,700 to 547 published
-        fps with the GPU 29 % busy (bench/results/h100-20261127b)."""
+        batch done right after handing its results here, not once they are written: with the
+        report held back until then, one H100 at 256 streams fell from ~3,700 to 547 published
+        fps with the GPU 29 % busy (one run, bench/results/h100-20261127b), most likely because
+        the scheduler then waited on the output processes' reads (a pipe holds 64 KB, a
+        batch's results often more)."""
         parts = (
             split_result(message, self.shards)
             if isinstance(message, BatchResult)
