@@ -370,6 +370,18 @@ class SourceConfig(_Strict):
         "decoded). The used frames then come in a burst at each keyframe: give "
         "batching.buffer_per_stream room for a GOP's share, or the bursts read as overload.",
     )
+    shed_lag_limit_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="Shedding when the decoder is behind (needs shed_load): a stream read more "
+        "than this many seconds behind real time is lagging (status: lag_s). When a quarter "
+        "of the streams are lagging and not catching up, the decoder they share (NVDEC, the "
+        "CPU) is overloaded: the fair share is cut as for inference drops, and a stream given "
+        "a target while lagging decodes only its GOPs' first frames (decode mode prefix, "
+        "PyAV and NVDEC) until the target is lifted, so the decoder's load falls with it. "
+        "0: the lag is reported but not acted on.",
+    )
     allowed_schemes: list[SourceScheme] = Field(
         default_factory=_live_schemes,
         min_length=1,

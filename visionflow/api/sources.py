@@ -309,6 +309,7 @@ def parse_stream(stream_id: str, h: dict[str, str]) -> StreamView:
         skipped_analysis=_int(h.get("skipped_analysis")),
         target_fps=_float(h.get("target_fps")),
         source_fps=_float(h.get("source_fps")),
+        lag_s=_float(h.get("lag_s")),
     )
     return StreamView(status, parse_latency(h.get("latency_ms")), _float(h.get("updated_ts")))
 

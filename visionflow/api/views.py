@@ -31,6 +31,7 @@ def stream_json(view: StreamView, snapshot: Snapshot) -> dict[str, Any]:
             "target": s.target_fps,
             "source": s.source_fps,
         },
+        "lag_s": s.lag_s,
         "frames": s.frames,
         "published": s.published,
         "drops": s.drops,

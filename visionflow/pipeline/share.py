@@ -21,6 +21,14 @@ serve are shed *before* decode instead of being dropped after it.
   Every stream's target is the water level ``L`` (``sum(min(demand, L)) == C``), so a
   stream asking less than ``L`` is not held by it.
 - **Floor**: no stream is given less than ``floor_fps``.
+- **Decoder behind**: the drops above measure inference; when the *decoder* is what cannot
+  keep up (NVDEC shared by hundreds of streams, the CPU), streams fall behind real time
+  instead (their ``lag``, measured by the ingest process).  When at least ``shared_fraction``
+  of the streams are falling behind (lagging past the limit, and the lag not shrinking), the
+  decoder they share is overloaded: ``C = beta * min(C, served)`` as for drops, the same
+  max-min split, and the streams, given a target below their rate while behind, decode only
+  their GOPs' heads (:mod:`visionflow.streams.shedding`), so the decoder's load falls with
+  the target.  While that many are still lagging (catching up), ``C`` does not grow.
 
 Pure: no processes, no I/O; time comes from the injected clock (only used for ``age``).
 """
@@ -41,6 +49,8 @@ class StreamLoad:
     offered_fps: float  # frames announced (letterboxed, sent to the scheduler) per second
     dropped_fps: float = 0.0  # of those, dropped as inference_behind per second
     demand_fps: float | None = None  # what it would send unlimited (source fps / analysis_fps)
+    lagging: bool = False  # read more than the lag limit behind real time (decoder behind)
+    falling_behind: bool = False  # lagging, and the lag not shrinking over the interval
 
 
 def water_level(capacity: float, demands: Mapping[str, float]) -> float:
@@ -75,12 +85,14 @@ class FairShareController:
         release_after: int = 5,
         tolerance: float = 0.02,
         peak_decay: float = 0.98,
+        shared_fraction: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 < beta < 1:
             raise ValueError(f"beta must be in (0, 1), got {beta}")
         self.floor_fps, self.beta, self.alpha = floor_fps, beta, alpha
         self.release_after, self.tolerance, self.peak_decay = release_after, tolerance, peak_decay
+        self.shared_fraction = shared_fraction
         self.peak = 0.0  # best served rate seen lately (decays by peak_decay per interval)
         self._clock = clock
         self.capacity: float | None = None  # None: not limiting
@@ -102,13 +114,18 @@ class FairShareController:
         offered = sum(s.offered_fps for s in loads)
         dropped = sum(s.dropped_fps for s in loads)
         self.peak = max(served, self.peak * self.peak_decay)
-        overloaded = saturated or dropped > self.tolerance * max(offered, 1e-9)
+        shared = max(1.0, self.shared_fraction * len(loads))  # streams: a shared decoder
+        decoder_behind = sum(s.falling_behind for s in loads) >= shared
+        catching_up = sum(s.lagging for s in loads) >= shared
+        overloaded = saturated or decoder_behind or dropped > self.tolerance * max(offered, 1e-9)
         demands = {s.stream_id: self._demand(s) for s in loads}
         floor_total = self.floor_fps * len(loads)
         if overloaded:
             base = served if self.capacity is None else min(self.capacity, served)
             self.capacity = max(floor_total, self.beta * base)
             self._calm = 0
+        elif self.capacity is not None and catching_up:
+            self._calm = 0  # the decoder is working off its backlog: no more load yet
         elif self.capacity is not None:
             limited = any(
                 demands[s.stream_id] > (self.targets.get(s.stream_id) or math.inf) * 1.05

@@ -29,14 +29,15 @@ policy stops paying for frames that would be thrown away:
   references for frames nobody looks at); decoding resumes at the next keyframe.
 - **used or not**: a token bucket on presentation time keeps frames evenly spread at the
   target rate; frames it does not keep are discarded before the RGB conversion and letterbox.
-
-Times are media seconds (pts) when the source has them, else the injected clock, so a file
-read faster than real time is thinned in video time.  Which modes a decoder can take is its
-``modes``: PyAV all four (:data:`ALL_MODES`); NVDEC, fed packet by packet but without FFmpeg's
-``skip_frame``, the packet-level ones (:data:`PACKET_MODES`: ``prefix``, ``nonkey`` and the
-GOP prefix, so a decode-bound GPU sheds before NVDEC rather than after it); DALI, which decodes
-whole GOPs, none (:data:`NO_MODES`: every packet is decoded and only the "used or not" gate
-applies).
+- **lag**: how far behind real time the stream's packets are read, from the best
+  (wall clock - pts) offset of the session (the live edge).  A decoder that cannot keep up
+  (NVDEC shared by hundreds of streams, the CPU) shows here rather than in inference's
+  drops; the scheduler's fair share reads it (:mod:`visionflow.pipeline.share`).  A stream
+  given a target below its rate while lagging past ``lag_limit_s`` (or while a quarter of the
+  streams of its ingest process lag: the decoder they share is behind) is *decode-bound*: from
+  its next keyframe it decodes only each GOP's first ``round(target / keyframe rate)``
+  frames (``prefix``, whatever ``prefix_ratio`` says: frames evenly spread need most of each
+  GOP decoded, so the decoder's load would not fall), until the target is lifted.
 
 The policy is pure (no I/O, injected clock) and runs on the stream's reader thread;
 :meth:`ShedPolicy.set_share` may be called from another thread (a float assignment).
@@ -81,6 +82,7 @@ class ShedSnapshot:
     source_fps: float | None
     key_rate: float | None
     analysis_fps: float  # frames used per clock second, measured
+    lag_s: float | None  # how far behind real time the stream's packets are read
     used: int
     skipped: int  # decoded, not used (discarded before letterbox)
     packets_skipped: int  # never given to the decoder
@@ -100,6 +102,7 @@ class ShedPolicy:
         min_dwell_s: float = 2.0,
         window_s: float = 5.0,
         prefix_ratio: float = 0.5,
+        lag_limit_s: float = 0.0,
     ) -> None:
         if analysis_fps is not None and analysis_fps <= 0:
             raise ValueError(f"analysis_fps must be > 0, got {analysis_fps}")
@@ -110,6 +113,8 @@ class ShedPolicy:
         self.key_margin, self.hysteresis = key_margin, hysteresis
         self.min_dwell_s, self.window_s = min_dwell_s, window_s
         self.prefix_ratio = prefix_ratio
+        self.lag_limit_s = lag_limit_s  # 0: never decode-bound
+        self.decode_bound = False  # see the module docstring (lag); kept across reset()
         self._share: float | None = None
         self.mode: DecodeMode = "all"
         self._mode_since = clock()
@@ -119,11 +124,20 @@ class ShedPolicy:
         self.reset()
 
     # ---- inputs ------------------------------------------------------------------
-    def set_share(self, fps: float | None) -> None:
-        """The scheduler's fair share for this stream (None: no limit)."""
+    def set_share(self, fps: float | None, decoder_behind: bool = False) -> None:
+        """The scheduler's fair share for this stream (None: no limit).  ``decoder_behind``:
+        the decoder this stream shares with others is behind real time (a quarter of its
+        streams lag), so this stream is decode-bound too even if it keeps up itself."""
         if fps is not None and fps <= 0:
             raise ValueError(f"share must be > 0, got {fps}")
         self._share = fps
+        if decoder_behind and fps is not None and self.lag_limit_s > 0:
+            self.decode_bound = True
+
+    @property
+    def lagging(self) -> bool:
+        """Read more than ``lag_limit_s`` behind real time (never with the limit at 0)."""
+        return self.lag_limit_s > 0 and self._lag is not None and self._lag > self.lag_limit_s
 
     @property
     def target(self) -> float | None:
@@ -141,12 +155,17 @@ class ShedPolicy:
         self._next_due: float | None = None
         self._gop_open = True
         self._gop_fed = 0  # packets of this GOP given to the decoder (prefix mode)
+        self._min_offset: float | None = None  # best (wall - pts) of the session: live edge
+        self._lag: float | None = None
 
     # ---- measurements ------------------------------------------------------------
     def _time(self, pts: float | None) -> float:
         now = self._clock()
         if pts is not None:
-            self._offset = now - pts
+            self._offset = offset = now - pts
+            if self._min_offset is None or offset < self._min_offset:
+                self._min_offset = offset
+            self._lag = offset - self._min_offset
             return pts
         if self._offset is None:
             self._offset = now
@@ -189,13 +208,18 @@ class ShedPolicy:
     def desired_mode(self) -> DecodeMode:
         """The mode the current target and measurements call for, with hysteresis."""
         target, src = self.target, self.source_fps
+        if target is None or (src is not None and target >= src):
+            self.decode_bound = False  # the target is lifted
         if not self.gates_packets or target is None or src is None or target >= src:
             return "all"
         keys = self.key_rate
+        bound = self._decode_bound()
         if keys is not None and "nonkey" in self.modes:
             limit = keys * self.key_margin * (1 + self.hysteresis if self.mode == "nonkey" else 1)
             if target <= limit:
                 return "nonkey"
+        if keys is not None and "prefix" in self.modes and bound:
+            return "prefix"
         b = self.b_fraction
         if b > 0.05 and "nonref" in self.modes:
             limit = src * (1 - b) / (1 + self.hysteresis if self.mode != "nonref" else 1)
@@ -206,6 +230,13 @@ class ShedPolicy:
             if target <= src * self.prefix_ratio * scale:
                 return "prefix"
         return "all"
+
+    def _decode_bound(self) -> bool:
+        """Given a target while lagging: decode-bound until the target is lifted (sticky, so
+        that catching up does not bring back a decoder-heavy mode)."""
+        if self.lagging:
+            self.decode_bound = True
+        return self.decode_bound
 
     def _switch_mode(self) -> None:
         now = self._clock()
@@ -314,6 +345,7 @@ class ShedPolicy:
             source_fps=self.source_fps,
             key_rate=self.key_rate,
             analysis_fps=self.effective_fps(),
+            lag_s=self._lag,
             used=self.used,
             skipped=self.skipped,
             packets_skipped=self.packets_skipped,

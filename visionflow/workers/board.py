@@ -191,6 +191,16 @@ class StatusBoard:
                 if v.state is StreamState.STREAMING
             }
 
+    def lags(self) -> dict[str, float | None]:
+        """Per streaming stream, how far behind real time its ingest reads it (None: not
+        measured: no timestamps, or a file read faster than real time)."""
+        with self._lock:
+            return {
+                sid: v.stats.lag_s if v.stats else None
+                for sid, v in self.streams.items()
+                if v.state is StreamState.STREAMING
+            }
+
     def ingest_restarted(self, stream_ids: list[str]) -> None:
         """The streams' ingest process died: its last counts become a base the new process's
         counts (from zero) add to, so no counter goes backwards."""
@@ -332,6 +342,7 @@ class StatusBoard:
             decode_mode=stats.decode_mode if stats else "all",
             skipped_analysis=base["skipped_analysis"] + (stats.skipped_analysis if stats else 0),
             target_fps=stats.target_fps if stats else None,
+            lag_s=stats.lag_s if stats else None,
             source_fps=stats.source_fps if stats else None,
             latency=self.outputs.latency(sid),
         )

@@ -7,9 +7,11 @@ returns the targets that changed; the pipeline sends them to the ingest processe
 :class:`~visionflow.workers.messages.SetAnalysisRates`, where frames beyond a stream's share
 are shed before decode.
 
-Overload is read from ``inference_behind`` drops alone: a worker with batches queued is not
-overloaded (it may be keeping up exactly), but a full per-stream buffer dropping its oldest
-frame is.
+Overload is read from ``inference_behind`` drops (a worker with batches queued is not
+overloaded: it may be keeping up exactly, but a full per-stream buffer dropping its oldest
+frame is) and from the streams' lag behind real time (a decoder that cannot keep up): a
+stream is *lagging* past ``lag_limit_s`` and *falling behind* when, lagging, its lag did not
+shrink over the interval.
 """
 
 from __future__ import annotations
@@ -29,9 +31,12 @@ class ShareGovernor:
         controller: FairShareController | None = None,
         interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        lag_limit_s: float = 1.0,
     ) -> None:
         self.controller = controller or FairShareController()
         self.interval_s, self.clock = interval_s, clock
+        self.lag_limit_s = lag_limit_s  # 0: the lag is not a signal
+        self._lags: dict[str, float] = {}
         self._last: dict[str, tuple[int, int]] = {}  # announced, inference_behind
         self._at = clock()
         self.sent: dict[str, float | None] = {}
@@ -40,10 +45,14 @@ class ShareGovernor:
         """Workers are starting or restarting: what they drop now says nothing about their
         capacity, so the next interval starts afresh."""
         self._last.clear()
+        self._lags.clear()
         self._at = self.clock()
 
     def step(
-        self, ledger: Mapping[str, LedgerSnapshot], demand: Mapping[str, float | None]
+        self,
+        ledger: Mapping[str, LedgerSnapshot],
+        demand: Mapping[str, float | None],
+        lags: Mapping[str, float | None] | None = None,
     ) -> dict[str, float | None] | None:
         """Targets that changed since the last step (None before the interval is up)."""
         now = self.clock()
@@ -57,12 +66,28 @@ class ShareGovernor:
             announced, behind = snap.announced, snap.drops.get("inference_behind", 0)
             a0, b0 = self._last.get(sid, (announced, behind))
             self._last[sid] = (announced, behind)
-            loads.append(StreamLoad(sid, (announced - a0) / dt, (behind - b0) / dt, demand[sid]))
+            lagging, falling = self._lagging(sid, (lags or {}).get(sid), dt)
+            loads.append(
+                StreamLoad(
+                    sid, (announced - a0) / dt, (behind - b0) / dt, demand[sid], lagging, falling
+                )
+            )
         self._at = now
         targets = self.controller.update(loads, saturated=False)
         changed = {sid: t for sid, t in targets.items() if _differs(self.sent.get(sid), t)}
         self.sent.update(changed)
         return changed
+
+    def _lagging(self, sid: str, lag: float | None, dt: float) -> tuple[bool, bool]:
+        """(lagging, falling behind) of one stream; its lag is kept for the next interval."""
+        if lag is None or self.lag_limit_s <= 0:
+            self._lags.pop(sid, None)
+            return False, False
+        before = self._lags.get(sid)
+        self._lags[sid] = lag
+        lagging = lag > self.lag_limit_s
+        shrinking = before is not None and lag < before - 0.05 * dt
+        return lagging, lagging and not shrinking
 
 
 def _differs(old: float | None, new: float | None) -> bool:

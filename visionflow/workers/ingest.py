@@ -50,6 +50,9 @@ from visionflow.workers.procs import exit_with_parent
 
 log = logging.getLogger("visionflow.ingest")
 HEARTBEAT_S = 0.5
+# this share of a process's streams lagging behind real time means their shared decoder is
+# behind (the fair share's rule too: visionflow.pipeline.share.FairShareController)
+SHARED_DECODER_FRACTION = 0.25
 # a command (adding a stream allocates its frame pool: on a GPU shared by many processes that
 # can take seconds) that runs longer than this stops the heartbeat: the process is restarted
 COMMAND_DEADLINE_S = 60.0
@@ -174,6 +177,7 @@ class StreamReader:
             stream.analysis_fps,
             modes=self.source.decode_modes if policy.shed_load else NO_MODES,
             prefix_ratio=0.5 if policy.shed_gop_prefix else 0.0,
+            lag_limit_s=policy.shed_lag_limit_s,
         )
         self._attach(self.source)
         self.thread = self._new_thread()
@@ -356,11 +360,13 @@ class StreamReader:
         log.warning("stream %s: %s", self.stream.id, self.last_error)
 
     # ---- frames ----------------------------------------------------------------------
-    def set_share(self, fps: float | None) -> None:
+    def set_share(self, fps: float | None, decoder_behind: bool = False) -> None:
         """This stream's fair share of inference (frames/s; None: no limit), from the
         scheduler's :class:`visionflow.workers.messages.SetAnalysisRates`.  The reader sheds
-        down to ``min(analysis_fps, share)`` before decode; safe to call from any thread."""
-        self.shed.set_share(fps)
+        down to ``min(analysis_fps, share)`` before decode; ``decoder_behind``: the process's
+        decoder is behind real time (see :meth:`IngestProcess.decoder_behind`); safe to call
+        from any thread."""
+        self.shed.set_share(fps, decoder_behind)
 
     def _deliver(self, decoded: DecodedFrame) -> None:
         # seq numbers source frames: packets the shedding policy kept from the decoder count
@@ -451,6 +457,8 @@ class StreamReader:
             skipped_analysis=self.skipped_analysis + shed.packets_skipped,
             source_fps=None if shed.source_fps is None else round(shed.source_fps, 2),
             target_fps=shed.target_fps,
+            # a file read faster than real time is never "behind" (it waits for slots)
+            lag_s=None if shed.lag_s is None or self.lossless else round(shed.lag_s, 3),
             last_seq=self.seq,
         )
 
@@ -586,10 +594,18 @@ class IngestProcess:
         elif isinstance(command, StopReading):
             self.stop_reading()
         elif isinstance(command, SetAnalysisRates):
+            behind = self.decoder_behind()
             for stream_id, fps in command.rates:
                 reader = self.readers.get(stream_id)
                 if reader is not None:
-                    reader.set_share(fps)
+                    reader.set_share(fps, behind)
+
+    def decoder_behind(self) -> bool:
+        """A quarter of this process's streams lag behind real time: the decoder they share
+        (NVDEC, the CPU) cannot keep up, so each stream given a share decodes GOP heads."""
+        readers = list(self.readers.values())
+        lagging = sum(r.shed.lagging for r in readers)
+        return bool(readers) and lagging >= max(1.0, SHARED_DECODER_FRACTION * len(readers))
 
     @staticmethod
     def _stats(reader: StreamReader) -> StreamStats | None:

@@ -33,6 +33,7 @@ class StreamStats:
     skipped_analysis: int = 0  # frames not analysed: not decoded, or decoded and not used
     source_fps: float | None = None  # the source's frame rate, measured from packets
     target_fps: float | None = None  # min(analysis_fps, fair share); None: every frame
+    lag_s: float | None = None  # seconds behind real time the packets are read (None: no pts)
     last_seq: int = -1  # the last seq given out (shed and skipped frames advance it too)
 
 

@@ -37,6 +37,7 @@ class StreamStatus:
     decode_mode: str = "all"  # "all", "nonref" (B-frames skipped), "prefix" (GOP heads), "nonkey"
     skipped_analysis: int = 0  # frames not analysed: not decoded, or decoded and not used
     target_fps: float | None = None  # min(analysis_fps, fair share); None: every frame
+    lag_s: float | None = None  # seconds behind real time the stream is read (None: no pts)
     source_fps: float | None = None  # the camera's own frame rate, measured from packets
     # per stage (decode, queue, inference, publish, total) of the entries written to Redis
     # by the current output process: recent p50/p99 and cumulative buckets (workers.latency)
@@ -66,6 +67,7 @@ class StreamStatus:
             "unaccounted": str(self.unaccounted),
             "target_fps": "" if self.target_fps is None else f"{self.target_fps:.2f}",
             "source_fps": "" if self.source_fps is None else f"{self.source_fps:.2f}",
+            "lag_s": "" if self.lag_s is None else f"{self.lag_s:.3f}",
             "decode_errors": str(self.decode_errors),
             "reconnects": str(self.reconnects),
             "last_error": self.last_error or "",

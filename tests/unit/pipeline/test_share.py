@@ -112,3 +112,62 @@ def test_a_transient_after_steady_state_recovers_to_the_recent_peak_at_once():
     simulate(controller, demands, 20.0, 2)  # a worker restarts
     log = simulate(controller, demands, 600.0, 3)
     assert sum(log[-1].values()) >= 0.8 * 600, sum(log[-1].values())
+
+
+def simulate_decoder(
+    controller: FairShareController, streams: int, decode_fps: float, steps: int
+) -> tuple[list[float], list[float]]:
+    """A decoder shared by ``streams`` 30 fps cameras serving ``decode_fps`` frames/s in all:
+    nothing is dropped (inference keeps up), the streams fall behind real time instead.
+    Below their rate the streams decode only what they use (GOP heads), so the decoder's
+    load is the sum of the targets; each stream's lag grows by the unserved share of a
+    second and shrinks by the spare one.  Returns served fps and the lag per step."""
+    targets: dict[str, float | None] = {}
+    lag, last_lag = 0.0, 0.0
+    served_log, lag_log = [], []
+    for _ in range(steps):
+        wanted = sum(min(30.0, targets.get(f"s{i}") or 30.0) for i in range(streams))
+        served = min(wanted, decode_fps)
+        lag = max(0.0, lag + (wanted - served) / wanted - (decode_fps - served) / wanted)
+        lagging = lag > 1.0
+        falling = lagging and not lag < last_lag - 0.05
+        last_lag = lag
+        loads = [
+            StreamLoad(f"s{i}", served / streams, 0.0, 30.0, lagging, falling)
+            for i in range(streams)
+        ]
+        targets = controller.update(loads, saturated=False)
+        served_log.append(served)
+        lag_log.append(lag)
+    return served_log, lag_log
+
+
+def test_a_decoder_falling_behind_is_overload_and_the_share_settles_near_its_rate():
+    c = FairShareController()
+    served, lags = simulate_decoder(c, streams=256, decode_fps=4000.0, steps=120)
+    assert c.limiting, "a decoder behind real time must limit the streams"
+    late = served[-60:]
+    assert sum(late) / len(late) >= 0.85 * 4000, late  # near the decoder's rate
+    assert max(lags[-60:]) < 3.0, "the lag stays bounded"
+    assert len(set(c.targets.values())) == 1, "every stream gets the same share"
+
+
+def test_one_stream_falling_behind_is_not_a_shared_decoder():
+    c = FairShareController()
+    loads = [StreamLoad(f"s{i}", 30.0, 0.0, 30.0) for i in range(7)]
+    loads.append(StreamLoad("slow", 12.0, 0.0, 30.0, lagging=True, falling_behind=True))
+    assert c.update(loads, saturated=False) == dict.fromkeys([s.stream_id for s in loads])
+    assert not c.limiting
+
+
+def test_streams_catching_up_hold_the_share_where_it_is():
+    c = FairShareController()
+    behind = [StreamLoad(f"s{i}", 20.0, 0.0, 30.0, True, True) for i in range(4)]
+    first = c.update(behind, saturated=False)["s0"]
+    assert first is not None and first < 20
+    catching_up = [StreamLoad(f"s{i}", first, 0.0, 30.0, True, False) for i in range(4)]
+    for _ in range(5):
+        assert c.update(catching_up, saturated=False)["s0"] == first, "no growth while lagging"
+    caught_up = [StreamLoad(f"s{i}", first, 0.0, 30.0) for i in range(4)]
+    grown = c.update(caught_up, saturated=False)["s0"]
+    assert grown is not None and grown > first

@@ -219,3 +219,110 @@ def test_a_frame_discarded_after_the_gate_is_not_counted_as_analysed():
             policy.not_used()
     assert policy.effective_fps() == pytest.approx(12.5, rel=0.1)
     assert policy.used == 125
+
+
+# ---- the decoder behind real time: the decode cap -----------------------------------------
+def feed_slow_decoder(
+    policy: ShedPolicy,
+    clock: Clock,
+    seconds: float,
+    capacity_fps: float,
+    *,
+    fps: int = 30,
+    gop: int = 30,
+    start_pts: float = 0.0,
+) -> Run:
+    """A live camera whose decoder takes ``1 / capacity_fps`` per decoded packet: packet ``i``
+    arrives at ``i / fps`` and is read when the decoder is free (a skipped packet costs
+    nothing), so a decoder slower than the camera falls behind real time."""
+    run, now, gap = Run(), clock.t - 100.0, False
+    for i in range(int(seconds * fps)):
+        pts = start_pts + i / fps
+        now = max(now, pts)  # live: not before it arrives
+        clock.t = 100.0 + now
+        key = i % gop == 0
+        if policy.packet(pts, key):
+            if not key and gap:
+                run.broken_refs += 1
+            gap = False if key else gap
+            now += 1 / capacity_fps
+            run.decoded.append(pts)
+            if policy.frame(pts):
+                run.used.append(pts)
+        else:
+            gap = True
+        run.modes.append(policy.mode)
+    return run
+
+
+def test_lag_is_how_far_behind_real_time_the_stream_is_read() -> None:
+    clock = Clock()
+    policy = ShedPolicy(None, modes=PACKET_MODES, clock=clock, lag_limit_s=1.0)
+    feed_slow_decoder(policy, clock, 30, capacity_fps=18)  # 0.6x real time, no target
+    snap = policy.snapshot()
+    assert snap.lag_s == pytest.approx(30 * (30 / 18 - 1), abs=0.3), snap  # 900 packets: 50 s
+    assert snap.mode == "all" and not policy.decode_bound  # lagging alone changes nothing
+    keeping_up = ShedPolicy(None, modes=PACKET_MODES, clock=Clock(), lag_limit_s=1.0)
+    run = feed_slow_decoder(keeping_up, keeping_up._clock, 30, capacity_fps=45)  # type: ignore[arg-type]
+    assert len(run.used) == 900 and keeping_up.snapshot().lag_s == pytest.approx(0, abs=0.05)
+
+
+def test_a_stall_read_back_at_once_returns_to_the_live_edge() -> None:
+    clock = Clock()
+    policy = ShedPolicy(None, modes=PACKET_MODES, clock=clock, lag_limit_s=1.0)
+    for i in range(60):  # on time for two seconds: the live edge
+        clock.t = 100.0 + i / 30
+        policy.packet(i / 30, i % 30 == 0)
+    clock.t += 5.0  # a 5 s stall kept by TCP, then read four times faster than real time
+    lags = []
+    for i in range(60, 60 + 10 * 30):
+        clock.t += 1 / 120
+        policy.packet(i / 30, i % 30 == 0)
+        lags.append(policy.snapshot().lag_s)
+    assert max(lags) > 4.5 and lags[-1] == pytest.approx(0, abs=0.05)
+
+
+def test_a_target_given_while_lagging_decodes_gop_heads_until_it_is_lifted() -> None:
+    clock = Clock()
+    # prefix_ratio 0: without the lag, a target of 15 would keep frames evenly spread
+    policy = ShedPolicy(None, modes=PACKET_MODES, clock=clock, prefix_ratio=0.0, lag_limit_s=1.0)
+    feed_slow_decoder(policy, clock, 10, capacity_fps=18)  # lagging ~4 s
+    policy.set_share(15.0)
+    run = feed_slow_decoder(policy, clock, 40, capacity_fps=18, start_pts=10.0)
+    assert policy.decode_bound and policy.mode == "prefix"
+    assert run.broken_refs == 0
+    late = [pts for pts in run.decoded if pts >= run.decoded[-1] - 20]  # media time
+    assert len(late) / 20 <= 15.5, "prefix decodes only what is used"
+    snap = policy.snapshot()
+    assert snap.lag_s is not None and snap.lag_s < 0.2, "caught up with the live edge"
+    # caught up, still given 15 fps: stays in prefix (sticky), then the target is lifted
+    feed_slow_decoder(policy, clock, 5, capacity_fps=18, start_pts=50.0)
+    assert policy.mode == "prefix"
+    policy.set_share(None)
+    feed_slow_decoder(policy, clock, 5, capacity_fps=45, start_pts=55.0)
+    assert policy.mode == "all" and not policy.decode_bound
+
+
+def test_without_a_lag_limit_a_target_while_lagging_keeps_frames_spread() -> None:
+    clock = Clock()
+    policy = ShedPolicy(None, modes=PACKET_MODES, clock=clock, prefix_ratio=0.0)
+    feed_slow_decoder(policy, clock, 10, capacity_fps=18)
+    policy.set_share(15.0)
+    feed_slow_decoder(policy, clock, 20, capacity_fps=18, start_pts=10.0)
+    assert policy.mode == "all" and not policy.decode_bound
+
+
+def test_a_stream_told_its_shared_decoder_is_behind_decodes_gop_heads_though_on_time() -> None:
+    clock = Clock()
+    policy = ShedPolicy(None, modes=PACKET_MODES, clock=clock, prefix_ratio=0.0, lag_limit_s=1.0)
+    feed_slow_decoder(policy, clock, 5, capacity_fps=60)  # keeps up: no lag of its own
+    policy.set_share(15.0, decoder_behind=True)
+    run = feed_slow_decoder(policy, clock, 10, capacity_fps=60, start_pts=5.0)
+    assert policy.mode == "prefix" and run.broken_refs == 0
+    late = [pts for pts in run.decoded if pts >= 10.0]
+    assert len(late) / 5 <= 15.5, "GOP heads only"
+    # the same target without the flag (inference's share): frames evenly spread
+    other = ShedPolicy(None, modes=PACKET_MODES, clock=Clock(), prefix_ratio=0.0, lag_limit_s=1.0)
+    other.set_share(15.0)
+    feed_slow_decoder(other, other._clock, 15, capacity_fps=60)  # type: ignore[arg-type]
+    assert other.mode == "all"

@@ -45,3 +45,30 @@ def test_a_pause_forgets_the_outage_window():
     g.pause()  # a worker restarted: 100 frames dropped meanwhile
     clock.t = 6.0
     assert g.step({"a": snap(130, 100)}, demand) == {}, "the outage must not set a limit"
+
+
+def test_streams_falling_behind_real_time_cut_the_share():
+    clock = Clock()
+    g = ShareGovernor(interval_s=1.0, clock=clock, lag_limit_s=1.0)
+    demand = {"a": 30.0, "b": 30.0}
+    ledger = {"a": snap(0, 0), "b": snap(0, 0)}
+    g.step(ledger, demand, {"a": 0.0, "b": 0.0})  # interval not up
+    clock.t = 1.0
+    assert g.step(ledger, demand, {"a": 0.5, "b": 0.5}) == {}  # baseline
+    clock.t = 2.0  # no drops at all, but both read 1.5 s behind real time and falling back
+    ledger = {"a": snap(20, 0), "b": snap(20, 0)}
+    changed = g.step(ledger, demand, {"a": 1.5, "b": 1.5})
+    assert changed and changed["a"] == changed["b"] and changed["a"] < 20
+    clock.t = 3.0  # catching up (the lag shrinks): lagging, not falling behind: held
+    ledger = {"a": snap(40, 0), "b": snap(40, 0)}
+    assert g.step(ledger, demand, {"a": 1.2, "b": 1.2}) == {}
+
+
+def test_without_a_lag_limit_the_lag_is_not_a_signal():
+    clock = Clock()
+    g = ShareGovernor(interval_s=1.0, clock=clock, lag_limit_s=0.0)
+    demand = {"a": 30.0}
+    clock.t = 1.0
+    g.step({"a": snap(0, 0)}, demand, {"a": 5.0})
+    clock.t = 2.0
+    assert g.step({"a": snap(20, 0)}, demand, {"a": 9.0}) == {}
