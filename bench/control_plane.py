@@ -102,7 +102,7 @@ def _produce(
                 marked = {"snapshot": True}
             emit(FrameRef(sid, seqs[sid], None, wall, 0.1, pool.name, slot, letterbox, **marked))
         if not produced:
-            time.sleep(0.0002)
+            time.sleep(0.001)
     heartbeat(frames)
     for pool in pools.values():
         pool.close()
@@ -282,17 +282,21 @@ def run_legacy(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---- both ------------------------------------------------------------------------------------
 def _config(args: argparse.Namespace) -> Any:
-    from visionflow.config import OutputConfig, parse_config
+    from visionflow import config as vf_config
 
+    parse_config = vf_config.parse_config
     streams = [{"id": f"s{i:03d}", "url": f"rtsp://synthetic/{i}"} for i in range(args.streams)]
     output: dict[str, Any] = {"snapshot_interval_s": args.snapshot_interval}
-    if "processes" in OutputConfig.model_fields:  # one output process: its stand-in below
+    output_config = getattr(vf_config, "OutputConfig", None)  # absent from the legacy tree
+    if output_config is not None and "processes" in output_config.model_fields:
+        # one output process: its stand-in below
         output["processes"] = 1  # reports as shard 0 (the legacy tree has one, no setting)
+    sections: dict[str, Any] = {"output": output} if output_config is not None else {}
     return parse_config(
         {
             "streams": streams,
             "redis": {"url": "redis://127.0.0.1:1/0"},
-            "output": output,
+            **sections,
             "batching": {"max_batch": args.max_batch, "max_delay_ms": 5, "buffer_per_stream": 8},
             "workers": {
                 "ingest_processes": args.ingest,

@@ -89,8 +89,9 @@ def percentile(values: list[float], q: float) -> float | None:
 def run_mode(
     mode: str, ids: list[str], port: int, redis_url: str, args: argparse.Namespace
 ) -> dict[str, Any]:
-    shed = mode == "shed"
+    shed = mode != "decode-all"
     prefix = f"overload-{mode}"
+    lag = {"shed_lag_limit_s": 0.0} if mode == "shed-lag-off" else {}
     streams = [
         {
             "id": sid,
@@ -107,7 +108,7 @@ def run_mode(
             "redis": {"url": redis_url, "key_prefix": prefix},
             "batching": {"max_batch": 8, "max_delay_ms": 20, "buffer_per_stream": args.buffer},
             "workers": {"inference_workers": 1},
-            "source": {"shed_load": shed, "shed_gop_prefix": shed and args.gop_prefix},
+            "source": {"shed_load": shed, "shed_gop_prefix": shed and args.gop_prefix, **lag},
         }
     )
     pipeline = Pipeline(config, redis_url, log_level=logging.WARNING)
@@ -179,6 +180,11 @@ def main() -> None:
     )
     parser.add_argument("--clips", type=Path, default=ROOT / ".cache" / "bench-clips")
     parser.add_argument(
+        "--lag-off",
+        action="store_true",
+        help="also run shed with source.shed_lag_limit_s 0 (the decoder-behind signal off)",
+    )
+    parser.add_argument(
         "--analysis-fps",
         type=float,
         default=None,
@@ -196,11 +202,12 @@ def main() -> None:
     rtsp, port = start_rtsp(dict.fromkeys(ids, spec))
     try:
         with EmbeddedRedis(binary=shutil.which("redis-server")) as server:
-            results = [run_mode(m, ids, port, server.url, args) for m in ("decode-all", "shed")]
+            modes = ["decode-all", "shed"] + (["shed-lag-off"] if args.lag_off else [])
+            results = [run_mode(m, ids, port, server.url, args) for m in modes]
     finally:
         rtsp.kill()
         rtsp.wait()
-    base, shed = results
+    base, shed = results[:2]
     ratio = round(shed["published_fps"] / max(base["published_fps"], 1e-9), 2)
     columns = [
         "mode",

@@ -18,7 +18,9 @@ Sections (each in its own subprocess with a time limit, ``DIR/<section>.json``):
               ``VF_RAMP_OVERRIDES`` other settings by section as JSON,
               ``VF_RAMP_STAGGER_S`` spreads each step's new streams over that many seconds
               (default 0: all at once, every stream's clip in phase; 1.0: one GOP, keyframes
-              and frame times spread as unsynchronised cameras' are)
+              and frame times spread as unsynchronised cameras' are), ``VF_RAMP_TOP`` an
+              overload step measured after the levels whatever they gave (a lease whose
+              first level already drops still gets its 2x figure)
   ramp_all    the same over every GPU (``workers.gpus`` unset)
   kill        every GPU, a fixed stream count; one inference worker is SIGKILLed mid-run:
               batches per worker before/after, drops by reason, ledger violations, and the
@@ -172,8 +174,35 @@ def measured_window(p: Any, client: Any, prefix: str, seconds: float) -> dict[st
     r.update(nv.summary())
     status = p.status()
     r["ledger_violations"] = getattr(status, "ledger_violations", None)
+    modes: dict[str, int] = {}
+    for s in status.streams:  # the shedding mode each stream is in at the window's end
+        mode = getattr(s, "decode_mode", "all")
+        modes[mode] = modes.get(mode, 0) + 1
+    r["decode_modes"] = modes
+    r["shedding"] = _shedding(status.streams)
     r["redis_pending"] = status.redis_pending
     return r
+
+
+def _shedding(streams: Any) -> dict[str, Any]:
+    """What the streams' shedding policies see at the window's end: the fair share (target
+    fps: None = no limit), the source rate measured from packets, and frames not analysed."""
+
+    def spread(values: list[float]) -> dict[str, float] | None:
+        if not values:
+            return None
+        v = sorted(values)
+        return {"min": round(v[0], 2), "median": round(v[len(v) // 2], 2), "max": round(v[-1], 2)}
+
+    targets = [s.target_fps for s in streams if getattr(s, "target_fps", None) is not None]
+    sources = [s.source_fps for s in streams if getattr(s, "source_fps", None) is not None]
+    return {
+        "target_fps": spread(targets),
+        "no_target": len(streams) - len(targets),
+        "source_fps": spread(sources),
+        "lag_s": spread([s.lag_s for s in streams if getattr(s, "lag_s", None) is not None]),
+        "skipped_analysis_total": sum(getattr(s, "skipped_analysis", 0) for s in streams),
+    }
 
 
 def ok(r: dict[str, Any]) -> bool:
@@ -264,6 +293,7 @@ def ramp(
     ingest_processes: int = 0,
     overrides: dict[str, dict[str, Any]] | None = None,
     stagger_s: float = 0.0,
+    top: int = 0,
 ) -> dict[str, Any]:
     import logging
 
@@ -302,6 +332,10 @@ def ramp(
                 log(f"ramp gpus={gpus} {json.dumps(r)[:400]}")
                 if r["sustained"]:
                     best = max(best, level)
+                    if top and not plan and level < top:
+                        plan = [top]  # every level held: the overload step still runs
+                elif top and level < top:
+                    plan = [top]  # the overload step asked for, whatever the levels gave
                 elif best and 2 * best > level:
                     plan = [2 * best]  # overload: straight to twice the sustained count
                 else:
@@ -773,6 +807,7 @@ def section_ramp_1gpu(work: Path) -> dict[str, Any]:
         ingest_processes=procs,
         overrides=overrides,
         stagger_s=stagger,
+        top=int(os.environ.get("VF_RAMP_TOP", "0")),
     )
 
 
