@@ -374,13 +374,17 @@ class SourceConfig(_Strict):
         default=1.0,
         ge=0,
         le=60,
-        description="Shedding when the decoder is behind (needs shed_load): a stream read more "
-        "than this many seconds behind real time is lagging (status: lag_s). When a quarter "
-        "of the streams are lagging and not catching up, the decoder they share (NVDEC, the "
-        "CPU) is overloaded: the fair share is cut as for inference drops, and a stream given "
-        "a target while lagging decodes only its GOPs' first frames (decode mode prefix, "
-        "PyAV and NVDEC) until the target is lifted, so the decoder's load falls with it. "
-        "0: the lag is reported but not acted on.",
+        description="Shedding when the decoder is behind (needs shed_load; PyAV and NVDEC): a "
+        "live or real-time stream read more than this many seconds behind real time (status: "
+        "lag_s, against the session's best wall-clock-minus-pts offset) while its reader "
+        "hardly waits for packets (under a tenth of a second; a late source makes the reader "
+        "wait, a decoder that cannot keep up does not) is behind. When a quarter of the "
+        "streams, and at least two, are behind and not catching up, the decoder they share "
+        "(NVDEC, the CPU) is overloaded: the fair share is cut as for inference drops (then "
+        "held three seconds), and a stream given a share while it, or a quarter of its ingest "
+        "process's streams, is behind decodes only its GOPs' first frames (decode mode "
+        "prefix, even with shed_gop_prefix off) until the share is lifted. Files read faster "
+        "than real time are never behind. 0: the lag is reported but never acted on.",
     )
     allowed_schemes: list[SourceScheme] = Field(
         default_factory=_live_schemes,

@@ -23,12 +23,18 @@ serve are shed *before* decode instead of being dropped after it.
 - **Floor**: no stream is given less than ``floor_fps``.
 - **Decoder behind**: the drops above measure inference; when the *decoder* is what cannot
   keep up (NVDEC shared by hundreds of streams, the CPU), streams fall behind real time
-  instead (their ``lag``, measured by the ingest process).  When at least ``shared_fraction``
-  of the streams are falling behind (lagging past the limit, and the lag not shrinking), the
-  decoder they share is overloaded: ``C = beta * min(C, served)`` as for drops, the same
-  max-min split, and the streams, given a target below their rate while behind, decode only
-  their GOPs' heads (:mod:`visionflow.streams.shedding`), so the decoder's load falls with
-  the target.  While that many are still lagging (catching up), ``C`` does not grow.
+  instead.  The ingest process says which streams are *behind* (lagging past the limit while
+  their reader is busy, not waiting for the source: :attr:`ShedPolicy.behind
+  <visionflow.streams.shedding.ShedPolicy.behind>`); the governor marks those whose lag did
+  not shrink over the interval as *falling behind* (never on a stream's first sample).  When
+  :func:`shared_decoder_behind` holds for the falling-behind streams (a quarter of them, and
+  never fewer than two: one slow stream is its own problem, not a shared decoder's), the
+  decoder is overloaded: ``C = beta * min(C, served)`` as for drops, the same max-min split,
+  and streams given a share while behind decode only their GOPs' heads
+  (:mod:`visionflow.streams.shedding`), so the decoder's load falls with the share.  A
+  decoder cut is followed by ``decoder_hold`` intervals without another (the new share takes
+  effect at each stream's next keyframe, after the mode's dwell), and while that many streams
+  are still behind (catching up) ``C`` does not grow.
 
 Pure: no processes, no I/O; time comes from the injected clock (only used for ``age``).
 """
@@ -40,6 +46,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+#: a decoder is shared-and-behind when this share of its streams (at least two) are behind
+SHARED_DECODER_FRACTION = 0.25
+
+
+def shared_decoder_behind(behind: int, streams: int) -> bool:
+    """``behind`` of ``streams`` streams behind real time with busy readers: the decoder
+    they share is overloaded (a quarter of them, never fewer than two)."""
+    return streams > 0 and behind >= max(2, math.ceil(SHARED_DECODER_FRACTION * streams))
+
 
 @dataclass(frozen=True)
 class StreamLoad:
@@ -49,7 +64,7 @@ class StreamLoad:
     offered_fps: float  # frames announced (letterboxed, sent to the scheduler) per second
     dropped_fps: float = 0.0  # of those, dropped as inference_behind per second
     demand_fps: float | None = None  # what it would send unlimited (source fps / analysis_fps)
-    lagging: bool = False  # read more than the lag limit behind real time (decoder behind)
+    lagging: bool = False  # behind real time with a busy reader (the decoder cannot keep up)
     falling_behind: bool = False  # lagging, and the lag not shrinking over the interval
 
 
@@ -85,14 +100,15 @@ class FairShareController:
         release_after: int = 5,
         tolerance: float = 0.02,
         peak_decay: float = 0.98,
-        shared_fraction: float = 0.25,
+        decoder_hold: int = 3,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 < beta < 1:
             raise ValueError(f"beta must be in (0, 1), got {beta}")
         self.floor_fps, self.beta, self.alpha = floor_fps, beta, alpha
         self.release_after, self.tolerance, self.peak_decay = release_after, tolerance, peak_decay
-        self.shared_fraction = shared_fraction
+        self.decoder_hold = decoder_hold
+        self._held = 0  # intervals left before another decoder cut
         self.peak = 0.0  # best served rate seen lately (decays by peak_decay per interval)
         self._clock = clock
         self.capacity: float | None = None  # None: not limiting
@@ -114,10 +130,13 @@ class FairShareController:
         offered = sum(s.offered_fps for s in loads)
         dropped = sum(s.dropped_fps for s in loads)
         self.peak = max(served, self.peak * self.peak_decay)
-        shared = max(1.0, self.shared_fraction * len(loads))  # streams: a shared decoder
-        decoder_behind = sum(s.falling_behind for s in loads) >= shared
-        catching_up = sum(s.lagging for s in loads) >= shared
-        overloaded = saturated or decoder_behind or dropped > self.tolerance * max(offered, 1e-9)
+        n = len(loads)
+        decoder_behind = shared_decoder_behind(sum(s.falling_behind for s in loads), n)
+        catching_up = shared_decoder_behind(sum(s.lagging for s in loads), n)
+        inference_over = saturated or dropped > self.tolerance * max(offered, 1e-9)
+        decoder_over = decoder_behind and self._held == 0
+        self._held = self.decoder_hold if decoder_over else max(0, self._held - 1)
+        overloaded = inference_over or decoder_over
         demands = {s.stream_id: self._demand(s) for s in loads}
         floor_total = self.floor_fps * len(loads)
         if overloaded:

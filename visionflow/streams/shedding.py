@@ -29,18 +29,24 @@ policy stops paying for frames that would be thrown away:
   references for frames nobody looks at); decoding resumes at the next keyframe.
 - **used or not**: a token bucket on presentation time keeps frames evenly spread at the
   target rate; frames it does not keep are discarded before the RGB conversion and letterbox.
-- **lag**: how far behind real time the stream's packets are read, from the best
-  (wall clock - pts) offset of the session (the live edge).  A decoder that cannot keep up
-  (NVDEC shared by hundreds of streams, the CPU) shows here rather than in inference's
-  drops; the scheduler's fair share reads it (:mod:`visionflow.pipeline.share`).  A stream
-  given a target below its rate while lagging past ``lag_limit_s`` (or while a quarter of the
-  streams of its ingest process lag: the decoder they share is behind) is *decode-bound*: from
-  its next keyframe it decodes only each GOP's first ``round(target / keyframe rate)``
-  frames (``prefix``, whatever ``prefix_ratio`` says: frames evenly spread need most of each
-  GOP decoded, so the decoder's load would not fall), until the target is lifted.
+- **lag and the decoder behind**: ``lag`` is how far behind real time the stream's packets
+  are read, from the best (wall clock - pts) offset of the session (the live edge).  A lag
+  also grows when the *source* is late (a slow link, a relay, a camera clock running slow);
+  the reader then waits for packets.  So the stream is *behind* (its decoder cannot keep up:
+  NVDEC shared by hundreds of streams, the CPU) only when the lag is over ``lag_limit_s``
+  **and** the reader spent under ``BUSY_WAIT_SHARE`` of the last second waiting for input
+  (packets, or a real-time file's pacing): :attr:`ShedPolicy.behind`, which the scheduler's
+  fair share reads (:mod:`visionflow.pipeline.share`).  Decoders that cannot shed before
+  decode (``NO_MODES``: DALI) are never behind.  A stream given a *share* below its rate
+  while it is behind, or while its ingest process says the decoder it shares is behind, is
+  *decode-bound*: from its next keyframe it decodes only each GOP's first
+  ``round(target / keyframe rate)`` frames (``prefix``, whatever ``prefix_ratio`` says:
+  frames evenly spread need most of each GOP decoded, so the decoder's load would not fall)
+  until the share is lifted; ``analysis_fps`` alone never makes a stream decode-bound.
 
 The policy is pure (no I/O, injected clock) and runs on the stream's reader thread;
-:meth:`ShedPolicy.set_share` may be called from another thread (a float assignment).
+:meth:`ShedPolicy.set_share` may be called from another thread (one tuple assignment, read
+once by the reader thread).
 """
 
 from __future__ import annotations
@@ -68,6 +74,8 @@ PACKET_MODES: frozenset[DecodeMode] = frozenset(("all", "prefix", "nonkey"))
 #: decoders that take whole GOPs (DALI), or shedding before decode turned off
 NO_MODES: frozenset[DecodeMode] = frozenset(("all",))
 
+#: the reader waited for input less than this share of a second: it is busy (decode-bound)
+BUSY_WAIT_SHARE = 0.1
 _PACKET_WINDOW = 64  # packets used to measure the source's frame rate
 _KEY_WINDOW = 5  # keyframes used to measure the keyframe rate
 _JUMP_S = 10.0  # a pts jump (or step back) larger than this restarts the measurements
@@ -83,6 +91,8 @@ class ShedSnapshot:
     key_rate: float | None
     analysis_fps: float  # frames used per clock second, measured
     lag_s: float | None  # how far behind real time the stream's packets are read
+    behind: bool  # lagging while the reader is busy: its decoder cannot keep up
+    decode_bound: bool  # decoding GOP heads because of it (until the share is lifted)
     used: int
     skipped: int  # decoded, not used (discarded before letterbox)
     packets_skipped: int  # never given to the decoder
@@ -115,7 +125,11 @@ class ShedPolicy:
         self.prefix_ratio = prefix_ratio
         self.lag_limit_s = lag_limit_s  # 0: never decode-bound
         self.decode_bound = False  # see the module docstring (lag); kept across reset()
-        self._share: float | None = None
+        # the scheduler's share and whether the process's decoder is behind, set together
+        self._share_state: tuple[float | None, bool] = (None, False)
+        self._waited = 0.0  # seconds the reader waited for input (reader thread)
+        self._busy_at: tuple[float, float] | None = None  # clock, _waited at the last sample
+        self._wait_share = 1.0  # of the last second; 1.0 until measured (never "busy")
         self.mode: DecodeMode = "all"
         self._mode_since = clock()
         self.used = self.skipped = self.packets_skipped = 0
@@ -126,18 +140,39 @@ class ShedPolicy:
     # ---- inputs ------------------------------------------------------------------
     def set_share(self, fps: float | None, decoder_behind: bool = False) -> None:
         """The scheduler's fair share for this stream (None: no limit).  ``decoder_behind``:
-        the decoder this stream shares with others is behind real time (a quarter of its
-        streams lag), so this stream is decode-bound too even if it keeps up itself."""
+        the decoder this stream shares with others is behind (see
+        :func:`visionflow.pipeline.share.shared_decoder_behind`), so this stream is
+        decode-bound too even if it keeps up itself.  Any thread."""
         if fps is not None and fps <= 0:
             raise ValueError(f"share must be > 0, got {fps}")
-        self._share = fps
-        if decoder_behind and fps is not None and self.lag_limit_s > 0:
-            self.decode_bound = True
+        self._share_state = (fps, decoder_behind)
 
     @property
-    def lagging(self) -> bool:
-        """Read more than ``lag_limit_s`` behind real time (never with the limit at 0)."""
-        return self.lag_limit_s > 0 and self._lag is not None and self._lag > self.lag_limit_s
+    def _share(self) -> float | None:
+        return self._share_state[0]
+
+    def waited(self, seconds: float) -> None:
+        """The reader waited ``seconds`` for input (a packet, a real-time file's pacing):
+        reader thread."""
+        self._waited += seconds
+
+    @property
+    def lag_s(self) -> float | None:
+        """How far behind real time the packets are read (None: no timestamps yet)."""
+        return self._lag
+
+    @property
+    def behind(self) -> bool:
+        """The decoder cannot keep up: lag over ``lag_limit_s`` while the reader hardly
+        waited for input (see the module docstring); never without packet shedding."""
+        lag = self._lag
+        return (
+            self.lag_limit_s > 0
+            and self.gates_packets
+            and lag is not None
+            and lag > self.lag_limit_s
+            and self._wait_share < BUSY_WAIT_SHARE
+        )
 
     @property
     def target(self) -> float | None:
@@ -208,12 +243,10 @@ class ShedPolicy:
     def desired_mode(self) -> DecodeMode:
         """The mode the current target and measurements call for, with hysteresis."""
         target, src = self.target, self.source_fps
-        if target is None or (src is not None and target >= src):
-            self.decode_bound = False  # the target is lifted
+        bound = self.decode_bound
         if not self.gates_packets or target is None or src is None or target >= src:
             return "all"
         keys = self.key_rate
-        bound = self._decode_bound()
         if keys is not None and "nonkey" in self.modes:
             limit = keys * self.key_margin * (1 + self.hysteresis if self.mode == "nonkey" else 1)
             if target <= limit:
@@ -231,15 +264,30 @@ class ShedPolicy:
                 return "prefix"
         return "all"
 
-    def _decode_bound(self) -> bool:
-        """Given a target while lagging: decode-bound until the target is lifted (sticky, so
-        that catching up does not bring back a decoder-heavy mode)."""
-        if self.lagging:
+    def _update_decode_bound(self) -> None:
+        """Reader thread, at keyframes: given a share below the source rate while behind (or
+        told the shared decoder is): decode-bound, until the share is lifted (sticky, so that
+        catching up does not bring back a decoder-heavy mode)."""
+        share, told = self._share_state
+        src = self.source_fps
+        if share is None or src is None or share >= src:
+            self.decode_bound = False
+        elif told or self.behind:
             self.decode_bound = True
-        return self.decode_bound
+
+    def _sample_busy(self, now: float) -> None:
+        """Once a second: the share of it the reader spent waiting for input."""
+        if self._busy_at is None:
+            self._busy_at = (now, self._waited)
+            return
+        at, waited = self._busy_at
+        if now - at >= 1.0:
+            self._wait_share = min(1.0, (self._waited - waited) / (now - at))
+            self._busy_at = (now, self._waited)
 
     def _switch_mode(self) -> None:
         now = self._clock()
+        self._update_decode_bound()
         if now - self._mode_since < self.min_dwell_s:
             return
         wanted = self.desired_mode()
@@ -269,6 +317,7 @@ class ShedPolicy:
             self._gop_open = gop_open
             t = self._time(pts)
         self._last_t = t
+        self._sample_busy(self._clock())
         self._packets.append(t)
         if keyframe:
             self._keys.append(t)
@@ -346,6 +395,8 @@ class ShedPolicy:
             key_rate=self.key_rate,
             analysis_fps=self.effective_fps(),
             lag_s=self._lag,
+            behind=self.behind,
+            decode_bound=self.decode_bound,
             used=self.used,
             skipped=self.skipped,
             packets_skipped=self.packets_skipped,

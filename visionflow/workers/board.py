@@ -191,14 +191,17 @@ class StatusBoard:
                 if v.state is StreamState.STREAMING
             }
 
-    def lags(self) -> dict[str, float | None]:
-        """Per streaming stream, how far behind real time its ingest reads it (None: not
-        measured: no timestamps, or a file read faster than real time)."""
+    def lags(self) -> dict[str, float]:
+        """The streaming streams their ingest reports *behind* (lagging real time with a busy
+        reader: the decoder cannot keep up), and how far behind they are read."""
         with self._lock:
             return {
-                sid: v.stats.lag_s if v.stats else None
+                sid: v.stats.lag_s
                 for sid, v in self.streams.items()
                 if v.state is StreamState.STREAMING
+                and v.stats is not None
+                and v.stats.behind
+                and v.stats.lag_s is not None
             }
 
     def ingest_restarted(self, stream_ids: list[str]) -> None:

@@ -9,9 +9,10 @@ are shed before decode.
 
 Overload is read from ``inference_behind`` drops (a worker with batches queued is not
 overloaded: it may be keeping up exactly, but a full per-stream buffer dropping its oldest
-frame is) and from the streams' lag behind real time (a decoder that cannot keep up): a
-stream is *lagging* past ``lag_limit_s`` and *falling behind* when, lagging, its lag did not
-shrink over the interval.
+frame is) and from the streams the ingest processes report *behind* real time with a busy
+reader (a decoder that cannot keep up; their ``lags``): such a stream is *lagging*, and
+*falling behind* when its lag did not shrink since the previous interval (a stream's first
+interval behind is never falling: nothing to compare with, e.g. right after start-up).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from collections.abc import Callable, Mapping
 from visionflow.pipeline.ledger import LedgerSnapshot
 from visionflow.pipeline.share import FairShareController, StreamLoad
 
+#: a lag shrinking by less than this (seconds per second) is not catching up
+CATCH_UP_S_PER_S = 0.05
+
 
 class ShareGovernor:
     """Samples saturation, steps the controller once per interval."""
@@ -31,12 +35,10 @@ class ShareGovernor:
         controller: FairShareController | None = None,
         interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
-        lag_limit_s: float = 1.0,
     ) -> None:
         self.controller = controller or FairShareController()
         self.interval_s, self.clock = interval_s, clock
-        self.lag_limit_s = lag_limit_s  # 0: the lag is not a signal
-        self._lags: dict[str, float] = {}
+        self._lags: dict[str, float] = {}  # lag of each stream behind at the last step
         self._last: dict[str, tuple[int, int]] = {}  # announced, inference_behind
         self._at = clock()
         self.sent: dict[str, float | None] = {}
@@ -52,24 +54,34 @@ class ShareGovernor:
         self,
         ledger: Mapping[str, LedgerSnapshot],
         demand: Mapping[str, float | None],
-        lags: Mapping[str, float | None] | None = None,
+        lags: Mapping[str, float] | None = None,
     ) -> dict[str, float | None] | None:
-        """Targets that changed since the last step (None before the interval is up)."""
+        """Targets that changed since the last step (None before the interval is up).
+        ``lags``: the streams behind real time with a busy reader, and their lag."""
         now = self.clock()
         dt = now - self._at
         if dt < self.interval_s:
             return None
         loads = []
+        behind = lags or {}
+        previous, self._lags = self._lags, {}
         for sid, snap in ledger.items():
             if sid not in demand:
                 continue
-            announced, behind = snap.announced, snap.drops.get("inference_behind", 0)
-            a0, b0 = self._last.get(sid, (announced, behind))
-            self._last[sid] = (announced, behind)
-            lagging, falling = self._lagging(sid, (lags or {}).get(sid), dt)
+            announced, dropped = snap.announced, snap.drops.get("inference_behind", 0)
+            a0, b0 = self._last.get(sid, (announced, dropped))
+            self._last[sid] = (announced, dropped)
+            lag, before = behind.get(sid), previous.get(sid)
+            if lag is not None:
+                self._lags[sid] = lag
             loads.append(
                 StreamLoad(
-                    sid, (announced - a0) / dt, (behind - b0) / dt, demand[sid], lagging, falling
+                    sid,
+                    offered_fps=(announced - a0) / dt,
+                    dropped_fps=(dropped - b0) / dt,
+                    demand_fps=demand[sid],
+                    lagging=lag is not None,
+                    falling_behind=_falling(lag, before, dt),
                 )
             )
         self._at = now
@@ -78,16 +90,13 @@ class ShareGovernor:
         self.sent.update(changed)
         return changed
 
-    def _lagging(self, sid: str, lag: float | None, dt: float) -> tuple[bool, bool]:
-        """(lagging, falling behind) of one stream; its lag is kept for the next interval."""
-        if lag is None or self.lag_limit_s <= 0:
-            self._lags.pop(sid, None)
-            return False, False
-        before = self._lags.get(sid)
-        self._lags[sid] = lag
-        lagging = lag > self.lag_limit_s
-        shrinking = before is not None and lag < before - 0.05 * dt
-        return lagging, lagging and not shrinking
+
+def _falling(lag: float | None, before: float | None, dt: float) -> bool:
+    """Behind now and at the last step, and the lag did not shrink by
+    ``CATCH_UP_S_PER_S`` a second in between."""
+    if lag is None or before is None:
+        return False
+    return lag >= before - CATCH_UP_S_PER_S * dt
 
 
 def _differs(old: float | None, new: float | None) -> bool:

@@ -25,6 +25,7 @@ from visionflow.errors import SourceEndedError, SourceError, SourceStalledError
 from visionflow.pipeline.framepool import FramePool
 from visionflow.pipeline.frames import FrameRef, Letterbox
 from visionflow.pipeline.letterbox import letterbox_geometry
+from visionflow.pipeline.share import shared_decoder_behind
 from visionflow.streams.backoff import Backoff, ReconnectLimiter
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.nvdec import NvdecSource
@@ -50,9 +51,6 @@ from visionflow.workers.procs import exit_with_parent
 
 log = logging.getLogger("visionflow.ingest")
 HEARTBEAT_S = 0.5
-# this share of a process's streams lagging behind real time means their shared decoder is
-# behind (the fair share's rule too: visionflow.pipeline.share.FairShareController)
-SHARED_DECODER_FRACTION = 0.25
 # a command (adding a stream allocates its frame pool: on a GPU shared by many processes that
 # can take seconds) that runs longer than this stops the heartbeat: the process is restarted
 COMMAND_DEADLINE_S = 60.0
@@ -177,7 +175,7 @@ class StreamReader:
             stream.analysis_fps,
             modes=self.source.decode_modes if policy.shed_load else NO_MODES,
             prefix_ratio=0.5 if policy.shed_gop_prefix else 0.0,
-            lag_limit_s=policy.shed_lag_limit_s,
+            lag_limit_s=self._lag_limit(),
         )
         self._attach(self.source)
         self.thread = self._new_thread()
@@ -241,6 +239,7 @@ class StreamReader:
         with self._cmd_lock:
             old, self.stream = self.stream, stream
             self.shed.analysis_fps = stream.analysis_fps
+            self.shed.lag_limit_s = self._lag_limit()
             if (old.url, old.loop, old.realtime) != (stream.url, stream.loop, stream.realtime):
                 self._reopen = True
             self._enabled = stream.enabled
@@ -420,6 +419,15 @@ class StreamReader:
         return True
 
     @property
+    def streaming(self) -> bool:
+        return self.machine.state is StreamState.STREAMING
+
+    def _lag_limit(self) -> float:
+        """The shedding policy's lag limit: none for a file read faster than real time (it
+        is never "behind": it waits for slots, and its pts run ahead of the clock)."""
+        return 0.0 if self.lossless else self.policy.shed_lag_limit_s
+
+    @property
     def lossless(self) -> bool:
         """Files read faster than real time wait for inference instead of dropping frames."""
         return self.stream.is_file and not self.stream.realtime
@@ -457,8 +465,10 @@ class StreamReader:
             skipped_analysis=self.skipped_analysis + shed.packets_skipped,
             source_fps=None if shed.source_fps is None else round(shed.source_fps, 2),
             target_fps=shed.target_fps,
-            # a file read faster than real time is never "behind" (it waits for slots)
+            # a file read faster than real time has no lag: its pts run ahead of the clock
             lag_s=None if shed.lag_s is None or self.lossless else round(shed.lag_s, 3),
+            behind=shed.behind,
+            decode_bound=shed.decode_bound,
             last_seq=self.seq,
         )
 
@@ -601,11 +611,11 @@ class IngestProcess:
                     reader.set_share(fps, behind)
 
     def decoder_behind(self) -> bool:
-        """A quarter of this process's streams lag behind real time: the decoder they share
+        """Enough of this process's streaming streams are behind real time with busy readers
+        (:func:`~visionflow.pipeline.share.shared_decoder_behind`): the decoder they share
         (NVDEC, the CPU) cannot keep up, so each stream given a share decodes GOP heads."""
-        readers = list(self.readers.values())
-        lagging = sum(r.shed.lagging for r in readers)
-        return bool(readers) and lagging >= max(1.0, SHARED_DECODER_FRACTION * len(readers))
+        streaming = [r for r in self.readers.values() if r.streaming]
+        return shared_decoder_behind(sum(r.shed.behind for r in streaming), len(streaming))
 
     @staticmethod
     def _stats(reader: StreamReader) -> StreamStats | None:

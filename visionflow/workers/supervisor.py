@@ -165,11 +165,7 @@ class Pipeline:
         self.loop = SchedulerLoop(
             self.scheduler, self._sched_q, self.pools, self._send, self._broadcast, self._tick
         )
-        self.governor = (
-            ShareGovernor(lag_limit_s=config.source.shed_lag_limit_s)
-            if config.source.shed_load
-            else None
-        )
+        self.governor = ShareGovernor() if config.source.shed_load else None
         # the nodes of a fleet share the streams set; their worker hashes carry the node id
         node_id = config.fleet.resolved_node_id() if config.fleet is not None else None
         self.status_writer = RedisStatusWriter(

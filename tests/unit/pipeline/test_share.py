@@ -171,3 +171,22 @@ def test_streams_catching_up_hold_the_share_where_it_is():
     caught_up = [StreamLoad(f"s{i}", first, 0.0, 30.0) for i in range(4)]
     grown = c.update(caught_up, saturated=False)["s0"]
     assert grown is not None and grown > first
+
+
+def test_one_of_two_streams_falling_behind_is_not_a_shared_decoder():
+    c = FairShareController()
+    loads = [
+        StreamLoad("ok", 25.0, 0.0, 25.0),
+        StreamLoad("slow", 12.0, 0.0, 25.0, lagging=True, falling_behind=True),
+    ]
+    assert c.update(loads, saturated=False) == {"ok": None, "slow": None}
+
+
+def test_a_decoder_cut_is_held_while_the_new_share_takes_effect():
+    c = FairShareController(decoder_hold=3)
+    behind = [StreamLoad(f"s{i}", 20.0, 0.0, 30.0, True, True) for i in range(4)]
+    cut = c.update(behind, saturated=False)["s0"]
+    assert cut is not None
+    for _ in range(3):  # still falling behind: the streams reach their next keyframe first
+        assert c.update(behind, saturated=False)["s0"] == cut
+    assert (c.update(behind, saturated=False)["s0"] or 0) < cut, "then it cuts again"

@@ -238,7 +238,9 @@ def feed_slow_decoder(
     run, now, gap = Run(), clock.t - 100.0, False
     for i in range(int(seconds * fps)):
         pts = start_pts + i / fps
-        now = max(now, pts)  # live: not before it arrives
+        if pts > now:  # live: not before it arrives; the reader waits for it
+            policy.waited(pts - now)
+            now = pts
         clock.t = 100.0 + now
         key = i % gop == 0
         if policy.packet(pts, key):
@@ -326,3 +328,37 @@ def test_a_stream_told_its_shared_decoder_is_behind_decodes_gop_heads_though_on_
     other.set_share(15.0)
     feed_slow_decoder(other, other._clock, 15, capacity_fps=60)  # type: ignore[arg-type]
     assert other.mode == "all"
+
+
+def test_a_late_source_lags_but_is_not_behind() -> None:
+    """A slow link or a camera clock running slow: the lag grows, but the reader waits for
+    every packet, so the decoder is not what is late."""
+    clock = Clock()
+    policy = ShedPolicy(None, modes=PACKET_MODES, clock=clock, lag_limit_s=1.0)
+    for i in range(30 * 60):
+        pts = i / 30
+        arrives = pts * 1.05  # 5 % late, more every second
+        policy.waited(max(0.0, arrives - (clock.t - 100.0)))
+        clock.t = 100.0 + arrives
+        policy.packet(pts, i % 30 == 0)
+        policy.frame(pts)
+    snap = policy.snapshot()
+    assert snap.lag_s is not None and snap.lag_s > 2.5, snap
+    assert not snap.behind and not policy.behind
+
+
+def test_a_slow_decoder_is_behind() -> None:
+    clock = Clock()
+    policy = ShedPolicy(None, modes=PACKET_MODES, clock=clock, lag_limit_s=1.0)
+    feed_slow_decoder(policy, clock, 10, capacity_fps=18)
+    assert policy.behind and policy.snapshot().behind
+    dali = ShedPolicy(None, modes=NO_MODES, clock=Clock(), lag_limit_s=1.0)
+    feed_slow_decoder(dali, dali._clock, 10, capacity_fps=18)  # type: ignore[arg-type]
+    assert not dali.behind, "a decoder that cannot shed before decode is never behind"
+
+
+def test_analysis_fps_alone_never_makes_a_stream_decode_bound() -> None:
+    clock = Clock()
+    policy = ShedPolicy(10.0, modes=PACKET_MODES, clock=clock, prefix_ratio=0.0, lag_limit_s=1.0)
+    feed_slow_decoder(policy, clock, 20, capacity_fps=9)  # behind, with only analysis_fps
+    assert policy.behind and not policy.decode_bound and policy.mode != "prefix"

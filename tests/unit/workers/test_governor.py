@@ -49,26 +49,42 @@ def test_a_pause_forgets_the_outage_window():
 
 def test_streams_falling_behind_real_time_cut_the_share():
     clock = Clock()
-    g = ShareGovernor(interval_s=1.0, clock=clock, lag_limit_s=1.0)
+    g = ShareGovernor(interval_s=1.0, clock=clock)
     demand = {"a": 30.0, "b": 30.0}
     ledger = {"a": snap(0, 0), "b": snap(0, 0)}
-    g.step(ledger, demand, {"a": 0.0, "b": 0.0})  # interval not up
     clock.t = 1.0
-    assert g.step(ledger, demand, {"a": 0.5, "b": 0.5}) == {}  # baseline
-    clock.t = 2.0  # no drops at all, but both read 1.5 s behind real time and falling back
+    assert g.step(ledger, demand) == {}  # baseline
+    clock.t = 2.0  # behind for the first time: nothing to compare with yet, no cut
     ledger = {"a": snap(20, 0), "b": snap(20, 0)}
+    assert g.step(ledger, demand, {"a": 1.2, "b": 1.2}) == {}
+    clock.t = 3.0  # no drops at all, but both still behind and the lag grew: a cut
+    ledger = {"a": snap(40, 0), "b": snap(40, 0)}
     changed = g.step(ledger, demand, {"a": 1.5, "b": 1.5})
     assert changed and changed["a"] == changed["b"] and changed["a"] < 20
-    clock.t = 3.0  # catching up (the lag shrinks): lagging, not falling behind: held
-    ledger = {"a": snap(40, 0), "b": snap(40, 0)}
+    clock.t = 4.0  # catching up (the lag shrinks): behind, not falling behind: held
+    ledger = {"a": snap(58, 0), "b": snap(58, 0)}
     assert g.step(ledger, demand, {"a": 1.2, "b": 1.2}) == {}
 
 
-def test_without_a_lag_limit_the_lag_is_not_a_signal():
+def test_the_first_interval_after_a_pause_never_reads_as_falling_behind():
     clock = Clock()
-    g = ShareGovernor(interval_s=1.0, clock=clock, lag_limit_s=0.0)
-    demand = {"a": 30.0}
+    g = ShareGovernor(interval_s=1.0, clock=clock)
+    demand = {"a": 30.0, "b": 30.0}
     clock.t = 1.0
-    g.step({"a": snap(0, 0)}, demand, {"a": 5.0})
-    clock.t = 2.0
-    assert g.step({"a": snap(20, 0)}, demand, {"a": 9.0}) == {}
+    g.step({"a": snap(0, 0), "b": snap(0, 0)}, demand, {"a": 1.5, "b": 1.5})
+    g.pause()  # workers restarting: what happens now says nothing about capacity
+    clock.t = 3.0
+    ledger = {"a": snap(10, 0), "b": snap(10, 0)}
+    assert g.step(ledger, demand, {"a": 3.0, "b": 3.0}) == {}, "no cut from a lone sample"
+    assert not g.controller.limiting
+
+
+def test_one_stream_of_two_behind_is_not_a_shared_decoder():
+    clock = Clock()
+    g = ShareGovernor(interval_s=1.0, clock=clock)
+    demand = {"a": 30.0, "b": 30.0}
+    for t, lag in ((1.0, 1.2), (2.0, 2.2), (3.0, 3.2)):
+        clock.t = t
+        n = int(t * 25)
+        assert g.step({"a": snap(n, 0), "b": snap(n, 0)}, demand, {"a": lag}) in ({}, None)
+    assert not g.controller.limiting

@@ -75,15 +75,20 @@ def test_no_heartbeat_follows_the_final_one():
     assert _beats(control, 1, timeout=3 * ingest.HEARTBEAT_S) == 0, "a beat after the final one"
 
 
-def test_the_decoder_is_behind_when_a_quarter_of_the_streams_lag() -> None:
+def test_the_decoder_is_behind_when_a_quarter_of_the_streaming_streams_are() -> None:
     process, _ = _process()
 
-    class Reader:  # the one part of a StreamReader decoder_behind reads
-        def __init__(self, lagging: bool) -> None:
-            self.shed = type("Shed", (), {"lagging": lagging})()
+    class Reader:  # the parts of a StreamReader decoder_behind reads
+        def __init__(self, behind: bool, streaming: bool = True) -> None:
+            self.shed = type("Shed", (), {"behind": behind})()
+            self.streaming = streaming
 
     assert not process.decoder_behind()  # no streams
-    process.readers = {f"s{i}": Reader(i < 1) for i in range(8)}  # type: ignore[misc]
-    assert not process.decoder_behind(), "one stream of eight lagging is that stream's own"
+    process.readers = {f"s{i}": Reader(i < 1) for i in range(4)}  # type: ignore[misc]
+    assert not process.decoder_behind(), "one stream behind is that stream's own problem"
     process.readers = {f"s{i}": Reader(i < 2) for i in range(8)}  # type: ignore[misc]
     assert process.decoder_behind()
+    process.readers = {  # type: ignore[misc]
+        f"s{i}": Reader(i < 2, streaming=i >= 2) for i in range(8)
+    }
+    assert not process.decoder_behind(), "a reader in backoff keeps a stale lag: not counted"
