@@ -376,15 +376,16 @@ class SourceConfig(_Strict):
         le=60,
         description="Shedding when the decoder is behind (needs shed_load; PyAV and NVDEC): a "
         "live or real-time stream read more than this many seconds behind real time (status: "
-        "lag_s, against the session's best wall-clock-minus-pts offset) while its reader "
-        "hardly waits for packets (under a tenth of a second; a late source makes the reader "
-        "wait, a decoder that cannot keep up does not) is behind. When a quarter of the "
-        "streams, and at least two, are behind and not catching up, the decoder they share "
-        "(NVDEC, the CPU) is overloaded: the fair share is cut as for inference drops (then "
-        "held three seconds), and a stream given a share while it, or a quarter of its ingest "
-        "process's streams, is behind decodes only its GOPs' first frames (decode mode "
-        "prefix, even with shed_gop_prefix off) until the share is lifted. Files read faster "
-        "than real time are never behind. 0: the lag is reported but never acted on.",
+        "lag_s, against the session's best wall-clock-minus-pts offset) is behind. When a "
+        "quarter of the streams, and at least two, are behind and their lag grows by a tenth "
+        "of a second a second or more (a lag that holds still, such as a relay's delay, never "
+        "counts), the decoder they share (NVDEC, the CPU) is overloaded: the fair share is "
+        "cut as for inference drops, then held three control intervals (seconds), and a "
+        "stream given a share below its rate while it, or a quarter (at least two) of its "
+        "ingest process's streams, is behind decodes only its GOPs' first frames (decode mode "
+        "prefix, even with shed_gop_prefix off; nonkey at keyframe rates) until the share is "
+        "lifted. Files read faster than real time are never behind. 0: the lag is reported "
+        "but never acted on.",
     )
     allowed_schemes: list[SourceScheme] = Field(
         default_factory=_live_schemes,

@@ -23,15 +23,15 @@ serve are shed *before* decode instead of being dropped after it.
 - **Floor**: no stream is given less than ``floor_fps``.
 - **Decoder behind**: the drops above measure inference; when the *decoder* is what cannot
   keep up (NVDEC shared by hundreds of streams, the CPU), streams fall behind real time
-  instead.  The ingest process says which streams are *behind* (lagging past the limit while
-  their reader is busy, not waiting for the source: :attr:`ShedPolicy.behind
-  <visionflow.streams.shedding.ShedPolicy.behind>`); the governor marks those whose lag did
-  not shrink over the interval as *falling behind* (never on a stream's first sample).  When
-  :func:`shared_decoder_behind` holds for the falling-behind streams (a quarter of them, and
-  never fewer than two: one slow stream is its own problem, not a shared decoder's), the
-  decoder is overloaded: ``C = beta * min(C, served)`` as for drops, the same max-min split,
-  and streams given a share while behind decode only their GOPs' heads
-  (:mod:`visionflow.streams.shedding`), so the decoder's load falls with the share.  A
+  instead.  The ingest processes report the streams *behind* (read more than the lag limit
+  behind real time); the governor marks those whose lag grew by at least
+  ``FALLING_S_PER_S`` a second since the previous interval as *falling behind* (never on a
+  stream's first interval behind; a lag that holds still - a relay's delay, a camera clock
+  a little slow - never does).  When :func:`shared_decoder_behind` holds for them (a quarter
+  of the streams, and never fewer than two: one slow stream or link is its own problem, not a
+  shared decoder's), the decoder is overloaded: ``C = beta * min(C, served)`` as for drops,
+  the same max-min split, and streams given a share while behind decode only their GOPs'
+  heads (:mod:`visionflow.streams.shedding`), so the decoder's load falls with the share.  A
   decoder cut is followed by ``decoder_hold`` intervals without another (the new share takes
   effect at each stream's next keyframe, after the mode's dwell), and while that many streams
   are still behind (catching up) ``C`` does not grow.
@@ -51,7 +51,7 @@ SHARED_DECODER_FRACTION = 0.25
 
 
 def shared_decoder_behind(behind: int, streams: int) -> bool:
-    """``behind`` of ``streams`` streams behind real time with busy readers: the decoder
+    """``behind`` of ``streams`` streams behind real time: the decoder
     they share is overloaded (a quarter of them, never fewer than two)."""
     return streams > 0 and behind >= max(2, math.ceil(SHARED_DECODER_FRACTION * streams))
 
@@ -64,8 +64,8 @@ class StreamLoad:
     offered_fps: float  # frames announced (letterboxed, sent to the scheduler) per second
     dropped_fps: float = 0.0  # of those, dropped as inference_behind per second
     demand_fps: float | None = None  # what it would send unlimited (source fps / analysis_fps)
-    lagging: bool = False  # behind real time with a busy reader (the decoder cannot keep up)
-    falling_behind: bool = False  # lagging, and the lag not shrinking over the interval
+    lagging: bool = False  # read more than the lag limit behind real time
+    falling_behind: bool = False  # lagging, and the lag growing fast over the interval
 
 
 def water_level(capacity: float, demands: Mapping[str, float]) -> float:

@@ -30,19 +30,17 @@ policy stops paying for frames that would be thrown away:
 - **used or not**: a token bucket on presentation time keeps frames evenly spread at the
   target rate; frames it does not keep are discarded before the RGB conversion and letterbox.
 - **lag and the decoder behind**: ``lag`` is how far behind real time the stream's packets
-  are read, from the best (wall clock - pts) offset of the session (the live edge).  A lag
-  also grows when the *source* is late (a slow link, a relay, a camera clock running slow);
-  the reader then waits for packets.  So the stream is *behind* (its decoder cannot keep up:
-  NVDEC shared by hundreds of streams, the CPU) only when the lag is over ``lag_limit_s``
-  **and** the reader spent under ``BUSY_WAIT_SHARE`` of the last second waiting for input
-  (packets, or a real-time file's pacing): :attr:`ShedPolicy.behind`, which the scheduler's
-  fair share reads (:mod:`visionflow.pipeline.share`).  Decoders that cannot shed before
-  decode (``NO_MODES``: DALI) are never behind.  A stream given a *share* below its rate
-  while it is behind, or while its ingest process says the decoder it shares is behind, is
-  *decode-bound*: from its next keyframe it decodes only each GOP's first
-  ``round(target / keyframe rate)`` frames (``prefix``, whatever ``prefix_ratio`` says:
-  frames evenly spread need most of each GOP decoded, so the decoder's load would not fall)
-  until the share is lifted; ``analysis_fps`` alone never makes a stream decode-bound.
+  are read, from the best (wall clock - pts) offset of the session (the live edge).  Over
+  ``lag_limit_s`` the stream is *behind* (:attr:`ShedPolicy.behind`).  A lag also comes from
+  a late source (a relay's delay, a camera clock running slow, a slow link), so the fair share
+  (:mod:`visionflow.pipeline.share`) acts only on lags that keep *growing* fast, and on two
+  streams or more.  Decoders that cannot shed before decode (``NO_MODES``: DALI) are never
+  behind.  A stream given a *share* below its rate while it is behind, or while its ingest
+  process says the decoder it shares is behind, is *decode-bound*: from its next keyframe it
+  decodes only each GOP's first ``round(target / keyframe rate)`` frames (``prefix``,
+  whatever ``prefix_ratio`` says: frames evenly spread need most of each GOP decoded, so the
+  decoder's load would not fall; ``nonkey`` still wins at keyframe rates) until the share is
+  lifted; ``analysis_fps`` alone never makes a stream decode-bound.
 
 The policy is pure (no I/O, injected clock) and runs on the stream's reader thread;
 :meth:`ShedPolicy.set_share` may be called from another thread (one tuple assignment, read
@@ -74,8 +72,6 @@ PACKET_MODES: frozenset[DecodeMode] = frozenset(("all", "prefix", "nonkey"))
 #: decoders that take whole GOPs (DALI), or shedding before decode turned off
 NO_MODES: frozenset[DecodeMode] = frozenset(("all",))
 
-#: the reader waited for input less than this share of a second: it is busy (decode-bound)
-BUSY_WAIT_SHARE = 0.1
 _PACKET_WINDOW = 64  # packets used to measure the source's frame rate
 _KEY_WINDOW = 5  # keyframes used to measure the keyframe rate
 _JUMP_S = 10.0  # a pts jump (or step back) larger than this restarts the measurements
@@ -91,7 +87,7 @@ class ShedSnapshot:
     key_rate: float | None
     analysis_fps: float  # frames used per clock second, measured
     lag_s: float | None  # how far behind real time the stream's packets are read
-    behind: bool  # lagging while the reader is busy: its decoder cannot keep up
+    behind: bool  # read more than lag_limit_s behind real time
     decode_bound: bool  # decoding GOP heads because of it (until the share is lifted)
     used: int
     skipped: int  # decoded, not used (discarded before letterbox)
@@ -127,9 +123,7 @@ class ShedPolicy:
         self.decode_bound = False  # see the module docstring (lag); kept across reset()
         # the scheduler's share and whether the process's decoder is behind, set together
         self._share_state: tuple[float | None, bool] = (None, False)
-        self._waited = 0.0  # seconds the reader waited for input (reader thread)
-        self._busy_at: tuple[float, float] | None = None  # clock, _waited at the last sample
-        self._wait_share = 1.0  # of the last second; 1.0 until measured (never "busy")
+
         self.mode: DecodeMode = "all"
         self._mode_since = clock()
         self.used = self.skipped = self.packets_skipped = 0
@@ -151,11 +145,6 @@ class ShedPolicy:
     def _share(self) -> float | None:
         return self._share_state[0]
 
-    def waited(self, seconds: float) -> None:
-        """The reader waited ``seconds`` for input (a packet, a real-time file's pacing):
-        reader thread."""
-        self._waited += seconds
-
     @property
     def lag_s(self) -> float | None:
         """How far behind real time the packets are read (None: no timestamps yet)."""
@@ -163,15 +152,14 @@ class ShedPolicy:
 
     @property
     def behind(self) -> bool:
-        """The decoder cannot keep up: lag over ``lag_limit_s`` while the reader hardly
-        waited for input (see the module docstring); never without packet shedding."""
+        """Read more than ``lag_limit_s`` behind real time; never without packet shedding
+        or with the limit at 0."""
         lag = self._lag
         return (
             self.lag_limit_s > 0
             and self.gates_packets
             and lag is not None
-            and lag > self.lag_limit_s
-            and self._wait_share < BUSY_WAIT_SHARE
+            and (lag > self.lag_limit_s)
         )
 
     @property
@@ -270,20 +258,10 @@ class ShedPolicy:
         catching up does not bring back a decoder-heavy mode)."""
         share, told = self._share_state
         src = self.source_fps
-        if share is None or src is None or share >= src:
-            self.decode_bound = False
-        elif told or self.behind:
+        if share is None or (src is not None and share >= src):
+            self.decode_bound = False  # lifted (an unknown rate, just after a reset: kept)
+        elif self.lag_limit_s > 0 and self.gates_packets and (told or self.behind):
             self.decode_bound = True
-
-    def _sample_busy(self, now: float) -> None:
-        """Once a second: the share of it the reader spent waiting for input."""
-        if self._busy_at is None:
-            self._busy_at = (now, self._waited)
-            return
-        at, waited = self._busy_at
-        if now - at >= 1.0:
-            self._wait_share = min(1.0, (self._waited - waited) / (now - at))
-            self._busy_at = (now, self._waited)
 
     def _switch_mode(self) -> None:
         now = self._clock()
@@ -317,7 +295,6 @@ class ShedPolicy:
             self._gop_open = gop_open
             t = self._time(pts)
         self._last_t = t
-        self._sample_busy(self._clock())
         self._packets.append(t)
         if keyframe:
             self._keys.append(t)

@@ -235,10 +235,8 @@ class VideoSource:
                 if pace:
                     count += 1
                     due = start + count / rate
-                    if (wait := due - time.monotonic()) > 0:
-                        self._waited(wait)
-                        if self._stop.wait(wait):
-                            return
+                    if (wait := due - time.monotonic()) > 0 and self._stop.wait(wait):
+                        return
                 self._last_frame = time.monotonic()
                 wrapped = self._wrap(frame, packet, decode_ms)
                 if shed is not None and not shed.frame(wrapped.pts, _is_b_frame(frame)):
@@ -261,11 +259,6 @@ class VideoSource:
                 video.codec_context.skip_frame = SKIP_FRAME[shed.mode]
             self._mode = shed.mode
         return decode
-
-    def _waited(self, seconds: float) -> None:
-        """Time spent waiting for input, for the shedding policy's "decoder behind" test."""
-        if self.shed is not None:
-            self.shed.waited(seconds)
 
     def _drain(self, video: Any) -> list[Any]:
         """Keyframes only: take the frame out now instead of after the decoder's frame-thread
@@ -300,14 +293,10 @@ class VideoSource:
         while not self._stop.is_set():
             if pace:
                 count += 1
-                if (wait := start + count / rate - time.monotonic()) > 0:
-                    self._waited(wait)
-                    if self._stop.wait(wait):
-                        return
+                if (wait := start + count / rate - time.monotonic()) > 0 and self._stop.wait(wait):
+                    return
             try:
-                t0 = time.monotonic()
                 packet = next(packets)
-                self._waited(time.monotonic() - t0)  # a live source: waiting for the camera
             except StopIteration:
                 break
             except av.InvalidDataError as exc:

@@ -192,8 +192,8 @@ class StatusBoard:
             }
 
     def lags(self) -> dict[str, float]:
-        """The streaming streams their ingest reports *behind* (lagging real time with a busy
-        reader: the decoder cannot keep up), and how far behind they are read."""
+        """The streaming streams their ingest reports *behind* real time (past the lag
+        limit), and how far behind they are read."""
         with self._lock:
             return {
                 sid: v.stats.lag_s

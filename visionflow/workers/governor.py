@@ -9,10 +9,11 @@ are shed before decode.
 
 Overload is read from ``inference_behind`` drops (a worker with batches queued is not
 overloaded: it may be keeping up exactly, but a full per-stream buffer dropping its oldest
-frame is) and from the streams the ingest processes report *behind* real time with a busy
-reader (a decoder that cannot keep up; their ``lags``): such a stream is *lagging*, and
-*falling behind* when its lag did not shrink since the previous interval (a stream's first
-interval behind is never falling: nothing to compare with, e.g. right after start-up).
+frame is) and from the streams the ingest processes report *behind* real time (their
+``lags``): such a stream is *lagging*, and *falling behind* when its lag grew by at least
+``FALLING_S_PER_S`` a second since the previous interval (a stream's first interval behind is
+never falling: nothing to compare with, e.g. right after start-up; a lag that holds still,
+a relay's delay or a stalled stream's last value, never is).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from collections.abc import Callable, Mapping
 from visionflow.pipeline.ledger import LedgerSnapshot
 from visionflow.pipeline.share import FairShareController, StreamLoad
 
-#: a lag shrinking by less than this (seconds per second) is not catching up
-CATCH_UP_S_PER_S = 0.05
+#: a lag growing by this much a second (a tenth of real time) is falling behind
+FALLING_S_PER_S = 0.1
 
 
 class ShareGovernor:
@@ -57,7 +58,7 @@ class ShareGovernor:
         lags: Mapping[str, float] | None = None,
     ) -> dict[str, float | None] | None:
         """Targets that changed since the last step (None before the interval is up).
-        ``lags``: the streams behind real time with a busy reader, and their lag."""
+        ``lags``: the streams behind real time, and their lag."""
         now = self.clock()
         dt = now - self._at
         if dt < self.interval_s:
@@ -92,11 +93,10 @@ class ShareGovernor:
 
 
 def _falling(lag: float | None, before: float | None, dt: float) -> bool:
-    """Behind now and at the last step, and the lag did not shrink by
-    ``CATCH_UP_S_PER_S`` a second in between."""
+    """Behind now and at the last step, and the lag grew by ``FALLING_S_PER_S`` a second."""
     if lag is None or before is None:
         return False
-    return lag >= before - CATCH_UP_S_PER_S * dt
+    return lag >= before + FALLING_S_PER_S * dt
 
 
 def _differs(old: float | None, new: float | None) -> bool:

@@ -611,7 +611,7 @@ class IngestProcess:
                     reader.set_share(fps, behind)
 
     def decoder_behind(self) -> bool:
-        """Enough of this process's streaming streams are behind real time with busy readers
+        """Enough of this process's streaming streams are behind real time
         (:func:`~visionflow.pipeline.share.shared_decoder_behind`): the decoder they share
         (NVDEC, the CPU) cannot keep up, so each stream given a share decodes GOP heads."""
         streaming = [r for r in self.readers.values() if r.streaming]

@@ -238,9 +238,7 @@ def feed_slow_decoder(
     run, now, gap = Run(), clock.t - 100.0, False
     for i in range(int(seconds * fps)):
         pts = start_pts + i / fps
-        if pts > now:  # live: not before it arrives; the reader waits for it
-            policy.waited(pts - now)
-            now = pts
+        now = max(now, pts)  # live: not before it arrives
         clock.t = 100.0 + now
         key = i % gop == 0
         if policy.packet(pts, key):
@@ -330,21 +328,18 @@ def test_a_stream_told_its_shared_decoder_is_behind_decodes_gop_heads_though_on_
     assert other.mode == "all"
 
 
-def test_a_late_source_lags_but_is_not_behind() -> None:
-    """A slow link or a camera clock running slow: the lag grows, but the reader waits for
-    every packet, so the decoder is not what is late."""
+def test_decode_bound_outlasts_a_reset_while_the_share_holds() -> None:
+    """A loop, a reconnect or a pts jump forgets the source's rate for a few packets: the
+    latch is kept until the share itself is lifted."""
     clock = Clock()
-    policy = ShedPolicy(None, modes=PACKET_MODES, clock=clock, lag_limit_s=1.0)
-    for i in range(30 * 60):
-        pts = i / 30
-        arrives = pts * 1.05  # 5 % late, more every second
-        policy.waited(max(0.0, arrives - (clock.t - 100.0)))
-        clock.t = 100.0 + arrives
-        policy.packet(pts, i % 30 == 0)
-        policy.frame(pts)
-    snap = policy.snapshot()
-    assert snap.lag_s is not None and snap.lag_s > 2.5, snap
-    assert not snap.behind and not policy.behind
+    policy = ShedPolicy(None, modes=PACKET_MODES, clock=clock, prefix_ratio=0.0, lag_limit_s=1.0)
+    feed_slow_decoder(policy, clock, 10, capacity_fps=18)
+    policy.set_share(15.0)
+    feed_slow_decoder(policy, clock, 10, capacity_fps=18, start_pts=10.0)
+    assert policy.decode_bound
+    policy.reset()  # a new session
+    feed_slow_decoder(policy, clock, 5, capacity_fps=60, start_pts=500.0)
+    assert policy.decode_bound and policy.mode == "prefix"
 
 
 def test_a_slow_decoder_is_behind() -> None:

@@ -88,3 +88,18 @@ def test_one_stream_of_two_behind_is_not_a_shared_decoder():
         n = int(t * 25)
         assert g.step({"a": snap(n, 0), "b": snap(n, 0)}, demand, {"a": lag}) in ({}, None)
     assert not g.controller.limiting
+
+
+def test_a_lag_that_holds_still_never_cuts():
+    """Two cameras behind a relay that adds 2 s, or with clocks a little slow: behind, but
+    their lag does not grow, so it is not the decoder's."""
+    clock = Clock()
+    g = ShareGovernor(interval_s=1.0, clock=clock)
+    demand = {"a": 30.0, "b": 30.0}
+    for step in range(1, 30):
+        clock.t = float(step)
+        n = step * 30
+        lag = 2.0 + 0.001 * step  # 0.1 % drift on top of the relay's delay
+        changed = g.step({"a": snap(n, 0), "b": snap(n, 0)}, demand, {"a": lag, "b": lag})
+        assert not changed, f"step {step}: {changed}"
+    assert not g.controller.limiting
