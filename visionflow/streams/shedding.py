@@ -42,6 +42,14 @@ policy stops paying for frames that would be thrown away:
   decoder's load would not fall; ``nonkey`` still wins at keyframe rates) until the share is
   lifted; ``analysis_fps`` alone never makes a stream decode-bound.
 
+Times are media seconds (pts) when the source has them, else the injected clock, so a file
+read faster than real time is thinned in video time.  Which modes a decoder can take is its
+``modes``: PyAV all four (:data:`ALL_MODES`); NVDEC, fed packet by packet but without FFmpeg's
+``skip_frame``, the packet-level ones (:data:`PACKET_MODES`: ``prefix``, ``nonkey`` and the
+GOP prefix, so a decode-bound GPU sheds before NVDEC rather than after it); DALI, which decodes
+whole GOPs, none (:data:`NO_MODES`: every packet is decoded and only the "used or not" gate
+applies).
+
 The policy is pure (no I/O, injected clock) and runs on the stream's reader thread;
 :meth:`ShedPolicy.set_share` may be called from another thread (one tuple assignment, read
 once by the reader thread).
@@ -123,7 +131,6 @@ class ShedPolicy:
         self.decode_bound = False  # see the module docstring (lag); kept across reset()
         # the scheduler's share and whether the process's decoder is behind, set together
         self._share_state: tuple[float | None, bool] = (None, False)
-
         self.mode: DecodeMode = "all"
         self._mode_since = clock()
         self.used = self.skipped = self.packets_skipped = 0
@@ -159,7 +166,7 @@ class ShedPolicy:
             self.lag_limit_s > 0
             and self.gates_packets
             and lag is not None
-            and (lag > self.lag_limit_s)
+            and lag > self.lag_limit_s
         )
 
     @property
