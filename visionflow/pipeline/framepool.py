@@ -28,6 +28,7 @@ _KIND = 64  # header byte: 0 host pixels, 1 device pixels
 _HANDLE = 128  # header bytes 128..191: the CUDA IPC handle of a device pool
 _HEADER = 256  # header size, so host images start aligned
 FREE, FULL = 0, 1
+_FREE_BYTE = bytes((FREE,))
 HOST, DEVICE = 0, 1
 
 
@@ -60,10 +61,12 @@ class FramePool:
         self._owner = create
         buf = self._shm.buf
         assert buf is not None
-        self._state: npt.NDArray[np.uint8] = np.ndarray((slots,), np.uint8, buf, 0)
+        # one state byte per slot; a memoryview, not numpy: a slot's flag is read and written
+        # per frame by producer and consumer, and numpy scalar access costs several times more
+        self._flags: memoryview = buf[:slots]
         self._memory: Any = None  # ExportedMemory (creator) / ImportedMemory (consumer)
         if create:
-            self._state[:] = FREE
+            self._flags[:] = _FREE_BYTE * slots
             buf[_KIND] = DEVICE if on_device else HOST
             if on_device:
                 self._export(buf, device or 0)
@@ -89,13 +92,18 @@ class FramePool:
         return int(self._memory.pointer)
 
     def acquire(self) -> int | None:
-        """Producer: index of a free slot (left free until :meth:`publish`), or None."""
-        for step in range(self.slots):
-            slot = (self._next + step) % self.slots
-            if self._state[slot] == FREE:
-                self._next = (slot + 1) % self.slots
-                return slot
-        return None
+        """Producer: index of a free slot (left free until :meth:`publish`), or None; slots
+        are taken round-robin from the one after the last taken."""
+        slot = self._next
+        if self._flags[slot] != FREE:
+            flags = self._flags.tobytes()  # one copy of a few bytes, then a C-speed search
+            slot = flags.find(_FREE_BYTE, slot)
+            if slot < 0:
+                slot = flags.find(_FREE_BYTE, 0, self._next)
+                if slot < 0:
+                    return None
+        self._next = slot + 1 if slot + 1 < self.slots else 0
+        return slot
 
     def image(self, slot: int) -> Any:
         """The ``[H, W, 3]`` view of one slot: a numpy array, or a
@@ -109,19 +117,20 @@ class FramePool:
 
     def publish(self, slot: int) -> None:
         """Producer: the slot now holds a frame that consumers own."""
-        self._state[slot] = FULL
+        self._flags[slot] = FULL
 
     def release(self, slot: int) -> None:
         """Consumer: done with the slot's frame; the producer may reuse it."""
-        self._state[slot] = FREE
+        self._flags[slot] = FREE
 
     def free_slots(self) -> int:
         """How many slots are free now."""
-        return int(np.count_nonzero(self._state == FREE))
+        return self._flags.tobytes().count(_FREE_BYTE)
 
     def close(self) -> None:
         """Detach; the creating process also removes the block."""
-        del self._state, self._images
+        self._flags.release()
+        del self._images
         if self._memory is not None:
             self._memory.close()
             self._memory = None

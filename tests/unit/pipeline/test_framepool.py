@@ -32,6 +32,26 @@ def test_slots_cycle_between_producer_and_consumer():
         FramePool(name, 3, 4, 5)
 
 
+def test_slots_are_taken_round_robin_from_the_one_after_the_last():
+    pool = FramePool(f"vft-{uuid.uuid4().hex[:8]}", 4, 2, 2, create=True)
+    try:
+        for slot in (0, 1, 2):
+            assert pool.acquire() == slot
+            pool.publish(slot)
+        assert pool.free_slots() == 1
+        pool.release(1)  # 3 is next, then the search wraps round to 1
+        assert pool.acquire() == 3
+        pool.publish(3)
+        assert pool.acquire() == 1
+        pool.publish(1)
+        assert pool.acquire() is None and pool.free_slots() == 0
+        pool.release(2)
+        pool.release(0)
+        assert pool.acquire() == 2, "the search starts after the slot last taken (1)"
+    finally:
+        pool.close()
+
+
 def test_too_many_slots_rejected():
     with pytest.raises(ValueError):
         FramePool("x", 65, 2, 2, create=True)
