@@ -371,21 +371,25 @@ class SourceConfig(_Strict):
         "batching.buffer_per_stream room for a GOP's share, or the bursts read as overload.",
     )
     shed_lag_limit_s: float = Field(
-        default=1.0,
+        default=0.0,
         ge=0,
         le=60,
-        description="Shedding when the decoder is behind (needs shed_load; PyAV and NVDEC): a "
-        "live or real-time stream read more than this many seconds behind real time (status: "
-        "lag_s, against the session's best wall-clock-minus-pts offset) is behind. When a "
-        "quarter of the streams, and at least two, are behind and their lag grows by a tenth "
-        "of a second a second or more (a lag that holds still, such as a relay's delay, never "
-        "counts), the decoder they share (NVDEC, the CPU) is overloaded: the fair share is "
-        "cut as for inference drops, then held three control intervals (seconds), and a "
-        "stream given a share below its rate while it, or a quarter (at least two) of its "
-        "ingest process's streams, is behind decodes only its GOPs' first frames (decode mode "
-        "prefix, even with shed_gop_prefix off; nonkey at keyframe rates) until the share is "
-        "lifted. Files read faster than real time are never behind. 0: the lag is reported "
-        "but never acted on.",
+        description="Experimental, off by default (0: each stream's lag behind real time is "
+        "reported as lag_s, never acted on). Shedding when the decoder is behind (needs "
+        "shed_load; PyAV and NVDEC): a live or real-time stream read more than this many "
+        "seconds behind real time (against the session's best wall-clock-minus-pts offset) "
+        "is behind. When a quarter of the streams, and at least two, are behind and their lag "
+        "grew by 0.1 s or more over the last 1 s control interval, the decoder they share "
+        "(NVDEC, the CPU) is taken as overloaded: the fair share is cut to 0.9 x min(capacity, "
+        "served), the next such cut waits three intervals, and the share does not grow while "
+        "a quarter of the streams are still behind; a stream given a share below its rate "
+        "while it, or a quarter (at least two) of its ingest process's streams, is behind "
+        "decodes only its GOPs' first frames (decode mode prefix, even with shed_gop_prefix "
+        "off; nonkey at keyframe rates) until the share is lifted. Known limits: a lag that "
+        "stays over the limit without growing (a camera clock drifting slow for hours) "
+        "holds any cut share from growing back; a site-wide network slowdown also makes lags "
+        "grow and is cut for, though shedding decode cannot help it; an overload under ~10 % "
+        "of real time is not detected. Files read faster than real time are never behind.",
     )
     allowed_schemes: list[SourceScheme] = Field(
         default_factory=_live_schemes,

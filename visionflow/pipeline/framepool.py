@@ -61,12 +61,13 @@ class FramePool:
         self._owner = create
         buf = self._shm.buf
         assert buf is not None
-        # one state byte per slot; a memoryview, not numpy: a slot's flag is read and written
-        # per frame by producer and consumer, and numpy scalar access costs several times more
-        self._flags: memoryview = buf[:slots]
+        # one state byte per slot at the start of the header, read and written through the
+        # shared memory's own buffer (not numpy: scalar access costs several times more; no
+        # slice kept: a live export would stop the block from closing)
+        self._flags: memoryview = buf
         self._memory: Any = None  # ExportedMemory (creator) / ImportedMemory (consumer)
         if create:
-            self._flags[:] = _FREE_BYTE * slots
+            buf[:slots] = _FREE_BYTE * slots
             buf[_KIND] = DEVICE if on_device else HOST
             if on_device:
                 self._export(buf, device or 0)
@@ -96,7 +97,7 @@ class FramePool:
         are taken round-robin from the one after the last taken."""
         slot = self._next
         if self._flags[slot] != FREE:
-            flags = self._flags.tobytes()  # one copy of a few bytes, then a C-speed search
+            flags = self._flags[: self.slots].tobytes()  # a few bytes, then a C-speed search
             slot = flags.find(_FREE_BYTE, slot)
             if slot < 0:
                 slot = flags.find(_FREE_BYTE, 0, self._next)
@@ -125,12 +126,11 @@ class FramePool:
 
     def free_slots(self) -> int:
         """How many slots are free now."""
-        return self._flags.tobytes().count(_FREE_BYTE)
+        return self._flags[: self.slots].tobytes().count(_FREE_BYTE)
 
     def close(self) -> None:
         """Detach; the creating process also removes the block."""
-        self._flags.release()
-        del self._images
+        del self._flags, self._images
         if self._memory is not None:
             self._memory.close()
             self._memory = None

@@ -21,7 +21,9 @@ serve are shed *before* decode instead of being dropped after it.
   Every stream's target is the water level ``L`` (``sum(min(demand, L)) == C``), so a
   stream asking less than ``L`` is not held by it.
 - **Floor**: no stream is given less than ``floor_fps``.
-- **Decoder behind**: the drops above measure inference; when the *decoder* is what cannot
+- **Decoder behind** (experimental; only with ``source.shed_lag_limit_s`` > 0, off by
+  default: see its description for the known limits): the drops above measure inference;
+  when the *decoder* is what cannot
   keep up (NVDEC shared by hundreds of streams, the CPU), streams fall behind real time
   instead.  The ingest processes report the streams *behind* (read more than the lag limit
   behind real time); the governor marks those whose lag grew by at least

@@ -48,6 +48,8 @@ def test_slots_are_taken_round_robin_from_the_one_after_the_last():
         pool.release(2)
         pool.release(0)
         assert pool.acquire() == 2, "the search starts after the slot last taken (1)"
+        # 2 was taken but not published (still free): the next acquire moves on past it
+        assert pool.acquire() == 0, "3 is full, so the search wraps to 0, not back to 2"
     finally:
         pool.close()
 
