@@ -31,16 +31,18 @@ policy stops paying for frames that would be thrown away:
   target rate; frames it does not keep are discarded before the RGB conversion and letterbox.
 - **lag and the decoder behind**: ``lag`` is how far behind real time the stream's packets
   are read, from the best (wall clock - pts) offset of the session (the live edge).  Over
-  ``lag_limit_s`` the stream is *behind* (:attr:`ShedPolicy.behind`).  A lag also comes from
-  a late source (a relay's delay, a camera clock running slow, a slow link), so the fair share
-  (:mod:`visionflow.pipeline.share`) acts only on lags that keep *growing* fast, and on two
-  streams or more.  Decoders that cannot shed before decode (``NO_MODES``: DALI) are never
-  behind.  A stream given a *share* below its rate while it is behind, or while its ingest
-  process says the decoder it shares is behind, is *decode-bound*: from its next keyframe it
-  decodes only each GOP's first ``round(target / keyframe rate)`` frames (``prefix``,
-  whatever ``prefix_ratio`` says: frames evenly spread need most of each GOP decoded, so the
-  decoder's load would not fall; ``nonkey`` still wins at keyframe rates) until the share is
-  lifted; ``analysis_fps`` alone never makes a stream decode-bound.
+  ``lag_limit_s`` (experimental: 0, off, by default) the stream is *behind*
+  (:attr:`ShedPolicy.behind`).  A lag also comes from a source that gets later during the
+  session (a relay falling behind, a camera clock running slow, a slow link; a constant delay
+  reads as no lag), so the fair share (:mod:`visionflow.pipeline.share`) acts only on lags
+  that keep *growing* fast, and on two streams or more.  Decoders that cannot shed before
+  decode (``NO_MODES``: DALI) are never behind.  A stream given a *share* below its rate
+  while it is behind, or while its ingest process says the decoder it shares is behind, is
+  *decode-bound*: from its next keyframe it decodes only each GOP's first
+  ``round(target / keyframe rate)`` frames (``prefix``, whatever ``prefix_ratio`` says:
+  frames evenly spread need most of each GOP decoded, so the decoder's load would not fall;
+  ``nonkey`` still wins at keyframe rates) until the share is lifted; ``analysis_fps`` alone
+  never makes a stream decode-bound.
 
 Times are media seconds (pts) when the source has them, else the injected clock, so a file
 read faster than real time is thinned in video time.  Which modes a decoder can take is its
