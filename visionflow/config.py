@@ -381,15 +381,16 @@ class SourceConfig(_Strict):
         "is behind. When a quarter of the streams, and at least two, are behind and their lag "
         "grew by 0.1 s or more over the last 1 s control interval, the decoder they share "
         "(NVDEC, the CPU) is taken as overloaded: the fair share is cut to 0.9 x min(capacity, "
-        "served), the next such cut waits three intervals, and the share does not grow while "
-        "a quarter of the streams are still behind; a stream given a share below its rate "
+        "served), the next such cut waits three intervals, and the share does not grow until "
+        "then nor while a quarter of the streams catch up (lag shrinking); the lag is the "
+        "least of the last second (decode order moves a packet's); a stream given a share "
+        "below its rate "
         "while it, or a quarter (at least two) of its ingest process's streams, is behind "
         "decodes only its GOPs' first frames (decode mode prefix, even with shed_gop_prefix "
-        "off; nonkey at keyframe rates) until the share is lifted. Known limits: a lag that "
-        "stays over the limit without growing (a camera clock drifting slow for hours) "
-        "holds any cut share from growing back; a site-wide network slowdown also makes lags "
-        "grow and is cut for, though shedding decode cannot help it; an overload under ~10 % "
-        "of real time is not detected. Files read faster than real time are never behind.",
+        "off; nonkey at keyframe rates) until the share is lifted. Known limits: a site-wide "
+        "network slowdown also makes lags grow and is cut for, though shedding decode cannot "
+        "help it; an overload under ~10 % of real time is not detected; not run on a GPU in "
+        "this form. Files read faster than real time are never behind.",
     )
     allowed_schemes: list[SourceScheme] = Field(
         default_factory=_live_schemes,

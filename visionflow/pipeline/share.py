@@ -35,8 +35,9 @@ serve are shed *before* decode instead of being dropped after it.
   the same max-min split, and streams given a share while behind decode only their GOPs'
   heads (:mod:`visionflow.streams.shedding`), so the decoder's load falls with the share.  A
   decoder cut is followed by ``decoder_hold`` intervals without another (the new share takes
-  effect at each stream's next keyframe, after the mode's dwell), and while that many streams
-  are still behind (catching up) ``C`` does not grow.
+  effect at each stream's next keyframe, after the mode's dwell; ``C`` does not grow in
+  between), and while that many streams are catching up (behind, their lag shrinking) ``C``
+  does not grow either; a lag that holds still neither cuts nor holds.
 
 Pure: no processes, no I/O; time comes from the injected clock (only used for ``age``).
 """
@@ -66,8 +67,8 @@ class StreamLoad:
     offered_fps: float  # frames announced (letterboxed, sent to the scheduler) per second
     dropped_fps: float = 0.0  # of those, dropped as inference_behind per second
     demand_fps: float | None = None  # what it would send unlimited (source fps / analysis_fps)
-    lagging: bool = False  # read more than the lag limit behind real time
-    falling_behind: bool = False  # lagging, and the lag growing fast over the interval
+    falling_behind: bool = False  # behind real time, the lag growing fast over the interval
+    catching_up: bool = False  # behind real time, the lag shrinking over the interval
 
 
 def water_level(capacity: float, demands: Mapping[str, float]) -> float:
@@ -134,7 +135,7 @@ class FairShareController:
         self.peak = max(served, self.peak * self.peak_decay)
         n = len(loads)
         decoder_behind = shared_decoder_behind(sum(s.falling_behind for s in loads), n)
-        catching_up = shared_decoder_behind(sum(s.lagging for s in loads), n)
+        catching_up = shared_decoder_behind(sum(s.catching_up for s in loads), n)
         inference_over = saturated or dropped > self.tolerance * max(offered, 1e-9)
         decoder_over = decoder_behind and self._held == 0
         self._held = self.decoder_hold if decoder_over else max(0, self._held - 1)
@@ -145,8 +146,10 @@ class FairShareController:
             base = served if self.capacity is None else min(self.capacity, served)
             self.capacity = max(floor_total, self.beta * base)
             self._calm = 0
-        elif self.capacity is not None and catching_up:
-            self._calm = 0  # the decoder is working off its backlog: no more load yet
+        elif self.capacity is not None and (catching_up or decoder_behind):
+            # a decoder cut still reaching the streams (held), or the backlog being worked
+            # off: no more load yet
+            self._calm = 0
         elif self.capacity is not None:
             limited = any(
                 demands[s.stream_id] > (self.targets.get(s.stream_id) or math.inf) * 1.05

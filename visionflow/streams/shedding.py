@@ -85,6 +85,7 @@ NO_MODES: frozenset[DecodeMode] = frozenset(("all",))
 _PACKET_WINDOW = 64  # packets used to measure the source's frame rate
 _KEY_WINDOW = 5  # keyframes used to measure the keyframe rate
 _JUMP_S = 10.0  # a pts jump (or step back) larger than this restarts the measurements
+_LAG_WINDOW_S = 1.0  # the reported lag is the least of this window's
 
 
 @dataclass(frozen=True)
@@ -156,14 +157,20 @@ class ShedPolicy:
 
     @property
     def lag_s(self) -> float | None:
-        """How far behind real time the packets are read (None: no timestamps yet)."""
-        return self._lag
+        """How far behind real time the packets are read: the least lag of the last
+        ``_LAG_WINDOW_S`` (packets come in decode order, so B-frames and network bursts move
+        a single packet's lag by a tenth of a second or more); None: no timestamps yet."""
+        try:
+            recent = [lag for _, lag in list(self._lags)]  # any thread: a copy first
+        except RuntimeError:  # appended to while copied
+            return self._lag
+        return min(recent) if recent else self._lag
 
     @property
     def behind(self) -> bool:
         """Read more than ``lag_limit_s`` behind real time; never without packet shedding
         or with the limit at 0."""
-        lag = self._lag
+        lag = self.lag_s
         return (
             self.lag_limit_s > 0
             and self.gates_packets
@@ -189,6 +196,7 @@ class ShedPolicy:
         self._gop_fed = 0  # packets of this GOP given to the decoder (prefix mode)
         self._min_offset: float | None = None  # best (wall - pts) of the session: live edge
         self._lag: float | None = None
+        self._lags: deque[tuple[float, float]] = deque()  # (clock, lag) of the last window
 
     # ---- measurements ------------------------------------------------------------
     def _time(self, pts: float | None) -> float:
@@ -197,7 +205,10 @@ class ShedPolicy:
             self._offset = offset = now - pts
             if self._min_offset is None or offset < self._min_offset:
                 self._min_offset = offset
-            self._lag = offset - self._min_offset
+            self._lag = lag = offset - self._min_offset
+            self._lags.append((now, lag))
+            while self._lags and self._lags[0][0] < now - _LAG_WINDOW_S:
+                self._lags.popleft()
             return pts
         if self._offset is None:
             self._offset = now
@@ -380,7 +391,7 @@ class ShedPolicy:
             source_fps=self.source_fps,
             key_rate=self.key_rate,
             analysis_fps=self.effective_fps(),
-            lag_s=self._lag,
+            lag_s=self.lag_s,
             behind=self.behind,
             decode_bound=self.decode_bound,
             used=self.used,

@@ -10,10 +10,10 @@ are shed before decode.
 Overload is read from ``inference_behind`` drops (a worker with batches queued is not
 overloaded: it may be keeping up exactly, but a full per-stream buffer dropping its oldest
 frame is) and from the streams the ingest processes report *behind* real time (their
-``lags``): such a stream is *lagging*, and *falling behind* when its lag grew by at least
-``FALLING_S_PER_S`` a second since the previous interval (a stream's first interval behind is
-never falling: nothing to compare with, e.g. right after start-up; a lag that holds still,
-a relay's delay or a stalled stream's last value, never is).
+``lags``): such a stream is *falling behind* when its lag grew by at least
+``FALLING_S_PER_S`` a second since the previous interval, and *catching up* when it shrank by
+as much (a stream's first interval behind is neither: nothing to compare with, e.g. right
+after start-up; a lag that holds still, a stalled stream's last value, is neither).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from collections.abc import Callable, Mapping
 from visionflow.pipeline.ledger import LedgerSnapshot
 from visionflow.pipeline.share import FairShareController, StreamLoad
 
-#: a lag growing by this much a second (a tenth of real time) is falling behind
+#: a lag growing by this much a second (a tenth of real time) is falling behind; shrinking
+#: by as much, catching up
 FALLING_S_PER_S = 0.1
 
 
@@ -81,8 +82,8 @@ class ShareGovernor:
                     offered_fps=(announced - a0) / dt,
                     dropped_fps=(dropped - b0) / dt,
                     demand_fps=demand[sid],
-                    lagging=lag is not None,
-                    falling_behind=_falling(lag, before, dt),
+                    falling_behind=_slope(lag, before, dt) >= FALLING_S_PER_S,
+                    catching_up=_slope(lag, before, dt) <= -FALLING_S_PER_S,
                 )
             )
         self._at = now
@@ -92,11 +93,11 @@ class ShareGovernor:
         return changed
 
 
-def _falling(lag: float | None, before: float | None, dt: float) -> bool:
-    """Behind now and at the last step, and the lag grew by ``FALLING_S_PER_S`` a second."""
-    if lag is None or before is None:
-        return False
-    return lag >= before + FALLING_S_PER_S * dt
+def _slope(lag: float | None, before: float | None, dt: float) -> float:
+    """Seconds of lag gained per second since the last step (0 unless behind at both)."""
+    if lag is None or before is None or dt <= 0:
+        return 0.0
+    return (lag - before) / dt
 
 
 def _differs(old: float | None, new: float | None) -> bool:

@@ -129,11 +129,18 @@ def simulate_decoder(
         wanted = sum(min(30.0, targets.get(f"s{i}") or 30.0) for i in range(streams))
         served = min(wanted, decode_fps)
         lag = max(0.0, lag + (wanted - served) / wanted - (decode_fps - served) / wanted)
-        lagging = lag > 1.0
-        falling = lagging and not lag < last_lag - 0.05
+        behind, was_behind = lag > 1.0, last_lag > 1.0  # the governor's rule, 1 s intervals
+        slope = lag - last_lag if behind and was_behind else 0.0
         last_lag = lag
         loads = [
-            StreamLoad(f"s{i}", served / streams, 0.0, 30.0, lagging, falling)
+            StreamLoad(
+                f"s{i}",
+                served / streams,
+                0.0,
+                30.0,
+                falling_behind=slope >= 0.1,
+                catching_up=slope <= -0.1,
+            )
             for i in range(streams)
         ]
         targets = controller.update(loads, saturated=False)
@@ -155,17 +162,17 @@ def test_a_decoder_falling_behind_is_overload_and_the_share_settles_near_its_rat
 def test_one_stream_falling_behind_is_not_a_shared_decoder():
     c = FairShareController()
     loads = [StreamLoad(f"s{i}", 30.0, 0.0, 30.0) for i in range(7)]
-    loads.append(StreamLoad("slow", 12.0, 0.0, 30.0, lagging=True, falling_behind=True))
+    loads.append(StreamLoad("slow", 12.0, 0.0, 30.0, falling_behind=True))
     assert c.update(loads, saturated=False) == dict.fromkeys([s.stream_id for s in loads])
     assert not c.limiting
 
 
 def test_streams_catching_up_hold_the_share_where_it_is():
     c = FairShareController()
-    behind = [StreamLoad(f"s{i}", 20.0, 0.0, 30.0, True, True) for i in range(4)]
+    behind = [StreamLoad(f"s{i}", 20.0, 0.0, 30.0, falling_behind=True) for i in range(4)]
     first = c.update(behind, saturated=False)["s0"]
     assert first is not None and first < 20
-    catching_up = [StreamLoad(f"s{i}", first, 0.0, 30.0, True, False) for i in range(4)]
+    catching_up = [StreamLoad(f"s{i}", first, 0.0, 30.0, catching_up=True) for i in range(4)]
     for _ in range(5):
         assert c.update(catching_up, saturated=False)["s0"] == first, "no growth while lagging"
     caught_up = [StreamLoad(f"s{i}", first, 0.0, 30.0) for i in range(4)]
@@ -177,16 +184,28 @@ def test_one_of_two_streams_falling_behind_is_not_a_shared_decoder():
     c = FairShareController()
     loads = [
         StreamLoad("ok", 25.0, 0.0, 25.0),
-        StreamLoad("slow", 12.0, 0.0, 25.0, lagging=True, falling_behind=True),
+        StreamLoad("slow", 12.0, 0.0, 25.0, falling_behind=True),
     ]
     assert c.update(loads, saturated=False) == {"ok": None, "slow": None}
 
 
 def test_a_decoder_cut_is_held_while_the_new_share_takes_effect():
     c = FairShareController(decoder_hold=3)
-    behind = [StreamLoad(f"s{i}", 20.0, 0.0, 30.0, True, True) for i in range(4)]
+    behind = [StreamLoad(f"s{i}", 20.0, 0.0, 30.0, falling_behind=True) for i in range(4)]
     cut = c.update(behind, saturated=False)["s0"]
     assert cut is not None
     for _ in range(3):  # still falling behind: the streams reach their next keyframe first
         assert c.update(behind, saturated=False)["s0"] == cut
     assert (c.update(behind, saturated=False)["s0"] or 0) < cut, "then it cuts again"
+
+
+def test_a_lag_that_holds_still_neither_cuts_nor_holds_a_share():
+    """Streams behind by a lag that no longer moves (a camera clock drifting slow for hours):
+    after an inference cut the share grows back and is released as usual."""
+    c = FairShareController()
+    loads = [StreamLoad(f"s{i}", 30.0, 10.0, 30.0) for i in range(8)]  # inference drops
+    assert c.update(loads, saturated=False)["s0"] is not None
+    still = [StreamLoad(f"s{i}", 20.0, 0.0, 30.0) for i in range(8)]  # behind, not moving
+    for _ in range(60):
+        c.update(still, saturated=False)
+    assert not c.limiting, "a still lag must not freeze the share"

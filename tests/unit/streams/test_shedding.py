@@ -260,7 +260,8 @@ def test_lag_is_how_far_behind_real_time_the_stream_is_read() -> None:
     policy = ShedPolicy(None, modes=PACKET_MODES, clock=clock, lag_limit_s=1.0)
     feed_slow_decoder(policy, clock, 30, capacity_fps=18)  # 0.6x real time, no target
     snap = policy.snapshot()
-    assert snap.lag_s == pytest.approx(30 * (30 / 18 - 1), abs=0.3), snap  # 900 packets: 50 s
+    # 900 packets take 50 s: 20 s behind at the end, the least of the last second ~19.3 s
+    assert snap.lag_s == pytest.approx(30 * (30 / 18 - 1), abs=0.8), snap
     assert snap.mode == "all" and not policy.decode_bound  # lagging alone changes nothing
     keeping_up = ShedPolicy(None, modes=PACKET_MODES, clock=Clock(), lag_limit_s=1.0)
     run = feed_slow_decoder(keeping_up, keeping_up._clock, 30, capacity_fps=45)  # type: ignore[arg-type]
@@ -357,3 +358,18 @@ def test_analysis_fps_alone_never_makes_a_stream_decode_bound() -> None:
     policy = ShedPolicy(10.0, modes=PACKET_MODES, clock=clock, prefix_ratio=0.0, lag_limit_s=1.0)
     feed_slow_decoder(policy, clock, 20, capacity_fps=9)  # behind, with only analysis_fps
     assert policy.behind and not policy.decode_bound and policy.mode != "prefix"
+
+
+def test_the_lag_ignores_decode_order_jitter() -> None:
+    """Packets come in decode order: with B-frames a packet's pts is up to a few frames
+    ahead of or behind its neighbours; the reported lag is the least of the last second."""
+    clock = Clock()
+    policy = ShedPolicy(None, modes=PACKET_MODES, clock=clock, lag_limit_s=0.5)
+    order = [0, 3, 1, 2]  # I P B B: pts in decode order, repeated
+    for i in range(30 * 20):
+        pts = (i // 4) * 4 / 30 + order[i % 4] / 30
+        clock.t = 100.0 + i / 30 + 0.01  # read on time
+        policy.packet(pts, i % 30 == 0)
+    snap = policy.snapshot()
+    assert snap.lag_s is not None and snap.lag_s < 0.02, snap
+    assert not policy.behind
