@@ -99,7 +99,6 @@ class ShedSnapshot:
     analysis_fps: float  # frames used per clock second, measured
     lag_s: float | None  # how far behind real time the stream's packets are read
     behind: bool  # read more than lag_limit_s behind real time
-    decode_bound: bool  # decoding GOP heads because of it (until the share is lifted)
     used: int
     skipped: int  # decoded, not used (discarded before letterbox)
     packets_skipped: int  # never given to the decoder
@@ -251,7 +250,6 @@ class ShedPolicy:
     def desired_mode(self) -> DecodeMode:
         """The mode the current target and measurements call for, with hysteresis."""
         target, src = self.target, self.source_fps
-        bound = self.decode_bound
         if not self.gates_packets or target is None or src is None or target >= src:
             return "all"
         keys = self.key_rate
@@ -259,7 +257,7 @@ class ShedPolicy:
             limit = keys * self.key_margin * (1 + self.hysteresis if self.mode == "nonkey" else 1)
             if target <= limit:
                 return "nonkey"
-        if keys is not None and "prefix" in self.modes and bound:
+        if keys is not None and "prefix" in self.modes and self.decode_bound:
             return "prefix"
         b = self.b_fraction
         if b > 0.05 and "nonref" in self.modes:
@@ -393,7 +391,6 @@ class ShedPolicy:
             analysis_fps=self.effective_fps(),
             lag_s=self.lag_s,
             behind=self.behind,
-            decode_bound=self.decode_bound,
             used=self.used,
             skipped=self.skipped,
             packets_skipped=self.packets_skipped,

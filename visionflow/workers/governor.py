@@ -73,17 +73,18 @@ class ShareGovernor:
             announced, dropped = snap.announced, snap.drops.get("inference_behind", 0)
             a0, b0 = self._last.get(sid, (announced, dropped))
             self._last[sid] = (announced, dropped)
-            lag, before = behind.get(sid), previous.get(sid)
+            lag = behind.get(sid)
             if lag is not None:
                 self._lags[sid] = lag
+            slope = _slope(lag, previous.get(sid), dt)
             loads.append(
                 StreamLoad(
                     sid,
                     offered_fps=(announced - a0) / dt,
                     dropped_fps=(dropped - b0) / dt,
                     demand_fps=demand[sid],
-                    falling_behind=_slope(lag, before, dt) >= FALLING_S_PER_S,
-                    catching_up=_slope(lag, before, dt) <= -FALLING_S_PER_S,
+                    falling_behind=slope >= FALLING_S_PER_S,
+                    catching_up=slope <= -FALLING_S_PER_S,
                 )
             )
         self._at = now

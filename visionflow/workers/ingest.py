@@ -468,7 +468,6 @@ class StreamReader:
             # a file read faster than real time has no lag: its pts run ahead of the clock
             lag_s=None if shed.lag_s is None or self.lossless else round(shed.lag_s, 3),
             behind=shed.behind,
-            decode_bound=shed.decode_bound,
             last_seq=self.seq,
         )
 

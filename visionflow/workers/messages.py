@@ -35,7 +35,6 @@ class StreamStats:
     target_fps: float | None = None  # min(analysis_fps, fair share); None: every frame
     lag_s: float | None = None  # seconds behind real time the packets are read (None: no pts)
     behind: bool = False  # read more than source.shed_lag_limit_s behind real time
-    decode_bound: bool = False  # decoding GOP heads because of that, until the share is lifted
     last_seq: int = -1  # the last seq given out (shed and skipped frames advance it too)
 
 
