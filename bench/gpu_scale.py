@@ -181,7 +181,24 @@ def measured_window(p: Any, client: Any, prefix: str, seconds: float) -> dict[st
     r["decode_modes"] = modes
     r["shedding"] = _shedding(status.streams)
     r["redis_pending"] = status.redis_pending
+    r["governor"] = _governor(p)
     return r
+
+
+def _governor(p: Any) -> dict[str, Any] | None:
+    """The fair-share controller since start: capacity now, cuts by signal, futile decoder
+    cuts undone; and how many ingest processes read the streams."""
+    governor = getattr(p, "governor", None)
+    c = getattr(governor, "controller", None)
+    if c is None:
+        return None
+    return {
+        "capacity": None if c.capacity is None else round(c.capacity, 1),
+        "inference_cuts": getattr(c, "inference_cuts", None),
+        "decoder_cuts": getattr(c, "decoder_cuts", None),
+        "futile_cuts": getattr(c, "futile_cuts", None),
+        "ingest_processes": len(getattr(p, "_ingest_plans", {})),
+    }
 
 
 def _shedding(streams: Any) -> dict[str, Any]:

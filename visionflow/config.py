@@ -371,26 +371,27 @@ class SourceConfig(_Strict):
         "batching.buffer_per_stream room for a GOP's share, or the bursts read as overload.",
     )
     shed_lag_limit_s: float = Field(
-        default=0.0,
+        default=1.0,
         ge=0,
         le=60,
-        description="Experimental, off by default (0: each stream's lag behind real time is "
-        "reported as lag_s, never acted on). Shedding when the decoder is behind (needs "
+        description="Shedding when the decoder is behind (0: off, each stream's lag behind "
+        "real time is only reported as lag_s; needs "
         "shed_load; PyAV and NVDEC): a live or real-time stream read more than this many "
-        "seconds behind real time (against the session's best wall-clock-minus-pts offset) "
-        "is behind. When a quarter of the streams, and at least two, are behind and their lag "
-        "grew by 0.1 s or more over the last 1 s control interval, the decoder they share "
-        "(NVDEC, the CPU) is taken as overloaded: the fair share is cut to 0.9 x min(capacity, "
-        "served), the next such cut waits three intervals, and the share does not grow until "
-        "then nor while a quarter of the streams catch up (lag shrinking); the lag is the "
-        "least of the last second (decode order moves a packet's); a stream given a share "
-        "below its rate "
-        "while it, or a quarter (at least two) of its ingest process's streams, is behind "
-        "decodes only its GOPs' first frames (decode mode prefix, even with shed_gop_prefix "
-        "off; nonkey at keyframe rates) until the share is lifted. Known limits: a site-wide "
-        "network slowdown also makes lags grow and is cut for, though shedding decode cannot "
-        "help it; an overload under ~10 % of real time is not detected; not run on a GPU in "
-        "this form. Files read faster than real time are never behind.",
+        "seconds behind real time (against the session's best wall-clock-minus-pts offset; "
+        "the least lag of the last second) is behind. When a quarter of the streams, and at "
+        "least two, are behind and their lag grows by 0.04 s a second or more (a fit over "
+        "their last 4 one-second control intervals behind, never fewer than 3), the decoder "
+        "they share (NVDEC, the CPU) is taken as overloaded: the fair share is cut to 0.9 x "
+        "min(capacity, served) and held for four intervals, then judged: if those streams' "
+        "lags did not slow by a quarter, decoding less did not help (a network slowdown, not "
+        "the decoder), so the cut is undone and lags are ignored for 30 s. The share does "
+        "not grow while a quarter of the streams catch up (lag shrinking). A stream given a "
+        "share below its rate while it, or a quarter (at least two) of its ingest process's "
+        "streams, is behind decodes only its GOPs' first frames (decode mode prefix, even "
+        "with shed_gop_prefix off; nonkey at keyframe rates) until the share is lifted. "
+        "Known limits: a network slowdown still costs one four-second cut every ~35 s; "
+        "cameras with GOPs over ~2 s may see a helpful cut judged futile. Files read faster "
+        "than real time are never behind.",
     )
     allowed_schemes: list[SourceScheme] = Field(
         default_factory=_live_schemes,

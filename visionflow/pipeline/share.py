@@ -21,23 +21,25 @@ serve are shed *before* decode instead of being dropped after it.
   Every stream's target is the water level ``L`` (``sum(min(demand, L)) == C``), so a
   stream asking less than ``L`` is not held by it.
 - **Floor**: no stream is given less than ``floor_fps``.
-- **Decoder behind** (experimental; only with ``source.shed_lag_limit_s`` > 0, off by
-  default: see its description for the known limits): the drops above measure inference;
-  when the *decoder* is what cannot
-  keep up (NVDEC shared by hundreds of streams, the CPU), streams fall behind real time
-  instead.  The ingest processes report the streams *behind* (read more than the lag limit
-  behind real time); the governor marks those whose lag grew by at least
-  ``FALLING_S_PER_S`` a second since the previous interval as *falling behind* (never on a
-  stream's first interval behind; a lag that holds still - a relay's delay, a camera clock
-  a little slow - never does).  When :func:`shared_decoder_behind` holds for them (a quarter
-  of the streams, and never fewer than two: one slow stream or link is its own problem, not a
-  shared decoder's), the decoder is overloaded: ``C = beta * min(C, served)`` as for drops,
-  the same max-min split, and streams given a share while behind decode only their GOPs'
-  heads (:mod:`visionflow.streams.shedding`), so the decoder's load falls with the share.  A
-  decoder cut is followed by ``decoder_hold`` intervals without another (the new share takes
-  effect at each stream's next keyframe, after the mode's dwell; ``C`` does not grow in
-  between), and while that many streams are catching up (behind, their lag shrinking) ``C``
-  does not grow either; a lag that holds still neither cuts nor holds.
+- **Decoder behind** (with ``source.shed_lag_limit_s`` > 0, 1 s by default: see its
+  description for the known limits): the drops above measure inference;
+  when the *decoder* is what cannot keep up (NVDEC shared by hundreds of streams, the CPU),
+  streams fall behind real time instead.  The ingest processes report the streams *behind*
+  (read more than the lag limit behind real time); the governor fits each one's lag slope
+  over its last few intervals behind and marks it *falling behind* at ``FALLING_S_PER_S`` or
+  more (never before it has a few samples in a row; a lag that holds still - a relay's
+  delay, a camera clock a little slow - never does).  When :func:`shared_decoder_behind`
+  holds for them (a quarter of the streams, and never fewer than two: one slow stream or link
+  is its own problem, not a shared decoder's), the decoder is taken as overloaded:
+  ``C = beta * min(C, served)`` as for drops, the same max-min split, and streams given a
+  share while behind decode only their GOPs' heads (:mod:`visionflow.streams.shedding`), so
+  the decoder's load falls with the share.  A decoder cut is held for ``decoder_hold``
+  intervals (the new share takes effect at each stream's next keyframe; ``C`` does not grow
+  meanwhile), then judged: if the mean lag slope of the streams it was made for fell by less
+  than a quarter, shedding decode did not help - the lags are not the decoder's (a site-wide
+  network slowdown) - so the cut is undone and lags are ignored for ``decoder_distrust``
+  intervals (``futile_cuts`` counts these).  While a quarter of the streams catch up (lag
+  shrinking), ``C`` does not grow either.
 
 Pure: no processes, no I/O; time comes from the injected clock (only used for ``age``).
 """
@@ -69,6 +71,7 @@ class StreamLoad:
     demand_fps: float | None = None  # what it would send unlimited (source fps / analysis_fps)
     falling_behind: bool = False  # behind real time, the lag growing fast over the interval
     catching_up: bool = False  # behind real time, the lag shrinking over the interval
+    lag_slope: float | None = None  # lag gained per second while behind (None: not behind)
 
 
 def water_level(capacity: float, demands: Mapping[str, float]) -> float:
@@ -91,6 +94,28 @@ def max_min_fair(capacity: float, demands: Mapping[str, float]) -> dict[str, flo
     return {sid: min(d, level) for sid, d in demands.items()}
 
 
+@dataclass(frozen=True)
+class _DecoderCut:
+    """A cut made because streams fell behind: which, how fast, and the capacity before."""
+
+    streams: frozenset[str]
+    slope: float  # their mean lag slope when cut
+    capacity_before: float | None
+
+    @classmethod
+    def of(cls, loads: Sequence[StreamLoad], capacity: float | None) -> _DecoderCut:
+        falling = [s for s in loads if s.falling_behind]
+        slope = sum(s.lag_slope or 0.0 for s in falling) / max(1, len(falling))
+        return cls(frozenset(s.stream_id for s in falling), slope, capacity)
+
+    def helped(self, loads: Sequence[StreamLoad]) -> bool:
+        """The same streams' mean slope now (0 for one no longer behind) fell by a quarter."""
+        now = [s.lag_slope or 0.0 for s in loads if s.stream_id in self.streams]
+        if not now:
+            return True
+        return sum(now) / len(now) <= 0.75 * self.slope
+
+
 class FairShareController:
     """Per-stream target fps from overload signals (see the module docstring)."""
 
@@ -103,15 +128,20 @@ class FairShareController:
         release_after: int = 5,
         tolerance: float = 0.02,
         peak_decay: float = 0.98,
-        decoder_hold: int = 3,
+        decoder_hold: int = 4,
+        decoder_distrust: int = 30,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 < beta < 1:
             raise ValueError(f"beta must be in (0, 1), got {beta}")
         self.floor_fps, self.beta, self.alpha = floor_fps, beta, alpha
         self.release_after, self.tolerance, self.peak_decay = release_after, tolerance, peak_decay
-        self.decoder_hold = decoder_hold
+        self.decoder_hold, self.decoder_distrust = decoder_hold, decoder_distrust
         self._held = 0  # intervals left before another decoder cut
+        self._probe: _DecoderCut | None = None  # the last decoder cut, until judged
+        self._distrusted = 0  # intervals left during which lags are not read as the decoder's
+        self.futile_cuts = 0  # decoder cuts undone because the lags kept growing
+        self.decoder_cuts = self.inference_cuts = 0  # cuts made, by signal
         self.peak = 0.0  # best served rate seen lately (decays by peak_decay per interval)
         self._clock = clock
         self.capacity: float | None = None  # None: not limiting
@@ -134,10 +164,18 @@ class FairShareController:
         dropped = sum(s.dropped_fps for s in loads)
         self.peak = max(served, self.peak * self.peak_decay)
         n = len(loads)
-        decoder_behind = shared_decoder_behind(sum(s.falling_behind for s in loads), n)
-        catching_up = shared_decoder_behind(sum(s.catching_up for s in loads), n)
+        self._judge_decoder_cut(loads)
+        trusted = self._distrusted == 0
+        decoder_behind = trusted and shared_decoder_behind(sum(s.falling_behind for s in loads), n)
+        catching_up = trusted and shared_decoder_behind(sum(s.catching_up for s in loads), n)
         inference_over = saturated or dropped > self.tolerance * max(offered, 1e-9)
         decoder_over = decoder_behind and self._held == 0
+        if inference_over:
+            self._probe = None  # an inference cut is not to be undone with it
+            self.inference_cuts += 1
+        elif decoder_over:
+            self._probe = _DecoderCut.of(loads, self.capacity)
+            self.decoder_cuts += 1
         self._held = self.decoder_hold if decoder_over else max(0, self._held - 1)
         overloaded = inference_over or decoder_over
         demands = {s.stream_id: self._demand(s) for s in loads}
@@ -171,6 +209,22 @@ class FairShareController:
             limit = None if math.isinf(level) else max(self.floor_fps, level)
             self.targets = {s.stream_id: limit for s in loads}
         return dict(self.targets)
+
+    def _judge_decoder_cut(self, loads: Sequence[StreamLoad]) -> None:
+        """When the last decoder cut's hold is up: if the lags it was made for did not slow
+        down (their mean slope fell by less than a quarter), shedding decode did not help -
+        the lags are not the decoder's (a site-wide network slowdown, a relay) - so the cut is
+        undone and lags are ignored for ``decoder_distrust`` intervals."""
+        self._distrusted = max(0, self._distrusted - 1)
+        probe = self._probe
+        if probe is None or self._held > 1:
+            return
+        self._probe = None
+        if probe.helped(loads):
+            return
+        self.futile_cuts += 1
+        self.capacity, self._held = probe.capacity_before, 0
+        self._distrusted = self.decoder_distrust
 
     def _demand(self, load: StreamLoad) -> float:
         """What the stream would take: its declared demand, or what it offers when it does

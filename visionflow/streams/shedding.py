@@ -31,7 +31,7 @@ policy stops paying for frames that would be thrown away:
   target rate; frames it does not keep are discarded before the RGB conversion and letterbox.
 - **lag and the decoder behind**: ``lag`` is how far behind real time the stream's packets
   are read, from the best (wall clock - pts) offset of the session (the live edge).  Over
-  ``lag_limit_s`` (experimental: 0, off, by default) the stream is *behind*
+  ``lag_limit_s`` (``source.shed_lag_limit_s``, 1 s by default; 0: off) the stream is *behind*
   (:attr:`ShedPolicy.behind`).  A lag also comes from a source that gets later during the
   session (a relay falling behind, a camera clock running slow, a slow link; a constant delay
   reads as no lag), so the fair share (:mod:`visionflow.pipeline.share`) acts only on lags

@@ -10,23 +10,31 @@ are shed before decode.
 Overload is read from ``inference_behind`` drops (a worker with batches queued is not
 overloaded: it may be keeping up exactly, but a full per-stream buffer dropping its oldest
 frame is) and from the streams the ingest processes report *behind* real time (their
-``lags``): such a stream is *falling behind* when its lag grew by at least
-``FALLING_S_PER_S`` a second since the previous interval, and *catching up* when it shrank by
-as much (a stream's first interval behind is neither: nothing to compare with, e.g. right
-after start-up; a lag that holds still, a stalled stream's last value, is neither).
+``lags``): each stream's lag slope is the least-squares fit over its last
+``SLOPE_SAMPLES`` intervals behind (fewer than ``MIN_SLOPE_SAMPLES`` in a row, e.g. right
+after start-up or a pause, give none); such a stream is *falling behind* when the slope is at
+least ``FALLING_S_PER_S`` and *catching up* when it is at most minus that (a lag that holds
+still, a stalled stream's last value, is neither).  A fit over a few seconds rather than one
+interval's difference lets a small overload (a few per cent of real time) show through the
+lag's jitter.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 
 from visionflow.pipeline.ledger import LedgerSnapshot
 from visionflow.pipeline.share import FairShareController, StreamLoad
 
-#: a lag growing by this much a second (a tenth of real time) is falling behind; shrinking
-#: by as much, catching up
-FALLING_S_PER_S = 0.1
+#: a lag growing by this much a second (4 % of real time) is falling behind; shrinking by as
+#: much, catching up
+FALLING_S_PER_S = 0.04
+#: the lag slope is fitted over this many intervals behind ...
+SLOPE_SAMPLES = 4
+#: ... and needs at least this many in a row
+MIN_SLOPE_SAMPLES = 3
 
 
 class ShareGovernor:
@@ -40,7 +48,8 @@ class ShareGovernor:
     ) -> None:
         self.controller = controller or FairShareController()
         self.interval_s, self.clock = interval_s, clock
-        self._lags: dict[str, float] = {}  # lag of each stream behind at the last step
+        # (time, lag) of each stream behind, over its last SLOPE_SAMPLES steps in a row
+        self._lags: dict[str, deque[tuple[float, float]]] = {}
         self._last: dict[str, tuple[int, int]] = {}  # announced, inference_behind
         self._at = clock()
         self.sent: dict[str, float | None] = {}
@@ -66,39 +75,52 @@ class ShareGovernor:
             return None
         loads = []
         behind = lags or {}
-        previous, self._lags = self._lags, {}
         for sid, snap in ledger.items():
             if sid not in demand:
                 continue
             announced, dropped = snap.announced, snap.drops.get("inference_behind", 0)
             a0, b0 = self._last.get(sid, (announced, dropped))
             self._last[sid] = (announced, dropped)
-            lag = behind.get(sid)
-            if lag is not None:
-                self._lags[sid] = lag
-            slope = _slope(lag, previous.get(sid), dt)
+            slope = self._track_lag(sid, now, behind.get(sid))
             loads.append(
                 StreamLoad(
                     sid,
                     offered_fps=(announced - a0) / dt,
                     dropped_fps=(dropped - b0) / dt,
                     demand_fps=demand[sid],
-                    falling_behind=slope >= FALLING_S_PER_S,
-                    catching_up=slope <= -FALLING_S_PER_S,
+                    falling_behind=slope is not None and slope >= FALLING_S_PER_S,
+                    catching_up=slope is not None and slope <= -FALLING_S_PER_S,
+                    lag_slope=slope,
                 )
             )
+        for sid in set(self._lags) - set(demand):
+            del self._lags[sid]
         self._at = now
         targets = self.controller.update(loads, saturated=False)
         changed = {sid: t for sid, t in targets.items() if _differs(self.sent.get(sid), t)}
         self.sent.update(changed)
         return changed
 
+    def _track_lag(self, sid: str, now: float, lag: float | None) -> float | None:
+        """Record a stream's lag (None: not behind, which ends its run of samples) and
+        return its slope, or None while it has fewer than MIN_SLOPE_SAMPLES in a row."""
+        if lag is None:
+            self._lags.pop(sid, None)
+            return None
+        samples = self._lags.setdefault(sid, deque(maxlen=SLOPE_SAMPLES))
+        samples.append((now, lag))
+        return fitted_slope(samples) if len(samples) >= MIN_SLOPE_SAMPLES else None
 
-def _slope(lag: float | None, before: float | None, dt: float) -> float:
-    """Seconds of lag gained per second since the last step (0 unless behind at both)."""
-    if lag is None or before is None or dt <= 0:
+
+def fitted_slope(samples: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope of ``(t, y)`` samples (0 when they share one time)."""
+    n = len(samples)
+    mt = sum(t for t, _ in samples) / n
+    my = sum(y for _, y in samples) / n
+    var = sum((t - mt) ** 2 for t, _ in samples)
+    if var <= 0:
         return 0.0
-    return (lag - before) / dt
+    return sum((t - mt) * (y - my) for t, y in samples) / var
 
 
 def _differs(old: float | None, new: float | None) -> bool:

@@ -124,6 +124,7 @@ def place_added_stream(
     max_processes: int,
     gpu_per_process: int,
     candidates: Sequence[IngestPlan] = (),
+    configured: int = 0,
 ) -> tuple[int, IngestPlan, bool]:
     """Where a stream added at run time goes: ``(process index, its plan, new process?)``.
 
@@ -134,7 +135,12 @@ def place_added_stream(
     process with the fewest streams; when that one already has :func:`streams_per_process` (or
     the plan has no process yet) and ``grow`` allows, a new process with that plan (at most
     ``max_processes`` in all), so streams added later get processes as those configured at
-    start do (``gpu_per_process``: :func:`gpu_streams_per_process`)."""
+    start do (``gpu_per_process``: :func:`gpu_streams_per_process`).  ``configured``
+    (``workers.ingest_processes``): a new process whenever fewer than that many run (a
+    pipeline started with fewer streams than processes started fewer), then the least-loaded
+    one."""
+    if configured:
+        grow, max_processes = True, configured
     room = grow and len(plans) < max_processes
     totals: dict[IngestPlan, int] = {}
     for index in sorted(plans):
@@ -146,7 +152,7 @@ def place_added_stream(
     if not members:  # a decode slot without a process yet (only offered with room)
         return max(plans) + 1, plan, True
     index = min(members, key=lambda i: (loads.get(i, 0), i))
-    if room and loads.get(index, 0) >= streams_per_process(plan, gpu_per_process):
+    if room and (configured or loads.get(index, 0) >= streams_per_process(plan, gpu_per_process)):
         return max(plans) + 1, plan, True
     return index, plan, False
 

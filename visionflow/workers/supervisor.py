@@ -668,8 +668,9 @@ class Pipeline:
         index, plan, new = place_added_stream(
             loads,
             self._ingest_plans,
-            grow=not self.config.workers.ingest_processes,
+            grow=True,
             max_processes=usable_cores(),
+            configured=self.config.workers.ingest_processes,
             candidates=self._decode_plans,
             gpu_per_process=gpu_streams_per_process(self.config),
         )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
+
 from visionflow.pipeline.ledger import LedgerSnapshot
-from visionflow.workers.governor import ShareGovernor
+from visionflow.workers.governor import ShareGovernor, fitted_slope
 
 
 class Clock:
@@ -54,16 +56,23 @@ def test_streams_falling_behind_real_time_cut_the_share():
     ledger = {"a": snap(0, 0), "b": snap(0, 0)}
     clock.t = 1.0
     assert g.step(ledger, demand) == {}  # baseline
-    clock.t = 2.0  # behind for the first time: nothing to compare with yet, no cut
-    ledger = {"a": snap(20, 0), "b": snap(20, 0)}
-    assert g.step(ledger, demand, {"a": 1.2, "b": 1.2}) == {}
-    clock.t = 3.0  # no drops at all, but both still behind and the lag grew: a cut
-    ledger = {"a": snap(40, 0), "b": snap(40, 0)}
-    changed = g.step(ledger, demand, {"a": 1.5, "b": 1.5})
+    for t, lag in ((2.0, 1.2), (3.0, 1.5)):  # behind: too few samples for a slope yet
+        clock.t = t
+        ledger = {"a": snap(int(20 * t), 0), "b": snap(int(20 * t), 0)}
+        assert g.step(ledger, demand, {"a": lag, "b": lag}) == {}
+    clock.t = 4.0  # no drops at all, but both still behind and the lag grows: a cut
+    ledger = {"a": snap(80, 0), "b": snap(80, 0)}
+    changed = g.step(ledger, demand, {"a": 1.8, "b": 1.8})
     assert changed and changed["a"] == changed["b"] and changed["a"] < 20
-    clock.t = 4.0  # catching up (the lag shrinks): behind, not falling behind: held
-    ledger = {"a": snap(58, 0), "b": snap(58, 0)}
-    assert g.step(ledger, demand, {"a": 1.2, "b": 1.2}) == {}
+    for t, lag in ((5.0, 1.5), (6.0, 1.2)):  # catching up (the lag shrinks): held
+        clock.t = t
+        ledger = {"a": snap(int(20 * t), 0), "b": snap(int(20 * t), 0)}
+        assert g.step(ledger, demand, {"a": lag, "b": lag}) == {}
+
+
+def test_fitted_slope():
+    assert fitted_slope([(0.0, 1.0), (1.0, 1.5), (2.0, 2.0)]) == 0.5
+    assert fitted_slope([(3.0, 1.0), (3.0, 2.0)]) == 0.0
 
 
 def test_the_first_interval_after_a_pause_never_reads_as_falling_behind():
@@ -103,3 +112,76 @@ def test_a_lag_that_holds_still_never_cuts():
         changed = g.step({"a": snap(n, 0), "b": snap(n, 0)}, demand, {"a": lag, "b": lag})
         assert not changed, f"step {step}: {changed}"
     assert not g.controller.limiting
+
+
+def simulate(
+    streams: int,
+    capacity_fps: float,
+    steps: int,
+    *,
+    decoder: bool = True,
+    recover_at: int | None = None,
+    seed: int = 1,
+) -> tuple[ShareGovernor, list[float], list[float], list[float | None]]:
+    """``streams`` 30 fps cameras through the real governor on a 1 s clock.  ``decoder``:
+    the limit is a shared decoder, whose load is the sum of the shares in effect (streams
+    below their rate decode only what they use); else a network link, which must carry every
+    frame whatever the share.  A new share takes effect one interval after it is sent (the
+    next keyframe).  The lag grows by the unserved fraction of each second, shrinks by the
+    spare one; each stream reports it with +-0.05 s of jitter while over the 1 s limit.
+    From ``recover_at`` on the capacity is ample.  Returns the governor, served fps, lag and
+    the share in force per step."""
+    rng = random.Random(seed)
+    clock = Clock()
+    g = ShareGovernor(interval_s=1.0, clock=clock)
+    ids = [f"s{i}" for i in range(streams)]
+    demand: dict[str, float | None] = dict.fromkeys(ids, 30.0)
+    sent: float | None = None
+    in_force: float | None = None
+    lag, announced = 0.0, 0.0
+    served_log, lag_log, share_log = [], [], []
+    for step in range(1, steps + 1):
+        clock.t = float(step)
+        cap = capacity_fps if recover_at is None or step < recover_at else 10 * capacity_fps
+        share = min(30.0, in_force or 30.0)
+        wanted = streams * (share if decoder else 30.0)
+        served = min(wanted, cap)
+        lag = max(0.0, lag + (wanted - served) / wanted - (cap - served) / wanted)
+        announced += min(served, streams * share) / streams
+        in_force = sent
+        lags = {s: lag + rng.uniform(-0.05, 0.05) for s in ids} if lag > 1.0 else {}
+        ledger = {s: snap(int(announced), 0) for s in ids}
+        changed = g.step(ledger, demand, lags)
+        if changed:
+            sent = changed["s0"]
+        served_log.append(served)
+        lag_log.append(lag)
+        share_log.append(in_force)
+    return g, served_log, lag_log, share_log
+
+
+def test_a_decoder_at_twice_its_load_settles_near_its_rate_with_lags_bounded():
+    g, served, lags, _ = simulate(256, 4000.0, 150)
+    assert g.controller.limiting, "a decoder behind real time must limit the streams"
+    late = served[-60:]
+    assert sum(late) / len(late) >= 0.85 * 4000, late
+    assert max(lags[-60:]) < 4.0, lags[-60:]
+    assert g.controller.futile_cuts == 0, "every cut helped"
+
+
+def test_a_decoder_five_per_cent_over_is_caught():
+    g, _, lags, shares = simulate(64, 0.95 * 64 * 30, 200)
+    assert any(s is not None for s in shares), "a 5 % overload must be cut for"
+    assert max(lags[-60:]) < 4.0, f"the lag must stay bounded: {lags[-60:]}"
+    assert g.controller.futile_cuts == 0
+
+
+def test_a_network_slowdown_is_not_shed_for_decode_and_the_share_recovers():
+    """Every camera's link carries 80 % of real time for 80 s: lags grow everywhere, but a
+    cut does not slow them, so it is undone; the share never ratchets down."""
+    g, _, _, shares = simulate(64, 0.8 * 64 * 30, 160, decoder=False, recover_at=80)
+    assert g.controller.futile_cuts >= 1
+    cut = [s for s in shares[:80] if s is not None]
+    assert min(cut, default=30.0) >= 0.8 * 30 * 0.9 * 0.95, f"ratcheted: {min(cut)}"
+    assert len(cut) <= 0.25 * 80, f"limited {len(cut)} of 80 s for a network slowdown"
+    assert shares[-1] is None, "released after the link recovers"

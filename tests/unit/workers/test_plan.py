@@ -156,6 +156,18 @@ def test_added_streams_fill_the_least_loaded_gpu_then_start_processes_there():
     )
 
 
+def test_a_configured_process_count_is_reached_by_streams_added_at_run_time():
+    """``workers.ingest_processes: 2`` and one stream at start-up (one process started):
+    the next stream opens the second process, later ones go to the least loaded."""
+    from visionflow.workers.ingest import IngestPlan
+    from visionflow.workers.plan import place_added_stream
+
+    gpu0 = IngestPlan("nvdec", (("CUDA_VISIBLE_DEVICES", "0"),), True)
+    kw = {"grow": False, "max_processes": 16, "gpu_per_process": 128, "configured": 2}
+    assert place_added_stream({0: 1}, {0: gpu0}, **kw) == (1, gpu0, True)
+    assert place_added_stream({0: 5, 1: 3}, {0: gpu0, 1: gpu0}, **kw) == (1, gpu0, False)
+
+
 def test_added_streams_on_the_cpu_get_a_new_process_once_each_has_its_share():
     from visionflow.workers.ingest import IngestPlan
     from visionflow.workers.plan import STREAMS_PER_PROCESS, place_added_stream
