@@ -91,7 +91,7 @@ def run_mode(
 ) -> dict[str, Any]:
     shed = mode != "decode-all"
     prefix = f"overload-{mode}"
-    lag = {"shed_lag_limit_s": 1.0} if mode == "shed-lag" else {}
+    lag = {"shed_lag_limit_s": 0.0} if mode == "shed-lag-off" else {}
     streams = [
         {
             "id": sid,
@@ -180,10 +180,10 @@ def main() -> None:
     )
     parser.add_argument("--clips", type=Path, default=ROOT / ".cache" / "bench-clips")
     parser.add_argument(
-        "--lag",
+        "--lag-off",
         action="store_true",
-        help="also run shed with source.shed_lag_limit_s 1 (the experimental decoder-behind "
-        "signal on)",
+        help="also run shed with source.shed_lag_limit_s 0 (the decoder-behind signal off; "
+        "it is on by default)",
     )
     parser.add_argument(
         "--analysis-fps",
@@ -203,7 +203,7 @@ def main() -> None:
     rtsp, port = start_rtsp(dict.fromkeys(ids, spec))
     try:
         with EmbeddedRedis(binary=shutil.which("redis-server")) as server:
-            modes = ["decode-all", "shed"] + (["shed-lag"] if args.lag else [])
+            modes = ["decode-all", "shed"] + (["shed-lag-off"] if args.lag_off else [])
             results = [run_mode(m, ids, port, server.url, args) for m in modes]
     finally:
         rtsp.kill()

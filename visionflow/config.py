@@ -242,7 +242,9 @@ class WorkersConfig(_Strict):
         description="Decode processes (several streams each); 0: automatic, also for streams "
         "added at run time: one per 8 streams decoded on the CPU, one per 128 streams per GPU "
         "for NVDEC decode (each process is one more CUDA context on the card), at most the "
-        "number of CPU cores.",
+        "number of CPU cores. A set count is reached by streams added at run time too (a "
+        "pipeline started with fewer streams opens the rest as streams arrive, spread over "
+        "the GPUs).",
     )
     inference_workers: int = Field(
         default=1,
@@ -375,23 +377,23 @@ class SourceConfig(_Strict):
         ge=0,
         le=60,
         description="Shedding when the decoder is behind (0: off, each stream's lag behind "
-        "real time is only reported as lag_s; needs "
-        "shed_load; PyAV and NVDEC): a live or real-time stream read more than this many "
-        "seconds behind real time (against the session's best wall-clock-minus-pts offset; "
-        "the least lag of the last second) is behind. When a quarter of the streams, and at "
-        "least two, are behind and their lag grows by 0.04 s a second or more (a fit over "
-        "their last 4 one-second control intervals behind, never fewer than 3), the decoder "
-        "they share (NVDEC, the CPU) is taken as overloaded: the fair share is cut to 0.9 x "
-        "min(capacity, served) and held for four intervals, then judged: if those streams' "
+        "real time is only reported as lag_s; needs shed_load; PyAV and NVDEC): a live or "
+        "real-time stream read more than this many seconds behind real time (against the "
+        "session's best wall-clock-minus-pts offset; the least lag of the last second) is "
+        "behind. When a quarter of the streams, and at least two, are behind and their lag "
+        "grows by 0.04 s a second or more (a fit over their last 4 one-second control "
+        "intervals behind, never fewer than 3), the decoder they share (NVDEC, the CPU) is "
+        "taken as overloaded: the fair share is cut to 0.9 x min(capacity, served) and held "
+        "(no growth, no other decoder cut) for four intervals, then judged: if those streams' "
         "lags did not slow by a quarter, decoding less did not help (a network slowdown, not "
-        "the decoder), so the cut is undone and lags are ignored for 30 s. The share does "
-        "not grow while a quarter of the streams catch up (lag shrinking). A stream given a "
-        "share below its rate while it, or a quarter (at least two) of its ingest process's "
-        "streams, is behind decodes only its GOPs' first frames (decode mode prefix, even "
-        "with shed_gop_prefix off; nonkey at keyframe rates) until the share is lifted. "
-        "Known limits: a network slowdown still costs one four-second cut every ~35 s; "
-        "cameras with GOPs over ~2 s may see a helpful cut judged futile. Files read faster "
-        "than real time are never behind.",
+        "the decoder), so the cut is undone and lags are ignored for 30 s (60, 120, ... up to "
+        "8 min after further futile cuts in a row). The share does not grow while a quarter "
+        "of the streams catch up (lag shrinking). While the shares come from a decoder cut, "
+        "a stream given one below its rate decodes only its GOPs' first frames (decode mode "
+        "prefix, even with shed_gop_prefix off; nonkey at keyframe rates) until the share is "
+        "lifted. Known limits: a network slowdown still costs a four-second cut now and then; "
+        "cameras with GOPs over ~2 s may see a helpful cut judged futile (they then fall "
+        "behind as with this off). Files read faster than real time are never behind.",
     )
     allowed_schemes: list[SourceScheme] = Field(
         default_factory=_live_schemes,

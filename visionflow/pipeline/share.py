@@ -101,12 +101,15 @@ class _DecoderCut:
     streams: frozenset[str]
     slope: float  # their mean lag slope when cut
     capacity_before: float | None
+    decoder_limited_before: bool
 
     @classmethod
-    def of(cls, loads: Sequence[StreamLoad], capacity: float | None) -> _DecoderCut:
+    def of(
+        cls, loads: Sequence[StreamLoad], capacity: float | None, decoder_limited: bool
+    ) -> _DecoderCut:
         falling = [s for s in loads if s.falling_behind]
         slope = sum(s.lag_slope or 0.0 for s in falling) / max(1, len(falling))
-        return cls(frozenset(s.stream_id for s in falling), slope, capacity)
+        return cls(frozenset(s.stream_id for s in falling), slope, capacity, decoder_limited)
 
     def helped(self, loads: Sequence[StreamLoad]) -> bool:
         """The same streams' mean slope now (0 for one no longer behind) fell by a quarter."""
@@ -130,6 +133,7 @@ class FairShareController:
         peak_decay: float = 0.98,
         decoder_hold: int = 4,
         decoder_distrust: int = 30,
+        max_distrust: int = 480,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 < beta < 1:
@@ -137,6 +141,10 @@ class FairShareController:
         self.floor_fps, self.beta, self.alpha = floor_fps, beta, alpha
         self.release_after, self.tolerance, self.peak_decay = release_after, tolerance, peak_decay
         self.decoder_hold, self.decoder_distrust = decoder_hold, decoder_distrust
+        self.max_distrust = max_distrust
+        self._distrust_next = decoder_distrust  # doubles with each futile cut in a row
+        # the capacity in force comes from a decoder cut: the streams decode GOP heads
+        self.decoder_limited = False
         self._held = 0  # intervals left before another decoder cut
         self._probe: _DecoderCut | None = None  # the last decoder cut, until judged
         self._distrusted = 0  # intervals left during which lags are not read as the decoder's
@@ -158,6 +166,7 @@ class FairShareController:
         self.updated_at = self._clock()
         if not loads:
             self.capacity, self.targets = None, {}
+            self._probe, self._held, self.decoder_limited = None, 0, False
             return {}
         served = sum(max(0.0, s.offered_fps - s.dropped_fps) for s in loads)
         offered = sum(s.offered_fps for s in loads)
@@ -173,9 +182,11 @@ class FairShareController:
         if inference_over:
             self._probe = None  # an inference cut is not to be undone with it
             self.inference_cuts += 1
+            self.decoder_limited = False
         elif decoder_over:
-            self._probe = _DecoderCut.of(loads, self.capacity)
+            self._probe = _DecoderCut.of(loads, self.capacity, self.decoder_limited)
             self.decoder_cuts += 1
+            self.decoder_limited = True
         self._held = self.decoder_hold if decoder_over else max(0, self._held - 1)
         overloaded = inference_over or decoder_over
         demands = {s.stream_id: self._demand(s) for s in loads}
@@ -184,9 +195,11 @@ class FairShareController:
             base = served if self.capacity is None else min(self.capacity, served)
             self.capacity = max(floor_total, self.beta * base)
             self._calm = 0
-        elif self.capacity is not None and (catching_up or decoder_behind):
-            # a decoder cut still reaching the streams (held), or the backlog being worked
-            # off: no more load yet
+        elif self.capacity is not None and (
+            catching_up or decoder_behind or self._probe is not None
+        ):
+            # a decoder cut still reaching the streams (held until judged), or the backlog
+            # being worked off: no more load yet
             self._calm = 0
         elif self.capacity is not None:
             limited = any(
@@ -202,6 +215,7 @@ class FairShareController:
                 if self._calm >= self.release_after:
                     self.capacity = None
         if self.capacity is None:
+            self.decoder_limited = False
             self.targets = {s.stream_id: None for s in loads}
         else:
             # every stream is capped at the water level: those asking less are not held by it
@@ -214,17 +228,22 @@ class FairShareController:
         """When the last decoder cut's hold is up: if the lags it was made for did not slow
         down (their mean slope fell by less than a quarter), shedding decode did not help -
         the lags are not the decoder's (a site-wide network slowdown, a relay) - so the cut is
-        undone and lags are ignored for ``decoder_distrust`` intervals."""
+        undone and lags are ignored for ``decoder_distrust`` intervals, twice that after
+        another futile cut in a row, and so on up to ``max_distrust`` (a slowdown that lasts
+        hours costs a cut every few minutes, not every half minute)."""
         self._distrusted = max(0, self._distrusted - 1)
         probe = self._probe
         if probe is None or self._held > 1:
             return
         self._probe = None
         if probe.helped(loads):
+            self._distrust_next = self.decoder_distrust
             return
         self.futile_cuts += 1
         self.capacity, self._held = probe.capacity_before, 0
-        self._distrusted = self.decoder_distrust
+        self.decoder_limited = probe.decoder_limited_before
+        self._distrusted = self._distrust_next
+        self._distrust_next = min(self.max_distrust, 2 * self._distrust_next)
 
     def _demand(self, load: StreamLoad) -> float:
         """What the stream would take: its declared demand, or what it offers when it does

@@ -36,9 +36,9 @@ policy stops paying for frames that would be thrown away:
   session (a relay falling behind, a camera clock running slow, a slow link; a constant delay
   reads as no lag), so the fair share (:mod:`visionflow.pipeline.share`) acts only on lags
   that keep *growing* fast, and on two streams or more.  Decoders that cannot shed before
-  decode (``NO_MODES``: DALI) are never behind.  A stream given a *share* below its rate
-  while it is behind, or while its ingest process says the decoder it shares is behind, is
-  *decode-bound*: from its next keyframe it decodes only each GOP's first
+  decode (``NO_MODES``: DALI) are never behind.  A stream given a *share* below its rate by
+  a decoder cut (the scheduler says so with the share; an inference cut or a lag alone never
+  does) is *decode-bound*: from its next keyframe it decodes only each GOP's first
   ``round(target / keyframe rate)`` frames (``prefix``, whatever ``prefix_ratio`` says:
   frames evenly spread need most of each GOP decoded, so the decoder's load would not fall;
   ``nonkey`` still wins at keyframe rates) until the share is lifted; ``analysis_fps`` alone
@@ -141,14 +141,14 @@ class ShedPolicy:
         self.reset()
 
     # ---- inputs ------------------------------------------------------------------
-    def set_share(self, fps: float | None, decoder_behind: bool = False) -> None:
-        """The scheduler's fair share for this stream (None: no limit).  ``decoder_behind``:
-        the decoder this stream shares with others is behind (see
-        :func:`visionflow.pipeline.share.shared_decoder_behind`), so this stream is
-        decode-bound too even if it keeps up itself.  Any thread."""
+    def set_share(self, fps: float | None, decoder_bound: bool = False) -> None:
+        """The scheduler's fair share for this stream (None: no limit).  ``decoder_bound``:
+        the share comes from a decoder cut (a quarter of the streams falling behind real
+        time, :mod:`visionflow.pipeline.share`), so this stream is decode-bound, even if it
+        keeps up itself.  Any thread."""
         if fps is not None and fps <= 0:
             raise ValueError(f"share must be > 0, got {fps}")
-        self._share_state = (fps, decoder_behind)
+        self._share_state = (fps, decoder_bound)
 
     @property
     def _share(self) -> float | None:
@@ -271,14 +271,15 @@ class ShedPolicy:
         return "all"
 
     def _update_decode_bound(self) -> None:
-        """Reader thread, at keyframes: given a share below the source rate while behind (or
-        told the shared decoder is): decode-bound, until the share is lifted (sticky, so that
-        catching up does not bring back a decoder-heavy mode)."""
+        """Reader thread, at keyframes: given a share below the source rate by a decoder cut:
+        decode-bound, until the share is lifted (sticky, so that catching up does not bring
+        back a decoder-heavy mode).  A lag alone never is: a lag that holds still (a camera
+        clock drifting slow) is not the decoder's, and only the scheduler tells them apart."""
         share, told = self._share_state
         src = self.source_fps
         if share is None or (src is not None and share >= src):
             self.decode_bound = False  # lifted (an unknown rate, just after a reset: kept)
-        elif self.lag_limit_s > 0 and self.gates_packets and (told or self.behind):
+        elif self.lag_limit_s > 0 and self.gates_packets and told:
             self.decode_bound = True
 
     def _switch_mode(self) -> None:

@@ -53,6 +53,8 @@ class ShareGovernor:
         self._last: dict[str, tuple[int, int]] = {}  # announced, inference_behind
         self._at = clock()
         self.sent: dict[str, float | None] = {}
+        # the targets sent come from a decoder cut: streams given a share decode GOP heads
+        self.decoder_bound = False
 
     def pause(self) -> None:
         """Workers are starting or restarting: what they drop now says nothing about their
@@ -97,7 +99,11 @@ class ShareGovernor:
             del self._lags[sid]
         self._at = now
         targets = self.controller.update(loads, saturated=False)
-        changed = {sid: t for sid, t in targets.items() if _differs(self.sent.get(sid), t)}
+        bound = self.controller.decoder_limited
+        if bound != self.decoder_bound:  # every stream hears of it, with its target
+            self.decoder_bound, changed = bound, dict(targets)
+        else:
+            changed = {sid: t for sid, t in targets.items() if _differs(self.sent.get(sid), t)}
         self.sent.update(changed)
         return changed
 

@@ -25,7 +25,6 @@ from visionflow.errors import SourceEndedError, SourceError, SourceStalledError
 from visionflow.pipeline.framepool import FramePool
 from visionflow.pipeline.frames import FrameRef, Letterbox
 from visionflow.pipeline.letterbox import letterbox_geometry
-from visionflow.pipeline.share import shared_decoder_behind
 from visionflow.streams.backoff import Backoff, ReconnectLimiter
 from visionflow.streams.config import StreamConfig
 from visionflow.streams.nvdec import NvdecSource
@@ -359,13 +358,13 @@ class StreamReader:
         log.warning("stream %s: %s", self.stream.id, self.last_error)
 
     # ---- frames ----------------------------------------------------------------------
-    def set_share(self, fps: float | None, decoder_behind: bool = False) -> None:
-        """This stream's fair share of inference (frames/s; None: no limit), from the
-        scheduler's :class:`visionflow.workers.messages.SetAnalysisRates`.  The reader sheds
-        down to ``min(analysis_fps, share)`` before decode; ``decoder_behind``: the process's
-        decoder is behind real time (see :meth:`IngestProcess.decoder_behind`); safe to call
-        from any thread."""
-        self.shed.set_share(fps, decoder_behind)
+    def set_share(self, fps: float | None, decoder_bound: bool = False) -> None:
+        """This stream's fair share (frames/s; None: no limit), from the scheduler's
+        :class:`visionflow.workers.messages.SetAnalysisRates`.  The reader sheds down to
+        ``min(analysis_fps, share)`` before decode; ``decoder_bound``: the share comes from a
+        decoder cut (streams behind real time), so a share below the rate decodes GOP heads;
+        safe to call from any thread."""
+        self.shed.set_share(fps, decoder_bound)
 
     def _deliver(self, decoded: DecodedFrame) -> None:
         # seq numbers source frames: packets the shedding policy kept from the decoder count
@@ -603,18 +602,10 @@ class IngestProcess:
         elif isinstance(command, StopReading):
             self.stop_reading()
         elif isinstance(command, SetAnalysisRates):
-            behind = self.decoder_behind()
             for stream_id, fps in command.rates:
                 reader = self.readers.get(stream_id)
                 if reader is not None:
-                    reader.set_share(fps, behind)
-
-    def decoder_behind(self) -> bool:
-        """Enough of this process's streaming streams are behind real time
-        (:func:`~visionflow.pipeline.share.shared_decoder_behind`): the decoder they share
-        (NVDEC, the CPU) cannot keep up, so each stream given a share decodes GOP heads."""
-        streaming = [r for r in self.readers.values() if r.streaming]
-        return shared_decoder_behind(sum(r.shed.behind for r in streaming), len(streaming))
+                    reader.set_share(fps, command.decoder_bound)
 
     @staticmethod
     def _stats(reader: StreamReader) -> StreamStats | None:

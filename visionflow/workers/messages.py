@@ -191,3 +191,6 @@ class SetAnalysisRates:
     applied with :meth:`visionflow.workers.ingest.StreamReader.set_share`."""
 
     rates: tuple[tuple[str, float | None], ...]
+    # the shares come from a decoder cut (streams behind real time, not inference drops):
+    # a stream given one below its rate decodes only its GOPs' heads
+    decoder_bound: bool = False

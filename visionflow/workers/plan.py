@@ -136,9 +136,10 @@ def place_added_stream(
     the plan has no process yet) and ``grow`` allows, a new process with that plan (at most
     ``max_processes`` in all), so streams added later get processes as those configured at
     start do (``gpu_per_process``: :func:`gpu_streams_per_process`).  ``configured``
-    (``workers.ingest_processes``): a new process whenever fewer than that many run (a
-    pipeline started with fewer streams than processes started fewer), then the least-loaded
-    one."""
+    (``workers.ingest_processes``): while fewer than that many run (a pipeline started with
+    fewer streams than processes started fewer), a stream that would join a process already
+    reading one opens a new process instead, on the GPU with the fewest streams; then the
+    least-loaded process."""
     if configured:
         grow, max_processes = True, configured
     room = grow and len(plans) < max_processes
@@ -152,7 +153,9 @@ def place_added_stream(
     if not members:  # a decode slot without a process yet (only offered with room)
         return max(plans) + 1, plan, True
     index = min(members, key=lambda i: (loads.get(i, 0), i))
-    if room and (configured or loads.get(index, 0) >= streams_per_process(plan, gpu_per_process)):
+    load = loads.get(index, 0)
+    full = load > 0 if configured else load >= streams_per_process(plan, gpu_per_process)
+    if room and full:
         return max(plans) + 1, plan, True
     return index, plan, False
 

@@ -574,8 +574,9 @@ class Pipeline:
             index = self._stream_process.get(sid)
             if index is not None:
                 by_process.setdefault(index, []).append((sid, fps))
+        bound = self.governor is not None and self.governor.decoder_bound
         for index, items in by_process.items():
-            self._commands[index].put(SetAnalysisRates(tuple(items)))
+            self._commands[index].put(SetAnalysisRates(tuple(items), decoder_bound=bound))
 
     @staticmethod
     def _unlink_pools(names: list[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -168,6 +169,46 @@ def test_a_decoder_cut_that_did_not_slow_the_lags_is_undone_and_lags_are_ignored
     for _ in range(29):
         assert c.update(behind, saturated=False)["s0"] is None, "no cut while distrusted"
     assert c.update(behind, saturated=False)["s0"] is not None, "then lags are read again"
+
+
+def test_a_held_decoder_cut_does_not_grow_back_before_it_is_judged():
+    """Right after a cut the lag fits mix growth and catching up: slopes between the
+    thresholds (neither falling nor catching up) must not let the capacity grow back."""
+    c = FairShareController(decoder_hold=4)
+    falling = [
+        StreamLoad(f"s{i}", 20.0, 0.0, 30.0, falling_behind=True, lag_slope=0.3) for i in range(4)
+    ]
+    cut = c.update(falling, saturated=False)["s0"]
+    assert c.decoder_limited
+    mixed = [StreamLoad(f"s{i}", 18.0, 0.0, 30.0, lag_slope=0.01) for i in range(4)]
+    for _ in range(3):
+        assert c.update(mixed, saturated=False)["s0"] == cut, "grew during the hold"
+    c.update(mixed, saturated=False)  # judged
+    assert c.futile_cuts == 0, "the lags slowed from 0.3 to 0.01 s/s: the cut helped"
+
+
+def test_futile_cuts_in_a_row_are_distrusted_longer_each_time():
+    c = FairShareController(decoder_hold=1, decoder_distrust=3, max_distrust=8)
+    falling = [
+        StreamLoad(f"s{i}", 20.0, 0.0, 30.0, falling_behind=True, lag_slope=0.3) for i in range(4)
+    ]
+    cut_at = [i for i in range(40) if c.update(falling, saturated=False)["s0"] is not None]
+    # a cut, judged futile at once, then 3, 6 and 8 (the cap) intervals without one
+    gaps = [b - a for a, b in itertools.pairwise(cut_at)]
+    assert gaps[:4] == [4, 7, 9, 9], cut_at
+    assert c.futile_cuts == len(cut_at)
+
+
+def test_streams_gone_forget_a_pending_judgement():
+    c = FairShareController(decoder_hold=4)
+    falling = [
+        StreamLoad(f"s{i}", 20.0, 0.0, 30.0, falling_behind=True, lag_slope=0.3) for i in range(4)
+    ]
+    c.update(falling, saturated=False)
+    c.update([], saturated=False)
+    still = [StreamLoad(f"s{i}", 20.0, 0.0, 30.0) for i in range(4)]
+    for _ in range(5):
+        assert c.update(still, saturated=False)["s0"] is None, "an old cut came back"
 
 
 def test_a_decoder_cut_that_slowed_the_lags_stays():

@@ -283,12 +283,12 @@ def test_a_stall_read_back_at_once_returns_to_the_live_edge() -> None:
     assert max(lags) > 4.5 and lags[-1] == pytest.approx(0, abs=0.05)
 
 
-def test_a_target_given_while_lagging_decodes_gop_heads_until_it_is_lifted() -> None:
+def test_a_decoder_cut_while_lagging_decodes_gop_heads_until_it_is_lifted() -> None:
     clock = Clock()
-    # prefix_ratio 0: without the lag, a target of 15 would keep frames evenly spread
+    # prefix_ratio 0: without the decoder cut, a target of 15 would keep frames evenly spread
     policy = ShedPolicy(None, modes=PACKET_MODES, clock=clock, prefix_ratio=0.0, lag_limit_s=1.0)
     feed_slow_decoder(policy, clock, 10, capacity_fps=18)  # lagging ~4 s
-    policy.set_share(15.0)
+    policy.set_share(15.0, decoder_bound=True)
     run = feed_slow_decoder(policy, clock, 40, capacity_fps=18, start_pts=10.0)
     assert policy.decode_bound and policy.mode == "prefix"
     assert run.broken_refs == 0
@@ -308,16 +308,28 @@ def test_without_a_lag_limit_a_target_while_lagging_keeps_frames_spread() -> Non
     clock = Clock()
     policy = ShedPolicy(None, modes=PACKET_MODES, clock=clock, prefix_ratio=0.0)
     feed_slow_decoder(policy, clock, 10, capacity_fps=18)
+    policy.set_share(15.0, decoder_bound=True)
+    feed_slow_decoder(policy, clock, 20, capacity_fps=18, start_pts=10.0)
+    assert policy.mode == "all" and not policy.decode_bound
+
+
+def test_an_inference_cut_while_lagging_keeps_frames_spread() -> None:
+    """Behind by a lag of its own (a camera clock drifting slow), given a share by an
+    inference cut: the lag is not the decoder's, frames stay evenly spread."""
+    clock = Clock()
+    policy = ShedPolicy(None, modes=PACKET_MODES, clock=clock, prefix_ratio=0.0, lag_limit_s=1.0)
+    feed_slow_decoder(policy, clock, 10, capacity_fps=18)
+    assert policy.behind
     policy.set_share(15.0)
     feed_slow_decoder(policy, clock, 20, capacity_fps=18, start_pts=10.0)
     assert policy.mode == "all" and not policy.decode_bound
 
 
-def test_a_stream_told_its_shared_decoder_is_behind_decodes_gop_heads_though_on_time() -> None:
+def test_a_stream_told_of_a_decoder_cut_decodes_gop_heads_though_on_time() -> None:
     clock = Clock()
     policy = ShedPolicy(None, modes=PACKET_MODES, clock=clock, prefix_ratio=0.0, lag_limit_s=1.0)
     feed_slow_decoder(policy, clock, 5, capacity_fps=60)  # keeps up: no lag of its own
-    policy.set_share(15.0, decoder_behind=True)
+    policy.set_share(15.0, decoder_bound=True)
     run = feed_slow_decoder(policy, clock, 10, capacity_fps=60, start_pts=5.0)
     assert policy.mode == "prefix" and run.broken_refs == 0
     late = [pts for pts in run.decoded if pts >= 10.0]
@@ -335,7 +347,7 @@ def test_decode_bound_outlasts_a_reset_while_the_share_holds() -> None:
     clock = Clock()
     policy = ShedPolicy(None, modes=PACKET_MODES, clock=clock, prefix_ratio=0.0, lag_limit_s=1.0)
     feed_slow_decoder(policy, clock, 10, capacity_fps=18)
-    policy.set_share(15.0)
+    policy.set_share(15.0, decoder_bound=True)
     feed_slow_decoder(policy, clock, 10, capacity_fps=18, start_pts=10.0)
     assert policy.decode_bound
     policy.reset()  # a new session

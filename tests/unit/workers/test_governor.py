@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from visionflow.pipeline.ledger import LedgerSnapshot
 from visionflow.workers.governor import ShareGovernor, fitted_slope
 
@@ -122,12 +124,13 @@ def simulate(
     decoder: bool = True,
     recover_at: int | None = None,
     seed: int = 1,
+    delay: int = 1,
 ) -> tuple[ShareGovernor, list[float], list[float], list[float | None]]:
     """``streams`` 30 fps cameras through the real governor on a 1 s clock.  ``decoder``:
     the limit is a shared decoder, whose load is the sum of the shares in effect (streams
     below their rate decode only what they use); else a network link, which must carry every
-    frame whatever the share.  A new share takes effect one interval after it is sent (the
-    next keyframe).  The lag grows by the unserved fraction of each second, shrinks by the
+    frame whatever the share.  A new share takes effect ``delay`` intervals after it is sent
+    (the next keyframe).  The lag grows by the unserved fraction of each second, shrinks by the
     spare one; each stream reports it with +-0.05 s of jitter while over the 1 s limit.
     From ``recover_at`` on the capacity is ample.  Returns the governor, served fps, lag and
     the share in force per step."""
@@ -136,32 +139,32 @@ def simulate(
     g = ShareGovernor(interval_s=1.0, clock=clock)
     ids = [f"s{i}" for i in range(streams)]
     demand: dict[str, float | None] = dict.fromkeys(ids, 30.0)
-    sent: float | None = None
-    in_force: float | None = None
+    pipe: list[float | None] = [None] * (delay + 1)  # shares sent, oldest first
     lag, announced = 0.0, 0.0
     served_log, lag_log, share_log = [], [], []
     for step in range(1, steps + 1):
         clock.t = float(step)
         cap = capacity_fps if recover_at is None or step < recover_at else 10 * capacity_fps
+        in_force = pipe[0]
         share = min(30.0, in_force or 30.0)
         wanted = streams * (share if decoder else 30.0)
         served = min(wanted, cap)
         lag = max(0.0, lag + (wanted - served) / wanted - (cap - served) / wanted)
         announced += min(served, streams * share) / streams
-        in_force = sent
         lags = {s: lag + rng.uniform(-0.05, 0.05) for s in ids} if lag > 1.0 else {}
         ledger = {s: snap(int(announced), 0) for s in ids}
         changed = g.step(ledger, demand, lags)
-        if changed:
-            sent = changed["s0"]
+        sent = changed["s0"] if changed else pipe[-1]
+        pipe = [*pipe[1:], sent]
         served_log.append(served)
         lag_log.append(lag)
         share_log.append(in_force)
     return g, served_log, lag_log, share_log
 
 
-def test_a_decoder_at_twice_its_load_settles_near_its_rate_with_lags_bounded():
-    g, served, lags, _ = simulate(256, 4000.0, 150)
+@pytest.mark.parametrize("delay", [0, 1, 2])
+def test_a_decoder_at_twice_its_load_settles_near_its_rate_with_lags_bounded(delay):
+    g, served, lags, _ = simulate(256, 4000.0, 150, delay=delay)
     assert g.controller.limiting, "a decoder behind real time must limit the streams"
     late = served[-60:]
     assert sum(late) / len(late) >= 0.85 * 4000, late
@@ -169,8 +172,9 @@ def test_a_decoder_at_twice_its_load_settles_near_its_rate_with_lags_bounded():
     assert g.controller.futile_cuts == 0, "every cut helped"
 
 
-def test_a_decoder_five_per_cent_over_is_caught():
-    g, _, lags, shares = simulate(64, 0.95 * 64 * 30, 200)
+@pytest.mark.parametrize("delay", [0, 1, 2])
+def test_a_decoder_five_per_cent_over_is_caught(delay):
+    g, _, lags, shares = simulate(64, 0.95 * 64 * 30, 200, delay=delay)
     assert any(s is not None for s in shares), "a 5 % overload must be cut for"
     assert max(lags[-60:]) < 4.0, f"the lag must stay bounded: {lags[-60:]}"
     assert g.controller.futile_cuts == 0
@@ -185,3 +189,18 @@ def test_a_network_slowdown_is_not_shed_for_decode_and_the_share_recovers():
     assert min(cut, default=30.0) >= 0.8 * 30 * 0.9 * 0.95, f"ratcheted: {min(cut)}"
     assert len(cut) <= 0.25 * 80, f"limited {len(cut)} of 80 s for a network slowdown"
     assert shares[-1] is None, "released after the link recovers"
+
+
+def test_streams_hear_when_their_shares_come_from_a_decoder_cut():
+    """The flag that makes streams decode GOP heads goes with the shares of a decoder cut, to
+    every stream (even one whose target did not move), and is withdrawn with it."""
+    g, _, _, _ = simulate(64, 0.5 * 64 * 30, 12)
+    assert g.decoder_bound and g.controller.decoder_limited
+    clock = Clock()
+    g = ShareGovernor(interval_s=1.0, clock=clock)
+    demand = {"a": 30.0, "b": 30.0}
+    clock.t = 1.0
+    g.step({"a": snap(0, 0), "b": snap(0, 0)}, demand)
+    clock.t = 2.0
+    changed = g.step({"a": snap(30, 20), "b": snap(30, 20)}, demand)  # inference drops
+    assert changed and not g.decoder_bound, "an inference cut is not a decoder cut"

@@ -75,20 +75,19 @@ def test_no_heartbeat_follows_the_final_one():
     assert _beats(control, 1, timeout=3 * ingest.HEARTBEAT_S) == 0, "a beat after the final one"
 
 
-def test_the_decoder_is_behind_when_a_quarter_of_the_streaming_streams_are() -> None:
+def test_a_decoder_cut_reaches_the_readers_with_their_shares() -> None:
     process, _ = _process()
+    told: dict[str, tuple[float | None, bool]] = {}
 
-    class Reader:  # the parts of a StreamReader decoder_behind reads
-        def __init__(self, behind: bool, streaming: bool = True) -> None:
-            self.shed = type("Shed", (), {"behind": behind})()
-            self.streaming = streaming
+    class Reader:  # the part of a StreamReader the command calls
+        def __init__(self, sid: str) -> None:
+            self.sid = sid
 
-    assert not process.decoder_behind()  # no streams
-    process.readers = {f"s{i}": Reader(i < 1) for i in range(4)}  # type: ignore[misc]
-    assert not process.decoder_behind(), "one stream behind is that stream's own problem"
-    process.readers = {f"s{i}": Reader(i < 2) for i in range(8)}  # type: ignore[misc]
-    assert process.decoder_behind()
-    process.readers = {  # type: ignore[misc]
-        f"s{i}": Reader(i < 2, streaming=i >= 2) for i in range(8)
-    }
-    assert not process.decoder_behind(), "a reader in backoff keeps a stale lag: not counted"
+        def set_share(self, fps: float | None, decoder_bound: bool = False) -> None:
+            told[self.sid] = (fps, decoder_bound)
+
+    process.readers = {"a": Reader("a"), "b": Reader("b")}  # type: ignore[dict-item]
+    process.run_command(SetAnalysisRates((("a", 12.0), ("b", None)), decoder_bound=True))
+    assert told == {"a": (12.0, True), "b": (None, True)}
+    process.run_command(SetAnalysisRates((("a", 12.0),)))
+    assert told["a"] == (12.0, False), "an inference cut is not a decoder cut"

@@ -168,6 +168,27 @@ def test_a_configured_process_count_is_reached_by_streams_added_at_run_time():
     assert place_added_stream({0: 5, 1: 3}, {0: gpu0, 1: gpu0}, **kw) == (1, gpu0, False)
 
 
+def test_a_configured_process_count_spreads_over_the_gpus_from_an_empty_start():
+    """A fleet node starts with no streams (one empty process on GPU 0) and
+    ``ingest_processes: 4`` on two GPUs: the empty process is used first, then the GPUs
+    take turns, two processes each."""
+    from visionflow.workers.ingest import IngestPlan
+    from visionflow.workers.plan import place_added_stream
+
+    gpus = [IngestPlan("nvdec", (("CUDA_VISIBLE_DEVICES", str(i)),), True) for i in (0, 1)]
+    plans, loads = {0: gpus[0]}, {0: 0}
+    for _ in range(8):
+        index, plan, new = place_added_stream(
+            loads, plans, grow=False, max_processes=16, gpu_per_process=128,
+            candidates=gpus, configured=4,
+        )  # fmt: skip
+        if new:
+            plans[index] = plan
+        loads[index] = loads.get(index, 0) + 1
+    assert len(plans) == 4 and sorted(loads.values()) == [2, 2, 2, 2], loads
+    assert sorted(p.env[0][1] for p in plans.values()) == ["0", "0", "1", "1"]
+
+
 def test_added_streams_on_the_cpu_get_a_new_process_once_each_has_its_share():
     from visionflow.workers.ingest import IngestPlan
     from visionflow.workers.plan import STREAMS_PER_PROCESS, place_added_stream
