@@ -243,8 +243,9 @@ class WorkersConfig(_Strict):
         "added at run time: one per 8 streams decoded on the CPU, one per 128 streams per GPU "
         "for NVDEC decode (each process is one more CUDA context on the card), at most the "
         "number of CPU cores. A set count is reached by streams added at run time too (a "
-        "pipeline started with fewer streams opens the rest as streams arrive, spread over "
-        "the GPUs).",
+        "pipeline started with fewer streams opens the rest as streams arrive, each on the "
+        "GPU with the fewest streams; a count below the number of GPUs leaves the others "
+        "without decoding when the pipeline started with no streams).",
     )
     inference_workers: int = Field(
         default=1,

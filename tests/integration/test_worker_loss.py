@@ -3,6 +3,7 @@ and the ledger shows every frame resolved exactly once (real RTSP cameras, real 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -85,3 +86,47 @@ def kill_a_worker(
     for s in final.streams:
         assert set(s.drops) <= {"worker_lost", "inference_behind", "backpressure"}, s.drops
     return pipeline
+
+
+def test_a_wedged_output_process_is_killed_and_publishing_resumes(
+    rtsp, redis_server, redis_client, key_prefix, tmp_path, monkeypatch
+):
+    """An output process that stops answering (SIGSTOP: as wedged in a C call) sends no
+    stats; silent past ``OUTPUT_SILENT_S`` it is killed and restarted, and every stream is
+    published again."""
+    from visionflow.workers import supervisor
+
+    monkeypatch.setattr(supervisor, "OUTPUT_SILENT_S", 3.0)
+    cams = {f"cam{i}": "test:320x240@15" for i in range(2)}
+    server = rtsp(cams)
+    cfg = config(
+        [{"id": c, "url": server.url(c)} for c in cams],
+        redis_server,
+        key_prefix,
+        batching={"max_batch": 4, "max_delay_ms": 10},
+        redis={"url": redis_server, "key_prefix": key_prefix, "spool_dir": str(tmp_path)},
+    )
+    with running(cfg, redis_server) as pipeline:
+        wait_until(
+            lambda: all(s.published >= 10 for s in pipeline.status().streams),
+            40,
+            lambda: f"nothing published: {pipeline.status().streams}",
+        )
+        output = pipeline.group.children["output"]
+        wedged = output.process.pid
+        os.kill(wedged, signal.SIGSTOP)
+        try:
+            wait_until(
+                lambda: output.restarts >= 1 and output.alive and output.process.pid != wedged,
+                30,
+                lambda: f"the silent output process was never restarted: {output}",
+            )
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(wedged, signal.SIGCONT)  # not left stopped if the test failed
+        before = {s.stream_id: s.published for s in pipeline.status().streams}
+        wait_until(
+            lambda: all(s.published >= before[s.stream_id] + 20 for s in pipeline.status().streams),
+            60,
+            lambda: f"publishing did not resume: {pipeline.status().streams}",
+        )

@@ -32,13 +32,17 @@ serve are shed *before* decode instead of being dropped after it.
   holds for them (a quarter of the streams, and never fewer than two: one slow stream or link
   is its own problem, not a shared decoder's), the decoder is taken as overloaded:
   ``C = beta * min(C, served)`` as for drops, the same max-min split, and streams given a
-  share while behind decode only their GOPs' heads (:mod:`visionflow.streams.shedding`), so
-  the decoder's load falls with the share.  A decoder cut is held for ``decoder_hold``
+  share by it decode only their GOPs' heads (:mod:`visionflow.streams.shedding`), so the
+  decoder's load falls with the share.  A decoder cut is held for ``decoder_hold``
   intervals (the new share takes effect at each stream's next keyframe; ``C`` does not grow
   meanwhile), then judged: if the mean lag slope of the streams it was made for fell by less
   than a quarter, shedding decode did not help - the lags are not the decoder's (a site-wide
   network slowdown) - so the cut is undone and lags are ignored for ``decoder_distrust``
-  intervals (``futile_cuts`` counts these).  While a quarter of the streams catch up (lag
+  intervals, doubling with each futile cut in a row up to ``max_distrust`` and back to
+  ``decoder_distrust`` after ``max_distrust`` intervals without one (``futile_cuts`` counts
+  them).  While the shares come from a decoder cut (:attr:`decoder_limited`, one flag for
+  all streams, as the capacity is one), streams given a share below their rate decode only
+  their GOPs' heads.  While a quarter of the streams catch up (lag
   shrinking), ``C`` does not grow either.
 
 Pure: no processes, no I/O; time comes from the injected clock (only used for ``age``).
@@ -143,6 +147,7 @@ class FairShareController:
         self.decoder_hold, self.decoder_distrust = decoder_hold, decoder_distrust
         self.max_distrust = max_distrust
         self._distrust_next = decoder_distrust  # doubles with each futile cut in a row
+        self._quiet = 0  # intervals since distrust ended without a futile cut
         # the capacity in force comes from a decoder cut: the streams decode GOP heads
         self.decoder_limited = False
         self._held = 0  # intervals left before another decoder cut
@@ -232,6 +237,10 @@ class FairShareController:
         another futile cut in a row, and so on up to ``max_distrust`` (a slowdown that lasts
         hours costs a cut every few minutes, not every half minute)."""
         self._distrusted = max(0, self._distrusted - 1)
+        if self._distrusted == 0:
+            self._quiet += 1
+            if self._quiet >= self.max_distrust:  # the slowdown is long over
+                self._distrust_next = self.decoder_distrust
         probe = self._probe
         if probe is None or self._held > 1:
             return
@@ -240,10 +249,16 @@ class FairShareController:
             self._distrust_next = self.decoder_distrust
             return
         self.futile_cuts += 1
+        self._quiet = 0
         self.capacity, self._held = probe.capacity_before, 0
         self.decoder_limited = probe.decoder_limited_before
         self._distrusted = self._distrust_next
         self._distrust_next = min(self.max_distrust, 2 * self._distrust_next)
+
+    def forget_pending_cut(self) -> None:
+        """The lags a pending decoder cut would be judged on were lost (the governor paused):
+        the cut stays, unjudged, and the next may come when its hold is up."""
+        self._probe = None
 
     def _demand(self, load: StreamLoad) -> float:
         """What the stream would take: its declared demand, or what it offers when it does

@@ -41,8 +41,8 @@ policy stops paying for frames that would be thrown away:
   does) is *decode-bound*: from its next keyframe it decodes only each GOP's first
   ``round(target / keyframe rate)`` frames (``prefix``, whatever ``prefix_ratio`` says:
   frames evenly spread need most of each GOP decoded, so the decoder's load would not fall;
-  ``nonkey`` still wins at keyframe rates) until the share is lifted; ``analysis_fps`` alone
-  never makes a stream decode-bound.
+  ``nonkey`` still wins at keyframe rates) until the share is lifted or stops being a
+  decoder cut; ``analysis_fps`` alone never makes a stream decode-bound.
 
 Times are media seconds (pts) when the source has them, else the injected clock, so a file
 read faster than real time is thinned in video time.  Which modes a decoder can take is its
@@ -131,7 +131,7 @@ class ShedPolicy:
         self.prefix_ratio = prefix_ratio
         self.lag_limit_s = lag_limit_s  # 0: never decode-bound
         self.decode_bound = False  # see the module docstring (lag); kept across reset()
-        # the scheduler's share and whether the process's decoder is behind, set together
+        # the scheduler's share and whether it comes from a decoder cut, set together
         self._share_state: tuple[float | None, bool] = (None, False)
         self.mode: DecodeMode = "all"
         self._mode_since = clock()
@@ -272,14 +272,16 @@ class ShedPolicy:
 
     def _update_decode_bound(self) -> None:
         """Reader thread, at keyframes: given a share below the source rate by a decoder cut:
-        decode-bound, until the share is lifted (sticky, so that catching up does not bring
-        back a decoder-heavy mode).  A lag alone never is: a lag that holds still (a camera
-        clock drifting slow) is not the decoder's, and only the scheduler tells them apart."""
+        decode-bound while the scheduler says the shares are a decoder cut (through the
+        catching up that follows, so that it does not bring back a decoder-heavy mode), until
+        the share is lifted or an inference cut replaces it.  A lag alone never is: a lag
+        that holds still (a camera clock drifting slow) is not the decoder's, and only the
+        scheduler tells them apart."""
         share, told = self._share_state
         src = self.source_fps
-        if share is None or (src is not None and share >= src):
+        if share is None or (src is not None and share >= src) or not told:
             self.decode_bound = False  # lifted (an unknown rate, just after a reset: kept)
-        elif self.lag_limit_s > 0 and self.gates_packets and told:
+        elif self.lag_limit_s > 0 and self.gates_packets:
             self.decode_bound = True
 
     def _switch_mode(self) -> None:

@@ -58,10 +58,20 @@ class ShareGovernor:
 
     def pause(self) -> None:
         """Workers are starting or restarting: what they drop now says nothing about their
-        capacity, so the next interval starts afresh."""
+        capacity, so the next interval starts afresh (and a decoder cut awaiting judgement is
+        not judged on the slopes lost with it)."""
         self._last.clear()
         self._lags.clear()
         self._at = self.clock()
+        self.controller.forget_pending_cut()
+
+    def forget(self, stream_ids: Sequence[str]) -> None:
+        """Streams whose readers start afresh (their ingest process restarted, or removed):
+        the next step sends them their target and the decoder flag again."""
+        for sid in stream_ids:
+            self.sent.pop(sid, None)
+            self._last.pop(sid, None)
+            self._lags.pop(sid, None)
 
     def step(
         self,

@@ -56,6 +56,7 @@ from visionflow.workers.messages import (
     BatchAbandoned,
     IngestHeartbeat,
     OutputShards,
+    OutputStats,
     PoolClosed,
     RemoveStream,
     SetAnalysisRates,
@@ -92,6 +93,8 @@ log = logging.getLogger("visionflow.supervisor")
 # limit), so this is more than the dead process can have used unheard
 SEQ_MARGIN = 241
 _CTX = mp.get_context("spawn")
+# an output process sends its stats twice a second: silent this long, it is wedged
+OUTPUT_SILENT_S = 30.0
 
 
 def _worker_histograms(
@@ -191,6 +194,7 @@ class Pipeline:
                 _output_name(shard, shards),
                 functools.partial(self._spawn_output, shard),
                 self._output_exited,
+                OUTPUT_SILENT_S,
             )
         for worker_id in range(self._worker_count()):
             self._add_worker(worker_id)
@@ -360,6 +364,14 @@ class Pipeline:
         name = _output_name(shard, shards)
         return self._spawn(output_main, name, spec, self._output_qs[shard], self._control_q)
 
+    def _output_beat(self, pid: int) -> None:
+        """An output process's stats (twice a second) are its heartbeat: one silent for
+        ``OUTPUT_SILENT_S`` (wedged in a C call, deadlocked) is killed and restarted."""
+        for key, child in list(self.group.children.items()):
+            if key.startswith("output") and child.alive and child.process.pid == pid:
+                self.group.beat(key)
+                return
+
     def _output_exited(self, child: Child, reason: str) -> None:
         log.error("output process %s: results not yet written were lost", reason)
         if self.group.stopping:
@@ -497,6 +509,8 @@ class Pipeline:
             now = time.time()
             self.board.ingest_restarted([s.id for s in self._ingest_streams[index]])
             with self.loop.lock:
+                if self.governor is not None:  # its readers restart without their shares
+                    self.governor.forget([s.id for s in self._ingest_streams[index]])
                 for stream in self._ingest_streams[index]:
                     self.loop.free(self.scheduler.drop_stream_frames(stream.id, "ingest_restart"))
                     self.board.apply(
@@ -615,6 +629,8 @@ class Pipeline:
             self.board.apply(msg)
         if isinstance(msg, IngestHeartbeat):
             self.group.beat(f"ingest-{msg.process}")
+        elif isinstance(msg, OutputStats) and not msg.final:
+            self._output_beat(msg.pid)
         elif isinstance(msg, WorkerReady):
             with self.loop.lock:  # exit hooks run under it too: no revive after a death
                 child = self.group.children.get(f"inference-{msg.worker_id}")
@@ -757,6 +773,8 @@ class Pipeline:
             with self.loop.lock:
                 self.loop.free(self.scheduler.remove_stream(stream_id))
                 self.scheduler.ledger.forget(stream_id)  # when nothing of it is still in flight
+                if self.governor is not None:
+                    self.governor.forget([stream_id])
             if index is not None:
                 streams = self._ingest_streams[index]
                 streams[:] = [s for s in streams if s.id != stream_id]

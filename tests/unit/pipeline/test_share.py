@@ -199,6 +199,34 @@ def test_futile_cuts_in_a_row_are_distrusted_longer_each_time():
     assert c.futile_cuts == len(cut_at)
 
 
+def test_the_distrust_backoff_decays_once_the_slowdown_is_over():
+    c = FairShareController(decoder_hold=1, decoder_distrust=3, max_distrust=8)
+    falling = [
+        StreamLoad(f"s{i}", 20.0, 0.0, 30.0, falling_behind=True, lag_slope=0.3) for i in range(4)
+    ]
+    for _ in range(30):  # futile cuts in a row: distrust at its cap
+        c.update(falling, saturated=False)
+    quiet = [StreamLoad(f"s{i}", 30.0, 0.0, 30.0) for i in range(4)]
+    for _ in range(20):  # the slowdown is over
+        c.update(quiet, saturated=False)
+    futile = c.futile_cuts
+    cut_at = [i for i in range(12) if c.update(falling, saturated=False)["s0"] is not None]
+    assert c.futile_cuts > futile and cut_at[:2] == [0, 4], f"back to 3, not 8: {cut_at}"
+
+
+def test_a_pause_leaves_a_pending_cut_unjudged():
+    c = FairShareController(decoder_hold=4)
+    falling = [
+        StreamLoad(f"s{i}", 20.0, 0.0, 30.0, falling_behind=True, lag_slope=0.3) for i in range(4)
+    ]
+    cut = c.update(falling, saturated=False)["s0"]
+    c.forget_pending_cut()  # the governor paused: the slopes are gone
+    unknown = [StreamLoad(f"s{i}", 20.0, 0.0, 30.0) for i in range(4)]
+    for _ in range(4):
+        c.update(unknown, saturated=False)
+    assert c.futile_cuts == 0 and c.limiting and cut is not None
+
+
 def test_streams_gone_forget_a_pending_judgement():
     c = FairShareController(decoder_hold=4)
     falling = [

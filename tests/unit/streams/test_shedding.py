@@ -304,6 +304,18 @@ def test_a_decoder_cut_while_lagging_decodes_gop_heads_until_it_is_lifted() -> N
     assert policy.mode == "all" and not policy.decode_bound
 
 
+def test_an_inference_cut_after_a_decoder_cut_brings_frames_back_evenly_spread() -> None:
+    clock = Clock()
+    policy = ShedPolicy(None, modes=PACKET_MODES, clock=clock, prefix_ratio=0.0, lag_limit_s=1.0)
+    feed_slow_decoder(policy, clock, 10, capacity_fps=18)
+    policy.set_share(15.0, decoder_bound=True)
+    feed_slow_decoder(policy, clock, 10, capacity_fps=18, start_pts=10.0)
+    assert policy.decode_bound and policy.mode == "prefix"
+    policy.set_share(15.0)  # the same share, now from inference drops
+    feed_slow_decoder(policy, clock, 5, capacity_fps=45, start_pts=20.0)
+    assert not policy.decode_bound and policy.mode == "all"
+
+
 def test_without_a_lag_limit_a_target_while_lagging_keeps_frames_spread() -> None:
     clock = Clock()
     policy = ShedPolicy(None, modes=PACKET_MODES, clock=clock, prefix_ratio=0.0)

@@ -204,3 +204,28 @@ def test_streams_hear_when_their_shares_come_from_a_decoder_cut():
     clock.t = 2.0
     changed = g.step({"a": snap(30, 20), "b": snap(30, 20)}, demand)  # inference drops
     assert changed and not g.decoder_bound, "an inference cut is not a decoder cut"
+
+
+def test_the_decoder_flag_reaches_streams_whose_target_did_not_move():
+    clock = Clock()
+    g = ShareGovernor(interval_s=1.0, clock=clock)
+    demand = {"a": 30.0, "b": 30.0}
+    g.sent = {"a": 12.0, "b": 12.0}  # targets already sent
+    g.controller.capacity, g.controller.targets = 24.0, {"a": 12.0, "b": 12.0}
+    g.controller.decoder_limited = True  # as after a decoder cut at the same level
+    clock.t = 1.0
+    changed = g.step({"a": snap(12, 0), "b": snap(12, 0)}, demand)
+    assert g.decoder_bound and set(changed or {}) == {"a", "b"}, changed
+
+
+def test_a_restarted_ingest_process_gets_its_streams_targets_again():
+    clock = Clock()
+    g = ShareGovernor(interval_s=1.0, clock=clock)
+    demand = {"a": 30.0, "b": 30.0}
+    g.sent = {"a": 12.0, "b": 12.0}
+    g.controller.capacity, g.controller.targets = 24.0, {"a": 12.0, "b": 12.0}
+    g.controller.alpha = 0.0  # the capacity holds still
+    g.forget(["a"])  # its reader starts afresh, with no share
+    clock.t = 1.0
+    changed = g.step({"a": snap(12, 0), "b": snap(12, 0)}, demand)
+    assert changed == {"a": 12.0}, changed
