@@ -92,11 +92,11 @@ def test_a_wedged_output_process_is_killed_and_publishing_resumes(
     rtsp, redis_server, redis_client, key_prefix, tmp_path, monkeypatch
 ):
     """An output process that stops answering (SIGSTOP: as wedged in a C call) sends no
-    stats; silent past ``OUTPUT_SILENT_S`` it is killed and restarted, and every stream is
-    published again."""
+    stats; silent past its limit (``OUTPUT_SILENT_S``, at least the batch deadline + 15 s;
+    3 s here) it is killed and restarted, and every stream is published again."""
     from visionflow.workers import supervisor
 
-    monkeypatch.setattr(supervisor, "OUTPUT_SILENT_S", 3.0)
+    monkeypatch.setattr(supervisor.Pipeline, "_output_silent_s", lambda self: 3.0)
     cams = {f"cam{i}": "test:320x240@15" for i in range(2)}
     server = rtsp(cams)
     cfg = config(

@@ -257,7 +257,8 @@ class FairShareController:
 
     def forget_pending_cut(self) -> None:
         """The lags a pending decoder cut would be judged on were lost (the governor paused):
-        the cut stays, unjudged, and the next may come when its hold is up."""
+        it is not judged (neither undone nor counted futile), and the capacity follows the
+        usual rules from the next step (it grows back while nothing reads as overload)."""
         self._probe = None
 
     def _demand(self, load: StreamLoad) -> float:

@@ -105,6 +105,10 @@ class Child:
     restart_at: float | None = None
     restart: bool = True  # False: leave it down (e.g. a worker whose engine cannot load)
     info: dict[str, Any] = field(default_factory=dict)
+    # the heartbeat timeout runs only once this incarnation has beaten (its start-up, e.g.
+    # reading a spool, may take as long as it needs)
+    after_first_beat: bool = False
+    beaten: bool = False
 
     @property
     def alive(self) -> bool:
@@ -126,8 +130,9 @@ class ProcessGroup:
         spawn: Spawn,
         on_exit: Callable[[Child, str], None] | None = None,
         heartbeat_timeout: float | None = None,
+        after_first_beat: bool = False,
     ) -> Child:
-        child = Child(key, spawn, on_exit, heartbeat_timeout)
+        child = Child(key, spawn, on_exit, heartbeat_timeout, after_first_beat=after_first_beat)
         self.children[key] = child
         self._start(child)
         return child
@@ -137,6 +142,7 @@ class ProcessGroup:
         # must not find the new process with the last beat of nobody and call it silent
         child.last_beat = self.clock() + self.start_grace_s
         child.restart_at = None
+        child.beaten = False
         with child_environment():
             child.process = child.spawn(child.restarts)
         child.started = self.clock()
@@ -146,6 +152,7 @@ class ProcessGroup:
         child = self.children.get(key)
         if child is not None:
             child.last_beat = max(child.last_beat, self.clock())
+            child.beaten = True
 
     def check(self) -> list[str]:
         """Restart children that are due; handle ones that died or went silent.  Returns
@@ -173,6 +180,8 @@ class ProcessGroup:
         if not child.process.is_alive():
             return f"exited ({child.process.exitcode})"
         timeout = child.heartbeat_timeout
+        if child.after_first_beat and not child.beaten:
+            return None
         if timeout is not None and now - child.last_beat > timeout:
             return f"silent for {now - child.last_beat:.0f}s"
         return None

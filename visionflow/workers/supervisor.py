@@ -194,7 +194,8 @@ class Pipeline:
                 _output_name(shard, shards),
                 functools.partial(self._spawn_output, shard),
                 self._output_exited,
-                OUTPUT_SILENT_S,
+                self._output_silent_s(),
+                after_first_beat=True,
             )
         for worker_id in range(self._worker_count()):
             self._add_worker(worker_id)
@@ -364,12 +365,21 @@ class Pipeline:
         name = _output_name(shard, shards)
         return self._spawn(output_main, name, spec, self._output_qs[shard], self._control_q)
 
+    def _output_silent_s(self) -> float:
+        """How long an output process may go without stats once it has sent its first: past
+        the batch deadline, so that a worker wedged mid-message (the output waits on its
+        pipe) is killed first, alone."""
+        return max(OUTPUT_SILENT_S, self.config.batching.batch_deadline_s + 15.0)
+
     def _output_beat(self, pid: int) -> None:
         """An output process's stats (twice a second) are its heartbeat: one silent for
-        ``OUTPUT_SILENT_S`` (wedged in a C call, deadlocked) is killed and restarted."""
+        :meth:`_output_silent_s` after its first (wedged in a C call, deadlocked) is killed
+        and restarted; its start-up (a spool read back) takes what it needs."""
         for key, child in list(self.group.children.items()):
-            if key.startswith("output") and child.alive and child.process.pid == pid:
-                self.group.beat(key)
+            process = child.process
+            if key.startswith("output") and process is not None and process.pid == pid:
+                if child.restart_at is None:
+                    self.group.beat(key)
                 return
 
     def _output_exited(self, child: Child, reason: str) -> None:
@@ -378,7 +388,7 @@ class Pipeline:
             return
         # it may have died in the middle of reading a worker's message: that pipe's framing
         # is lost, so every worker restarts with a new pipe (their batches are re-sent)
-        for key, worker in self.group.children.items():
+        for key, worker in list(self.group.children.items()):
             if key.startswith("inference-") and worker.alive:
                 worker.process.kill()
 
@@ -500,6 +510,9 @@ class Pipeline:
                 snapshot_interval_s=self.config.output.snapshot_interval_s,
             )
             commands = self._commands[index] = _CTX.Queue()
+            if self.governor is not None:  # the new readers start with no share: resend
+                with self.loop.lock:
+                    self.governor.forget([s.id for s in streams])
             queues = IngestQueues(self._sched_q, self._control_q, commands)
             return self._spawn(ingest_main, f"ingest-{index}", spec, queues)
 
@@ -625,12 +638,12 @@ class Pipeline:
                 return
 
     def _on_control(self, msg: object) -> None:
+        if isinstance(msg, OutputStats) and not msg.final:
+            self._output_beat(msg.pid)  # first: a beat is not lost to a failing apply
         if not isinstance(msg, WorkerReady):
             self.board.apply(msg)
         if isinstance(msg, IngestHeartbeat):
             self.group.beat(f"ingest-{msg.process}")
-        elif isinstance(msg, OutputStats) and not msg.final:
-            self._output_beat(msg.pid)
         elif isinstance(msg, WorkerReady):
             with self.loop.lock:  # exit hooks run under it too: no revive after a death
                 child = self.group.children.get(f"inference-{msg.worker_id}")

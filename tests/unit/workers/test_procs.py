@@ -68,6 +68,24 @@ def test_a_silent_child_is_killed_and_a_crash_loop_backs_off():
     assert restart_delay(1.0, 1000) == 30.0 and restart_delay(100.0, 1000) == 0.5
 
 
+def test_a_child_watched_after_its_first_beat_may_take_its_time_to_start():
+    """An output process reading back a large spool before its first stats is not silent;
+    once it has beaten, silence counts (each incarnation afresh)."""
+    clock = Clock()
+    group = ProcessGroup(clock, start_grace_s=1.0)
+    child = group.add("output", lambda r: Proc(), heartbeat_timeout=5.0, after_first_beat=True)
+    clock.t = 120.0
+    assert group.check() == [], "killed while starting up"
+    group.beat("output")
+    clock.t = 125.5
+    assert group.check() == ["output"], "silent after its first beat"
+    clock.t += 1.0
+    group.check()  # restarted (past its delay): a new incarnation, not yet beaten
+    assert child.alive and not child.beaten
+    clock.t += 60.0
+    assert group.check() == []
+
+
 def test_a_child_told_not_to_restart_stays_down_and_stopping_restarts_nothing():
     clock = Clock()
     group = ProcessGroup(clock)
