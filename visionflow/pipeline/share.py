@@ -40,10 +40,9 @@ serve are shed *before* decode instead of being dropped after it.
   network slowdown) - so the cut is undone and lags are ignored for ``decoder_distrust``
   intervals, doubling with each futile cut in a row up to ``max_distrust`` and back to
   ``decoder_distrust`` after ``max_distrust`` intervals without one (``futile_cuts`` counts
-  them).  While the shares come from a decoder cut (:attr:`decoder_limited`, one flag for
-  all streams, as the capacity is one), streams given a share below their rate decode only
-  their GOPs' heads.  While a quarter of the streams catch up (lag
-  shrinking), ``C`` does not grow either.
+  them).  Whether the shares in force come from a decoder cut is one flag for all streams
+  (:attr:`decoder_limited`), as the capacity is one.  While a quarter of the streams catch
+  up (lag shrinking), ``C`` does not grow either.
 
 Pure: no processes, no I/O; time comes from the injected clock (only used for ``age``).
 """
