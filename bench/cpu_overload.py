@@ -141,6 +141,7 @@ def run_mode(
     announced = sum(after.stream(s).frames - before.stream(s).frames for s in ids) / elapsed
     return {
         "mode": mode,
+        "shed_lag_limit_s": config.source.shed_lag_limit_s if shed else None,
         "seconds": round(elapsed, 1),
         "published_fps": round(published, 2),
         "announced_fps": round(announced, 2),

@@ -162,11 +162,13 @@ def measured_window(p: Any, client: Any, prefix: str, seconds: float) -> dict[st
 
     c0, t0 = _cpu(), time.monotonic()
     share: list[float] = []
+    governor: list[dict[str, Any] | None] = []
     nv = NvmlSampler()
 
     def window_closed() -> None:  # before the window's entries are read in this process
         nv.stop()
         share.append(round((_cpu() - c0) / (time.monotonic() - t0), 2))
+        governor.append(_governor(p))  # before reading entries back can move it
 
     with nv:
         r = _window(p, client, prefix, seconds, at_end=window_closed)
@@ -181,13 +183,14 @@ def measured_window(p: Any, client: Any, prefix: str, seconds: float) -> dict[st
     r["decode_modes"] = modes
     r["shedding"] = _shedding(status.streams)
     r["redis_pending"] = status.redis_pending
-    r["governor"] = _governor(p)
+    r["governor"] = governor[0] if governor else None
+    r["ingest_processes"] = len(getattr(p, "_ingest_plans", {}))
     return r
 
 
 def _governor(p: Any) -> dict[str, Any] | None:
-    """The fair-share controller since start: capacity now, cuts by signal, futile decoder
-    cuts undone; and how many ingest processes read the streams."""
+    """The fair-share controller at the window's end: capacity, whether it is a decoder cut,
+    and cuts by signal and futile decoder cuts undone *since the pipeline started*."""
     governor = getattr(p, "governor", None)
     c = getattr(governor, "controller", None)
     if c is None:
@@ -197,7 +200,7 @@ def _governor(p: Any) -> dict[str, Any] | None:
         "inference_cuts": getattr(c, "inference_cuts", None),
         "decoder_cuts": getattr(c, "decoder_cuts", None),
         "futile_cuts": getattr(c, "futile_cuts", None),
-        "ingest_processes": len(getattr(p, "_ingest_plans", {})),
+        "decoder_limited": getattr(c, "decoder_limited", None),
     }
 
 

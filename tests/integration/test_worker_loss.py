@@ -93,10 +93,10 @@ def test_a_wedged_output_process_is_killed_and_publishing_resumes(
 ):
     """An output process that stops answering (SIGSTOP: as wedged in a C call) sends no
     stats; silent past its limit (``OUTPUT_SILENT_S``, at least the batch deadline + 15 s;
-    3 s here) it is killed and restarted, and every stream is published again."""
+    6 s here) it is killed and restarted, and every stream is published again."""
     from visionflow.workers import supervisor
 
-    monkeypatch.setattr(supervisor.Pipeline, "_output_silent_s", lambda self: 3.0)
+    monkeypatch.setattr(supervisor.Pipeline, "_output_silent_s", lambda self: 6.0)
     cams = {f"cam{i}": "test:320x240@15" for i in range(2)}
     server = rtsp(cams)
     cfg = config(
@@ -104,6 +104,7 @@ def test_a_wedged_output_process_is_killed_and_publishing_resumes(
         redis_server,
         key_prefix,
         batching={"max_batch": 4, "max_delay_ms": 10},
+        output={"processes": 1},
         redis={"url": redis_server, "key_prefix": key_prefix, "spool_dir": str(tmp_path)},
     )
     with running(cfg, redis_server) as pipeline:

@@ -204,8 +204,11 @@ def test_the_distrust_backoff_decays_once_the_slowdown_is_over():
     falling = [
         StreamLoad(f"s{i}", 20.0, 0.0, 30.0, falling_behind=True, lag_slope=0.3) for i in range(4)
     ]
-    for _ in range(30):  # futile cuts in a row: distrust at its cap
+    for _ in range(100):  # futile cuts in a row, until one leaves distrust at its cap
         c.update(falling, saturated=False)
+        if c._distrusted > 0 and c._distrust_next == c.max_distrust:
+            break
+    assert c._distrust_next == c.max_distrust
     quiet = [StreamLoad(f"s{i}", 30.0, 0.0, 30.0) for i in range(4)]
     for _ in range(20):  # the slowdown is over
         c.update(quiet, saturated=False)
@@ -219,6 +222,7 @@ def test_a_pause_leaves_a_pending_cut_unjudged_and_its_distrust_untouched():
     falling = [
         StreamLoad(f"s{i}", 20.0, 0.0, 30.0, falling_behind=True, lag_slope=0.3) for i in range(4)
     ]
+    c._distrust_next = 60  # as after a futile cut: a 'helped' judgement would reset it
     cut = c.update(falling, saturated=False)["s0"]
     c.forget_pending_cut()  # the governor paused: the slopes are gone
     unknown = [StreamLoad(f"s{i}", 20.0, 0.0, 30.0) for i in range(4)]
@@ -226,6 +230,7 @@ def test_a_pause_leaves_a_pending_cut_unjudged_and_its_distrust_untouched():
         c.update(unknown, saturated=False)
     assert c.futile_cuts == 0 and cut is not None
     assert c._distrusted == 0, "an unjudged cut must not stop the next one"
+    assert c._distrust_next == 60, "an unjudged cut is not a helpful one"
 
 
 def test_streams_gone_forget_a_pending_judgement():
@@ -234,6 +239,9 @@ def test_streams_gone_forget_a_pending_judgement():
         StreamLoad(f"s{i}", 20.0, 0.0, 30.0, falling_behind=True, lag_slope=0.3) for i in range(4)
     ]
     c.update(falling, saturated=False)
+    c.update([], saturated=False)
+    c.update(falling, saturated=False)
+    assert c.decoder_cuts == 2, "the old cut's hold outlived its streams"
     c.update([], saturated=False)
     still = [StreamLoad(f"s{i}", 20.0, 0.0, 30.0) for i in range(4)]
     for _ in range(5):

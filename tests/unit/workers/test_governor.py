@@ -129,8 +129,8 @@ def simulate(
     """``streams`` 30 fps cameras through the real governor on a 1 s clock.  ``decoder``:
     the limit is a shared decoder, whose load is the sum of the shares in effect (streams
     below their rate decode only what they use); else a network link, which must carry every
-    frame whatever the share.  A new share takes effect ``delay`` intervals after it is sent
-    (the next keyframe).  The lag grows by the unserved fraction of each second, shrinks by the
+    frame whatever the share.  A new share takes effect ``delay`` intervals after the one in
+    which it is sent (0: the next interval; a keyframe later).  The lag grows by the unserved fraction of each second, shrinks by the
     spare one; each stream reports it with +-0.05 s of jitter while over the 1 s limit.
     From ``recover_at`` on the capacity is ample.  Returns the governor, served fps, lag and
     the share in force per step."""
@@ -213,9 +213,33 @@ def test_the_decoder_flag_reaches_streams_whose_target_did_not_move():
     g.sent = {"a": 12.0, "b": 12.0}  # targets already sent
     g.controller.capacity, g.controller.targets = 24.0, {"a": 12.0, "b": 12.0}
     g.controller.decoder_limited = True  # as after a decoder cut at the same level
+    g.controller.alpha = 0.0  # the capacity holds still: no target moves
     clock.t = 1.0
     changed = g.step({"a": snap(12, 0), "b": snap(12, 0)}, demand)
-    assert g.decoder_bound and set(changed or {}) == {"a", "b"}, changed
+    assert g.decoder_bound and changed == {"a": 12.0, "b": 12.0}, changed
+    g.controller.decoder_limited = False  # as after an inference cut at the same level
+    clock.t = 2.0
+    changed = g.step({"a": snap(24, 0), "b": snap(24, 0)}, demand)
+    assert not g.decoder_bound and changed == {"a": 12.0, "b": 12.0}, "withdrawn from all"
+
+
+def test_a_pause_drops_a_pending_judgement():
+    clock = Clock()
+    g = ShareGovernor(interval_s=1.0, clock=clock)
+    g.controller._probe = object()  # type: ignore[assignment]
+    g.pause()
+    assert g.controller._probe is None
+
+
+def test_lags_of_streams_gone_are_forgotten():
+    clock = Clock()
+    g = ShareGovernor(interval_s=1.0, clock=clock)
+    for t in (1.0, 2.0):
+        clock.t = t
+        g.step({"a": snap(0, 0), "b": snap(0, 0)}, {"a": 30.0, "b": 30.0}, {"a": 1.5, "b": 1.5})
+    clock.t = 3.0
+    g.step({"a": snap(0, 0)}, {"a": 30.0}, {"a": 1.5})
+    assert set(g._lags) == {"a"}
 
 
 def test_a_restarted_ingest_process_gets_its_streams_targets_again():
