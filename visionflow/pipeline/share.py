@@ -41,7 +41,9 @@ serve are shed *before* decode instead of being dropped after it.
   intervals, doubling with each futile cut in a row up to ``max_distrust`` and back to
   ``decoder_distrust`` after ``max_distrust`` intervals without one (``futile_cuts`` counts
   them).  Whether the shares in force come from a decoder cut is one flag for all streams
-  (:attr:`decoder_limited`), as the capacity is one.  While a quarter of the streams catch
+  (:attr:`decoder_limited`), as the capacity is one; an inference cut below a decoder cut
+  keeps it (the decoder was the limit a moment ago, and bringing back decode-all would put
+  it behind again), a release or an undone cut clears it.  While a quarter of the streams catch
   up (lag shrinking), ``C`` does not grow either.
 
 Pure: no processes, no I/O; time comes from the injected clock (only used for ``age``).
@@ -147,7 +149,8 @@ class FairShareController:
         self.max_distrust = max_distrust
         self._distrust_next = decoder_distrust  # doubles with each futile cut in a row
         self._quiet = 0  # intervals since distrust ended without a futile cut
-        # the capacity in force comes from a decoder cut: the streams decode GOP heads
+        # the capacity in force comes from a decoder cut (kept through inference cuts below
+        # it, until the limit is released or the cut undone): the streams decode GOP heads
         self.decoder_limited = False
         self._held = 0  # intervals left before another decoder cut
         self._probe: _DecoderCut | None = None  # the last decoder cut, until judged
@@ -186,7 +189,6 @@ class FairShareController:
         if inference_over:
             self._probe = None  # an inference cut is not to be undone with it
             self.inference_cuts += 1
-            self.decoder_limited = False
         elif decoder_over:
             self._probe = _DecoderCut.of(loads, self.capacity, self.decoder_limited)
             self.decoder_cuts += 1

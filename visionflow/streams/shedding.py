@@ -274,7 +274,7 @@ class ShedPolicy:
         """Reader thread, at keyframes: given a share below the source rate by a decoder cut:
         decode-bound while the scheduler says the shares are a decoder cut (through the
         catching up that follows, so that it does not bring back a decoder-heavy mode), until
-        the share is lifted or an inference cut replaces it.  A lag alone never is: a lag
+        the share is lifted or the scheduler stops saying so.  A lag alone never is: a lag
         that holds still (a camera clock drifting slow) is not the decoder's, and only the
         scheduler tells them apart."""
         share, told = self._share_state

@@ -248,6 +248,25 @@ def test_streams_gone_forget_a_pending_judgement():
         assert c.update(still, saturated=False)["s0"] is None, "an old cut came back"
 
 
+def test_an_inference_cut_below_a_decoder_cut_keeps_the_streams_on_gop_heads():
+    """On a CPU box decode and inference share the cores: drops after a decoder cut must not
+    bring back decode-all (measured ad hoc, 40 streams on 2 cores: 1.3x the frames published
+    with the flag kept). A release clears it."""
+    c = FairShareController(decoder_hold=1, release_after=2)
+    falling = [
+        StreamLoad(f"s{i}", 20.0, 0.0, 30.0, falling_behind=True, lag_slope=0.3) for i in range(4)
+    ]
+    c.update(falling, saturated=False)
+    assert c.decoder_limited
+    dropping = [StreamLoad(f"s{i}", 18.0, 6.0, 30.0, lag_slope=-0.2) for i in range(4)]
+    c.update(dropping, saturated=False)
+    assert c.inference_cuts == 1 and c.decoder_limited, "the inference cut cleared the flag"
+    light = [StreamLoad(f"s{i}", 5.0, 0.0, 5.0) for i in range(4)]  # demand below the share
+    for _ in range(3):
+        c.update(light, saturated=False)
+    assert not c.limiting and not c.decoder_limited
+
+
 def test_a_decoder_cut_that_slowed_the_lags_stays():
     c = FairShareController(decoder_hold=4)
     falling = [
