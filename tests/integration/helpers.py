@@ -59,6 +59,24 @@ def running(cfg: AppConfig, redis_url: str) -> Iterator[Pipeline]:
         pipeline.stop()
 
 
+def published(pipeline: Pipeline) -> dict[str, int]:
+    """Each stream's published count now."""
+    return {s.stream_id: s.published for s in pipeline.status().streams}
+
+
+def wait_published_past(
+    pipeline: Pipeline, before: dict[str, int], more: int, timeout: float, what: str
+) -> None:
+    """Wait until every stream has published ``more`` entries past ``before``."""
+    from tests.conftest import wait_until
+
+    wait_until(
+        lambda: all(s.published >= before[s.stream_id] + more for s in pipeline.status().streams),
+        timeout,
+        lambda: f"{what}: {pipeline.status().streams}",
+    )
+
+
 def entries(client: redis.Redis, prefix: str, stream_id: str) -> list[Entry]:
     return [parse_entry(i, f) for i, f in client.xrange(detections_key(prefix, stream_id))]
 

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_until
-from tests.integration.helpers import assert_books_balance, config, running
+from tests.integration.helpers import (
+    assert_books_balance,
+    config,
+    published,
+    running,
+    wait_published_past,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +46,7 @@ def test_killed_ingest_process_restarts_and_the_books_balance(
             20,
             "the ingest process was not restarted",
         )
-        before = {s.stream_id: s.published for s in pipeline.status().streams}
-        wait_until(
-            lambda: all(s.published >= before[s.stream_id] + 15 for s in pipeline.status().streams),
-            40,
-            lambda: f"streams did not resume: {pipeline.status().streams}",
-        )
+        wait_published_past(pipeline, published(pipeline), 15, 40, "streams did not resume")
         # the dead process's frame pools are unmapped by every inference worker (a soak found
         # each ingest restart leaking them: memory and fds of every worker grew)
         dead = f"/dev/shm/vf-{pipeline.run_id}r0-"

@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import wait_until
-from tests.integration.helpers import assert_books_balance, config, running
+from tests.integration.helpers import (
+    assert_books_balance,
+    config,
+    published,
+    running,
+    wait_published_past,
+)
 from visionflow.workers.supervisor import Pipeline
 
 pytestmark = pytest.mark.integration
@@ -70,17 +76,13 @@ def kill_a_worker(
             15,
             lambda: f"the killed worker was never noticed: {pipeline.status().workers}",
         )
-        before = {s.stream_id: s.published for s in pipeline.status().streams}
+        before = published(pipeline)
         wait_until(
             lambda: pipeline.status().workers[0].state == "ready",
             60,
             lambda: f"the killed worker never came back: {pipeline.status().workers}",
         )
-        wait_until(
-            lambda: all(s.published >= before[s.stream_id] + 20 for s in pipeline.status().streams),
-            30,
-            lambda: f"publishing did not go on: {pipeline.status().streams}",
-        )
+        wait_published_past(pipeline, before, 20, 30, "publishing did not go on")
     final = pipeline.status()
     assert_books_balance(final, redis_client, key_prefix)
     for s in final.streams:
@@ -125,9 +127,4 @@ def test_a_wedged_output_process_is_killed_and_publishing_resumes(
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(wedged, signal.SIGCONT)  # not left stopped if the test failed
-        before = {s.stream_id: s.published for s in pipeline.status().streams}
-        wait_until(
-            lambda: all(s.published >= before[s.stream_id] + 20 for s in pipeline.status().streams),
-            60,
-            lambda: f"publishing did not resume: {pipeline.status().streams}",
-        )
+        wait_published_past(pipeline, published(pipeline), 20, 60, "publishing did not resume")

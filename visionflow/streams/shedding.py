@@ -169,7 +169,9 @@ class ShedPolicy:
     def behind(self) -> bool:
         """Read more than ``lag_limit_s`` behind real time; never without packet shedding
         or with the limit at 0."""
-        lag = self.lag_s
+        return self._over_limit(self.lag_s)
+
+    def _over_limit(self, lag: float | None) -> bool:
         return (
             self.lag_limit_s > 0
             and self.gates_packets
@@ -386,14 +388,15 @@ class ShedPolicy:
             self.used -= 1
 
     def snapshot(self) -> ShedSnapshot:
+        lag = self.lag_s
         return ShedSnapshot(
             mode=self.mode,
             target_fps=self.target,
             source_fps=self.source_fps,
             key_rate=self.key_rate,
             analysis_fps=self.effective_fps(),
-            lag_s=self.lag_s,
-            behind=self.behind,
+            lag_s=lag,
+            behind=self._over_limit(lag),
             used=self.used,
             skipped=self.skipped,
             packets_skipped=self.packets_skipped,

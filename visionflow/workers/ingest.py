@@ -417,10 +417,6 @@ class StreamReader:
         self._next_snapshot = now + self.snapshot_interval_s
         return True
 
-    @property
-    def streaming(self) -> bool:
-        return self.machine.state is StreamState.STREAMING
-
     def _lag_limit(self) -> float:
         """The shedding policy's lag limit: none for a file read faster than real time (it
         is never "behind": it waits for slots, and its pts run ahead of the clock)."""

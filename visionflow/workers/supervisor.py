@@ -522,8 +522,6 @@ class Pipeline:
             now = time.time()
             self.board.ingest_restarted([s.id for s in self._ingest_streams[index]])
             with self.loop.lock:
-                if self.governor is not None:  # its readers restart without their shares
-                    self.governor.forget([s.id for s in self._ingest_streams[index]])
                 for stream in self._ingest_streams[index]:
                     self.loop.free(self.scheduler.drop_stream_frames(stream.id, "ingest_restart"))
                     self.board.apply(
