@@ -20,7 +20,10 @@ Sections (each in its own subprocess with a time limit, ``DIR/<section>.json``):
               (default 0: all at once, every stream's clip in phase; 1.0: one GOP, keyframes
               and frame times spread as unsynchronised cameras' are), ``VF_RAMP_TOP`` an
               overload step measured after the levels whatever they gave (a lease whose
-              first level already drops still gets its 2x figure)
+              first level already drops still gets its 2x figure), ``VF_RAMP_LATE_S``
+              measures that step again this much later (the first window moves to
+              ``early``: a controller still converging vs settled); the top step also
+              records ``governor_trace``, the controller once a second
   ramp_all    the same over every GPU (``workers.gpus`` unset)
   kill        every GPU, a fixed stream count; one inference worker is SIGKILLed mid-run:
               batches per worker before/after, drops by reason, ledger violations, and the
@@ -54,6 +57,7 @@ to say which component limits at the top.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -176,11 +180,7 @@ def measured_window(p: Any, client: Any, prefix: str, seconds: float) -> dict[st
     r.update(nv.summary())
     status = p.status()
     r["ledger_violations"] = getattr(status, "ledger_violations", None)
-    modes: dict[str, int] = {}
-    for s in status.streams:  # the shedding mode each stream is in at the window's end
-        mode = getattr(s, "decode_mode", "all")
-        modes[mode] = modes.get(mode, 0) + 1
-    r["decode_modes"] = modes
+    r["decode_modes"] = _modes(status.streams)  # each stream's shedding mode at the end
     r["shedding"] = _shedding(status.streams)
     r["redis_pending"] = status.redis_pending
     r["governor"] = governor[0] if governor else None
@@ -202,6 +202,57 @@ def _governor(p: Any) -> dict[str, Any] | None:
         "futile_cuts": getattr(c, "futile_cuts", None),
         "decoder_limited": getattr(c, "decoder_limited", None),
     }
+
+
+class GovernorTrace:
+    """The fair-share controller once a second while a step settles (a background thread):
+    how the capacity, the decoder flag and the cuts moved, with the streams' median lag and
+    the ledger's published total, to tell a controller still converging from one settled."""
+
+    def __init__(self, p: Any, every_s: float = 1.0) -> None:
+        self.p, self.every_s = p, every_s
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="governor-trace", daemon=True)
+        self._t0 = time.monotonic()
+
+    def __enter__(self) -> GovernorTrace:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                status = self.p.status()
+            except Exception as e:  # a sample lost, not the run
+                self.samples.append({"t": self._age(), "error": repr(e)})
+                continue
+            lags = sorted(s.lag_s for s in status.streams if getattr(s, "lag_s", None) is not None)
+            self.samples.append(
+                {
+                    "t": self._age(),
+                    **(_governor(self.p) or {}),
+                    "lag_median_s": round(lags[len(lags) // 2], 2) if lags else None,
+                    "published": sum(getattr(s, "published", 0) for s in status.streams),
+                    "modes": _modes(status.streams),
+                }
+            )
+
+    def _age(self) -> float:
+        return round(time.monotonic() - self._t0, 1)
+
+
+def _modes(streams: Any) -> dict[str, int]:
+    """How many streams are in each shedding mode."""
+    modes: dict[str, int] = {}
+    for s in streams:
+        mode = getattr(s, "decode_mode", "all")
+        modes[mode] = modes.get(mode, 0) + 1
+    return modes
 
 
 def _shedding(streams: Any) -> dict[str, Any]:
@@ -314,6 +365,7 @@ def ramp(
     overrides: dict[str, dict[str, Any]] | None = None,
     stagger_s: float = 0.0,
     top: int = 0,
+    late_s: float = 0.0,
 ) -> dict[str, Any]:
     import logging
 
@@ -345,8 +397,18 @@ def ramp(
                     p.add_stream(StreamConfig.model_validate(stream(mp4, i)))
                     if stagger_s > 0:
                         time.sleep(stagger_s / (level - have))
-                time.sleep(settle_s)
-                r = measured_window(p, client, prefix, window_s)
+                is_top = bool(top) and level >= top
+                trace = GovernorTrace(p) if is_top else None
+                with trace or contextlib.nullcontext():
+                    time.sleep(settle_s)
+                    r = measured_window(p, client, prefix, window_s)
+                    if is_top and late_s > 0:  # the same step again, once the controller settled
+                        time.sleep(late_s)
+                        r["early"] = r.copy()
+                        r = {**measured_window(p, client, prefix, window_s), "early": r["early"]}
+                        r["settled_s"] = settle_s + window_s + late_s
+                if trace is not None:
+                    r["governor_trace"] = trace.samples
                 r["sustained"] = ok(r)
                 runs.append(r)
                 log(f"ramp gpus={gpus} {json.dumps(r)[:400]}")
@@ -828,6 +890,7 @@ def section_ramp_1gpu(work: Path) -> dict[str, Any]:
         overrides=overrides,
         stagger_s=stagger,
         top=int(os.environ.get("VF_RAMP_TOP", "0")),
+        late_s=float(os.environ.get("VF_RAMP_LATE_S", "0")),
     )
 
 

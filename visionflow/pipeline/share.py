@@ -11,7 +11,12 @@ serve are shed *before* decode instead of being dropped after it.
 - **Capacity estimate** ``C`` (frames/s the workers can serve): overloaded (saturated, or
   more than ``tolerance`` of what was offered dropped) -> ``C = beta * min(C, served)``,
   where ``served`` is what got through; otherwise, while some stream is held below its
-  demand, ``C`` grows by ``alpha`` per interval, and at once back to ``beta`` times the best
+  demand, ``C`` grows by ``alpha`` per interval - once every ``release_after`` intervals
+  only while the streams do not use what they are given (fewer than half of them offer 85 %
+  of their target: ``C`` is not what limits them, and growing it every interval only made a
+  number, which on a GPU run reached 2.3 x what the card served, so that the next overload
+  started from there; a stream that never delivers its demand still sees its limit grow past
+  it and released) - and at once back to ``beta`` times the best
   recently served rate (``peak``, decaying slowly) -- so a transient (a worker restarting,
   engines warming up) that briefly served nothing does not leave the pipeline throttled for
   minutes; when no stream has been limited for ``release_after`` intervals the limit is
@@ -58,6 +63,10 @@ from dataclasses import dataclass
 
 #: a decoder is shared-and-behind when this share of its streams (at least two) are behind
 SHARED_DECODER_FRACTION = 0.25
+#: the capacity grows only while this share of the streams given a target use it ...
+USED_STREAMS = 0.5
+#: ... that is, offer at least this fraction of their target
+USED_TARGET = 0.85
 
 
 def shared_decoder_behind(behind: int, streams: int) -> bool:
@@ -162,6 +171,7 @@ class FairShareController:
         self.capacity: float | None = None  # None: not limiting
         self.targets: dict[str, float | None] = {}
         self._calm = 0
+        self._unused = 0  # growth steps skipped in a row because the targets went unused
         self.updated_at: float | None = None
 
     @property
@@ -214,8 +224,12 @@ class FairShareController:
             )
             if limited:
                 self._calm = 0
-                grown = self.capacity * (1 + self.alpha)
-                self.capacity = max(grown, self.beta * self.peak)
+                if self._targets_used(loads) or self._unused >= self.release_after:
+                    self._unused = 0
+                    grown = self.capacity * (1 + self.alpha)
+                    self.capacity = max(grown, self.beta * self.peak)
+                else:
+                    self._unused += 1
             else:
                 self._calm += 1
                 if self._calm >= self.release_after:
@@ -229,6 +243,18 @@ class FairShareController:
             limit = None if math.isinf(level) else max(self.floor_fps, level)
             self.targets = {s.stream_id: limit for s in loads}
         return dict(self.targets)
+
+    def _targets_used(self, loads: Sequence[StreamLoad]) -> bool:
+        """At least ``USED_STREAMS`` of the streams given a target offer ``USED_TARGET`` of
+        it or more: the capacity is what limits them, so more of it would be used.  When most
+        do not (decoders still switching modes, or unable to deliver what they are allowed),
+        a larger capacity would only be a number: it grew to 2.3 x what the card served on a
+        GPU run, so that the next overload started from there."""
+        held = [s for s in loads if s.offered_fps > 0 and self.targets.get(s.stream_id)]
+        if not held:
+            return True
+        using = sum(s.offered_fps >= USED_TARGET * (self.targets[s.stream_id] or 0.0) for s in held)
+        return using >= USED_STREAMS * len(held)
 
     def _judge_decoder_cut(self, loads: Sequence[StreamLoad]) -> None:
         """When the last decoder cut's hold is up: if the lags it was made for did not slow

@@ -291,3 +291,38 @@ def test_a_lag_that_holds_still_neither_cuts_nor_holds_a_share():
     for _ in range(60):
         c.update(still, saturated=False)
     assert not c.limiting, "a still lag must not freeze the share"
+
+
+def test_the_capacity_does_not_run_away_while_the_streams_cannot_use_it():
+    """Seen on a GPU: decoders that deliver less than their targets, with no drops and no lag
+    signal, let the capacity grow 1.2x a second to 2.3x what was served; the next overload
+    then started from there.  Streams that do not use their targets hold the capacity."""
+    demands = {f"s{i}": 30.0 for i in range(100)}
+    c = FairShareController()
+    simulate(c, demands, 1000.0, 20)  # limited: the inference capacity binds
+    before = c.capacity
+    assert before is not None and before < 1200
+    for _ in range(12):  # the decoders deliver 8 fps each, whatever they are allowed
+        loads = [StreamLoad(s, min(8.0, c.targets[s] or math.inf), 0.0, 30.0) for s in demands]
+        c.update(loads, saturated=False)
+    # every interval: 1.2 ** 12 = 8.9x; held: at most two steps of growth in 12 intervals
+    assert c.capacity is not None and c.capacity <= 1.2**2 * before * 1.01, c.capacity
+
+
+def test_streams_that_offer_nothing_do_not_stop_the_capacity_growing_for_the_others():
+    """Most streams reconnecting (offering nothing, demand still declared) must not freeze the
+    capacity: the live streams grow into what the card serves."""
+    demands = {f"s{i}": 30.0 for i in range(50)}
+    dead = {f"s{i}" for i in range(30)}
+    c = FairShareController()
+    simulate(c, demands, 300.0, 10)  # a slow phase: capacity cut low
+    served: list[float] = []
+    for _ in range(20):  # the card is faster again: 1,000 frames/s
+        offered = {
+            s: 0.0 if s in dead else min(30.0, c.targets.get(s) or math.inf) for s in demands
+        }
+        got = max_min_fair(1000.0, offered)
+        loads = [StreamLoad(s, offered[s], offered[s] - got[s], 30.0) for s in demands]
+        c.update(loads, saturated=sum(offered.values()) > 1000.0)
+        served.append(sum(got.values()))
+    assert sum(served[-5:]) / 5 >= 0.95 * 20 * 30, served[-5:]  # every live stream whole
