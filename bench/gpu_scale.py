@@ -22,8 +22,11 @@ Sections (each in its own subprocess with a time limit, ``DIR/<section>.json``):
               overload step measured after the levels whatever they gave (a lease whose
               first level already drops still gets its 2x figure), ``VF_RAMP_LATE_S``
               measures that step again this much later (the first window moves to
-              ``early``: a controller still converging vs settled); the top step also
-              records ``governor_trace``, the controller once a second
+              ``early``: a controller still converging vs settled); every step records
+              ``governor_trace``, the controller once a second, and
+              ``trace_published_fps``, the published rate over the trace after the first
+              window (the sawtooth of the controller averaged over tens of seconds; one 8 s
+              window can land on a peak or a trough of it)
   ramp_all    the same over every GPU (``workers.gpus`` unset)
   kill        every GPU, a fixed stream count; one inference worker is SIGKILLed mid-run:
               batches per worker before/after, drops by reason, ledger violations, and the
@@ -57,7 +60,6 @@ to say which component limits at the top.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
@@ -229,12 +231,12 @@ class GovernorTrace:
             try:
                 status = self.p.status()
             except Exception as e:  # a sample lost, not the run
-                self.samples.append({"t": self._age(), "error": repr(e)})
+                self.samples.append({"t": self.age(), "error": repr(e)})
                 continue
             lags = sorted(s.lag_s for s in status.streams if getattr(s, "lag_s", None) is not None)
             self.samples.append(
                 {
-                    "t": self._age(),
+                    "t": self.age(),
                     **(_governor(self.p) or {}),
                     "lag_median_s": round(lags[len(lags) // 2], 2) if lags else None,
                     "published": sum(getattr(s, "published", 0) for s in status.streams),
@@ -242,8 +244,18 @@ class GovernorTrace:
                 }
             )
 
-    def _age(self) -> float:
+    def age(self) -> float:
+        """Seconds since the trace started."""
         return round(time.monotonic() - self._t0, 1)
+
+    def published_rate(self, after: float) -> float | None:
+        """Frames published per second between the first sample at or after ``after`` s and
+        the last sample (None: fewer than two samples)."""
+        points = [(s["t"], s["published"]) for s in self.samples if "published" in s]
+        points = [pt for pt in points if pt[0] >= after]
+        if len(points) < 2 or points[-1][0] <= points[0][0]:
+            return None
+        return round((points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0]), 1)
 
 
 def _modes(streams: Any) -> dict[str, int]:
@@ -398,17 +410,15 @@ def ramp(
                     if stagger_s > 0:
                         time.sleep(stagger_s / (level - have))
                 is_top = bool(top) and level >= top
-                trace = GovernorTrace(p) if is_top else None
-                with trace or contextlib.nullcontext():
+                with GovernorTrace(p) as trace:  # every step alike: the same load on each
                     time.sleep(settle_s)
-                    r = measured_window(p, client, prefix, window_s)
+                    r = _timed_window(p, client, prefix, window_s, trace)
                     if is_top and late_s > 0:  # the same step again, once the controller settled
                         time.sleep(late_s)
-                        r["early"] = r.copy()
-                        r = {**measured_window(p, client, prefix, window_s), "early": r["early"]}
-                        r["settled_s"] = settle_s + window_s + late_s
-                if trace is not None:
-                    r["governor_trace"] = trace.samples
+                        early = r
+                        r = {**_timed_window(p, client, prefix, window_s, trace), "early": early}
+                r["governor_trace"] = trace.samples
+                r["trace_published_fps"] = trace.published_rate(after=r.get("early", r)["ended_s"])
                 r["sustained"] = ok(r)
                 runs.append(r)
                 log(f"ramp gpus={gpus} {json.dumps(r)[:400]}")
@@ -441,8 +451,20 @@ def ramp(
             "vs_peak": round(top.get("published_fps", 0) / peak, 3) if peak else None,
             "p99_ms": top.get("p99_ms"),
             "slowest_stream_fps": top.get("min_stream_window_fps"),
+            # the published rate over the whole trace after the first window (tens of
+            # seconds: the controller's sawtooth averaged out), against the same of the peak
+            "trace_published_fps": top.get("trace_published_fps"),
         },
     }
+
+
+def _timed_window(
+    p: Any, client: Any, prefix: str, seconds: float, trace: GovernorTrace
+) -> dict[str, Any]:
+    """:func:`measured_window`, with when it started and ended on the trace's clock."""
+    started = trace.age()
+    r = measured_window(p, client, prefix, seconds)
+    return {**r, "started_s": started, "ended_s": trace.age()}
 
 
 def section_engine(work: Path) -> dict[str, Any]:

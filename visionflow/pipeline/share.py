@@ -11,12 +11,13 @@ serve are shed *before* decode instead of being dropped after it.
 - **Capacity estimate** ``C`` (frames/s the workers can serve): overloaded (saturated, or
   more than ``tolerance`` of what was offered dropped) -> ``C = beta * min(C, served)``,
   where ``served`` is what got through; otherwise, while some stream is held below its
-  demand, ``C`` grows by ``alpha`` per interval - once every ``release_after`` intervals
-  only while the streams do not use what they are given (fewer than half of them offer 85 %
-  of their target: ``C`` is not what limits them, and growing it every interval only made a
-  number, which on a GPU run reached 2.3 x what the card served, so that the next overload
-  started from there; a stream that never delivers its demand still sees its limit grow past
-  it and released) - and at once back to ``beta`` times the best
+  demand, ``C`` grows by ``alpha`` per interval - only once every ``release_after`` intervals
+  while those streams do not use what they are given (fewer than half of the held streams
+  that offer anything offer 85 % of their target, or none offers anything: ``C`` is not what
+  limits them, and growing it every interval only made a number, which on a GPU run reached
+  2.3 x what the card served, so that the next overload started from there; a stream that
+  never delivers its demand still sees its limit grow past it and released) - and, whenever
+  a stream is held, at once back to ``beta`` times the best
   recently served rate (``peak``, decaying slowly) -- so a transient (a worker restarting,
   engines warming up) that briefly served nothing does not leave the pipeline throttled for
   minutes; when no stream has been limited for ``release_after`` intervals the limit is
@@ -63,7 +64,7 @@ from dataclasses import dataclass
 
 #: a decoder is shared-and-behind when this share of its streams (at least two) are behind
 SHARED_DECODER_FRACTION = 0.25
-#: the capacity grows only while this share of the streams given a target use it ...
+#: the capacity grows every interval only while this share of the held streams use it ...
 USED_STREAMS = 0.5
 #: ... that is, offer at least this fraction of their target
 USED_TARGET = 0.85
@@ -210,7 +211,7 @@ class FairShareController:
         if overloaded:
             base = served if self.capacity is None else min(self.capacity, served)
             self.capacity = max(floor_total, self.beta * base)
-            self._calm = 0
+            self._calm = self._unused = 0
         elif self.capacity is not None and (
             catching_up or decoder_behind or self._probe is not None
         ):
@@ -218,22 +219,22 @@ class FairShareController:
             # being worked off: no more load yet
             self._calm = 0
         elif self.capacity is not None:
-            limited = any(
-                demands[s.stream_id] > (self.targets.get(s.stream_id) or math.inf) * 1.05
+            held = [
+                s
                 for s in loads
-            )
-            if limited:
+                if demands[s.stream_id] > (self.targets.get(s.stream_id) or math.inf) * 1.05
+            ]
+            if held:
                 self._calm = 0
-                if self._targets_used(loads) or self._unused >= self.release_after:
+                self._unused = 0 if self._targets_used(held) else self._unused + 1
+                if self._unused in (0, self.release_after):
                     self._unused = 0
-                    grown = self.capacity * (1 + self.alpha)
-                    self.capacity = max(grown, self.beta * self.peak)
-                else:
-                    self._unused += 1
+                    self.capacity *= 1 + self.alpha
+                self.capacity = max(self.capacity, self.beta * self.peak)
             else:
                 self._calm += 1
                 if self._calm >= self.release_after:
-                    self.capacity = None
+                    self.capacity, self._unused = None, 0
         if self.capacity is None:
             self.decoder_limited = False
             self.targets = {s.stream_id: None for s in loads}
@@ -244,17 +245,18 @@ class FairShareController:
             self.targets = {s.stream_id: limit for s in loads}
         return dict(self.targets)
 
-    def _targets_used(self, loads: Sequence[StreamLoad]) -> bool:
-        """At least ``USED_STREAMS`` of the streams given a target offer ``USED_TARGET`` of
-        it or more: the capacity is what limits them, so more of it would be used.  When most
-        do not (decoders still switching modes, or unable to deliver what they are allowed),
-        a larger capacity would only be a number: it grew to 2.3 x what the card served on a
-        GPU run, so that the next overload started from there."""
-        held = [s for s in loads if s.offered_fps > 0 and self.targets.get(s.stream_id)]
-        if not held:
-            return True
-        using = sum(s.offered_fps >= USED_TARGET * (self.targets[s.stream_id] or 0.0) for s in held)
-        return using >= USED_STREAMS * len(held)
+    def _targets_used(self, held: Sequence[StreamLoad]) -> bool:
+        """Of the streams held below their demand that offer anything, at least
+        ``USED_STREAMS`` offer ``USED_TARGET`` of their target or more: the capacity is what
+        limits them, so more of it would be used.  When most do not (decoders still switching
+        modes, or unable to deliver what they are allowed), or none offers anything (a stall),
+        a larger capacity would only be a number: growing it every interval took it to 2.3 x
+        what the card served on a GPU run, so that the next overload started from there."""
+        offering = [s for s in held if s.offered_fps > 0]
+        using = sum(
+            s.offered_fps >= USED_TARGET * (self.targets.get(s.stream_id) or 0.0) for s in offering
+        )
+        return bool(offering) and using >= USED_STREAMS * len(offering)
 
     def _judge_decoder_cut(self, loads: Sequence[StreamLoad]) -> None:
         """When the last decoder cut's hold is up: if the lags it was made for did not slow

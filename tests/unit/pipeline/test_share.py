@@ -296,17 +296,49 @@ def test_a_lag_that_holds_still_neither_cuts_nor_holds_a_share():
 def test_the_capacity_does_not_run_away_while_the_streams_cannot_use_it():
     """Seen on a GPU: decoders that deliver less than their targets, with no drops and no lag
     signal, let the capacity grow 1.2x a second to 2.3x what was served; the next overload
-    then started from there.  Streams that do not use their targets hold the capacity."""
+    then started from there.  Streams that do not use their targets hold the capacity (it
+    grows once every release_after intervals, so a limit nobody uses is still released)."""
     demands = {f"s{i}": 30.0 for i in range(100)}
-    c = FairShareController()
+    c = FairShareController(release_after=5)
     simulate(c, demands, 1000.0, 20)  # limited: the inference capacity binds
     before = c.capacity
     assert before is not None and before < 1200
+    seen = []
     for _ in range(12):  # the decoders deliver 8 fps each, whatever they are allowed
         loads = [StreamLoad(s, min(8.0, c.targets[s] or math.inf), 0.0, 30.0) for s in demands]
         c.update(loads, saturated=False)
-    # every interval: 1.2 ** 12 = 8.9x; held: at most two steps of growth in 12 intervals
-    assert c.capacity is not None and c.capacity <= 1.2**2 * before * 1.01, c.capacity
+        seen.append(c.capacity)
+    # every interval: 1.2 ** 12 = 8.9x (the old rule: 2.6x, then released); held: two steps
+    assert all(x is not None for x in seen), "released while the streams were still held"
+    assert max(x or 0.0 for x in seen) <= 1.2**2 * before * 1.01, seen
+    for _ in range(60):
+        loads = [StreamLoad(s, min(8.0, c.targets[s] or math.inf), 0.0, 30.0) for s in demands]
+        c.update(loads, saturated=False)
+    assert not c.limiting, "a limit no stream uses is released in the end"
+
+
+def test_a_stall_that_offers_nothing_does_not_grow_the_capacity():
+    """Nothing offered and nothing dropped (every reader stalled): no evidence of room."""
+    demands = {f"s{i}": 30.0 for i in range(50)}
+    c = FairShareController(release_after=5)
+    simulate(c, demands, 600.0, 20)
+    before = c.capacity
+    assert before is not None
+    for _ in range(4):
+        c.update([StreamLoad(s, 0.0, 0.0, 30.0) for s in demands], saturated=False)
+    assert c.capacity is not None and c.capacity <= before * 1.01, (before, c.capacity)
+
+
+def test_streams_asking_little_do_not_slow_the_growth_for_the_others():
+    """Streams whose demand is below the water level offer their demand, not their target:
+    they are not held, so they must not count as not using it (a review found the capacity
+    taking 36 steps instead of 5 to grow back with 60 of 100 streams at 5 fps)."""
+    demands = {**{f"low{i}": 5.0 for i in range(60)}, **{f"hi{i}": 30.0 for i in range(40)}}
+    c = FairShareController()
+    simulate(c, demands, 1000.0, 60)  # overloaded: 1,500 asked
+    simulate(c, demands, 300.0, 20)  # the card slower for a while (another tenant)
+    log = simulate(c, demands, 1600.0, 8)  # fast again: all 1,500 asked fit
+    assert sum(log[-1].values()) >= 0.95 * 1500, [round(sum(x.values())) for x in log]
 
 
 def test_streams_that_offer_nothing_do_not_stop_the_capacity_growing_for_the_others():
