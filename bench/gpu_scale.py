@@ -248,11 +248,11 @@ class GovernorTrace:
         """Seconds since the trace started."""
         return round(time.monotonic() - self._t0, 1)
 
-    def published_rate(self, after: float) -> float | None:
+    def published_rate(self, after: float, until: float | None = None) -> float | None:
         """Frames published per second between the first sample at or after ``after`` s and
-        the last sample (None: fewer than two samples)."""
+        the last one at or before ``until`` (None: the last; None back: fewer than two)."""
         points = [(s["t"], s["published"]) for s in self.samples if "published" in s]
-        points = [pt for pt in points if pt[0] >= after]
+        points = [pt for pt in points if pt[0] >= after and (until is None or pt[0] <= until)]
         if len(points) < 2 or points[-1][0] <= points[0][0]:
             return None
         return round((points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0]), 1)
@@ -418,7 +418,12 @@ def ramp(
                         early = r
                         r = {**_timed_window(p, client, prefix, window_s, trace), "early": early}
                 r["governor_trace"] = trace.samples
-                r["trace_published_fps"] = trace.published_rate(after=r.get("early", r)["ended_s"])
+                # after the first window when there is a later one, else over the window itself
+                if "early" in r:
+                    rate = trace.published_rate(r["early"]["ended_s"])
+                else:
+                    rate = trace.published_rate(r["started_s"], r["ended_s"])
+                r["trace_published_fps"] = rate
                 r["sustained"] = ok(r)
                 runs.append(r)
                 log(f"ramp gpus={gpus} {json.dumps(r)[:400]}")

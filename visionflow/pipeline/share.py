@@ -16,12 +16,14 @@ serve are shed *before* decode instead of being dropped after it.
   that offer anything offer 85 % of their target, or none offers anything: ``C`` is not what
   limits them, and growing it every interval only made a number, which on a GPU run reached
   2.3 x what the card served, so that the next overload started from there; a stream that
-  never delivers its demand still sees its limit grow past it and released) - and, whenever
-  a stream is held, at once back to ``beta`` times the best
+  never delivers its demand still sees its limit grow past it and released; while none
+  offers anything, a stall, ``C`` holds) - and, whenever a stream is held, at once back to
+  ``beta`` times the best
   recently served rate (``peak``, decaying slowly) -- so a transient (a worker restarting,
   engines warming up) that briefly served nothing does not leave the pipeline throttled for
-  minutes; when no stream has been limited for ``release_after`` intervals the limit is
-  released (``None`` everywhere).
+  minutes (an overload within two intervals of such a jump means the card is slower now:
+  ``peak`` becomes what was served, so the jumps stop); when no stream has been limited for
+  ``release_after`` intervals the limit is released (``None`` everywhere).
 - **Max-min fair split** of ``C``: streams that ask for less than an equal share keep what
   they ask; the rest split what is left equally (round-robin by stream, like the batcher).
   Every stream's target is the water level ``L`` (``sum(min(demand, L)) == C``), so a
@@ -173,6 +175,7 @@ class FairShareController:
         self.targets: dict[str, float | None] = {}
         self._calm = 0
         self._unused = 0  # growth steps skipped in a row because the targets went unused
+        self._jumped = 0  # intervals left in which an overload shows the peak is stale
         self.updated_at: float | None = None
 
     @property
@@ -208,7 +211,10 @@ class FairShareController:
         overloaded = inference_over or decoder_over
         demands = {s.stream_id: self._demand(s) for s in loads}
         floor_total = self.floor_fps * len(loads)
+        self._jumped = max(0, self._jumped - 1)
         if overloaded:
+            if self._jumped:  # overloaded right after a jump back: the peak is not the card's
+                self.peak, self._jumped = served, 0
             base = served if self.capacity is None else min(self.capacity, served)
             self.capacity = max(floor_total, self.beta * base)
             self._calm = self._unused = 0
@@ -217,7 +223,7 @@ class FairShareController:
         ):
             # a decoder cut still reaching the streams (held until judged), or the backlog
             # being worked off: no more load yet
-            self._calm = 0
+            self._calm = self._unused = 0
         elif self.capacity is not None:
             held = [
                 s
@@ -226,11 +232,7 @@ class FairShareController:
             ]
             if held:
                 self._calm = 0
-                self._unused = 0 if self._targets_used(held) else self._unused + 1
-                if self._unused in (0, self.release_after):
-                    self._unused = 0
-                    self.capacity *= 1 + self.alpha
-                self.capacity = max(self.capacity, self.beta * self.peak)
+                self._grow(held)
             else:
                 self._calm += 1
                 if self._calm >= self.release_after:
@@ -245,18 +247,35 @@ class FairShareController:
             self.targets = {s.stream_id: limit for s in loads}
         return dict(self.targets)
 
+    def _grow(self, held: Sequence[StreamLoad]) -> None:
+        """Some streams are held below their demand and nothing is overloaded: grow ``C`` by
+        ``alpha`` - every interval while they use their targets, else once every
+        ``release_after`` intervals - and bring it back to ``beta * peak`` at once if it is
+        below (recovery from a transient).  A stall (no held stream offers anything) is no
+        evidence either way: ``C`` holds."""
+        assert self.capacity is not None
+        if not any(s.offered_fps > 0 for s in held):
+            return
+        self._unused = 0 if self._targets_used(held) else self._unused + 1
+        if self._unused in (0, self.release_after):
+            self._unused = 0
+            self.capacity *= 1 + self.alpha
+        if self.capacity < self.beta * self.peak:
+            self.capacity = self.beta * self.peak
+            self._jumped = 2  # an overload in the next two intervals: the peak was stale
+
     def _targets_used(self, held: Sequence[StreamLoad]) -> bool:
         """Of the streams held below their demand that offer anything, at least
         ``USED_STREAMS`` offer ``USED_TARGET`` of their target or more: the capacity is what
         limits them, so more of it would be used.  When most do not (decoders still switching
-        modes, or unable to deliver what they are allowed), or none offers anything (a stall),
-        a larger capacity would only be a number: growing it every interval took it to 2.3 x
-        what the card served on a GPU run, so that the next overload started from there."""
+        modes, or unable to deliver what they are allowed), a larger capacity would only be a
+        number: growing it every interval took it to 2.3 x what the card served on a GPU run,
+        so that the next overload started from there."""
         offering = [s for s in held if s.offered_fps > 0]
         using = sum(
             s.offered_fps >= USED_TARGET * (self.targets.get(s.stream_id) or 0.0) for s in offering
         )
-        return bool(offering) and using >= USED_STREAMS * len(offering)
+        return using >= USED_STREAMS * len(offering)
 
     def _judge_decoder_cut(self, loads: Sequence[StreamLoad]) -> None:
         """When the last decoder cut's hold is up: if the lags it was made for did not slow

@@ -20,7 +20,7 @@ def simulate(
 ) -> list[dict[str, float]]:
     """Each step: streams offer min(demand, target); inference serves ``capacity`` frames/s
     round-robin by stream (max-min fair); the excess is dropped as inference_behind."""
-    targets: dict[str, float | None] = {}
+    targets: dict[str, float | None] = dict(controller.targets)  # a phase goes on from the last
     served_log = []
     for _ in range(steps):
         offered = {s: min(d, targets.get(s) or math.inf) for s, d in demands.items()}
@@ -102,7 +102,8 @@ def test_a_warm_up_that_served_nothing_does_not_leave_the_pipeline_throttled():
     demands = {f"s{i}": 30.0 for i in range(32)}
     controller = FairShareController()
     simulate(controller, demands, 0.0, 3)  # nothing served while the engine loads
-    log = simulate(controller, demands, 600.0, 25)
+    # from the floor (0.2 fps a stream) at 20 % an interval: 6.4 -> 600 in 25 intervals
+    log = simulate(controller, demands, 600.0, 30)
     assert sum(log[-1].values()) >= 0.85 * 600, sum(log[-1].values())
 
 
@@ -318,15 +319,32 @@ def test_the_capacity_does_not_run_away_while_the_streams_cannot_use_it():
 
 
 def test_a_stall_that_offers_nothing_does_not_grow_the_capacity():
-    """Nothing offered and nothing dropped (every reader stalled): no evidence of room."""
+    """Nothing offered and nothing dropped (every reader stalled): no evidence of room, so
+    the capacity holds however long it lasts (not once every release_after intervals), and
+    the limit is still there when the streams come back."""
     demands = {f"s{i}": 30.0 for i in range(50)}
     c = FairShareController(release_after=5)
     simulate(c, demands, 600.0, 20)
     before = c.capacity
     assert before is not None
-    for _ in range(4):
+    for _ in range(30):
         c.update([StreamLoad(s, 0.0, 0.0, 30.0) for s in demands], saturated=False)
-    assert c.capacity is not None and c.capacity <= before * 1.01, (before, c.capacity)
+        assert c.capacity is not None and c.capacity <= before * 1.01, (before, c.capacity)
+
+
+def test_a_card_that_got_slower_is_not_jumped_back_to_its_old_peak():
+    """The jump back to beta * peak is for transients; when the card is slower for good (a
+    review: 270 <-> 847 for ~80 intervals), an overload right after the jump shows the peak
+    is stale, and the capacity settles near what the card serves now."""
+    demands = {f"s{i}": 30.0 for i in range(50)}
+    c = FairShareController()
+    simulate(c, demands, 1000.0, 30)
+    simulate(c, demands, 300.0, 10)  # another tenant took 70 % of the card
+    capacities = []
+    for _ in range(20):
+        simulate(c, demands, 300.0, 1)
+        capacities.append(c.capacity or 0.0)
+    assert max(capacities) <= 1.5 * 300, [round(x) for x in capacities]
 
 
 def test_streams_asking_little_do_not_slow_the_growth_for_the_others():
@@ -337,7 +355,9 @@ def test_streams_asking_little_do_not_slow_the_growth_for_the_others():
     c = FairShareController()
     simulate(c, demands, 1000.0, 60)  # overloaded: 1,500 asked
     simulate(c, demands, 300.0, 20)  # the card slower for a while (another tenant)
-    log = simulate(c, demands, 1600.0, 8)  # fast again: all 1,500 asked fit
+    # fast again: all 1,500 asked fit; from the slow phase's ~270 at 20 % an interval: 10
+    # intervals (the 60 streams at 5 fps counted as not using their target: ~45)
+    log = simulate(c, demands, 1600.0, 12)
     assert sum(log[-1].values()) >= 0.95 * 1500, [round(sum(x.values())) for x in log]
 
 
