@@ -29,6 +29,13 @@ Sections (one run, one JSON under ``bench/results/tracking-<date>.json``):
   with recovery by position on, with that and re-identification at the edge on, and with
   re-identification by appearance on (with and without its gate on the IoU matching, and
   with the edge re-identification on as well).
+- ``failures``: where identities are lost, per scene, with re-identification by appearance
+  on (``appearance_s`` 3, the truth section's processor): each truth object (at least half
+  visible) is matched per frame to a tracked box (IoU >= 0.5, greedy by IoU), its frames
+  split into visits (a gap of more than 2 frames); counted are the returns that kept the id
+  of the visit before, returns that got another id, returns or visits with no tracked box,
+  and, inside a visit, switches to an id never seen before (a track broken into a new one)
+  or to one first seen on another object (a swap).
 - ``output_stage``: the output stage in-process (32 streams, batches of 32 results, a counting
   sink), µs per result with no processor (the stage before tracking), with the tracking
   processor but every stream untracked (the default), with every stream tracked, and with
@@ -46,6 +53,7 @@ Sections (one run, one JSON under ``bench/results/tracking-<date>.json``):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import pickle
@@ -449,6 +457,86 @@ def truth_rows(
     return rows
 
 
+# ---- where identities are lost -----------------------------------------------------------------
+VISIT_GAP = 2  # frames without the object that end a visit
+
+
+def matched_ids(frames: list[Any]) -> dict[int, list[tuple[int, int | None]]]:
+    """Per truth object at least half visible, per frame it is in: the track id of the tracked
+    box matched to it (IoU >= 0.5, greedy by IoU, one box per object) or None."""
+    from collections import defaultdict
+
+    from visionflow.tracking.bytetrack import iou_matrix
+
+    out: dict[int, list[tuple[int, int | None]]] = defaultdict(list)
+    for index, (truth, preds) in enumerate(frames):
+        seen = [t for t in truth if not t.ignorable]
+        if not seen:
+            continue
+        ious = np.zeros((len(seen), len(preds)))
+        if preds:
+            t_boxes = np.array([[t.x1, t.y1, t.x2, t.y2] for t in seen])
+            ious = iou_matrix(t_boxes, np.array([p.box for p in preds]))
+        taken: set[int] = set()
+        for i in np.argsort(-ious.max(axis=1)) if preds else range(len(seen)):
+            j = int(np.argmax(ious[i])) if preds else -1
+            hit = j >= 0 and ious[i, j] >= 0.5 and j not in taken
+            taken.update([j] if hit else [])
+            out[seen[int(i)].object_id].append((index, preds[j].track_id if hit else None))
+    return out
+
+
+def identity_failures(per_object: dict[int, list[tuple[int, int | None]]]) -> dict[str, int]:
+    """Returns kept / given another id / not tracked, and switches inside a visit to a new id,
+    back to an id the object had before, or to an id first seen on another object (see the
+    ``failures`` section)."""
+    first_seen: dict[int, tuple[int, int]] = {}  # track id -> (frame, truth object)
+    for obj, seq in per_object.items():
+        for index, tid in seq:
+            if tid is not None and (tid not in first_seen or index < first_seen[tid][0]):
+                first_seen[tid] = (index, obj)
+    keys = ("return_kept", "return_other_id", "untracked_visit", "switch_new")
+    out = dict.fromkeys((*keys, "switch_back", "switch_other"), 0)
+    for obj, seq in per_object.items():
+        visits: list[list[tuple[int, int | None]]] = [[]]
+        for item in seq:
+            if visits[-1] and item[0] - visits[-1][-1][0] > VISIT_GAP:
+                visits.append([])
+            visits[-1].append(item)
+        for before, after in itertools.pairwise(_main_id(v) for v in visits):
+            if before is None or after is None:
+                out["untracked_visit"] += 1
+            else:
+                out["return_kept" if before == after else "return_other_id"] += 1
+        for visit in visits:
+            tracked = [(index, tid) for index, tid in visit if tid is not None]
+            for (_, prev), (index, tid) in itertools.pairwise(tracked):
+                if tid != prev:
+                    out[_switch_kind(first_seen[tid], index, obj)] += 1
+    return out
+
+
+def _switch_kind(first: tuple[int, int], index: int, obj: int) -> str:
+    """A switch at frame ``index`` of object ``obj`` to an id first seen ``first``."""
+    if first[1] != obj:
+        return "switch_other"
+    return "switch_new" if first[0] == index else "switch_back"
+
+
+def _main_id(visit: list[tuple[int, int | None]]) -> int | None:
+    """The track id most of a visit's frames got (None: never tracked)."""
+    ids = [tid for _, tid in visit if tid is not None]
+    return max(set(ids), key=ids.count) if ids else None
+
+
+def failures(seconds: float, fps: int, seeds: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    rows = []
+    for kind, seed in seeds:
+        frames, _ = processed(detections(kind, seed, seconds, fps), fps, {"appearance_s": 3.0})
+        rows.append({"scene": kind, "seed": seed, **identity_failures(matched_ids(frames))})
+    return rows
+
+
 # ---- the output stage --------------------------------------------------------------------------
 def output_stage(per_frame: int, seconds: float = 3.0) -> list[dict[str, Any]]:
     from visionflow.pipeline.frames import BatchResult, Detection, FrameRef, FrameResult
@@ -641,6 +729,9 @@ def main() -> None:
         columns = ["scene", "seed", "video", "tracker", "idf1", "mota", "id_switches"]
         columns += ["count_diff", "truth_counts", "count_diff_test_keys", "truth_counts_test_keys"]
         print(table(result["truth"], columns))
+    if "failures" not in skip:
+        result["failures"] = failures(args.seconds, args.fps, seeds)
+        print(table(result["failures"], list(result["failures"][0])))
     if "output_stage" not in skip:
         result["output_stage"] = output_stage(0) + output_stage(5)
         print(table(result["output_stage"], list(result["output_stage"][0])))
