@@ -21,9 +21,10 @@ serve are shed *before* decode instead of being dropped after it.
   ``beta`` times the best
   recently served rate (``peak``, decaying slowly) -- so a transient (a worker restarting,
   engines warming up) that briefly served nothing does not leave the pipeline throttled for
-  minutes (an overload within two intervals of such a jump means the card is slower now:
-  ``peak`` becomes what was served, so the jumps stop); when no stream has been limited for
-  ``release_after`` intervals the limit is released (``None`` everywhere).
+  minutes (a known cost: a card that got slower for good is jumped back towards its old rate
+  after each cut until ``peak`` has decayed, about 55 intervals, each jump an overload
+  dropped after decode); when no stream has been limited for ``release_after`` intervals the
+  limit is released (``None`` everywhere).
 - **Max-min fair split** of ``C``: streams that ask for less than an equal share keep what
   they ask; the rest split what is left equally (round-robin by stream, like the batcher).
   Every stream's target is the water level ``L`` (``sum(min(demand, L)) == C``), so a
@@ -175,7 +176,6 @@ class FairShareController:
         self.targets: dict[str, float | None] = {}
         self._calm = 0
         self._unused = 0  # growth steps skipped in a row because the targets went unused
-        self._jumped = 0  # intervals left in which an overload shows the peak is stale
         self.updated_at: float | None = None
 
     @property
@@ -211,10 +211,7 @@ class FairShareController:
         overloaded = inference_over or decoder_over
         demands = {s.stream_id: self._demand(s) for s in loads}
         floor_total = self.floor_fps * len(loads)
-        self._jumped = max(0, self._jumped - 1)
         if overloaded:
-            if self._jumped:  # overloaded right after a jump back: the peak is not the card's
-                self.peak, self._jumped = served, 0
             base = served if self.capacity is None else min(self.capacity, served)
             self.capacity = max(floor_total, self.beta * base)
             self._calm = self._unused = 0
@@ -223,7 +220,7 @@ class FairShareController:
         ):
             # a decoder cut still reaching the streams (held until judged), or the backlog
             # being worked off: no more load yet
-            self._calm = self._unused = 0
+            self._calm = 0
         elif self.capacity is not None:
             held = [
                 s
@@ -260,9 +257,7 @@ class FairShareController:
         if self._unused in (0, self.release_after):
             self._unused = 0
             self.capacity *= 1 + self.alpha
-        if self.capacity < self.beta * self.peak:
-            self.capacity = self.beta * self.peak
-            self._jumped = 2  # an overload in the next two intervals: the peak was stale
+        self.capacity = max(self.capacity, self.beta * self.peak)
 
     def _targets_used(self, held: Sequence[StreamLoad]) -> bool:
         """Of the streams held below their demand that offer anything, at least

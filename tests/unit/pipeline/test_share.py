@@ -332,21 +332,6 @@ def test_a_stall_that_offers_nothing_does_not_grow_the_capacity():
         assert c.capacity is not None and c.capacity <= before * 1.01, (before, c.capacity)
 
 
-def test_a_card_that_got_slower_is_not_jumped_back_to_its_old_peak():
-    """The jump back to beta * peak is for transients; when the card is slower for good (a
-    review: 270 <-> 847 for ~80 intervals), an overload right after the jump shows the peak
-    is stale, and the capacity settles near what the card serves now."""
-    demands = {f"s{i}": 30.0 for i in range(50)}
-    c = FairShareController()
-    simulate(c, demands, 1000.0, 30)
-    simulate(c, demands, 300.0, 10)  # another tenant took 70 % of the card
-    capacities = []
-    for _ in range(20):
-        simulate(c, demands, 300.0, 1)
-        capacities.append(c.capacity or 0.0)
-    assert max(capacities) <= 1.5 * 300, [round(x) for x in capacities]
-
-
 def test_streams_asking_little_do_not_slow_the_growth_for_the_others():
     """Streams whose demand is below the water level offer their demand, not their target:
     they are not held, so they must not count as not using it (a review found the capacity
@@ -355,9 +340,9 @@ def test_streams_asking_little_do_not_slow_the_growth_for_the_others():
     c = FairShareController()
     simulate(c, demands, 1000.0, 60)  # overloaded: 1,500 asked
     simulate(c, demands, 300.0, 20)  # the card slower for a while (another tenant)
-    # fast again: all 1,500 asked fit; from the slow phase's ~270 at 20 % an interval: 10
-    # intervals (the 60 streams at 5 fps counted as not using their target: ~45)
-    log = simulate(c, demands, 1600.0, 12)
+    # fast again: all 1,500 asked fit (the 60 streams at 5 fps counted as not using their
+    # target: growth once every 5 intervals, ~45 to get there)
+    log = simulate(c, demands, 1600.0, 8)
     assert sum(log[-1].values()) >= 0.95 * 1500, [round(sum(x.values())) for x in log]
 
 
