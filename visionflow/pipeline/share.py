@@ -17,8 +17,8 @@ serve are shed *before* decode instead of being dropped after it.
   limits them, and growing it every interval only made a number, which on a GPU run reached
   2.3 x what the card served, so that the next overload started from there; a stream that
   never delivers its demand still sees its limit grow past it and released; while none
-  offers anything, a stall, ``C`` holds) - and, whenever a stream is held, at once back to
-  ``beta`` times the best
+  offers anything, a stall, ``C`` holds) - and, whenever a stream is held and something is
+  offered, at once back to ``beta`` times the best
   recently served rate (``peak``, decaying slowly) -- so a transient (a worker restarting,
   engines warming up) that briefly served nothing does not leave the pipeline throttled for
   minutes (a known cost: a card that got slower for good is jumped back towards its old rate
