@@ -32,10 +32,11 @@ Sections (one run, one JSON under ``bench/results/tracking-<date>.json``):
 - ``failures``: where identities are lost, per scene, with re-identification by appearance
   on (``appearance_s`` 3, the truth section's processor): each truth object (at least half
   visible) is matched per frame to a tracked box (IoU >= 0.5, greedy by IoU), its frames
-  split into visits (a gap of more than 2 frames); counted are the returns that kept the id
-  of the visit before, returns that got another id, returns or visits with no tracked box,
-  and, inside a visit, switches to an id never seen before (a track broken into a new one)
-  or to one first seen on another object (a swap).
+  split into visits (more than 2 frames missing); counted are the visits with no tracked box,
+  the returns (between two tracked visits, each judged by the id most of its frames got)
+  that kept the id or got another, and, inside a visit, switches to an id first matched there
+  (``switch_new``: a track broken into a new one), back to an id the object had before
+  (``switch_back``), or to one first matched on another object (``switch_other``: a swap).
 - ``output_stage``: the output stage in-process (32 streams, batches of 32 results, a counting
   sink), µs per result with no processor (the stage before tracking), with the tracking
   processor but every stream untracked (the default), with every stream tracked, and with
@@ -458,7 +459,7 @@ def truth_rows(
 
 
 # ---- where identities are lost -----------------------------------------------------------------
-VISIT_GAP = 2  # frames without the object that end a visit
+VISIT_GAP = 2  # more frames than this without the object end a visit
 
 
 def matched_ids(frames: list[Any]) -> dict[int, list[tuple[int, int | None]]]:
@@ -487,9 +488,10 @@ def matched_ids(frames: list[Any]) -> dict[int, list[tuple[int, int | None]]]:
 
 
 def identity_failures(per_object: dict[int, list[tuple[int, int | None]]]) -> dict[str, int]:
-    """Returns kept / given another id / not tracked, and switches inside a visit to a new id,
-    back to an id the object had before, or to an id first seen on another object (see the
-    ``failures`` section)."""
+    """Visits never tracked; returns (between two tracked visits, each judged by the id most
+    of its frames got) that kept the id or got another; and switches inside a visit to an id
+    first matched there (``switch_new``), back to an id the object had before, or to an id
+    first matched on another object (see the ``failures`` section)."""
     first_seen: dict[int, tuple[int, int]] = {}  # track id -> (frame, truth object)
     for obj, seq in per_object.items():
         for index, tid in seq:
@@ -499,15 +501,15 @@ def identity_failures(per_object: dict[int, list[tuple[int, int | None]]]) -> di
     out = dict.fromkeys((*keys, "switch_back", "switch_other"), 0)
     for obj, seq in per_object.items():
         visits: list[list[tuple[int, int | None]]] = [[]]
-        for item in seq:
-            if visits[-1] and item[0] - visits[-1][-1][0] > VISIT_GAP:
+        for item in seq:  # more than VISIT_GAP frames missing: a new visit
+            if visits[-1] and item[0] - visits[-1][-1][0] - 1 > VISIT_GAP:
                 visits.append([])
             visits[-1].append(item)
-        for before, after in itertools.pairwise(_main_id(v) for v in visits):
-            if before is None or after is None:
-                out["untracked_visit"] += 1
-            else:
-                out["return_kept" if before == after else "return_other_id"] += 1
+        ids = [_main_id(v) for v in visits]
+        out["untracked_visit"] += ids.count(None)
+        tracked = [tid for tid in ids if tid is not None]  # a return: between tracked visits
+        for before, after in itertools.pairwise(tracked):
+            out["return_kept" if before == after else "return_other_id"] += 1
         for visit in visits:
             tracked = [(index, tid) for index, tid in visit if tid is not None]
             for (_, prev), (index, tid) in itertools.pairwise(tracked):
