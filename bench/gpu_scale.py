@@ -233,12 +233,14 @@ class GovernorTrace:
             except Exception as e:  # a sample lost, not the run
                 self.samples.append({"t": self.age(), "error": repr(e)})
                 continue
-            lags = sorted(s.lag_s for s in status.streams if getattr(s, "lag_s", None) is not None)
+            lags = spread(
+                [s.lag_s for s in status.streams if getattr(s, "lag_s", None) is not None]
+            )
             self.samples.append(
                 {
                     "t": self.age(),
                     **(_governor(self.p) or {}),
-                    "lag_median_s": round(lags[len(lags) // 2], 2) if lags else None,
+                    "lag_median_s": lags["median"] if lags else None,
                     "published": sum(getattr(s, "published", 0) for s in status.streams),
                     "modes": _modes(status.streams),
                 }
@@ -267,15 +269,17 @@ def _modes(streams: Any) -> dict[str, int]:
     return modes
 
 
+def spread(values: list[float]) -> dict[str, float] | None:
+    """Min, median and max of ``values`` (None: none)."""
+    if not values:
+        return None
+    v = sorted(values)
+    return {"min": round(v[0], 2), "median": round(v[len(v) // 2], 2), "max": round(v[-1], 2)}
+
+
 def _shedding(streams: Any) -> dict[str, Any]:
     """What the streams' shedding policies see at the window's end: the fair share (target
     fps: None = no limit), the source rate measured from packets, and frames not analysed."""
-
-    def spread(values: list[float]) -> dict[str, float] | None:
-        if not values:
-            return None
-        v = sorted(values)
-        return {"min": round(v[0], 2), "median": round(v[len(v) // 2], 2), "max": round(v[-1], 2)}
 
     targets = [s.target_fps for s in streams if getattr(s, "target_fps", None) is not None]
     sources = [s.source_fps for s in streams if getattr(s, "source_fps", None) is not None]

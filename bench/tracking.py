@@ -474,15 +474,18 @@ def matched_ids(frames: list[Any]) -> dict[int, list[tuple[int, int | None]]]:
         seen = [t for t in truth if not t.ignorable]
         if not seen:
             continue
-        ious = np.zeros((len(seen), len(preds)))
-        if preds:
-            t_boxes = np.array([[t.x1, t.y1, t.x2, t.y2] for t in seen])
-            ious = iou_matrix(t_boxes, np.array([p.box for p in preds]))
+        if not preds:
+            for t in seen:
+                out[t.object_id].append((index, None))
+            continue
+        t_boxes = np.array([[t.x1, t.y1, t.x2, t.y2] for t in seen])
+        ious = iou_matrix(t_boxes, np.array([p.box for p in preds]))
         taken: set[int] = set()
-        for i in np.argsort(-ious.max(axis=1)) if preds else range(len(seen)):
-            j = int(np.argmax(ious[i])) if preds else -1
-            hit = j >= 0 and ious[i, j] >= 0.5 and j not in taken
-            taken.update([j] if hit else [])
+        for i in np.argsort(-ious.max(axis=1)):
+            j = int(np.argmax(ious[i]))
+            hit = ious[i, j] >= 0.5 and j not in taken
+            if hit:
+                taken.add(j)
             out[seen[int(i)].object_id].append((index, preds[j].track_id if hit else None))
     return out
 

@@ -251,22 +251,22 @@ class FairShareController:
         below (recovery from a transient).  A stall (no held stream offers anything) is no
         evidence either way: ``C`` holds."""
         assert self.capacity is not None
-        if not any(s.offered_fps > 0 for s in held):
+        offering = [s for s in held if s.offered_fps > 0]
+        if not offering:
             return
-        self._unused = 0 if self._targets_used(held) else self._unused + 1
+        self._unused = 0 if self._targets_used(offering) else self._unused + 1
         if self._unused in (0, self.release_after):
             self._unused = 0
             self.capacity *= 1 + self.alpha
         self.capacity = max(self.capacity, self.beta * self.peak)
 
-    def _targets_used(self, held: Sequence[StreamLoad]) -> bool:
+    def _targets_used(self, offering: Sequence[StreamLoad]) -> bool:
         """Of the streams held below their demand that offer anything, at least
         ``USED_STREAMS`` offer ``USED_TARGET`` of their target or more: the capacity is what
         limits them, so more of it would be used.  When most do not (decoders still switching
         modes, or unable to deliver what they are allowed), a larger capacity would only be a
         number: growing it every interval took it to 2.3 x what the card served on a GPU run,
         so that the next overload started from there."""
-        offering = [s for s in held if s.offered_fps > 0]
         using = sum(
             s.offered_fps >= USED_TARGET * (self.targets.get(s.stream_id) or 0.0) for s in offering
         )
