@@ -287,11 +287,6 @@ def detections(
     ``coded``, on the frames of the H.264 clip the pipeline's truth test serves, decoded as
     ingest does), with the appearance descriptors the inference worker would compute
     (cached)."""
-    # -app4: colour histograms with the surroundings taken out (a new cache)
-    video = "-h264" if coded else ""
-    path = CACHE / f"{kind}-{seed}-{seconds}s-{fps}fps-{width}x{height}{video}-app4.pkl"
-    if path.is_file():
-        return list(pickle.loads(path.read_bytes()))
     from visionflow.config import parse_config
     from visionflow.engines import create_engine
     from visionflow.models import resolve_model
@@ -301,6 +296,12 @@ def detections(
 
     cfg = parse_config({}, "<bench>")
     model = resolve_model(cfg)
+    # -app4: colour histograms with the surroundings taken out; the model's id names its file
+    video = "-h264" if coded else ""
+    name = f"{kind}-{seed}-{seconds}s-{fps}fps-{width}x{height}{video}-app4-{model.model_id}"
+    path = CACHE / f"{name}.pkl"
+    if path.is_file():
+        return list(pickle.loads(path.read_bytes()))
     spec = SceneSpec(width, height, fps=fps, seed=seed, kind=kind)  # type: ignore[arg-type]
     frames = coded_frames if coded else rendered_frames
     out = []

@@ -2,7 +2,14 @@
 """Train visionflow's bundled demo detector on synthetic scenes and export it to ONNX.
 
     .venv/bin/pip install -e '.[train]'
-    .venv/bin/python scripts/train_demo_model.py            # ~20-25 min on 2 CPU cores
+    .venv/bin/python scripts/train_demo_model.py --scenes 480 --iters 2400 --batch 32 \
+        --workers 15 --conf 0.75        # the bundled model: ~8 min on an H200 (16 cores)
+
+Without a GPU it trains on the CPU (far slower: hours on 2 cores).  The scenes mix the three
+kinds the tracking benchmark uses (crossing, occlusion behind a pillar, objects coming back),
+with up to 8 objects on screen on average, so that partly covered objects and crowds are in
+the training data (a model trained on sparse crossing scenes only merged two overlapping cars
+into one box and lost people in front of cars, and the tracker lost their identities).
 
 The model is a small anchor-free detector (stride 8/16/32 heads, FCOS-style centre sampling,
 GIoU box loss, IoU-aware class targets).  Its ONNX export ends in the YOLOv8 output layout
@@ -17,8 +24,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import time
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -33,7 +42,7 @@ from visionflow.pipeline.letterbox import (
     unletterbox_boxes,
 )
 from visionflow.pipeline.postprocess import decode_output
-from visionflow.scenes.generator import CLASSES, SceneGenerator, SceneSpec
+from visionflow.scenes.generator import CLASSES, SCENE_KINDS, SceneGenerator, SceneKind, SceneSpec
 from visionflow.scenes.metrics import Scored, Truth, mean_average_precision, precision_recall
 
 INPUT = 320
@@ -91,9 +100,12 @@ def anchors_for(raw: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     points, strides = [], []
     for r, s in zip(raw, STRIDES, strict=True):
         h, w = r.shape[-2:]
-        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        dev = r.device
+        ys, xs = torch.meshgrid(
+            torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij"
+        )
         points.append(torch.stack([(xs + 0.5) * s, (ys + 0.5) * s], -1).reshape(-1, 2).float())
-        strides.append(torch.full((h * w,), float(s)))
+        strides.append(torch.full((h * w,), float(s), device=dev))
     return torch.cat(points), torch.cat(strides)
 
 
@@ -112,9 +124,14 @@ def decode(raw: list[torch.Tensor], export: bool) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- data
 def render_sample(
-    seed: int, rng: np.random.Generator, compress: bool
+    seed: int,
+    rng: np.random.Generator,
+    compress: bool,
+    kind: SceneKind = "crossing",
+    crowd: tuple[float, float] = (1.5, 5.0),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A list of letterboxed 320x320 frames from one random scene, with xyxy+cls truth."""
+    """A list of letterboxed 320x320 frames from one random scene of ``kind`` with ``crowd``
+    (min, max) objects on screen on average, with xyxy+cls truth."""
     aw, ah = ASPECTS[int(rng.integers(0, len(ASPECTS)))]
     scale = min(INPUT / aw, INPUT / ah)
     w, h = int(aw * scale) // 2 * 2, int(ah * scale) // 2 * 2
@@ -123,8 +140,9 @@ def render_sample(
         width=w * upscale,
         height=h * upscale,
         seed=seed,
-        objects_per_frame=float(rng.uniform(1.5, 5)),
+        objects_per_frame=float(rng.uniform(*crowd)),
         noise_sigma=float(rng.uniform(1, 7)),
+        kind=kind,
     )
     gen = SceneGenerator(spec, horizon_s=40)
     indices = sorted(rng.choice(np.arange(0, 900), 24, replace=False).tolist())
@@ -174,14 +192,30 @@ def _h264_roundtrip(images: list[np.ndarray], crf: int) -> list[np.ndarray]:
         return [f.to_ndarray(format="rgb24") for f in inp.decode(video=0)]
 
 
-def build_dataset(n_scenes: int, seed0: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    rng = np.random.default_rng(seed0)
-    images: list[np.ndarray] = []
-    truths: list[np.ndarray] = []
-    for k in range(n_scenes):
-        im, tr = render_sample(seed0 * 100_000 + k, rng, compress=bool(k % 2))
-        images += im
-        truths += tr
+def _scene(job: tuple[int, int, tuple[SceneKind, ...], tuple[float, float]]) -> Any:
+    """Scene ``k`` of the dataset (its own random generator: the same whatever the order)."""
+    seed0, k, kinds, crowd = job
+    rng = np.random.default_rng([seed0, k])
+    return render_sample(seed0 * 100_000 + k, rng, bool(k % 2), kinds[k % len(kinds)], crowd)
+
+
+def build_dataset(
+    n_scenes: int,
+    seed0: int,
+    kinds: tuple[SceneKind, ...] = ("crossing",),
+    crowd: tuple[float, float] = (1.5, 5.0),
+    workers: int = 1,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``n_scenes`` scenes (kinds in turn, half through H.264), 24 frames each, rendered by
+    ``workers`` processes."""
+    jobs = [(seed0, k, kinds, crowd) for k in range(n_scenes)]
+    if workers > 1:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            scenes = pool.map(_scene, jobs, chunksize=4)
+    else:
+        scenes = [_scene(job) for job in jobs]
+    images: list[np.ndarray] = [im for ims, _ in scenes for im in ims]
+    truths: list[np.ndarray] = [tr for _, trs in scenes for tr in trs]
     return np.stack(images), truths
 
 
@@ -200,75 +234,85 @@ def giou(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return iou_ - (hull - union) / hull, iou_
 
 
-def assign(
+def assign_batch(
     truth: torch.Tensor, points: torch.Tensor, strides: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per anchor: index of its truth box (-1 background), and ignore mask."""
-    A = points.shape[0]
-    target = torch.full((A,), -1, dtype=torch.long)
-    ignore = torch.zeros(A, dtype=torch.bool)
-    if truth.shape[0] == 0:
-        return target, ignore
-    boxes = truth[:, :4]
-    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    side = torch.max(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-    px, py = points[:, 0:1], points[:, 1:2]
-    inside = (px > boxes[:, 0]) & (px < boxes[:, 2]) & (py > boxes[:, 1]) & (py < boxes[:, 3])
-    radius = 2.5 * strides[:, None]
-    centre = ((px - cx).abs() < radius) & ((py - cy).abs() < radius)
-    s = strides[:, None]
+    """FCOS-style assignment for a batch at once, with no host synchronisation: ``truth``
+    ``[N, M, 6]`` (rows padded with a zero-area box, which no anchor is inside) -> per image
+    and anchor the index of its truth box (-1 background; an anchor inside several takes the
+    smallest, at the stride that suits the box's size, within 2.5 strides of its centre)
+    ``[N, A]`` and the ignore mask (boxes of mostly hidden objects: neither positive nor
+    negative)."""
+    boxes = truth[..., :4]  # [N, M, 4]
+    cx, cy = (boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2
+    side = torch.max(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1])
+    px, py = points[None, :, 0:1], points[None, :, 1:2]  # [1, A, 1]
+    b = boxes[:, None]  # [N, 1, M, 4]
+    inside = (px > b[..., 0]) & (px < b[..., 2]) & (py > b[..., 1]) & (py < b[..., 3])
+    radius = 2.5 * strides[None, :, None]
+    centre = ((px - cx[:, None]).abs() < radius) & ((py - cy[:, None]).abs() < radius)
+    s, sd = strides[None, :, None], side[:, None]
     level = (
-        ((s == 8) & (side < 96))
-        | ((s == 16) & (side >= 48) & (side < 192))
-        | ((s == 32) & (side >= 120))
+        ((s == 8) & (sd < 96)) | ((s == 16) & (sd >= 48) & (sd < 192)) | ((s == 32) & (sd >= 120))
     )
-    cand = inside & centre & level
-    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[None].expand(A, -1)
+    cand = inside & centre & level  # [N, A, M]
+    area = ((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1]))[:, None]
     area = torch.where(cand, area, torch.full_like(area, float("inf")))
-    best_area, best = area.min(1)
+    best_area, best = area.min(2)
     pos = torch.isfinite(best_area)
-    target[pos] = best[pos]
-    ignore[pos] = truth[best[pos], 5] < 0.5
+    target = torch.where(pos, best, torch.full_like(best, -1))
+    ignore = pos & (torch.gather(truth[..., 5], 1, best) < 0.5)
     return target, ignore
 
 
-def loss_fn(
+def pad_truths(truths: list[torch.Tensor]) -> torch.Tensor:
+    """Per-image truth rows ``[M_i, 6]`` -> ``[N, max M, 6]``, padded with zero boxes."""
+    m = max(1, max(len(t) for t in truths))
+    out = torch.zeros(len(truths), m, 6, device=truths[0].device)
+    for i, t in enumerate(truths):
+        out[i, : len(t)] = t
+    return out
+
+
+def loss_batch(
     pred: torch.Tensor, truths: list[torch.Tensor], points: torch.Tensor, strides: torch.Tensor
-) -> tuple[torch.Tensor, float]:
-    n = pred.shape[0]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GIoU box loss (x5) + IoU-aware class BCE over the positives, for the whole batch in
+    tensor operations: no per-image loop, no host synchronisation (on an H200, batch 32: 24-26 ms
+    a step against 185 ms for the per-image loop it replaced, which gave the same loss and
+    gradient on a check batch); the count of positives as a tensor."""
+    truth = pad_truths(truths)
     box = pred[:, :4].permute(0, 2, 1)
     xyxy = torch.cat([box[..., :2] - box[..., 2:] / 2, box[..., :2] + box[..., 2:] / 2], -1)
     logits = pred[:, 4:].permute(0, 2, 1)
-    cls_target = torch.zeros_like(logits)
-    weight = torch.ones_like(logits)
-    box_loss = torch.zeros(())
-    npos = 0
-    for i in range(n):
-        tgt, ign = assign(truths[i], points, strides)
-        pos = tgt >= 0
-        if pos.any():
-            gt = truths[i][tgt[pos]]
-            g, iou_ = giou(xyxy[i][pos], gt[:, :4])
-            keep = ~ign[pos]
-            box_loss = box_loss + ((1 - g) * keep).sum()
-            cls_ids = gt[:, 4].long()
-            idx = pos.nonzero().squeeze(1)
-            cls_target[i, idx, cls_ids] = iou_.detach().clamp(0.2) * keep
-            weight[i, idx[~keep]] = 0.0
-            npos += int(keep.sum())
-    norm = max(npos, 1)
+    tgt, ign = assign_batch(truth, points, strides)
+    pos = tgt >= 0
+    gt = torch.gather(truth, 1, tgt.clamp(min=0)[..., None].expand(-1, -1, 6))  # [N, A, 6]
+    g, iou_ = giou(xyxy.reshape(-1, 4), gt[..., :4].reshape(-1, 4))
+    g, iou_ = g.view(pos.shape), iou_.view(pos.shape)
+    keep = pos & ~ign
+    box_loss = ((1 - g) * keep).sum()
+    onehot = F.one_hot(gt[..., 4].long(), NC).to(logits.dtype)
+    cls_target = onehot * (iou_.detach().clamp(0.2) * keep)[..., None]
+    weight = torch.where((pos & ign)[..., None], 0.0, 1.0).expand_as(logits)
+    npos = keep.sum()
     cls_loss = F.binary_cross_entropy_with_logits(
         logits, cls_target, weight=weight, reduction="sum"
     )
-    return (cls_loss + 5.0 * box_loss) / norm, float(npos)
+    return (cls_loss + 5.0 * box_loss) / npos.clamp(min=1), npos
 
 
 # ---------------------------------------------------------------------------- train / eval
 def train(
-    images: np.ndarray, truths: list[np.ndarray], iters: int, batch: int, seed: int
+    images: np.ndarray,
+    truths: list[np.ndarray],
+    iters: int,
+    batch: int,
+    seed: int,
+    device: str = "cpu",
 ) -> TinyDet:
     torch.manual_seed(seed)
-    model = TinyDet()
+    model = TinyDet().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=3e-3, total_steps=iters, pct_start=max(0.05, 3 / iters)
@@ -278,8 +322,8 @@ def train(
     t0 = time.time()
     for step in range(iters):
         idx = rng.choice(len(images), batch, replace=False)
-        x = torch.from_numpy(to_network_input(images[idx]))
-        tr = [torch.from_numpy(truths[i]) for i in idx]
+        x = torch.from_numpy(images[idx]).to(device).permute(0, 3, 1, 2).float() / 255.0
+        tr = [torch.from_numpy(truths[i]).to(device) for i in idx]
         if rng.random() < 0.5:  # horizontal flip
             x = x.flip(3)
             tr = [
@@ -293,9 +337,9 @@ def train(
         pred = model(x)
         if points is None:
             with torch.no_grad():
-                feats = [torch.zeros(1, 1, INPUT // s, INPUT // s) for s in STRIDES]
+                feats = [torch.zeros(1, 1, INPUT // s, INPUT // s, device=device) for s in STRIDES]
                 points, strides = anchors_for(feats)
-        loss, npos = loss_fn(pred, tr, points, strides)
+        loss, npos = loss_batch(pred, tr, points, strides)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -306,7 +350,7 @@ def train(
                 f"step {step:5d}/{iters} loss {loss.item():.3f} pos {npos:.0f} {time.time() - t0:.0f}s",
                 flush=True,
             )
-    return model
+    return model.cpu()
 
 
 def export(model: TinyDet, path: Path) -> None:
@@ -376,23 +420,48 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", type=Path, default=OUT_DIR / "demo-detector.onnx")
     ap.add_argument("--eval-only", action="store_true", help="evaluate --out, rewrite its sidecar")
+    ap.add_argument(
+        "--kinds",
+        default=",".join(SCENE_KINDS),
+        help="scene kinds to train on, in turn (crossing, occlusion: a pillar, reenter: objects "
+        "coming back, so crowds and partly hidden objects)",
+    )
+    ap.add_argument("--crowd", default="1.5,8", help="min,max objects on screen on average")
+    ap.add_argument("--workers", type=int, default=1, help="processes rendering the scenes")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--no-eval", action="store_true", help="train and export only")
+    ap.add_argument(
+        "--conf",
+        type=float,
+        default=None,
+        help="operating point written to the sidecar (default: the best F1 on the evaluation)",
+    )
     args = ap.parse_args()
+    kinds = tuple(k for k in args.kinds.split(",") if k)
+    unknown = [k for k in kinds if k not in SCENE_KINDS]
+    if unknown:
+        ap.error(f"--kinds: unknown {unknown}; known: {', '.join(SCENE_KINDS)}")
+    crowd = tuple(float(v) for v in args.crowd.split(","))
+    if len(crowd) != 2 or not 0 < crowd[0] <= crowd[1]:
+        ap.error(f"--crowd: expected min,max with 0 < min <= max, got {args.crowd!r}")
     if args.eval_only:
         meta = json.loads(args.out.with_suffix(".json").read_text())
         meta["eval"] = evaluate(args.out, 25, seed0=args.seed + 1000)
-        meta["conf_threshold"] = meta["eval"]["recommended_conf_threshold"]
+        meta["conf_threshold"] = args.conf or meta["eval"]["recommended_conf_threshold"]
         meta["sha256_16"] = hashlib.sha256(args.out.read_bytes()).hexdigest()[:16]
         args.out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
         print(json.dumps(meta, indent=2))
         return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
-    images, truths = build_dataset(args.scenes, args.seed)
+    images, truths = build_dataset(args.scenes, args.seed, kinds, crowd, args.workers)  # type: ignore[arg-type]
     print(f"dataset: {len(images)} frames in {time.time() - t0:.0f}s", flush=True)
-    model = train(images, truths, args.iters, args.batch, args.seed)
+    model = train(images, truths, args.iters, args.batch, args.seed, args.device)
     train_s = time.time() - t0
     export(model, args.out)
     compact(str(args.out), 4 + NC, sum((INPUT // s) ** 2 for s in STRIDES))
+    if args.no_eval:
+        return
     metrics = evaluate(args.out, 25, seed0=args.seed + 1000)
     digest = hashlib.sha256(args.out.read_bytes()).hexdigest()[:16]
     meta = {
@@ -406,9 +475,12 @@ def main() -> None:
             "frames": len(images),
             "seconds": round(train_s),
             "torch": torch.__version__,
+            "device": args.device,
+            "kinds": list(kinds),
+            "crowd": list(crowd),
         },
         "eval": metrics,
-        "conf_threshold": metrics["recommended_conf_threshold"],
+        "conf_threshold": args.conf or metrics["recommended_conf_threshold"],
     }
     args.out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     print(json.dumps(meta, indent=2))
