@@ -296,9 +296,11 @@ def detections(
 
     cfg = parse_config({}, "<bench>")
     model = resolve_model(cfg)
-    # -app4: colour histograms with the surroundings taken out; the model's id names its file
+    # -app4: colour histograms with the surroundings taken out; the model (its file's digest)
+    # and the thresholds that kept its boxes name the file
     video = "-h264" if coded else ""
-    name = f"{kind}-{seed}-{seconds}s-{fps}fps-{width}x{height}{video}-app4-{model.model_id}"
+    keep = f"c{model.conf_threshold:g}-i{cfg.model.iou_threshold:g}"
+    name = f"{kind}-{seed}-{seconds}s-{fps}fps-{width}x{height}{video}-app4-{model.model_id}-{keep}"
     path = CACHE / f"{name}.pkl"
     if path.is_file():
         return list(pickle.loads(path.read_bytes()))

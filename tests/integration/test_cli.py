@@ -74,7 +74,7 @@ def test_demo_runs_publishes_and_writes_snapshots(tmp_path: Path):
     result = visionflow(
         "demo",
         "--duration",
-        "8",
+        "12",  # 8 s published 49 entries on a 2-core AMD EPYC VM at 2 GHz
         "--plain",
         "--snapshot-dir",
         str(snaps),

@@ -13,10 +13,10 @@ goal; 0.958, re-identification by appearance on for that stream only, ``appearan
 by default; 0.76 with the detector before, which merged overlapping cars into one box and
 missed people in front of cars).  ``VF_TRUTH_APPEARANCE=all`` turns appearance on for every
 stream (to measure it).  Counts: the truth counts every object, also one crossing while
-hidden behind another or one the detector misses, so the counts may miss a few: at most 5 per
-100 (measured 2 of 82 with this detector, both a person's line crossings on the reenter
-scene; 6 of 82 with the one before; the issue asks +-1 per 100), checked
-over the lines of every scene and the zone of the first two (a returning object that is not
+hidden behind another or one the detector misses, so the counts may miss a few: 5 per 100
+rounded up, at least 2 (5 of the 82 checked here; measured 2 of 82 with this detector, both
+a person's line crossings on the reenter scene; 6 of 82 with the one before; the issue asks
++-1 per 100), checked over the lines of every scene and the zone of the first two (a returning object that is not
 re-identified is one object to the truth but two tracks, so its zone counts differ).  The
 counts in Redis are all the pipeline wrote, so the clip must be read once: the server streams
 it once per session, and the stream's reconnect after its end is put off (20 s backoff) past
