@@ -52,6 +52,7 @@ from visionflow.scenes.metrics import Scored, Truth, mean_average_precision, pre
 INPUT = 320
 STRIDES = (8, 16, 32)
 NC = len(CLASSES)
+FRAMES_PER_SCENE = 24
 MAX_CROWD = 20.0  # --crowd's upper bound (a scene plans its objects by this rate)
 ASPECTS = ((16, 9), (4, 3), (1, 1), (21, 9), (3, 4))
 OUT_DIR = Path(__file__).resolve().parents[1] / "visionflow" / "models"
@@ -149,7 +150,7 @@ def render_sample(
         kind=kind,
     )
     gen = SceneGenerator(spec, horizon_s=40)
-    indices = sorted(rng.choice(np.arange(0, 900), 24, replace=False).tolist())
+    indices = sorted(rng.choice(np.arange(0, 900), FRAMES_PER_SCENE, replace=False).tolist())
     images: list[np.ndarray] = []
     truths: list[np.ndarray] = []
     frames = [gen.render(i) for i in indices]
@@ -324,7 +325,7 @@ def train(
     model = TinyDet().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=3e-3, total_steps=iters, pct_start=max(0.05, 3 / iters)
+        opt, max_lr=3e-3, total_steps=iters, pct_start=min(0.5, max(0.05, 3 / iters))
     )
     rng = np.random.default_rng(seed)
     points = strides = None
@@ -443,18 +444,32 @@ def _crowd(text: str) -> tuple[float, float]:
     return low, high
 
 
+def _number(text: str, kind: type[float] | type[int]) -> float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+
+
 def _conf(text: str) -> float:
     """``--conf``: a score threshold strictly between 0 and 1."""
-    value = float(text)
+    value = _number(text, float)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"expected 0 < conf < 1, got {text!r}")
     return value
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    value = int(_number(text, int))
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(_number(text, int))
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a seed >= 0, got {text!r}")
     return value
 
 
@@ -463,9 +478,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--iters", type=_positive, default=2400)
     ap.add_argument("--batch", type=_positive, default=32)
     ap.add_argument("--scenes", type=_positive, default=480)
-    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--seed", type=_seed, default=7)
     ap.add_argument("--out", type=Path, default=OUT_DIR / "demo-detector.onnx")
-    ap.add_argument(
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument(
         "--eval-only",
         action="store_true",
         help="evaluate --out, rewrite its sidecar (its conf_threshold kept unless --conf)",
@@ -485,7 +501,7 @@ def parse_args() -> argparse.Namespace:
     )
     ap.add_argument("--workers", type=_positive, default=1, help="processes rendering scenes")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument(
+    mode.add_argument(
         "--no-eval",
         action="store_true",
         help="train and export only (the sidecar then has no eval: give --conf)",
@@ -500,6 +516,8 @@ def parse_args() -> argparse.Namespace:
     args = ap.parse_args()
     if args.no_eval and args.conf is None:
         ap.error("--no-eval: give --conf (the sidecar's operating point; nothing measures one)")
+    if args.batch > args.scenes * FRAMES_PER_SCENE:
+        ap.error(f"--batch {args.batch}: more than the {args.scenes * FRAMES_PER_SCENE} frames")
     return args
 
 
@@ -517,6 +535,7 @@ def main() -> None:
         meta["eval"] = evaluate(args.out, 25, seed0=args.seed + 1000)
         if args.conf is not None:
             meta["conf_threshold"] = args.conf
+        meta.setdefault("conf_threshold", meta["eval"]["recommended_conf_threshold"])
         write_sidecar(args.out, meta)
         return
     t0 = time.time()

@@ -89,10 +89,13 @@ def test_slow_stream_gets_through_while_fast_streams_overload(
         after = pipeline.status()
     slow = _delta(before.stream("slow"), after.stream("slow"))
     fast = [_delta(before.stream(m), after.stream(m)) for m in mounts if m != "slow"]
-    # each fast camera gets more through than the slow one (2x: on a 2-core AMD EPYC VM at
-    # 2 GHz inference serves ~35 frames/s in all here, so the fast ones get 28-29 to the
-    # slow one's 12; 3x held on a faster Intel Xeon VM)
-    assert all(f.published > 2 * slow.published for f in fast), (fast, slow)
+    # the fast cameras share what inference serves evenly, each getting more than the slow
+    # one offers (a multiple of the slow one's count measured the machine: on a 2-core AMD
+    # EPYC VM at 2 GHz, ~30 frames/s in all, the fast ones got 28-29 to its 12)
+    counts = [f.published for f in fast]
+    assert min(counts) > slow.published, (fast, slow)
+    assert min(counts) >= 0.75 * max(counts), f"fast cameras served unevenly: {fast}"
+
     # round-robin: the slow camera loses no more than its share even when the fast ones
     # overload. Drop rates, not published/captured: frames still in flight when the
     # status is read are a large fraction of the slow camera's dozen frames.

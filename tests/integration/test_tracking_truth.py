@@ -16,8 +16,9 @@ stream (to measure it).  Counts: the truth counts every object, also one crossin
 hidden behind another or one the detector misses, so the counts may miss a few: 5 per 100
 rounded up, at least 2 (5 of the 82 checked here; measured 2 of 82 with this detector, both
 a person's line crossings on the reenter scene; 6 of 82 with the one before; the issue asks
-+-1 per 100), checked over the lines of every scene and the zone of the first two (a returning object that is not
-re-identified is one object to the truth but two tracks, so its zone counts differ).  The
++-1 per 100), checked over the lines of every scene and the zone of the first two (a
+returning object that is not re-identified is one object to the truth but two tracks, so its
+zone counts differ).  The
 counts in Redis are all the pipeline wrote, so the clip must be read once: the server streams
 it once per session, and the stream's reconnect after its end is put off (20 s backoff) past
 the pipeline's stop (a run on a loaded machine once failed with counts off by 26: a stream
