@@ -54,6 +54,7 @@ Sections (one run, one JSON under ``bench/results/tracking-<date>.json``):
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -274,6 +275,17 @@ def rendered_frames(
         yield canvas, lb, truth
 
 
+@functools.cache
+def bundled_model() -> tuple[Any, Any]:
+    """The default config and its resolved model (the file read and hashed once a run, not
+    once per scene and section)."""
+    from visionflow.config import parse_config
+    from visionflow.models import resolve_model
+
+    cfg = parse_config({}, "<bench>")
+    return cfg, resolve_model(cfg)
+
+
 def detections(
     kind: str,
     seed: int,
@@ -287,15 +299,12 @@ def detections(
     ``coded``, on the frames of the H.264 clip the pipeline's truth test serves, decoded as
     ingest does), with the appearance descriptors the inference worker would compute
     (cached)."""
-    from visionflow.config import parse_config
     from visionflow.engines import create_engine
-    from visionflow.models import resolve_model
     from visionflow.pipeline.appearance import describe
     from visionflow.pipeline.letterbox import to_network_input
     from visionflow.pipeline.postprocess import decode_output, to_detections
 
-    cfg = parse_config({}, "<bench>")
-    model = resolve_model(cfg)
+    cfg, model = bundled_model()
     # -app4: colour histograms with the surroundings taken out; the model (its file's digest)
     # and the thresholds that kept its boxes name the file
     video = "-h264" if coded else ""

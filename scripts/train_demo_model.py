@@ -31,6 +31,7 @@ import hashlib
 import json
 import multiprocessing
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -444,41 +445,42 @@ def _crowd(text: str) -> tuple[float, float]:
     return low, high
 
 
-def _number(text: str, kind: type[float] | type[int]) -> float:
+def _float(text: str) -> float:
     try:
-        return kind(text)
+        return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
 def _conf(text: str) -> float:
     """``--conf``: a score threshold strictly between 0 and 1."""
-    value = _number(text, float)
+    value = _float(text)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"expected 0 < conf < 1, got {text!r}")
     return value
 
 
-def _positive(text: str) -> int:
-    value = int(_number(text, int))
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
 
-def _seed(text: str) -> int:
-    value = int(_number(text, int))
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a seed >= 0, got {text!r}")
-    return value
+    return parse
 
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--iters", type=_positive, default=2400)
-    ap.add_argument("--batch", type=_positive, default=32)
-    ap.add_argument("--scenes", type=_positive, default=480)
-    ap.add_argument("--seed", type=_seed, default=7)
+    ap.add_argument("--iters", type=_int_at_least(1), default=2400)
+    ap.add_argument("--batch", type=_int_at_least(1), default=32)
+    ap.add_argument("--scenes", type=_int_at_least(1), default=480)
+    ap.add_argument("--seed", type=_int_at_least(0), default=7)
     ap.add_argument("--out", type=Path, default=OUT_DIR / "demo-detector.onnx")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument(
@@ -499,7 +501,9 @@ def parse_args() -> argparse.Namespace:
         default=(1.5, 8.0),
         help="min,max first passes on screen on average (twice that on reenter)",
     )
-    ap.add_argument("--workers", type=_positive, default=1, help="processes rendering scenes")
+    ap.add_argument(
+        "--workers", type=_int_at_least(1), default=1, help="processes rendering scenes"
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     mode.add_argument(
         "--no-eval",
