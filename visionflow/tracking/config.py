@@ -237,8 +237,8 @@ class TrackingConfig(_Strict):
         "this long after it was last seen, and a detection that would start a new track takes "
         "it back when it has the same label, a similar height (appearance_size) and colours "
         "within appearance_dist (a colour histogram of the box with its surroundings taken "
-        "out, computed by the inference worker for this stream only), wherever in the frame "
-        "it reappears, except that a track last seen at one border of the frame is not taken "
+        "out, computed by the inference worker for this stream only), where it can have got to "
+        "(appearance_reach), except that a track last seen at one border of the frame is not taken "
         "by a detection at another border (objects come back by the border they left by); "
         "the edge re-identification and the recovery by position then also need the looks "
         "to agree (within appearance_gate).  0: off (the default: "
@@ -274,6 +274,17 @@ class TrackingConfig(_Strict):
         "also the most the looks may differ where the geometry already agrees in the edge "
         "re-identification (reid_s) and the recovery by position (recover_dist; the larger "
         "of this and appearance_dist); 0: off (those then use appearance_dist).",
+    )
+    appearance_reach: float = Field(
+        default=1.0,
+        ge=0,
+        le=100,
+        description="Re-identification by appearance: the detection's centre must be within "
+        "this many x (the track's height + its speed, at least 2 heights a second, x the "
+        "time it has been gone) of where the track would be: its predicted centre, or where "
+        "it was last seen if that was at a border of the frame (it comes back through that "
+        "border, maybe the other way); so a look-alike far from where the lost object can be "
+        "does not take its id.  0: anywhere in the frame (as before this setting).",
     )
     anchor: Anchor = Field(
         default="bottom_center",
@@ -316,6 +327,7 @@ class TrackingConfig(_Strict):
             reid_offset=self.reid_offset,
             recover_dist=self.recover_dist,
             appearance_s=self.appearance_s,
+            appearance_reach=self.appearance_reach,
             appearance_dist=self.appearance_dist,
             appearance_size=self.appearance_size,
             appearance_gate=self.appearance_gate,

@@ -1,5 +1,6 @@
 """Re-identification by appearance: a returning object gets its id back, a look-alike of
-other colours does not, and unlike looks do not swap ids where boxes overlap."""
+other colours (or one farther than the object can have got) does not, and unlike looks do not
+swap ids where boxes overlap."""
 
 from __future__ import annotations
 
@@ -253,3 +254,36 @@ def test_appearance_compares_the_height_with_the_tracks_smoothed_height():
 
     assert returns_with(100) == 1
     assert returns_with(40) != 1
+
+
+def hide_and_reappear(params: TrackerParams, back_x: float) -> int:
+    """An object (red over blue, 100 px high) walks right across mid-frame at 100 px/s, is
+    hidden for 1 s, and a box of its look appears with its centre at ``back_x``; its id."""
+    tracker = ByteTracker(params)
+    for i in range(10):
+        x = 200 + 10 * i
+        update(tracker, [[x, 150, x + 40, 250]], i / 10, [RED_OVER_BLUE])
+    for k in range(1, 10):
+        update(tracker, [], 0.9 + k / 10)
+    out = update(tracker, [[back_x - 20, 150, back_x + 20, 250]], 1.9, [RED_OVER_BLUE])
+    return int(out.track_ids[0])
+
+
+def test_a_look_alike_farther_than_the_object_can_have_got_does_not_take_the_id():
+    # last seen at x 310 going right; 1 s later it can be about 100 px on (predicted ~ 410),
+    # reach 1 x (100 px + 200 px/s (2 heights a second) x 1 s) = 300 px around that
+    assert hide_and_reappear(APPEARANCE, 420) == 1  # where it would be
+    assert hide_and_reappear(APPEARANCE, 150) == 1  # back the way it came, within reach
+    assert hide_and_reappear(APPEARANCE, 60) == 2  # 350 px behind where it would be
+    anywhere = TrackerParams(appearance_s=3.0, appearance_reach=0.0)
+    assert hide_and_reappear(anywhere, 60) == 1  # 0: anywhere in the frame, as before
+
+
+def test_an_object_that_left_is_looked_for_where_it_left_not_where_it_would_be():
+    # it left through the left border 1.5 s ago at 100 px/s: predicted far outside the frame,
+    # but it comes back through that border; reach around where it was last seen
+    assert leave_and_return(ByteTracker(APPEARANCE), 1.5, RED_OVER_BLUE) == [1, 1, 1, 1]
+    far = (420, 200, 450, 300)  # mid-frame, ~420 px from where it left: out of reach
+    assert 1 not in leave_and_return(ByteTracker(APPEARANCE), 1.5, RED_OVER_BLUE, far)
+    anywhere = ByteTracker(TrackerParams(appearance_s=3.0, appearance_reach=0.0))
+    assert leave_and_return(anywhere, 1.5, RED_OVER_BLUE, far)[0] == 1

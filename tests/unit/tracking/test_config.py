@@ -126,6 +126,7 @@ def test_an_empty_label_list_means_every_label():
         ({"appearance_gate": 1.2}, "appearance_gate"),
         ({"appearance_size": 0}, "appearance_size"),
         ({"appearance_gate": -0.1}, "appearance_gate"),
+        ({"appearance_reach": -1}, "appearance_reach"),
         ({"appearance": True}, "appearance"),  # not a field: a typo must not pass silently
     ],
 )
@@ -141,4 +142,6 @@ def test_appearance_settings_reach_the_tracker_and_are_off_by_default():
     assert tracking is not None
     params = tracking.params()
     assert (params.appearance_s, params.appearance_dist, params.appearance_gate) == (3, 0.15, 0.4)
-    assert params.appearance_size == 0.3
+    assert (params.appearance_size, params.appearance_reach) == (0.3, 1.0)
+    reach = load({"appearance_s": 3, "appearance_reach": 0}).streams[0].tracking
+    assert reach is not None and reach.params().appearance_reach == 0.0
