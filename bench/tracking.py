@@ -28,7 +28,8 @@ Sections (one run, one JSON under ``bench/results/tracking-<date>.json``):
   zones' except on ``reenter``), with the defaults,
   with recovery by position on, with that and re-identification at the edge on, and with
   re-identification by appearance on (with and without its gate on the IoU matching, and
-  with the edge re-identification on as well).
+  with the edge re-identification on as well, and that with ``appearance_reach`` 0: a lost
+  track's id given back anywhere in the frame, as before that setting).
 - ``failures``: where identities are lost, per scene, with re-identification by appearance
   on (``appearance_s`` 3, the truth section's processor): each truth object (at least half
   visible) is matched per frame to a tracked box (IoU >= 0.5, greedy by IoU), its frames
@@ -449,6 +450,10 @@ def truth_rows(
             ("appearance_s 3, no gate", {"appearance_s": 3.0, "appearance_gate": 0.0}),
             ("appearance_s 3", {"appearance_s": 3.0}),
             ("appearance_s 3, reid_s 3", {"appearance_s": 3.0, "reid_s": 3.0}),
+            (
+                "appearance_s 3, reid_s 3, reach 0",
+                {"appearance_s": 3.0, "reid_s": 3.0, "appearance_reach": 0.0},
+            ),
         )
         for name, overrides in variants:
             frames, got = processed(data, fps, overrides)

@@ -50,10 +50,10 @@ README "Tracking"):
   of the frame to a detection at another (an object comes back through the border it left by;
   a look-alike entering elsewhere does not take its id), nor to a detection farther than it
   can have got (``appearance_reach`` x (its height + its speed, at least 2 heights a second,
-  x the time it has been gone)
-  from its predicted centre, or from where it was last seen if that was at a border: on the
-  held-out seed 601 a bicycle track last seen at x 367 going right had been given to a bicycle
-  at x 47 2.6 s later, which counted a line crossing nobody made); this runs before the edge
+  x the time it has been gone) from its predicted centre, or from where it was last seen if
+  that was at a border: on the held-out seed 601 a bicycle track last seen at x 367 going
+  right had been given to a bicycle at x 47 2.6 s later, which counted a line crossing nobody
+  made); this runs before the edge
   re-identification and the recovery, which then also need the looks to agree, within
   ``appearance_gate`` (their geometry already agrees, as in the IoU stages); and in the IoU
   stages a detection may not continue a track whose look is farther than ``appearance_gate``
@@ -568,15 +568,19 @@ class ByteTracker:
         """Per (track row, box): the box's centre is within ``appearance_reach`` x (the track's
         height + its speed, at least 2 heights a second, x the time it has been gone) of where
         the track would be: its predicted centre (it moved on, hidden), or where it was last
-        seen if that was at a border of the frame (it left and comes back through that border,
-        maybe the other way).  A look-alike far from where the lost object can be does not
-        take its id."""
+        seen if that was at a border of the frame (``at_border``; it left and comes back
+        through that border, maybe the other way).  The height is the larger of its last
+        box's and its smoothed height (the last box of an object leaving through a border or
+        going behind something is often cut short, and its centre slowed down as it shrank).
+        A look-alike far from where the lost object can be does not take its id; one that
+        turned back while hidden in mid-frame is found only within a height (and the floor's
+        slack) behind where it was last seen."""
         last = self.last_box[rows]
         ref = np.where(at_border[:, None], _centres(last), self.mean[rows, :2])
         gone = (self.t or 0.0) - self.last_seen[rows]
-        height = _heights(last)
-        # at least 2 heights a second: a track revived or born in the last frames has no
-        # speed yet (its motion starts afresh)
+        height = np.maximum(_heights(last), self.height[rows])
+        # at least 2 heights a second: a track revived or born in the last frames has no speed
+        # yet (its motion starts afresh), and a shrinking box's centre moves slower
         speed = np.maximum(np.hypot(self.mean[rows, 4], self.mean[rows, 5]), 2 * height)
         reach = self.params.appearance_reach * (height + speed * gone)
         dist = np.linalg.norm(_centres(boxes)[None, :, :] - ref[:, None, :], axis=2)

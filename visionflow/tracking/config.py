@@ -280,11 +280,13 @@ class TrackingConfig(_Strict):
         ge=0,
         le=100,
         description="Re-identification by appearance: the detection's centre must be within "
-        "this many x (the track's height + its speed, at least 2 heights a second, x the "
-        "time it has been gone) of where the track would be: its predicted centre, or where "
-        "it was last seen if that was at a border of the frame (it comes back through that "
-        "border, maybe the other way); so a look-alike far from where the lost object can be "
-        "does not take its id.  0: anywhere in the frame (as before this setting).",
+        "this many x (the track's height (its last box's or its smoothed height, the larger) "
+        "+ its speed, at least 2 heights a second, x the time it has been gone) of where the "
+        "track would be: its predicted centre, or where it was last seen if that was at a "
+        "border of the frame (it comes back through that border, maybe the other way); so a "
+        "look-alike far from where the lost object can be does not take its id (an object "
+        "that turns back while hidden in mid-frame is found only near where it was last "
+        "seen).  0: anywhere in the frame (as before this setting).",
     )
     anchor: Anchor = Field(
         default="bottom_center",

@@ -16,6 +16,7 @@ from visionflow.tracking.processor import TrackingProcessor, descriptors
 
 SIZE = (640.0, 360.0)
 APPEARANCE = TrackerParams(appearance_s=3.0)
+ANYWHERE = TrackerParams(appearance_s=3.0, appearance_reach=0.0)  # no reach gate
 
 
 def look(*rows: tuple[int, int, int]) -> np.ndarray:
@@ -58,7 +59,7 @@ def leave_and_return(tracker, gone_s, back_look, back_box=(0, 230, 30, 330), cls
 
 def test_an_object_coming_back_with_its_colours_gets_its_id_even_where_geometry_differs():
     # it comes back 30 px lower than it left: the edge re-identification's foot-line gate
-    # (0.25 heights) would refuse it, appearance does not care where
+    # (0.25 heights) would refuse it, appearance only asks that it be within reach
     ids = leave_and_return(ByteTracker(APPEARANCE), 1.5, RED_OVER_BLUE)
     assert ids == [1, 1, 1, 1]
     geometry = leave_and_return(ByteTracker(TrackerParams(reid_s=3.0)), 1.5, RED_OVER_BLUE)
@@ -275,15 +276,42 @@ def test_a_look_alike_farther_than_the_object_can_have_got_does_not_take_the_id(
     assert hide_and_reappear(APPEARANCE, 420) == 1  # where it would be
     assert hide_and_reappear(APPEARANCE, 150) == 1  # back the way it came, within reach
     assert hide_and_reappear(APPEARANCE, 60) == 2  # 350 px behind where it would be
-    anywhere = TrackerParams(appearance_s=3.0, appearance_reach=0.0)
-    assert hide_and_reappear(anywhere, 60) == 1  # 0: anywhere in the frame, as before
+    assert hide_and_reappear(ANYWHERE, 60) == 1  # 0: anywhere in the frame, as before
+
+
+def walk_then_return(steps, back_box, gone_s=1.5, params=APPEARANCE) -> int:
+    """An object (red over blue) in ``steps`` boxes, one a frame (10 frames/s), unseen for
+    ``gone_s`` s, then a box of its look at ``back_box``; that box's id (1: the object's)."""
+    tracker = ByteTracker(params)
+    for i, box in enumerate(steps):
+        update(tracker, [box], i / 10, [RED_OVER_BLUE])
+    t = (len(steps) - 1) / 10
+    for k in range(1, round(gone_s * 10)):
+        update(tracker, [], t + k / 10)
+    return int(update(tracker, [back_box], t + gone_s, [RED_OVER_BLUE]).track_ids[0])
 
 
 def test_an_object_that_left_is_looked_for_where_it_left_not_where_it_would_be():
-    # it left through the left border 1.5 s ago at 100 px/s: predicted far outside the frame,
-    # but it comes back through that border; reach around where it was last seen
-    assert leave_and_return(ByteTracker(APPEARANCE), 1.5, RED_OVER_BLUE) == [1, 1, 1, 1]
-    far = (420, 200, 450, 300)  # mid-frame, ~420 px from where it left: out of reach
-    assert 1 not in leave_and_return(ByteTracker(APPEARANCE), 1.5, RED_OVER_BLUE, far)
-    anywhere = ByteTracker(TrackerParams(appearance_s=3.0, appearance_reach=0.0))
-    assert leave_and_return(anywhere, 1.5, RED_OVER_BLUE, far)[0] == 1
+    # it left through the left border at 200 px/s 1.5 s ago: predicted some 300 px outside
+    # the frame, but it comes back through that border, the other way; reach 100 + 200 x 1.5
+    left = [[300 - 20 * i, 200, 340 - 20 * i, 300] for i in range(16)]
+    back_in = [250, 200, 290, 300]  # 250 px in from where it left (550 from the prediction)
+    assert walk_then_return(left, back_in) == 1
+    far = [450, 200, 490, 300]  # 450 px in: out of reach
+    assert walk_then_return(left, far) != 1
+    assert walk_then_return(left, far, params=ANYWHERE) == 1
+
+
+def test_a_box_cut_short_by_the_border_does_not_shrink_the_reach():
+    # a person 100 px high walks down out of the bottom border, its last box 10 px high (and
+    # its centre slowed down as the box shrank); 1.5 s later it comes back 120 px along
+    down = [[300, y, 340, min(y + 100, 360)] for y in range(150, 360, 10)]
+    assert walk_then_return(down, [420, 350, 460, 360]) == 1
+
+
+def test_a_fast_object_is_looked_for_as_far_as_its_speed_takes_it():
+    # 400 px/s (4 heights a second) across mid-frame, hidden 1 s, seen again only 50 px on
+    # (it slowed down behind something): 350 px short of its predicted centre, within
+    # 100 + 400 x 1 but not within 100 + 2 heights a second x 1
+    fast = [[100 + 40 * i, 150, 140 + 40 * i, 250] for i in range(10)]
+    assert walk_then_return(fast, [510, 150, 550, 250], gone_s=1.0) == 1

@@ -126,12 +126,19 @@ def test_an_empty_label_list_means_every_label():
         ({"appearance_gate": 1.2}, "appearance_gate"),
         ({"appearance_size": 0}, "appearance_size"),
         ({"appearance_gate": -0.1}, "appearance_gate"),
-        ({"appearance_reach": -1}, "appearance_reach"),
         ({"appearance": True}, "appearance"),  # not a field: a typo must not pass silently
     ],
 )
 def test_invalid_appearance_settings_are_refused(tracking, field):
     assert field in error(tracking)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"), [(-1, "greater than or equal to 0"), (101, "less than or equal to 100")]
+)
+def test_appearance_reach_out_of_bounds_is_refused(value, message):
+    text = error({"appearance_reach": value})
+    assert "appearance_reach" in text and message in text
 
 
 def test_appearance_settings_reach_the_tracker_and_are_off_by_default():
