@@ -53,9 +53,9 @@ README "Tracking"):
   x the time it has been gone) from its predicted centre, or from where it was last seen if
   that was at a border: on the held-out seed 601 a bicycle track last seen at x 367 going
   right had been given to a bicycle at x 47 2.6 s later, which counted a line crossing nobody
-  made); this runs before the edge
-  re-identification and the recovery, which then also need the looks to agree, within
-  ``appearance_gate`` (their geometry already agrees, as in the IoU stages); and in the IoU
+  made); this runs before the edge re-identification and the recovery, which then also need
+  the looks to agree, within ``appearance_gate`` (their geometry already agrees, as in the
+  IoU stages); and in the IoU
   stages a detection may not continue a track whose look is farther than ``appearance_gate``
   (0.3, tuned on seeds 11-18), so two overlapping objects of unlike colours do not swap ids.
   On held-out scenes (``bench/tracking.py``, 4 seeds a kind) it gives mean IDF1 0.952 /
@@ -528,8 +528,7 @@ class ByteTracker:
         at most ``appearance_dist``, height within ``appearance_size``), one to one by least
         distance, where it can have got to (:meth:`_within_reach`), except that a track last
         seen at a border of the frame (``size`` known) is not given to a detection at another
-        border;
-        the rows revived, the detections left."""
+        border; the rows revived, the detections left."""
         p = self.params
         none = np.zeros(0, np.int64)
         if feats is None or not len(starters) or not len(self):
