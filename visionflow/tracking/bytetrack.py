@@ -55,9 +55,9 @@ README "Tracking"):
   right had been given to a bicycle at x 47 2.6 s later, which counted a line crossing nobody
   made); this runs before the edge re-identification and the recovery, which then also need
   the looks to agree, within ``appearance_gate`` (their geometry already agrees, as in the
-  IoU stages); and in the IoU
-  stages a detection may not continue a track whose look is farther than ``appearance_gate``
-  (0.3, tuned on seeds 11-18), so two overlapping objects of unlike colours do not swap ids.
+  IoU stages); and in the IoU stages a detection may not continue a track whose look is
+  farther than ``appearance_gate`` (0.3, tuned on seeds 11-18), so two overlapping objects of
+  unlike colours do not swap ids.
   On held-out scenes (``bench/tracking.py``, 4 seeds a kind) it gives mean IDF1 0.952 /
   0.853 / 0.880 (crossing / occlusion / re-entering) against 0.901 / 0.813 / 0.563 without; off by
   default because the inference worker then describes every box of the stream (tens to a few
@@ -188,11 +188,6 @@ def edge_mask(boxes: Array, size: tuple[float, float] | None, edge: float) -> In
         + (boxes[:, 3] >= size[1] - my) * 8
     ).astype(np.int64)
     return out
-
-
-def _centres(boxes: Array) -> Array:
-    """``[N, 2]`` centres of xyxy boxes."""
-    return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)
 
 
 def _rel(a: Array, b: Array) -> Array:
@@ -575,14 +570,15 @@ class ByteTracker:
         turned back while hidden in mid-frame is found only within a height (and the floor's
         slack) behind where it was last seen."""
         last = self.last_box[rows]
-        ref = np.where(at_border[:, None], _centres(last), self.mean[rows, :2])
+        ref = np.where(at_border[:, None], kalman.xyxy_to_xyah(last)[:, :2], self.mean[rows, :2])
         gone = (self.t or 0.0) - self.last_seen[rows]
         height = np.maximum(_heights(last), self.height[rows])
         # at least 2 heights a second: a track revived or born in the last frames has no speed
         # yet (its motion starts afresh), and a shrinking box's centre moves slower
         speed = np.maximum(np.hypot(self.mean[rows, 4], self.mean[rows, 5]), 2 * height)
         reach = self.params.appearance_reach * (height + speed * gone)
-        dist = np.linalg.norm(_centres(boxes)[None, :, :] - ref[:, None, :], axis=2)
+        centres = kalman.xyxy_to_xyah(boxes)[:, :2]
+        dist = np.linalg.norm(centres[None, :, :] - ref[:, None, :], axis=2)
         out: npt.NDArray[np.bool_] = dist <= reach[:, None]
         return out
 
