@@ -29,7 +29,8 @@ Sections (one run, one JSON under ``bench/results/tracking-<date>.json``):
   with recovery by position on, with that and re-identification at the edge on, and with
   re-identification by appearance on (with and without its gate on the IoU matching, and
   with the edge re-identification on as well, and that with ``appearance_reach`` 0: a lost
-  track's id given back anywhere in the frame, as before that setting).
+  track's id given back anywhere in the frame, as before that setting, or with
+  ``infer_unseen_s`` 1: line crossings nobody saw inferred from the tracks' paths).
 - ``failures``: where identities are lost, per scene, with re-identification by appearance
   on (``appearance_s`` 3, the truth section's processor): each truth object (at least half
   visible) is matched per frame to a tracked box (IoU >= 0.5, greedy by IoU), its frames
@@ -42,7 +43,8 @@ Sections (one run, one JSON under ``bench/results/tracking-<date>.json``):
   sink), µs per result with no processor (the stage before tracking), with the tracking
   processor but every stream untracked (the default), with every stream tracked, and with
   every stream tracked with re-identification by appearance (each detection carrying a
-  descriptor, as the inference worker sends them).
+  descriptor, as the inference worker sends them), and every stream tracked with a zone and a
+  line (``OUTPUT_SHAPES``), without and with ``infer_unseen_s`` 1.
 - ``pipeline``: ``bench/cpu_pipeline.py``'s visionflow run (8 clips read flat out, the
   bundled detector, Redis), no stream tracked vs every stream tracked with a zone and a line
   vs that with ``appearance_s`` 3 (the inference worker describes every box as well),
@@ -454,6 +456,10 @@ def truth_rows(
                 "appearance_s 3, reid_s 3, reach 0",
                 {"appearance_s": 3.0, "reid_s": 3.0, "appearance_reach": 0.0},
             ),
+            (
+                "appearance_s 3, reid_s 3, infer_unseen_s 1",
+                {"appearance_s": 3.0, "reid_s": 3.0, "infer_unseen_s": 1.0},
+            ),
         )
         for name, overrides in variants:
             frames, got = processed(data, fps, overrides)
@@ -596,6 +602,8 @@ def output_stage(per_frame: int, seconds: float = 3.0) -> list[dict[str, Any]]:
         return BatchResult(batch_id, 0, tuple(results))
 
     looked = TrackingConfig(appearance_s=3.0)
+    shapes = TrackingConfig.model_validate(OUTPUT_SHAPES)
+    inferring = TrackingConfig.model_validate({**OUTPUT_SHAPES, "infer_unseen_s": 1.0})
     variants: dict[str, tuple[list[Any], bool]] = {
         "no processor (before tracking)": ([], False),
         "tracking processor, no stream tracked (default)": ([TrackingProcessor({})], False),
@@ -606,6 +614,14 @@ def output_stage(per_frame: int, seconds: float = 3.0) -> list[dict[str, Any]]:
         "every stream tracked, appearance_s 3": (
             [TrackingProcessor({s: looked for s in streams})],
             True,
+        ),
+        "every stream tracked, a zone and a line": (
+            [TrackingProcessor({s: shapes for s in streams})],
+            False,
+        ),
+        "every stream tracked, a zone and a line, infer_unseen_s 1": (
+            [TrackingProcessor({s: inferring for s in streams})],
+            False,
         ),
     }
     rows = []
@@ -627,6 +643,13 @@ def output_stage(per_frame: int, seconds: float = 3.0) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+#: the output stage section's zone and line (objects walk right across both)
+OUTPUT_SHAPES = {
+    "zones": [{"id": "z", "points": [[0.3, 0.1], [0.5, 0.1], [0.5, 0.5], [0.3, 0.5]]}],
+    "lines": [{"id": "l", "start": [0.6, 0], "end": [0.6, 1]}],
+}
 
 
 # ---- the whole pipeline, tracking off and on --------------------------------------------------

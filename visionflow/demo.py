@@ -26,7 +26,8 @@ DEMO_ANALYSIS_FPS = 15.0
 #: where the demo's dashboard and API listen (a free port when this one is taken)
 DEMO_API_LISTEN = ("127.0.0.1", 8080)
 
-#: every camera tracks; the gate camera also has a zone and a line (events, counts)
+#: every camera tracks; the gate camera also has a zone and a line (events, counts), and
+#: counts crossings its detector missed (infer_unseen_s: objects hidden as they crossed)
 DEMO_ZONES: dict[str, dict[str, Any]] = {
     "gate": {
         "zones": [
@@ -37,6 +38,7 @@ DEMO_ZONES: dict[str, dict[str, Any]] = {
             }
         ],
         "lines": [{"id": "gate", "start": [0.5, 0.2], "end": [0.5, 1]}],
+        "infer_unseen_s": 1.0,
     }
 }
 

@@ -64,6 +64,12 @@ zone, line     the zone's or line's id ('' for the other kind)
 direction      cross: ``in`` (from the line's left to its right, looking from start
                to end) or ``out``; '' otherwise
 dwell_s        exit and loiter: seconds inside the zone; '' otherwise
+inferred       ``1``: nobody saw it happen: the enter and exit of a zone that the track's
+               straight path went through between two sightings, or a crossing inferred
+               from its path before it was first or after it was last seen
+               (``infer_unseen_s``, :mod:`visionflow.tracking.unseen`); ``ts`` is the
+               estimated time, ``seq`` and ``box`` those of the frame it was inferred
+               in; ``0`` otherwise
 =============  =====================================================================
 
 Counts of tracked streams (see the counts layout at the end of this module): ``tracks``
@@ -347,6 +353,7 @@ def encode_event(stream_id: str, event: TrackEvent) -> dict[str, str]:
         "line": event.line,
         "direction": event.direction,
         "dwell_s": "" if event.dwell_s is None else f"{event.dwell_s:.3f}",
+        "inferred": "1" if event.inferred else "0",
     }
 
 

@@ -191,6 +191,15 @@ class TrackingConfig(_Strict):
         "object entering where a similar one just left would take its id; turn it on where "
         "objects do come back, e.g. 3 s).",
     )
+    infer_unseen_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description="Infer line crossings nobody saw: a new track first seen in mid-frame looks "
+        "back, and a track lost in mid-frame whose id never came back looks ahead, this many "
+        "seconds along its speed; a line that straight path crosses counts (an event with "
+        "'inferred': true), unless another track crossed it the same way close by; 0: off.",
+    )
     edge: float = Field(
         default=0.02,
         ge=0,

@@ -8,6 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 Point = tuple[float, float]
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2
 
 
 def cross(o: Point, a: Point, b: Point) -> float:

@@ -34,7 +34,7 @@ import numpy.typing as npt
 from visionflow.pipeline.appearance import DESCRIPTOR_BYTES, DIMS, decode
 from visionflow.pipeline.frames import Detection, FrameResult, TrackEvent
 from visionflow.tracking.analytics import Frame, Seen, StreamAnalytics
-from visionflow.tracking.bytetrack import ByteTracker, seed_id
+from visionflow.tracking.bytetrack import ByteTracker, FrameTracks, seed_id
 from visionflow.tracking.config import TrackingConfig
 
 log = logging.getLogger("visionflow.tracking")
@@ -105,13 +105,12 @@ class StreamTracker:
         self.last_seq = frame.seq
         dets = result.detections
         if not dets and not len(self.tracker) and not events:
-            self.tracker.idle(t, size)  # nothing to match, age or count: only the time moves
-            return result
-        boxes = np.array([[d.x1, d.y1, d.x2, d.y2] for d in dets], np.float64).reshape(-1, 4)
-        scores = np.array([d.score for d in dets], np.float64)
-        classes = np.array([d.class_id for d in dets], np.int64)
-        features = descriptors(dets) if self.config.appearance_s > 0 else None
-        found = self.tracker.update(boxes, scores, classes, t, size, features)
+            self.tracker.idle(t, size)  # nothing to match or age: the time moves
+            if not self.analytics.waiting:  # ... and nothing to count
+                return result
+            found = FrameTracks(np.zeros(0, np.int64), np.zeros(0, bool))
+        else:
+            found = self._track(dets, t, size)
         ids = [int(i) if i >= 0 else None for i in found.track_ids]
         seen = [
             Seen(ids[i] or 0, d.label, (d.x1, d.y1, d.x2, d.y2))
@@ -131,6 +130,13 @@ class StreamTracker:
             events=tuple(events + more),
             counts=tuple(counts),
         )
+
+    def _track(self, dets: tuple[Detection, ...], t: float, size: tuple[int, int]) -> FrameTracks:
+        boxes = np.array([[d.x1, d.y1, d.x2, d.y2] for d in dets], np.float64).reshape(-1, 4)
+        scores = np.array([d.score for d in dets], np.float64)
+        classes = np.array([d.class_id for d in dets], np.int64)
+        features = descriptors(dets) if self.config.appearance_s > 0 else None
+        return self.tracker.update(boxes, scores, classes, t, size, features)
 
 
 class TrackingProcessor:

@@ -123,3 +123,106 @@ def test_a_given_up_side_is_forgotten_once_its_id_cannot_come_back():
     assert analytics.lines[0].given_up == {}  # 2 s after it was given up
     _, _, analytics = play({"lines": [LINE], "reid_s": 2.0}, path[:25], {10: [1]})
     assert list(analytics.lines[0].given_up) == [1]
+
+
+BAND = {"id": "band", "points": [[0.45, 0], [0.6, 0], [0.6, 1], [0.45, 1]]}  # x 180-240
+
+
+def test_an_object_unseen_while_it_passes_through_a_zone_enters_and_exits_when_seen_beyond():
+    # walks right at 200 px/s; last seen at x 160 (frame 3), seen again at x 300 (frame 10),
+    # within lost_track_s (same track), or at x 380 (frame 14) with its id given back
+    short_gap = [[] if 4 <= i < 10 else [(1, 100 + 20 * i, 100)] for i in range(12)]
+    long_gap = [[] if 4 <= i < 14 else [(1, 100 + 20 * i, 100)] for i in range(16)]
+    for config, path, removed, seen_again in (
+        ({}, short_gap, {}, 10),
+        ({"appearance_s": 3.0}, long_gap, {12: [1]}, 14),
+    ):
+        events, counts, _ = play({"zones": [BAND], **config}, path, removed)
+        assert [(e.kind, e.zone, e.seq) for e in events] == [
+            ("enter", "band", seen_again),
+            ("exit", "band", seen_again),
+        ], events
+        assert abs(events[1].dwell_s - 0.3) < 0.05  # 60 px of the path at 200 px/s
+        assert all(e.inferred for e in events)
+        t0 = 1_000_000_020.0
+        assert abs(events[0].ts - (t0 + 0.4)) < 0.05 and abs(events[1].ts - (t0 + 0.7)) < 0.05
+        assert counts.count(("person", "zone:band:enter")) == 1
+        assert counts.count(("person", "zone:band:exit")) == 1
+
+
+def test_no_pass_through_beside_the_zone_for_a_new_id_or_shorter_than_min_dwell():
+    beside = {"id": "b", "points": [[0.45, 0], [0.6, 0], [0.6, 0.3], [0.45, 0.3]]}  # y < 60
+    gap = [[] if 4 <= i < 10 else [(1, 100 + 20 * i, 100)] for i in range(12)]
+    assert play({"zones": [beside]}, gap, {})[0] == []
+    new_id = [[(1, 100 + 20 * i, 100)] for i in range(4)] + [[]] * 6 + [[(2, 300, 100)]]
+    assert play({"zones": [BAND]}, new_id, {})[0] == []  # another object: no path
+    assert play({"zones": [{**BAND, "min_dwell_s": 0.5}]}, gap, {})[0] == []
+
+
+def test_a_last_point_is_forgotten_once_the_id_cannot_come_back():
+    # given up at frame 10 (lost_track_s 1 after frame 1): kept for 1 s + reid_s 2 s after
+    # it was last seen, then nothing is left of it
+    path = [[(1, 100, 100)], [(1, 120, 100)]] + [[]] * 9 + [[(2, 300, 100)]] * 30
+    _, _, analytics = play({"zones": [BAND], "reid_s": 2.0}, path[:25], {10: [1]})
+    assert set(analytics._last) == {1, 2}
+    _, _, analytics = play({"zones": [BAND], "reid_s": 2.0}, path, {10: [1]})
+    assert set(analytics._last) == {2}
+
+
+INFER = {"lines": [LINE], "infer_unseen_s": 1.0}  # x 200; left to right is 'out'
+
+
+def crossings(events):
+    return [(e.track_id, e.direction, e.inferred, e.seq) for e in events if e.kind == "cross"]
+
+
+def test_a_new_track_first_seen_beyond_a_line_crossed_it_unseen():
+    # frame 0: something else on screen; track 2 first seen at x 240 (frame 1) walking right
+    # at 200 px/s: looking back 1 s, it was left of the line 0.2 s before
+    frames = [[(9, 380, 50)]] + [[(9, 380, 50), (2, 240 + 20 * i, 100)] for i in range(8)]
+    events, counts, _ = play(INFER, frames, {})
+    assert crossings(events) == [(2, "out", True, 6)]  # looked back after 0.5 s
+    assert abs(events[0].ts - (1_000_000_020.0 + 0.1 - 0.2)) < 0.02
+    assert counts.count(("person", "line:mid:out")) == 1
+    assert play({"lines": [LINE]}, frames, {})[0] == []  # off by default
+    at_border = [[(9, 380, 50)]] + [[(9, 380, 50), (2, 240 + 20 * i, 200)] for i in range(8)]
+    assert play(INFER, at_border, {})[0] == []  # came in at the bottom: not through the line
+    on_screen = [[(2, 240 + 20 * i, 100)] for i in range(8)]
+    assert play(INFER, on_screen, {})[0] == []  # there when tracking began
+    flicker = [[(9, 380, 50)]] + [
+        [(9, 380, 50)] + ([(2, 240 + 20 * i, 100)] if i in (0, 3, 6) else []) for i in range(8)
+    ]
+    assert play(INFER, flicker, {})[0] == []  # 3 sightings: no speed worth following
+
+
+def test_a_track_lost_before_a_line_and_never_seen_again_crossed_it_unseen():
+    # walks right to x 160, lost at frame 5, given up at frame 15 (lost_track_s 1), no
+    # re-identification: its path ahead crosses the line at x 200 0.2 s after it was lost
+    frames = [[(3, 60 + 20 * i, 100)] for i in range(6)] + [[]] * 12
+    events, counts, _ = play(INFER, frames, {15: [3]})
+    assert crossings(events) == [(3, "out", True, 16)]  # once its id cannot come back
+    assert abs(events[0].ts - (1_000_000_020.0 + 0.5 + 0.2)) < 0.02
+    assert counts == [("person", "tracks"), ("person", "line:mid:out")]
+    at_top = [[(3, 60 + 20 * i, 40)] for i in range(6)] + [[]] * 12  # its box touches the top
+    assert play(INFER, at_top, {15: [3]})[0] == []  # it may have left there
+    # given up at frame 15, its id given back at frame 18 (reid_s): that crossing was seen
+    back = [[(3, 60 + 20 * i, 100)] for i in range(6)] + [[]] * 12
+    back += [[(3, 300 + 10 * i, 100)] for i in range(6)] + [[]] * 40
+    events, _, _ = play({**INFER, "reid_s": 2.0}, back, {15: [3], 34: [3]})
+    assert crossings(events) == [(3, "out", False, 18)]
+
+
+def test_one_object_lost_before_the_line_and_found_beyond_it_counts_once():
+    # track 3 lost at x 160 (frame 5); the same object found at x 260 under a new id (frame 8):
+    # both paths cross the line, one crossing is counted
+    frames = [[(3, 60 + 20 * i, 100)] for i in range(6)] + [[]] * 2
+    frames += [[(4, 260 + 20 * i, 100)] for i in range(10)] + [[]] * 10
+    events, counts, _ = play(INFER, frames, {15: [3], 28: [4]})
+    assert [(t, d, inf) for t, d, inf, _ in crossings(events)] == [(4, "out", True)]
+    assert counts.count(("person", "line:mid:out")) == 1
+    # ... but a track seen beside it (the car it was hidden behind) is another object
+    occluder = [[(7, 160 + 20 * i, 110)] for i in range(18)]
+    both = [a + b for a, b in zip(frames, occluder + [[]] * 10, strict=True)]
+    events, counts, _ = play(INFER, both, {15: [3], 28: [4]})
+    assert [(t, inf) for t, _, inf, _ in crossings(events)] == [(7, False), (4, True)]
+    assert counts.count(("person", "line:mid:out")) == 2

@@ -152,3 +152,18 @@ def test_appearance_settings_reach_the_tracker_and_are_off_by_default():
     assert (params.appearance_size, params.appearance_reach) == (0.3, 1.0)
     reach = load({"appearance_s": 3, "appearance_reach": 0}).streams[0].tracking
     assert reach is not None and reach.params().appearance_reach == 0.0
+
+
+@pytest.mark.parametrize(
+    ("value", "message"), [(-1, "greater than or equal to 0"), (11, "less than or equal to 10")]
+)
+def test_infer_unseen_out_of_bounds_is_refused(value, message):
+    text = error({"infer_unseen_s": value})
+    assert "infer_unseen_s" in text and message in text
+
+
+def test_infer_unseen_is_off_by_default():
+    default = load({}).streams[0].tracking
+    assert default is not None and default.infer_unseen_s == 0.0
+    tracking = load({"infer_unseen_s": 1.5}).streams[0].tracking
+    assert tracking is not None and tracking.infer_unseen_s == 1.5

@@ -151,7 +151,7 @@ def test_events_wait_while_redis_is_down_and_arrive_when_it_is_back(killable_red
         sink.stop(2)
     client = redis.Redis.from_url(url, decode_responses=True)
     events = [f for _, f in client.xrange(events_key("vft", "a"))]
-    assert [(e["kind"], e["direction"]) for e in events] == [("cross", "out")]
+    assert [(e["kind"], e["direction"], e["inferred"]) for e in events] == [("cross", "out", "0")]
     assert (
         client.hget(counts_key("vft", bucket_start(T0)), count_field("a", "car", "line:mid:out"))
         == "1"
@@ -260,3 +260,21 @@ def test_empty_frames_without_tracks_keep_the_tracker_behaviour():
     assert len(proc.streams["a"].tracker) == 0
     (back,) = proc.process([result("a", 30, [130])])
     assert ids(back) == [one + 1]
+
+
+def test_a_crossing_inferred_after_the_last_track_is_gone_still_comes():
+    # a car walks right towards the line (x 320) and is lost at x 270 (anchor) in frame 6;
+    # no detections after: its crossing is inferred once its id can no longer come back
+    # (1 s lost + 3 s of re-identification by appearance; with no look to compare, the
+    # tracker drops it after the first second), in a frame with no track left
+    config = TrackingConfig(**LINE, infer_unseen_s=1.0, appearance_s=3.0)
+    proc = TrackingProcessor({"a": config})
+    seen = proc.process([result("a", 0, [40])])  # something on screen when tracking began
+    seen += proc.process([result("a", s, [40, 60 + 25 * s]) for s in range(1, 7)])
+    empty = proc.process([result("a", s, []) for s in range(7, 60)])
+    inferred = [(r.frame.seq, e.direction, e.inferred) for r in empty for e in r.events]
+    crossings = [e for r in seen + empty for e in r.events if e.kind == "cross"]
+    assert [(e.direction, e.inferred) for e in crossings] == [("out", True)], crossings
+    assert inferred and inferred[0][0] > 7 and not len(proc.streams["a"].tracker)
+    counts = [c for r in empty for c in r.counts]
+    assert counts == [("car", "line:mid:out")]
