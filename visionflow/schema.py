@@ -57,19 +57,22 @@ kind           ``enter`` / ``exit`` (a zone), ``loiter`` (in a zone for ``loiter
 stream_id      the camera's id
 track_id       the object's track id (as on its detections)
 label          the object's label
-ts             capture time (Unix seconds) of the frame it happened in; ``seq`` its seq
+ts             capture time (Unix seconds) of the frame it happened in (inferred: the
+               estimated time, before the frame it is written with); ``seq`` that
+               frame's seq
 box            JSON [x1, y1, x2, y2], the object's box in that frame (exit after the
-               track was lost: its last box)
+               track was lost, or a crossing inferred after it: its last box)
 zone, line     the zone's or line's id ('' for the other kind)
 direction      cross: ``in`` (from the line's left to its right, looking from start
                to end) or ``out``; '' otherwise
 dwell_s        exit and loiter: seconds inside the zone; '' otherwise
-inferred       ``1``: nobody saw it happen: the enter and exit of a zone that the track's
-               straight path went through between two sightings, or a crossing inferred
-               from its path before it was first or after it was last seen
-               (``infer_unseen_s``, :mod:`visionflow.tracking.unseen`); ``ts`` is the
-               estimated time, ``seq`` and ``box`` those of the frame it was inferred
-               in; ``0`` otherwise
+inferred       ``1``: nobody saw it happen: a zone's enter and exit read from the
+               track's straight path between two sightings (the zone's ``passages``), or
+               a line crossing inferred from its path before it was first or after it was
+               last seen (``infer_unseen_s``, :mod:`visionflow.tracking.unseen`); ``0``
+               otherwise.  Inferred events come with the frame they were inferred in, so
+               a stream's events are not always in ``ts`` order, and their counts go to
+               that frame's bucket
 =============  =====================================================================
 
 Counts of tracked streams (see the counts layout at the end of this module): ``tracks``

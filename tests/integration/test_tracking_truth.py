@@ -12,18 +12,20 @@ with the pillar (0.985; 0.93 before), >= 0.9 for objects that leave and come bac
 goal; 0.958, re-identification by appearance on for that stream only, ``appearance_s`` 3, off
 by default; 0.76 with the detector before, which merged overlapping cars into one box and
 missed people in front of cars).  ``VF_TRUTH_APPEARANCE=all`` turns appearance on for every
-stream and ``VF_TRUTH_SEEDS=401,402`` adds a run per seed (a scene of each kind), to measure.  Counts: the truth counts every object, also one crossing while
-hidden behind another or one the detector misses, so the counts may miss a few: 5 per 100
-rounded up, at least 2 (5 of the 82 checked here; measured 0 of 82 with ``infer_unseen_s``
-1, which infers crossings no track saw; 2 of 82 before it, both a person's line crossings on
-the reenter scene the detector missed; 6 of 82 with the detector before; the issue asks
-+-1 per 100), checked over the lines of every scene and the zone of the first two (a
-returning object that is not re-identified is one object to the truth but two tracks, so its
-zone counts differ).  The
-counts in Redis are all the pipeline wrote, so the clip must be read once: the server streams
-it once per session, and the stream's reconnect after its end is put off (20 s backoff) past
-the pipeline's stop (a run on a loaded machine once failed with counts off by 26: a stream
-that ended first reconnected and counted a second pass while another was still finishing).
+stream and ``VF_TRUTH_SEEDS=401,402`` adds a run per seed (a scene of each kind), which only
+prints its figures (to measure; the bounds are those of the test's scenes).  Counts: the
+truth counts every object, also one crossing while hidden behind another or one the
+detector misses: off by at most 1 per 100 rounded up, the issue's goal (1 of the 82 checked
+here; measured 0 of 82 in three runs with ``infer_unseen_s`` 1, which infers crossings no
+track saw; 2 of 82 before it, both a person's line crossings on the reenter scene that the
+detector missed, so a broken inference fails this; 6 of 82 with the detector before),
+checked over the lines of every scene and the zone of the first two (a returning object
+that is not re-identified is one object to the truth but two tracks, so its zone counts
+differ).  The counts in Redis are all the pipeline wrote, so the clip must be read once:
+the server streams it once per session, and the stream's reconnect after its end is put off
+(20 s backoff) past the pipeline's stop (a run on a loaded machine once failed with counts
+off by 26: a stream that ended first reconnected and counted a second pass while another
+was still finishing).
 ``scripts/tracking_mutations.sh`` breaks the ids and the line direction on
 purpose and shows this test failing.
 """
@@ -71,7 +73,7 @@ def tracking_of(kind: str) -> dict[str, object]:
 
 
 MIN_IDF1 = {"crossing": 0.95, "occlusion": 0.94, "reenter": 0.9}
-MAX_MISCOUNT = 0.05  # of the truth's crossings and zone entries/exits
+MAX_MISCOUNT = 0.01  # of the truth's crossings and zone entries/exits (the issue's goal)
 
 
 def clip(folder: Path, kind: str, seed: int) -> Path:
@@ -156,7 +158,9 @@ def test_tracks_and_counts_match_the_truth(
         f"tracking truth {scenes}: IDF1 {idf1}, counts off by {total_diff} of "
         f"{total_crossings} (every zone and line: {every_off} of {every_count})"
     )
+    if scenes is not SCENES:
+        return  # VF_TRUTH_SEEDS: measuring (the bounds below are those of the test's scenes)
     for kind, (score_dict, *_) in report.items():
         assert score_dict["idf1"] >= MIN_IDF1[kind], f"{kind}: {report[kind]}"
-    allowed = max(2, math.ceil(total_crossings * MAX_MISCOUNT))
+    allowed = max(1, math.ceil(total_crossings * MAX_MISCOUNT))
     assert total_diff <= allowed, f"counts differ by {total_diff} (> {allowed}): {report}"

@@ -90,7 +90,7 @@ class TrackEvent:
     line: str = ""
     direction: str = ""  # cross: 'in' or 'out'
     dwell_s: float | None = None  # exit and loiter: time inside the zone so far
-    inferred: bool = False  # cross: nobody saw it (visionflow.tracking.unseen); ts estimated
+    inferred: bool = False  # nobody saw it (a zone passage, an unseen crossing); ts estimated
 
 
 @dataclass(frozen=True)

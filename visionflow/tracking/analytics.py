@@ -11,10 +11,13 @@ give its id back (``reid_s`` / ``appearance_s``: an object that left and came ba
 hidden longer than ``lost_track_s``); when the id comes back it takes that side again, so a
 line the object crossed while unseen is counted when it is seen on the other side (as the
 truth counts it), instead of the id starting afresh with no side.  Zones do the same with
-the point where it was last seen: an object seen again (the next frame, or with its id back
-after a gap) on the far side of a zone that the straight path between the two points goes
-through passed through it unseen, and gets that zone's enter and exit (with the dwell the
-path spent inside) in the frame it is seen again.
+the point where it was last seen (``passages``, on by default): an object seen again (the next
+frame, or with its id back after a gap) outside a zone, and outside it where last seen, whose
+straight path between the two points goes through it passed through it unseen, and gets that
+zone's enter and exit (``inferred``, timed and with the dwell of the path inside) in the frame
+it is seen again; not from a sighting at a frame border (it may have been outside the frame)
+nor over a path longer than one object can have walked (:data:`PATH_HEIGHTS_PER_S`).  Line
+crossings nobody saw are inferred by :mod:`visionflow.tracking.unseen` (``infer_unseen_s``).
 """
 
 from __future__ import annotations
@@ -41,7 +44,11 @@ from visionflow.tracking.geometry import (
 from visionflow.tracking.unseen import LineShape, UnseenCrossings
 
 log = logging.getLogger("visionflow.tracking")
-PATH_STEPS = 32  # a path between two sightings is tested for zones at this many points
+PATH_STEPS = 32  # a path between two sightings is tested for zones at 31 points between
+_SHARES = np.linspace(0.0, 1.0, PATH_STEPS + 1)[1:-1]  # where on the path, 0..1
+#: a path between two sightings longer than (1 + this x its seconds) object heights is not
+#: taken (an id that jumped to another object, not one object walking there)
+PATH_HEIGHTS_PER_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,7 @@ class _Zone:
     polygon: npt.NDArray[np.float64]
     presence: dict[int, _Presence] = field(default_factory=dict)
 
-    box: Box = (0.0, 0.0, 0.0, 0.0)  # the polygon's bounding box
+    box: Box = field(init=False)  # the polygon's bounding box
 
     def __post_init__(self) -> None:
         lo, hi = self.polygon.min(axis=0), self.polygon.max(axis=0)
@@ -127,14 +134,15 @@ class _Line:
     given_up: dict[int, tuple[_Side, float]] = field(default_factory=dict)
 
 
-def _meets(box: Box, a: tuple[float, float], b: tuple[float, float]) -> bool:
-    """Whether the bounding box of segment a-b meets ``box``."""
-    return (
-        min(a[0], b[0]) <= box[2]
-        and max(a[0], b[0]) >= box[0]
-        and min(a[1], b[1]) <= box[3]
-        and max(a[1], b[1]) >= box[1]
-    )
+@dataclass(frozen=True)
+class _Before:
+    """Where this frame's tracks were last seen (arrays aligned with the frame's tracks): a
+    path since then that a zone passage may be read from (``usable``: seen before, in
+    mid-frame, and not farther than one object can have walked)."""
+
+    xy: npt.NDArray[np.float64]  # [N, 2]
+    clock: npt.NDArray[np.float64]  # [N]
+    usable: npt.NDArray[np.bool_]  # [N]
 
 
 class StreamAnalytics:
@@ -174,7 +182,9 @@ class StreamAnalytics:
         self._comeback_s = max(config.reid_s, config.appearance_s)
         #: where each track's anchor was last seen, and the clock then (kept for tracks given
         #: up while their id may come back, as for lines)
-        self._last: dict[int, tuple[tuple[float, float], float]] = {}
+        #: per track: x, y, clock, box height, whether the box touched a border
+        self._last: dict[int, tuple[float, float, float, float, bool]] = {}
+        self._size = (width, height)
         self._sweep_at = 0.0
         self._unseen = (
             UnseenCrossings(
@@ -184,19 +194,18 @@ class StreamAnalytics:
                 ],
                 (width, height),
                 config.infer_unseen_s,
-                config.lost_track_s + self._comeback_s,
+                max(config.lost_track_s, config.appearance_s),  # a mid-frame id comes back
                 config.edge,
             )
             if config.infer_unseen_s > 0 and self.lines
             else None
         )
-        self._frames = 0
 
     @property
     def waiting(self) -> bool:
         """Whether a frame with no track in it may still make events: tracks given up whose
         crossings are inferred once their ids can no longer come back."""
-        return self._unseen is not None and bool(self._unseen.paths)
+        return self._unseen is not None and self._unseen.waiting
 
     def step(self, frame: Frame) -> tuple[list[TrackEvent], list[tuple[str, str]]]:
         events: list[TrackEvent] = []
@@ -205,49 +214,73 @@ class StreamAnalytics:
         points = np.array(
             [anchor_point(s.box, self.config.anchor) for s in frame.tracks], np.float64
         ).reshape(-1, 2)
-        before = [self._last.get(s.track_id) for s in frame.tracks] if self.zones else []
+        before = self._before(frame, points) if self.zones else None
         for zone in self.zones:
             events += self._zone_step(zone, frame, points, before)
         for line in self.lines:
             events += self._line_step(line, frame, points)
-        if self._unseen is not None:
-            events += self._infer_unseen(frame, points, events)
+        inferred, repeats = self._infer_unseen(frame, points, events)
+        counted = [e for i, e in enumerate(events) if i not in repeats] + inferred
         if self.zones:
             self._remember(frame, points)
-        self._frames += 1
-        return events, counts + self._count(events, frame.ts)
+        return events + inferred, counts + self._count(counted, frame.ts)
 
     def _infer_unseen(
         self, frame: Frame, points: npt.NDArray[np.float64], events: list[TrackEvent]
-    ) -> list[TrackEvent]:
-        """Crossings nobody saw (:mod:`visionflow.tracking.unseen`); this frame's seen
-        crossings are noted first, so an inferred one does not repeat them."""
+    ) -> tuple[list[TrackEvent], set[int]]:
+        """Crossings nobody saw (:mod:`visionflow.tracking.unseen`), and which of this
+        frame's seen crossings (their index in ``events``) repeat one inferred before for
+        another id of the object, not to be counted again; the seen ones are noted first, so
+        an inferred one does not repeat them."""
         unseen = self._unseen
-        assert unseen is not None
-        for event in events:
-            if event.kind == "cross":
-                unseen.note(event, anchor_point(event.box, self.config.anchor), frame.clock)
-        born = set(frame.born) if self._frames else set()  # not those on screen at the start
+        if unseen is None:
+            return [], set()
+        repeats = {
+            i
+            for i, e in enumerate(events)
+            if e.kind == "cross"
+            and unseen.note(e, anchor_point(e.box, self.config.anchor), frame.clock)
+        }
         at = (frame.clock, frame.ts, frame.seq)
+        born = set(frame.born)
         out: list[TrackEvent] = []
         for seen, xy in zip(frame.tracks, points, strict=True):
             point = (float(xy[0]), float(xy[1]))
             out += unseen.seen(
                 seen.track_id, seen.label, seen.box, point, at, seen.track_id in born
             )
-        return out + unseen.step(*at)
+        return out + unseen.step(*at), repeats
 
     def _remember(self, frame: Frame, points: npt.NDArray[np.float64]) -> None:
         """Keep each track's last point while the tracker may still give its id back (lost
         for up to ``lost_track_s``, then given up for up to the re-identification time)."""
         for seen, xy in zip(frame.tracks, points, strict=True):
-            self._last[seen.track_id] = ((float(xy[0]), float(xy[1])), frame.clock)
+            height = seen.box[3] - seen.box[1]
+            border = self._at_border(seen.box)
+            self._last[seen.track_id] = (float(xy[0]), float(xy[1]), frame.clock, height, border)
         if frame.clock < self._sweep_at:
             return  # forgotten at most once a second
         self._sweep_at = frame.clock + 1.0
         late = frame.clock - self.config.lost_track_s - self._comeback_s
-        for track_id in [t for t, (_, clock) in self._last.items() if clock < late]:
+        for track_id in [t for t, last in self._last.items() if last[2] < late]:
             del self._last[track_id]
+
+    def _at_border(self, box: Box) -> bool:
+        w, h = self._size
+        mx, my = self.config.edge * w, self.config.edge * h
+        return box[0] <= mx or box[1] <= my or box[2] >= w - mx or box[3] >= h - my
+
+    def _before(self, frame: Frame, points: npt.NDArray[np.float64]) -> _Before:
+        """Where this frame's tracks were last seen, and which paths since are usable."""
+        unknown = (np.nan,) * 5
+        rows = np.array(
+            [self._last.get(seen.track_id, unknown) for seen in frame.tracks], np.float64
+        ).reshape(-1, 5)
+        xy, clock, height, border = rows[:, 0:2], rows[:, 2], rows[:, 3], rows[:, 4]
+        # rows of NaN (never seen) compare False: not usable
+        reach = height * (1.0 + PATH_HEIGHTS_PER_S * (frame.clock - clock))
+        walked = np.hypot(points[:, 0] - xy[:, 0], points[:, 1] - xy[:, 1])
+        return _Before(xy, clock, (border == 0) & (walked <= reach))
 
     def _count(self, events: Sequence[TrackEvent], ts: float) -> list[tuple[str, str]]:
         """Count increments of ``events`` at time ``ts``: each track and metric once per bucket."""
@@ -296,7 +329,7 @@ class StreamAnalytics:
         zone: _Zone,
         frame: Frame,
         points: npt.NDArray[np.float64],
-        before: Sequence[tuple[tuple[float, float], float] | None],
+        before: _Before | None,
     ) -> list[TrackEvent]:
         events: list[TrackEvent] = []
         cfg, t = zone.config, frame.clock
@@ -350,50 +383,59 @@ class StreamAnalytics:
         zone: _Zone,
         frame: Frame,
         points: npt.NDArray[np.float64],
-        before: Sequence[tuple[tuple[float, float], float] | None],
+        before: _Before | None,
         inside: npt.NDArray[np.bool_],
     ) -> dict[int, tuple[float, npt.NDArray[np.bool_]]]:
-        """Per track (index) outside ``zone``, not in it before and seen before: the time
-        since then and which of :data:`PATH_STEPS` points on the straight path between are
-        inside it, for the paths whose bounding box meets the zone's (all in one test)."""
-        rows, starts = [], []
-        for i, last in enumerate(before):  # plain floats: most frames have no candidate
-            if last is None or inside[i] or frame.tracks[i].track_id in zone.presence:
-                continue
-            if _meets(zone.box, last[0], (float(points[i, 0]), float(points[i, 1]))):
-                rows.append(i)
-                starts.append(last[0])
-        if not rows:
+        """Per track (index) outside ``zone`` now and where it was last seen, with no presence
+        in it, whose usable path since goes through it: the time since then and which of the
+        31 points on the straight path between are inside (paths whose bounding box misses
+        the zone's are not sampled)."""
+        if before is None or not len(points) or not zone.config.passages:
             return {}
-        s = np.linspace(0.0, 1.0, PATH_STEPS + 1)[1:-1, None]  # [S, 1]
-        a, b = np.array(starts)[:, None, :], points[rows][:, None, :]  # [K, 1, 2]
-        samples = (a + (b - a) * s[None]).reshape(-1, 2)
+        x_lo, y_lo, x_hi, y_hi = zone.box
+        a, b = before.xy, points
+        rows = np.flatnonzero(before.usable & ~inside)
+        if not len(rows):
+            return {}
+        a, b = a[rows], b[rows]  # bounding boxes of the paths meeting the zone's:
+        meets = (np.minimum(a[:, 0], b[:, 0]) <= x_hi) & (np.maximum(a[:, 0], b[:, 0]) >= x_lo)
+        meets &= (np.minimum(a[:, 1], b[:, 1]) <= y_hi) & (np.maximum(a[:, 1], b[:, 1]) >= y_lo)
+        rows = rows[meets]
+        free = [frame.tracks[int(i)].track_id not in zone.presence for i in rows]
+        rows = rows[np.array(free, bool)]
+        if len(rows):  # and not inside where last seen (given up in it: it exited then)
+            rows = rows[~points_in_polygon(before.xy[rows], zone.polygon)]
+        if not len(rows):
+            return {}
+        start, end = before.xy[rows][:, None, :], points[rows][:, None, :]  # [K, 1, 2]
+        samples = (start + (end - start) * _SHARES[None, :, None]).reshape(-1, 2)
         through = points_in_polygon(samples, zone.polygon).reshape(len(rows), -1)
         return {
-            i: (frame.clock - last[1], hits)
+            int(i): (frame.clock - float(before.clock[i]), hits)
             for i, hits in zip(rows, through, strict=True)
-            if hits.any() and (last := before[i]) is not None
+            if hits.any()
         }
 
     def _passed(
         self, zone: _Zone, seen: Seen, frame: Frame, gap: float, hits: npt.NDArray[np.bool_]
     ) -> list[TrackEvent]:
-        """Enter and exit (``inferred``, at the times the path was inside: its first and last
-        point in the zone) of a track whose straight path since it was last seen, ``gap``
-        seconds ago, went through ``zone`` (``hits``: which of its points are inside), the
-        time inside at least ``min_dwell_s``."""
-        dwell = float(hits.mean()) * gap
+        """Enter and exit (``inferred``) of a track whose straight path since it was last
+        seen, ``gap`` seconds ago, went through ``zone`` (``hits``: which of its points are
+        inside), at the times of its first and last point inside (a point stands for a 32nd
+        of the path), if that is at least ``min_dwell_s``."""
+        at = np.flatnonzero(hits)
+        step = gap / PATH_STEPS
+        dwell = (at[-1] - at[0] + 1) * step
         if dwell < zone.config.min_dwell_s:
             return []
-        at = np.flatnonzero(hits)
-        share = np.linspace(0.0, 1.0, PATH_STEPS + 1)[1:-1][[at[0], at[-1]]]
-        ago = (1.0 - share) * gap  # before this frame
+        entered = frame.ts - gap + (at[0] + 0.5) * step  # the point's 32nd of the path
         where = {"zone": zone.config.id, "inferred": True}
-        enter = _event("enter", seen, frame, **where)
-        exit_ = _event("exit", seen, frame, **where, dwell_s=round(dwell, 3))
         return [
-            dataclasses.replace(enter, ts=frame.ts - float(ago[0])),
-            dataclasses.replace(exit_, ts=frame.ts - float(ago[1])),
+            dataclasses.replace(_event("enter", seen, frame, **where), ts=entered),
+            dataclasses.replace(
+                _event("exit", seen, frame, **where, dwell_s=round(dwell, 3)),
+                ts=entered + dwell,
+            ),
         ]
 
     def _line_step(

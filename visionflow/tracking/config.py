@@ -86,6 +86,14 @@ class ZoneConfig(_Shape):
         le=86400,
         description="A 'loiter' event when an object has stayed this long; empty: none.",
     )
+    passages: bool = Field(
+        default=True,
+        description="An object seen on both sides of the zone, not in it (unseen in "
+        "between, or fast), whose straight path between the two sightings went through it "
+        "gets its enter and exit, marked inferred (no loiter event; not for a path from a "
+        "frame border or one longer than it can have walked); false: only sightings inside "
+        "count.",
+    )
 
     @field_validator("points")
     @classmethod
@@ -195,17 +203,21 @@ class TrackingConfig(_Strict):
         default=0.0,
         ge=0,
         le=10,
-        description="Infer line crossings nobody saw: a new track first seen in mid-frame looks "
-        "back, and a track lost in mid-frame whose id never came back looks ahead, this many "
-        "seconds along its speed; a line that straight path crosses counts (an event with "
-        "'inferred': true), unless another track crossed it the same way close by; 0: off.",
+        description="Infer line crossings nobody saw (objects hidden or missed as they "
+        "crossed): a new track first seen in mid-frame looks back, and a track lost in "
+        "mid-frame whose id never came back looks ahead, this many seconds along its speed "
+        "(from its first or last 4 sightings); a line that straight path crosses counts, as a "
+        "cross event with inferred '1', unless another track crossed it the same way close "
+        "by. Not where objects appear or vanish in mid-frame (doors, parking spaces, tunnel "
+        "mouths) near a line: it would invent crossings there. 0: off.",
     )
     edge: float = Field(
         default=0.02,
         ge=0,
         le=0.25,
         description="A box this close to a border of the frame (fraction of the frame's width "
-        "or height) is at that edge, for re-identification.",
+        "or height) is at that edge: for re-identification, and an object last or first seen "
+        "there may have been outside the frame (no zone passage or inferred crossing).",
     )
     reid_size: float = Field(
         default=0.2,

@@ -176,34 +176,49 @@ def crossings(events):
     return [(e.track_id, e.direction, e.inferred, e.seq) for e in events if e.kind == "cross"]
 
 
+WARM = [[(9, 380, 50)]] * 5  # 0.5 s with something else on screen before the object comes
+
+
 def test_a_new_track_first_seen_beyond_a_line_crossed_it_unseen():
-    # frame 0: something else on screen; track 2 first seen at x 240 (frame 1) walking right
-    # at 200 px/s: looking back 1 s, it was left of the line 0.2 s before
-    frames = [[(9, 380, 50)]] + [[(9, 380, 50), (2, 240 + 20 * i, 100)] for i in range(8)]
+    # track 2 first seen at x 240 (frame 5) walking right at 200 px/s: looking back 1 s, it
+    # was left of the line (x 200) 0.2 s before; walking left from x 160, right of it
+    frames = WARM + [[(9, 380, 50), (2, 240 + 20 * i, 100)] for i in range(8)]
     events, counts, _ = play(INFER, frames, {})
-    assert crossings(events) == [(2, "out", True, 6)]  # looked back after 0.5 s
-    assert abs(events[0].ts - (1_000_000_020.0 + 0.1 - 0.2)) < 0.02
+    assert crossings(events) == [(2, "out", True, 10)]  # looked back after 0.5 s
+    assert abs(events[0].ts - (1_000_000_020.0 + 0.5 - 0.2)) < 0.02
     assert counts.count(("person", "line:mid:out")) == 1
+    leftwards = WARM + [[(9, 380, 50), (2, 160 - 20 * i, 100)] for i in range(8)]
+    assert crossings(play(INFER, leftwards, {})[0]) == [(2, "in", True, 10)]
     assert play({"lines": [LINE]}, frames, {})[0] == []  # off by default
-    at_border = [[(9, 380, 50)]] + [[(9, 380, 50), (2, 240 + 20 * i, 200)] for i in range(8)]
+    at_border = WARM + [[(9, 380, 50), (2, 240 + 20 * i, 200)] for i in range(8)]
     assert play(INFER, at_border, {})[0] == []  # came in at the bottom: not through the line
     on_screen = [[(2, 240 + 20 * i, 100)] for i in range(8)]
     assert play(INFER, on_screen, {})[0] == []  # there when tracking began
-    flicker = [[(9, 380, 50)]] + [
+    late_start = [[], *on_screen]  # ... also when the first frame had nothing in it: the
+    assert play(INFER, late_start, {})[0] == []  # look back stops where tracking began
+    flicker = WARM + [
         [(9, 380, 50)] + ([(2, 240 + 20 * i, 100)] if i in (0, 3, 6) else []) for i in range(8)
     ]
     assert play(INFER, flicker, {})[0] == []  # 3 sightings: no speed worth following
+    slow_rate = WARM + [
+        [(9, 380, 50)] + ([(2, 240 + 20 * i, 100)] if i % 3 == 0 else []) for i in range(12)
+    ]  # 3.3 frames/s: its 4th sighting 0.9 s after the first
+    assert crossings(play(INFER, slow_rate, {})[0]) == [(2, "out", True, 14)]
 
 
 def test_a_track_lost_before_a_line_and_never_seen_again_crossed_it_unseen():
     # walks right to x 160, lost at frame 5, given up at frame 15 (lost_track_s 1), no
     # re-identification: its path ahead crosses the line at x 200 0.2 s after it was lost
-    frames = [[(3, 60 + 20 * i, 100)] for i in range(6)] + [[]] * 12
+    frames = [[(3, 60 + 20 * i, 100)] for i in range(6)] + [[]] * 24
     events, counts, _ = play(INFER, frames, {15: [3]})
-    assert crossings(events) == [(3, "out", True, 16)]  # once its id cannot come back
+    # decided 2 s after it was last seen (frame 5): infer_unseen_s + 1 s in which a crossing
+    # seen under another id would still be known, past lost_track_s
+    assert crossings(events) == [(3, "out", True, 26)]
     assert abs(events[0].ts - (1_000_000_020.0 + 0.5 + 0.2)) < 0.02
     assert counts == [("person", "tracks"), ("person", "line:mid:out")]
-    at_top = [[(3, 60 + 20 * i, 40)] for i in range(6)] + [[]] * 12  # its box touches the top
+    leftwards = [[(3, 340 - 20 * i, 100)] for i in range(6)] + [[]] * 24
+    assert crossings(play(INFER, leftwards, {15: [3]})[0]) == [(3, "in", True, 26)]
+    at_top = [[(3, 60 + 20 * i, 40)] for i in range(6)] + [[]] * 24  # its box touches the top
     assert play(INFER, at_top, {15: [3]})[0] == []  # it may have left there
     # given up at frame 15, its id given back at frame 18 (reid_s): that crossing was seen
     back = [[(3, 60 + 20 * i, 100)] for i in range(6)] + [[]] * 12
@@ -226,3 +241,51 @@ def test_one_object_lost_before_the_line_and_found_beyond_it_counts_once():
     events, counts, _ = play(INFER, both, {15: [3], 28: [4]})
     assert [(t, inf) for t, _, inf, _ in crossings(events)] == [(7, False), (4, True)]
     assert counts.count(("person", "line:mid:out")) == 2
+
+
+def test_an_object_seen_crossing_under_another_id_after_an_inferred_crossing_counts_once():
+    # track 3 lost at x 130 (frame 3) walking right; its crossing is inferred at frame 24;
+    # the same object, found as track 4 at x 150 (frame 25, it had waited hidden), is then
+    # seen crossing (frame 28): an event, not a second count
+    frames = [[(3, 70 + 20 * i, 100)] for i in range(4)] + [[]] * 21
+    frames += [[(4, 150 + 20 * i, 100)] for i in range(8)] + [[]] * 30
+    events, counts, _ = play(INFER, frames, {13: [3], 43: [4]})
+    assert [(t, inf) for t, _, inf, _ in crossings(events)] == [(3, True), (4, False)]
+    assert counts.count(("person", "line:mid:out")) == 1
+    # found sooner (frame 12), it is seen crossing before the inference is decided: no
+    # inferred crossing then (the hidden wait, 0.9 s, widens the 1 s window)
+    sooner = [[(3, 70 + 20 * i, 100)] for i in range(4)] + [[]] * 8
+    sooner += [[(4, 150 + 20 * i, 100)] for i in range(8)] + [[]] * 40
+    events, counts, _ = play(INFER, sooner, {13: [3], 30: [4]})
+    assert [(t, inf) for t, _, inf, _ in crossings(events)] == [(4, False)]
+    assert counts.count(("person", "line:mid:out")) == 1
+
+
+def test_no_passage_from_inside_from_a_border_by_a_jump_or_when_turned_off():
+    # given up inside the band (x 200, frame 13: it exits then), its id given back at x 300
+    inside = [[(1, 200, 100)] for _ in range(4)] + [[]] * 12 + [[(1, 300, 100)]] * 3
+    events, _, _ = play({"zones": [BAND], "appearance_s": 3.0}, inside, {13: [1]})
+    assert [(e.kind, e.inferred) for e in events] == [("enter", False), ("exit", False)]
+    # walks left through a thin band by the left border (x 20-30) between two frames (a
+    # passage), is last seen at x 15, its box at the border, and comes back at x 35: it may
+    # have been outside the frame, not in the band, in between
+    thin = {"id": "thin", "points": [[0.05, 0], [0.075, 0], [0.075, 1], [0.05, 1]]}
+    out_and_back = [[(1, 75 - 20 * i, 100)] for i in range(4)] + [[]] * 20 + [[(1, 35, 100)]]
+    events, _, _ = play({"zones": [thin], "reid_s": 3.0}, out_and_back, {})
+    assert [(e.kind, e.seq) for e in events] == [("enter", 3), ("exit", 3)]
+    # an id that jumps 300 px in a frame (another object): no path to read a passage from
+    jump = [[(1, 80, 100)], [(1, 80, 100)], [(1, 380, 100)]]
+    assert play({"zones": [BAND]}, jump, {})[0] == []
+    gap = [[] if 4 <= i < 10 else [(1, 100 + 20 * i, 100)] for i in range(12)]
+    assert play({"zones": [{**BAND, "passages": False}]}, gap, {})[0] == []
+    assert [e.kind for e in play({"zones": [BAND]}, gap, {})[0]] == ["enter", "exit"]
+
+
+def test_inference_keeps_to_the_lines_labels_and_forgets_what_it_no_longer_needs():
+    cars_only = {**INFER, "lines": [{**LINE, "labels": ["car"]}]}
+    frames = WARM + [[(9, 380, 50), (2, 240 + 20 * i, 100)] for i in range(8)]
+    assert play(cars_only, frames, {})[0] == []  # a person: not this line's
+    _, _, analytics = play(INFER, frames + [[]] * 60, {20: [2, 9]})
+    unseen = analytics._unseen
+    assert unseen is not None and not unseen.paths and not unseen.crossings
+    assert not unseen.spans and not analytics.waiting

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -14,9 +15,16 @@ from tests.conftest import wait_until
 from tests.tcp_proxy import TcpProxy
 from visionflow.config import RedisConfig
 from visionflow.counts import bucket_start
-from visionflow.pipeline.frames import BatchResult, Detection, FrameRef, FrameResult
+from visionflow.pipeline.frames import BatchResult, Detection, FrameRef, FrameResult, TrackEvent
 from visionflow.pipeline.letterbox import letterbox_geometry
-from visionflow.schema import count_field, counts_key, detections_key, events_key, parse_entry
+from visionflow.schema import (
+    count_field,
+    counts_key,
+    detections_key,
+    encode_event,
+    events_key,
+    parse_entry,
+)
 from visionflow.tracking.bytetrack import seed_id
 from visionflow.tracking.config import TrackingConfig
 from visionflow.tracking.processor import TrackingProcessor
@@ -262,6 +270,13 @@ def test_empty_frames_without_tracks_keep_the_tracker_behaviour():
     assert ids(back) == [one + 1]
 
 
+def test_an_inferred_event_says_so_in_redis():
+    event = TrackEvent("cross", 5, "car", T0, 3, (1, 2, 3, 4), line="mid", direction="in")
+    assert encode_event("a", event)["inferred"] == "0"
+    inferred = encode_event("a", dataclasses.replace(event, inferred=True))
+    assert inferred["inferred"] == "1" and inferred["direction"] == "in"
+
+
 def test_a_crossing_inferred_after_the_last_track_is_gone_still_comes():
     # a car walks right towards the line (x 320) and is lost at x 270 (anchor) in frame 6;
     # no detections after: its crossing is inferred once its id can no longer come back
@@ -273,8 +288,9 @@ def test_a_crossing_inferred_after_the_last_track_is_gone_still_comes():
     seen += proc.process([result("a", s, [40, 60 + 25 * s]) for s in range(1, 7)])
     empty = proc.process([result("a", s, []) for s in range(7, 60)])
     inferred = [(r.frame.seq, e.direction, e.inferred) for r in empty for e in r.events]
-    crossings = [e for r in seen + empty for e in r.events if e.kind == "cross"]
-    assert [(e.direction, e.inferred) for e in crossings] == [("out", True)], crossings
-    assert inferred and inferred[0][0] > 7 and not len(proc.streams["a"].tracker)
-    counts = [c for r in empty for c in r.counts]
-    assert counts == [("car", "line:mid:out")]
+    assert inferred == [(37, "out", True)]  # over 3 s (appearance_s) after frame 6
+    assert not len(proc.streams["a"].tracker)  # ... with no track left
+    assert [c for r in seen + empty for c in r.counts if c[1] != "tracks"] == [
+        ("car", "line:mid:out")
+    ]
+    assert not proc.streams["a"].analytics.waiting  # nothing more to wait for
