@@ -180,9 +180,8 @@ class StreamAnalytics:
         self._counted: set[tuple[int, str]] = set()
         #: how long the tracker may give a removed track's id back (re-identification)
         self._comeback_s = max(config.reid_s, config.appearance_s)
-        #: where each track's anchor was last seen, and the clock then (kept for tracks given
-        #: up while their id may come back, as for lines)
-        #: per track: x, y, clock, box height, whether the box touched a border
+        #: per track, where it was last seen: anchor x, y, the clock, its box's height and
+        #: whether the box touched a border (kept while its id may come back, as for lines)
         self._last: dict[int, tuple[float, float, float, float, bool]] = {}
         self._size = (width, height)
         self._sweep_at = 0.0
