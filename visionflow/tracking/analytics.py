@@ -37,6 +37,7 @@ from visionflow.schema import COUNT_BUCKET_S
 from visionflow.tracking.config import Anchor, LineConfig, TrackingConfig, ZoneConfig
 from visionflow.tracking.geometry import (
     Box,
+    at_border,
     points_in_polygon,
     segments_cross,
     signed_distance,
@@ -255,7 +256,7 @@ class StreamAnalytics:
         for up to ``lost_track_s``, then given up for up to the re-identification time)."""
         for seen, xy in zip(frame.tracks, points, strict=True):
             height = seen.box[3] - seen.box[1]
-            border = self._at_border(seen.box)
+            border = at_border(seen.box, self._size, self.config.edge)
             self._last[seen.track_id] = (float(xy[0]), float(xy[1]), frame.clock, height, border)
         if frame.clock < self._sweep_at:
             return  # forgotten at most once a second
@@ -263,11 +264,6 @@ class StreamAnalytics:
         late = frame.clock - self.config.lost_track_s - self._comeback_s
         for track_id in [t for t, last in self._last.items() if last[2] < late]:
             del self._last[track_id]
-
-    def _at_border(self, box: Box) -> bool:
-        w, h = self._size
-        mx, my = self.config.edge * w, self.config.edge * h
-        return box[0] <= mx or box[1] <= my or box[2] >= w - mx or box[3] >= h - my
 
     def _before(self, frame: Frame, points: npt.NDArray[np.float64]) -> _Before:
         """Where this frame's tracks were last seen, and which paths since are usable."""

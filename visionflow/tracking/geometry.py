@@ -62,3 +62,10 @@ def signed_distance(point: Point, start: Point, end: Point) -> float:
     """Distance of ``point`` from the line start->end, > 0 on its right (image, y down)."""
     length = float(np.hypot(end[0] - start[0], end[1] - start[1]))
     return cross(start, end, point) / length
+
+
+def at_border(box: Box, size: tuple[float, float], edge: float) -> bool:
+    """Whether ``box`` is within ``edge`` x the frame's ``size`` (width, height) of a border
+    (the scalar of :func:`visionflow.tracking.bytetrack.edge_mask`, for one box)."""
+    mx, my = edge * size[0], edge * size[1]
+    return box[0] <= mx or box[1] <= my or box[2] >= size[0] - mx or box[3] >= size[1] - my

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from visionflow.pipeline.frames import TrackEvent
-from visionflow.tracking.geometry import Box, Point, segments_cross, signed_distance
+from visionflow.tracking.geometry import Box, Point, at_border, segments_cross, signed_distance
 
 AGE_S = 0.5  # a new track's speed: over its first this many seconds (and SIGHTINGS)
 RECENT_S = 1.0  # a lost track's speed: over its last this many seconds (and SIGHTINGS)
@@ -286,9 +286,7 @@ class UnseenCrossings:
         return any(self._may_look_ahead(p) for p in self.paths.values())
 
     def _at_border(self, box: Box) -> bool:
-        w, h = self.size
-        mx, my = self.edge * w, self.edge * h
-        return box[0] <= mx or box[1] <= my or box[2] >= w - mx or box[3] >= h - my
+        return at_border(box, self.size, self.edge)
 
     def _time_in_frame(self, point: Point, velocity: Point) -> float:
         """Seconds until ``point`` moving at ``velocity`` leaves the frame (inf: not moving)."""

@@ -134,11 +134,17 @@ def test_invalid_appearance_settings_are_refused(tracking, field):
 
 
 @pytest.mark.parametrize(
-    ("value", "message"), [(-1, "greater than or equal to 0"), (101, "less than or equal to 100")]
+    ("field", "value", "message"),
+    [
+        ("appearance_reach", -1, "greater than or equal to 0"),
+        ("appearance_reach", 101, "less than or equal to 100"),
+        ("infer_unseen_s", -1, "greater than or equal to 0"),
+        ("infer_unseen_s", 11, "less than or equal to 10"),
+    ],
 )
-def test_appearance_reach_out_of_bounds_is_refused(value, message):
-    text = error({"appearance_reach": value})
-    assert "appearance_reach" in text and message in text
+def test_settings_out_of_bounds_are_refused_naming_the_bound(field, value, message):
+    text = error({field: value})
+    assert field in text and message in text
 
 
 def test_appearance_settings_reach_the_tracker_and_are_off_by_default():
@@ -152,14 +158,6 @@ def test_appearance_settings_reach_the_tracker_and_are_off_by_default():
     assert (params.appearance_size, params.appearance_reach) == (0.3, 1.0)
     reach = load({"appearance_s": 3, "appearance_reach": 0}).streams[0].tracking
     assert reach is not None and reach.params().appearance_reach == 0.0
-
-
-@pytest.mark.parametrize(
-    ("value", "message"), [(-1, "greater than or equal to 0"), (11, "less than or equal to 10")]
-)
-def test_infer_unseen_out_of_bounds_is_refused(value, message):
-    text = error({"infer_unseen_s": value})
-    assert "infer_unseen_s" in text and message in text
 
 
 def test_infer_unseen_is_off_by_default():
