@@ -116,6 +116,33 @@ def run_baseline(clips: list[Path], seconds: float, redis_url: str) -> dict[str,
     }
 
 
+def visionflow_config(
+    clips: list[Path],
+    redis_url: str,
+    batch: int,
+    tracking: dict[str, Any] | None = None,
+    engine: dict[str, Any] | None = None,
+) -> Any:
+    """The visionflow run's config: every clip a stream read flat out (``tracking``: a stream
+    ``tracking`` section given to every stream; ``engine``: the engine section, else the
+    default)."""
+    streams = [
+        {"id": f"s{i}", "url": str(c), "loop": True, "realtime": False}
+        | ({"tracking": tracking} if tracking is not None else {})
+        for i, c in enumerate(clips)
+    ]
+    return parse_config(
+        {
+            "streams": streams,
+            "redis": {"url": redis_url, "key_prefix": "bench"},
+            "source": {"allowed_schemes": ["file"]},
+            "batching": {"max_batch": batch, "max_delay_ms": 10, "buffer_per_stream": 4},
+            "workers": {"inference_workers": 1},
+        }
+        | ({"engine": engine} if engine is not None else {})
+    )
+
+
 def run_visionflow(
     clips: list[Path],
     seconds: float,
@@ -124,20 +151,7 @@ def run_visionflow(
     tracking: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """``tracking``: a stream ``tracking`` section given to every stream (bench/tracking.py)."""
-    streams = [
-        {"id": f"s{i}", "url": str(c), "loop": True, "realtime": False}
-        | ({"tracking": tracking} if tracking is not None else {})
-        for i, c in enumerate(clips)
-    ]
-    config = parse_config(
-        {
-            "streams": streams,
-            "redis": {"url": redis_url, "key_prefix": "bench"},
-            "source": {"allowed_schemes": ["file"]},
-            "batching": {"max_batch": batch, "max_delay_ms": 10, "buffer_per_stream": 4},
-            "workers": {"inference_workers": 1},
-        }
-    )
+    config = visionflow_config(clips, redis_url, batch, tracking)
     cpu0 = cpu_seconds()
     pipeline = Pipeline(config, redis_url, log_level=logging.WARNING)
     pipeline.start()

@@ -25,7 +25,9 @@ Sections (one run, one JSON under ``bench/results/tracking-<date>.json``):
   ``tests/integration/test_tracking_truth.py``) on the same detections: IDF1, ID switches and
   the zone/line counts' difference from the truth trajectories' counts (``count_diff`` over
   every count; ``count_diff_test_keys`` over those the truth test checks: the lines', and the
-  zones' except on ``reenter``), with the defaults,
+  zones' except on ``reenter``; ``fair_count_diff_test_keys`` the same with the events of
+  objects less than half visible neither owed nor held against the tracker:
+  :func:`~visionflow.scenes.tracking_metrics.fair_count_diff`), with the defaults,
   with recovery by position on, with that and re-identification at the edge on, and with
   re-identification by appearance on (with and without its gate on the IoU matching, and
   with the edge re-identification on as well, and that with ``appearance_reach`` 0: a lost
@@ -82,6 +84,7 @@ from visionflow.pipeline.appearance import DIMS  # noqa: E402
 from visionflow.scenes.generator import CLASSES, SceneGenerator, SceneSpec  # noqa: E402
 from visionflow.scenes.tracking_metrics import (  # noqa: E402
     Predicted,
+    fair_count_diff,
     score_tracks,
     truth_counts,
 )
@@ -438,13 +441,10 @@ def truth_rows(
     rows = []
     for kind, seed in seeds:
         data = detections(kind, seed, seconds, fps, coded=coded)
-        expected = truth_counts(
-            ((i, T0 + i / fps, truth) for i, (truth, _) in enumerate(data)),
-            shapes,
-            int(SIZE[0]),
-            int(SIZE[1]),
-            fps,
-        )
+        frames_in = [(i, T0 + i / fps, truth) for i, (truth, _) in enumerate(data)]
+        width, height = int(SIZE[0]), int(SIZE[1])
+        expected = truth_counts(frames_in, shapes, width, height, fps)
+        visible = truth_counts(frames_in, shapes, width, height, fps, visible_only=True)
         variants = (
             ("defaults", {}),
             ("recover_dist 1", {"recover_dist": 1.0}),
@@ -475,6 +475,7 @@ def truth_rows(
                     "count_diff": sum(abs(expected[k] - got[k]) for k in keys),
                     "truth_counts": sum(expected[k] for k in keys),
                     "count_diff_test_keys": sum(abs(expected[k] - got[k]) for k in checked),
+                    "fair_count_diff_test_keys": fair_count_diff(expected, visible, got, checked),
                     "truth_counts_test_keys": sum(expected[k] for k in checked),
                 }
             )
@@ -773,6 +774,7 @@ def main() -> None:
             result["truth"] += truth_rows(args.seconds, args.fps, seeds, coded=True)
         columns = ["scene", "seed", "video", "tracker", "idf1", "mota", "id_switches"]
         columns += ["count_diff", "truth_counts", "count_diff_test_keys", "truth_counts_test_keys"]
+        columns += ["fair_count_diff_test_keys"]
         print(table(result["truth"], columns))
     if "failures" not in skip:
         result["failures"] = failures(args.seconds, args.fps, seeds)

@@ -30,6 +30,13 @@ class OnnxRuntimeConfig(EngineConfigBase):
         le=256,
         description="Threads inside one operator; 0: ONNX Runtime's choice.",
     )
+    spin: bool = Field(
+        default=False,
+        description="Let the intra-op threads busy-wait for work between operators (ONNX "
+        "Runtime's own default).  Off here: in the pipeline the ingest and output processes "
+        "share the cores, and spinning threads held 14.5 of 16 cores for 190 frames/s where "
+        "sleeping ones used 5.7 for 298 (bench/README.md, issue 11); on 2 cores no difference.",
+    )
     providers: list[str] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],
         min_length=1,
@@ -51,6 +58,9 @@ class OnnxRuntimeEngine(SyncEngine):
         options = ort.SessionOptions()
         options.intra_op_num_threads = config.intra_op_threads
         options.inter_op_num_threads = 1
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if config.spin else "0"
+        )
         try:
             self._session = ort.InferenceSession(
                 str(model_path), sess_options=options, providers=config.providers

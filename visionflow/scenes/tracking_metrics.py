@@ -104,6 +104,7 @@ def truth_counts(
     width: int,
     height: int,
     fps: float,
+    visible_only: bool = False,
 ) -> Counter[tuple[str, str]]:
     """Zone/line counts ``(label, metric) -> n`` of the truth, frames as ``(seq, ts, truth)``.
 
@@ -115,6 +116,10 @@ def truth_counts(
     last time it was beyond the margin, and the path between the two meets the segment
     (``in``: to the right of start -> end).  Each object counts once per metric and bucket.
     Zones' ``min_dwell_s`` and label filters are not modelled (the truth test uses none).
+    With ``visible_only`` an event counts only where the object was at least half visible in
+    its frame or the one before (not :attr:`~visionflow.scenes.generator.TruthBox.ignorable`,
+    the rule :func:`score_tracks` follows): the counts no camera could be held to are left out,
+    so between these and the full counts lies what a counter may fairly report.
     """
     diagonal = float(np.hypot(width, height))
 
@@ -131,8 +136,11 @@ def truth_counts(
     inside: dict[tuple[str, int], str] = {}  # (zone, object) -> label, while inside
     side: dict[tuple[str, int], tuple[int, tuple[float, float]]] = {}
     last_seen: dict[int, float] = {}
+    seen_well: dict[int, tuple[bool, bool]] = {}  # object -> (half visible now, the frame before)
 
     def count(obj: int, label: str, ts: float, metric: str) -> None:
+        if visible_only and not any(seen_well.get(obj, (True, True))):
+            return
         key = (bucket_start(ts), obj, metric)
         if key not in counted:
             counted.add(key)
@@ -148,6 +156,7 @@ def truth_counts(
                     count(obj, label, ts, f"zone:{zone_id}:exit")
         for t in truth:
             last_seen[t.object_id] = clock
+            seen_well[t.object_id] = (not t.ignorable, seen_well.get(t.object_id, (False,))[0])
             x = (t.x1 + t.x2) / 2
             y = t.y2 if config.anchor == "bottom_center" else (t.y1 + t.y2) / 2
             for zone_id, polygon in zones:
@@ -171,3 +180,19 @@ def truth_counts(
                     count(t.object_id, t.label, ts, f"line:{line_id}:{'in' if now > 0 else 'out'}")
                 side[(line_id, t.object_id)] = (now, (x, y))
     return counts
+
+
+def fair_count_diff(
+    full: Counter[tuple[str, str]],
+    visible: Counter[tuple[str, str]],
+    got: Counter[tuple[str, str]],
+    keys: Iterable[tuple[str, str]],
+) -> int:
+    """How far the counts ``got`` are, summed over ``keys``, from lying between the truth's
+    ``visible`` counts (``truth_counts(..., visible_only=True)``) and its ``full`` ones: an
+    event of an object less than half visible is neither owed nor held against a counter."""
+    total = 0
+    for key in keys:
+        low, high = sorted((visible[key], full[key]))
+        total += max(low - got[key], got[key] - high, 0)
+    return total

@@ -31,6 +31,13 @@ def test_dynamic_batch_gives_identical_per_image_output():
     np.testing.assert_allclose(batched[1], single[0], atol=1e-4)
 
 
+@pytest.mark.parametrize(("spin", "entry"), [(False, "0"), (True, "1")])
+def test_intra_op_threads_sleep_between_operators_unless_told_to_spin(spin, entry):
+    with create_engine(OnnxRuntimeConfig(spin=spin), DEMO_MODEL, 1) as engine:
+        options = engine._session.get_session_options()  # type: ignore[attr-defined]
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
+
+
 def test_demo_model_finds_the_generated_objects():
     image, truth = SceneGenerator(SceneSpec(640, 360, seed=99), horizon_s=30).render(200)
     canvas, lb = letterbox_image(image, 320, 320)

@@ -1,9 +1,15 @@
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 
 from visionflow.scenes.generator import SceneGenerator, SceneSpec, TruthBox
-from visionflow.scenes.tracking_metrics import Predicted, score_tracks, truth_counts
+from visionflow.scenes.tracking_metrics import (
+    Predicted,
+    fair_count_diff,
+    score_tracks,
+    truth_counts,
+)
 from visionflow.tracking.config import TrackingConfig
 
 
@@ -34,8 +40,8 @@ def test_reenter_scenes_bring_objects_back_with_their_identity():
     assert any(g > 1 for g in gaps), "some object leaves and comes back"
 
 
-def box(obj, x, y=150.0, w=20.0, label="car"):
-    return TruthBox(obj, 1, label, x - w / 2, y - 40, x + w / 2, y, 1.0)
+def box(obj, x, y=150.0, w=20.0, label="car", visible=1.0):
+    return TruthBox(obj, 1, label, x - w / 2, y - 40, x + w / 2, y, visible)
 
 
 def test_truth_counts_lines_with_direction_and_zones_with_enter_exit():
@@ -50,3 +56,27 @@ def test_truth_counts_lines_with_direction_and_zones_with_enter_exit():
     assert counts[("car", "line:l:out")] == 1 and counts[("car", "line:l:in")] == 1
     assert counts[("car", "zone:z:enter")] == 2  # 1 walks in, 2 starts inside
     assert counts[("car", "zone:z:exit")] == 1  # 2 walks out; 1 is still inside
+
+
+def test_visible_only_leaves_out_events_of_objects_hidden_then_and_the_frame_before():
+    config = TrackingConfig.model_validate(
+        {"lines": [{"id": "l", "start": [0.5, 0], "end": [0.5, 1]}]}
+    )
+
+    def crossing(visible_at):  # car 1 walks right over the line (x 160) between frames 7 and 8
+        return [(i, 1e9 + i / 10, [box(1, 20 + 20 * i, visible=visible_at(i))]) for i in range(15)]
+
+    hidden = crossing(lambda i: 0.3 if 5 <= i <= 10 else 1.0)
+    assert truth_counts(hidden, config, 320, 180, 10)[("car", "line:l:out")] == 1
+    assert truth_counts(hidden, config, 320, 180, 10, visible_only=True)[("car", "line:l:out")] == 0
+    just_hidden = crossing(lambda i: 0.3 if i == 8 else 1.0)  # seen well the frame before
+    counts = truth_counts(just_hidden, config, 320, 180, 10, visible_only=True)
+    assert counts[("car", "line:l:out")] == 1
+
+
+def test_fair_count_diff_owes_nothing_between_the_visible_and_full_counts():
+    full, visible = Counter({("car", "a"): 5, ("car", "b"): 2}), Counter({("car", "a"): 3})
+    keys = [("car", "a"), ("car", "b")]
+    assert fair_count_diff(full, visible, Counter({("car", "a"): 4, ("car", "b"): 1}), keys) == 0
+    assert fair_count_diff(full, visible, Counter({("car", "a"): 2, ("car", "b"): 3}), keys) == 2
+    assert fair_count_diff(full, visible, Counter({("car", "a"): 7}), keys) == 2
