@@ -34,7 +34,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import table, write_result
-from visionflow.config import parse_config
+from visionflow.config import AppConfig, parse_config
 from visionflow.engines import create_engine
 from visionflow.engines.ort import OnnxRuntimeConfig
 from visionflow.models import resolve_model
@@ -69,7 +69,8 @@ def make_clips(n: int, width: int, height: int, folder: Path) -> list[Path]:
 def run_baseline(clips: list[Path], seconds: float, redis_url: str) -> dict[str, float]:
     config = parse_config({})
     model = resolve_model(config)
-    engine = create_engine(OnnxRuntimeConfig(), model.path, 1)
+    # ONNX Runtime's own defaults, as a naive loop would have them (spinning threads)
+    engine = create_engine(OnnxRuntimeConfig(spin=True), model.path, 1)
     client = redis.Redis.from_url(redis_url)
     width, height = model.input_size
     stop = threading.Event()
@@ -116,13 +117,27 @@ def run_baseline(clips: list[Path], seconds: float, redis_url: str) -> dict[str,
     }
 
 
+#: every stream's ``tracking`` section per mode (bench/tracking.py, bench/cpu_processes.py):
+#: untracked, a zone and a line, and that with re-identification by appearance (the
+#: inference worker then describes every box)
+SHAPES: dict[str, Any] = {
+    "zones": [{"id": "z", "points": [[0.6, 0.3], [0.9, 0.3], [0.9, 1], [0.6, 1]]}],
+    "lines": [{"id": "l", "start": [0.3, 0], "end": [0.3, 1]}],
+}
+TRACKING_MODES: dict[str, dict[str, Any] | None] = {
+    "off": None,
+    "on": SHAPES,
+    "appearance": {**SHAPES, "appearance_s": 3.0},
+}
+
+
 def visionflow_config(
     clips: list[Path],
     redis_url: str,
     batch: int,
     tracking: dict[str, Any] | None = None,
     engine: dict[str, Any] | None = None,
-) -> Any:
+) -> AppConfig:
     """The visionflow run's config: every clip a stream read flat out (``tracking``: a stream
     ``tracking`` section given to every stream; ``engine``: the engine section, else the
     default)."""

@@ -11,7 +11,8 @@ bundled detector on ONNX Runtime, one inference worker, a private Redis), one pi
 tracked with a zone and a line (``on``), or that with re-identification by appearance
 (``appearance``: the inference worker describes every box).  Per run: frames/s published and,
 over the measured window, each process's CPU (``psutil``) as cores and as ms per published
-frame (``inference-0``, ``ingest-0``, ``output-N``, ``main`` — the scheduler —, ``redis``).
+frame (the pipeline's children by name — ``inference-0``, ``ingest-0``, ``output`` or
+``output-N`` where there are several —, ``main``: the scheduler, ``redis``).
 """
 
 from __future__ import annotations
@@ -32,16 +33,6 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import table, write_result  # noqa: E402
 
-SHAPES = {
-    "zones": [{"id": "z", "points": [[0.6, 0.3], [0.9, 0.3], [0.9, 1], [0.6, 1]]}],
-    "lines": [{"id": "l", "start": [0.3, 0], "end": [0.3, 1]}],
-}
-MODES: dict[str, dict[str, Any] | None] = {
-    "off": None,
-    "on": SHAPES,
-    "appearance": {**SHAPES, "appearance_s": 3.0},
-}
-
 
 def cpu_of(process: Any) -> float:
     """A process's user + system CPU seconds (0 once it is gone)."""
@@ -55,36 +46,55 @@ def cpu_of(process: Any) -> float:
 
 
 def run(
-    clips: list[Path], url: str, mode: str, threads: int, spin: bool, seconds: float
+    clips: list[Path], server: Any, mode: str, threads: int, spin: bool, seconds: float
 ) -> dict[str, Any]:
     """One pipeline: 3 s to warm up, then ``seconds`` measured."""
-    import psutil
-
-    from bench.cpu_pipeline import visionflow_config
+    from bench.cpu_pipeline import TRACKING_MODES, visionflow_config
     from visionflow.workers.supervisor import Pipeline
 
     engine = {"backend": "onnxruntime", "intra_op_threads": threads, "spin": spin}
-    config = visionflow_config(clips, url, 8, MODES[mode], engine)
-    pipeline = Pipeline(config, url, log_level=logging.WARNING)
+    config = visionflow_config(clips, server.url, 8, TRACKING_MODES[mode], engine)
+    pipeline = Pipeline(config, server.url, log_level=logging.WARNING)
     pipeline.start()
-    pipeline.wait_ready(120)
-    time.sleep(3)
-    procs = {name: psutil.Process(c.process.pid) for name, c in pipeline.group.children.items()}
+    try:
+        pipeline.wait_ready(120)
+        time.sleep(3)
+        return {"mode": mode, "threads": threads, "spin": spin, **window(pipeline, server, seconds)}
+    finally:
+        pipeline.stop()
+
+
+def processes(pipeline: Any, server: Any) -> dict[str, Any]:
+    """The pipeline's processes by role (``psutil.Process``), this one (``main``: the
+    scheduler) and the Redis server's."""
+    import psutil
+
+    procs = {
+        name: psutil.Process(child.process.pid)
+        for name, child in pipeline.group.children.items()
+        if child.process is not None and child.process.pid is not None
+    }
     procs["main"] = psutil.Process()
-    servers = [p for p in psutil.Process().children(recursive=True) if "server" in p.name()]
-    procs.update({"redis": servers[0]} if servers else {})
+    procs["redis"] = psutil.Process(server.process.pid)
+    return procs
+
+
+def window(pipeline: Any, server: Any, seconds: float) -> dict[str, Any]:
+    """Frames/s published and each process's CPU over ``seconds``; a process that was
+    replaced (restarted) in the window fails the run rather than reading as negative CPU."""
+    procs = processes(pipeline, server)
     cpu0 = {name: cpu_of(p) for name, p in procs.items()}
     before, t0 = pipeline.status(), time.monotonic()
     time.sleep(seconds)
     after, elapsed = pipeline.status(), time.monotonic() - t0
     cpu1 = {name: cpu_of(p) for name, p in procs.items()}
-    pipeline.stop()
+    now = processes(pipeline, server)
+    moved = [n for n in procs if n not in now or now[n].pid != procs[n].pid]
+    if moved:
+        raise RuntimeError(f"processes replaced during the window: {moved}")
     published = sum(s.published for s in after.streams) - sum(s.published for s in before.streams)
     used = {name: cpu1[name] - cpu0[name] for name in procs}
     return {
-        "mode": mode,
-        "threads": threads,
-        "spin": spin,
         "fps": round(published / elapsed, 1),
         "cores": {name: round(v / elapsed, 2) for name, v in used.items()},
         "cpu_ms_per_frame": {
@@ -95,7 +105,7 @@ def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, choices=range(1, 100), metavar="N")
     parser.add_argument("--seconds", type=float, default=12.0, help="measured per run")
     parser.add_argument("--modes", default="off,on,appearance")
     parser.add_argument("--threads", default="0", help="intra_op_threads values, comma-separated")
@@ -114,7 +124,7 @@ def main() -> None:
                     for mode in args.modes.split(","):
                         row = {
                             "round": r,
-                            **run(clips, server.url, mode, threads, spin, args.seconds),
+                            **run(clips, server, mode, threads, spin, args.seconds),
                         }
                         rows.append(row)
                         print(row, flush=True)

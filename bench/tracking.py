@@ -657,20 +657,14 @@ OUTPUT_SHAPES = {
 def pipeline(rounds: int, seconds: float, streams: int) -> list[dict[str, Any]]:
     """cpu_pipeline.py's visionflow run (files read flat out, bundled detector, Redis), with
     no stream tracked and with every stream tracked (a zone and a line each), alternating."""
-    from bench.cpu_pipeline import make_clips, run_visionflow
+    from bench.cpu_pipeline import TRACKING_MODES, make_clips, run_visionflow
     from visionflow.redis_server import EmbeddedRedis
 
     clips = make_clips(streams, 640, 360, ROOT / ".cache" / "bench-clips")
-    tracking = {
-        "zones": [{"id": "z", "points": [[0.6, 0.3], [0.9, 0.3], [0.9, 1], [0.6, 1]]}],
-        "lines": [{"id": "l", "start": [0.3, 0], "end": [0.3, 1]}],
-    }
-    appearance = {**tracking, "appearance_s": 3.0}  # the workers describe every box too
     rows = []
     with EmbeddedRedis() as server:
         for r in range(rounds):
-            modes = (("off", None), ("on", tracking), ("appearance", appearance))
-            for name, section in modes:
+            for name, section in TRACKING_MODES.items():
                 out = run_visionflow(clips, seconds, server.url, 8, tracking=section)
                 rows.append(
                     {
@@ -773,8 +767,8 @@ def main() -> None:
         if args.coded:
             result["truth"] += truth_rows(args.seconds, args.fps, seeds, coded=True)
         columns = ["scene", "seed", "video", "tracker", "idf1", "mota", "id_switches"]
-        columns += ["count_diff", "truth_counts", "count_diff_test_keys", "truth_counts_test_keys"]
-        columns += ["fair_count_diff_test_keys"]
+        columns += ["count_diff", "truth_counts", "count_diff_test_keys"]
+        columns += ["fair_count_diff_test_keys", "truth_counts_test_keys"]
         print(table(result["truth"], columns))
     if "failures" not in skip:
         result["failures"] = failures(args.seconds, args.fps, seeds)

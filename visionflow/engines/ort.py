@@ -33,9 +33,9 @@ class OnnxRuntimeConfig(EngineConfigBase):
     spin: bool = Field(
         default=False,
         description="Let the intra-op threads busy-wait for work between operators (ONNX "
-        "Runtime's own default).  Off here: in the pipeline the ingest and output processes "
-        "share the cores, and spinning threads held 14.5 of 16 cores for 190 frames/s where "
-        "sleeping ones used 5.7 for 298 (bench/README.md, issue 11); on 2 cores no difference.",
+        "Runtime's own default).  Off: they sleep, and leave the cores to the pipeline's "
+        "ingest and output processes, whose every time slice otherwise stalls a spinning "
+        "operator; on for a host that runs nothing but inference (bench/README.md, issue 11).",
     )
     providers: list[str] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],

@@ -118,8 +118,11 @@ def truth_counts(
     Zones' ``min_dwell_s`` and label filters are not modelled (the truth test uses none).
     With ``visible_only`` an event counts only where the object was at least half visible in
     its frame or the one before (not :attr:`~visionflow.scenes.generator.TruthBox.ignorable`,
-    the rule :func:`score_tracks` follows): the counts no camera could be held to are left out,
-    so between these and the full counts lies what a counter may fairly report.
+    the rule :func:`score_tracks` follows; "the one before" is the frame fed in before, and an
+    exit because the object was gone goes by its last two sightings): the counts no camera
+    could be held to are left out, so between these and the full counts lies what a counter
+    may fairly report.  They are never above the full counts (the same events, each object
+    once per metric and bucket, only fewer).
     """
     diagonal = float(np.hypot(width, height))
 
@@ -154,6 +157,7 @@ def truth_counts(
                 label = inside.pop((zone_id, obj), None)
                 if label is not None:
                     count(obj, label, ts, f"zone:{zone_id}:exit")
+            seen_well.pop(obj, None)  # back later: seen afresh, not by its old sightings
         for t in truth:
             last_seen[t.object_id] = clock
             seen_well[t.object_id] = (not t.ignorable, seen_well.get(t.object_id, (False,))[0])
@@ -193,6 +197,6 @@ def fair_count_diff(
     event of an object less than half visible is neither owed nor held against a counter."""
     total = 0
     for key in keys:
-        low, high = sorted((visible[key], full[key]))
+        low, high = visible[key], full[key]  # low <= high: visible counts are a subset
         total += max(low - got[key], got[key] - high, 0)
     return total

@@ -72,6 +72,21 @@ def test_visible_only_leaves_out_events_of_objects_hidden_then_and_the_frame_bef
     just_hidden = crossing(lambda i: 0.3 if i == 8 else 1.0)  # seen well the frame before
     counts = truth_counts(just_hidden, config, 320, 180, 10, visible_only=True)
     assert counts[("car", "line:l:out")] == 1
+    seen_then = crossing(lambda i: 0.3 if i in (6, 7) else 1.0)  # hidden before, seen at it
+    counts = truth_counts(seen_then, config, 320, 180, 10, visible_only=True)
+    assert counts[("car", "line:l:out")] == 1
+
+
+def test_visible_only_forgets_an_objects_sightings_once_it_is_gone():
+    """Seen well, gone longer than lost_track_s, back hidden inside the zone: its entry is
+    one no camera could see (its old sightings do not count as "the frame before")."""
+    config = TrackingConfig.model_validate(
+        {"zones": [{"id": "z", "points": [[0.5, 0], [1, 0], [1, 1], [0.5, 1]]}]}
+    )
+    frames = [(0, 1e9, [box(1, 20)]), (30, 1e9 + 3, [box(1, 250, visible=0.3)])]
+    assert truth_counts(frames, config, 320, 180, 10)[("car", "zone:z:enter")] == 1
+    hidden = truth_counts(frames, config, 320, 180, 10, visible_only=True)
+    assert hidden[("car", "zone:z:enter")] == 0
 
 
 def test_fair_count_diff_owes_nothing_between_the_visible_and_full_counts():
