@@ -137,10 +137,11 @@ def visionflow_config(
     batch: int,
     tracking: dict[str, Any] | None = None,
     engine: dict[str, Any] | None = None,
+    capacity: int | None = None,
 ) -> AppConfig:
     """The visionflow run's config: every clip a stream read flat out (``tracking``: a stream
     ``tracking`` section given to every stream; ``engine``: the engine section, else the
-    default)."""
+    default; ``capacity``: ``batching.max_inflight_per_worker``, else the default)."""
     streams = [
         {"id": f"s{i}", "url": str(c), "loop": True, "realtime": False}
         | ({"tracking": tracking} if tracking is not None else {})
@@ -151,7 +152,8 @@ def visionflow_config(
             "streams": streams,
             "redis": {"url": redis_url, "key_prefix": "bench"},
             "source": {"allowed_schemes": ["file"]},
-            "batching": {"max_batch": batch, "max_delay_ms": 10, "buffer_per_stream": 4},
+            "batching": {"max_batch": batch, "max_delay_ms": 10, "buffer_per_stream": 4}
+            | ({"max_inflight_per_worker": capacity} if capacity is not None else {}),
             "workers": {"inference_workers": 1},
         }
         | ({"engine": engine} if engine is not None else {})
@@ -164,9 +166,12 @@ def run_visionflow(
     redis_url: str,
     batch: int,
     tracking: dict[str, Any] | None = None,
+    engine: dict[str, Any] | None = None,
+    capacity: int | None = None,
 ) -> dict[str, float]:
-    """``tracking``: a stream ``tracking`` section given to every stream (bench/tracking.py)."""
-    config = visionflow_config(clips, redis_url, batch, tracking)
+    """``tracking``: a stream ``tracking`` section given to every stream; ``engine``: the
+    engine section; ``capacity``: batches queued per worker (bench/tracking.py)."""
+    config = visionflow_config(clips, redis_url, batch, tracking, engine, capacity)
     cpu0 = cpu_seconds()
     pipeline = Pipeline(config, redis_url, log_level=logging.WARNING)
     pipeline.start()

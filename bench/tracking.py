@@ -10,7 +10,9 @@ Sections (one run, one JSON under ``bench/results/tracking-<date>.json``):
   frame with 1, 10 and 100 objects moving in a 1920x1080 frame (noisy boxes, 300 frames),
   and Roboflow ``trackers``' ByteTrack on the same boxes when it can be imported.
 - ``descriptor``: CPU µs of the appearance descriptors (re-identification by appearance) of
-  1, 5 and 20 boxes on a 320x320 network input, beside ``to_detections`` on the same boxes.
+  1, 5 and 20 boxes on a 320x320 network input, beside ``to_detections`` on the same boxes;
+  per frame of a batch of 8 such frames, described frame by frame and together
+  (``describe_batch``, what the inference worker does), and their ratio.
 - ``accuracy``: synthetic scenes of each kind (crossing, occlusion, reenter; seeds not used
   for tuning), the bundled detector run once on every rendered frame, and the same
   detections given to every tracker; IDF1, MOTA and ID switches from ``motmetrics``
@@ -50,7 +52,10 @@ Sections (one run, one JSON under ``bench/results/tracking-<date>.json``):
 - ``pipeline``: ``bench/cpu_pipeline.py``'s visionflow run (8 clips read flat out, the
   bundled detector, Redis), no stream tracked vs every stream tracked with a zone and a line
   vs that with ``appearance_s`` 3 (the inference worker describes every box as well),
-  alternating: frames/s and CPU ms per frame (the data-plane figures).
+  alternating: frames/s and CPU ms per frame (the data-plane figures), each ratio to
+  untracked also round by round; ``--baseline-inflight`` adds untracked and appearance with
+  ONNX Runtime's ``inflight`` 1 (the engine before it overlapped the worker's own work),
+  ``--capacity-variant`` both with 2 batches queued per worker.
 - ``install``: what ``trackers`` (with ``supervision``) would add to the environment.
 
 ``trackers`` is never a dependency of visionflow: it is imported from ``--trackers-path``.
@@ -205,13 +210,16 @@ def speed(have_theirs: bool) -> list[dict[str, Any]]:
 def descriptor_cost(repeats: int = 5) -> list[dict[str, Any]]:
     """CPU µs of the appearance descriptors of 1 / 5 / 20 boxes on a 320x320 network input
     (what the inference worker adds on a stream with ``appearance_s``), beside
-    ``to_detections`` on the same boxes; best of ``repeats``."""
-    from visionflow.pipeline.appearance import describe
+    ``to_detections`` on the same boxes; and per frame of a batch of 8 such frames, described
+    frame by frame (the worker before) and together (``describe_batch``, what it does now),
+    with their ratio; best of ``repeats``."""
+    from visionflow.pipeline.appearance import describe, describe_batch
     from visionflow.pipeline.letterbox import letterbox_geometry
     from visionflow.pipeline.postprocess import to_detections
 
     rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (320, 320, 3), dtype=np.uint8)
+    images = [rng.integers(0, 256, (320, 320, 3), dtype=np.uint8) for _ in range(8)]
+    image = images[0]
     lb = letterbox_geometry(640, 360, 320, 320)
     rows = []
     for k in (1, 5, 20):
@@ -219,22 +227,36 @@ def descriptor_cost(repeats: int = 5) -> list[dict[str, Any]]:
         boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
         decoded = (boxes, np.full(k, 0.9, np.float32), np.zeros(k, np.intp))
         n = 400 // k
-        best = {"describe": 1e9, "to_detections": 1e9}
+        batch = [boxes + i for i in range(len(images))]  # each frame its own boxes
+        calls: dict[str, tuple[Callable[[], object], int]] = {
+            "describe": (lambda b=boxes: describe(image, b), 1),
+            "to_detections": (lambda d=decoded: to_detections(d, lb, ["a"]), 1),
+            "batch_frame_by_frame": (
+                lambda b=batch: [describe(i, x) for i, x in zip(images, b, strict=True)],
+                len(images),
+            ),
+            "batch_together": (lambda b=batch: describe_batch(images, b), len(images)),
+        }
+        best = dict.fromkeys(calls, 1e9)
         for _ in range(repeats):
-            for name, call in (
-                ("describe", lambda b=boxes: describe(image, b)),
-                ("to_detections", lambda d=decoded: to_detections(d, lb, ["a"])),
-            ):
+            for name, (call, frames) in calls.items():
                 start = time.process_time()
-                for _ in range(n):
+                for _ in range(max(1, n // frames)):
                     call()
-                best[name] = min(best[name], (time.process_time() - start) / n)
+                best[name] = min(
+                    best[name], (time.process_time() - start) / max(1, n // frames) / frames
+                )
         rows.append(
             {
                 "boxes": k,
                 "describe_us": round(best["describe"] * 1e6, 1),
                 "describe_us_per_box": round(best["describe"] / k * 1e6, 1),
                 "to_detections_us": round(best["to_detections"] * 1e6, 1),
+                "batch8_frame_by_frame_us_per_frame": round(best["batch_frame_by_frame"] * 1e6, 1),
+                "batch8_together_us_per_frame": round(best["batch_together"] * 1e6, 1),
+                "batch8_together_ratio": round(
+                    best["batch_together"] / best["batch_frame_by_frame"], 2
+                ),
             }
         )
     return rows
@@ -654,22 +676,46 @@ OUTPUT_SHAPES = {
 
 
 # ---- the whole pipeline, tracking off and on --------------------------------------------------
-def pipeline(rounds: int, seconds: float, streams: int) -> list[dict[str, Any]]:
+def pipeline(
+    rounds: int,
+    seconds: float,
+    streams: int,
+    baseline_inflight: bool = False,
+    capacity_variant: bool = False,
+) -> list[dict[str, Any]]:
     """cpu_pipeline.py's visionflow run (files read flat out, bundled detector, Redis), with
-    no stream tracked and with every stream tracked (a zone and a line each), alternating."""
+    no stream tracked and with every stream tracked (a zone and a line each, then with
+    appearance as well), alternating; ``baseline_inflight``: each round also runs no stream
+    tracked and appearance on every stream with ONNX Runtime's ``inflight`` 1 (the engine
+    before batches overlapped the inference worker's own work), row ``ort_inflight`` 1;
+    ``capacity_variant``: and both with the default engine but 2 batches queued per worker
+    (``batching.max_inflight_per_worker``; its default is 2 x the engine's inflight), row
+    ``worker_capacity`` 2."""
     from bench.cpu_pipeline import TRACKING_MODES, make_clips, run_visionflow
+    from visionflow.engines.ort import OnnxRuntimeConfig
     from visionflow.redis_server import EmbeddedRedis
 
     clips = make_clips(streams, 640, 360, ROOT / ".cache" / "bench-clips")
+    default = OnnxRuntimeConfig().inflight
+    runs: list[tuple[str, int, int | None]] = [(name, default, None) for name in TRACKING_MODES]
+    if baseline_inflight:
+        runs += [("off", 1, None), ("appearance", 1, None)]
+    if capacity_variant:
+        runs += [("off", default, 2), ("appearance", default, 2)]
     rows = []
     with EmbeddedRedis() as server:
         for r in range(rounds):
-            for name, section in TRACKING_MODES.items():
-                out = run_visionflow(clips, seconds, server.url, 8, tracking=section)
+            for name, inflight, capacity in runs:
+                engine = {"backend": "onnxruntime", "inflight": inflight}
+                section = TRACKING_MODES[name]
+                out = run_visionflow(clips, seconds, server.url, 8, section, engine, capacity)
                 rows.append(
                     {
                         "round": r,
                         "tracking": name,
+                        "ort_inflight": inflight,
+                        "worker_capacity": capacity,
+                        "mean_batch": round(out["mean_batch"], 2),
                         "fps": round(out["fps"], 1),
                         "cpu_ms_per_frame": round(out["cpu_ms_per_frame"], 2),
                         "dropped": out["dropped"],
@@ -678,21 +724,57 @@ def pipeline(rounds: int, seconds: float, streams: int) -> list[dict[str, Any]]:
     return rows
 
 
-def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
-    def mean(key: str, mode: str) -> float:
-        values = [r[key] for r in rows if r["tracking"] == mode]
-        return sum(values) / len(values)
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Ratios of the means, each within one ``ort_inflight`` (the default's keys bare, the
+    baseline's with ``_inflight1``), and the default's against the baseline's."""
+    from visionflow.engines.ort import OnnxRuntimeConfig
 
-    return {
-        "fps_ratio_on_off": round(mean("fps", "on") / mean("fps", "off"), 3),
-        "cpu_per_frame_ratio_on_off": round(
-            mean("cpu_ms_per_frame", "on") / mean("cpu_ms_per_frame", "off"), 3
-        ),
-        "fps_ratio_appearance_off": round(mean("fps", "appearance") / mean("fps", "off"), 3),
-        "cpu_per_frame_ratio_appearance_off": round(
-            mean("cpu_ms_per_frame", "appearance") / mean("cpu_ms_per_frame", "off"), 3
-        ),
-    }
+    def mean(key: str, mode: str, inflight: int, capacity: int | None = None) -> float | None:
+        values = [
+            r[key]
+            for r in rows
+            if r["tracking"] == mode
+            and r.get("ort_inflight", 1) == inflight
+            and r.get("worker_capacity") == capacity
+        ]
+        return sum(values) / len(values) if values else None
+
+    def ratio(key: str, a: str, ia: int, b: str, ib: int) -> float | None:
+        top, bottom = mean(key, a, ia), mean(key, b, ib)
+        return None if top is None or bottom is None else round(top / bottom, 3)
+
+    def per_round(mode: str, inflight: int) -> list[float]:
+        """frames/s of ``mode`` over untracked's, round by round (the noise beside the mean)."""
+        fps = {
+            (r["round"], r["tracking"]): r["fps"]
+            for r in rows
+            if r.get("ort_inflight", 1) == inflight and r.get("worker_capacity") is None
+        }
+        rounds = sorted({r for r, _ in fps})
+        return [
+            round(fps[r, mode] / fps[r, "off"], 3)
+            for r in rounds
+            if (r, mode) in fps and fps.get((r, "off"))
+        ]
+
+    out: dict[str, Any] = {}
+    default = OnnxRuntimeConfig().inflight
+    for inflight, suffix in ((default, ""), (1, "_inflight1")):
+        for mode in ("on", "appearance"):
+            for key, name in (("fps", "fps_ratio"), ("cpu_ms_per_frame", "cpu_per_frame_ratio")):
+                value = ratio(key, mode, inflight, "off", inflight)
+                if value is not None:
+                    out[f"{name}_{mode}_off{suffix}"] = value
+            if per_round(mode, inflight):
+                out[f"fps_ratio_{mode}_off{suffix}_by_round"] = per_round(mode, inflight)
+    for mode in ("off", "appearance"):
+        value = ratio("fps", mode, default, mode, 1)
+        if value is not None and default != 1:
+            out[f"fps_ratio_{mode}_inflight{default}_vs_1"] = value
+        capped, base = mean("fps", mode, default, 2), mean("fps", "off", 1)
+        if capped is not None and base:
+            out[f"fps_ratio_{mode}_capacity2_vs_off_inflight1"] = round(capped / base, 3)
+    return out
 
 
 # ---- install cost ------------------------------------------------------------------------------
@@ -738,6 +820,16 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=8, help="pipeline section's streams")
     parser.add_argument("--skip", default="", help="comma-separated sections to leave out")
     parser.add_argument(
+        "--baseline-inflight",
+        action="store_true",
+        help="pipeline section: also untracked and appearance with ONNX Runtime inflight 1",
+    )
+    parser.add_argument(
+        "--capacity-variant",
+        action="store_true",
+        help="pipeline section: also untracked and appearance with 2 batches queued per worker",
+    )
+    parser.add_argument(
         "--coded",
         action="store_true",
         help="truth section: also on the scenes encoded (H.264) and decoded as the "
@@ -777,7 +869,13 @@ def main() -> None:
         result["output_stage"] = output_stage(0) + output_stage(5)
         print(table(result["output_stage"], list(result["output_stage"][0])))
     if "pipeline" not in skip:
-        rows = pipeline(args.rounds, args.pipeline_seconds, args.streams)
+        rows = pipeline(
+            args.rounds,
+            args.pipeline_seconds,
+            args.streams,
+            args.baseline_inflight,
+            args.capacity_variant,
+        )
         result["pipeline"] = {"runs": rows, **summarise(rows)}
         print(table(rows, list(rows[0])))
         print(json.dumps(summarise(rows)))

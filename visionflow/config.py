@@ -210,8 +210,8 @@ class BatchingConfig(_Strict):
         ge=1,
         le=64,
         description="Batches queued on one inference worker at once. Unset: twice the batches "
-        "its engine runs at once (torch-cuda: 2 x inflight, tensorrt: 2 x contexts, "
-        "onnxruntime: 2), so a worker's next batches are already with it when one finishes "
+        "its engine runs at once (torch-cuda and onnxruntime: 2 x inflight, tensorrt: 2 x "
+        "contexts), so a worker's next batches are already with it when one finishes "
         "instead of a round trip to the scheduler away (bench/README.md, issue 12); deeper "
         "queues publish more under overload at some latency (each frame may wait behind them).",
     )

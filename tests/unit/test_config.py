@@ -104,7 +104,8 @@ def test_batches_queued_per_worker_follow_the_engine_unless_set() -> None:
     from visionflow.engines.trt import TensorRTConfig
 
     auto = BatchingConfig()
-    assert auto.worker_capacity(OnnxRuntimeConfig()) == 2
+    assert auto.worker_capacity(OnnxRuntimeConfig()) == 4
+    assert auto.worker_capacity(OnnxRuntimeConfig(inflight=1)) == 2
     assert auto.worker_capacity(TorchCudaConfig()) == 4
     assert auto.worker_capacity(TorchCudaConfig(inflight=3)) == 6
     assert auto.worker_capacity(TensorRTConfig(contexts=3)) == 6

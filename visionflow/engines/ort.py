@@ -1,15 +1,36 @@
-"""ONNX Runtime backend (CPU by default): synchronous, host frames, NMS on the CPU."""
+"""ONNX Runtime backend (CPU by default): host frames, NMS on the CPU.
+
+With ``inflight`` 1 a batch runs to the end inside ``submit`` (:class:`SyncEngine`).  With
+more (the default, 2), batches run one after another on one thread of the engine's own, and
+``submit`` returns at once: ONNX Runtime lets go of the GIL while it runs the model, so the
+inference worker's own share of a batch (appearance descriptors, detections, the hand-off to
+the output stage) is done for one batch while the next one runs, instead of leaving ONNX
+Runtime's threads idle in between (bench/README.md, issue 11).  The worker keeps ``2 x
+inflight`` batches queued (:meth:`~visionflow.config.BatchingConfig.worker_capacity`), so the
+next batch is already there when one finishes.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
-from visionflow.engines.base import EngineConfigBase, EngineInfo, SyncEngine
+from visionflow.engines.base import (
+    CompletedBatch,
+    EngineCapabilities,
+    EngineConfigBase,
+    EngineInfo,
+    PendingBatch,
+    SyncEngine,
+    Thresholds,
+)
+from visionflow.engines.inflight import InflightRing, SlotBatch
 from visionflow.engines.registry import Backend
 from visionflow.errors import EngineUnavailableError, ModelError
 from visionflow.pipeline.layouts import OutputLayout, detect_layout
@@ -37,16 +58,32 @@ class OnnxRuntimeConfig(EngineConfigBase):
         "ingest and output processes, whose every time slice otherwise stalls a spinning "
         "operator; on for a host that runs nothing but inference (bench/README.md, issue 11).",
     )
+    inflight: int = Field(
+        default=2,
+        ge=1,
+        le=8,
+        description="Batches the engine holds at once; more than 1: they run one after another "
+        "on a thread of the engine's own while the inference worker finishes the one before "
+        "(its descriptors, detections and hand-off to the output stage overlap the model); "
+        "1: each batch runs to the end before the worker goes on.",
+    )
     providers: list[str] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],
         min_length=1,
         description="Execution providers in order of preference.",
     )
 
+    def batches_at_once(self) -> int:
+        return self.inflight
+
 
 class OnnxRuntimeEngine(SyncEngine):
-    """Runs a YOLOv8-layout ONNX detector with ONNX Runtime, any batch size; a batch runs to
-    the end in ``submit`` (``max_inflight`` 1, the default capabilities)."""
+    """Runs a YOLOv8-layout ONNX detector with ONNX Runtime, any batch size; ``inflight``
+    batches at once on one thread of its own (see the module doc), or each to the end in
+    ``submit`` with ``inflight`` 1."""
+
+    _ring: InflightRing[None] | None = None
+    _thread: ThreadPoolExecutor | None = None
 
     def __init__(self, config: OnnxRuntimeConfig, model_path: Path, max_batch: int) -> None:
         try:
@@ -101,6 +138,35 @@ class OnnxRuntimeEngine(SyncEngine):
             num_classes=out_shape[1] - 4 if self.layout is OutputLayout.ANCHORS else 0,
         )
         self._warm_up(model_path, min(max_batch, WARM_UP_MAX_BATCH), height, width)
+        if config.inflight > 1:
+            self.capabilities = EngineCapabilities(max_inflight=config.inflight)
+            self._ring = InflightRing([None] * config.inflight)
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="onnxruntime")
+
+    def submit(self, frames: Sequence[Any], thresholds: Thresholds) -> PendingBatch:
+        """The batch queued on the engine's thread (see the module doc); the caller's frames
+        are read there, and held until :meth:`~PendingBatch.result` collected it."""
+        if self._ring is None or self._thread is None:
+            return super().submit(frames, thresholds)
+        self.check_frames(frames)
+        if not frames:
+            return CompletedBatch(())
+        index, _ = self._ring.acquire()
+        try:
+            future = self._thread.submit(self._run, list(frames), thresholds)
+        except BaseException:
+            self._ring.abandon(index)
+            raise
+        return SlotBatch(self._ring, index, future.result, future.done, keep=frames)
+
+    def _run(self, frames: Sequence[Any], thresholds: Thresholds) -> list[Any]:
+        """On the engine's thread: one batch, as :meth:`SyncEngine.submit` runs it (one
+        staging buffer is enough: the batches run one at a time)."""
+        return super().submit(frames, thresholds).result()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=True, cancel_futures=True)
 
     def _warm_up(self, model_path: Path, batch: int, height: int, width: int) -> None:
         """ONNX Runtime's CPU arena grows to the largest batch it has run and never shrinks:

@@ -34,6 +34,21 @@ from visionflow.streams.shedding import ALL_MODES, SKIP_FRAME, DecodeMode, ShedP
 from visionflow.streams.urls import PROTOCOL_WHITELIST, redact_text, source_scheme
 
 MAX_CONSECUTIVE_DECODE_ERRORS = 30
+#: hostile metadata is not valid UTF-8 either: PyAV before 19 decodes it strictly unless told
+#: to replace what it cannot read; 19 took the argument away and always reads metadata as
+#: UTF-8 with ``surrogateescape`` (visionflow reads no container metadata)
+_STRICT_METADATA = int(av.__version__.split(".")[0]) < 19
+
+
+def _open_input(
+    target: str, options: dict[str, str], timeout: tuple[float, float]
+) -> av.container.InputContainer:
+    """``av.open`` for reading, whichever PyAV (see :data:`_STRICT_METADATA`)."""
+    if _STRICT_METADATA:
+        return av.open(  # type: ignore[call-overload, unused-ignore]  # PyAV >= 19: no such argument
+            target, options=options, timeout=timeout, metadata_errors="replace"
+        )
+    return av.open(target, options=options, timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -145,11 +160,8 @@ class VideoSource:
         self.close()
         options = self._options()
         try:
-            self._container = av.open(
-                self._target(),
-                options=options,
-                timeout=(self.policy.open_timeout_s, self.policy.read_timeout_s),
-                metadata_errors="replace",  # hostile metadata is not valid UTF-8 either
+            self._container = _open_input(
+                self._target(), options, (self.policy.open_timeout_s, self.policy.read_timeout_s)
             )
         except FileNotFoundError as exc:
             raise self._open_error("file not found", exc, permanent=self.stream.is_file) from None

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -86,20 +87,24 @@ def _frames(count: int) -> list[np.ndarray]:
     return [letterbox_image(scene.render(i * 37)[0], 320, 320)[0] for i in range(count)]
 
 
-def test_detect_is_submit_result_and_matches_infer_plus_cpu_decode():
+@pytest.mark.parametrize("inflight", [1, 2])
+def test_detect_is_submit_result_and_matches_infer_plus_cpu_decode(inflight):
     frames = _frames(3)
     t = Thresholds(0.5, 0.45, 100)
-    with create_engine(OnnxRuntimeConfig(), DEMO_MODEL, 4) as engine:
-        assert engine.capabilities == EngineCapabilities()  # host frames, 1 in flight
+    with create_engine(OnnxRuntimeConfig(inflight=inflight), DEMO_MODEL, 4) as engine:
+        # host frames, ``inflight`` batches at once
+        assert engine.capabilities == EngineCapabilities(max_inflight=inflight)
         expected = [
             decode_output(o, t.conf, t.iou, t.max_detections)
             for o in engine.infer(to_network_input(np.stack(frames)))
         ]
         pending = engine.submit(frames, t)
-        assert pending.done()  # synchronous: finished inside submit
-        for frame in frames:
-            frame[:] = 0  # the engine copied the frames: changing them now changes nothing
+        if inflight == 1:
+            assert pending.done()  # synchronous: finished inside submit
         detected = pending.result()
+        for frame in frames:
+            frame[:] = 0  # collected: the engine no longer reads the frames
+        assert pending.result() == detected
         assert engine.detect([], t) == []
         again = engine.detect(_frames(3), t)
     assert sum(len(b) for b, _, _ in detected) >= 3
@@ -121,3 +126,58 @@ def test_batches_the_backend_cannot_take_are_clear_engine_errors():
             engine.detect(_frames(3), t)
     with pytest.raises(ValueError, match="thresholds"):
         Thresholds(1.5, 0.45, 100)
+
+
+class _Gate:
+    """Wraps an engine's ``infer`` so that a batch waits (on the engine's thread) until the
+    test lets it go, and records which thread ran it."""
+
+    def __init__(self, infer):
+        self.infer, self.go, self.started, self.threads = infer, threading.Event(), [], []
+        self.entered = threading.Event()
+
+    def __call__(self, batch):
+        self.threads.append(threading.current_thread().name)
+        self.entered.set()
+        assert self.go.wait(10), "the test never let the batch go"
+        return self.infer(batch)
+
+
+def test_with_two_in_flight_submit_returns_while_the_batch_runs_and_results_keep_order():
+    t = Thresholds(0.5, 0.45, 100)
+    with create_engine(OnnxRuntimeConfig(inflight=2), DEMO_MODEL, 4) as engine:
+        want = [engine.detect(_frames(3), t), engine.detect(_frames(1), t)]
+        gate = _Gate(engine.infer)
+        engine.infer = gate  # type: ignore[method-assign]
+        first, second = engine.submit(_frames(3), t), engine.submit(_frames(1), t)
+        assert gate.entered.wait(10), "the first batch never started"
+        assert not first.done() and not second.done()  # submit did not wait for the model
+        with pytest.raises(EngineError, match=r"2 batch\(es\) already in flight"):
+            engine.submit(_frames(1), t)  # the contract: at most max_inflight pending
+        with pytest.raises(EngineError, match="submit order"):
+            second.result()  # the oldest first
+        gate.go.set()
+        got = [first.result(), second.result()]
+        assert all(name.startswith("onnxruntime") for name in gate.threads)
+    for w, g in zip(want, got, strict=True):
+        for (wb, ws, wc), (gb, gs, gc) in zip(w, g, strict=True):
+            assert np.array_equal(wb, gb) and np.array_equal(ws, gs) and np.array_equal(wc, gc)
+
+
+def test_a_batch_that_fails_on_the_engine_thread_fails_its_result_and_frees_its_slot():
+    t = Thresholds(0.5, 0.45, 100)
+    with create_engine(OnnxRuntimeConfig(inflight=2), DEMO_MODEL, 4) as engine:
+        infer = engine.infer
+
+        def broken(batch):
+            raise RuntimeError("onnxruntime: bad things")
+
+        engine.infer = broken  # type: ignore[method-assign]
+        failed = engine.submit(_frames(1), t)
+        with pytest.raises(RuntimeError, match="bad things"):
+            failed.result()
+        with pytest.raises(RuntimeError, match="bad things"):
+            failed.result()  # a second call: the same error, not a hang
+        engine.infer = infer  # type: ignore[method-assign]
+        after = [engine.submit(_frames(1), t) for _ in range(2)]  # both slots free again
+        assert all(len(p.result()) == 1 for p in after)

@@ -65,7 +65,7 @@ def test_builtin_backends_are_discovered_with_their_configs():
     assert known["tensorrt"].config is TensorRTConfig
     assert known["torch-cuda"].config is TorchCudaConfig
     with create_engine(OnnxRuntimeConfig(), DEMO_MODEL, 2) as engine:
-        assert isinstance(engine, OnnxRuntimeEngine) and engine.capabilities.max_inflight == 1
+        assert isinstance(engine, OnnxRuntimeEngine) and engine.capabilities.max_inflight == 2
 
 
 def test_a_registered_backend_is_accepted_by_the_union_and_built_by_create_engine(toy):

@@ -498,3 +498,25 @@ def test_the_descriptors_are_bit_identical_to_the_first_histogram_version():
             made += int(looks.any(axis=1).sum())
     assert made == GOLDEN_DESCRIPTORS
     assert digest.hexdigest() == GOLDEN_SHA256
+
+
+@pytest.mark.parametrize("per_frame", [[3, 0, 1, 5], [appearance.CHUNK + 3, 2, 0], [0, 0], [7] * 9])
+def test_a_batch_of_host_frames_gives_each_frame_its_own_descriptors_to_the_bit(per_frame):
+    """The worker describes a batch's host frames in groups (one numpy pass per group of up
+    to CHUNK boxes): every frame's rows are what that frame alone gives, bad boxes included,
+    a frame without boxes gets none."""
+    rng = np.random.default_rng(12)
+    images = [coloured_noise(rng, (64, 80)) for _ in per_frame]
+    boxes = []
+    for n in per_frame:
+        xy = rng.uniform(-10, 70, (n, 2))
+        b = np.concatenate([xy, xy + rng.uniform(1, 40, (n, 2))], 1)
+        if n > 2:
+            b[1] = NON_FINITE[0]  # one box with no descriptor among the good ones
+        boxes.append(b.astype(np.float32))
+    got = appearance.describe_host_batch(images, boxes)
+    assert [len(g) for g in got] == per_frame
+    for g, image, b in zip(got, images, boxes, strict=True):
+        np.testing.assert_array_equal(g, describe_host(image, b))
+    looks = appearance.describe_batch(images, boxes)
+    assert looks == [describe(i, b) for i, b in zip(images, boxes, strict=True)]
