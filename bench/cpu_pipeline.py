@@ -69,8 +69,9 @@ def make_clips(n: int, width: int, height: int, folder: Path) -> list[Path]:
 def run_baseline(clips: list[Path], seconds: float, redis_url: str) -> dict[str, float]:
     config = parse_config({})
     model = resolve_model(config)
-    # ONNX Runtime's own defaults, as a naive loop would have them (spinning threads)
-    engine = create_engine(OnnxRuntimeConfig(spin=True), model.path, 1)
+    # ONNX Runtime's own defaults, as a naive loop would have them (spinning threads, one
+    # batch at a time)
+    engine = create_engine(OnnxRuntimeConfig(spin=True, inflight=1), model.path, 1)
     client = redis.Redis.from_url(redis_url)
     width, height = model.input_size
     stop = threading.Event()

@@ -771,9 +771,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         value = ratio("fps", mode, default, mode, 1)
         if value is not None and default != 1:
             out[f"fps_ratio_{mode}_inflight{default}_vs_1"] = value
-        capped, base = mean("fps", mode, default, 2), mean("fps", "off", 1)
+        capped, base = mean("fps", mode, default, 2), mean("fps", mode, default)
         if capped is not None and base:
-            out[f"fps_ratio_{mode}_capacity2_vs_off_inflight1"] = round(capped / base, 3)
+            out[f"fps_ratio_{mode}_capacity2_vs_default"] = round(capped / base, 3)
     return out
 
 

@@ -228,7 +228,8 @@ class BatchingConfig(_Strict):
         le=3600,
         description="A worker that has not finished a batch this long after it was sent is "
         "taken for hung (a wedged GPU call): it is killed, its batches go to the others and it "
-        "is restarted. Keep it well above the slowest batch (large CPU batches, first runs).",
+        "is restarted. Keep it well above the slowest batch times the batches queued on a "
+        "worker (a batch sent waits behind those before it; large CPU batches, first runs).",
     )
 
 

@@ -205,21 +205,34 @@ class SyncEngine(Engine):
     layout: OutputLayout = OutputLayout.ANCHORS  # how infer()'s output is read (set at load)
 
     def submit(self, frames: Sequence[Any], thresholds: Thresholds) -> PendingBatch:
-        from visionflow.pipeline.letterbox import to_network_input
-        from visionflow.pipeline.postprocess import decode_output
-
         self.check_frames(frames)
         if not frames:
             return CompletedBatch(())
         if self._staging is None:
-            info = self.info
-            shape = (info.max_batch, info.input_height, info.input_width, 3)
-            self._staging = np.empty(shape, np.uint8)
-        images = self._staging[: len(frames)]
+            self._staging = self.new_staging()
+        return CompletedBatch(self.run_staged(self.stage(self._staging, frames), thresholds))
+
+    def new_staging(self) -> npt.NDArray[np.uint8]:
+        """A host staging buffer for a whole batch (``[max_batch, H, W, 3]`` uint8)."""
+        info = self.info
+        return np.empty((info.max_batch, info.input_height, info.input_width, 3), np.uint8)
+
+    @staticmethod
+    def stage(staging: npt.NDArray[np.uint8], frames: Sequence[Any]) -> npt.NDArray[np.uint8]:
+        """The frames copied into the first rows of ``staging`` (the engine no longer reads
+        the caller's frames after this)."""
+        images = staging[: len(frames)]
         for i, frame in enumerate(frames):
             images[i] = frame
+        return images
+
+    def run_staged(
+        self, images: npt.NDArray[np.uint8], thresholds: Thresholds
+    ) -> tuple[Detections, ...]:
+        """The model and the CPU decode on staged frames: per frame its detections."""
+        from visionflow.pipeline.letterbox import to_network_input
+        from visionflow.pipeline.postprocess import decode_output
+
         output = self.infer(to_network_input(images, self.info.input_dtype))
         t = thresholds
-        return CompletedBatch(
-            tuple(decode_output(o, t.conf, t.iou, t.max_detections, self.layout) for o in output)
-        )
+        return tuple(decode_output(o, t.conf, t.iou, t.max_detections, self.layout) for o in output)

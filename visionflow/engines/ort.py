@@ -1,19 +1,21 @@
 """ONNX Runtime backend (CPU by default): host frames, NMS on the CPU.
 
 With ``inflight`` 1 a batch runs to the end inside ``submit`` (:class:`SyncEngine`).  With
-more (the default, 2), batches run one after another on one thread of the engine's own, and
-``submit`` returns at once: ONNX Runtime lets go of the GIL while it runs the model, so the
-inference worker's own share of a batch (appearance descriptors, detections, the hand-off to
-the output stage) is done for one batch while the next one runs, instead of leaving ONNX
-Runtime's threads idle in between (bench/README.md, issue 11).  The worker keeps ``2 x
-inflight`` batches queued (:meth:`~visionflow.config.BatchingConfig.worker_capacity`), so the
-next batch is already there when one finishes.
+2 (the default), ``submit`` copies the frames into one of two staging buffers and queues the
+batch on a thread of the engine's own, where batches run one after another: ONNX Runtime lets
+go of the GIL while it runs the model, so the inference worker's own share of a batch
+(appearance descriptors, detections, the hand-off to the output stage) is done for one batch
+while the next one runs, instead of leaving ONNX Runtime's threads idle in between
+(bench/README.md, issue 11).  The worker keeps ``2 x inflight`` batches queued
+(:meth:`~visionflow.config.BatchingConfig.worker_capacity`), so the next batch is already
+there when one finishes; under overload a frame may wait behind three batches instead of one.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +25,7 @@ from pydantic import Field
 
 from visionflow.engines.base import (
     CompletedBatch,
+    Detections,
     EngineCapabilities,
     EngineConfigBase,
     EngineInfo,
@@ -32,7 +35,7 @@ from visionflow.engines.base import (
 )
 from visionflow.engines.inflight import InflightRing, SlotBatch
 from visionflow.engines.registry import Backend
-from visionflow.errors import EngineUnavailableError, ModelError
+from visionflow.errors import EngineError, EngineUnavailableError, ModelError
 from visionflow.pipeline.layouts import OutputLayout, detect_layout
 
 _DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
@@ -61,11 +64,13 @@ class OnnxRuntimeConfig(EngineConfigBase):
     inflight: int = Field(
         default=2,
         ge=1,
-        le=8,
-        description="Batches the engine holds at once; more than 1: they run one after another "
-        "on a thread of the engine's own while the inference worker finishes the one before "
-        "(its descriptors, detections and hand-off to the output stage overlap the model); "
-        "1: each batch runs to the end before the worker goes on.",
+        le=2,
+        description="Batches the engine holds at once. 2: they run one after another on a "
+        "thread of the engine's own while the inference worker finishes the one before (its "
+        "descriptors, detections and hand-off to the output stage overlap the model; more "
+        "would only queue behind the one thread); the worker then keeps 4 batches queued, "
+        "not 2, so under overload a frame may wait behind more of them. 1: each batch runs "
+        "to the end before the worker goes on.",
     )
     providers: list[str] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],
@@ -82,7 +87,7 @@ class OnnxRuntimeEngine(SyncEngine):
     batches at once on one thread of its own (see the module doc), or each to the end in
     ``submit`` with ``inflight`` 1."""
 
-    _ring: InflightRing[None] | None = None
+    _ring: InflightRing[npt.NDArray[np.uint8]] | None = None
     _thread: ThreadPoolExecutor | None = None
 
     def __init__(self, config: OnnxRuntimeConfig, model_path: Path, max_batch: int) -> None:
@@ -140,33 +145,8 @@ class OnnxRuntimeEngine(SyncEngine):
         self._warm_up(model_path, min(max_batch, WARM_UP_MAX_BATCH), height, width)
         if config.inflight > 1:
             self.capabilities = EngineCapabilities(max_inflight=config.inflight)
-            self._ring = InflightRing([None] * config.inflight)
+            self._ring = InflightRing([self.new_staging() for _ in range(config.inflight)])
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="onnxruntime")
-
-    def submit(self, frames: Sequence[Any], thresholds: Thresholds) -> PendingBatch:
-        """The batch queued on the engine's thread (see the module doc); the caller's frames
-        are read there, and held until :meth:`~PendingBatch.result` collected it."""
-        if self._ring is None or self._thread is None:
-            return super().submit(frames, thresholds)
-        self.check_frames(frames)
-        if not frames:
-            return CompletedBatch(())
-        index, _ = self._ring.acquire()
-        try:
-            future = self._thread.submit(self._run, list(frames), thresholds)
-        except BaseException:
-            self._ring.abandon(index)
-            raise
-        return SlotBatch(self._ring, index, future.result, future.done, keep=frames)
-
-    def _run(self, frames: Sequence[Any], thresholds: Thresholds) -> list[Any]:
-        """On the engine's thread: one batch, as :meth:`SyncEngine.submit` runs it (one
-        staging buffer is enough: the batches run one at a time)."""
-        return super().submit(frames, thresholds).result()
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._thread.shutdown(wait=True, cancel_futures=True)
 
     def _warm_up(self, model_path: Path, batch: int, height: int, width: int) -> None:
         """ONNX Runtime's CPU arena grows to the largest batch it has run and never shrinks:
@@ -183,6 +163,40 @@ class OnnxRuntimeEngine(SyncEngine):
         feed = {self._input_name: np.ascontiguousarray(batch, dtype=self._dtype)}
         (output, *_) = self._session.run(None, feed)
         return np.asarray(output, dtype=np.float32)
+
+    def submit(self, frames: Sequence[Any], thresholds: Thresholds) -> PendingBatch:
+        """The frames copied into a slot's staging buffer here, the batch queued on the
+        engine's thread (see the module doc)."""
+        if self._ring is None:
+            return super().submit(frames, thresholds)
+        if self._thread is None:
+            raise EngineError("onnxruntime: the engine is closed")
+        self.check_frames(frames)
+        if not frames:
+            return CompletedBatch(())
+        index, staging = self._ring.acquire()
+        try:
+            images = self.stage(staging, frames)
+            future = self._thread.submit(self.run_staged, images, thresholds)
+        except BaseException:
+            self._ring.abandon(index)
+            raise
+        return SlotBatch(self._ring, index, functools.partial(_collect, future), future.done)
+
+    def close(self) -> None:
+        """Waits for the batch running; batches still queued fail (:class:`EngineError`)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.shutdown(wait=True, cancel_futures=True)
+
+
+def _collect(future: Future[tuple[Detections, ...]]) -> list[Detections]:
+    """A queued batch's detections; :class:`EngineError` for one the engine's close
+    cancelled."""
+    try:
+        return list(future.result())
+    except CancelledError:
+        raise EngineError("onnxruntime: the engine was closed before this batch ran") from None
 
 
 BACKEND = Backend("onnxruntime", OnnxRuntimeConfig, OnnxRuntimeEngine)

@@ -61,7 +61,8 @@ MIN_LEFT = 0.02  # less of the box's histogram than this left once the ring's is
 # the box looks like its surroundings, and keeps its own histogram
 #: boxes whose histograms are made in one numpy pass: the pass's arrays (8 corners x 240
 #: samples x boxes) stay in the cache; a pass over 40 boxes or more cost about twice as much
-#: per box as one over 20 (2-core VM, 2026-11-28)
+#: per box as one over 20 (an ad-hoc measurement on the 2-core VM, 2026-11-28, no results
+#: file; bench/tracking.py's ``descriptor`` section times the batches)
 CHUNK = 24
 DTYPE = np.float16  # of the bytes a Detection carries
 DESCRIPTOR_BYTES = DIMS * np.dtype(DTYPE).itemsize
@@ -237,7 +238,10 @@ def describe_host_batch(
     taken together up to :data:`CHUNK` boxes (a frame with more alone), so that the fixed
     cost of each numpy call is paid once per group, not once per frame (a batch's frames
     have a few boxes each), while each pass's arrays stay small.  The same descriptors, to
-    the bit, as image by image."""
+    the bit, as image by image.  :class:`ValueError` for images not all uint8 of one size."""
+    shapes = {(tuple(i.shape), i.dtype) for i in images}
+    if len(shapes) > 1 or any(dtype != np.uint8 or len(shape) != 3 for shape, dtype in shapes):
+        raise ValueError(f"describe_host_batch takes uint8 [H, W, 3] images of one size: {shapes}")
     out: list[npt.NDArray[np.float32]] = []
     start, held = 0, 0
     for end, frame_boxes in enumerate(boxes):
@@ -255,6 +259,8 @@ def _describe_host_group(
 ) -> list[npt.NDArray[np.float32]]:
     """One group of :func:`describe_host_batch`: the sample points of all its boxes worked
     out together, each image's pixels gathered, the histograms made in one pass."""
+    if len(images) == 1:
+        return [describe_host(images[0], boxes[0])]
     height, width = int(images[0].shape[0]), int(images[0].shape[1])
     counts = [len(b) for b in boxes]
     flat = np.concatenate([np.reshape(np.asarray(b, np.float64), (-1, 4)) for b in boxes])

@@ -319,8 +319,8 @@ def inference_main(spec: WorkerSpec, queues: WorkerQueues, log_level: int) -> No
         _exit_after_sending(queues, STICKY_CUDA_EXIT)  # never returns: no cleanup below
     finally:
         _flush_results(queues.output)
+        engine.close()  # first: its thread may still be reading a staged batch
         pools.close()
-        engine.close()
 
 
 def _flush_results(output: ShardedWriter) -> None:

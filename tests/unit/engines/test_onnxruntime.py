@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import wait_until
 from visionflow.config import parse_config
 from visionflow.engines import EngineCapabilities, Thresholds, create_engine
 from visionflow.engines.ort import OnnxRuntimeConfig
@@ -101,10 +102,9 @@ def test_detect_is_submit_result_and_matches_infer_plus_cpu_decode(inflight):
         pending = engine.submit(frames, t)
         if inflight == 1:
             assert pending.done()  # synchronous: finished inside submit
-        detected = pending.result()
         for frame in frames:
-            frame[:] = 0  # collected: the engine no longer reads the frames
-        assert pending.result() == detected
+            frame[:] = 0  # the engine copied the frames: changing them now changes nothing
+        detected = pending.result()
         assert engine.detect([], t) == []
         again = engine.detect(_frames(3), t)
     assert sum(len(b) for b, _, _ in detected) >= 3
@@ -133,7 +133,7 @@ class _Gate:
     test lets it go, and records which thread ran it."""
 
     def __init__(self, infer):
-        self.infer, self.go, self.started, self.threads = infer, threading.Event(), [], []
+        self.infer, self.go, self.threads = infer, threading.Event(), []
         self.entered = threading.Event()
 
     def __call__(self, batch):
@@ -181,3 +181,24 @@ def test_a_batch_that_fails_on_the_engine_thread_fails_its_result_and_frees_its_
         engine.infer = infer  # type: ignore[method-assign]
         after = [engine.submit(_frames(1), t) for _ in range(2)]  # both slots free again
         assert all(len(p.result()) == 1 for p in after)
+
+
+def test_closing_with_batches_pending_finishes_the_running_one_and_fails_the_rest():
+    t = Thresholds(0.5, 0.45, 100)
+    engine = create_engine(OnnxRuntimeConfig(inflight=2), DEMO_MODEL, 4)
+    gate = _Gate(engine.infer)
+    engine.infer = gate  # type: ignore[method-assign]
+    running, queued = engine.submit(_frames(1), t), engine.submit(_frames(1), t)
+    assert gate.entered.wait(10), "the first batch never started"
+    closing = threading.Thread(target=engine.close)
+    closing.start()  # cancels the queued batch, then waits for the running one
+    wait_until(queued.done, 10, "close() never cancelled the queued batch", interval=0.01)
+    assert not running.done()
+    gate.go.set()
+    closing.join(10)
+    assert not closing.is_alive(), "close() did not return"
+    assert len(running.result()) == 1
+    with pytest.raises(EngineError, match="closed before this batch ran"):
+        queued.result()
+    with pytest.raises(EngineError, match="the engine is closed"):
+        engine.submit(_frames(1), t)

@@ -520,3 +520,26 @@ def test_a_batch_of_host_frames_gives_each_frame_its_own_descriptors_to_the_bit(
         np.testing.assert_array_equal(g, describe_host(image, b))
     looks = appearance.describe_batch(images, boxes)
     assert looks == [describe(i, b) for i, b in zip(images, boxes, strict=True)]
+
+
+def test_more_boxes_than_one_pass_takes_give_each_box_its_own_descriptor_to_the_bit():
+    """``from_samples`` makes its histograms CHUNK boxes at a time: every box of a frame with
+    more, past the first pass too, gets what it gets alone."""
+    rng = np.random.default_rng(13)
+    image = coloured_noise(rng, (96, 128))
+    n = 2 * appearance.CHUNK + 5
+    xy = rng.uniform(-5, 110, (n, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(2, 50, (n, 2))], 1).astype(np.float32)
+    got = describe_host(image, boxes)
+    for i in range(n):
+        np.testing.assert_array_equal(got[i], describe_host(image, boxes[i : i + 1])[0])
+
+
+def test_a_host_batch_of_mixed_sizes_or_types_is_refused():
+    small, large = np.zeros((32, 32, 3), np.uint8), np.zeros((64, 64, 3), np.uint8)
+    box = [np.array([[1, 1, 9, 9]], np.float32)] * 2
+    with pytest.raises(ValueError, match="of one size"):
+        appearance.describe_host_batch([small, large], box)
+    with pytest.raises(ValueError, match="uint8"):
+        appearance.describe_host_batch([small, small.astype(np.float32)], box)
+    assert len(appearance.describe_batch([small, large], box)) == 2  # one image at a time

@@ -37,3 +37,19 @@ def test_missing_file_is_permanent_and_redacted(tmp_path):
     with pytest.raises(SourceOpenError) as info:
         source.open()
     assert info.value.permanent and "none.mp4" in str(info.value)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_streams_open_with_pyav_before_and_after_19(monkeypatch, strict):
+    """PyAV 19 took ``av.open``'s ``metadata_errors`` away (passing it fails every stream);
+    before 19 it is what keeps non-UTF-8 metadata from failing the open."""
+    from visionflow.streams import sources
+
+    calls = []
+    monkeypatch.setattr(sources, "_STRICT_METADATA", strict)
+    monkeypatch.setattr(sources.av, "open", lambda *a, **kw: calls.append((a, kw)) or "opened")
+    assert sources._open_input("rtsp://cam", {"rtsp_transport": "tcp"}, (5.0, 2.0)) == "opened"
+    ((args, kwargs),) = calls
+    assert args == ("rtsp://cam",) and kwargs.pop("options") == {"rtsp_transport": "tcp"}
+    assert kwargs.pop("timeout") == (5.0, 2.0)
+    assert kwargs == ({"metadata_errors": "replace"} if strict else {})
