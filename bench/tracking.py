@@ -741,7 +741,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
     def ratio(key: str, a: str, ia: int, b: str, ib: int) -> float | None:
         top, bottom = mean(key, a, ia), mean(key, b, ib)
-        return None if top is None or bottom is None else round(top / bottom, 3)
+        return None if top is None or not bottom else round(top / bottom, 3)  # 0: runs failed
 
     def per_round(mode: str, inflight: int) -> list[float]:
         """frames/s of ``mode`` over untracked's, round by round (the noise beside the mean)."""

@@ -319,7 +319,7 @@ def inference_main(spec: WorkerSpec, queues: WorkerQueues, log_level: int) -> No
         _exit_after_sending(queues, STICKY_CUDA_EXIT)  # never returns: no cleanup below
     finally:
         _flush_results(queues.output)
-        engine.close()  # first: its thread may still be reading a staged batch
+        engine.close()  # first: batches still in flight end before their frames' pools go
         pools.close()
 
 
