@@ -262,11 +262,10 @@ def _describe_host_group(
     if len(images) == 1:
         return [describe_host(images[0], boxes[0])]
     height, width = int(images[0].shape[0]), int(images[0].shape[1])
-    counts = [len(b) for b in boxes]
-    flat = np.concatenate([np.reshape(np.asarray(b, np.float64), (-1, 4)) for b in boxes])
+    flat, counts = _flatten(boxes)
     ys, xs, ring_y, ring_x, inside, valid = sample_points(flat, width, height)
     if not valid.any():
-        return [np.zeros((n, DIMS), np.float32) for n in counts]
+        return _per_frame(np.zeros((len(flat), DIMS), np.float32), counts)
     inner = np.empty((len(flat), GRID_ROWS, GRID_COLS, 3), np.uint8)
     ring = np.empty((len(flat), RING, 3), np.uint8)
     ends = np.cumsum(counts)
@@ -275,8 +274,22 @@ def _describe_host_group(
             rows = slice(end - n, end)
             inner[rows] = image[ys[rows, :, None], xs[rows, None, :]]
             ring[rows] = image[ring_y[rows], ring_x[rows]]
-    out = from_samples(inner.reshape(len(flat), -1, 3), ring, inside, valid)
-    return list(np.split(out, ends[:-1]))
+    return _per_frame(from_samples(inner.reshape(len(flat), -1, 3), ring, inside, valid), counts)
+
+
+def _flatten(
+    boxes: Sequence[npt.NDArray[np.floating]],
+) -> tuple[npt.NDArray[np.float64], list[int]]:
+    """Several frames' boxes as one ``[K, 4]`` float64 array, and how many each frame had."""
+    counts = [len(b) for b in boxes]
+    return np.concatenate([np.reshape(np.asarray(b, np.float64), (-1, 4)) for b in boxes]), counts
+
+
+def _per_frame(
+    vectors: npt.NDArray[np.float32], counts: Sequence[int]
+) -> list[npt.NDArray[np.float32]]:
+    """:func:`_flatten`'s rows given back frame by frame."""
+    return list(np.split(vectors, np.cumsum(counts)[:-1]))
 
 
 def describe_device_batch(
@@ -293,11 +306,10 @@ def describe_device_batch(
         i if isinstance(i, torch.Tensor) else torch.as_tensor(i, device="cuda") for i in images
     ]
     height, width = int(tensors[0].shape[0]), int(tensors[0].shape[1])
-    counts = [len(b) for b in boxes]
-    flat = np.concatenate([np.reshape(b, (-1, 4)) for b in boxes])
+    flat, counts = _flatten(boxes)
     ys, xs, ring_y, ring_x, inside, valid = sample_points(flat, width, height)
     if not valid.any():
-        return [np.zeros((n, DIMS), np.float32) for n in counts]
+        return _per_frame(np.zeros((len(flat), DIMS), np.float32), counts)
     dev = tensors[0].device
     frame = np.repeat(np.arange(len(images)), counts)
     stacked = torch.stack(tensors)  # [B, H, W, 3]
@@ -315,7 +327,7 @@ def describe_device_batch(
     pixels = picked.cpu().numpy()
     n = GRID_ROWS * GRID_COLS
     out = from_samples(pixels[:, :n], pixels[:, n:], inside, valid)
-    return list(np.split(out, np.cumsum(counts)[:-1]))
+    return _per_frame(out, counts)
 
 
 def describe_device(image: Any, boxes: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
