@@ -1,12 +1,16 @@
 """ONNX Runtime backend (CPU by default): host frames, NMS on the CPU.
 
 With ``inflight`` 1 a batch runs to the end inside ``submit`` (:class:`SyncEngine`).  With
-2 (the default), ``submit`` copies the frames into one of two staging buffers and queues the
-batch on a thread of the engine's own, where batches run one after another: ONNX Runtime lets
-go of the GIL while it runs the model, so the inference worker's own share of a batch
-(appearance descriptors, detections, the hand-off to the output stage) is done for one batch
-while the next one runs, instead of leaving ONNX Runtime's threads idle in between
-(bench/README.md, issue 11).  The worker keeps ``2 x inflight`` batches queued
+2 (the default), ``submit`` writes the frames, as the network's input (``[N, 3, H, W]``
+scaled to 0..1), into one of two staging buffers on the caller's thread and queues the batch
+on a thread of the engine's own, where batches run one after another and that thread does
+nothing but run the model (ONNX Runtime lets go of the GIL while it does); the caller
+decodes the outputs (NMS) when it collects the result.  So the inference worker's own share
+of a batch (the input, the decode, appearance descriptors, detections, the hand-off to the
+output stage) is done while the next batch's model runs, instead of leaving ONNX Runtime's
+threads idle in between: profiled on a 16-core host, the engine's thread was busy the whole
+time and the worker's own 10-18 %, and a fifth of the engine thread's time was the input and
+the decode (bench/README.md, issue 11).  The worker keeps ``2 x inflight`` batches queued
 (:meth:`~visionflow.config.BatchingConfig.worker_capacity`), so the next batch is already
 there when one finishes; under overload a frame may wait behind three batches instead of one.
 """
@@ -65,8 +69,9 @@ class OnnxRuntimeConfig(EngineConfigBase):
         default=2,
         ge=1,
         le=2,
-        description="Batches the engine holds at once. 2: they run one after another on a "
-        "thread of the engine's own while the inference worker finishes the one before (its "
+        description="Batches the engine holds at once. 2: their models run one after another "
+        "on a thread of the engine's own, which does nothing else, while the inference "
+        "worker makes the next batch's input and finishes the one before (its decode, "
         "descriptors, detections and hand-off to the output stage overlap the model; more "
         "would only queue behind the one thread); the worker then keeps 4 batches queued, "
         "not 2, so under overload a frame may wait behind more of them. 1: each batch runs "
@@ -87,7 +92,7 @@ class OnnxRuntimeEngine(SyncEngine):
     batches at once on one thread of its own (see the module doc), or each to the end in
     ``submit`` with ``inflight`` 1."""
 
-    _ring: InflightRing[npt.NDArray[np.uint8]] | None = None
+    _ring: InflightRing[npt.NDArray[np.floating]] | None = None
     _thread: ThreadPoolExecutor | None = None
 
     def __init__(self, config: OnnxRuntimeConfig, model_path: Path, max_batch: int) -> None:
@@ -145,7 +150,10 @@ class OnnxRuntimeEngine(SyncEngine):
         self._warm_up(model_path, min(max_batch, WARM_UP_MAX_BATCH), height, width)
         if config.inflight > 1:
             self.capabilities = EngineCapabilities(max_inflight=config.inflight)
-            self._ring = InflightRing([self.new_staging() for _ in range(config.inflight)])
+            shape = (max_batch, 3, height, width)
+            self._ring = InflightRing(
+                [np.empty(shape, self._dtype) for _ in range(config.inflight)]
+            )
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="onnxruntime")
 
     def _warm_up(self, model_path: Path, batch: int, height: int, width: int) -> None:
@@ -165,8 +173,9 @@ class OnnxRuntimeEngine(SyncEngine):
         return np.asarray(output, dtype=np.float32)
 
     def submit(self, frames: Sequence[Any], thresholds: Thresholds) -> PendingBatch:
-        """The frames copied into a slot's staging buffer here, the batch queued on the
-        engine's thread (see the module doc)."""
+        """The frames written into a slot's staging buffer as the network's input here, the
+        model queued on the engine's thread, the decode done by ``result()`` (see the module
+        doc)."""
         if self._ring is None:
             return super().submit(frames, thresholds)
         if self._thread is None:
@@ -176,12 +185,27 @@ class OnnxRuntimeEngine(SyncEngine):
             return CompletedBatch(())
         index, staging = self._ring.acquire()
         try:
-            images = self.stage(staging, frames)
-            future = self._thread.submit(self.run_staged, images, thresholds)
+            batch = stage_network_input(staging, frames)
+            future = self._thread.submit(self.infer, batch)
         except BaseException:
             self._ring.abandon(index)
             raise
-        return SlotBatch(self._ring, index, functools.partial(_collect, future), future.done)
+        collect = functools.partial(self._decoded, future, thresholds)
+        return SlotBatch(self._ring, index, collect, future.done)
+
+    def _decoded(
+        self, future: Future[npt.NDArray[np.float32]], thresholds: Thresholds
+    ) -> list[Detections]:
+        """A queued batch's detections: its outputs decoded on the collecting thread;
+        :class:`EngineError` for one the engine's close cancelled."""
+        from visionflow.pipeline.postprocess import decode_output
+
+        try:
+            output = future.result()
+        except CancelledError:
+            raise EngineError("onnxruntime: the engine was closed before this batch ran") from None
+        t = thresholds
+        return [decode_output(o, t.conf, t.iou, t.max_detections, self.layout) for o in output]
 
     def close(self) -> None:
         """Waits for the batch running; batches still queued fail (:class:`EngineError`)."""
@@ -190,13 +214,18 @@ class OnnxRuntimeEngine(SyncEngine):
             thread.shutdown(wait=True, cancel_futures=True)
 
 
-def _collect(future: Future[tuple[Detections, ...]]) -> list[Detections]:
-    """A queued batch's detections; :class:`EngineError` for one the engine's close
-    cancelled."""
-    try:
-        return list(future.result())
-    except CancelledError:
-        raise EngineError("onnxruntime: the engine was closed before this batch ran") from None
+def stage_network_input(
+    staging: npt.NDArray[np.floating], frames: Sequence[Any]
+) -> npt.NDArray[np.floating]:
+    """The frames (``[H, W, 3]`` uint8 RGB each) written into the first rows of ``staging``
+    (``[max_batch, 3, H, W]``) as :func:`~visionflow.pipeline.letterbox.to_network_input`
+    makes them (the same values, without its temporary): those rows, which the engine reads
+    instead of the caller's frames."""
+    batch = staging[: len(frames)]
+    scale = np.float32(1.0 / 255.0)
+    for row, frame in zip(batch, frames, strict=True):
+        np.multiply(np.asarray(frame).transpose(2, 0, 1), scale, out=row, casting="unsafe")
+    return batch
 
 
 BACKEND = Backend("onnxruntime", OnnxRuntimeConfig, OnnxRuntimeEngine)

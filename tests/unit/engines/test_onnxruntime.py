@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import wait_until
 from visionflow.config import parse_config
 from visionflow.engines import EngineCapabilities, Thresholds, create_engine
-from visionflow.engines.ort import OnnxRuntimeConfig
+from visionflow.engines.ort import OnnxRuntimeConfig, stage_network_input
 from visionflow.errors import ConfigError, EngineError, ModelError
 from visionflow.models import DEMO_MODEL, resolve_model
 from visionflow.pipeline.letterbox import letterbox_image, to_network_input
@@ -202,3 +202,35 @@ def test_closing_with_batches_pending_finishes_the_running_one_and_fails_the_res
         queued.result()
     with pytest.raises(EngineError, match="the engine is closed"):
         engine.submit(_frames(1), t)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_staged_network_input_is_to_network_input_exactly(dtype):
+    frames = _frames(3)
+    staging = np.full((4, 3, 320, 320), np.nan, np.dtype(dtype))
+    batch = stage_network_input(staging, frames)
+    assert batch.shape == (3, 3, 320, 320) and np.shares_memory(batch, staging)
+    assert np.array_equal(batch, to_network_input(np.stack(frames), dtype))
+    assert np.isnan(staging[3]).all()  # rows past the batch untouched
+
+
+def test_with_two_in_flight_the_engine_thread_runs_only_the_model(monkeypatch):
+    import visionflow.pipeline.postprocess as postprocess
+
+    decoded_on: list[str] = []
+    decode = postprocess.decode_output
+
+    def recording(*args, **kwargs):
+        decoded_on.append(threading.current_thread().name)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(postprocess, "decode_output", recording)
+    t = Thresholds(0.5, 0.45, 100)
+    with create_engine(OnnxRuntimeConfig(inflight=2), DEMO_MODEL, 4) as engine:
+        gate = _Gate(engine.infer)
+        engine.infer = gate  # type: ignore[method-assign]
+        pending = engine.submit(_frames(2), t)
+        gate.go.set()
+        assert len(pending.result()) == 2
+    assert gate.threads and all(n.startswith("onnxruntime") for n in gate.threads)
+    assert decoded_on == [threading.current_thread().name] * 2  # the collecting thread
