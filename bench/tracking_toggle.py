@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Tracking's cost on the data plane, measured inside one running pipeline (issue 11's "per-
+stream overhead must not move the data-plane figures by more than 5 %").
+
+    .venv/bin/python bench/tracking_toggle.py [--cycles 12] [--window 6] [--settle 1.5] \
+        [--modes off,on,appearance] [--streams 8] [--out DIR]
+
+``bench/tracking.py``'s ``pipeline`` section starts a new pipeline for every run, and its runs
+of one mode differ by about ±5 % (one standard deviation) from start to start: as much as
+the effect to be measured.  Here one pipeline runs the whole time (``bench/cpu_pipeline.py``'s
+visionflow run: 8 synthetic 640x360 H.264 clips read flat out, the bundled detector on ONNX
+Runtime, one inference worker, a private Redis) and every stream's ``tracking`` section is
+changed at run time (``Pipeline.update_stream``, as the operator API does: the output stage
+starts or stops tracking, the inference worker starts or stops describing boxes, the streams
+are not reopened).  Each cycle runs every mode once, in a shuffled order; after each change
+``--settle`` seconds pass (batches already queued finish under the old settings), then
+``--window`` seconds are measured: frames published, and the CPU of every process of the
+pipeline and of Redis (``psutil``).  The last entry of every stream is read back to check
+the mode took effect (track ids on its detections iff tracked).
+
+Per mode, the ratio of its frames/s to untracked's **in the same cycle**, then the mean of
+those ratios over the cycles with a 95 % confidence interval (Student's t): the bound is
+**shown** when the interval's lower end is at least 0.95, **broken** when its upper end is
+below 0.95, and undecided otherwise.  The same for the CPU per published frame (bound at 1.05).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# as in the pipeline's processes (visionflow/workers/procs.py: CHILD_ENV), set before numpy loads
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import table, write_result  # noqa: E402
+from bench.cpu_processes import cpu_of, processes  # noqa: E402
+
+BOUND = 0.05  # the issue's 5 %
+
+
+def set_mode(pipeline: Any, mode: str) -> None:
+    """Every stream's ``tracking`` section to ``mode``'s (``bench/cpu_pipeline.py``)."""
+    from bench.cpu_pipeline import TRACKING_MODES
+    from visionflow.tracking.config import TrackingConfig
+
+    section = TRACKING_MODES[mode]
+    tracking = TrackingConfig.model_validate(section) if section is not None else None
+    for stream in pipeline.streams().values():
+        pipeline.update_stream(stream.model_copy(update={"tracking": tracking}))
+
+
+def tracked_now(client: Any, prefix: str, stream_ids: list[str]) -> dict[str, bool | None]:
+    """Per stream: whether its newest entry's detections carry track ids (None: no detection
+    in it, so it cannot tell)."""
+    from visionflow.schema import detections_key, parse_entry
+
+    out: dict[str, bool | None] = {}
+    for sid in stream_ids:
+        rows = client.xrevrange(detections_key(prefix, sid), count=5)
+        dets = [d for entry_id, fields in rows for d in parse_entry(entry_id, fields).detections]
+        out[sid] = any("track_id" in d for d in dets) if dets else None
+    return out
+
+
+def window(pipeline: Any, server: Any, seconds: float) -> dict[str, float]:
+    """Frames/s published and CPU ms per published frame (every process) over ``seconds``."""
+    procs = processes(pipeline, server)
+    cpu0 = sum(cpu_of(p) for p in procs.values())
+    before, t0 = pipeline.status(), time.monotonic()
+    time.sleep(seconds)
+    after, elapsed = pipeline.status(), time.monotonic() - t0
+    cpu1 = sum(cpu_of(p) for p in procs.values())
+    now = processes(pipeline, server)
+    moved = [n for n in procs if n not in now or now[n].pid != procs[n].pid]
+    if moved:
+        raise RuntimeError(f"processes replaced during the window: {moved}")
+    published = sum(s.published for s in after.streams) - sum(s.published for s in before.streams)
+    return {
+        "fps": published / elapsed,
+        "cpu_ms_per_frame": 1000 * (cpu1 - cpu0) / max(published, 1),
+        "cores": (cpu1 - cpu0) / elapsed,
+    }
+
+
+def interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and its 95 % confidence interval (Student's t; needs two values or more)."""
+    from scipy import stats  # type: ignore[import-untyped]
+
+    mean = statistics.fmean(values)
+    half = (
+        float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / len(values) ** 0.5
+    )
+    return mean, mean - half, mean + half
+
+
+def verdict(low: float, high: float, bound: float, higher_is_worse: bool) -> str:
+    """'shown' (the whole interval within the bound), 'broken' (the whole interval past it)
+    or 'undecided'."""
+    if higher_is_worse:
+        low, high, bound = -high, -low, -bound
+    return "shown" if low >= bound else "broken" if high < bound else "undecided"
+
+
+def summarise(rows: list[dict[str, Any]], modes: list[str]) -> dict[str, Any]:
+    """Per tracked mode, the ratios to untracked within each cycle and their intervals."""
+    by = {(r["cycle"], r["mode"]): r for r in rows}
+    cycles = sorted({r["cycle"] for r in rows})
+    out: dict[str, Any] = {}
+    for mode in (m for m in modes if m != "off"):
+        for key, bound, worse_up in (
+            ("fps", 1 - BOUND, False),
+            ("cpu_ms_per_frame", 1 + BOUND, True),
+        ):
+            ratios = [
+                by[c, mode][key] / by[c, "off"][key]
+                for c in cycles
+                if (c, mode) in by and (c, "off") in by and by[c, "off"][key]
+            ]
+            if len(ratios) < 2:
+                continue
+            mean, low, high = interval(ratios)
+            out[f"{key}_{mode}_vs_off"] = {
+                "ratios": [round(v, 4) for v in ratios],
+                "mean": round(mean, 4),
+                "ci95": [round(low, 4), round(high, 4)],
+                "bound": bound,
+                "verdict": verdict(low, high, bound, worse_up),
+            }
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import redis
+
+    from bench.cpu_pipeline import make_clips, visionflow_config
+    from visionflow.redis_server import EmbeddedRedis
+    from visionflow.workers.supervisor import Pipeline
+
+    modes = args.modes.split(",")
+    if "off" not in modes:
+        raise SystemExit("--modes must include 'off' (the baseline)")
+    clips = make_clips(args.streams, 640, 360, ROOT / ".cache" / "bench-clips")
+    rng = random.Random(args.seed)
+    rows: list[dict[str, Any]] = []
+    with EmbeddedRedis() as server:
+        engine = {"backend": "onnxruntime"}
+        config = visionflow_config(clips, server.url, 8, None, engine)
+        client = redis.Redis.from_url(server.url)
+        pipeline = Pipeline(config, server.url, log_level=logging.WARNING)
+        pipeline.start()
+        try:
+            pipeline.wait_ready(120)
+            time.sleep(args.warmup)
+            ids = list(pipeline.streams())
+            for cycle in range(args.cycles):
+                order = modes[:]
+                rng.shuffle(order)
+                for mode in order:
+                    set_mode(pipeline, mode)
+                    time.sleep(args.settle)
+                    measured = window(pipeline, server, args.window)
+                    seen = tracked_now(client, config.redis.key_prefix, ids)
+                    wrong = [s for s, t in seen.items() if t is not None and t != (mode != "off")]
+                    if wrong:
+                        raise RuntimeError(f"cycle {cycle} mode {mode}: not in effect on {wrong}")
+                    row = {
+                        "cycle": cycle,
+                        "mode": mode,
+                        **{k: round(v, 3) for k, v in measured.items()},
+                    }
+                    rows.append(row)
+                    print(row, flush=True)
+        finally:
+            pipeline.stop()
+    return {"rows": rows, "summary": summarise(rows, modes)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cycles", type=int, default=12, help="each mode once per cycle")
+    parser.add_argument("--window", type=float, default=6.0, help="seconds measured per mode")
+    parser.add_argument("--settle", type=float, default=1.5, help="seconds after each change")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds before the first")
+    parser.add_argument("--modes", default="off,on,appearance")
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=11, help="of the modes' shuffled order")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (bench/results)")
+    args = parser.parse_args()
+    result = run(args)
+    print(table(result["rows"], ["cycle", "mode", "fps", "cpu_ms_per_frame", "cores"]))
+    for name, s in result["summary"].items():
+        print(f"{name}: mean {s['mean']} 95% CI {s['ci95']} bound {s['bound']} -> {s['verdict']}")
+    args_out = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    path = write_result("tracking_toggle", {"args": args_out, **result}, args.out)
+    print(f"wrote {path}")
+    print(json.dumps(result["summary"]))
+
+
+if __name__ == "__main__":
+    main()
