@@ -12,16 +12,22 @@ visionflow run: 8 synthetic 640x360 H.264 clips read flat out, the bundled detec
 Runtime, one inference worker, a private Redis) and every stream's ``tracking`` section is
 changed at run time (``Pipeline.update_stream``, as the operator API does: the output stage
 starts or stops tracking, the inference worker starts or stops describing boxes, the streams
-are not reopened).  Each cycle runs every mode once, in a shuffled order; after each change
-``--settle`` seconds pass (batches already queued finish under the old settings), then
-``--window`` seconds are measured: frames published, and the CPU of every process of the
-pipeline and of Redis (``psutil``).  The last entry of every stream is read back to check
-the mode took effect (track ids on its detections iff tracked).
+are not reopened).  Each cycle runs every mode once; the order is shuffled once and then
+rotated by one each cycle, so over ``len(modes)`` cycles every mode takes every position once
+(``position`` in each row).  After each change ``--settle`` seconds pass (batches already
+queued finish under the old settings), then ``--window`` seconds are measured: frames
+published, and the CPU of every process of the pipeline and of Redis (``psutil``).  The
+newest entries of every stream are read back before and after each window to check whether
+they carry track ids as the mode says (at least one stream must have detections to tell; the
+check cannot tell ``on`` from ``appearance``, whose descriptors never reach Redis).
 
-Per mode, the ratio of its frames/s to untracked's **in the same cycle**, then the mean of
-those ratios over the cycles with a 95 % confidence interval (Student's t): the bound is
-**shown** when the interval's lower end is at least 0.95, **broken** when its upper end is
-below 0.95, and undecided otherwise.  The same for the CPU per published frame (bound at 1.05).
+Per mode, the ratio of its frames/s to untracked's **in the same cycle**, then the geometric
+mean of those ratios over the cycles with a 95 % confidence interval (Student's t on their
+logarithms): the bound is **shown** when the interval's lower end is at least 0.95,
+**broken** when its upper end is below 0.95, and undecided otherwise.  The same for the CPU
+per published frame (bound at 1.05).  Four intervals a run (two modes, two figures), none
+corrected for the others.  ``--resummarise FILE`` prints a results file's summary again from
+its rows (with this script's statistics).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import random
 import statistics
@@ -61,8 +68,8 @@ def set_mode(pipeline: Any, mode: str) -> None:
 
 
 def tracked_now(client: Any, prefix: str, stream_ids: list[str]) -> dict[str, bool | None]:
-    """Per stream: whether its newest entry's detections carry track ids (None: no detection
-    in it, so it cannot tell)."""
+    """Per stream: whether its newest entries' detections carry track ids (None: no detection
+    in them, so it cannot tell)."""
     from visionflow.schema import detections_key, parse_entry
 
     out: dict[str, bool | None] = {}
@@ -71,6 +78,17 @@ def tracked_now(client: Any, prefix: str, stream_ids: list[str]) -> dict[str, bo
         dets = [d for entry_id, fields in rows for d in parse_entry(entry_id, fields).detections]
         out[sid] = any("track_id" in d for d in dets) if dets else None
     return out
+
+
+def check_mode(seen: dict[str, bool | None], mode: str, when: str) -> None:
+    """:class:`RuntimeError` unless the streams that can tell carry track ids iff ``mode``
+    tracks, and at least one can tell."""
+    known = {sid: tracked for sid, tracked in seen.items() if tracked is not None}
+    if not known:
+        raise RuntimeError(f"mode {mode} {when}: no stream had detections to check it by")
+    wrong = sorted(sid for sid, tracked in known.items() if tracked != (mode != "off"))
+    if wrong:
+        raise RuntimeError(f"mode {mode} {when}: not in effect on {wrong}")
 
 
 def window(pipeline: Any, server: Any, seconds: float) -> dict[str, float]:
@@ -93,15 +111,15 @@ def window(pipeline: Any, server: Any, seconds: float) -> dict[str, float]:
     }
 
 
-def interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and its 95 % confidence interval (Student's t; needs two values or more)."""
+def interval(ratios: list[float]) -> tuple[float, float, float]:
+    """Geometric mean of ``ratios`` and its 95 % confidence interval (Student's t on their
+    logarithms; needs two values or more)."""
     from scipy import stats  # type: ignore[import-untyped]
 
-    mean = statistics.fmean(values)
-    half = (
-        float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / len(values) ** 0.5
-    )
-    return mean, mean - half, mean + half
+    logs = [math.log(r) for r in ratios]
+    mean = statistics.fmean(logs)
+    half = float(stats.t.ppf(0.975, len(logs) - 1)) * statistics.stdev(logs) / len(logs) ** 0.5
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
 
 
 def verdict(low: float, high: float, bound: float, higher_is_worse: bool) -> str:
@@ -113,7 +131,8 @@ def verdict(low: float, high: float, bound: float, higher_is_worse: bool) -> str
 
 
 def summarise(rows: list[dict[str, Any]], modes: list[str]) -> dict[str, Any]:
-    """Per tracked mode, the ratios to untracked within each cycle and their intervals."""
+    """Per tracked mode, the ratios to untracked within each cycle, their geometric mean and
+    its interval (:func:`interval`), and the verdict on the bound."""
     by = {(r["cycle"], r["mode"]): r for r in rows}
     cycles = sorted({r["cycle"] for r in rows})
     out: dict[str, Any] = {}
@@ -140,7 +159,37 @@ def summarise(rows: list[dict[str, Any]], modes: list[str]) -> dict[str, Any]:
     return out
 
 
+def orders(modes: list[str], cycles: int, seed: int) -> list[list[str]]:
+    """Each cycle's order: ``modes`` shuffled once, then rotated by one each cycle (every mode
+    in every position once per ``len(modes)`` cycles)."""
+    base = modes[:]
+    random.Random(seed).shuffle(base)
+    return [base[c % len(base) :] + base[: c % len(base)] for c in range(cycles)]
+
+
+def cycle(
+    pipeline: Any, server: Any, client: Any, number: int, order: list[str], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """One cycle: each mode in ``order`` set, settled, checked, measured and checked again."""
+    prefix = pipeline.config.redis.key_prefix
+    ids = list(pipeline.streams())
+    rows = []
+    for position, mode in enumerate(order):
+        set_mode(pipeline, mode)
+        time.sleep(args.settle)
+        check_mode(tracked_now(client, prefix, ids), mode, f"cycle {number}, before its window")
+        measured = window(pipeline, server, args.window)
+        check_mode(tracked_now(client, prefix, ids), mode, f"cycle {number}, after its window")
+        row = {"cycle": number, "position": position, "mode": mode}
+        row |= {k: round(v, 3) for k, v in measured.items()}
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole run: its rows, its summary, and the error that stopped it early (if any:
+    the rows measured before it are kept)."""
     import redis
 
     from bench.cpu_pipeline import make_clips, visionflow_config
@@ -151,39 +200,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "off" not in modes:
         raise SystemExit("--modes must include 'off' (the baseline)")
     clips = make_clips(args.streams, 640, 360, ROOT / ".cache" / "bench-clips")
-    rng = random.Random(args.seed)
     rows: list[dict[str, Any]] = []
+    error = None
     with EmbeddedRedis() as server:
-        engine = {"backend": "onnxruntime"}
-        config = visionflow_config(clips, server.url, 8, None, engine)
+        config = visionflow_config(clips, server.url, 8, None, {"backend": "onnxruntime"})
         client = redis.Redis.from_url(server.url)
         pipeline = Pipeline(config, server.url, log_level=logging.WARNING)
         pipeline.start()
         try:
             pipeline.wait_ready(120)
             time.sleep(args.warmup)
-            ids = list(pipeline.streams())
-            for cycle in range(args.cycles):
-                order = modes[:]
-                rng.shuffle(order)
-                for mode in order:
-                    set_mode(pipeline, mode)
-                    time.sleep(args.settle)
-                    measured = window(pipeline, server, args.window)
-                    seen = tracked_now(client, config.redis.key_prefix, ids)
-                    wrong = [s for s, t in seen.items() if t is not None and t != (mode != "off")]
-                    if wrong:
-                        raise RuntimeError(f"cycle {cycle} mode {mode}: not in effect on {wrong}")
-                    row = {
-                        "cycle": cycle,
-                        "mode": mode,
-                        **{k: round(v, 3) for k, v in measured.items()},
-                    }
-                    rows.append(row)
-                    print(row, flush=True)
+            for number, order in enumerate(orders(modes, args.cycles, args.seed)):
+                rows += cycle(pipeline, server, client, number, order, args)
+        except RuntimeError as exc:
+            error = str(exc)
+            print(f"stopped early: {error}", flush=True)
         finally:
             pipeline.stop()
-    return {"rows": rows, "summary": summarise(rows, modes)}
+    return {"rows": rows, "summary": summarise(rows, modes), "error": error}
 
 
 def main() -> None:
@@ -194,17 +228,29 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds before the first")
     parser.add_argument("--modes", default="off,on,appearance")
     parser.add_argument("--streams", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=11, help="of the modes' shuffled order")
+    parser.add_argument("--seed", type=int, default=11, help="of the modes' first order")
     parser.add_argument("--out", type=Path, default=None, help="results folder (bench/results)")
+    parser.add_argument("--resummarise", type=Path, default=None, help="a results file")
     args = parser.parse_args()
+    if args.resummarise is not None:
+        saved = json.loads(args.resummarise.read_text())
+        modes = list(dict.fromkeys(r["mode"] for r in saved["rows"]))
+        report(summarise(saved["rows"], modes))
+        return
     result = run(args)
-    print(table(result["rows"], ["cycle", "mode", "fps", "cpu_ms_per_frame", "cores"]))
-    for name, s in result["summary"].items():
-        print(f"{name}: mean {s['mean']} 95% CI {s['ci95']} bound {s['bound']} -> {s['verdict']}")
+    print(table(result["rows"], ["cycle", "position", "mode", "fps", "cpu_ms_per_frame", "cores"]))
+    report(result["summary"])
     args_out = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     path = write_result("tracking_toggle", {"args": args_out, **result}, args.out)
     print(f"wrote {path}")
-    print(json.dumps(result["summary"]))
+    if result["error"]:
+        raise SystemExit(f"stopped early: {result['error']}")
+
+
+def report(summary: dict[str, Any]) -> None:
+    for name, s in summary.items():
+        print(f"{name}: mean {s['mean']} 95% CI {s['ci95']} bound {s['bound']} -> {s['verdict']}")
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

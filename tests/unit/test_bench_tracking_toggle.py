@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import math
+import statistics
+
 import pytest
 
-from bench.tracking_toggle import interval, summarise, verdict
+from bench.tracking_toggle import check_mode, interval, orders, summarise, verdict
 
 
-def test_interval_is_the_mean_and_its_t_interval():
-    mean, low, high = interval([0.9, 1.0, 1.1])
-    assert mean == pytest.approx(1.0)
-    assert (low, high) == pytest.approx((1.0 - 0.2484, 1.0 + 0.2484), abs=1e-3)  # t(0.975, 2)
+def test_interval_is_the_geometric_mean_and_its_t_interval_on_logarithms():
+    logs = [math.log(0.9), math.log(1.0), math.log(1.1)]
+    mean, sd = statistics.fmean(logs), statistics.stdev(logs)
+    half = 4.302653 * sd / math.sqrt(3)  # t(0.975, 2 degrees of freedom)
+    got = interval([0.9, 1.0, 1.1])
+    assert got == pytest.approx((math.exp(mean), math.exp(mean - half), math.exp(mean + half)))
+    assert got[0] < 1.0  # below the arithmetic mean: a ratio and its inverse weigh the same
+
+
+def test_orders_put_every_mode_in_every_position_once_per_round_of_cycles():
+    got = orders(["off", "on", "appearance"], 6, seed=3)
+    assert all(sorted(o) == ["appearance", "off", "on"] for o in got)
+    for position in range(3):
+        assert sorted(o[position] for o in got[:3]) == ["appearance", "off", "on"]
+    assert got[3:] == got[:3]
+
+
+def test_check_mode_needs_a_stream_that_can_tell_and_track_ids_as_the_mode_says():
+    check_mode({"a": True, "b": None}, "on", "now")
+    check_mode({"a": False}, "off", "now")
+    with pytest.raises(RuntimeError, match=r"not in effect on \['b'\]"):
+        check_mode({"a": True, "b": False}, "appearance", "now")
+    with pytest.raises(RuntimeError, match="no stream had detections"):
+        check_mode({"a": None}, "off", "now")
 
 
 @pytest.mark.parametrize(
@@ -38,6 +61,6 @@ def test_summarise_pairs_each_mode_with_the_untracked_run_of_its_own_cycle():
     ]
     out = summarise(rows, ["off", "on"])
     fps = out["fps_on_vs_off"]
-    assert fps["ratios"] == [0.99, 0.99] and fps["mean"] == 0.99
+    assert fps["ratios"] == [0.99, 0.99] and fps["mean"] == pytest.approx(0.99)
     assert fps["verdict"] == "shown"  # no spread: the interval is the mean
     assert out["cpu_ms_per_frame_on_vs_off"]["ratios"] == [1.01, 1.01]

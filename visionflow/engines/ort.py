@@ -1,18 +1,22 @@
 """ONNX Runtime backend (CPU by default): host frames, NMS on the CPU.
 
-With ``inflight`` 1 a batch runs to the end inside ``submit`` (:class:`SyncEngine`).  With
-2 (the default), ``submit`` writes the frames, as the network's input (``[N, 3, H, W]``
-scaled to 0..1), into one of two staging buffers on the caller's thread and queues the batch
-on a thread of the engine's own, where batches run one after another and that thread does
-nothing but run the model (ONNX Runtime lets go of the GIL while it does); the caller
-decodes the outputs (NMS) when it collects the result.  So the inference worker's own share
-of a batch (the input, the decode, appearance descriptors, detections, the hand-off to the
-output stage) is done while the next batch's model runs, instead of leaving ONNX Runtime's
-threads idle in between: profiled on a 16-core host, the engine's thread was busy the whole
-time and the worker's own 10-18 %, and a fifth of the engine thread's time was the input and
-the decode (bench/README.md, issue 11).  The worker keeps ``2 x inflight`` batches queued
-(:meth:`~visionflow.config.BatchingConfig.worker_capacity`), so the next batch is already
-there when one finishes; under overload a frame may wait behind three batches instead of one.
+With ``inflight`` 1 a batch runs to the end inside ``submit`` (:class:`SyncEngine`).  With 2
+(the default), ``submit`` writes the frames, as the network's input (``[N, 3, H, W]`` scaled to
+0..1), into one of two staging buffers on the caller's thread and queues the batch on a thread
+of the engine's own, where batches run one after another and that thread does nothing but run
+the model (ONNX Runtime lets go of the GIL while it does); the caller decodes the outputs (NMS)
+when it collects the result.  So the inference worker's own share of a batch (the input, the
+decode, appearance descriptors, detections, the hand-off to the output stage) is done while the
+next batch's model runs, instead of leaving ONNX Runtime's threads idle in between: profiled on
+a 16-core host, the engine's thread was busy the whole time and the worker's own 10-18 %, and a
+fifth of the engine thread's time was the input and the decode (bench/README.md, issue 11).
+Each slot's staging buffer holds a whole batch of network input (``[max_batch, 3, H, W]`` in
+the model's float type: four times the uint8 frames, 9.8 MB for 8 frames of 320 x 320 in
+float32), written by ``submit`` and read by the model until the result is collected, when the
+slot is free again; a batch's ``done()`` says its model has run (collecting it then does not
+wait, but still decodes).  The worker keeps ``2 x inflight`` batches queued
+(:meth:`~visionflow.config.BatchingConfig.worker_capacity`), so the next batch is already there
+when one finishes; under overload a frame may wait behind three batches instead of one.
 """
 
 from __future__ import annotations

@@ -146,10 +146,11 @@ class _Gate:
 def test_with_two_in_flight_submit_returns_while_the_batch_runs_and_results_keep_order():
     t = Thresholds(0.5, 0.45, 100)
     with create_engine(OnnxRuntimeConfig(inflight=2), DEMO_MODEL, 4) as engine:
-        want = [engine.detect(_frames(3), t), engine.detect(_frames(1), t)]
+        other = _frames(4)[3:]  # not the first batch's first frame: each slot its own input
+        want = [engine.detect(_frames(3), t), engine.detect(other, t)]
         gate = _Gate(engine.infer)
         engine.infer = gate  # type: ignore[method-assign]
-        first, second = engine.submit(_frames(3), t), engine.submit(_frames(1), t)
+        first, second = engine.submit(_frames(3), t), engine.submit(other, t)
         assert gate.entered.wait(10), "the first batch never started"
         assert not first.done() and not second.done()  # submit did not wait for the model
         with pytest.raises(EngineError, match=r"2 batch\(es\) already in flight"):
@@ -215,22 +216,36 @@ def test_staged_network_input_is_to_network_input_exactly(dtype):
 
 
 def test_with_two_in_flight_the_engine_thread_runs_only_the_model(monkeypatch):
+    import visionflow.engines.ort as ort
     import visionflow.pipeline.postprocess as postprocess
 
-    decoded_on: list[str] = []
-    decode = postprocess.decode_output
+    threads: dict[str, list[str]] = {"staged": [], "decoded": []}
 
-    def recording(*args, **kwargs):
-        decoded_on.append(threading.current_thread().name)
-        return decode(*args, **kwargs)
+    def on_thread(name, fn):
+        def recording(*args, **kwargs):
+            threads[name].append(threading.current_thread().name)
+            return fn(*args, **kwargs)
 
-    monkeypatch.setattr(postprocess, "decode_output", recording)
-    t = Thresholds(0.5, 0.45, 100)
+        return recording
+
+    monkeypatch.setattr(ort, "stage_network_input", on_thread("staged", stage_network_input))
+    monkeypatch.setattr(
+        postprocess, "decode_output", on_thread("decoded", postprocess.decode_output)
+    )
+    frames = _frames(2)
+    t = Thresholds(0.9, 0.45, 1)  # the batch's own thresholds reach the decode
     with create_engine(OnnxRuntimeConfig(inflight=2), DEMO_MODEL, 4) as engine:
+        want = [
+            decode_output(o, 0.9, 0.45, 1) for o in engine.infer(to_network_input(np.stack(frames)))
+        ]
         gate = _Gate(engine.infer)
         engine.infer = gate  # type: ignore[method-assign]
-        pending = engine.submit(_frames(2), t)
+        pending = engine.submit(frames, t)
         gate.go.set()
-        assert len(pending.result()) == 2
+        got = pending.result()
+    here = threading.current_thread().name
     assert gate.threads and all(n.startswith("onnxruntime") for n in gate.threads)
-    assert decoded_on == [threading.current_thread().name] * 2  # the collecting thread
+    assert threads == {"staged": [here], "decoded": [here] * 2}  # the worker's thread
+    assert [len(b) for b, _, _ in got] == [1, 1]  # max_detections 1
+    for (wb, ws, wc), (gb, gs, gc) in zip(want, got, strict=True):
+        assert np.array_equal(wb, gb) and np.array_equal(ws, gs) and np.array_equal(wc, gc)
