@@ -26,6 +26,7 @@ import gi
 gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+from mp4_codec import is_hevc  # noqa: E402  (tests/ is sys.path[0]: run as a script)
 
 
 def launch_line(spec: str) -> str:
@@ -48,15 +49,9 @@ def launch_line(spec: str) -> str:
             f"videoconvert ! {enc} name=pay0 pt=96 config-interval=1 )"
         )
     if kind == "file":
-        parse = "h265parse ! rtph265pay" if _is_hevc(arg) else "h264parse ! rtph264pay"
+        parse = "h265parse ! rtph265pay" if is_hevc(arg) else "h264parse ! rtph264pay"
         return f"( filesrc location={arg} ! qtdemux ! {parse} name=pay0 pt=96 config-interval=1 )"
     raise SystemExit(f"unknown mount kind {kind!r} in {spec!r}")
-
-
-def _is_hevc(path: str) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read()
-    return b"hvc1" in head or b"hev1" in head
 
 
 def add_auth(server: GstRtspServer.RTSPServer, factories: list, user: str, password: str) -> None:
