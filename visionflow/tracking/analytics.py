@@ -4,12 +4,7 @@
 returns :class:`~visionflow.pipeline.frames.TrackEvent` s (enter, exit, loiter, cross) and
 count increments ``(label, metric)``: ``tracks`` once per new track, ``zone:<z>:enter``,
 ``zone:<z>:exit``, ``line:<l>:in``, ``line:<l>:out`` once per track and bucket, so the
-counts in :data:`visionflow.schema.COUNT_BUCKET_S` buckets are unique tracks.  A track the
-tracker gave up whose id it gives back (re-identification: ``reid_s`` / ``appearance_s``) is
-a new visit and counts afresh in the bucket: re-identification may give a lost object's id to
-a look-alike, and counting that id once would hide the second object's crossing (held-out
-scenes, ``bench/tracking.py``, issue 11: 25 -> 21 counts off of 1,054 on the tuning seeds 11-24
-and 19 -> 17 of 967 on the seeds 401-708, none more anywhere, the same on fresh seeds).
+counts in :data:`visionflow.schema.COUNT_BUCKET_S` buckets are unique tracks.
 
 A track the tracker gives up keeps its side of each line aside while the tracker may still
 give its id back (``reid_s`` / ``appearance_s``: an object that left and came back, or was
@@ -184,8 +179,6 @@ class StreamAnalytics:
                 )
         self._bucket = -1
         self._counted: set[tuple[int, str]] = set()
-        #: tracks given up while their id may come back, with the clock then (a new visit)
-        self._given_up: dict[int, float] = {}
         #: how long the tracker may give a removed track's id back (re-identification)
         self._comeback_s = max(config.reid_s, config.appearance_s)
         #: per track, where it was last seen: anchor x, y, the clock, its box's height and
@@ -215,7 +208,6 @@ class StreamAnalytics:
         return self._unseen is not None and self._unseen.waiting
 
     def step(self, frame: Frame) -> tuple[list[TrackEvent], list[tuple[str, str]]]:
-        self._new_visits(frame)
         events: list[TrackEvent] = []
         labels = {s.track_id: s.label for s in frame.tracks}
         counts: list[tuple[str, str]] = [(labels[t], "tracks") for t in frame.born if t in labels]
@@ -285,26 +277,6 @@ class StreamAnalytics:
         walked = np.hypot(points[:, 0] - xy[:, 0], points[:, 1] - xy[:, 1])
         return _Before(xy, clock, (border == 0) & (walked <= reach))
 
-    def _new_visits(self, frame: Frame) -> None:
-        """Ids given back after the tracker gave them up count afresh (see the module's
-        docstring); the frame's given-up tracks are noted, and those whose id can no longer
-        come back forgotten."""
-        if self._comeback_s <= 0:
-            return  # no id is ever given back
-        back = [s.track_id for s in frame.tracks if s.track_id in self._given_up]
-        for track_id in back:
-            del self._given_up[track_id]
-        if back:
-            self._counted = {key for key in self._counted if key[0] not in back}
-        for track_id in frame.removed:
-            self._given_up[track_id] = frame.clock
-        late = frame.clock - self._comeback_s
-        while self._given_up:  # oldest first (noted in the order given up, clock rising)
-            oldest = next(iter(self._given_up))
-            if self._given_up[oldest] >= late:
-                break
-            del self._given_up[oldest]
-
     def _count(self, events: Sequence[TrackEvent], ts: float) -> list[tuple[str, str]]:
         """Count increments of ``events`` at time ``ts``: each track and metric once per bucket."""
         counts: list[tuple[str, str]] = []
@@ -331,7 +303,6 @@ class StreamAnalytics:
             line.sides.clear()
             line.given_up.clear()
         self._last.clear()
-        self._given_up.clear()
         return events, self._count(events, frame.ts)
 
     def _exit(

@@ -125,33 +125,6 @@ def test_a_given_up_side_is_forgotten_once_its_id_cannot_come_back():
     assert list(analytics.lines[0].given_up) == [1]
 
 
-def test_an_id_given_back_after_it_was_given_up_counts_afresh_in_the_bucket():
-    # crosses right -> left ('in'), unseen for 2 s and given up at frame 15, then seen with
-    # the same id (re-identified: maybe a look-alike) crossing that way again, same bucket
-    out = [(1, 300 - 20 * i, 100) for i in range(10)]  # x 300 -> 120
-    back = [(1, 300 - 20 * i, 100) for i in range(10)]
-    path = [[p] for p in out] + [[]] * 10 + [[p] for p in back]
-    for gap in (2.0, 3.0):
-        events, counts, analytics = play({"lines": [LINE], "appearance_s": gap}, path, {15: [1]})
-        # in, out (the kept side: it went back right unseen, seen there at frame 20), in
-        assert [(e.direction, e.seq) for e in events] == [("in", 6), ("out", 20), ("in", 26)]
-        assert counts.count(("person", "line:mid:in")) == 2  # a new visit
-        assert analytics._given_up == {}  # taken back
-    # the same path without the tracker giving the id up (one visit): counted once
-    events, counts, _ = play({"lines": [LINE], "appearance_s": 3.0}, path, {})
-    assert len(events) == 3 and counts.count(("person", "line:mid:in")) == 1
-
-
-def test_a_given_up_id_is_forgotten_once_it_cannot_come_back():
-    path = [[(1, 300, 100)]] * 2 + [[]] * 40
-    _, _, analytics = play({"lines": [LINE], "appearance_s": 2.0}, path, {12: [1]})
-    assert analytics._given_up == {}  # 2 s after it was given up (swept by later frames)
-    _, _, analytics = play({"lines": [LINE], "appearance_s": 2.0}, path[:25], {12: [1]})
-    assert analytics._given_up == {1: 1.2}
-    _, _, analytics = play({"lines": [LINE]}, path[:25], {12: [1]})
-    assert analytics._given_up == {}  # no re-identification: no id ever comes back
-
-
 BAND = {"id": "band", "points": [[0.45, 0], [0.6, 0], [0.6, 1], [0.45, 1]]}  # x 180-240
 
 
