@@ -7,12 +7,16 @@ from collections.abc import Iterator
 
 
 def is_hevc(path: str) -> bool:
-    """Whether the mp4's video sample entry is HEVC: read from the box tree (moov > trak >
+    """Whether the mp4's video sample entry is HEVC, read from the box tree (moov > trak >
     mdia > minf > stbl > stsd), not by searching the file's bytes, where the coded frames
-    may hold 'hvc1' by chance (an H.264 clip of the tracking truth test, seed 801, did)."""
+    may hold 'hvc1' by chance (an H.264 clip of the tracking truth test, seed 801, did);
+    :class:`ValueError` when there is no sample entry (not an mp4, or cut inside moov)."""
     with open(path, "rb") as fh:
         data = fh.read()
-    return any(entry in (b"hvc1", b"hev1") for entry in sample_entries(data))
+    entries = list(sample_entries(data))
+    if not entries:
+        raise ValueError(f"{path}: no sample entry found (not an mp4, or cut short)")
+    return any(entry in (b"hvc1", b"hev1") for entry in entries)
 
 
 def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:

@@ -18,6 +18,7 @@ first frame.  Prints "READY <port>" on stdout once it listens.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -26,7 +27,9 @@ import gi
 gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
-from mp4_codec import is_hevc  # noqa: E402  (tests/ is sys.path[0]: run as a script)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # also under PYTHONSAFEPATH
+from mp4_codec import is_hevc  # noqa: E402
 
 
 def launch_line(spec: str) -> str:

@@ -40,9 +40,12 @@ def test_check_mode_needs_a_stream_that_can_tell_and_track_ids_as_the_mode_says(
     ("low", "high", "bound", "worse_up", "want"),
     [
         (0.96, 1.04, 0.95, False, "shown"),  # frames/s: the whole interval above 0.95
+        (0.95, 1.04, 0.95, False, "shown"),  # at the bound: within it
+        (0.90, 0.95, 0.95, False, "undecided"),  # reaching the bound: not wholly past it
         (0.93, 1.04, 0.95, False, "undecided"),
         (0.88, 0.94, 0.95, False, "broken"),
         (0.98, 1.04, 1.05, True, "shown"),  # CPU per frame: the whole interval below 1.05
+        (0.98, 1.05, 1.05, True, "shown"),  # at the bound: within it
         (0.98, 1.07, 1.05, True, "undecided"),
         (1.06, 1.10, 1.05, True, "broken"),
     ],
@@ -64,3 +67,13 @@ def test_summarise_pairs_each_mode_with_the_untracked_run_of_its_own_cycle():
     assert fps["ratios"] == [0.99, 0.99] and fps["mean"] == pytest.approx(0.99)
     assert fps["verdict"] == "shown"  # no spread: the interval is the mean
     assert out["cpu_ms_per_frame_on_vs_off"]["ratios"] == [1.01, 1.01]
+
+
+def test_a_window_that_published_nothing_breaks_the_frames_bound_without_a_log_error():
+    rows = [
+        {"cycle": c, "mode": m, "fps": f, "cpu_ms_per_frame": 20.0}
+        for c, (off, on) in enumerate([(100.0, 0.0), (100.0, 99.0)])
+        for m, f in (("off", off), ("on", on))
+    ]
+    out = summarise(rows, ["off", "on"])
+    assert out["fps_on_vs_off"] == {"ratios": [0.0, 0.99], "verdict": "broken"}

@@ -28,3 +28,12 @@ def test_hvc1_inside_the_coded_frames_does_not_make_an_h264_clip_hevc(tmp_path: 
     data[mdat + 100 : mdat + 104] = b"hvc1"  # as the seed-801 occlusion clip's frames held
     path.write_bytes(bytes(data))
     assert b"hvc1" in path.read_bytes() and not is_hevc(str(path))
+
+
+def test_a_file_with_no_sample_entry_is_an_error_not_h264(tmp_path: Path) -> None:
+    path = tmp_path / "cut.mp4"
+    write_clip(SceneSpec(320, 240, fps=10, seed=3), path, 0.5, "h264")
+    data = path.read_bytes()
+    path.write_bytes(data[: data.find(b"stsd")])  # cut before the sample entries
+    with pytest.raises(ValueError, match="no sample entry"):
+        is_hevc(str(path))
