@@ -15,8 +15,10 @@ starts or stops tracking, the inference worker starts or stops describing boxes,
 are not reopened).  Each cycle runs every mode once; the order is shuffled once and then
 rotated by one each cycle, so over ``len(modes)`` cycles every mode takes every position once
 (``position`` in each row).  After each change ``--settle`` seconds pass (batches already
-queued finish under the old settings), then ``--window`` seconds are measured: frames
-published, and the CPU of every process of the pipeline and of Redis (``psutil``).  The
+queued finish under the old settings), then ``--window`` seconds are measured: the
+entries added to the streams' detections streams in Redis (``XINFO STREAM``'s
+``entries-added``, read at both ends), and the CPU of every process of the pipeline and of
+Redis (``psutil``).  The
 newest entries of every stream are read back before and after each window to check whether
 they carry track ids as the mode says (at least one stream must have detections to tell; the
 check cannot tell ``on`` from ``appearance``, whose descriptors never reach Redis).
@@ -27,16 +29,17 @@ logarithms): the bound is **shown** when the interval's lower end is at least 0.
 **broken** when its upper end is below 0.95, and undecided otherwise.  The same for the CPU
 per published frame (bound at 1.05).  Four intervals a run (two modes, two figures), none
 corrected for the others.  The rotation balances the positions only over a multiple of
-``len(modes)`` cycles, and each mode always follows the same one.  The frames published come
-from the output stage's reports, sent every 0.5 s, while a window is timed by the clock: the
-ends of a 4-6 s window are up to 0.5 s stale, noise (not bias: every mode has it) that longer
-windows shrink.  ``--resummarise FILE`` prints a results file's summary again from
-its rows (with this script's statistics).
+``len(modes)`` cycles, and each mode always follows the same one.  The runs of 2026-11-28
+(bench/README.md) counted the frames from the output stage's reports, sent every 0.5 s, so the
+ends of their 4-5 s windows were up to 0.5 s stale: noise, not bias (every mode had it), which
+counting the entries in Redis takes out.  ``--resummarise FILE`` prints a results file's
+summary again from its rows (with this script's statistics).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -45,6 +48,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,19 +99,34 @@ def check_mode(seen: dict[str, bool | None], mode: str, when: str) -> None:
         raise RuntimeError(f"mode {mode} {when}: not in effect on {wrong}")
 
 
-def window(pipeline: Any, server: Any, seconds: float) -> dict[str, float]:
-    """Frames/s published and CPU ms per published frame (every process) over ``seconds``."""
+def entries_added(client: Any, prefix: str, stream_ids: list[str]) -> int:
+    """Entries ever added to the streams' detections streams (Redis >= 7 ``XINFO STREAM``'s
+    ``entries-added``: exact at the moment it is read and unmoved by trimming), summed."""
+    from visionflow.schema import detections_key
+
+    pipe = client.pipeline(transaction=False)
+    for sid in stream_ids:
+        pipe.xinfo_stream(detections_key(prefix, sid))
+    return sum(int(info["entries-added"]) for info in pipe.execute())
+
+
+def window(
+    pipeline: Any, server: Any, seconds: float, count: Callable[[], int]
+) -> dict[str, float]:
+    """Frames/s published (``count()``: the entries in Redis, read at both ends of the
+    window, not the output stage's reports, which come every 0.5 s) and CPU ms per published
+    frame (every process) over ``seconds``."""
     procs = processes(pipeline, server)
     cpu0 = sum(cpu_of(p) for p in procs.values())
-    before, t0 = pipeline.status(), time.monotonic()
+    before, t0 = count(), time.monotonic()
     time.sleep(seconds)
-    after, elapsed = pipeline.status(), time.monotonic() - t0
+    after, elapsed = count(), time.monotonic() - t0
     cpu1 = sum(cpu_of(p) for p in procs.values())
     now = processes(pipeline, server)
     moved = [n for n in procs if n not in now or now[n].pid != procs[n].pid]
     if moved:
         raise RuntimeError(f"processes replaced during the window: {moved}")
-    published = sum(s.published for s in after.streams) - sum(s.published for s in before.streams)
+    published = after - before
     return {
         "fps": published / elapsed,
         "cpu_ms_per_frame": 1000 * (cpu1 - cpu0) / max(published, 1),
@@ -188,7 +207,8 @@ def cycle(
         set_mode(pipeline, mode)
         time.sleep(args.settle)
         check_mode(tracked_now(client, prefix, ids), mode, f"cycle {number}, before its window")
-        measured = window(pipeline, server, args.window)
+        count = functools.partial(entries_added, client, prefix, ids)
+        measured = window(pipeline, server, args.window, count)
         check_mode(tracked_now(client, prefix, ids), mode, f"cycle {number}, after its window")
         row = {"cycle": number, "position": position, "mode": mode}
         row |= {k: round(v, 3) for k, v in measured.items()}

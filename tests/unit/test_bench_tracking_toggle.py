@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from bench.tracking_toggle import check_mode, interval, orders, summarise, verdict
+from bench.tracking_toggle import check_mode, entries_added, interval, orders, summarise, verdict
 
 
 def test_interval_is_the_geometric_mean_and_its_t_interval_on_logarithms():
@@ -77,3 +77,15 @@ def test_a_window_that_published_nothing_breaks_the_frames_bound_without_a_log_e
     ]
     out = summarise(rows, ["off", "on"])
     assert out["fps_on_vs_off"] == {"ratios": [0.0, 0.99], "verdict": "broken"}
+
+
+def test_entries_added_counts_every_entry_ever_added_even_when_trimmed(redis_client, key_prefix):
+    from visionflow.schema import detections_key
+
+    for sid, n in (("a", 5), ("b", 3)):
+        for i in range(n):
+            redis_client.xadd(
+                detections_key(key_prefix, sid), {"i": i}, maxlen=2, approximate=False
+            )
+    assert redis_client.xlen(detections_key(key_prefix, "a")) == 2  # trimmed
+    assert entries_added(redis_client, key_prefix, ["a", "b"]) == 8
