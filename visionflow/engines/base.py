@@ -231,8 +231,15 @@ class SyncEngine(Engine):
     ) -> tuple[Detections, ...]:
         """The model and the CPU decode on staged frames: per frame its detections."""
         from visionflow.pipeline.letterbox import to_network_input
+
+        return tuple(
+            self.decode(self.infer(to_network_input(images, self.info.input_dtype)), thresholds)
+        )
+
+    def decode(self, output: npt.NDArray[np.float32], thresholds: Thresholds) -> list[Detections]:
+        """:meth:`infer`'s output for a batch decoded on the CPU (NMS): per frame its
+        detections."""
         from visionflow.pipeline.postprocess import decode_output
 
-        output = self.infer(to_network_input(images, self.info.input_dtype))
         t = thresholds
-        return tuple(decode_output(o, t.conf, t.iou, t.max_detections, self.layout) for o in output)
+        return [decode_output(o, t.conf, t.iou, t.max_detections, self.layout) for o in output]

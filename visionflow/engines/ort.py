@@ -204,14 +204,11 @@ class OnnxRuntimeEngine(SyncEngine):
     ) -> list[Detections]:
         """A queued batch's detections: its outputs decoded on the collecting thread;
         :class:`EngineError` for one the engine's close cancelled."""
-        from visionflow.pipeline.postprocess import decode_output
-
         try:
             output = future.result()
         except CancelledError:
             raise EngineError("onnxruntime: the engine was closed before this batch ran") from None
-        t = thresholds
-        return [decode_output(o, t.conf, t.iou, t.max_detections, self.layout) for o in output]
+        return self.decode(output, thresholds)
 
     def close(self) -> None:
         """Waits for the batch running; batches still queued fail (:class:`EngineError`)."""
@@ -224,13 +221,14 @@ def stage_network_input(
     staging: npt.NDArray[np.floating], frames: Sequence[Any]
 ) -> npt.NDArray[np.floating]:
     """The frames (``[H, W, 3]`` uint8 RGB each) written into the first rows of ``staging``
-    (``[max_batch, 3, H, W]``) as :func:`~visionflow.pipeline.letterbox.to_network_input`
-    makes them (the same values, without its temporary): those rows, which the engine reads
+    (``[max_batch, 3, H, W]``) by :func:`~visionflow.pipeline.letterbox.to_network_input`,
+    one frame at a time (no stacked copy, no temporary): those rows, which the engine reads
     instead of the caller's frames."""
+    from visionflow.pipeline.letterbox import to_network_input
+
     batch = staging[: len(frames)]
-    scale = np.float32(1.0 / 255.0)
-    for row, frame in zip(batch, frames, strict=True):
-        np.multiply(np.asarray(frame).transpose(2, 0, 1), scale, out=row, casting="unsafe")
+    for i, frame in enumerate(frames):
+        to_network_input(np.asarray(frame)[None], str(staging.dtype), out=batch[i : i + 1])
     return batch
 
 

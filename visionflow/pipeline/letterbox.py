@@ -54,11 +54,15 @@ def unletterbox_boxes(boxes: npt.NDArray[np.float32], lb: Letterbox) -> npt.NDAr
 
 
 def to_network_input(
-    images: npt.NDArray[np.uint8], dtype: str = "float32"
+    images: npt.NDArray[np.uint8],
+    dtype: str = "float32",
+    out: npt.NDArray[np.floating] | None = None,
 ) -> npt.NDArray[np.floating]:
-    """``[N, H, W, 3]`` uint8 RGB -> ``[N, 3, H, W]`` float in [0, 1]."""
+    """``[N, H, W, 3]`` uint8 RGB -> ``[N, 3, H, W]`` float in [0, 1] (written into ``out``,
+    of that shape, where given)."""
     chw = images.transpose(0, 3, 1, 2)
-    out = np.empty(chw.shape, dtype=np.dtype(dtype))
+    if out is None:
+        out = np.empty(chw.shape, dtype=np.dtype(dtype))
     np.multiply(chw, np.float32(1.0 / 255.0), out=out, casting="unsafe")
     return out
 
