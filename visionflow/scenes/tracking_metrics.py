@@ -25,7 +25,7 @@ from visionflow.counts import bucket_start
 from visionflow.scenes.generator import TruthBox
 from visionflow.tracking.bytetrack import iou_matrix
 from visionflow.tracking.config import TrackingConfig
-from visionflow.tracking.geometry import cross, points_in_polygon, segments_cross
+from visionflow.tracking.geometry import Polygon, cross, segments_cross
 
 Box = tuple[float, float, float, float]
 
@@ -129,7 +129,7 @@ def truth_counts(
     def px(point: tuple[float, float], units: str) -> tuple[float, float]:
         return (point[0] * width, point[1] * height) if units == "fraction" else point
 
-    zones = [(z.id, np.array([px(p, z.units) for p in z.points])) for z in config.zones]
+    zones = [(z.id, Polygon.of(np.array([px(p, z.units) for p in z.points]))) for z in config.zones]
     lines = [
         (ln.id, px(ln.start, ln.units), px(ln.end, ln.units), ln.margin * diagonal)
         for ln in config.lines
@@ -164,7 +164,7 @@ def truth_counts(
             x = (t.x1 + t.x2) / 2
             y = t.y2 if config.anchor == "bottom_center" else (t.y1 + t.y2) / 2
             for zone_id, polygon in zones:
-                now_in = bool(points_in_polygon(np.array([[x, y]]), polygon)[0])
+                now_in = bool(polygon.contains(np.array([[x, y]]))[0])
                 was_in = (zone_id, t.object_id) in inside
                 if now_in and not was_in:
                     inside[(zone_id, t.object_id)] = t.label

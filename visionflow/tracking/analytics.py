@@ -37,8 +37,9 @@ from visionflow.schema import COUNT_BUCKET_S
 from visionflow.tracking.config import Anchor, LineConfig, TrackingConfig, ZoneConfig
 from visionflow.tracking.geometry import (
     Box,
+    Polygon,
     at_border,
-    points_in_polygon,
+    line_length,
     segments_cross,
     signed_distance,
 )
@@ -118,10 +119,12 @@ class _Zone:
     presence: dict[int, _Presence] = field(default_factory=dict)
 
     box: Box = field(init=False)  # the polygon's bounding box
+    shape: Polygon = field(init=False)  # its edges, for the inside tests
 
     def __post_init__(self) -> None:
         lo, hi = self.polygon.min(axis=0), self.polygon.max(axis=0)
         self.box = (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
+        self.shape = Polygon.of(self.polygon)
 
 
 @dataclass
@@ -133,6 +136,10 @@ class _Line:
     sides: dict[int, _Side] = field(default_factory=dict)
     #: sides of tracks given up, with the track clock then, while their id may come back
     given_up: dict[int, tuple[_Side, float]] = field(default_factory=dict)
+    length: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.length = line_length(self.start, self.end)
 
 
 @dataclass(frozen=True)
@@ -328,7 +335,7 @@ class StreamAnalytics:
     ) -> list[TrackEvent]:
         events: list[TrackEvent] = []
         cfg, t = zone.config, frame.clock
-        inside = points_in_polygon(points, zone.polygon) if len(points) else np.zeros(0, bool)
+        inside = zone.shape.contains(points) if len(points) else np.zeros(0, bool)
         paths = self._paths_through(zone, frame, points, before, inside)
         for i, (seen, raw_inside) in enumerate(zip(frame.tracks, inside, strict=True)):
             if not _allowed(cfg.labels, seen.label):
@@ -399,12 +406,12 @@ class StreamAnalytics:
         free = [frame.tracks[int(i)].track_id not in zone.presence for i in rows]
         rows = rows[np.array(free, bool)]
         if len(rows):  # and not inside where last seen (given up in it: it exited then)
-            rows = rows[~points_in_polygon(before.xy[rows], zone.polygon)]
+            rows = rows[~zone.shape.contains(before.xy[rows])]
         if not len(rows):
             return {}
         start, end = before.xy[rows][:, None, :], points[rows][:, None, :]  # [K, 1, 2]
         samples = (start + (end - start) * _SHARES[None, :, None]).reshape(-1, 2)
-        through = points_in_polygon(samples, zone.polygon).reshape(len(rows), -1)
+        through = zone.shape.contains(samples).reshape(len(rows), -1)
         return {
             int(i): (frame.clock - float(before.clock[i]), hits)
             for i, hits in zip(rows, through, strict=True)
@@ -442,7 +449,7 @@ class StreamAnalytics:
             if not _allowed(cfg.labels, seen.label):
                 continue
             point = (float(xy[0]), float(xy[1]))
-            distance = signed_distance(point, line.start, line.end)
+            distance = signed_distance(point, line.start, line.end, line.length)
             if abs(distance) < max(line.margin_px, 1e-9):
                 continue
             side = 1 if distance > 0 else -1

@@ -152,13 +152,23 @@ def iou_matrix(a: Array, b: Array) -> Array:
     return out
 
 
+def _where(mask: npt.NDArray[np.bool_]) -> IntArray:
+    """Indices where a 1-D mask is true (``np.flatnonzero``, without its ravel)."""
+    out: IntArray = mask.nonzero()[0]
+    return out
+
+
 def grow(boxes: Array, buffer: float) -> Array:
     """Boxes enlarged by ``buffer`` x their width/height on every side (C-BIoU's buffer)."""
     if buffer <= 0 or len(boxes) == 0:
         return boxes
     w = (boxes[:, 2] - boxes[:, 0]) * buffer
     h = (boxes[:, 3] - boxes[:, 1]) * buffer
-    out: Array = boxes + np.stack([-w, -h, w, h], axis=1)
+    out: Array = boxes.astype(np.float64)  # a copy (integer boxes come out as floats)
+    out[:, 0] -= w
+    out[:, 1] -= h
+    out[:, 2] += w
+    out[:, 3] += h
     return out
 
 
@@ -316,6 +326,8 @@ class ByteTracker:
         p = self.params
         age = t - self.last_seen
         expired = (self.state != EXITED) & (age > p.lost_track_s)
+        if not expired.any() and not (self.state == EXITED).any():
+            return []  # nothing to give up or forget
         removed = [int(i) for i in self.ids[expired & (self.state != NEW)]]
         keep_for = np.where(edge_mask(self.last_box, size, p.edge) > 0, p.reid_s, 0.0)
         if p.appearance_s > 0 and len(self):  # tracks with a look are kept for appearance re-id
@@ -348,23 +360,25 @@ class ByteTracker:
         predicted = kalman.xyah_to_xyxy(self.mean[:, :4]) if len(self) else np.zeros((0, 4))
         n = len(boxes)
         det_track = np.full(n, -1, np.int64)  # detection -> track row
-        high = np.flatnonzero(scores >= p.high_thresh)
-        low = np.flatnonzero((scores >= p.low_thresh) & (scores < p.high_thresh))
+        high = _where(scores >= p.high_thresh)
+        low = _where((scores >= p.low_thresh) & (scores < p.high_thresh))
 
         grown_pred, grown_boxes = grow(predicted, p.buffer), grow(boxes, p.buffer)
 
         def match(rows: IntArray, dets: IntArray, min_iou: float) -> tuple[IntArray, IntArray]:
+            if not len(rows) or not len(dets):
+                return rows, dets  # nothing to pair
             allowed = self.cls[rows][:, None] == classes[dets][None, :]
             if feats is not None and p.appearance_gate > 0:  # unlike looks: never one object
                 allowed &= appearance_distance(self.feat[rows], feats[dets]) <= p.appearance_gate
             pairs = assign(iou_matrix(grown_pred[rows], grown_boxes[dets]), allowed, min_iou)
             return self._pair(pairs, rows, dets, det_track)
 
-        pool = np.flatnonzero((self.state == TRACKED) | (self.state == LOST))
+        pool = _where((self.state == TRACKED) | (self.state == LOST))
         left_pool, left_high = match(pool, high, p.match_iou)
         still_tracked = left_pool[self.state[left_pool] == TRACKED]
         unmatched_tracked, _ = match(still_tracked, low, p.low_match_iou)
-        unconfirmed = np.flatnonzero(self.state == NEW)
+        unconfirmed = _where(self.state == NEW)
         unmatched_new, left_high = match(unconfirmed, left_high, p.unconfirmed_match_iou)
         starters = (
             left_high[scores[left_high] >= p.new_track_thresh] if len(left_high) else left_high
@@ -374,7 +388,7 @@ class ByteTracker:
         revived = np.concatenate([seen_again, revived])
         starters = self._recover(boxes, classes, predicted, starters, det_track, feats)
 
-        matched = np.flatnonzero(det_track >= 0)
+        matched = _where(det_track >= 0)
         rows = det_track[matched]
         born = [int(self.ids[r]) for r in rows if self.state[r] == NEW]
         if len(rows):
@@ -446,7 +460,7 @@ class ByteTracker:
             return np.zeros(0, np.int64), starters
         lost = ((self.state == LOST) | (self.state == EXITED)) & self._free(det_track)
         old_edges = edge_mask(self.last_box, size, p.edge)
-        rows = np.flatnonzero(lost & (old_edges > 0) & (t - self.last_seen <= p.reid_s))
+        rows = _where(lost & (old_edges > 0) & (t - self.last_seen <= p.reid_s))
         new_edges = edge_mask(boxes[starters], size, p.edge)
         dets = starters[new_edges > 0]
         if not len(rows) or not len(dets):
@@ -474,8 +488,10 @@ class ByteTracker:
         (:func:`recover_cost`, and alike in appearance where both have a descriptor); the
         detections left."""
         p = self.params
-        rows = np.flatnonzero((self.state == LOST) & self._free(det_track))
-        if p.recover_dist <= 0 or not len(rows) or not len(starters):
+        if p.recover_dist <= 0 or not len(starters):
+            return starters
+        rows = _where((self.state == LOST) & self._free(det_track))
+        if not len(rows):
             return starters
         cost = recover_cost(self.last_box[rows], predicted[rows], boxes[starters], p)
         cost[self.cls[rows][:, None] != classes[starters][None, :]] = _FAR
@@ -530,7 +546,7 @@ class ByteTracker:
             return none, starters
         lost = (self.state == LOST) | (self.state == EXITED)
         recent = (self.t or 0.0) - self.last_seen <= p.appearance_s  # kept longer for other reasons
-        rows = np.flatnonzero(lost & recent & self._free(det_track) & has_descriptor(self.feat))
+        rows = _where(lost & recent & self._free(det_track) & has_descriptor(self.feat))
         dets = starters[has_descriptor(feats[starters])]
         if not len(rows) or not len(dets):
             return none, starters
@@ -600,6 +616,8 @@ class ByteTracker:
         return free
 
     def _keep(self, keep: npt.NDArray[np.bool_]) -> None:
+        if keep.all():
+            return
         self.mean, self.cov = self.mean[keep], self.cov[keep]
         self.ids, self.cls = self.ids[keep], self.cls[keep]
         self.state, self.last_seen = self.state[keep], self.last_seen[keep]

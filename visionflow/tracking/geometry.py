@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -43,24 +44,50 @@ def polygon_area(points: Sequence[Point]) -> float:
     return float(abs(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1))) / 2)
 
 
+@dataclass(frozen=True, eq=False)
+class Polygon:
+    """A polygon's edges, worked out once for :meth:`contains` (a zone is tested every frame)."""
+
+    x1: npt.NDArray[np.float64]  # [K] start of each edge
+    y1: npt.NDArray[np.float64]
+    dx: npt.NDArray[np.float64]  # [K] end - start
+    dy: npt.NDArray[np.float64]
+    y2: npt.NDArray[np.float64]  # [K] end's y
+
+    @classmethod
+    def of(cls, polygon: npt.NDArray[np.float64]) -> Polygon:
+        """From ``[K, 2]`` vertices."""
+        x1, y1 = polygon[:, 0].copy(), polygon[:, 1].copy()
+        x2, y2 = np.roll(x1, -1), np.roll(y1, -1)
+        return cls(x1, y1, x2 - x1, y2 - y1, y2)
+
+    def contains(self, points: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+        """Even-odd rule for ``[N, 2]`` points (vectorised)."""
+        x, y = points[:, 0:1], points[:, 1:2]
+        straddles = (self.y1 > y) != (self.y2 > y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            at_x = self.x1 + (y - self.y1) * self.dx / self.dy
+        hits = straddles & (x < at_x)
+        inside: npt.NDArray[np.bool_] = (hits.sum(axis=1) % 2) == 1
+        return inside
+
+
 def points_in_polygon(
     points: npt.NDArray[np.float64], polygon: npt.NDArray[np.float64]
 ) -> npt.NDArray[np.bool_]:
     """Even-odd rule for ``[N, 2]`` points against a ``[K, 2]`` polygon (vectorised)."""
-    x, y = points[:, 0:1], points[:, 1:2]
-    x1, y1 = polygon[:, 0], polygon[:, 1]
-    x2, y2 = np.roll(x1, -1), np.roll(y1, -1)
-    straddles = (y1 > y) != (y2 > y)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        at_x = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
-    hits = straddles & (x < at_x)
-    inside: npt.NDArray[np.bool_] = (hits.sum(axis=1) % 2) == 1
-    return inside
+    return Polygon.of(polygon).contains(points)
 
 
-def signed_distance(point: Point, start: Point, end: Point) -> float:
-    """Distance of ``point`` from the line start->end, > 0 on its right (image, y down)."""
-    length = float(np.hypot(end[0] - start[0], end[1] - start[1]))
+def line_length(start: Point, end: Point) -> float:
+    """Length of the segment start-end."""
+    return float(np.hypot(end[0] - start[0], end[1] - start[1]))
+
+
+def signed_distance(point: Point, start: Point, end: Point, length: float | None = None) -> float:
+    """Distance of ``point`` from the line start->end, > 0 on its right (image, y down);
+    ``length``: the line's (:func:`line_length`), where the caller keeps it."""
+    length = line_length(start, end) if length is None else length
     return cross(start, end, point) / length
 
 

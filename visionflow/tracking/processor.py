@@ -123,9 +123,8 @@ class StreamTracker:
         counts = closed + counts  # the exits of a reset first, as their events
         return dataclasses.replace(
             result,
-            detections=tuple(
-                dataclasses.replace(d, track_id=i, appearance=None)  # its look stays here
-                for d, i in zip(dets, ids, strict=True)
+            detections=tuple(  # its look stays here
+                d.tracked(i) for d, i in zip(dets, ids, strict=True)
             ),
             events=tuple(events + more),
             counts=tuple(counts),
