@@ -115,23 +115,25 @@ def window(
 ) -> dict[str, float]:
     """Frames/s published (``count()``: the entries in Redis, read at both ends of the
     window, not the output stage's reports, which come every 0.5 s) and CPU ms per published
-    frame (every process) over ``seconds``."""
+    frame over ``seconds``: every process together, and each (``cpu_ms_per_frame.<name>``,
+    :func:`bench.cpu_processes.processes`' names)."""
     procs = processes(pipeline, server)
-    cpu0 = sum(cpu_of(p) for p in procs.values())
+    cpu0 = {name: cpu_of(p) for name, p in procs.items()}
     before, t0 = count(), time.monotonic()
     time.sleep(seconds)
     after, elapsed = count(), time.monotonic() - t0
-    cpu1 = sum(cpu_of(p) for p in procs.values())
+    cpu1 = {name: cpu_of(p) for name, p in procs.items()}
     now = processes(pipeline, server)
     moved = [n for n in procs if n not in now or now[n].pid != procs[n].pid]
     if moved:
         raise RuntimeError(f"processes replaced during the window: {moved}")
-    published = after - before
+    published = max(after - before, 1)
+    used = {name: cpu1[name] - cpu0[name] for name in procs}
     return {
-        "fps": published / elapsed,
-        "cpu_ms_per_frame": 1000 * (cpu1 - cpu0) / max(published, 1),
-        "cores": (cpu1 - cpu0) / elapsed,
-    }
+        "fps": (after - before) / elapsed,
+        "cpu_ms_per_frame": 1000 * sum(used.values()) / published,
+        "cores": sum(used.values()) / elapsed,
+    } | {f"cpu_ms_per_frame.{name}": 1000 * v / published for name, v in used.items()}
 
 
 def interval(ratios: list[float]) -> tuple[float, float, float]:
@@ -185,6 +187,34 @@ def summarise(rows: list[dict[str, Any]], modes: list[str]) -> dict[str, Any]:
                 "bound": bound,
                 "verdict": verdict(low, high, bound, worse_up),
             }
+        out |= per_process(by, cycles, mode)
+    return out
+
+
+def per_process(
+    by: dict[tuple[int, str], dict[str, Any]], cycles: list[int], mode: str
+) -> dict[str, Any]:
+    """Where ``mode`` 's CPU goes: per process, its CPU ms per frame minus untracked's in the
+    same cycle, the mean and a 95 % interval (Student's t; no bound: which process pays)."""
+    from scipy import stats  # type: ignore[import-untyped]
+
+    out: dict[str, Any] = {}
+    names = sorted({k for c in cycles for k in by.get((c, mode), {}) if k.startswith("cpu_ms_")})
+    for key in (k for k in names if "." in k):
+        diffs = [
+            by[c, mode][key] - by[c, "off"][key]
+            for c in cycles
+            if key in by.get((c, mode), {}) and key in by.get((c, "off"), {})
+        ]
+        if len(diffs) < 2:
+            continue
+        mean = statistics.fmean(diffs)
+        half = float(stats.t.ppf(0.975, len(diffs) - 1)) * statistics.stdev(diffs)
+        half /= len(diffs) ** 0.5
+        out[f"{key}_{mode}_minus_off"] = {
+            "mean": round(mean, 4),
+            "ci95": [round(mean - half, 4), round(mean + half, 4)],
+        }
     return out
 
 
@@ -283,6 +313,9 @@ def main() -> None:
 
 def report(summary: dict[str, Any]) -> None:
     for name, s in summary.items():
+        if "verdict" not in s:  # a process's share: a difference, no bound
+            print(f"{name}: {s['mean']:+.3f} ms 95% CI {s['ci95']}")
+            continue
         if "mean" not in s:
             print(f"{name}: a window published nothing: ratios {s['ratios']} -> {s['verdict']}")
             continue

@@ -89,3 +89,25 @@ def test_entries_added_counts_every_entry_ever_added_even_when_trimmed(redis_cli
             )
     assert redis_client.xlen(detections_key(key_prefix, "a")) == 2  # trimmed
     assert entries_added(redis_client, key_prefix, ["a", "b"]) == 8
+
+
+def test_each_process_share_is_its_difference_from_untracked_in_the_same_cycle():
+    def row(cycle, mode, output, inference):
+        return {
+            "cycle": cycle,
+            "mode": mode,
+            "fps": 100.0,
+            "cpu_ms_per_frame": output + inference,
+            "cpu_ms_per_frame.output": output,
+            "cpu_ms_per_frame.inference-0": inference,
+        }
+
+    rows = [row(0, "off", 0.5, 20.0), row(0, "on", 1.0, 20.0)]
+    rows += [row(1, "off", 0.7, 30.0), row(1, "on", 1.3, 30.5)]  # a slower cycle
+    out = summarise(rows, ["off", "on"])
+    output = out["cpu_ms_per_frame.output_on_minus_off"]
+    assert output["mean"] == pytest.approx(0.55)  # 0.5 and 0.6, not 1.15 - 0.6
+    low, high = output["ci95"]
+    assert low < 0.55 < high
+    assert out["cpu_ms_per_frame.inference-0_on_minus_off"]["mean"] == pytest.approx(0.25)
+    assert "verdict" not in output  # a share, not a bound
