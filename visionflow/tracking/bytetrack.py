@@ -164,7 +164,7 @@ def grow(boxes: Array, buffer: float) -> Array:
         return boxes
     w = (boxes[:, 2] - boxes[:, 0]) * buffer
     h = (boxes[:, 3] - boxes[:, 1]) * buffer
-    out: Array = boxes.astype(np.float64)  # a copy (integer boxes come out as floats)
+    out: Array = boxes.astype(np.result_type(boxes, w))  # a copy, of boxes + w's type
     out[:, 0] -= w
     out[:, 1] -= h
     out[:, 2] += w

@@ -178,3 +178,15 @@ def test_integer_boxes_are_tracked_as_floats() -> None:
             np.array([[10, 20, 60, 140]]), np.array([0.9]), np.array([0]), t, (640.0, 360.0)
         )
     assert out.track_ids.tolist() == [1] and out.confirmed.tolist() == [True]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_grown_boxes_are_a_new_array_of_the_sums_type(dtype: type) -> None:
+    from visionflow.tracking.bytetrack import grow
+
+    boxes = np.array([[10, 20, 60, 140]], dtype)
+    before = boxes.copy()
+    out = grow(boxes, 0.3)
+    assert out.dtype == (boxes + np.zeros(1, dtype) * 0.3).dtype  # as boxes + w would be
+    np.testing.assert_allclose(out, [[-5.0, -16.0, 75.0, 176.0]], rtol=1e-6)
+    np.testing.assert_array_equal(boxes, before)  # the caller's boxes untouched
