@@ -199,8 +199,8 @@ def per_process(
     from scipy import stats  # type: ignore[import-untyped]
 
     out: dict[str, Any] = {}
-    names = sorted({k for c in cycles for k in by.get((c, mode), {}) if k.startswith("cpu_ms_")})
-    for key in (k for k in names if "." in k):
+    prefix = "cpu_ms_per_frame."  # each process's key (window())
+    for key in sorted({k for c in cycles for k in by.get((c, mode), {}) if k.startswith(prefix)}):
         diffs = [
             by[c, mode][key] - by[c, "off"][key]
             for c in cycles

@@ -72,13 +72,6 @@ class Polygon:
         return inside
 
 
-def points_in_polygon(
-    points: npt.NDArray[np.float64], polygon: npt.NDArray[np.float64]
-) -> npt.NDArray[np.bool_]:
-    """Even-odd rule for ``[N, 2]`` points against a ``[K, 2]`` polygon (vectorised)."""
-    return Polygon.of(polygon).contains(points)
-
-
 def line_length(start: Point, end: Point) -> float:
     """Length of the segment start-end."""
     return float(np.hypot(end[0] - start[0], end[1] - start[1]))
