@@ -138,11 +138,12 @@ def iou_matrix(a: Array, b: Array) -> Array:
     """IoU of every box of ``a`` ``[N, 4]`` with every box of ``b`` ``[M, 4]`` (xyxy)."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
-    ix = np.clip(
-        np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None
+    # np.maximum(x, 0), not np.clip(x, 0, None): the same numbers without clip's wrapper
+    ix = np.maximum(
+        np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0.0
     )
-    iy = np.clip(
-        np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None
+    iy = np.maximum(
+        np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0.0
     )
     inter = ix * iy
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
@@ -180,9 +181,26 @@ def assign(
     if overlap.size == 0:
         return []
     allowed = same_class & (overlap >= min_iou)
+    disjoint = disjoint_pairs(allowed)
+    if disjoint is not None:
+        return disjoint
     cost = np.where(allowed, 1.0 - overlap, _FAR)
     rows, cols = linear_sum_assignment(cost)
     return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if allowed[r, c]]
+
+
+def disjoint_pairs(allowed: npt.NDArray[np.bool_]) -> list[tuple[int, int]] | None:
+    """The allowed pairs (row, col), in row order, when no row and no column is in two of
+    them (objects apart from each other: the usual frame), else None.  Then every optimal
+    assignment holds exactly these pairs (where forbidden pairs cost exactly ``_FAR`` and
+    allowed ones less, as here): an assignment without one of them gives its row and its
+    column forbidden pairs or none, and trading those for it and the pair of their partners
+    costs less; so ``linear_sum_assignment`` is not needed."""
+    rows, cols = allowed.nonzero()
+    r, c = rows.tolist(), cols.tolist()
+    if len(set(r)) != len(r) or len(set(c)) != len(c):
+        return None
+    return list(zip(r, c, strict=True))
 
 
 def edge_mask(boxes: Array, size: tuple[float, float] | None, edge: float) -> IntArray:
@@ -260,6 +278,9 @@ def assign_cost(cost: Array) -> list[tuple[int, int]]:
     """Optimal one-to-one pairs (row, col) of a cost matrix, leaving out :data:`_FAR` ones."""
     if cost.size == 0:
         return []
+    disjoint = disjoint_pairs(cost < _FAR)
+    if disjoint is not None:
+        return disjoint
     rows, cols = linear_sum_assignment(cost)
     return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if cost[r, c] < _FAR]
 
@@ -300,7 +321,7 @@ class ByteTracker:
     def reset(self) -> None:
         """Forget every track (ids keep counting up: an id never names two objects)."""
         self.mean: Array = np.zeros((0, 8))
-        self.cov: Array = np.zeros((0, 8, 8))
+        self.cov: Array = kalman.empty_covariance()
         self.ids: IntArray = np.zeros(0, np.int64)
         self.cls: IntArray = np.zeros(0, np.int64)
         self.state: IntArray = np.zeros(0, np.int64)

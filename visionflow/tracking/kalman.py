@@ -4,6 +4,14 @@ State per track: ``[cx, cy, a, h, vcx, vcy, va, vh]`` (centre, aspect ratio w/h,
 their velocities per second), as in ByteTrack/DeepSORT.  The noise model is ByteTrack's,
 scaled to time: its per-frame process noise at a reference rate of 30 frames/s, accumulated
 over ``dt`` seconds, so a seq gap (dropped frames) widens the uncertainty as it should.
+
+The transition, the noises and the measurement never couple two of the four quantities (each
+moves with its own velocity; the noises are diagonal; the measurement picks each value), and a
+new track's covariance is diagonal: so the 8x8 covariance is four independent 2x2 blocks, one
+per quantity, and only those are kept.  A covariance here is ``[N, 3, 4]``: per track, per
+quantity, the value's variance, the value/velocity covariance and the velocity's variance
+(:func:`full_covariance` gives the 8x8 matrices).  The same filter as ByteTrack's matrix
+form, with a few numpy calls on ``[N, 4]`` arrays instead of batched 8x8 products and solves.
 """
 
 from __future__ import annotations
@@ -18,7 +26,14 @@ REF_FPS = 30.0
 _W_POS = 1.0 / 20  # ByteTrack's std weights, relative to the box height
 _W_VEL = 1.0 / 640  # ByteTrack's 1/160, lowered: see visionflow.tracking.bytetrack
 _W_VEL_INIT = 1.0 / 160  # a new track's velocity is as uncertain as in ByteTrack
-_DIAG = np.arange(8)
+_ASPECT_STD = 1e-2  # the aspect ratio's noise is absolute, not relative to the height
+_ASPECT_VEL_STD = 1e-5 * REF_FPS
+_MEASURE_ASPECT_STD = 1e-1
+# the measurement noise's variance per quantity: height**2 x _R_SCALE + _R_FIXED
+_R_SCALE = np.array([_W_POS**2, _W_POS**2, 0.0, _W_POS**2])
+_R_FIXED = np.array([0.0, 0.0, _MEASURE_ASPECT_STD**2, 0.0])
+for _a in (_R_SCALE, _R_FIXED):
+    _a.flags.writeable = False
 
 
 def xyxy_to_xyah(boxes: Array) -> Array:
@@ -43,24 +58,22 @@ def _columns(columns: tuple[Array, ...], n: int) -> Array:
     return out
 
 
-def _std(h: Array, pos: float, vel: float) -> Array:
-    """Per-track standard deviations of the 8 state entries ``[N, 8]``."""
-    out = np.empty((len(h), 8))
-    out[:, [0, 1, 3]] = (pos * h)[:, None]
-    out[:, [4, 5, 7]] = (vel * h)[:, None]
-    out[:, 2], out[:, 6] = 1e-2, 1e-5 * REF_FPS
-    return out
+def empty_covariance() -> Array:
+    """No tracks' covariances (``[0, 3, 4]``)."""
+    return np.zeros((0, 3, 4))
 
 
 def initiate(measurements: Array) -> tuple[Array, Array]:
-    """New tracks from ``[N, 4]`` xyah measurements: means ``[N, 8]``, covariances ``[N, 8, 8]``."""
+    """New tracks from ``[N, 4]`` xyah measurements: means ``[N, 8]``, covariances
+    ``[N, 3, 4]`` (diagonal: no value/velocity covariance yet)."""
     n = len(measurements)
     mean = np.concatenate([measurements, np.zeros((n, 4))], axis=1)
-    h = measurements[:, 3]
-    std = _std(h, 2 * _W_POS, 10 * _W_VEL_INIT * REF_FPS)
-    cov = np.zeros((n, 8, 8))
-    idx = np.arange(8)
-    cov[:, idx, idx] = std**2
+    h = measurements[:, 3][:, None]
+    cov = np.zeros((n, 3, 4))
+    cov[:, 0] = (2 * _W_POS * h) ** 2
+    cov[:, 0, 2] = _ASPECT_STD**2
+    cov[:, 2] = (10 * _W_VEL_INIT * REF_FPS * h) ** 2
+    cov[:, 2, 2] = _ASPECT_VEL_STD**2
     return mean, cov
 
 
@@ -68,40 +81,59 @@ def predict(mean: Array, cov: Array, dt: float) -> tuple[Array, Array]:
     """Move every track ``dt`` seconds ahead."""
     if len(mean) == 0 or dt <= 0:
         return mean, cov
-    F = _transition(dt)
-    steps = dt * REF_FPS
-    h = mean[:, 3]
-    std = _std(h, _W_POS, _W_VEL * REF_FPS)
-    new_mean = mean @ F.T
-    new_cov = F @ cov @ F.T
-    new_cov[:, _DIAG, _DIAG] += std**2 * steps  # the process noise Q (diagonal)
-    return new_mean, new_cov
+    move, noise_scale, noise_fixed, transition_t = _step(dt)
+    h2 = mean[:, 3] ** 2
+    # per quantity [p, c, v] -> [p + 2 dt c + dt^2 v, c + dt v, v], plus the process noise
+    new_cov = move @ cov + (h2[:, None, None] * noise_scale + noise_fixed)
+    return mean @ transition_t, new_cov
 
 
 @functools.lru_cache(maxsize=64)
-def _transition(dt: float) -> Array:
-    """The constant-velocity transition over ``dt`` seconds (read-only: cached, a stream's
-    frames are mostly the same time apart)."""
-    F = np.eye(8)
-    F[[0, 1, 2, 3], [4, 5, 6, 7]] = dt
-    F.flags.writeable = False
-    return F
+def _step(dt: float) -> tuple[Array, Array, Array, Array]:
+    """What moving ``dt`` seconds ahead does (read-only: cached, a stream's frames are mostly
+    the same time apart): the 3x3 map of each quantity's ``[p, c, v]``; the process noise
+    over ``dt`` as ``[3, 4]`` terms scaled by the height squared and fixed ones; the 8x8
+    transition, transposed (means are rows)."""
+    steps = dt * REF_FPS  # ByteTrack's per-frame noise, accumulated
+    move = np.array([[1.0, 2 * dt, dt * dt], [0.0, 1.0, dt], [0.0, 0.0, 1.0]])
+    scale, fixed = np.zeros((3, 4)), np.zeros((3, 4))
+    scale[0] = _W_POS**2 * steps
+    scale[2] = (_W_VEL * REF_FPS) ** 2 * steps
+    scale[:, 2] = 0.0
+    fixed[0, 2] = _ASPECT_STD**2 * steps
+    fixed[2, 2] = _ASPECT_VEL_STD**2 * steps
+    transition = np.eye(8)
+    transition[[0, 1, 2, 3], [4, 5, 6, 7]] = dt
+    out = (move, scale, fixed, transition.T.copy())
+    for a in out:
+        a.flags.writeable = False
+    return out
 
 
 def update(mean: Array, cov: Array, measurements: Array) -> tuple[Array, Array]:
     """Correct ``[K, 8]`` tracks with their ``[K, 4]`` xyah measurements."""
     if len(mean) == 0:
         return mean, cov
-    h = mean[:, 3]
-    R = np.zeros((len(mean), 4, 4))
-    R[:, [0, 1, 3], [0, 1, 3]] = ((_W_POS * h) ** 2)[:, None]
-    R[:, 2, 2] = 1e-1**2
-    # the measurement picks the state's first 4 entries (H = [I 0]): H P H' and P H' are
-    # blocks of P
-    S = cov[:, :4, :4] + R  # [K, 4, 4]
-    PHt = cov[:, :, :4]  # [K, 8, 4]
-    gain = np.linalg.solve(S, PHt.transpose(0, 2, 1)).transpose(0, 2, 1)  # [K, 8, 4]
+    r = mean[:, 3:4] ** 2 * _R_SCALE + _R_FIXED  # [K, 4] the measurement's variance
+    s = cov[:, 0] + r  # the innovation's variance
+    gain = cov[:, :2] / s[:, None]  # [K, 2, 4]: for each value and its velocity
     innovation = measurements - mean[:, :4]
-    new_mean = mean + np.einsum("kij,kj->ki", gain, innovation)
-    new_cov = cov - gain @ S @ gain.transpose(0, 2, 1)
+    new_mean = mean + (gain * innovation[:, None]).reshape(len(mean), 8)
+    # P - K S K', blockwise: p r / s, c r / s, v - c^2 / s (p - p^2 / s would cancel where
+    # the measurement is far more precise than the prediction)
+    new_cov = np.empty_like(cov)
+    new_cov[:, :2] = cov[:, :2] * (r / s)[:, None]
+    new_cov[:, 2] = cov[:, 2] - gain[:, 1] * cov[:, 1]
     return new_mean, new_cov
+
+
+def full_covariance(cov: Array) -> Array:
+    """The ``[N, 8, 8]`` covariance matrices of ``[N, 3, 4]`` blocks (for checks and
+    readers used to the matrix form)."""
+    out = np.zeros((len(cov), 8, 8))
+    values, velocities = np.arange(4), np.arange(4, 8)
+    out[:, values, values] = cov[:, 0]
+    out[:, values, velocities] = cov[:, 1]
+    out[:, velocities, values] = cov[:, 1]
+    out[:, velocities, velocities] = cov[:, 2]
+    return out

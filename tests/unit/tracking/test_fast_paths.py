@@ -1,7 +1,9 @@
 """The tracked path's cheaper forms give what the plain ones gave (bench/tracking_cost.py times
-them): the Kalman filter against the textbook matrices, a zone's edges worked out once against
-a plain even-odd test, a detection given its id against ``dataclasses.replace``, and the
-tracker's outputs on a scripted scene against those of the tracker before the rework."""
+them): the Kalman filter's 2x2 blocks against the textbook 8x8 matrices, the assignment
+without the solver where the pairs are disjoint against the solver, a zone's edges worked out
+once against a plain even-odd test, a detection given its id against ``dataclasses.replace``,
+and the tracker's outputs on a scripted scene against those of the tracker before the
+rework."""
 
 from __future__ import annotations
 
@@ -10,11 +12,26 @@ import hashlib
 
 import numpy as np
 import pytest
+from scipy.optimize import linear_sum_assignment
 
 from visionflow.pipeline.frames import Detection
 from visionflow.tracking import kalman
-from visionflow.tracking.bytetrack import ByteTracker, TrackerParams
+from visionflow.tracking.bytetrack import (
+    _FAR,
+    ByteTracker,
+    TrackerParams,
+    assign,
+    assign_cost,
+    disjoint_pairs,
+)
 from visionflow.tracking.geometry import Polygon, line_length, signed_distance
+
+
+def state_std(pos: np.ndarray, vel: np.ndarray) -> np.ndarray:
+    """Per track, the 8 state entries' deviations: ``pos`` for x, y and h, ``vel`` for their
+    velocities, ByteTrack's fixed ones for the aspect ratio and its velocity."""
+    aspect, aspect_vel = np.full(len(pos), 1e-2), np.full(len(pos), 1e-5 * kalman.REF_FPS)
+    return np.stack([pos, pos, aspect, pos, vel, vel, aspect_vel, vel], 1)
 
 
 def textbook_predict(mean: np.ndarray, cov: np.ndarray, dt: float) -> tuple[np.ndarray, ...]:
@@ -23,19 +40,7 @@ def textbook_predict(mean: np.ndarray, cov: np.ndarray, dt: float) -> tuple[np.n
     F[[0, 1, 2, 3], [4, 5, 6, 7]] = dt
     h = mean[:, 3]
     pos, vel = kalman._W_POS * h, kalman._W_VEL * kalman.REF_FPS * h
-    std = np.stack(
-        [
-            pos,
-            pos,
-            np.full(len(h), 1e-2),
-            pos,
-            vel,
-            vel,
-            np.full(len(h), 1e-5 * kalman.REF_FPS),
-            vel,
-        ],
-        1,
-    )
+    std = state_std(pos, vel)
     Q = np.zeros_like(cov)
     Q[:, np.arange(8), np.arange(8)] = std**2 * (dt * kalman.REF_FPS)
     return mean @ F.T, F @ cov @ F.T + Q
@@ -56,29 +61,97 @@ def textbook_update(mean: np.ndarray, cov: np.ndarray, z: np.ndarray) -> tuple[n
     return new_mean, cov - gain @ S @ gain.transpose(0, 2, 1)
 
 
-@pytest.mark.parametrize("dt", [1 / 30, 0.1, 2.5])
-def test_kalman_predict_and_update_are_the_textbook_filter(dt: float) -> None:
-    rng = np.random.default_rng(3)
+def textbook_initiate(measurements: np.ndarray) -> np.ndarray:
+    """P0 = diag(std**2), ByteTrack's initial deviations (twice the noise weights)."""
+    h = measurements[:, 3]
+    pos, vel = 2 * kalman._W_POS * h, 10 * kalman._W_VEL_INIT * kalman.REF_FPS * h
+    std = state_std(pos, vel)
+    P = np.zeros((len(h), 8, 8))
+    P[:, np.arange(8), np.arange(8)] = std**2
+    return P
+
+
+def assert_close(got: np.ndarray, want: np.ndarray, rtol: float = 1e-12) -> None:
+    """The same numbers up to rounding (the block form adds in another order)."""
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())
+
+
+def moving_tracks(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     boxes = rng.uniform(0, 300, (5, 2))
     boxes = np.concatenate([boxes, boxes + rng.uniform(20, 120, (5, 2))], axis=1)
     mean, cov = kalman.initiate(kalman.xyxy_to_xyah(boxes))
     mean[:, 4:] = rng.normal(0, 30, (5, 4))  # moving
+    return boxes, mean, cov
+
+
+@pytest.mark.parametrize("dt", [1 / 30, 0.1, 2.5])
+def test_kalman_initiate_predict_and_update_are_the_textbook_filter(dt: float) -> None:
+    rng = np.random.default_rng(3)
+    boxes, mean, cov = moving_tracks(rng)
+    want_cov = textbook_initiate(kalman.xyxy_to_xyah(boxes))
+    np.testing.assert_array_equal(kalman.full_covariance(cov), want_cov)
     got_mean, got_cov = kalman.predict(mean, cov, dt)
-    want_mean, want_cov = textbook_predict(mean, cov, dt)
-    np.testing.assert_array_equal(got_mean, want_mean)  # the same numbers, bit for bit
-    np.testing.assert_array_equal(got_cov, want_cov)
+    want_mean, want_cov = textbook_predict(mean, want_cov, dt)
+    assert_close(got_mean, want_mean)
+    assert_close(kalman.full_covariance(got_cov), want_cov)
     z = kalman.xyxy_to_xyah(boxes + rng.normal(0, 3, boxes.shape))
-    got = kalman.update(got_mean, got_cov, z)
-    want = textbook_update(want_mean, want_cov, z)
-    for a, b in zip(got, want, strict=True):
-        np.testing.assert_array_equal(a, b)
+    got_mean, got_cov = kalman.update(got_mean, got_cov, z)
+    want_mean, want_cov = textbook_update(want_mean, want_cov, z)
+    assert_close(got_mean, want_mean)
+    assert_close(kalman.full_covariance(got_cov), want_cov)
 
 
-def test_the_cached_transition_cannot_be_changed_by_a_caller() -> None:
-    F = kalman._transition(0.1)
-    assert F[0, 4] == pytest.approx(0.1) and not F.flags.writeable
-    with pytest.raises(ValueError):
-        F[0, 4] = 1.0
+@pytest.mark.parametrize("dt", [1 / 30, 0.1])
+def test_the_blocks_stay_the_textbook_filter_frame_after_frame(dt: float) -> None:
+    """20 frames, some tracks missing some: the blocks are all the 8x8 matrices ever hold.
+    (Frames seconds apart make the matrix form's P - K S K' cancel: 20 frames 2.5 s apart
+    leave it far off a long-double reference, the blocks within 1e-11.)"""
+    rng = np.random.default_rng(4)
+    _, mean, cov = moving_tracks(rng)
+    want_mean, want_cov = mean.copy(), kalman.full_covariance(cov)
+    for step in range(20):
+        mean, cov = kalman.predict(mean, cov, dt)
+        want_mean, want_cov = textbook_predict(want_mean, want_cov, dt)
+        z = kalman.xyxy_to_xyah(kalman.xyah_to_xyxy(mean[:, :4]) + rng.normal(0, 3, (5, 4)))
+        seen = slice(None) if step % 3 else slice(0, 3)  # two tracks missed this frame
+        mean[seen], cov[seen] = kalman.update(mean[seen], cov[seen], z[seen])
+        want_mean[seen], want_cov[seen] = textbook_update(want_mean[seen], want_cov[seen], z[seen])
+        assert_close(mean, want_mean, 1e-9)
+        assert_close(kalman.full_covariance(cov), want_cov, 1e-9)
+
+
+def test_the_cached_step_cannot_be_changed_by_a_caller() -> None:
+    move, scale, fixed, transition_t = kalman._step(0.1)
+    assert transition_t[4, 0] == pytest.approx(0.1) and move[1, 2] == pytest.approx(0.1)
+    for a in (move, scale, fixed, transition_t):
+        assert not a.flags.writeable
+        with pytest.raises(ValueError):
+            a[0, 0] = 5.0
+
+
+def lsa_pairs(overlap: np.ndarray, allowed: np.ndarray) -> list[tuple[int, int]]:
+    """The assignment as it was: linear_sum_assignment on every matrix."""
+    rows, cols = linear_sum_assignment(np.where(allowed, 1.0 - overlap, _FAR))
+    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if allowed[r, c]]
+
+
+def test_the_assignment_skips_the_solver_only_where_it_gives_its_pairs() -> None:
+    rng = np.random.default_rng(8)
+    skipped = solved = 0
+    for _ in range(3000):
+        n, m = rng.integers(0, 7, 2)
+        overlap = rng.uniform(0, 1, (n, m)) * (rng.uniform(0, 1, (n, m)) < 0.35)
+        same_class = rng.uniform(0, 1, (n, m)) < 0.8
+        want = lsa_pairs(overlap, same_class & (overlap >= 0.2)) if overlap.size else []
+        assert assign(overlap, same_class, 0.2) == want
+        if overlap.size:
+            fast = disjoint_pairs(same_class & (overlap >= 0.2))
+            skipped, solved = skipped + (fast is not None), solved + (fast is None)
+            cost = np.where(same_class & (overlap >= 0.2), 2.0 * (1.0 - overlap), _FAR)
+            rows, cols = linear_sum_assignment(cost)
+            kept = [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if cost[r, c] < _FAR]
+            assert assign_cost(cost) == kept
+    assert skipped > 500 and solved > 500  # both paths taken
 
 
 def even_odd(point: tuple[float, float], polygon: list[tuple[float, float]]) -> bool:
