@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -10,7 +11,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
 
 
 def machine() -> dict[str, Any]:
@@ -41,7 +43,42 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "gpu": gpu,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "source": source_digest(),
+        "commit": git_commit(),
     }
+
+
+def source_digest(root: Path = ROOT) -> str:
+    """A digest of ``visionflow/``'s Python files (paths and contents): which code ran, also
+    where there is no git (the lent machines get a copy of the working tree)."""
+    digest = hashlib.sha256()
+    for path in sorted((root / "visionflow").rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def git_commit(root: Path = ROOT) -> str | None:
+    """``HEAD``'s commit, with ``+changes`` when the working tree differs from it; None
+    without git."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def write_result(name: str, payload: dict[str, Any], out_dir: Path | None = None) -> Path:

@@ -29,11 +29,17 @@ _W_VEL_INIT = 1.0 / 160  # a new track's velocity is as uncertain as in ByteTrac
 _ASPECT_STD = 1e-2  # the aspect ratio's noise is absolute, not relative to the height
 _ASPECT_VEL_STD = 1e-5 * REF_FPS
 _MEASURE_ASPECT_STD = 1e-1
+
+
+def _read_only(a: Array) -> Array:
+    """``a``, made read-only (module constants and cached steps are shared)."""
+    a.flags.writeable = False
+    return a
+
+
 # the measurement noise's variance per quantity: height**2 x _R_SCALE + _R_FIXED
-_R_SCALE = np.array([_W_POS**2, _W_POS**2, 0.0, _W_POS**2])
-_R_FIXED = np.array([0.0, 0.0, _MEASURE_ASPECT_STD**2, 0.0])
-for _a in (_R_SCALE, _R_FIXED):
-    _a.flags.writeable = False
+_R_SCALE = _read_only(np.array([_W_POS**2, _W_POS**2, 0.0, _W_POS**2]))
+_R_FIXED = _read_only(np.array([0.0, 0.0, _MEASURE_ASPECT_STD**2, 0.0]))
 
 
 def xyxy_to_xyah(boxes: Array) -> Array:
@@ -104,14 +110,17 @@ def _step(dt: float) -> tuple[Array, Array, Array, Array]:
     fixed[2, 2] = _ASPECT_VEL_STD**2 * steps
     transition = np.eye(8)
     transition[[0, 1, 2, 3], [4, 5, 6, 7]] = dt
-    out = (move, scale, fixed, transition.T.copy())
-    for a in out:
-        a.flags.writeable = False
-    return out
+    return (
+        _read_only(move),
+        _read_only(scale),
+        _read_only(fixed),
+        _read_only(transition.T.copy()),
+    )
 
 
 def update(mean: Array, cov: Array, measurements: Array) -> tuple[Array, Array]:
-    """Correct ``[K, 8]`` tracks with their ``[K, 4]`` xyah measurements."""
+    """Correct ``[K, 8]`` tracks (means, and ``[K, 3, 4]`` covariance blocks) with their
+    ``[K, 4]`` xyah measurements."""
     if len(mean) == 0:
         return mean, cov
     r = mean[:, 3:4] ** 2 * _R_SCALE + _R_FIXED  # [K, 4] the measurement's variance
@@ -119,8 +128,8 @@ def update(mean: Array, cov: Array, measurements: Array) -> tuple[Array, Array]:
     gain = cov[:, :2] / s[:, None]  # [K, 2, 4]: for each value and its velocity
     innovation = measurements - mean[:, :4]
     new_mean = mean + (gain * innovation[:, None]).reshape(len(mean), 8)
-    # P - K S K', blockwise: p r / s, c r / s, v - c^2 / s (p - p^2 / s would cancel where
-    # the measurement is far more precise than the prediction)
+    # P - K S K', blockwise: p r / s, c r / s, v - c^2 / s (p r / s rather than p - p^2 / s,
+    # which cancels where the measurement is far more precise than the prediction)
     new_cov = np.empty_like(cov)
     new_cov[:, :2] = cov[:, :2] * (r / s)[:, None]
     new_cov[:, 2] = cov[:, 2] - gain[:, 1] * cov[:, 1]
