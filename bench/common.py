@@ -60,25 +60,22 @@ def source_digest(root: Path = ROOT) -> str:
 
 def git_commit(root: Path = ROOT) -> str | None:
     """``HEAD``'s commit, with ``+changes`` when the working tree differs from it; None
-    without git."""
+    without git (one ``git status``: its header names the commit)."""
     try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain=v2", "--branch", "-uno"],
             capture_output=True,
             text=True,
             timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    if head.returncode != 0:
+    lines = status.stdout.splitlines()
+    head = [ln.split()[2] for ln in lines if ln.startswith("# branch.oid ")]
+    if status.returncode != 0 or not head or head[0] == "(initial)":
         return None
-    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+    changed = any(not ln.startswith("#") for ln in lines)
+    return head[0] + ("+changes" if changed else "")
 
 
 def write_result(name: str, payload: dict[str, Any], out_dir: Path | None = None) -> Path:
