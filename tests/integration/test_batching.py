@@ -10,7 +10,7 @@ from tests.conftest import wait_until
 from tests.integration.helpers import config, entries, running
 from visionflow.workers.status import StreamStatus
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # rates, latencies, deadlines
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from visionflow.schema import COUNT_BUCKET_S, count_field, counts_key, snapshot_
 from visionflow.streams.state import StreamState
 from visionflow.workers.status import StreamStatus
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # rates, latencies, deadlines
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",

@@ -25,7 +25,7 @@ from tests.tcp_proxy import TcpProxy
 from visionflow.streams.state import StreamState
 from visionflow.workers.supervisor import Pipeline
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # rates, latencies, deadlines
 
 
 def _await_publishing(pipeline: Pipeline, *stream_ids: str) -> None:

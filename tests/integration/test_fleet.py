@@ -19,7 +19,7 @@ from tests.integration.helpers import http_get
 from tests.tcp_proxy import TcpProxy
 from visionflow.redis_server import free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # rates, latencies, deadlines
 CAMERAS = 12
 TTL = 3.0
 

@@ -19,7 +19,7 @@ from visionflow.schema import snapshot_key, status_key
 from visionflow.workers.counts import bucket_start
 from visionflow.workers.latency import STAGES, parse_latency_json
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # rates, latencies, deadlines
 SECONDS, FPS = 6.0, 10
 
 

@@ -23,7 +23,7 @@ from visionflow.streams.secrets import KEY_ENV
 from visionflow.workers.reconcile import Reconciler
 from visionflow.workers.supervisor import Pipeline
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # rates, latencies, deadlines
 SECRET = "Reg1stry-S3cret"
 CAM = "test:320x240@15"
 

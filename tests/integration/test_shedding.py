@@ -11,7 +11,7 @@ from tests.integration.helpers import config, entries, entry_count, running
 from visionflow.workers.status import StreamStatus
 from visionflow.workers.supervisor import Pipeline
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # rates, latencies, deadlines
 
 
 def ingest_stats(pipeline: Pipeline, stream_id: str) -> StreamStatus:

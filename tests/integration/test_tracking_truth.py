@@ -56,7 +56,7 @@ from visionflow.scenes.tracking_metrics import (
 from visionflow.schema import events_key
 from visionflow.tracking.config import TrackingConfig
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # rates, latencies, deadlines
 SECONDS = 15.0
 FPS = 10
 W, H = 640, 360

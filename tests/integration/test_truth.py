@@ -16,7 +16,7 @@ from tests.integration.helpers import config, entries, last_entry, running
 from visionflow.scenes.clips import load_truth
 from visionflow.scenes.metrics import Scored, Truth, iou, precision_recall
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # rates, latencies, deadlines
 SECONDS = 8.0
 FPS = 10  # a 2-core CI machine keeps up with 4 streams at this rate
 SCENES = {  # stream id: (width, height, codec, seed)
