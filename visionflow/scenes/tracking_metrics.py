@@ -25,7 +25,7 @@ from visionflow.counts import bucket_start
 from visionflow.scenes.generator import TruthBox
 from visionflow.tracking.bytetrack import iou_matrix
 from visionflow.tracking.config import TrackingConfig
-from visionflow.tracking.geometry import Polygon, cross, segments_cross
+from visionflow.tracking.geometry import Polygon, anchor_of, cross, segments_cross
 
 Box = tuple[float, float, float, float]
 
@@ -110,7 +110,8 @@ def truth_counts(
 
     Written apart from :mod:`visionflow.tracking.analytics` (only the geometry is shared), so
     a bug there is not repeated here: every truth box counts (also a mostly hidden one: the
-    object is really there); an object is in a zone when its anchor is inside the polygon,
+    object is really there); an object is in a zone when its anchor (taken inside the frame,
+    :func:`~visionflow.tracking.geometry.anchor_of`) is inside the polygon,
     and leaves it when its anchor is outside or it has been gone for ``lost_track_s``; it
     crosses a line when its anchor, beyond the line's margin, is on the other side than the
     last time it was beyond the margin, and the path between the two meets the segment
@@ -161,8 +162,8 @@ def truth_counts(
         for t in truth:
             last_seen[t.object_id] = clock
             seen_well[t.object_id] = (not t.ignorable, seen_well.get(t.object_id, (False,))[0])
-            x = (t.x1 + t.x2) / 2
-            y = t.y2 if config.anchor == "bottom_center" else (t.y1 + t.y2) / 2
+            box = (t.x1, t.y1, t.x2, t.y2)
+            x, y = anchor_of(box, config.anchor == "bottom_center", (width, height))
             for zone_id, polygon in zones:
                 now_in = bool(polygon.contains(np.array([[x, y]]))[0])
                 was_in = (zone_id, t.object_id) in inside

@@ -38,6 +38,7 @@ from visionflow.tracking.config import Anchor, LineConfig, TrackingConfig, ZoneC
 from visionflow.tracking.geometry import (
     Box,
     Polygon,
+    anchor_of,
     at_border,
     line_length,
     segments_cross,
@@ -74,9 +75,9 @@ class Frame:
     removed: Sequence[int] = ()
 
 
-def anchor_point(box: Box, anchor: Anchor) -> tuple[float, float]:
-    x1, y1, x2, y2 = box
-    return ((x1 + x2) / 2, y2 if anchor == "bottom_center" else (y1 + y2) / 2)
+def anchor_point(box: Box, anchor: Anchor, size: tuple[float, float]) -> tuple[float, float]:
+    """``anchor`` of ``box`` in a frame of ``size`` (:func:`anchor_of`)."""
+    return anchor_of(box, anchor == "bottom_center", size)
 
 
 def _allowed(labels: list[str] | None, label: str) -> bool:
@@ -219,7 +220,7 @@ class StreamAnalytics:
         labels = {s.track_id: s.label for s in frame.tracks}
         counts: list[tuple[str, str]] = [(labels[t], "tracks") for t in frame.born if t in labels]
         points = np.array(
-            [anchor_point(s.box, self.config.anchor) for s in frame.tracks], np.float64
+            [anchor_point(s.box, self.config.anchor, self._size) for s in frame.tracks], np.float64
         ).reshape(-1, 2)
         before = self._before(frame, points) if self.zones else None
         for zone in self.zones:
@@ -246,7 +247,7 @@ class StreamAnalytics:
             i
             for i, e in enumerate(events)
             if e.kind == "cross"
-            and unseen.note(e, anchor_point(e.box, self.config.anchor), frame.clock)
+            and unseen.note(e, anchor_point(e.box, self.config.anchor, self._size), frame.clock)
         }
         at = (frame.clock, frame.ts, frame.seq)
         born = set(frame.born)

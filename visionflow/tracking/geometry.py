@@ -72,6 +72,17 @@ class Polygon:
         return inside
 
 
+def anchor_of(box: Box, bottom: bool, size: tuple[float, float]) -> Point:
+    """The point of ``box`` that is in a zone or crosses a line: its bottom centre (``bottom``,
+    the feet) or its centre, taken inside the frame of ``size`` (width, height): a box cut by
+    the frame's bottom (or right) edge ends on it, in no pixel, and the point moves to the
+    middle of the outermost row (column) of pixels, so a zone drawn to the frame's edge holds
+    it (:meth:`Polygon.contains` leaves points on a bottom or right edge out)."""
+    x1, y1, x2, y2 = box
+    x, y = (x1 + x2) / 2, y2 if bottom else (y1 + y2) / 2
+    return min(x, size[0] - 0.5), min(y, size[1] - 0.5)
+
+
 def line_length(start: Point, end: Point) -> float:
     """Length of the segment start-end."""
     return float(np.hypot(end[0] - start[0], end[1] - start[1]))

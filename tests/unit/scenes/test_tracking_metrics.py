@@ -58,6 +58,17 @@ def test_truth_counts_lines_with_direction_and_zones_with_enter_exit():
     assert counts[("car", "zone:z:exit")] == 1  # 2 walks out; 1 is still inside
 
 
+def test_truth_puts_an_object_cut_by_the_frames_bottom_in_a_zone_drawn_to_it():
+    """As the analytics do (the anchor in the frame's last row of pixels): walking along the
+    frame's bottom edge through the zone is one visit, not none."""
+    config = TrackingConfig.model_validate(
+        {"zones": [{"id": "z", "points": [[0.5, 0.5], [0.75, 0.5], [0.75, 1], [0.5, 1]]}]}
+    )
+    walk = [(i, 1e9 + i / 10, [box(1, 20 * i, y=180.0)]) for i in range(16)]
+    counts = truth_counts(walk, config, 320, 180, 10)
+    assert counts[("car", "zone:z:enter")] == 1 and counts[("car", "zone:z:exit")] == 1
+
+
 def test_visible_only_leaves_out_events_of_objects_hidden_then_and_the_frame_before():
     config = TrackingConfig.model_validate(
         {"lines": [{"id": "l", "start": [0.5, 0], "end": [0.5, 1]}]}

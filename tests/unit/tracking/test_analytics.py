@@ -33,6 +33,27 @@ def test_walking_right_through_the_zone_enters_then_exits_with_its_dwell():
     assert ("person", "tracks") in counts and ("person", "zone:door:enter") in counts
 
 
+def test_a_box_cut_by_the_frames_bottom_edge_is_in_a_zone_drawn_to_that_edge():
+    # feet on the frame's bottom edge (y = H: in no pixel) or a pixel above it, flickering:
+    # the zone reaches the frame's bottom, so the object is in it throughout, one visit
+    walk = [(300, H if i % 2 else H - 1) for i in range(10)]
+    events, counts = run({"zones": [ZONE]}, walk)
+    assert [(e.kind, e.seq) for e in events] == [("enter", 0)]
+    assert counts.count(("person", "zone:door:enter")) == 1
+    # a zone that stops short of the frame's edge does not take in what is cut by it
+    short = {"id": "upper", "points": [[0.5, 0], [1, 0], [1, 0.99], [0.5, 0.99]]}
+    assert run({"zones": [short]}, [(300, H)] * 5)[0] == []
+
+
+def test_the_anchor_is_moved_inside_the_frame_only_past_its_bottom_or_right_edge():
+    from visionflow.tracking.geometry import anchor_of
+
+    assert anchor_of((10, 20, 30, 200), True, (W, H)) == (20, H - 0.5)  # cut by the bottom
+    assert anchor_of((10, 20, 30, 199), True, (W, H)) == (20, 199)  # inside: untouched
+    assert anchor_of((380, 20, 400, 60), False, (W, H)) == (390, 40)
+    assert anchor_of((395, 20, 420, 60), False, (W, H)) == (W - 0.5, 40)  # centre past the right
+
+
 def test_min_dwell_ignores_a_flicker_on_the_edge_and_loiter_fires_once():
     config = {"zones": [{**ZONE, "min_dwell_s": 0.3, "loiter_s": 1.0}]}
     flicker = [(190, 100), (210, 100), (190, 100), (210, 100), (190, 100)] * 2
