@@ -8,7 +8,7 @@ What ``tests/integration/test_tracking_truth.py`` checks through the pipeline, o
 every scene group (issue 11: counts within ±1 per 100 of the truth's, IDF1 >= 0.9 on the
 held-out scenes): the bundled detector's boxes on each scene's H.264 clip as ingest decodes it
 (``bench/tracking.py``'s ``detections(..., coded=True)``, cached in ``.cache/bench-tracking``;
-``--jobs`` builds the missing ones in parallel first, about 20 s of a core per scene), then
+``--jobs`` builds the missing ones in parallel first, about 35 s of a core per scene), then
 the output stage's ``TrackingProcessor`` with the truth test's zone and line and its settings,
 re-identification by appearance on every stream (``appearance_s`` 3, ``infer_unseen_s`` 1).
 Groups (15 s scenes at 10 frames/s, each seed a crossing, an occlusion and a reenter scene):
@@ -69,8 +69,9 @@ def child(tree: Path, groups: list[str]) -> dict[str, Any]:
     from visionflow.scenes.tracking_metrics import score_tracks, truth_counts
     from visionflow.tracking.config import TrackingConfig
 
-    imported = Path(processor_module.__file__).resolve()
-    assert imported.is_relative_to(tree.resolve()), f"wrong tree: {imported}"
+    for module in (bt, processor_module):
+        imported = Path(str(module.__file__)).resolve()
+        assert imported.is_relative_to(tree.resolve()), f"wrong tree: {imported}"
     processor_module.seed_id = lambda now=None: 1  # type: ignore[assignment]
     bt.CACHE = ROOT / ".cache" / "bench-tracking"  # this tree's detections for both trees
     shapes = TrackingConfig.model_validate(bt.TRUTH_SHAPES)
@@ -85,7 +86,7 @@ def child(tree: Path, groups: list[str]) -> dict[str, Any]:
         keys = set(full) | set(got)
         out[f"{group}:{kind}:{seed}"] = {
             "idf1": score_tracks(frames).idf1,
-            "test_keys": ["|".join(k) for k in bt.checked_keys(kind, keys)],
+            "test_keys": sorted("|".join(k) for k in bt.checked_keys(kind, keys)),
             **{
                 name: {"|".join(k): v for k, v in c.items()}
                 for name, c in (("truth", full), ("truth_visible", seen), ("counts", got))
@@ -104,6 +105,18 @@ def fair(scene: dict[str, Any], keys: list[str]) -> int:
     return sum(max(low.get(k, 0) - got.get(k, 0), got.get(k, 0) - high.get(k, 0), 0) for k in keys)
 
 
+def scored_keys(name: str, mine: dict[str, Any], truth_of: dict[str, Any]) -> list[str]:
+    """The truth test's keys of scene ``name`` (``group:kind:seed``) for ``mine``'s counts
+    against ``truth_of``'s truth: also a key only one of the two has."""
+    from bench.tracking import checked_keys
+
+    if truth_of is mine:
+        return list(mine[name]["test_keys"])
+    keys = set(truth_of[name]["truth"]) | set(mine[name]["counts"])
+    pairs = {(k.split("|", 1)[0], k.split("|", 1)[1]) for k in keys}
+    return sorted("|".join(k) for k in checked_keys(name.split(":")[1], pairs))
+
+
 def summary(
     name: str, group: str, mine: dict[str, Any], truth_of: dict[str, Any]
 ) -> dict[str, Any]:
@@ -111,7 +124,7 @@ def summary(
     cross row), over the scenes of ``group``."""
     row: dict[str, Any] = {"group": group, "tree": name}
     names = [s for s in mine if s.startswith(f"{group}:")]
-    keys = {s: mine[s]["test_keys"] for s in names}
+    keys = {s: scored_keys(s, mine, truth_of) for s in names}
     truth = sum(sum(truth_of[s]["truth"].get(k, 0) for k in keys[s]) for s in names)
     diff = sum(off(truth_of[s]["truth"], mine[s]["counts"], keys[s]) for s in names)
     row.update(scenes=len(names), truth=truth, off=diff)
@@ -138,6 +151,14 @@ def run_child(tree: Path, groups: list[str]) -> dict[str, Any]:
     return result
 
 
+def resolve(ref: str) -> str:
+    """``ref``'s commit (what ``HEAD`` was when the file was written)."""
+    done = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", ref], capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", default="HEAD", help="git ref of the baseline tree")
@@ -150,8 +171,10 @@ def main() -> None:
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     groups = [g for g in args.groups.split(",") if g]
-    if unknown := set(groups) - set(GROUPS):
-        parser.error(f"unknown groups {sorted(unknown)}: choose from {sorted(GROUPS)}")
+    if not groups or set(groups) - set(GROUPS):
+        parser.error(f"--groups {args.groups!r}: name some of {sorted(GROUPS)}")
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     if args.child is not None:
         print(json.dumps(child(args.child, groups)))
         return
@@ -162,6 +185,7 @@ def main() -> None:
     jobs = [(kind, seed) for _, kind, seed in scenes(groups)]
     with ProcessPoolExecutor(args.jobs) as pool:
         list(pool.map(build, jobs))
+    baseline = str(args.baseline_tree) if args.baseline_tree else resolve(args.baseline)
     with tempfile.TemporaryDirectory(prefix="vf-baseline-") as folder:
         base = args.baseline_tree or baseline_tree(args.baseline, Path(folder))
         runs = {"this": run_child(ROOT, groups), "baseline": run_child(base.resolve(), groups)}
@@ -175,6 +199,7 @@ def main() -> None:
         "tracking_counts",
         {
             "args": {k: str(v) for k, v in vars(args).items()},
+            "baseline": baseline,
             "settings": SETTINGS,
             "rows": rows,
             "scenes": runs,

@@ -219,8 +219,8 @@ def _rtsp_servers() -> Iterator[Callable[..., RtspServer]]:
 @pytest.fixture(scope="session")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = os.environ.get("VISIONFLOW_TEST_CLIPS")
-    if cache:
-        path = Path(cache)
+    if cache:  # a folder per pytest-xdist worker: two never render one clip at once
+        path = Path(cache) / os.environ.get("PYTEST_XDIST_WORKER", "main")
         path.mkdir(parents=True, exist_ok=True)
         return path
     return tmp_path_factory.mktemp("clips")

@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import wait_until
 from tests.integration.helpers import config, entries, entry_count, running
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # rates, latencies, deadlines
 
 
 def test_four_rtsp_streams_publish_well_formed_entries(

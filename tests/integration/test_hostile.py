@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # rates, latencies, deadlines
 
 
 def test_mutated_h264_and_hevc_never_crash_hang_or_starve_a_healthy_stream(tmp_path: Path):

@@ -15,7 +15,7 @@ from tests.conftest import wait_until
 from tests.integration.helpers import start_run
 from visionflow.schema import detections_key
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # rates, latencies, deadlines
 STOP_DEADLINE_S = 25.0  # read_timeout_s + 3 for the readers, flush_timeout 5, joins: ~15 s
 
 

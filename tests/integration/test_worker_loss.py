@@ -21,7 +21,7 @@ from tests.integration.helpers import (
 )
 from visionflow.workers.supervisor import Pipeline
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]  # rates, latencies, deadlines
 
 
 def test_killed_worker_loses_nothing_unaccounted_and_comes_back(

@@ -33,8 +33,20 @@ def test_fair_owes_nothing_between_the_visible_and_the_full_truth():
 
 
 def test_the_cross_row_scores_one_trees_counts_by_the_others_truth():
-    old = {"held:crossing:1": scene({"zone": 4}, {"zone": 5})}
-    new = {"held:crossing:1": scene({"zone": 5}, {"zone": 5})}
+    key = "person|zone:yard:enter"
+    old = {"held:crossing:1": scene({key: 4}, {key: 5})}
+    new = {"held:crossing:1": scene({key: 5}, {key: 5})}
     assert summary("this", "held", new, new)["off"] == 0
     cross = summary("cross", "held", new, old)
     assert (cross["off"], cross["truth"]) == (1, 4) and "fair" not in cross
+
+
+def test_the_cross_row_keeps_a_key_only_the_other_truth_has():
+    name = "held:crossing:1"
+    old = {name: scene({"car|zone:yard:enter": 1, "car|line:west:in": 2}, {})}
+    new = {name: scene({"car|line:west:in": 2}, {"car|line:west:in": 2})}
+    cross = summary("cross", "held", new, old)
+    assert (cross["truth"], cross["off"]) == (3, 1)  # the zone entry the new truth dropped
+    reenter = {"held:reenter:1": scene({"car|zone:yard:enter": 1}, {})}
+    gone = {"held:reenter:1": scene({}, {})}
+    assert summary("cross", "held", gone, reenter)["truth"] == 0  # zones: not on reenter

@@ -312,9 +312,9 @@ class TrackingConfig(_Strict):
     anchor: Anchor = Field(
         default="bottom_center",
         description="The point of a box that is in a zone or crosses a line: bottom_center "
-        "(the feet, for ground-plane zones) or center.  Taken inside the frame: a box cut by "
-        "the frame's bottom or right edge counts from the outermost row or column of pixels, "
-        "so a zone drawn to that edge holds it.",
+        "(the feet, for ground-plane zones) or center.  Taken inside the frame: the feet of a "
+        "box cut by the frame's bottom edge count from the last row of pixels, so a zone "
+        "drawn to that edge holds them.",
     )
     zones: list[ZoneConfig] = Field(default_factory=list, description="Zones of this stream.")
     lines: list[LineConfig] = Field(default_factory=list, description="Lines of this stream.")

@@ -74,10 +74,12 @@ class Polygon:
 
 def anchor_of(box: Box, bottom: bool, size: tuple[float, float]) -> Point:
     """The point of ``box`` that is in a zone or crosses a line: its bottom centre (``bottom``,
-    the feet) or its centre, taken inside the frame of ``size`` (width, height): a box cut by
-    the frame's bottom (or right) edge ends on it, in no pixel, and the point moves to the
-    middle of the outermost row (column) of pixels, so a zone drawn to the frame's edge holds
-    it (:meth:`Polygon.contains` leaves points on a bottom or right edge out)."""
+    the feet) or its centre, taken inside the frame of ``size`` (width, height): the feet of a
+    box cut by the frame's bottom edge lie on it, in no pixel, and move to the middle of the
+    last row of pixels, so a zone drawn to that edge holds them (:meth:`Polygon.contains`
+    leaves points on a bottom or right edge out; a point past the right edge, which a box
+    clipped to the frame never has, likewise moves into the last column).  Top and left edges
+    need nothing: points on them count as inside."""
     x1, y1, x2, y2 = box
     x, y = (x1 + x2) / 2, y2 if bottom else (y1 + y2) / 2
     return min(x, size[0] - 0.5), min(y, size[1] - 0.5)

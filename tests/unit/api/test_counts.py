@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from visionflow.schema import count_field, counts_key
 
 
@@ -56,6 +58,7 @@ def test_bad_windows_are_refused(redis_api):
     assert api.get("/counts", params={"window": 10**7}).status_code == 400
 
 
+@pytest.mark.serial  # reads the server's command count (a Redis given by URL is shared)
 def test_one_round_trip_for_an_hour_of_100_streams(redis_api, redis_client, key_prefix):
     minute = int(time.time() // 60) * 60
     pipe = redis_client.pipeline()

@@ -19,6 +19,8 @@ from tests.unit.api.conftest import pipeline_status, stream_status, write_status
 from visionflow.api.server import ApiServer, bind, redis_app
 from visionflow.config import parse_config
 
+pytestmark = pytest.mark.serial  # answers within 1-1.5 s: latency bounds
+
 DATA_ROUTES = (
     "/streams",
     "/streams/cam1",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import redis
 
 from tests.conftest import wait_until
@@ -122,6 +123,7 @@ def test_a_stream_without_a_lease_value_is_refused_and_the_plain_path_is_unchang
     assert not plain.fenced and plain.drop_counts() == []
 
 
+@pytest.mark.serial  # flushes the server's scripts (a Redis given by URL is shared)
 def test_a_flushed_script_is_loaded_again(redis_server, redis_client: redis.Redis, key_prefix):
     cfg = RedisConfig(url=redis_server, key_prefix=key_prefix, pipeline_max_entries=16)
     redis_client.set(fleet_lease_key(key_prefix, "a"), "n1/1")
