@@ -61,7 +61,14 @@ README "Tracking"):
   On held-out scenes (``bench/tracking.py``, 4 seeds a kind) it gives mean IDF1 0.952 /
   0.853 / 0.880 (crossing / occlusion / re-entering) against 0.901 / 0.813 / 0.563 without; off by
   default because the inference worker then describes every box of the stream (tens to a few
-  hundred us of CPU a frame) and a look-alike can still take a lost object's id.
+  hundred us of CPU a frame) and a look-alike can still take a lost object's id;
+- *no track for a box over two objects* (``merged_cover``, 0.75, on): where two objects of
+  one class overlap, the detector sometimes adds a box spanning both beside their own. A
+  detection that would start a track but lies, by ``merged_cover`` of its area or more,
+  inside the boxes of this frame's tracked detections, two or more of its class each holding
+  at least a sixth of it, starts none; it would otherwise live a few frames as a track of
+  its own and count a zone visit or a line crossing nobody made.  An object coming out from
+  behind one other object of its class (covered by one box) still starts its track.
 
 Arrays, not objects: the state of all tracks lives in a few numpy arrays, so one frame with
 100 objects costs a handful of vectorised operations plus three assignments.
@@ -98,6 +105,10 @@ def seed_id(now: float | None = None) -> int:
     return int((time.time() if now is None else now) * 1000) * IDS_PER_MS + 1
 
 
+#: the least share of a new box one tracked box must hold to count towards ``merged_cover``
+MERGED_PART = 1 / 6
+
+
 @dataclass(frozen=True)
 class TrackerParams:
     """ByteTrack's thresholds (defaults: the paper's MOT17 settings, buffer in seconds)."""
@@ -122,6 +133,7 @@ class TrackerParams:
     appearance_gate: float = 0.3  # IoU stages: no pair farther apart in appearance; 0: off
     appearance_momentum: float = 0.8  # a track's descriptor: this x old + (1 - this) x new
     appearance_reach: float = 1.0  # appearance re-id: how far it may reappear; 0: anywhere
+    merged_cover: float = 0.75  # a new box this much inside 2+ tracked boxes of its class: none
 
 
 @dataclass(frozen=True)
@@ -408,6 +420,7 @@ class ByteTracker:
         revived, starters = self._reidentify(boxes, classes, starters, det_track, t, size, feats)
         revived = np.concatenate([seen_again, revived])
         starters = self._recover(boxes, classes, predicted, starters, det_track, feats)
+        starters = self._not_merged(boxes, classes, starters, det_track)
 
         matched = _where(det_track >= 0)
         rows = det_track[matched]
@@ -628,6 +641,35 @@ class ByteTracker:
         old = self.feat[rows]
         mixed = np.where(has_descriptor(old)[:, None], m * old + (1 - m) * looks, looks)
         self.feat[rows] = unit_rows(mixed)
+
+    def _not_merged(
+        self, boxes: Array, classes: IntArray, starters: IntArray, det_track: IntArray
+    ) -> IntArray:
+        """The starters that are not one box over two tracked objects of their class (a
+        detector's error where two objects overlap): a box at least ``merged_cover`` of which
+        lies inside boxes paired with tracks this frame, two or more of its class each holding
+        a sixth of it (:data:`MERGED_PART`), starts no track (its detection is still
+        published, without a track id)."""
+        cover = self.params.merged_cover
+        paired = _where(det_track >= 0)
+        if cover <= 0 or not len(starters) or len(paired) < 2:
+            return starters
+        new, old = boxes[starters], boxes[paired]
+        w = np.minimum(new[:, None, 2], old[None, :, 2]) - np.maximum(
+            new[:, None, 0], old[None, :, 0]
+        )
+        h = np.minimum(new[:, None, 3], old[None, :, 3]) - np.maximum(
+            new[:, None, 1], old[None, :, 1]
+        )
+        area = np.maximum((new[:, 2] - new[:, 0]) * (new[:, 3] - new[:, 1]), 1e-9)
+        part = np.maximum(w, 0) * np.maximum(h, 0) / area[:, None]
+        part = np.where(classes[starters][:, None] == classes[paired][None, :], part, 0.0)
+        big = part >= MERGED_PART
+        merged: npt.NDArray[np.bool_] = (big.sum(axis=1) >= 2) & (
+            np.where(big, part, 0.0).sum(axis=1) >= cover
+        )
+        kept: IntArray = starters[~merged]
+        return kept
 
     def _free(self, det_track: IntArray) -> npt.NDArray[np.bool_]:
         """Track rows no detection of this frame is paired with yet (a lost track matched by

@@ -309,6 +309,17 @@ class TrackingConfig(_Strict):
         "that turns back while hidden in mid-frame is found only near where it was last "
         "seen).  0: anywhere in the frame (as before this setting).",
     )
+    merged_cover: float = Field(
+        default=0.75,
+        ge=0,
+        le=1,
+        description="A new box at least this much covered by the boxes of two or more objects "
+        "of its label tracked in the same frame (each covering a sixth of it or more) is taken "
+        "for one box over those objects, a detector's error where objects overlap, and starts "
+        "no track (the detection is still published, without a track id); without this such "
+        "a box lives a few frames as a track of its own and counts a zone visit or a crossing "
+        "nobody made.  0: off.",
+    )
     anchor: Anchor = Field(
         default="bottom_center",
         description="The point of a box that is in a zone or crosses a line: bottom_center "
@@ -356,4 +367,5 @@ class TrackingConfig(_Strict):
             appearance_dist=self.appearance_dist,
             appearance_size=self.appearance_size,
             appearance_gate=self.appearance_gate,
+            merged_cover=self.merged_cover,
         )

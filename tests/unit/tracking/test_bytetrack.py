@@ -191,3 +191,29 @@ def test_a_lost_track_matched_this_frame_does_not_also_take_a_second_box(params,
 def _arrays(boxes):
     b = np.array(boxes, np.float64).reshape(-1, 4)
     return b, np.full(len(b), 0.9), np.zeros(len(b), np.int64)
+
+
+def test_a_box_over_two_tracked_objects_of_its_class_starts_no_track():
+    a, b = box(100, 100), box(130, 110)  # two people overlapping side by side
+    merged = [105, 100, 165, 190]  # the detector's extra box across both
+    for cover, expect_new in ((0.75, False), (0.0, True)):
+        tracker = ByteTracker(TrackerParams(merged_cover=cover))
+        for i in range(3):
+            step(tracker, [a, b], i / 10)
+        out = step(tracker, [a, b, merged], 0.3)
+        assert list(out.track_ids[:2]) == [1, 2]
+        assert (out.track_ids[2] != -1) == expect_new, (cover, out.track_ids)
+
+
+def test_a_box_over_one_tracked_object_or_another_class_still_starts_a_track():
+    a, b = box(100, 100), box(130, 110)
+    tracker = ByteTracker(TrackerParams(merged_cover=0.75))
+    for i in range(3):
+        step(tracker, [a], i / 10)
+    out = step(tracker, [a, box(110, 105)], 0.3)  # coming out from behind a: one box covers it
+    assert out.track_ids[1] == 2
+    tracker = ByteTracker(TrackerParams(merged_cover=0.75))
+    for i in range(3):
+        step(tracker, [a, b], i / 10)
+    out = step(tracker, [a, b, [105, 100, 165, 190]], 0.3, classes=[0, 0, 1])  # a car there
+    assert out.track_ids[2] == 3
