@@ -174,7 +174,8 @@ def main() -> None:
     parser.add_argument(
         "--settings",
         default="{}",
-        help="JSON tracking settings over the truth test's (e.g. '{\"appearance_s\": 0}')",
+        help="JSON tracking settings over the truth test's, for both trees "
+        "(e.g. '{\"appearance_s\": 0}')",
     )
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -191,7 +192,15 @@ def main() -> None:
         print(json.dumps(child(args.child, groups, settings)))
         return
     sys.path.insert(0, str(ROOT))
+    from pydantic import ValidationError
+
     from bench.common import table, write_result
+    from visionflow.tracking.config import TrackingConfig
+
+    try:  # before building caches (the baseline's config may still refuse a newer setting)
+        TrackingConfig.model_validate(settings)
+    except ValidationError as exc:
+        parser.error(f"--settings: {exc}")
     from bench.tracking_cost import baseline_tree
 
     jobs = [(kind, seed) for _, kind, seed in scenes(groups)]

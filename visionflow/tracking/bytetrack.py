@@ -62,13 +62,14 @@ README "Tracking"):
   0.853 / 0.880 (crossing / occlusion / re-entering) against 0.901 / 0.813 / 0.563 without; off by
   default because the inference worker then describes every box of the stream (tens to a few
   hundred us of CPU a frame) and a look-alike can still take a lost object's id;
-- *no track for a box over two objects* (``merged_cover``, 0.75, on): where two objects of
-  one class overlap, the detector sometimes adds a box spanning both beside their own. A
-  detection that would start a track but lies, by ``merged_cover`` of its area or more,
-  inside the boxes of this frame's tracked detections, two or more of its class each holding
-  at least a sixth of it, starts none; it would otherwise live a few frames as a track of
-  its own and count a zone visit or a line crossing nobody made.  An object coming out from
-  behind one other object of its class (covered by one box) still starts its track.
+- *a box over two objects is held unconfirmed* (``merged_cover`` 0.75, ``merged_hold_s`` 0.5 s,
+  on): where two objects of one class overlap, the detector sometimes adds a box spanning
+  both beside their own. A new track whose first box lies, by ``merged_cover`` of its area or
+  more, inside the union of the boxes of this frame's tracked detections, two or more of its
+  class each holding at least a sixth of it, is confirmed only once it has been matched in
+  every frame for ``merged_hold_s``: such boxes last a frame or two (and would count a zone
+  visit or a line crossing nobody made); a real object standing between two others stays and
+  is confirmed then.
 
 Arrays, not objects: the state of all tracks lives in a few numpy arrays, so one frame with
 100 objects costs a handful of vectorised operations plus three assignments.
@@ -133,7 +134,8 @@ class TrackerParams:
     appearance_gate: float = 0.3  # IoU stages: no pair farther apart in appearance; 0: off
     appearance_momentum: float = 0.8  # a track's descriptor: this x old + (1 - this) x new
     appearance_reach: float = 1.0  # appearance re-id: how far it may reappear; 0: anywhere
-    merged_cover: float = 0.75  # a new box this much inside 2+ tracked boxes of its class: none
+    merged_cover: float = 0.75  # a new box this much inside 2+ tracked boxes of its class ...
+    merged_hold_s: float = 0.5  # ... is confirmed only once matched this long
 
 
 @dataclass(frozen=True)
@@ -322,6 +324,30 @@ def has_descriptor(features: Array) -> npt.NDArray[np.bool_]:
     return out
 
 
+def _inside(box: Array, others: Array) -> Array:
+    """The share of ``box``'s area inside each of ``others`` ``[K, 4]``."""
+    w = np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0])
+    h = np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1])
+    area = max(float((box[2] - box[0]) * (box[3] - box[1])), 1e-9)
+    share: Array = np.maximum(w, 0) * np.maximum(h, 0) / area
+    return share
+
+
+def _covered(box: Array, others: Array) -> float:
+    """The share of ``box``'s area inside the union of ``others`` (exact: the box cut into
+    cells at every edge of the others inside it)."""
+    x1, y1, x2, y2 = box
+    clip = np.clip(others, [x1, y1, x1, y1], [x2, y2, x2, y2])
+    xs = np.unique(np.concatenate([[x1, x2], clip[:, 0], clip[:, 2]]))
+    ys = np.unique(np.concatenate([[y1, y2], clip[:, 1], clip[:, 3]]))
+    cx, cy = (xs[:-1] + xs[1:]) / 2, (ys[:-1] + ys[1:]) / 2
+    inx = (clip[:, None, 0] <= cx) & (cx <= clip[:, None, 2])  # [K, X]
+    iny = (clip[:, None, 1] <= cy) & (cy <= clip[:, None, 3])  # [K, Y]
+    cells = (inx[:, None, :] & iny[:, :, None]).any(axis=0)  # [Y, X]
+    area = np.outer(np.diff(ys), np.diff(xs))
+    return float((area * cells).sum() / max(float((x2 - x1) * (y2 - y1)), 1e-9))
+
+
 class ByteTracker:
     """One stream's tracks."""
 
@@ -340,6 +366,8 @@ class ByteTracker:
         self.last_seen: Array = np.zeros(0)
         self.last_box: Array = np.zeros((0, 4))  # the box it was last matched to
         self.height: Array = np.zeros(0)  # its boxes' heights, smoothed
+        #: a new track is confirmed when matched at this time or later (merged_hold_s)
+        self.confirm_at: Array = np.zeros(0)
         self.feat: Array = np.zeros((0, 0))  # appearance (unit rows; zeros: none yet)
         self.t: float | None = None
 
@@ -420,17 +448,20 @@ class ByteTracker:
         revived, starters = self._reidentify(boxes, classes, starters, det_track, t, size, feats)
         revived = np.concatenate([seen_again, revived])
         starters = self._recover(boxes, classes, predicted, starters, det_track, feats)
-        starters = self._not_merged(boxes, classes, starters, det_track)
+        suspect = self._merged(boxes, classes, starters, det_track) if len(starters) else None
 
         matched = _where(det_track >= 0)
         rows = det_track[matched]
-        born = [int(self.ids[r]) for r in rows if self.state[r] == NEW]
+        # a track held by merged_hold_s (only a NEW one can be: matched later, it is confirmed)
+        waiting = self.confirm_at[rows] > t
+        confirming = rows[~waiting] if waiting.any() else rows
+        born = [int(i) for i in self.ids[confirming[self.state[confirming] == NEW]]]
         if len(rows):
             m, c = kalman.update(
                 self.mean[rows], self.cov[rows], kalman.xyxy_to_xyah(boxes[matched])
             )
             self.mean[rows], self.cov[rows] = m, c
-            self.state[rows] = TRACKED
+            self.state[confirming] = TRACKED
             self.last_seen[rows] = t
             self.last_box[rows] = boxes[matched]
             hm = HEIGHT_MOMENTUM
@@ -448,14 +479,15 @@ class ByteTracker:
         track_ids = np.full(n, -1, np.int64)
         track_ids[matched] = self.ids[rows]
         confirmed = np.zeros(n, bool)
-        confirmed[matched] = True
+        confirmed[matched] = ~waiting
         self._keep(~drop)
         if len(starters):
             ids = np.arange(self.next_id, self.next_id + len(starters), dtype=np.int64)
             self.next_id += len(starters)
             looks = feats[starters] if feats is not None else None
             state = TRACKED if first_frame else NEW
-            self._add(boxes[starters], classes[starters], ids, t, state, looks)
+            hold = np.where(suspect, t + p.merged_hold_s, -np.inf) if suspect is not None else None
+            self._add(boxes[starters], classes[starters], ids, t, state, looks, hold)
             track_ids[starters] = ids
             confirmed[starters] = first_frame
             if first_frame:
@@ -642,34 +674,26 @@ class ByteTracker:
         mixed = np.where(has_descriptor(old)[:, None], m * old + (1 - m) * looks, looks)
         self.feat[rows] = unit_rows(mixed)
 
-    def _not_merged(
+    def _merged(
         self, boxes: Array, classes: IntArray, starters: IntArray, det_track: IntArray
-    ) -> IntArray:
-        """The starters that are not one box over two tracked objects of their class (a
-        detector's error where two objects overlap): a box at least ``merged_cover`` of which
-        lies inside boxes paired with tracks this frame, two or more of its class each holding
-        a sixth of it (:data:`MERGED_PART`), starts no track (its detection is still
-        published, without a track id)."""
+    ) -> npt.NDArray[np.bool_]:
+        """Per starter, whether it may be one box over tracked objects of its class (a
+        detector's error where two objects overlap): at least ``merged_cover`` of its area
+        inside the union of the boxes paired with tracks this frame, two or more of its class
+        each holding a sixth of it (:data:`MERGED_PART`).  Such a track is confirmed only
+        once it has been matched for ``merged_hold_s``: the boxes over two objects last a
+        frame or two, a real object stays."""
         cover = self.params.merged_cover
+        suspect = np.zeros(len(starters), bool)
         paired = _where(det_track >= 0)
-        if cover <= 0 or not len(starters) or len(paired) < 2:
-            return starters
-        new, old = boxes[starters], boxes[paired]
-        w = np.minimum(new[:, None, 2], old[None, :, 2]) - np.maximum(
-            new[:, None, 0], old[None, :, 0]
-        )
-        h = np.minimum(new[:, None, 3], old[None, :, 3]) - np.maximum(
-            new[:, None, 1], old[None, :, 1]
-        )
-        area = np.maximum((new[:, 2] - new[:, 0]) * (new[:, 3] - new[:, 1]), 1e-9)
-        part = np.maximum(w, 0) * np.maximum(h, 0) / area[:, None]
-        part = np.where(classes[starters][:, None] == classes[paired][None, :], part, 0.0)
-        big = part >= MERGED_PART
-        merged: npt.NDArray[np.bool_] = (big.sum(axis=1) >= 2) & (
-            np.where(big, part, 0.0).sum(axis=1) >= cover
-        )
-        kept: IntArray = starters[~merged]
-        return kept
+        if cover <= 0 or len(paired) < 2:
+            return suspect
+        for k, row in enumerate(starters):
+            others = boxes[paired[classes[paired] == classes[row]]]
+            share = _inside(boxes[row], others)
+            held = others[share >= MERGED_PART]
+            suspect[k] = len(held) >= 2 and _covered(boxes[row], held) >= cover
+        return suspect
 
     def _free(self, det_track: IntArray) -> npt.NDArray[np.bool_]:
         """Track rows no detection of this frame is paired with yet (a lost track matched by
@@ -686,6 +710,7 @@ class ByteTracker:
         self.state, self.last_seen = self.state[keep], self.last_seen[keep]
         self.last_box = self.last_box[keep]
         self.height = self.height[keep]
+        self.confirm_at = self.confirm_at[keep]
         self.feat = self.feat[keep]
 
     def _add(
@@ -696,6 +721,7 @@ class ByteTracker:
         t: float,
         state: int,
         looks: Array | None = None,
+        confirm_at: Array | None = None,
     ) -> None:
         width = self.feat.shape[1]  # 0 until appearance is in use
         new = looks if looks is not None else np.zeros((len(ids), width))
@@ -709,3 +735,5 @@ class ByteTracker:
         self.last_seen = np.concatenate([self.last_seen, np.full(len(ids), t)])
         self.last_box = np.concatenate([self.last_box, boxes])
         self.height = np.concatenate([self.height, _heights(boxes)])
+        hold = np.full(len(ids), -np.inf) if confirm_at is None else confirm_at
+        self.confirm_at = np.concatenate([self.confirm_at, hold])

@@ -313,12 +313,19 @@ class TrackingConfig(_Strict):
         default=0.75,
         ge=0,
         le=1,
-        description="A new box at least this much covered by the boxes of two or more objects "
-        "of its label tracked in the same frame (each covering a sixth of it or more) is taken "
-        "for one box over those objects, a detector's error where objects overlap, and starts "
-        "no track (the detection is still published, without a track id); without this such "
-        "a box lives a few frames as a track of its own and counts a zone visit or a crossing "
-        "nobody made.  0: off.",
+        description="A new box this much covered by the union of the boxes of two or more "
+        "objects of its label tracked in the same frame (each covering a sixth of it or more) "
+        "may be one box over those objects, a detector's error where objects overlap: its "
+        "track is confirmed (gets events and counts) only once it has been seen for "
+        "merged_hold_s; such boxes last a frame or two and would otherwise count a zone visit "
+        "or a crossing nobody made.  0: off.",
+    )
+    merged_hold_s: float = Field(
+        default=0.5,
+        ge=0,
+        le=60,
+        description="How long a track started from a box that may lie over two objects "
+        "(merged_cover) must be seen, in every frame, before it is confirmed.",
     )
     anchor: Anchor = Field(
         default="bottom_center",
@@ -368,4 +375,5 @@ class TrackingConfig(_Strict):
             appearance_size=self.appearance_size,
             appearance_gate=self.appearance_gate,
             merged_cover=self.merged_cover,
+            merged_hold_s=self.merged_hold_s,
         )

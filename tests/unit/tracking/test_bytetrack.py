@@ -193,27 +193,59 @@ def _arrays(boxes):
     return b, np.full(len(b), 0.9), np.zeros(len(b), np.int64)
 
 
-def test_a_box_over_two_tracked_objects_of_its_class_starts_no_track():
-    a, b = box(100, 100), box(130, 110)  # two people overlapping side by side
-    merged = [105, 100, 165, 190]  # the detector's extra box across both
-    for cover, expect_new in ((0.75, False), (0.0, True)):
-        tracker = ByteTracker(TrackerParams(merged_cover=cover))
-        for i in range(3):
-            step(tracker, [a, b], i / 10)
-        out = step(tracker, [a, b, merged], 0.3)
-        assert list(out.track_ids[:2]) == [1, 2]
-        assert (out.track_ids[2] != -1) == expect_new, (cover, out.track_ids)
+def run_with(tracker, frames, t0=0.0):
+    return [
+        step(tracker, boxes, t0 + i / 10, classes=classes)
+        for i, (boxes, classes) in enumerate(frames)
+    ]
 
 
-def test_a_box_over_one_tracked_object_or_another_class_still_starts_a_track():
-    a, b = box(100, 100), box(130, 110)
+A, B = box(100, 100), box(130, 110)  # two people overlapping side by side
+OVER = [105, 100, 165, 190]  # the detector's extra box across both
+
+
+def held_tracker(cover=0.75, hold=0.5):
+    tracker = ByteTracker(TrackerParams(merged_cover=cover, merged_hold_s=hold))
+    run_with(tracker, [([A, B], None)] * 3)
+    return tracker
+
+
+def test_a_box_over_two_tracked_objects_of_its_class_is_held_unconfirmed_while_it_lasts():
+    tracker = held_tracker()
+    outs = [step(tracker, [A, B, OVER], 0.3 + i / 10) for i in range(2)]  # two frames, gone
+    assert all(list(o.track_ids[:2]) == [1, 2] and not o.confirmed[2] for o in outs)
+    assert not any(o.born for o in outs)
+    out = step(tracker, [A, B], 0.5)
+    assert list(out.track_ids) == [1, 2] and len(tracker) == 2  # dropped, never confirmed
+    tracker = held_tracker(cover=0.0)  # off: confirmed on its second frame, as any new box
+    outs = [step(tracker, [A, B, OVER], 0.3 + i / 10) for i in range(2)]
+    assert outs[1].confirmed[2] and outs[1].born == [3]
+
+
+def test_a_real_object_between_two_others_is_confirmed_after_the_hold():
+    tracker = held_tracker()
+    outs = [step(tracker, [A, B, OVER], 0.3 + i / 10) for i in range(8)]  # it stays
+    confirmed = [bool(o.confirmed[2]) for o in outs]
+    assert confirmed == [False] * 5 + [True] * 3  # matched 0.5 s after its first frame
+    assert outs[5].born == [3] and {int(o.track_ids[2]) for o in outs} == {3}
+
+
+def test_only_a_box_mostly_inside_the_union_of_two_tracked_boxes_is_held():
+    # inside A and B by their sum but not their union: A and B overlap where it lies
+    a, b = [100, 100, 200, 200], [150, 100, 250, 200]
+    over_the_overlap = [150, 150, 200, 275]  # 40 % inside the union, 80 % by the sum
     tracker = ByteTracker(TrackerParams(merged_cover=0.75))
-    for i in range(3):
-        step(tracker, [a], i / 10)
-    out = step(tracker, [a, box(110, 105)], 0.3)  # coming out from behind a: one box covers it
-    assert out.track_ids[1] == 2
+    run_with(tracker, [([a, b], None)] * 3)
+    outs = [step(tracker, [a, b, over_the_overlap], 0.3 + i / 10) for i in range(2)]
+    assert outs[1].confirmed[2]  # not held
+    # one box holding most of it and another under a sixth: not over two objects
     tracker = ByteTracker(TrackerParams(merged_cover=0.75))
-    for i in range(3):
-        step(tracker, [a, b], i / 10)
-    out = step(tracker, [a, b, [105, 100, 165, 190]], 0.3, classes=[0, 0, 1])  # a car there
-    assert out.track_ids[2] == 3
+    c, d = box(100, 100), box(136, 100)
+    run_with(tracker, [([c, d], None)] * 3)
+    behind_c = [101, 101, 141, 181]  # inside c, a sliver (1/8) in d
+    outs = [step(tracker, [c, d, behind_c], 0.3 + i / 10) for i in range(2)]
+    assert outs[1].confirmed[2]
+    # another class across both: not held
+    tracker = held_tracker()
+    outs = [step(tracker, [A, B, OVER], 0.3 + i / 10, classes=[0, 0, 1]) for i in range(2)]
+    assert outs[1].confirmed[2]

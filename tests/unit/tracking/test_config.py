@@ -140,6 +140,8 @@ def test_invalid_appearance_settings_are_refused(tracking, field):
         ("appearance_reach", 101, "less than or equal to 100"),
         ("infer_unseen_s", -1, "greater than or equal to 0"),
         ("infer_unseen_s", 11, "less than or equal to 10"),
+        ("merged_cover", 1.1, "less than or equal to 1"),
+        ("merged_hold_s", -0.5, "greater than or equal to 0"),
     ],
 )
 def test_settings_out_of_bounds_are_refused_naming_the_bound(field, value, message):
@@ -165,3 +167,11 @@ def test_infer_unseen_is_off_by_default():
     assert default is not None and default.infer_unseen_s == 0.0
     tracking = load({"infer_unseen_s": 1.5}).streams[0].tracking
     assert tracking is not None and tracking.infer_unseen_s == 1.5
+
+
+def test_merged_box_settings_reach_the_tracker_and_are_on_by_default():
+    default = load({}).streams[0].tracking
+    assert default is not None
+    assert (default.params().merged_cover, default.params().merged_hold_s) == (0.75, 0.5)
+    off = load({"merged_cover": 0, "merged_hold_s": 2}).streams[0].tracking
+    assert off is not None and (off.params().merged_cover, off.params().merged_hold_s) == (0, 2)
