@@ -69,7 +69,11 @@ README "Tracking"):
   class each holding at least a sixth of it, is confirmed only once it has been matched in
   every frame for ``merged_hold_s``: such boxes last a frame or two (and would count a zone
   visit or a line crossing nobody made); a real object standing between two others stays and
-  is confirmed then.
+  is confirmed then.  Limits: the hold is a time, so at 2 frames/s or fewer it is one frame
+  (no hold); held, the track matches only high-score boxes (as any new track), so one frame
+  under ``high_thresh`` drops it and a later box starts the hold again; a held track's id is
+  on its detections (as any unconfirmed track's) but it makes no events until confirmed, so
+  a crossing made during the hold counts only where ``infer_unseen_s`` infers it.
 
 Arrays, not objects: the state of all tracks lives in a few numpy arrays, so one frame with
 100 objects costs a handful of vectorised operations plus three assignments.
@@ -448,12 +452,12 @@ class ByteTracker:
         revived, starters = self._reidentify(boxes, classes, starters, det_track, t, size, feats)
         revived = np.concatenate([seen_again, revived])
         starters = self._recover(boxes, classes, predicted, starters, det_track, feats)
-        suspect = self._merged(boxes, classes, starters, det_track) if len(starters) else None
+        suspect = self._merged(boxes, classes, starters, det_track)
 
         matched = _where(det_track >= 0)
         rows = det_track[matched]
         # a track held by merged_hold_s (only a NEW one can be: matched later, it is confirmed)
-        waiting = self.confirm_at[rows] > t
+        waiting = self.confirm_at[rows] > t + 1e-9  # a clock summed in steps: not a frame late
         confirming = rows[~waiting] if waiting.any() else rows
         born = [int(i) for i in self.ids[confirming[self.state[confirming] == NEW]]]
         if len(rows):
@@ -462,6 +466,7 @@ class ByteTracker:
             )
             self.mean[rows], self.cov[rows] = m, c
             self.state[confirming] = TRACKED
+            self.confirm_at[confirming] = -np.inf  # confirmed for good (also if time goes back)
             self.last_seen[rows] = t
             self.last_box[rows] = boxes[matched]
             hm = HEIGHT_MOMENTUM
@@ -486,7 +491,7 @@ class ByteTracker:
             self.next_id += len(starters)
             looks = feats[starters] if feats is not None else None
             state = TRACKED if first_frame else NEW
-            hold = np.where(suspect, t + p.merged_hold_s, -np.inf) if suspect is not None else None
+            hold = np.where(suspect, t + p.merged_hold_s, -np.inf)
             self._add(boxes[starters], classes[starters], ids, t, state, looks, hold)
             track_ids[starters] = ids
             confirmed[starters] = first_frame
@@ -686,7 +691,7 @@ class ByteTracker:
         cover = self.params.merged_cover
         suspect = np.zeros(len(starters), bool)
         paired = _where(det_track >= 0)
-        if cover <= 0 or len(paired) < 2:
+        if cover <= 0 or not len(starters) or len(paired) < 2:
             return suspect
         for k, row in enumerate(starters):
             others = boxes[paired[classes[paired] == classes[row]]]

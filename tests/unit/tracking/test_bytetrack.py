@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from visionflow.tracking.bytetrack import ByteTracker, TrackerParams, edge_mask
+from visionflow.tracking.bytetrack import ByteTracker, TrackerParams, _covered, edge_mask
 
 
 def step(tracker, boxes, t, scores=None, classes=None):
@@ -249,3 +249,27 @@ def test_only_a_box_mostly_inside_the_union_of_two_tracked_boxes_is_held():
     tracker = held_tracker()
     outs = [step(tracker, [A, B, OVER], 0.3 + i / 10, classes=[0, 0, 1]) for i in range(2)]
     assert outs[1].confirmed[2]
+
+
+def test_the_hold_counts_time_summed_in_steps_and_survives_other_tracks_going():
+    tracker = ByteTracker(TrackerParams(merged_cover=0.75, merged_hold_s=0.5, lost_track_s=0.2))
+    far = box(400, 100)  # a third object that leaves: its track is given up during the hold
+    run_with(tracker, [([A, B, far], None)] * 3)
+    t, outs = 0.2, []
+    for i in range(8):  # the processor's clock: summed steps, not i / fps
+        t += 0.1
+        outs.append(step(tracker, [A, B, OVER, far] if i < 2 else [A, B, OVER], t))
+    assert any(o.removed for o in outs[2:6])  # removed while the box was held
+    confirmed = [bool(o.confirmed[2]) for o in outs]
+    assert confirmed == [False] * 5 + [True] * 3, confirmed  # 0.5 s after its first frame
+    assert len(tracker.confirm_at) == len(tracker)
+
+
+def test_covered_is_the_share_inside_the_union():
+    box = np.array([0.0, 0.0, 10.0, 10.0])
+    pair = np.array([[-5.0, 0.0, 5.0, 10.0], [3.0, 0.0, 8.0, 10.0]])  # overlap 3-5, out left
+    assert _covered(box, pair) == pytest.approx(0.8)  # x 0-8 of 0-10
+    apart = np.array([[0.0, 0.0, 2.0, 2.0], [8.0, 8.0, 12.0, 12.0]])
+    assert _covered(box, apart) == pytest.approx(0.08)  # 4 + 4 of 100
+    assert _covered(box, np.array([[3.0, 3.0, 3.0, 9.0]])) == 0.0  # no area
+    assert _covered(box, np.array([[-1.0, -1.0, 11.0, 11.0]])) == 1.0

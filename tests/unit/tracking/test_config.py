@@ -142,6 +142,7 @@ def test_invalid_appearance_settings_are_refused(tracking, field):
         ("infer_unseen_s", 11, "less than or equal to 10"),
         ("merged_cover", 1.1, "less than or equal to 1"),
         ("merged_hold_s", -0.5, "greater than or equal to 0"),
+        ("merged_hold_s", 61, "less than or equal to 60"),
     ],
 )
 def test_settings_out_of_bounds_are_refused_naming_the_bound(field, value, message):
