@@ -35,6 +35,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -103,9 +104,12 @@ def off(truth: dict[str, int], counts: dict[str, int], keys: list[str]) -> int:
 
 
 def fair(scene: dict[str, Any], keys: list[str]) -> int:
-    """Off only where the count is outside [visible truth, full truth]."""
-    low, high, got = scene["truth_visible"], scene["truth"], scene["counts"]
-    return sum(max(low.get(k, 0) - got.get(k, 0), got.get(k, 0) - high.get(k, 0), 0) for k in keys)
+    """Off only where the count is outside [visible truth, full truth]: the truth test's
+    ``fair_count_diff`` on this file's keys (``label|metric`` strings)."""
+    from visionflow.scenes.tracking_metrics import fair_count_diff
+
+    full, seen, got = (Counter(scene[k]) for k in ("truth", "truth_visible", "counts"))
+    return fair_count_diff(full, seen, got, keys)
 
 
 def scored_keys(name: str, mine: dict[str, Any], truth_of: dict[str, Any]) -> list[str]:

@@ -152,10 +152,8 @@ class FrameTracks:
     removed: list[int] = field(default_factory=list)  # confirmed tracks given up this frame
 
 
-def iou_matrix(a: Array, b: Array) -> Array:
-    """IoU of every box of ``a`` ``[N, 4]`` with every box of ``b`` ``[M, 4]`` (xyxy)."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
+def intersections(a: Array, b: Array) -> Array:
+    """Intersection areas ``[N, M]`` of every box of ``a`` ``[N, 4]`` with every box of ``b``."""
     # np.maximum(x, 0), not np.clip(x, 0, None): the same numbers without clip's wrapper
     ix = np.maximum(
         np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0.0
@@ -163,7 +161,15 @@ def iou_matrix(a: Array, b: Array) -> Array:
     iy = np.maximum(
         np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0.0
     )
-    inter = ix * iy
+    inter: Array = ix * iy
+    return inter
+
+
+def iou_matrix(a: Array, b: Array) -> Array:
+    """IoU of every box of ``a`` ``[N, 4]`` with every box of ``b`` ``[M, 4]`` (xyxy)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    inter = intersections(a, b)
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
@@ -330,10 +336,8 @@ def has_descriptor(features: Array) -> npt.NDArray[np.bool_]:
 
 def _inside(box: Array, others: Array) -> Array:
     """The share of ``box``'s area inside each of ``others`` ``[K, 4]``."""
-    w = np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0])
-    h = np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1])
     area = max(float((box[2] - box[0]) * (box[3] - box[1])), 1e-9)
-    share: Array = np.maximum(w, 0) * np.maximum(h, 0) / area
+    share: Array = intersections(box[None], others)[0] / area
     return share
 
 
@@ -725,8 +729,8 @@ class ByteTracker:
         ids: IntArray,
         t: float,
         state: int,
-        looks: Array | None = None,
-        confirm_at: Array | None = None,
+        looks: Array | None,
+        confirm_at: Array,
     ) -> None:
         width = self.feat.shape[1]  # 0 until appearance is in use
         new = looks if looks is not None else np.zeros((len(ids), width))
@@ -740,5 +744,4 @@ class ByteTracker:
         self.last_seen = np.concatenate([self.last_seen, np.full(len(ids), t)])
         self.last_box = np.concatenate([self.last_box, boxes])
         self.height = np.concatenate([self.height, _heights(boxes)])
-        hold = np.full(len(ids), -np.inf) if confirm_at is None else confirm_at
-        self.confirm_at = np.concatenate([self.confirm_at, hold])
+        self.confirm_at = np.concatenate([self.confirm_at, confirm_at])
